@@ -1,0 +1,1 @@
+"""bpfsync: declarative control plane for eBPF proxy and tunnel data paths."""

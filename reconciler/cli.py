@@ -1,0 +1,183 @@
+"""`bpfsync` command line: validate, diff, apply, get.
+
+Exit codes: validate 0 valid / 1 invalid; diff 0 in sync / 2 changes pending / 1 error
+(Terraform's -detailed-exitcode); apply and get 0 / 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from reconciler import engine, inventory, render
+from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
+from reconciler.kernel.maps import DEFAULT_PIN_ROOT
+from reconciler.load import load_directory
+from reconciler.plan import PrunePolicy
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def _print_problems(problems: Sequence[Problem], stream=sys.stderr) -> None:
+    for p in problems:
+        print(p, file=stream)
+
+
+def _pin_root(args: argparse.Namespace) -> Path:
+    return Path(args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT") or DEFAULT_PIN_ROOT)
+
+
+def _prune(args: argparse.Namespace) -> PrunePolicy:
+    return PrunePolicy(enabled=not args.no_prune, keep_kinds=frozenset(args.keep or ()))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    state = load_directory(Path(args.directory))
+    _print_problems(state.warnings)
+    print(f"{args.directory}: valid ({len(state.tunnels)} tunnels, {len(state.services)} "
+          f"services in {state.files} files)")
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    result = engine.diff(Path(args.directory), _pin_root(args), _prune(args))
+    _print_problems(result.state.warnings)
+    if args.output == "json":
+        print(render.plan_json(result.plan, result.state))
+    else:
+        print(render.plan_text(result.plan, args.directory, result.state))
+    return EXIT_OK if result.plan.in_sync else EXIT_CHANGES
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    result = engine.apply(Path(args.directory), _pin_root(args), _prune(args), args.allow_empty)
+    _print_problems(result.state.warnings)
+    if not result.plan.in_sync and not args.quiet:
+        print(render.plan_text(result.plan, args.directory, result.state))
+        print()
+    print(render.applied_text(result.plan, result.written))
+    return EXIT_OK
+
+
+def _table(docs: list[dict]) -> str:
+    rows = [("KIND", "NAME", "ID", "LOCAL/PROXY", "REMOTE/BACKEND", "TUNNEL", "STATUS")]
+    for d in docs:
+        s, st = d["spec"], d.get("status", {})
+        if d["kind"] == "Tunnel":
+            remote = s["remote"]
+            if remote == "learn":
+                learned = st.get("learned")
+                remote = (f"learn → {learned['address']}:{learned['port']} "
+                          f"({learned['ageSeconds']}s ago)" if learned else "learn (not yet)")
+            else:
+                remote = f"{remote['address']}:{remote['port']}"
+            rows.append(("Tunnel", d["metadata"]["name"], str(s["id"]),
+                         f"{s['local']['address']}:{s['local']['port']}", remote, "",
+                         "" if st.get("managed", True) else "not written by bpfsync"))
+        else:
+            proxy = s.get("proxy")
+            backend = s.get("backend")
+            notes = [n for n, bad in (("no verify entry", not st.get("verifyEntry", True)),
+                                      ("keys differ", st.get("verifyEntry") and
+                                       not st.get("keysAgree", True)),
+                                      ("not written by bpfsync", not st.get("managed", True)))
+                     if bad]
+            rows.append(("Service", d["metadata"]["name"], f"{s['groupId']}/{s['serviceId']}",
+                         f"{proxy['address']}:{proxy['port']}/{s['protocol']}" if proxy else "-",
+                         f"{backend['address']}:{backend['port']}" if backend else "-",
+                         s.get("tunnel", "-"), ", ".join(notes)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    observed = engine.read_observed(_pin_root(args))
+    kind = args.kind.lower()
+    keys_dir = Path(args.keys_dir) if args.keys_dir else None
+    docs: list[dict] = []
+    if kind in ("all", "tunnel", "tunnels"):
+        docs += inventory.tunnels(observed)
+    if kind in ("all", "service", "services"):
+        docs += inventory.services(observed, keys_dir)
+    if args.output == "json":
+        print(json.dumps(docs, indent=2))
+    elif args.output == "yaml":
+        if any(d["kind"] == "Service" for d in docs) and keys_dir is None:
+            print("# keys are not printed; pass --keys-dir DIR to write them as 0600 files",
+                  file=sys.stderr)
+        print(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True), end="")
+    elif docs:
+        print(_table(docs))
+    else:
+        print(f"No resources in {_pin_root(args)}.")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bpfsync",
+        description="Declarative control plane for eBPF proxy and tunnel data paths.")
+    p.add_argument("--pin-root", help=f"bpffs directory of bpfsync's pins (env BPFSYNC_PIN_ROOT, "
+                                      f"default {DEFAULT_PIN_ROOT})")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a desired-state directory (exit 0 valid, 1 not)")
+    v.add_argument("directory")
+    v.set_defaults(func=cmd_validate)
+
+    def prune_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--no-prune", action="store_true",
+                        help="never delete entries that are no longer in YAML")
+        sp.add_argument("--keep", action="append", choices=["Tunnel", "Service"],
+                        metavar="KIND", help="do not prune entries of this kind (repeatable)")
+
+    d = sub.add_parser("diff", help="show the plan (exit 0 in sync, 2 changes, 1 error)")
+    d.add_argument("directory")
+    d.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    prune_flags(d)
+    d.set_defaults(func=cmd_diff)
+
+    a = sub.add_parser("apply", help="apply the plan to the kernel")
+    a.add_argument("directory")
+    a.add_argument("--allow-empty", action="store_true",
+                   help="allow a plan that deletes every entry bpfsync manages")
+    a.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    prune_flags(a)
+    a.set_defaults(func=cmd_apply)
+
+    g = sub.add_parser("get", help="show what the kernel holds, as resources")
+    g.add_argument("kind", choices=["all", "tunnel", "tunnels", "service", "services"],
+                   type=str.lower)
+    g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    g.add_argument("--keys-dir", help="write Service keys here as 0600 files (-o yaml/json)")
+    g.set_defaults(func=cmd_get)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except InvalidDesiredState as exc:
+        _print_problems(exc.problems)
+        errors = sum(1 for p in exc.problems if p.severity is Severity.ERROR)
+        print(f"{args.directory}: invalid ({errors} error{'s' if errors != 1 else ''}); "
+              f"nothing applied", file=sys.stderr)
+        code = EXIT_ERROR
+    except BpfsyncError as exc:
+        print(f"bpfsync: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    except PermissionError as exc:
+        print(f"bpfsync: {exc} (bpfsync needs root or CAP_BPF)", file=sys.stderr)
+        code = EXIT_ERROR
+    except OSError as exc:
+        print(f"bpfsync: {exc}", file=sys.stderr)
+        code = EXIT_ERROR
+    sys.exit(code)

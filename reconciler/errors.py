@@ -1,0 +1,84 @@
+"""Problems found in desired state, and the exceptions that carry them.
+
+Every problem names where it is (file:line:column), which resource, which field, and what is
+wrong, so one run can report all of them at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Severity(Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int | None = None  # 1-based
+    column: int | None = None  # 1-based
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return self.file
+        if self.column is None:
+            return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    location: Location
+    message: str
+    resource: str | None = None  # "Kind/name"
+    path: str | None = None  # dotted field path, e.g. "spec.proxy.port"
+    severity: Severity = Severity.ERROR
+    related: tuple[Location, ...] = field(default=())
+
+    def __str__(self) -> str:
+        parts = [f"{self.location}: {self.severity.value}:"]
+        if self.resource:
+            parts.append(f"{self.resource}:")
+        if self.path:
+            parts.append(f"{self.path}:")
+        parts.append(self.message)
+        text = " ".join(parts)
+        for other in self.related:
+            text += f"\n  (see {other})"
+        return text
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "file": self.location.file,
+            "line": self.location.line,
+            "column": self.location.column,
+            "severity": self.severity.value,
+            "resource": self.resource,
+            "path": self.path,
+            "message": self.message,
+            "related": [str(r) for r in self.related],
+        }
+
+
+class BpfsyncError(Exception):
+    """Base of every error bpfsync reports to the user (exit code 1, no traceback)."""
+
+
+class InvalidDesiredState(BpfsyncError):
+    """The desired-state directory has errors; nothing may be applied."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        errors = [p for p in problems if p.severity is Severity.ERROR]
+        super().__init__(f"{len(errors)} error(s) in desired state")
+
+
+class KernelStateError(BpfsyncError):
+    """The kernel holds something bpfsync must not touch or cannot use (e.g. a mismatched pin)."""
+
+
+class UnsafePlan(BpfsyncError):
+    """A plan that would do something drastic the user did not ask for explicitly."""

@@ -1,0 +1,102 @@
+"""Observed kernel state decoded back into resource documents, for `bpfsync get`.
+
+The kernel holds no names, so resources are named after their ids (tunnel-<id>,
+svc-<group>-<service>). Keys are never printed: a Service's key is referenced with keyFrom, and
+written to a 0600 file only when a keys directory is given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler import tables as t
+from reconciler.plan import Observed
+from reconciler.secrets import Secret
+
+KINDS = ("Tunnel", "Service")
+
+
+def _ep(text: str) -> dict[str, Any]:
+    address, port = text.rsplit(":", 1)
+    return {"address": address, "port": int(port)}
+
+
+def _doc(kind: str, name: str, spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    doc = {"apiVersion": "bpfsync/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    if status:
+        doc["status"] = status
+    return doc
+
+
+def tunnels(observed: Observed, now_ns: int | None = None) -> list[dict[str, Any]]:
+    now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
+    learned = observed.get(t.LEARNED.name, {})
+    out = []
+    for key, value in sorted(observed.get(t.TUNNEL.name, {}).items()):
+        tid = t.decode_key(t.TUNNEL.name, key)["id"]
+        v = t.decode_value(t.TUNNEL.name, value)
+        spec = {"id": tid, "local": _ep(v["local"]),
+                "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
+        status: dict[str, Any] = {"managed": t.stamp_ok(key, value)}
+        if key in learned:
+            lv = t.decode_value(t.LEARNED.name, learned[key])
+            status["learned"] = {**_ep(lv["remote"]),
+                                 "ageSeconds": round(max(0, now_ns - lv["updatedNs"]) / 1e9, 1)}
+        elif spec["remote"] == "learn":
+            status["learned"] = None
+        out.append(_doc("Tunnel", f"tunnel-{tid}", spec, status))
+    return out
+
+
+def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str, Any]]:
+    verify = {k: t.decode_value(t.VERIFY.name, v) for k, v in observed.get(t.VERIFY.name, {}).items()}
+    out = []
+    seen: set[bytes] = set()
+    for key, value in sorted(observed.get(t.ENCAP.name, {}).items()):
+        proxy = t.decode_endpoint(key)
+        e = t.decode_value(t.ENCAP.name, value)
+        sid = t.sid_key(e["groupId"], e["serviceId"])
+        seen.add(sid)
+        ver = verify.get(sid)
+        name = f"svc-{e['groupId']}-{e['serviceId']}"
+        spec: dict[str, Any] = {
+            "groupId": e["groupId"], "serviceId": e["serviceId"], "protocol": proxy["protocol"],
+            "proxy": {"address": proxy["address"], "port": proxy["port"]},
+            "backend": _ep(ver["backend"]) if ver else None,
+            "tunnel": f"tunnel-{e['tunnelId']}",
+            "keyFrom": {"file": _export_key(keys_dir, name, e["key"])},
+        }
+        status = {"managed": t.stamp_ok(key, value),
+                  "verifyEntry": ver is not None,
+                  "keysAgree": ver is not None and ver["key"] == e["key"]}
+        out.append(_doc("Service", name, spec, status))
+    for sid, ver in sorted(verify.items()):
+        if sid not in seen:
+            k = t.decode_key(t.VERIFY.name, sid)
+            out.append(_doc("Service", f"svc-{k['groupId']}-{k['serviceId']}",
+                            {"groupId": k["groupId"], "serviceId": k["serviceId"],
+                             "backend": _ep(ver["backend"])},
+                            {"verifyEntry": True, "encapEntry": False}))
+    return out
+
+
+def _export_key(keys_dir: Path | None, name: str, key: Secret) -> str:
+    if keys_dir is None:
+        return f"keys/{name}.key"
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = keys_dir / f"{name}.key"
+    raw = key.value.rstrip(b"\0")
+    try:
+        text = raw.decode("ascii")
+        if not text.isprintable() or text.startswith("hex:"):
+            raise ValueError
+    except ValueError:
+        text = "hex:" + raw.hex()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, 0o600)
+    return str(path.resolve())

@@ -1,0 +1,135 @@
+"""The few libbpf calls bpfsync needs, through ctypes (Debian's libbpf1, API 1.x).
+
+libbpf 1.x returns -errno from these calls; they are turned into OSError here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from functools import cache
+
+BPF_OBJ_NAME_LEN = 16
+
+
+class BpfMapInfo(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("ifindex", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("netns_dev", ctypes.c_uint64),
+        ("netns_ino", ctypes.c_uint64),
+        ("btf_id", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+    ]
+
+
+class BpfMapCreateOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("btf_fd", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+        ("numa_node", ctypes.c_uint32),
+        ("map_ifindex", ctypes.c_uint32),
+    ]
+
+
+@cache
+def lib() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    so = ctypes.CDLL(name, use_errno=True)
+    vp, u32, i32 = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int
+    so.bpf_map_create.argtypes = [i32, ctypes.c_char_p, u32, u32, u32, vp]
+    so.bpf_obj_pin.argtypes = [i32, ctypes.c_char_p]
+    so.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    so.bpf_obj_get_info_by_fd.argtypes = [i32, vp, ctypes.POINTER(u32)]
+    so.bpf_map_lookup_batch.argtypes = [i32, vp, vp, vp, vp, ctypes.POINTER(u32), vp]
+    so.bpf_map_update_batch.argtypes = [i32, vp, vp, ctypes.POINTER(u32), vp]
+    so.bpf_map_delete_batch.argtypes = [i32, vp, ctypes.POINTER(u32), vp]
+    return so
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        code = -rc if rc != -1 else (ctypes.get_errno() or errno.EIO)
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return rc
+
+
+def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int,
+               flags: int = 0) -> int:
+    opts = BpfMapCreateOpts(sz=ctypes.sizeof(BpfMapCreateOpts), map_flags=flags)
+    return _check(lib().bpf_map_create(map_type, name.encode(), key_size, value_size,
+                                       max_entries, ctypes.byref(opts)), f"create map {name}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    _check(lib().bpf_obj_pin(fd, path.encode()), f"pin {path}")
+
+
+def obj_get(path: str) -> int:
+    return _check(lib().bpf_obj_get(path.encode()), f"open pin {path}")
+
+
+def map_info(fd: int) -> BpfMapInfo:
+    info = BpfMapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "map info")
+    return info
+
+
+def lookup_all(fd: int, key_size: int, value_size: int, capacity: int) -> dict[bytes, bytes]:
+    """Every entry of a hash map, with as few BPF_MAP_LOOKUP_BATCH calls as possible."""
+    out: dict[bytes, bytes] = {}
+    chunk = max(1, min(capacity, 65536))
+    keys = ctypes.create_string_buffer(key_size * chunk)
+    values = ctypes.create_string_buffer(value_size * chunk)
+    token_in = ctypes.create_string_buffer(max(key_size, 8))
+    token_out = ctypes.create_string_buffer(max(key_size, 8))
+    first = True
+    while True:
+        count = ctypes.c_uint32(chunk)
+        rc = lib().bpf_map_lookup_batch(fd, None if first else token_in, token_out, keys, values,
+                                        ctypes.byref(count), None)
+        done = rc == -errno.ENOENT or (rc == -1 and ctypes.get_errno() == errno.ENOENT)
+        if rc < 0 and not done:
+            _check(rc, "batch lookup")
+        n = count.value
+        kraw, vraw = keys.raw, values.raw
+        for i in range(n):
+            out[kraw[i * key_size:(i + 1) * key_size]] = vraw[i * value_size:(i + 1) * value_size]
+        if done:
+            return out
+        ctypes.memmove(token_in, token_out, len(token_out))
+        first = False
+
+
+def update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
+    if count:
+        n = ctypes.c_uint32(count)
+        _check(lib().bpf_map_update_batch(fd, keys, values, ctypes.byref(n), None),
+               f"batch update ({n.value} of {count} written)")
+
+
+def delete_batch(fd: int, keys: bytes, count: int) -> None:
+    if count:
+        n = ctypes.c_uint32(count)
+        _check(lib().bpf_map_delete_batch(fd, keys, ctypes.byref(n), None),
+               f"batch delete ({n.value} of {count} deleted)")

@@ -1,0 +1,164 @@
+"""Pinned TrueIngress maps under a pin root: open, check, create, read, write.
+
+The only module (with libbpf.py) that touches the kernel for maps. A pin whose type, key size,
+value size, max entries or flags differ from the spec is refused, never reused: BPF programs
+would silently read garbage.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler import tables as t
+from reconciler.errors import KernelStateError
+from reconciler.kernel import libbpf
+from reconciler.plan import Observed, Plan
+
+BPF_FS_MAGIC = 0xCAFE4A11
+DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/bpfsync")
+
+
+def fs_magic(path: Path) -> int:
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is the first long
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.statfs(str(path).encode(), buf) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(path))
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+@dataclass
+class PinnedTables:
+    """Open file descriptors of the TrueIngress maps (None: not created yet)."""
+
+    root: Path
+    fds: dict[str, int | None]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            if fd is not None:
+                with suppress(OSError):
+                    os.close(fd)
+
+    def read(self) -> Observed:
+        """Current content of every map, read with batch lookups."""
+        out: Observed = {}
+        for spec in t.ALL_TABLES:
+            fd = self.fds.get(spec.name)
+            out[spec.name] = {} if fd is None else libbpf.lookup_all(
+                fd, spec.key_size, spec.value_size, spec.max_entries)
+        return out
+
+    def apply(self, plan: Plan) -> int:
+        """Execute the plan with one batch syscall per run of same-table operations."""
+        written = 0
+        for table, is_delete, ops in plan.batches():
+            fd = self.fds[table]
+            if fd is None:
+                raise KernelStateError(f"map {table} is not open for writing")
+            keys = b"".join(op.key for op in ops)
+            if is_delete:
+                libbpf.delete_batch(fd, keys, len(ops))
+            else:
+                libbpf.update_batch(fd, keys, b"".join(op.value or b"" for op in ops), len(ops))
+            written += len(ops)
+        return written
+
+
+def _mismatch(spec: t.MapSpec, info: libbpf.BpfMapInfo) -> list[str]:
+    checks = (("type", info.type, spec.map_type), ("key size", info.key_size, spec.key_size),
+              ("value size", info.value_size, spec.value_size),
+              ("max entries", info.max_entries, spec.max_entries),
+              ("flags", info.map_flags, spec.flags))
+    return [f"{what} {have} (expected {want})" for what, have, want in checks if have != want]
+
+
+def _check_root(root: Path, create: bool) -> bool:
+    """True when the pin root exists (created if asked); refuses a root outside bpffs."""
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if fs_magic(probe) != BPF_FS_MAGIC:
+        raise KernelStateError(
+            f"pin root {root} is not on a BPF filesystem; mount one with "
+            f"`mount -t bpf bpf /sys/fs/bpf` or choose another --pin-root")
+    if not root.exists():
+        if not create:
+            return False
+        (root / "maps").mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif create:
+        (root / "maps").mkdir(mode=0o700, exist_ok=True)
+    return True
+
+
+def open_tables(root: Path, create: bool) -> PinnedTables:
+    """Open every table under root; with create, create and pin the missing ones.
+
+    Every existing pin is checked before anything is created, so a mismatch leaves the pin
+    root exactly as it was.
+    """
+    tables = PinnedTables(root, {spec.name: None for spec in t.ALL_TABLES})
+    if not _check_root(root, create):
+        return tables
+    problems: list[str] = []
+    try:
+        for spec in t.ALL_TABLES:
+            path = root / "maps" / spec.name
+            if not path.exists():
+                continue
+            fd = libbpf.obj_get(str(path))
+            tables.fds[spec.name] = fd
+            diff = _mismatch(spec, libbpf.map_info(fd))
+            if diff:
+                problems.append(f"{path}: {', '.join(diff)}")
+        if problems:
+            raise KernelStateError(
+                "existing pinned maps do not match this version of bpfsync and were left "
+                "untouched:\n  " + "\n  ".join(problems) +
+                "\nmigrate or remove them (bpfsync never reuses a mismatched map)")
+        if create:
+            for spec in t.ALL_TABLES:
+                if tables.fds[spec.name] is None:
+                    tables.fds[spec.name] = _create(root / "maps" / spec.name, spec)
+    except BaseException:
+        tables.close()
+        raise
+    return tables
+
+
+def _create(path: Path, spec: t.MapSpec) -> int:
+    fd = libbpf.map_create(spec.map_type, spec.name, spec.key_size, spec.value_size,
+                           spec.max_entries, spec.flags)
+    try:
+        libbpf.obj_pin(fd, str(path))
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno != errno.EEXIST:
+            raise
+        fd = libbpf.obj_get(str(path))  # lost a race with another apply: use theirs
+        if _mismatch(spec, libbpf.map_info(fd)):
+            os.close(fd)
+            raise KernelStateError(f"{path} was created concurrently with another layout") from None
+    return fd
+
+
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Serialise writers of one pin root (two applies at once would interleave plans)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise KernelStateError(
+                f"another bpfsync is applying to {root}; try again when it is done") from None
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,189 @@
+"""Desired state from a directory: every file parsed, validated, cross-checked, keys resolved.
+
+All problems of all files are collected; any error makes the whole directory invalid (all or
+nothing). Line numbers are looked up only for the problems that are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from reconciler import checks
+from reconciler.errors import InvalidDesiredState, Location, Problem, Severity
+from reconciler.findings import Finding
+from reconciler.locate import PathItem, locate
+from reconciler.model import (
+    DEFAULT_GUE_PORT,
+    Endpoint,
+    KeySource,
+    Origin,
+    Service,
+    Tunnel,
+    unicast_problem,
+)
+from reconciler.schema import Schemas
+from reconciler.secrets import KeyError_, Secret, decode_key, read_key_env, read_key_file
+from reconciler.source import Document, parse, read, scan
+from reconciler.state import DesiredState
+
+MAX_WARNINGS_LOCATED = 20
+
+
+class _Locator:
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+
+    def location(self, origin: Origin | None, path: tuple[PathItem, ...], at_key: bool) -> Location:
+        if origin is None:
+            return Location("<desired state>")
+        text = self.texts.get(origin.file)
+        if text is None:
+            return Location(origin.file)
+        return locate(origin.file, text, origin.index, path, key=at_key)
+
+    def problem(self, f: Finding) -> Problem:
+        return Problem(
+            self.location(f.origin, f.path, f.at_key), f.message, f.resource,
+            ".".join(map(str, f.path)) or None, f.severity,
+            tuple(self.location(o, p, False) for o, p in f.related))
+
+
+def _endpoint(data: dict[str, Any], default_port: int | None = None) -> Endpoint:
+    return Endpoint(data["address"], data.get("port", default_port))
+
+
+def _resolve_key(spec: dict[str, Any], doc: Document) -> tuple[Secret | None, KeySource, str | None]:
+    try:
+        if "key" in spec:
+            return decode_key(spec["key"]), KeySource("inline"), None
+        ref = spec["keyFrom"]
+        if "file" in ref:
+            path = Path(ref["file"])
+            if not path.is_absolute():
+                path = Path(doc.file).parent / path
+            return read_key_file(path), KeySource("file", ref["file"]), None
+        return read_key_env(ref["env"]), KeySource("env", ref["env"]), None
+    except KeyError_ as exc:
+        source = KeySource("inline") if "key" in spec else KeySource("file" if "file" in spec[
+            "keyFrom"] else "env")
+        return None, source, str(exc)
+
+
+def _build(doc: Document, findings: list[Finding]) -> Tunnel | Service | None:
+    """Typed resource from a schema-valid document; field problems go to findings."""
+    data = doc.data
+    origin = Origin(doc.file, doc.index)
+    name = data["metadata"]["name"]
+    kind = data["kind"]
+    spec = data["spec"]
+    ref = f"{kind}/{name}"
+    bad = False
+
+    def check_address(path: tuple[PathItem, ...], address: str) -> None:
+        nonlocal bad
+        why = unicast_problem(address)
+        if why:
+            bad = True
+            findings.append(Finding(origin, path, why, ref))
+
+    if kind == "Tunnel":
+        local = _endpoint(spec["local"], DEFAULT_GUE_PORT)
+        check_address(("spec", "local", "address"), local.address)
+        remote = None
+        if spec["remote"] != "learn":
+            remote = _endpoint(spec["remote"], DEFAULT_GUE_PORT)
+            check_address(("spec", "remote", "address"), remote.address)
+        return None if bad else Tunnel(name, spec["id"], local, remote, origin)
+
+    proxy, backend = _endpoint(spec["proxy"]), _endpoint(spec["backend"])
+    check_address(("spec", "proxy", "address"), proxy.address)
+    check_address(("spec", "backend", "address"), backend.address)
+    key, source, key_problem = _resolve_key(spec, doc)
+    key_path: tuple[PathItem, ...] = ("spec", "key") if source.kind == "inline" else (
+        "spec", "keyFrom", source.kind)
+    if key_problem:
+        findings.append(Finding(origin, key_path, key_problem, ref))
+        bad = True
+    elif source.kind == "inline":
+        findings.append(Finding(
+            origin, key_path, "a secret sits inline in the repository; use keyFrom "
+            "(file or env) instead", ref, Severity.WARNING))
+    if bad or key is None:
+        return None
+    return Service(name, spec["groupId"], spec["serviceId"], spec.get("protocol", "tcp"), proxy,
+                   backend, spec["tunnel"], key, source, origin)
+
+
+def load_documents(docs: Iterable[Document], findings: list[Finding],
+                   schemas: Schemas) -> tuple[DesiredState, set[str]]:
+    """Typed state from parsed documents; names of invalid resources are returned so that
+    cross-checks do not pile consequential errors (a dangling reference) on top."""
+    state = DesiredState()
+    invalid: set[str] = set()
+    first_seen: dict[str, Origin] = {}
+    for doc in docs:
+        origin = Origin(doc.file, doc.index)
+        errors = schemas.validate(doc.data)
+        name = None
+        if isinstance(doc.data, dict) and isinstance(doc.data.get("metadata"), dict):
+            name = doc.data["metadata"].get("name")
+        ref = f"{doc.data.get('kind')}/{name}" if isinstance(doc.data, dict) and isinstance(
+            name, str) else None
+        if errors:
+            findings.extend(Finding(origin, e.path, e.message, ref, at_key=e.at_key)
+                            for e in errors)
+            if ref:
+                invalid.add(ref)
+            continue
+        assert ref is not None
+        if ref in first_seen:
+            findings.append(Finding(
+                origin, ("metadata", "name"), f"{ref} is defined twice", ref,
+                related=((first_seen[ref], ("metadata", "name")),)))
+            continue
+        first_seen[ref] = origin
+        resource = _build(doc, findings)
+        if resource is None:
+            invalid.add(ref)
+        elif isinstance(resource, Tunnel):
+            state.tunnels[resource.name] = resource
+        else:
+            state.services[resource.name] = resource
+    return state, invalid
+
+
+def load_directory(root: Path, schemas: Schemas | None = None) -> DesiredState:
+    """Load and check a whole directory; raises InvalidDesiredState listing every error."""
+    schemas = schemas or Schemas()
+    locator = _Locator()
+    findings: list[Finding] = []
+    scan_problems: list[Problem] = []
+    files, problems = scan(root)
+    scan_problems.extend(problems)
+    docs: list[Document] = []
+    for path in files:
+        source, problem = read(path)
+        if problem:
+            scan_problems.append(problem)
+            continue
+        assert source is not None
+        locator.texts[source.display] = source.text
+        file_docs, parse_problems = parse(source)
+        scan_problems.extend(parse_problems)
+        docs.extend(file_docs)
+    state, invalid = load_documents(docs, findings, schemas)
+    state.files = len(files)
+    findings.extend(checks.cross_check(state, invalid))
+    errors = scan_problems + [locator.problem(f) for f in findings
+                              if f.severity is Severity.ERROR]
+    warnings = [f for f in findings if f.severity is Severity.WARNING]
+    state.warnings = [locator.problem(f) for f in warnings[:MAX_WARNINGS_LOCATED]]
+    if len(warnings) > MAX_WARNINGS_LOCATED:
+        state.warnings.append(Problem(
+            Location(str(root)), f"... and {len(warnings) - MAX_WARNINGS_LOCATED} more warnings",
+            severity=Severity.WARNING))
+    if errors:
+        raise InvalidDesiredState(errors + state.warnings)
+    return state

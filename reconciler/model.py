@@ -1,0 +1,86 @@
+"""Resources as typed values: what a valid document means, independent of YAML and maps."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from reconciler.secrets import Secret
+
+DEFAULT_GUE_PORT = 6080
+PROTOCOLS: dict[str, int] = {"tcp": 6, "udp": 17}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a resource was declared; line numbers are looked up only when needed."""
+
+    file: str
+    index: int  # document index in the file
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """How a Service's key is given; resolved to a Secret when loading."""
+
+    kind: Literal["inline", "file", "env"]
+    ref: str | None = None  # file path or env name; None for inline
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    name: str
+    id: int
+    local: Endpoint
+    remote: Endpoint | None  # None: learned from GUE pings, owned by the data path
+    origin: Origin | None = None
+
+    kind = "Tunnel"
+
+    @property
+    def ref(self) -> str:
+        return f"Tunnel/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    group_id: int
+    service_id: int
+    protocol: str
+    proxy: Endpoint
+    backend: Endpoint
+    tunnel: str
+    key: Secret
+    key_source: KeySource
+    origin: Origin | None = None
+
+    kind = "Service"
+
+    @property
+    def ref(self) -> str:
+        return f"Service/{self.name}"
+
+
+Resource = Tunnel | Service
+
+
+def unicast_problem(address: str) -> str | None:
+    """Why address cannot be a tunnel or service endpoint, or None."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return f"{address!r} is not an IPv4 address"
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{address} is not a unicast address"
+    return None

@@ -1,0 +1,135 @@
+"""Plans: the ordered list of entry operations that turns observed tables into desired ones.
+
+Pure: computed from two sets of bytes, printed by `diff`, executed as-is by `apply`.
+Order: tunnel and decap entries are written before the services that use them; service
+entries are deleted before the tunnels they used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from reconciler import tables as t
+from reconciler.desired import DesiredTables, Entries
+
+Observed = dict[str, Entries]
+
+UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP)
+DELETE_ORDER = (t.ENCAP, t.VERIFY, t.TUNNEL, t.DECAP)
+
+
+class Action(Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+    @property
+    def sign(self) -> str:
+        return {"create": "+", "update": "~", "delete": "-"}[self.value]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    action: Action
+    table: str
+    key: bytes
+    value: bytes | None  # new value; None for delete
+    old: bytes | None  # observed value; None for create
+    resource: str  # "Kind/name" that owns the entry (synthesised for entries not in YAML)
+    reason: str
+    drift: bool = False  # the kernel entry was changed or added outside bpfsync
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePolicy:
+    enabled: bool = True
+    keep_kinds: frozenset[str] = frozenset()  # kinds whose removed entries are kept
+
+    def allows(self, kind: str) -> bool:
+        return self.enabled and kind not in self.keep_kinds
+
+
+@dataclass
+class Plan:
+    operations: list[Operation] = field(default_factory=list)
+    kept: list[Operation] = field(default_factory=list)  # deletions skipped by the prune policy
+    observed_total: int = 0
+    desired_total: int = 0
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.operations
+
+    def count(self, action: Action) -> int:
+        return sum(1 for op in self.operations if op.action is action)
+
+    @property
+    def drift(self) -> list[Operation]:
+        return [op for op in self.operations if op.drift]
+
+    def empties_everything(self) -> bool:
+        """True when applying would leave every owned table empty although some are not."""
+        deletes = self.count(Action.DELETE)
+        return self.observed_total > 0 and self.desired_total == 0 and deletes > 0
+
+    def batches(self) -> Iterator[tuple[str, bool, list[Operation]]]:
+        """Consecutive operations grouped by (table, is_delete), in plan order."""
+        group: list[Operation] = []
+        for op in self.operations:
+            if group and (op.table != group[0].table or (op.action is Action.DELETE) != (
+                    group[0].action is Action.DELETE)):
+                yield group[0].table, group[0].action is Action.DELETE, group
+                group = []
+            group.append(op)
+        if group:
+            yield group[0].table, group[0].action is Action.DELETE, group
+
+
+def synthetic_owner(table: str, key: bytes, value: bytes) -> str:
+    """Name under which `get` shows an entry that no YAML resource claims."""
+    if table in (t.TUNNEL.name, t.DECAP.name):
+        if table == t.DECAP.name:
+            ep = t.decode_endpoint(key)
+            return f"Tunnel/(decap {ep['address']}:{ep['port']})"
+        return f"Tunnel/tunnel-{t.decode_key(table, key)['id']}"
+    if table == t.VERIFY.name:
+        k = t.decode_key(table, key)
+        return f"Service/svc-{k['groupId']}-{k['serviceId']}"
+    try:
+        v = t.decode_value(table, value)
+        return f"Service/svc-{v['groupId']}-{v['serviceId']}"
+    except Exception:  # a foreign entry of the wrong size; still show it
+        return "Service/(unknown)"
+
+
+def compute_plan(desired: DesiredTables, observed: Observed,
+                 prune: PrunePolicy | None = None) -> Plan:
+    prune = prune or PrunePolicy()
+    plan = Plan(observed_total=sum(len(observed.get(s.name, {})) for s in t.OWNED_TABLES),
+                desired_total=desired.total)
+    for spec in UPSERT_ORDER:
+        want, have = desired.entries[spec.name], observed.get(spec.name, {})
+        owners = desired.owners[spec.name]
+        for key in sorted(want.keys() - have.keys()):
+            plan.operations.append(Operation(
+                Action.CREATE, spec.name, key, want[key], None, owners[key], "declared in YAML"))
+        for key in sorted(want.keys() & have.keys()):
+            old = have[key]
+            if old == want[key]:
+                continue
+            drift = not t.stamp_ok(key, old)
+            reason = "changed outside bpfsync" if drift else "changed in YAML"
+            plan.operations.append(Operation(
+                Action.UPDATE, spec.name, key, want[key], old, owners[key], reason, drift))
+    for spec in DELETE_ORDER:
+        want, have = desired.entries[spec.name], observed.get(spec.name, {})
+        for key in sorted(have.keys() - want.keys()):
+            old = have[key]
+            drift = not t.stamp_ok(key, old)
+            reason = "added outside bpfsync" if drift else "no longer in YAML"
+            op = Operation(Action.DELETE, spec.name, key, None, old,
+                           synthetic_owner(spec.name, key, old), reason, drift)
+            (plan.operations if prune.allows(spec.kind) else plan.kept).append(op)
+    return plan

@@ -1,0 +1,177 @@
+"""Human and machine renderings of a plan. Key material never reaches any output: decoded
+secrets are Secret objects, shown only as "(sensitive)"."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from reconciler import tables as t
+from reconciler.plan import Action, Operation, Plan
+from reconciler.secrets import Secret
+from reconciler.state import DesiredState
+
+SENSITIVE = "(sensitive)"
+SENSITIVE_CHANGED = "(sensitive value changed)"
+JSON_FORMAT_VERSION = 1
+
+
+def _fields(table: str, value: bytes | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        return t.decode_value(table, value)
+    except Exception:  # a foreign entry of another size: show its length, not its bytes
+        return {"undecodable": f"{len(value)} bytes"}
+
+
+def _public(fields: dict[str, Any] | None) -> dict[str, Any] | None:
+    if fields is None:
+        return None
+    return {k: SENSITIVE if isinstance(v, Secret) else v for k, v in fields.items()
+            if k != "flags"}
+
+
+def changes(op: Operation) -> list[dict[str, Any]]:
+    """Field-level changes of an update: [{"field", "from", "to"} | {"field", "sensitive"}]."""
+    old, new = _fields(op.table, op.old) or {}, _fields(op.table, op.value) or {}
+    out: list[dict[str, Any]] = []
+    secret_fields = {k for k, v in (old | new).items() if isinstance(v, Secret)}
+    for name in sorted(secret_fields):
+        if old.get(name) != new.get(name):
+            out.append({"field": name, "sensitive": True})
+    plain_old = {k: v for k, v in old.items() if k not in secret_fields and k != "flags"}
+    plain_new = {k: v for k, v in new.items() if k not in secret_fields and k != "flags"}
+    dd = DeepDiff(plain_old, plain_new, verbose_level=2)
+    for kind in ("values_changed", "type_changes", "dictionary_item_added",
+                 "dictionary_item_removed"):
+        for level in dd.tree.get(kind, []):
+            path = ".".join(str(p) for p in level.path(output_format="list"))
+            before = None if kind == "dictionary_item_added" else level.t1
+            after = None if kind == "dictionary_item_removed" else level.t2
+            out.append({"field": path, "from": before, "to": after})
+    return sorted(out, key=lambda c: c["field"])
+
+
+def _summary(plan: Plan) -> str:
+    c = Counter(op.action for op in plan.operations)
+    text = (f"Plan: {c[Action.CREATE]} to create, {c[Action.UPDATE]} to update, "
+            f"{c[Action.DELETE]} to delete")
+    drift = len(plan.drift)
+    if drift:
+        text += f" ({drift} of them revert drift)"
+    if plan.kept:
+        text += f"; {len(plan.kept)} entries no longer in YAML kept (pruning disabled)"
+    return text + "."
+
+
+def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
+    entry = t.describe_key(op.table, op.key)
+    head = f"  {op.action.sign} {op.table} {entry}"
+    if show_resource:
+        head += f"  [{op.resource}]"
+    if op.action is Action.CREATE:
+        fields = _public(_fields(op.table, op.value)) or {}
+        if not fields:
+            return [head]
+        return [head + ": " + " ".join(f"{k}={v}" for k, v in fields.items())]
+    lines = [f"{head}  ({op.reason})"]
+    if op.action is Action.UPDATE:
+        for ch in changes(op):
+            if ch.get("sensitive"):
+                lines.append(f"      {ch['field']}: {SENSITIVE_CHANGED}")
+            else:
+                lines.append(f"      {ch['field']}: {ch['from']} → {ch['to']}")
+    return lines
+
+
+def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> str:
+    if plan.in_sync:
+        text = (f"No changes: the kernel is in sync with {directory} "
+                f"({plan.desired_total} entries).")
+        if plan.kept:
+            text += f"\n{len(plan.kept)} entries no longer in YAML kept (pruning disabled)."
+        return text
+    files = _origins(state)
+    lines: list[str] = []
+    by_resource: dict[str, list[Operation]] = {}
+    for op in plan.operations:
+        if not op.drift:
+            by_resource.setdefault(op.resource, []).append(op)
+    for resource, ops in by_resource.items():
+        lines.append(f"{resource}" + (f"  ({files[resource]})" if resource in files else ""))
+        for op in ops:
+            lines.extend(_op_line(op))
+    if plan.drift:
+        if lines:
+            lines.append("")
+        lines.append("Drift (entries changed outside bpfsync; apply reverts them):")
+        for op in plan.drift:
+            lines.extend(_op_line(op, show_resource=True))
+    lines.append("")
+    lines.append(_summary(plan))
+    return "\n".join(lines)
+
+
+def _origins(state: DesiredState | None) -> dict[str, str]:
+    if state is None:
+        return {}
+    out = {}
+    for r in (*state.tunnels.values(), *state.services.values()):
+        if r.origin:
+            out[r.ref] = r.origin.file
+    return out
+
+
+def _op_json(op: Operation) -> dict[str, Any]:
+    return {
+        "action": op.action.value,
+        "resource": op.resource,
+        "table": op.table,
+        "entry": t.describe_key(op.table, op.key),
+        "key": t.decode_key(op.table, op.key),
+        "before": _public(_fields(op.table, op.old)),
+        "after": _public(_fields(op.table, op.value)),
+        "changes": changes(op) if op.action is Action.UPDATE else [],
+        "reason": op.reason,
+        "drift": op.drift,
+    }
+
+
+def plan_json(plan: Plan, state: DesiredState | None = None) -> str:
+    files = _origins(state)
+    resources: dict[str, dict[str, Any]] = {}
+    for op in plan.operations:
+        if op.drift:
+            continue
+        kind, _, name = op.resource.partition("/")
+        entry = resources.setdefault(op.resource, {
+            "resource": op.resource, "kind": kind, "name": name,
+            "file": files.get(op.resource), "actions": []})
+        entry["actions"].append(_op_json(op))
+    c = Counter(op.action.value for op in plan.operations)
+    doc = {
+        "formatVersion": JSON_FORMAT_VERSION,
+        "inSync": plan.in_sync,
+        "summary": {"create": c["create"], "update": c["update"], "delete": c["delete"],
+                    "drift": len(plan.drift), "kept": len(plan.kept),
+                    "desiredEntries": plan.desired_total, "observedEntries": plan.observed_total},
+        "resources": list(resources.values()),
+        "drift": [_op_json(op) for op in plan.drift],
+        "kept": [_op_json(op) for op in plan.kept],
+    }
+    return json.dumps(doc, indent=2, sort_keys=False)
+
+
+def applied_text(plan: Plan, written: int) -> str:
+    if plan.in_sync:
+        return f"Nothing to do: {plan.desired_total} entries already in sync (0 writes)."
+    c = Counter(op.action for op in plan.operations)
+    text = (f"Applied: {c[Action.CREATE]} created, {c[Action.UPDATE]} updated, "
+            f"{c[Action.DELETE]} deleted ({written} map writes")
+    if plan.drift:
+        text += f", {len(plan.drift)} drift reverted"
+    return text + ")."

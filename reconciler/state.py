@@ -1,0 +1,20 @@
+"""The desired state: every valid resource of a directory, by kind and name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.errors import Problem
+from reconciler.model import Service, Tunnel
+
+
+@dataclass
+class DesiredState:
+    tunnels: dict[str, Tunnel] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def resource_count(self) -> int:
+        return len(self.tunnels) + len(self.services)

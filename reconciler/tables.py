@@ -1,0 +1,147 @@
+"""The TrueIngress tables: map specs and the byte encoding of their entries.
+
+Mirrors bpf/trueingress.h (a kernel test compiles the header with BCC and compares layouts).
+Every multi-byte field is big-endian, as on the wire. Values end with a 4-byte stamp: crc32 of
+the key and the rest of the value, which marks an entry as written by bpfsync, so that an entry
+written by anything else (bpftool, a script) can be told apart as drift.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.secrets import KEY_LEN, Secret
+
+BPF_MAP_TYPE_HASH = 1
+
+MAX_SERVICES = 131072
+MAX_TUNNELS = 65536
+MAX_DECAP = 65536
+
+TUNNEL_FLAG_LEARN = 0x1
+PROTO_NAMES = {6: "tcp", 17: "udp"}
+PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class MapSpec:
+    name: str  # kernel map name and pin file name (<= 15 characters)
+    key_size: int
+    value_size: int
+    max_entries: int
+    kind: str  # resource kind whose entries it holds
+    owned: bool = True  # False: written by the data path, never diffed or pruned
+    map_type: int = BPF_MAP_TYPE_HASH
+    flags: int = 0
+
+
+TUNNEL = MapSpec("ti_tunnel", 4, 20, MAX_TUNNELS, "Tunnel")
+DECAP = MapSpec("ti_decap", 8, 4, MAX_DECAP, "Tunnel")
+VERIFY = MapSpec("ti_verify", 4, 32, MAX_SERVICES, "Service")
+ENCAP = MapSpec("ti_encap", 8, 32, MAX_SERVICES, "Service")
+LEARNED = MapSpec("ti_learned", 4, 16, MAX_TUNNELS, "Tunnel", owned=False)
+
+ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, LEARNED)
+OWNED_TABLES: tuple[MapSpec, ...] = tuple(t for t in ALL_TABLES if t.owned)
+BY_NAME: dict[str, MapSpec] = {t.name: t for t in ALL_TABLES}
+
+_EP = struct.Struct("!4sHBx")
+_U32 = struct.Struct("!I")
+_SID = struct.Struct("!HH")
+_SERVICE = struct.Struct(f"!IHH{KEY_LEN}sI")  # + stamp
+_VERIFY = struct.Struct(f"!{KEY_LEN}s8sI")  # + stamp
+_TUNNEL = struct.Struct("!4s4sHHI")  # + stamp
+_LEARNED = struct.Struct("!4sH2x")  # + host-order u64 updated_ns
+_NS = struct.Struct("=Q")
+
+
+def _stamped(key: bytes, body: bytes) -> bytes:
+    return body + _U32.pack(zlib.crc32(key + body))
+
+
+def stamp_ok(key: bytes, value: bytes) -> bool:
+    """True when the entry carries bpfsync's stamp, i.e. was written by bpfsync."""
+    return len(value) >= 4 and _U32.unpack_from(value, len(value) - 4)[0] == zlib.crc32(
+        key + value[:-4])
+
+
+def endpoint_key(address: str, port: int, proto: int) -> bytes:
+    return _EP.pack(socket.inet_aton(address), port, proto)
+
+
+def tunnel_key(tunnel_id: int) -> bytes:
+    return _U32.pack(tunnel_id)
+
+
+def sid_key(group_id: int, service_id: int) -> bytes:
+    return _SID.pack(group_id, service_id)
+
+
+def encap_value(key: bytes, tunnel_id: int, group_id: int, service_id: int, secret: Secret) -> bytes:
+    return _stamped(key, _SERVICE.pack(tunnel_id, group_id, service_id, secret.value, 0))
+
+
+def verify_value(key: bytes, secret: Secret, backend: bytes) -> bytes:
+    return _stamped(key, _VERIFY.pack(secret.value, backend, 0))
+
+
+def tunnel_value(key: bytes, local: tuple[str, int], remote: tuple[str, int] | None) -> bytes:
+    flags = TUNNEL_FLAG_LEARN if remote is None else 0
+    raddr, rport = remote if remote else ("0.0.0.0", 0)
+    return _stamped(key, _TUNNEL.pack(socket.inet_aton(local[0]), socket.inet_aton(raddr),
+                                      local[1], rport, flags))
+
+
+def decap_value(key: bytes) -> bytes:
+    return _stamped(key, b"")
+
+
+# Decoding, for diff, get and status. Key material comes back as Secret, never as bytes.
+
+def decode_endpoint(raw: bytes) -> dict[str, Any]:
+    addr, port, proto = _EP.unpack(raw)
+    return {"address": socket.inet_ntoa(addr), "port": port,
+            "protocol": PROTO_NAMES.get(proto, str(proto))}
+
+
+def decode_key(table: str, raw: bytes) -> dict[str, Any]:
+    if table in (TUNNEL.name, LEARNED.name):
+        return {"id": _U32.unpack(raw)[0]}
+    if table == VERIFY.name:
+        g, s = _SID.unpack(raw)
+        return {"groupId": g, "serviceId": s}
+    return decode_endpoint(raw)
+
+
+def decode_value(table: str, raw: bytes) -> dict[str, Any]:
+    if table == ENCAP.name:
+        tid, g, s, secret, _ = _SERVICE.unpack_from(raw)
+        return {"tunnelId": tid, "groupId": g, "serviceId": s, "key": Secret(secret)}
+    if table == VERIFY.name:
+        secret, backend, _ = _VERIFY.unpack_from(raw)
+        ep = decode_endpoint(backend)
+        return {"key": Secret(secret), "backend": f"{ep['address']}:{ep['port']}"}
+    if table == TUNNEL.name:
+        laddr, raddr, lport, rport, flags = _TUNNEL.unpack_from(raw)
+        remote = "learn" if flags & TUNNEL_FLAG_LEARN else f"{socket.inet_ntoa(raddr)}:{rport}"
+        return {"local": f"{socket.inet_ntoa(laddr)}:{lport}", "remote": remote,
+                "flags": flags}
+    if table == LEARNED.name:
+        addr, port = _LEARNED.unpack_from(raw)
+        (updated_ns,) = _NS.unpack_from(raw, _LEARNED.size)
+        return {"remote": f"{socket.inet_ntoa(addr)}:{port}", "updatedNs": updated_ns}
+    return {}
+
+
+def describe_key(table: str, raw: bytes) -> str:
+    """Short human name of an entry's key, as shown in diff."""
+    k = decode_key(table, raw)
+    if "id" in k:
+        return f"tunnel {k['id']}"
+    if "groupId" in k:
+        return f"group {k['groupId']} service {k['serviceId']}"
+    return f"{k['address']}:{k['port']}/{k['protocol']}"
