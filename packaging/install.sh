@@ -53,6 +53,11 @@ if ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
 fi
 
+# Tracepoints (used by the kernel tests to count map writes independently) need tracefs.
+if [ -d /sys/kernel/tracing ] && [ ! -e /sys/kernel/tracing/events ]; then
+  mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || log "could not mount tracefs"
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   /usr/bin/python3 -m venv --system-site-packages "$venv"

@@ -55,7 +55,8 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
     verify = {k: t.decode_value(t.VERIFY.name, v) for k, v in observed.get(t.VERIFY.name, {}).items()}
     out = []
     seen: set[bytes] = set()
-    for key, value in sorted(observed.get(t.ENCAP.name, {}).items()):
+    encap = observed.get(t.ENCAP.name, {})
+    for key, value in sorted(encap.items(), key=lambda kv: (kv[1][4:8], kv[0])):
         proxy = t.decode_endpoint(key)
         e = t.decode_value(t.ENCAP.name, value)
         sid = t.sid_key(e["groupId"], e["serviceId"])

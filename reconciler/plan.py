@@ -35,8 +35,9 @@ class Operation:
     action: Action
     table: str
     key: bytes
-    value: bytes | None  # new value; None for delete
-    old: bytes | None  # observed value; None for create
+    # Values may hold key material: kept out of repr so that no log or traceback shows them.
+    value: bytes | None = field(repr=False)  # new value; None for delete
+    old: bytes | None = field(repr=False)  # observed value; None for create
     resource: str  # "Kind/name" that owns the entry (synthesised for entries not in YAML)
     reason: str
     drift: bool = False  # the kernel entry was changed or added outside bpfsync

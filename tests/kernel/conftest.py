@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.kernel.maps import BPF_FS_MAGIC, fs_magic
+
+BPFFS = Path("/sys/fs/bpf")
+
+
+def _kernel_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        if fs_magic(BPFFS) != BPF_FS_MAGIC:
+            return "/sys/fs/bpf is not a BPF filesystem"
+    except OSError:
+        return "/sys/fs/bpf is missing"
+    if shutil.which("bpftool") is None:
+        return "bpftool is not installed"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _kernel_unavailable()
+    for item in items:
+        if "tests/kernel/" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+            if reason:
+                if os.environ.get("BPFSYNC_REQUIRE_KERNEL") == "1":
+                    raise pytest.UsageError(f"kernel tests required but cannot run: {reason}")
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def pin_root() -> Iterator[Path]:
+    root = BPFFS / f"bpfsync-test-{uuid.uuid4().hex[:10]}"
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def write_counter():
+    from tests.kernel.writecount import WriteCounter
+
+    counter = WriteCounter()
+    yield counter
+    counter.close()
+
+
+def bpfsync(*args: str, pin_root: Path, env: dict[str, str] | None = None,
+            counter=None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a child process; with counter, count that process's map writes."""
+    full_env = {**os.environ, "BPFSYNC_PIN_ROOT": str(pin_root), **(env or {})}
+    cmd = [sys.executable, "-m", "reconciler", *args]
+    if counter is None:
+        return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+    # The child waits for a byte on stdin before exec'ing bpfsync (same pid), so the counter
+    # watches it from its very first syscall.
+    gate = ("import os, sys; sys.stdin.buffer.read(1); "
+            f"os.execv(sys.executable, {cmd!r})")
+    proc = subprocess.Popen([sys.executable, "-c", gate], env=full_env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    counter.watch(proc.pid)
+    out, err = proc.communicate("x", timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def bpftool_dump(path: Path) -> dict[bytes, bytes]:
+    """Map content read by bpftool, independent of bpfsync's own decoder."""
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return {bytes(int(b, 16) for b in e["key"]): bytes(int(b, 16) for b in e["value"])
+            for e in json.loads(out)}
+
+
+def bpftool_update(path: Path, key: bytes, value: bytes) -> None:
+    subprocess.run(["bpftool", "map", "update", "pinned", str(path), "key", "hex", *(
+        f"{b:02x}" for b in key), "value", "hex", *(f"{b:02x}" for b in value)], check=True)
+
+
+def bpffs_entries(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))

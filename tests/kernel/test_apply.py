@@ -1,0 +1,176 @@
+"""apply / diff / get against real pinned maps, read back with bpftool."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+from tests.kernel.conftest import bpffs_entries, bpfsync, bpftool_dump, bpftool_update
+from tests.kernel.desired import KEY_ENV, write_services
+
+KEY = b"kernel-test-key!"
+
+
+def _be_ep(addr: str, port: int, proto: int) -> bytes:
+    return socket.inet_aton(addr) + struct.pack(">HBB", port, proto, 0)
+
+
+def _stamp(key: bytes, body: bytes) -> bytes:
+    return body + struct.pack(">I", zlib.crc32(key + body))
+
+
+def test_apply_writes_exact_entries_read_back_by_bpftool(tmp_path: Path, pin_root: Path) -> None:
+    root = write_services(tmp_path / "d", 2)
+    r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 0, r.stderr
+    assert "Applied: 7 created, 0 updated, 0 deleted (7 map writes)" in r.stdout
+    maps = pin_root / "maps"
+
+    tunnels = bpftool_dump(maps / "ti_tunnel")
+    k100, k101 = struct.pack(">I", 100), struct.pack(">I", 101)
+    body100 = socket.inet_aton("192.0.2.1") + socket.inet_aton("198.51.100.2") + struct.pack(
+        ">HHI", 6080, 6080, 0)
+    body101 = socket.inet_aton("192.0.2.1") + b"\0" * 4 + struct.pack(">HHI", 6080, 0, 1)
+    assert tunnels == {k100: _stamp(k100, body100), k101: _stamp(k101, body101)}
+
+    dkey = _be_ep("192.0.2.1", 6080, 17)
+    assert bpftool_dump(maps / "ti_decap") == {dkey: _stamp(dkey, b"")}
+
+    encap = bpftool_dump(maps / "ti_encap")
+    verify = bpftool_dump(maps / "ti_verify")
+    expected_encap, expected_verify = {}, {}
+    for i in range(2):
+        ekey = _be_ep("203.0.113.1", 1024 + i, 6)
+        expected_encap[ekey] = _stamp(ekey, struct.pack(">IHH", 100, 0, i) + KEY + b"\0" * 4)
+        vkey = struct.pack(">HH", 0, i)
+        expected_verify[vkey] = _stamp(vkey, KEY + _be_ep("198.51.100.20", 8080, 6) + b"\0" * 4)
+    assert encap == expected_encap
+    assert verify == expected_verify
+    assert bpftool_dump(maps / "ti_learned") == {}
+
+    again = bpfsync("diff", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert again.returncode == 0 and "No changes" in again.stdout
+
+
+def test_in_sync_is_zero_writes_and_one_change_is_one_write(tmp_path: Path, pin_root: Path,
+                                                             write_counter) -> None:
+    root = write_services(tmp_path / "d", 10_000)
+    first = bpfsync("apply", "-q", str(root), pin_root=pin_root, env=KEY_ENV, counter=write_counter)
+    assert first.returncode == 0, first.stderr
+    assert write_counter.counts() == (2 + 1 + 20_000, 0)
+
+    second = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV, counter=write_counter)
+    assert second.returncode == 0, second.stderr
+    assert "0 writes" in second.stdout
+    assert write_counter.counts() == (0, 0)
+
+    write_services(root, 10_000, changed={4321: 9999})
+    d = bpfsync("diff", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert d.returncode == 2
+    assert "backend: 198.51.100.20:8080 → 198.51.100.20:9999" in d.stdout
+    third = bpfsync("apply", "-q", str(root), pin_root=pin_root, env=KEY_ENV, counter=write_counter)
+    assert third.returncode == 0, third.stderr
+    assert write_counter.counts() == (1, 0)
+    vkey = struct.pack(">HH", 0, 4321)
+    assert bpftool_dump(pin_root / "maps" / "ti_verify")[vkey][16:20] == socket.inet_aton(
+        "198.51.100.20")
+
+
+def test_drift_from_bpftool_is_reported_and_reverted(tmp_path: Path, pin_root: Path) -> None:
+    root = write_services(tmp_path / "d", 3)
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    maps = pin_root / "maps"
+    wanted = bpftool_dump(maps / "ti_encap")
+    changed_key = _be_ep("203.0.113.1", 1025, 6)
+    bpftool_update(maps / "ti_encap", changed_key, b"\0\0\0\x65" + wanted[changed_key][4:])
+    foreign_key = _be_ep("203.0.113.200", 443, 6)
+    bpftool_update(maps / "ti_encap", foreign_key, b"\x01" * 32)
+
+    d = bpfsync("diff", "-o", "json", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert d.returncode == 2, d.stderr
+    doc = json.loads(d.stdout)
+    assert doc["resources"] == []
+    drift = {(x["action"], x["entry"], x["reason"]) for x in doc["drift"]}
+    assert drift == {("update", "203.0.113.1:1025/tcp", "changed outside bpfsync"),
+                     ("delete", "203.0.113.200:443/tcp", "added outside bpfsync")}
+    change = next(x for x in doc["drift"] if x["action"] == "update")["changes"]
+    assert change == [{"field": "tunnelId", "from": 101, "to": 100}]
+
+    a = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert a.returncode == 0 and "2 drift reverted" in a.stdout
+    assert bpftool_dump(maps / "ti_encap") == wanted
+
+
+def test_mismatched_pin_is_refused_and_left_untouched(tmp_path: Path, pin_root: Path) -> None:
+    maps = pin_root / "maps"
+    maps.mkdir(parents=True)
+    subprocess.run(["bpftool", "map", "create", str(maps / "ti_encap"), "type", "hash", "key",
+                    "8", "value", "16", "entries", "64", "name", "ti_encap"], check=True)
+    before = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "pinned",
+                                        str(maps / "ti_encap")], capture_output=True,
+                                       check=True, text=True).stdout)
+    root = write_services(tmp_path / "d", 2)
+    for cmd in ("apply", "diff"):
+        r = bpfsync(cmd, str(root), pin_root=pin_root, env=KEY_ENV)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        assert "value size 16 (expected 32)" in r.stderr and "max entries 64" in r.stderr
+        assert "left untouched" in r.stderr
+    after = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "pinned",
+                                       str(maps / "ti_encap")], capture_output=True,
+                                      check=True, text=True).stdout)
+    assert after["id"] == before["id"]
+    assert bpffs_entries(pin_root) == ["maps", "maps/ti_encap"]
+
+
+def test_diff_creates_nothing_and_invalid_input_applies_nothing(tmp_path: Path,
+                                                                pin_root: Path) -> None:
+    root = write_services(tmp_path / "d", 2)
+    d = bpfsync("diff", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert d.returncode == 2 and "Plan: 7 to create" in d.stdout
+    assert not pin_root.exists()
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    before = bpftool_dump(pin_root / "maps" / "ti_encap")
+    write_services(root, 3)
+    (root / "broken.yaml").write_text("apiVersion: bpfsync/v1\nkind: Service\n")
+    r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 1
+    assert "broken.yaml:1:1: error: kind/None" not in r.stderr
+    assert "broken.yaml:1:1" in r.stderr and "nothing applied" in r.stderr
+    assert bpftool_dump(pin_root / "maps" / "ti_encap") == before
+
+
+def test_empty_directory_does_not_wipe_without_allow_empty(tmp_path: Path, pin_root: Path) -> None:
+    root = write_services(tmp_path / "d", 5)
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = bpfsync("apply", str(empty), pin_root=pin_root)
+    assert r.returncode == 1 and "--allow-empty" in r.stderr
+    assert len(bpftool_dump(pin_root / "maps" / "ti_encap")) == 5
+    kept = bpfsync("apply", "--no-prune", str(empty), pin_root=pin_root)
+    assert kept.returncode == 0 and len(bpftool_dump(pin_root / "maps" / "ti_encap")) == 5
+    r = bpfsync("apply", "--allow-empty", str(empty), pin_root=pin_root)
+    assert r.returncode == 0, r.stderr
+    for name in ("ti_encap", "ti_verify", "ti_tunnel", "ti_decap"):
+        assert bpftool_dump(pin_root / "maps" / name) == {}
+
+
+def test_get_yaml_round_trips_through_validate(tmp_path: Path, pin_root: Path) -> None:
+    root = write_services(tmp_path / "d", 4)
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    adopted = tmp_path / "adopted"
+    adopted.mkdir()
+    g = bpfsync("get", "all", "-o", "yaml", "--keys-dir", str(adopted / "keys"), pin_root=pin_root)
+    assert g.returncode == 0, g.stderr
+    assert "kernel-test-key" not in g.stdout + g.stderr
+    (adopted / "state.yaml").write_text(g.stdout)
+    v = bpfsync("validate", str(adopted), pin_root=pin_root)
+    assert v.returncode == 0, v.stderr
+    d = bpfsync("diff", str(adopted), pin_root=pin_root)
+    assert d.returncode == 0, d.stdout
+    table = bpfsync("get", "services", pin_root=pin_root)
+    assert "svc-0-3" in table.stdout and "203.0.113.1:1027/tcp" in table.stdout

@@ -1,0 +1,182 @@
+"""The corpus of bad desired-state directories: each must be refused with a precise message
+at a precise place, and nothing else about it may crash or hang."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import InvalidDesiredState, Severity
+from reconciler.load import load_directory
+from reconciler.schema import Schemas
+from reconciler.source import Document, SourceFile, parse
+from tests.unit.helpers import service, tunnel, write_tree
+
+T, S = tunnel(), service()
+OK = T + "---\n" + S
+
+
+def sub(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# (id, files, expected message fragment, expected "file:line[:col]" or None)
+CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
+    ("unclosed-flow", {"a.yaml": "spec: [unclosed\n"}, "invalid YAML", "a.yaml:2:1"),
+    ("tab-indent", {"a.yaml": "spec:\n\tid: 1\n"}, "invalid YAML", "a.yaml:2:1"),
+    ("bad-indent", {"a.yaml": "a:\n  b: 1\n c: 2\n"}, "invalid YAML", "a.yaml:3:2"),
+    ("list-document", {"a.yaml": "- a\n- b\n"}, "must be a mapping, not list", "a.yaml:1:1"),
+    ("scalar-document", {"a.yaml": "hello\n"}, "must be a mapping, not str", "a.yaml:1:1"),
+    ("missing-kind", {"a.yaml": sub(T, "kind: Tunnel\n", "")}, "kind missing", "a.yaml:1:1"),
+    ("unknown-kind", {"a.yaml": sub(T, "kind: Tunnel", "kind: Tunel")},
+     "'Tunel' is unknown; known kinds: Service, Tunnel", "a.yaml:2:7"),
+    ("wrong-api-version", {"a.yaml": sub(T, "bpfsync/v1", "bpfsync/v2")},
+     "apiVersion must be 'bpfsync/v1'", "a.yaml:1:13"),
+    ("missing-metadata", {"a.yaml": sub(T, "metadata:\n  name: t1\n", "")},
+     "'metadata' is required", "a.yaml:1:1"),
+    ("bad-name", {"a.yaml": sub(T, "name: t1", "name: Web_1")}, "does not match", "a.yaml:4:9"),
+    ("bool-name", {"a.yaml": sub(T, "name: t1", "name: yes")}, "True is not of type 'string'",
+     "a.yaml:4:9"),
+    ("unknown-top-field", {"a.yaml": T + "specs: {}\n"}, "unknown field 'specs'", "a.yaml:9:1"),
+    ("unknown-spec-field", {"a.yaml": T + "  remoteAddr: 1.2.3.4\n"},
+     "unknown field 'remoteAddr'; known fields: id, local, remote", "a.yaml:9:3"),
+    ("spec-null", {"a.yaml": sub(T, "spec:\n  id: 100\n  local: {address: 192.0.2.1, port: 6080}\n"
+                                    "  remote: learn\n", "spec:\n")},
+     "None is not of type 'object'", "a.yaml:5:6"),
+    ("id-string", {"a.yaml": sub(T, "id: 100", "id: '100'")}, "'100' is not of type 'integer'",
+     "a.yaml:6:7"),
+    ("id-zero", {"a.yaml": sub(T, "id: 100", "id: 0")}, "less than the minimum of 1", "a.yaml:6:7"),
+    ("id-too-big", {"a.yaml": sub(T, "id: 100", "id: 4294967296")}, "greater than the maximum",
+     "a.yaml:6:7"),
+    ("port-zero", {"a.yaml": sub(T, "port: 6080", "port: 0")}, "less than the minimum of 1",
+     "a.yaml:7:37"),
+    ("port-too-big", {"a.yaml": OK.replace("port: 80}", "port: 70000}")},
+     "70000 is greater than the maximum of 65535", "a.yaml:18:40"),
+    ("address-not-ipv4", {"a.yaml": sub(T, "192.0.2.1", "300.1.1.1")}, "is not a 'ipv4'",
+     "a.yaml:7:20"),
+    ("address-multicast", {"a.yaml": sub(T, "192.0.2.1", "224.0.0.1")},
+     "224.0.0.1 is not a unicast address", "a.yaml:7:20"),
+    ("address-unspecified", {"a.yaml": OK.replace("198.51.100.20", "0.0.0.0")},
+     "0.0.0.0 is not a unicast address", "a.yaml:19:22"),
+    ("remote-typo", {"a.yaml": sub(T, "remote: learn", "remote: learned")},
+     "'learn' was expected", "a.yaml:8:11"),
+    ("missing-backend", {"a.yaml": OK.replace("  backend: {address: 198.51.100.20, port: 8080}\n",
+                                              "")}, "'backend' is required", "a.yaml:15:3"),
+    ("key-and-keyfrom", {"a.yaml": OK + "  key: abc\n"}, "exactly one of key or keyFrom",
+     "a.yaml:15:3"),
+    ("no-key", {"a.yaml": OK.replace("  keyFrom: {file: web.key}\n", "")},
+     "exactly one of key or keyFrom", "a.yaml:15:3"),
+    ("keyfrom-two-sources", {"a.yaml": OK.replace("{file: web.key}", "{file: web.key, env: K}")},
+     "has too many properties", "a.yaml:21:12"),
+    ("keyfrom-env-bad-name", {"a.yaml": OK.replace("{file: web.key}", "{env: 1BAD}")},
+     "does not match", "a.yaml:21:18"),
+    ("key-file-missing", {"a.yaml": OK.replace("web.key", "missing.key")},
+     "No such file or directory", "a.yaml:21:19"),
+    ("key-too-long", {"a.yaml": OK.replace("keyFrom: {file: web.key}", "key: 0123456789abcdefg")},
+     "the key is 17 bytes; at most 16", "a.yaml:21:8"),
+    ("key-bad-hex", {"a.yaml": OK.replace("keyFrom: {file: web.key}", "key: 'hex:zz'")},
+     "only hex digits", "a.yaml:21:8"),
+    ("key-env-unset", {"a.yaml": OK.replace("{file: web.key}", "{env: BPFSYNC_TEST_UNSET}")},
+     "BPFSYNC_TEST_UNSET is not set", "a.yaml:21:18"),
+    ("protocol-unknown", {"a.yaml": OK.replace("protocol: tcp", "protocol: sctp")},
+     "'sctp' is not one of ['tcp', 'udp']", "a.yaml:17:13"),
+    ("dangling-tunnel", {"a.yaml": OK.replace("tunnel: t1", "tunnel: t9")},
+     "no Tunnel named 't9' (defined: t1)", "a.yaml:20:11"),
+    ("duplicate-tunnel-id", {"a.yaml": OK, "b.yaml": tunnel("t2", 100)},
+     "tunnel id 100 is also claimed by Tunnel/t1", "b.yaml:6:7"),
+    ("duplicate-sid", {"a.yaml": OK, "b.yaml": service("api", port=81)},
+     "(groupId 1, serviceId 1) is also claimed by Service/web", "b.yaml:7:14"),
+    ("duplicate-proxy", {"a.yaml": OK, "b.yaml": service("api", sid=2)},
+     "proxy endpoint 203.0.113.10:80/tcp is also claimed by Service/web", "b.yaml:9:10"),
+    ("same-resource-twice", {"a.yaml": OK, "sub/b.yaml": service(sid=2, port=81)},
+     "Service/web is defined twice", "sub/b.yaml:4:9"),
+    ("yml-and-yaml", {"a.yaml": OK, "a.yml": T}, "both a.yaml and a.yml exist", "a.yml"),
+    ("binary-junk", {"a.yaml": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"}, "not UTF-8", "a.yaml:1:1"),
+    ("nul-bytes", {"a.yaml": "a: 1\nb: \x00\n"}, "NUL bytes", "a.yaml:2"),
+    ("empty-file", {"a.yaml": OK, "b.yaml": ""}, "holds no resources", "b.yaml:1:1"),
+    ("comments-only", {"a.yaml": OK, "b.yaml": "# nothing here\n---\n"}, "holds no resources",
+     "b.yaml:1:1"),
+    ("duplicate-key", {"a.yaml": sub(T, "  id: 100\n", "  id: 100\n  id: 101\n")},
+     "duplicate key 'id'", "a.yaml:7:3"),
+    ("ten-megabytes", {"a.yaml": "x" * (10 * 1024 * 1024) + "\n"}, "must be a mapping, not str",
+     "a.yaml:1:1"),
+    ("too-big", {"a.yaml": "#" * (33 * 1024 * 1024)}, "limit is", "a.yaml"),
+]
+
+
+def _symlink_loop(root: Path) -> None:
+    (root / "loop").mkdir()
+    (root / "loop" / "back").symlink_to(root / "loop")
+
+
+def _dangling_symlink(root: Path) -> None:
+    (root / "gone.yaml").symlink_to(root / "nowhere.yaml")
+
+
+def _world_readable_key(root: Path) -> None:
+    os.chmod(root / "web.key", 0o644)
+
+
+SETUPS: list[tuple[str, Callable[[Path], None], str, str | None]] = [
+    ("symlink-loop", _symlink_loop, "symlink loop", "loop/back"),
+    ("dangling-symlink", _dangling_symlink, "cannot read", "gone.yaml"),
+    ("key-file-world-readable", _world_readable_key, "chmod 600", "a.yaml:21:19"),
+]
+
+
+def _assert_refused(root: Path, fragment: str, where: str | None) -> None:
+    started = time.monotonic()
+    with pytest.raises(InvalidDesiredState) as exc:
+        load_directory(root)
+    assert time.monotonic() - started < 20
+    errors = [p for p in exc.value.problems if p.severity is Severity.ERROR]
+    matching = [p for p in errors if fragment in str(p)]
+    assert matching, f"no error containing {fragment!r} in:\n" + "\n".join(map(str, errors))
+    if where is not None:
+        assert any(str(p.location).endswith(where) for p in matching), "\n".join(
+            map(str, matching))
+
+
+@pytest.mark.parametrize(("files", "fragment", "where"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_refused(tmp_path: Path, files: dict[str, str | bytes], fragment: str,
+                              where: str | None) -> None:
+    _assert_refused(write_tree(tmp_path, files), fragment, where)
+
+
+@pytest.mark.parametrize(("setup", "fragment", "where"), [c[1:] for c in SETUPS],
+                         ids=[c[0] for c in SETUPS])
+def test_bad_tree_is_refused(tmp_path: Path, setup: Callable[[Path], None], fragment: str,
+                             where: str | None) -> None:
+    root = write_tree(tmp_path, {"a.yaml": OK})
+    setup(root)
+    _assert_refused(root, fragment, where)
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CASES) + len(SETUPS) >= 30
+
+
+@pytest.mark.parametrize("files", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_fast_and_full_validators_agree(files: dict[str, str | bytes]) -> None:
+    """The compiled fast path must never accept what jsonschema rejects, nor the reverse."""
+    schemas = Schemas()
+    for name, content in files.items():
+        if isinstance(content, bytes) or len(content) > 1_000_000:
+            continue
+        docs, _ = parse(SourceFile(Path(name), name, content))
+        for doc in docs:
+            _agree(schemas, doc)
+
+
+def _agree(schemas: Schemas, doc: Document) -> None:
+    data = doc.data
+    if not isinstance(data, dict) or data.get("kind") not in schemas.kinds:
+        return
+    kind = schemas.kinds[data["kind"]]
+    assert kind.is_valid_fast(data) == (not kind.errors(data)), data

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import InvalidDesiredState, Severity
+from reconciler.load import load_directory
+from reconciler.model import Endpoint
+from tests.unit.helpers import service, tunnel, write_tree
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_quickstart_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BPFSYNC_DNS_KEY", "dns-demo-key")
+    key = EXAMPLES / "quickstart" / "keys" / "web.key"
+    os.chmod(key, 0o600)  # git does not keep modes; the demo does the same
+    state = load_directory(EXAMPLES / "quickstart")
+    assert set(state.tunnels) == {"node-a", "node-b"}
+    assert state.tunnels["node-b"].remote is None
+    assert state.tunnels["node-b"].local == Endpoint("192.0.2.1", 6080)  # default port
+    assert state.services["dns"].protocol == "udp"
+
+
+def test_multi_document_files_recursive_and_ignored_files(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {
+        "a.yaml": tunnel() + "---\n" + service(),
+        "sub/b.yml": service("api", sid=2, port=81).replace("web.key", "../web.key"),
+        ".hidden.yaml": "junk: [",
+        "sub/.#lock.yaml": "junk: [",
+        "c.yaml~": "junk: [",
+        ".c.yaml.swp": "junk: [",
+        ".ansible_tmp123.yaml": "junk: [",
+        "notes.txt": "not yaml",
+        ".git/config.yaml": "junk: [",
+    })
+    state = load_directory(root)
+    assert sorted(state.services) == ["api", "web"]
+    assert state.files == 2
+
+
+def test_trailing_document_separator_is_fine(tmp_path: Path) -> None:
+    state = load_directory(write_tree(tmp_path, {"a.yaml": "---\n" + tunnel() + "---\n"}))
+    assert list(state.tunnels) == ["t1"]
+
+
+def test_inline_key_warns_but_is_valid(tmp_path: Path) -> None:
+    text = service().replace("keyFrom: {file: web.key}", "key: Pa55w0rd1234567")
+    state = load_directory(write_tree(tmp_path, {"a.yaml": tunnel() + "---\n" + text}))
+    assert len(state.warnings) == 1
+    w = state.warnings[0]
+    assert w.severity is Severity.WARNING and "inline" in w.message
+    assert str(w.location).endswith("a.yaml:21:8")
+    assert "Pa55w0rd" not in str(w)
+
+
+def test_hex_key_and_env_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K", "hex:00ff")
+    text = service().replace("keyFrom: {file: web.key}", "keyFrom: {env: K}")
+    state = load_directory(write_tree(tmp_path, {"a.yaml": tunnel() + "---\n" + text}))
+    assert state.services["web"].key.value == b"\x00\xff" + b"\0" * 14
+    assert "ff" not in repr(state.services["web"])
+
+
+def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
+    root = write_tree(tmp_path, {
+        "a.yaml": tunnel().replace("id: 100", "id: -1"),
+        "b.yaml": service(tunnel="nope").replace("port: 80", "port: 70000"),
+        "c.yaml": "key: [unclosed",
+    })
+    with pytest.raises(InvalidDesiredState) as exc:
+        load_directory(root)
+    text = "\n".join(map(str, exc.value.problems))
+    assert "a.yaml:6:7" in text and "-1 is less than the minimum of 1" in text
+    assert "b.yaml:9:40" in text and "70000" in text
+    assert "c.yaml:2:1" in text and "invalid YAML" in text

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import json
+
+from reconciler import tables as t
+from reconciler.desired import compile_tables
+from reconciler.model import Endpoint, KeySource, Origin, Service, Tunnel
+from reconciler.plan import Action, PrunePolicy, compute_plan
+from reconciler.render import plan_json, plan_text
+from reconciler.secrets import Secret, decode_key
+from reconciler.state import DesiredState
+
+SECRET = "SUPERSECRETKEY12"
+
+
+def state(n_services: int = 2, backend_port: int = 8080, key: str = SECRET) -> DesiredState:
+    s = DesiredState()
+    s.tunnels["t1"] = Tunnel("t1", 100, Endpoint("192.0.2.1", 6080), None, Origin("a.yaml", 0))
+    s.tunnels["t2"] = Tunnel("t2", 101, Endpoint("192.0.2.1", 6080),
+                             Endpoint("198.51.100.2", 6080), Origin("a.yaml", 1))
+    for i in range(n_services):
+        s.services[f"svc{i}"] = Service(
+            f"svc{i}", 1, i, "tcp", Endpoint("203.0.113.10", 1000 + i),
+            Endpoint("198.51.100.20", backend_port), "t1", decode_key(key), KeySource("inline"),
+            Origin("b.yaml", i))
+    return s
+
+
+def observed_from(s: DesiredState) -> dict[str, dict[bytes, bytes]]:
+    return {name: dict(entries) for name, entries in compile_tables(s).entries.items()}
+
+
+def test_codec_round_trip_and_stamp() -> None:
+    key = t.endpoint_key("203.0.113.10", 80, 6)
+    value = t.encap_value(key, 100, 1, 2, Secret(b"k" * 16))
+    assert len(key) == t.ENCAP.key_size and len(value) == t.ENCAP.value_size
+    assert t.decode_key(t.ENCAP.name, key) == {"address": "203.0.113.10", "port": 80,
+                                               "protocol": "tcp"}
+    assert t.decode_value(t.ENCAP.name, value)["tunnelId"] == 100
+    assert key[:4] == bytes([203, 0, 113, 10]) and key[4:6] == (80).to_bytes(2, "big")
+    assert t.stamp_ok(key, value)
+    assert not t.stamp_ok(key, value[:5] + b"\xff" + value[6:])
+    for spec, value in ((t.TUNNEL, t.tunnel_value(t.tunnel_key(1), ("192.0.2.1", 6080), None)),
+                        (t.DECAP, t.decap_value(key)),
+                        (t.VERIFY, t.verify_value(t.sid_key(1, 2), Secret(b"x" * 16), key))):
+        assert len(value) == spec.value_size
+
+
+def test_first_plan_creates_tunnels_before_services() -> None:
+    plan = compute_plan(compile_tables(state()), {})
+    tables = [op.table for op in plan.operations]
+    assert all(op.action is Action.CREATE for op in plan.operations)
+    assert tables.index("ti_encap") > tables.index("ti_tunnel")
+    assert tables.index("ti_encap") > tables.index("ti_decap")
+    assert len(plan.operations) == 2 + 1 + 2 * 2  # 2 tunnels, 1 shared decap, 2x2 service
+    decap = [op for op in plan.operations if op.table == "ti_decap"]
+    assert len(decap) == 1
+
+
+def test_in_sync_plan_is_empty() -> None:
+    s = state()
+    plan = compute_plan(compile_tables(s), observed_from(s))
+    assert plan.in_sync and plan.operations == []
+
+
+def test_one_field_change_is_one_update() -> None:
+    before, after = state(), state(backend_port=9090)
+    plan = compute_plan(compile_tables(after), observed_from(before))
+    assert [(op.action, op.table, op.drift) for op in plan.operations] == [
+        (Action.UPDATE, "ti_verify", False), (Action.UPDATE, "ti_verify", False)]
+    assert plan.operations[0].reason == "changed in YAML"
+
+
+def test_removed_resource_is_pruned_after_services_and_kept_when_disabled() -> None:
+    before, after = state(3), state(2)
+    plan = compute_plan(compile_tables(after), observed_from(before))
+    assert [(op.action, op.table) for op in plan.operations] == [
+        (Action.DELETE, "ti_encap"), (Action.DELETE, "ti_verify")]
+    assert plan.operations[0].resource == "Service/svc-1-2"
+    kept = compute_plan(compile_tables(after), observed_from(before),
+                        PrunePolicy(keep_kinds=frozenset({"Service"})))
+    assert kept.in_sync and len(kept.kept) == 2
+    assert compute_plan(compile_tables(after), observed_from(before),
+                        PrunePolicy(enabled=False)).in_sync
+
+
+def test_foreign_entries_are_drift() -> None:
+    s = state()
+    observed = observed_from(s)
+    tkey = t.tunnel_key(101)
+    tampered = bytearray(observed["ti_tunnel"][tkey])
+    tampered[4:8] = bytes([198, 51, 100, 9])
+    observed["ti_tunnel"][tkey] = bytes(tampered)
+    observed["ti_encap"][t.endpoint_key("203.0.113.99", 80, 6)] = b"\0" * 32
+    plan = compute_plan(compile_tables(s), observed)
+    assert [(op.action, op.drift, op.reason) for op in plan.operations] == [
+        (Action.UPDATE, True, "changed outside bpfsync"),
+        (Action.DELETE, True, "added outside bpfsync")]
+
+
+def test_emptying_everything_is_flagged() -> None:
+    plan = compute_plan(compile_tables(DesiredState()), observed_from(state()))
+    assert plan.empties_everything()
+    assert not compute_plan(compile_tables(state(1)), observed_from(state())).empties_everything()
+
+
+def test_batches_group_consecutive_same_table_operations() -> None:
+    plan = compute_plan(compile_tables(state(5)), {})
+    groups = [(table, is_delete, len(ops)) for table, is_delete, ops in plan.batches()]
+    assert groups == [("ti_tunnel", False, 2), ("ti_decap", False, 1), ("ti_verify", False, 5),
+                      ("ti_encap", False, 5)]
+
+
+def test_secrets_never_rendered() -> None:
+    before, after = state(key=SECRET), state(key="OTHERSECRETKEY99", backend_port=9)
+    plan = compute_plan(compile_tables(after), observed_from(before))
+    text, js = plan_text(plan, "dir", after), plan_json(plan, after)
+    for out in (text, js, repr(plan.operations), repr(after.services["svc0"])):
+        assert "SUPERSECRET" not in out and "OTHERSECRET" not in out
+    assert "key: (sensitive value changed)" in text
+    assert "backend: 198.51.100.20:8080 → 198.51.100.20:9" in text
+    doc = json.loads(js)
+    change = doc["resources"][0]["actions"][0]["changes"]
+    assert {"field": "key", "sensitive": True} in change
+    assert doc["resources"][0]["actions"][0]["after"]["key"] == "(sensitive)"
+    created = compute_plan(compile_tables(after), {})
+    assert "OTHERSECRET" not in plan_text(created, "dir") + plan_json(created)
+
+
+def test_json_shape_is_stable() -> None:
+    s = state(1)
+    observed = observed_from(s)
+    observed["ti_encap"][t.endpoint_key("203.0.113.99", 80, 6)] = b"\1" * 32
+    doc = json.loads(plan_json(compute_plan(compile_tables(state(2)), observed), s))
+    assert list(doc) == ["formatVersion", "inSync", "summary", "resources", "drift", "kept"]
+    assert doc["summary"] == {"create": 2, "update": 0, "delete": 1, "drift": 1, "kept": 0,
+                              "desiredEntries": 7, "observedEntries": 6}
+    assert doc["resources"][0]["resource"] == "Service/svc1"
+    assert set(doc["resources"][0]["actions"][0]) == {
+        "action", "resource", "table", "entry", "key", "before", "after", "changes", "reason",
+        "drift"}
+    assert doc["drift"][0]["reason"] == "added outside bpfsync"
