@@ -54,24 +54,36 @@ def _endpoint(data: dict[str, Any], default_port: int | None = None) -> Endpoint
     return Endpoint(data["address"], data.get("port", default_port))
 
 
-def _resolve_key(spec: dict[str, Any], doc: Document) -> tuple[Secret | None, KeySource, str | None]:
+KeyCache = dict[tuple[str, str], Secret]
+
+
+def _resolve_key(spec: dict[str, Any], doc: Document,
+                 cache: KeyCache) -> tuple[Secret | None, KeySource, str | None]:
+    """The Service's key; file and env keys are read once per load, however many use them."""
+    if "key" in spec:
+        source = KeySource("inline")
+        try:
+            return decode_key(spec["key"]), source, None
+        except KeyError_ as exc:
+            return None, source, str(exc)
+    ref = spec["keyFrom"]
+    kind = "file" if "file" in ref else "env"
+    source = KeySource(kind, ref[kind])
+    if kind == "file":
+        path = Path(ref["file"])
+        cache_key = ("file", str(path if path.is_absolute() else Path(doc.file).parent / path))
+    else:
+        cache_key = ("env", ref["env"])
     try:
-        if "key" in spec:
-            return decode_key(spec["key"]), KeySource("inline"), None
-        ref = spec["keyFrom"]
-        if "file" in ref:
-            path = Path(ref["file"])
-            if not path.is_absolute():
-                path = Path(doc.file).parent / path
-            return read_key_file(path), KeySource("file", ref["file"]), None
-        return read_key_env(ref["env"]), KeySource("env", ref["env"]), None
+        if cache_key not in cache:
+            cache[cache_key] = (read_key_file(Path(cache_key[1])) if kind == "file"
+                                else read_key_env(cache_key[1]))
+        return cache[cache_key], source, None
     except KeyError_ as exc:
-        source = KeySource("inline") if "key" in spec else KeySource("file" if "file" in spec[
-            "keyFrom"] else "env")
         return None, source, str(exc)
 
 
-def _build(doc: Document, findings: list[Finding]) -> Tunnel | Service | None:
+def _build(doc: Document, findings: list[Finding], keys: KeyCache) -> Tunnel | Service | None:
     """Typed resource from a schema-valid document; field problems go to findings."""
     data = doc.data
     origin = Origin(doc.file, doc.index)
@@ -100,7 +112,7 @@ def _build(doc: Document, findings: list[Finding]) -> Tunnel | Service | None:
     proxy, backend = _endpoint(spec["proxy"]), _endpoint(spec["backend"])
     check_address(("spec", "proxy", "address"), proxy.address)
     check_address(("spec", "backend", "address"), backend.address)
-    key, source, key_problem = _resolve_key(spec, doc)
+    key, source, key_problem = _resolve_key(spec, doc, keys)
     key_path: tuple[PathItem, ...] = ("spec", "key") if source.kind == "inline" else (
         "spec", "keyFrom", source.kind)
     if key_problem:
@@ -123,6 +135,7 @@ def load_documents(docs: Iterable[Document], findings: list[Finding],
     state = DesiredState()
     invalid: set[str] = set()
     first_seen: dict[str, Origin] = {}
+    keys: KeyCache = {}
     for doc in docs:
         origin = Origin(doc.file, doc.index)
         errors = schemas.validate(doc.data)
@@ -144,7 +157,7 @@ def load_documents(docs: Iterable[Document], findings: list[Finding],
                 related=((first_seen[ref], ("metadata", "name")),)))
             continue
         first_seen[ref] = origin
-        resource = _build(doc, findings)
+        resource = _build(doc, findings, keys)
         if resource is None:
             invalid.add(ref)
         elif isinstance(resource, Tunnel):

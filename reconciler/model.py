@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from reconciler.secrets import Secret
@@ -75,8 +76,10 @@ class Service:
 Resource = Tunnel | Service
 
 
+@lru_cache(maxsize=65536)
 def unicast_problem(address: str) -> str | None:
-    """Why address cannot be a tunnel or service endpoint, or None."""
+    """Why address cannot be a tunnel or service endpoint, or None. Cached: addresses repeat
+    across thousands of services."""
     try:
         ip = ipaddress.IPv4Address(address)
     except ValueError:

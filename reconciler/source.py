@@ -121,9 +121,11 @@ class _Loader(yaml.CSafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    mapping = loader.construct_mapping(node)
-    if len(mapping) != len(node.value):
+    # SafeConstructor.construct_mapping (merge keys, then BaseConstructor's loop), plus a cheap
+    # length check; the slow search for the duplicate runs only when there is one.
+    mapping = yaml.constructor.SafeConstructor.construct_mapping(loader, node)
+    if len(mapping) != len(node.value) and not any(
+            k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node)

@@ -1,0 +1,179 @@
+"""Foundation benchmark: bpfsync apply/diff versus a bpftool loop, the kernel floor and the parse
+floor, for 1k/10k/100k services, side by side in one run.
+
+    .venv/bin/python bench/bench_apply.py [--sizes 1000,10000,100000] [--bpftool-sample 1000]
+
+Every figure except (e) is the wall time of a fresh process, as a user would run it.
+(d) runs `bpftool map update` for a bounded sample of entries and extrapolates per entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reconciler import tables as t  # noqa: E402
+from reconciler.desired import compile_tables  # noqa: E402
+from reconciler.kernel import libbpf  # noqa: E402
+from reconciler.kernel.maps import open_tables  # noqa: E402
+from reconciler.load import load_directory  # noqa: E402
+from tests.kernel.desired import KEY_ENV, PER_FILE, write_services  # noqa: E402
+
+PARSE_FLOOR = """
+import sys, yaml
+from pathlib import Path
+for f in sorted(Path(sys.argv[1]).glob("*.yaml")):
+    list(yaml.load_all(f.read_text(), Loader=yaml.CSafeLoader))
+"""
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int]:
+    """(seconds, exit code, peak RSS in MiB) of one fresh process."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.stderr.read()
+    return elapsed, os.waitstatus_to_exitcode(status), usage.ru_maxrss // 1024
+
+
+def bpftool_loop(pin_root: Path, entries: list[tuple[str, bytes, bytes]], sample: int) -> float:
+    """Seconds per entry of one `bpftool map update` process per entry (the seeds' CLIs)."""
+    tables = open_tables(pin_root, create=True)
+    tables.close()
+    chosen = entries[:sample]
+    started = time.perf_counter()
+    for table, key, value in chosen:
+        subprocess.run(["bpftool", "map", "update", "pinned", str(pin_root / "maps" / table),
+                        "key", "hex", *(f"{b:02x}" for b in key),
+                        "value", "hex", *(f"{b:02x}" for b in value)], check=True)
+    return (time.perf_counter() - started) / len(chosen)
+
+
+def kernel_floor(pin_root: Path, desired: dict[str, dict[bytes, bytes]]) -> float:
+    """Seconds for one libbpf batch update per table of the already-encoded entries."""
+    tables = open_tables(pin_root, create=True)
+    try:
+        buffers = [(tables.fds[name], b"".join(e), b"".join(e.values()), len(e))
+                   for name, e in desired.items() if e]
+        started = time.perf_counter()
+        for fd, keys, values, n in buffers:
+            libbpf.update_batch(fd, keys, values, n)
+        return time.perf_counter() - started
+    finally:
+        tables.close()
+
+
+def phases(directory: Path, pin_root: Path) -> dict[str, float]:
+    """In-process split of a no-op diff, to show what share is parsing."""
+    from reconciler import checks, load, source
+    from reconciler.plan import compute_plan
+    from reconciler.schema import Schemas
+
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    files, _ = source.scan(directory)
+    docs = []
+    for f in files:
+        src, _ = source.read(f)
+        parsed, _ = source.parse(src)
+        docs += parsed
+    t1 = time.perf_counter()
+    state, invalid = load.load_documents(docs, [], Schemas())
+    checks.cross_check(state, invalid)
+    t2 = time.perf_counter()
+    desired = compile_tables(state)
+    t3 = time.perf_counter()
+    tables = open_tables(pin_root, create=False)
+    observed = tables.read()
+    tables.close()
+    t4 = time.perf_counter()
+    compute_plan(desired, observed)
+    t5 = time.perf_counter()
+    out.update(parse=t1 - t0, validate_build_check=t2 - t1, compile=t3 - t2, kernel_read=t4 - t3,
+               plan=t5 - t4)
+    return out
+
+
+def bench(n: int, sample: int, work: Path) -> dict[str, float]:
+    env = {**os.environ, **KEY_ENV}
+    os.environ.update(KEY_ENV)
+    directory = write_services(work / f"d{n}", n)
+    pin = Path(f"/sys/fs/bpf/bpfsync-bench-{os.getpid()}-{n}")
+    scratch = Path(f"/sys/fs/bpf/bpfsync-bench-{os.getpid()}-{n}-scratch")
+    bpfsync = [sys.executable, "-m", "reconciler", "--pin-root", str(pin)]
+    r: dict[str, float] = {"n": n}
+    try:
+        r["a_cold_apply"], code, r["a_rss_mib"] = run([*bpfsync, "apply", "-q", str(directory)], env)
+        assert code == 0, code
+        r["b_noop_diff"], code, r["b_rss_mib"] = run([*bpfsync, "diff", str(directory)], env)
+        assert code == 0, code
+        write_services(directory, n, changed={n // 2: 9999})
+        r["c_one_change"], code, _ = run([*bpfsync, "apply", "-q", str(directory)], env)
+        assert code == 0, code
+        desired = compile_tables(load_directory(directory)).entries
+        entries = [(name, k, v) for name, e in desired.items() for k, v in e.items()]
+        r["entries"] = len(entries)
+        per_entry = bpftool_loop(scratch, entries, min(sample, len(entries)))
+        shutil.rmtree(scratch)
+        r["d_bpftool_loop"] = per_entry * len(entries)
+        r["d_per_entry_ms"] = per_entry * 1000
+        r["e_kernel_floor"] = kernel_floor(scratch, desired)
+        r["f_parse_floor"], _, _ = run([sys.executable, "-c", PARSE_FLOOR, str(directory)], env)
+        r.update({f"phase_{k}": v for k, v in phases(directory, pin).items()})
+    finally:
+        shutil.rmtree(pin, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return r
+
+
+def report(results: list[dict[str, float]]) -> str:
+    lines = [
+        "| services | entries | (a) cold apply | (b) no-op diff | (c) one change | "
+        "(d) bpftool loop | (e) kernel floor | (f) parse floor | a ÷ d | a ÷ (e+f) | b ÷ f | "
+        "peak RSS a / b |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['n']:,} | {r['entries']:,} | {r['a_cold_apply']:.2f} s | {r['b_noop_diff']:.2f} s"
+            f" | {r['c_one_change']:.2f} s | {r['d_bpftool_loop']:.1f} s "
+            f"({r['d_per_entry_ms']:.2f} ms/entry) | {r['e_kernel_floor'] * 1000:.1f} ms | "
+            f"{r['f_parse_floor']:.2f} s | {r['a_cold_apply'] / r['d_bpftool_loop']:.3f} | "
+            f"{r['a_cold_apply'] / (r['e_kernel_floor'] + r['f_parse_floor']):.2f} | "
+            f"{r['b_noop_diff'] / r['f_parse_floor']:.2f} | "
+            f"{r['a_rss_mib']:.0f} / {r['b_rss_mib']:.0f} MiB |")
+    lines += ["", "In-process split of a no-op diff (seconds; parse = read + libyaml):", "",
+              "| services | parse | validate+build+check | compile | kernel read | plan | "
+              "parse share of (b) |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(
+            f"| {r['n']:,} | {r['phase_parse']:.2f} | {r['phase_validate_build_check']:.2f} | "
+            f"{r['phase_compile']:.2f} | {r['phase_kernel_read']:.3f} | {r['phase_plan']:.2f} | "
+            f"{r['phase_parse'] / r['b_noop_diff']:.0%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="1000,10000,100000")
+    p.add_argument("--bpftool-sample", type=int, default=1000)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bpfsync-bench-") as tmp:
+        results = [bench(int(n), args.bpftool_sample, Path(tmp))
+                   for n in args.sizes.split(",")]
+    print(f"{PER_FILE} services per file; {os.cpu_count()} CPUs")
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
