@@ -21,7 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler import tables as t  # noqa: E402
 from reconciler.desired import compile_tables  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
 from reconciler.kernel.maps import open_tables  # noqa: E402
@@ -80,6 +79,7 @@ def phases(directory: Path, pin_root: Path) -> dict[str, float]:
     from reconciler.schema import Schemas
 
     out: dict[str, float] = {}
+    schemas = Schemas()
     t0 = time.perf_counter()
     files, _ = source.scan(directory)
     docs = []
@@ -88,7 +88,9 @@ def phases(directory: Path, pin_root: Path) -> dict[str, float]:
         parsed, _ = source.parse(src)
         docs += parsed
     t1 = time.perf_counter()
-    state, invalid = load.load_documents(docs, [], Schemas())
+    keys: load.KeyCache = {}
+    results = [load.FileResult("", [], [load.check_document(d, schemas, keys) for d in docs])]
+    state, invalid, _ = load.assemble(results)
     checks.cross_check(state, invalid)
     t2 = time.perf_counter()
     desired = compile_tables(state)

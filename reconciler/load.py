@@ -6,11 +6,12 @@ nothing). Line numbers are looked up only for the problems that are reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler import checks
+from reconciler import checks, parallel
 from reconciler.errors import InvalidDesiredState, Location, Problem, Severity
 from reconciler.findings import Finding
 from reconciler.locate import PathItem, locate
@@ -39,8 +40,11 @@ class _Locator:
         if origin is None:
             return Location("<desired state>")
         text = self.texts.get(origin.file)
-        if text is None:
-            return Location(origin.file)
+        if text is None:  # loaded in a worker process: read it again, only to locate
+            try:
+                text = self.texts[origin.file] = Path(origin.file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                return Location(origin.file)
         return locate(origin.file, text, origin.index, path, key=at_key)
 
     def problem(self, f: Finding) -> Problem:
@@ -128,69 +132,100 @@ def _build(doc: Document, findings: list[Finding], keys: KeyCache) -> Tunnel | S
                    backend, spec["tunnel"], key, source, origin)
 
 
-def load_documents(docs: Iterable[Document], findings: list[Finding],
-                   schemas: Schemas) -> tuple[DesiredState, set[str]]:
-    """Typed state from parsed documents; names of invalid resources are returned so that
+@dataclass(slots=True)
+class DocResult:
+    origin: Origin
+    ref: str | None  # "Kind/name" when the document has a readable kind and name
+    resource: Tunnel | Service | None  # None: invalid
+    findings: list[Finding]
+
+
+@dataclass(slots=True)
+class FileResult:
+    file: str
+    problems: list[Problem]  # read and parse problems, already located
+    docs: list[DocResult]
+    text: str | None = None  # kept when loading in this process, for locating findings
+
+
+def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult:
+    """Schema-check and build one document; cross-document checks come later."""
+    origin = Origin(doc.file, doc.index)
+    data = doc.data
+    name = None
+    if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
+        name = data["metadata"].get("name")
+    ref = f"{data.get('kind')}/{name}" if isinstance(data, dict) and isinstance(name, str) else None
+    errors = schemas.validate(data)
+    if errors:
+        return DocResult(origin, ref, None, [
+            Finding(origin, e.path, e.message, ref, at_key=e.at_key) for e in errors])
+    findings: list[Finding] = []
+    return DocResult(origin, ref, _build(doc, findings, keys), findings)
+
+
+def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True) -> list[FileResult]:
+    keys: KeyCache = {}
+    out = []
+    for path in paths:
+        source, problem = read(path)
+        if problem:
+            out.append(FileResult(str(path), [problem], []))
+            continue
+        assert source is not None
+        docs, problems = parse(source)
+        out.append(FileResult(source.display, problems,
+                              [check_document(d, schemas, keys) for d in docs],
+                              source.text if keep_text else None))
+    return out
+
+
+def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], list[Finding]]:
+    """The desired state from per-file results, in file order: a resource defined twice is
+    reported at its second place. Names of invalid resources are returned so that
     cross-checks do not pile consequential errors (a dangling reference) on top."""
     state = DesiredState()
     invalid: set[str] = set()
     first_seen: dict[str, Origin] = {}
-    keys: KeyCache = {}
-    for doc in docs:
-        origin = Origin(doc.file, doc.index)
-        errors = schemas.validate(doc.data)
-        name = None
-        if isinstance(doc.data, dict) and isinstance(doc.data.get("metadata"), dict):
-            name = doc.data["metadata"].get("name")
-        ref = f"{doc.data.get('kind')}/{name}" if isinstance(doc.data, dict) and isinstance(
-            name, str) else None
-        if errors:
-            findings.extend(Finding(origin, e.path, e.message, ref, at_key=e.at_key)
-                            for e in errors)
-            if ref:
-                invalid.add(ref)
-            continue
-        assert ref is not None
-        if ref in first_seen:
-            findings.append(Finding(
-                origin, ("metadata", "name"), f"{ref} is defined twice", ref,
-                related=((first_seen[ref], ("metadata", "name")),)))
-            continue
-        first_seen[ref] = origin
-        resource = _build(doc, findings, keys)
-        if resource is None:
-            invalid.add(ref)
-        elif isinstance(resource, Tunnel):
-            state.tunnels[resource.name] = resource
-        else:
-            state.services[resource.name] = resource
-    return state, invalid
+    findings: list[Finding] = []
+    for file in results:
+        for doc in file.docs:
+            findings.extend(doc.findings)
+            ref = doc.ref
+            if ref is not None:
+                if ref in first_seen:
+                    findings.append(Finding(
+                        doc.origin, ("metadata", "name"), f"{ref} is defined twice", ref,
+                        related=((first_seen[ref], ("metadata", "name")),)))
+                    continue
+                first_seen[ref] = doc.origin
+            if doc.resource is None:
+                if ref:
+                    invalid.add(ref)
+                continue
+            if isinstance(doc.resource, Tunnel):
+                state.tunnels[doc.resource.name] = doc.resource
+            else:
+                state.services[doc.resource.name] = doc.resource
+    return state, invalid, findings
 
 
 def load_directory(root: Path, schemas: Schemas | None = None) -> DesiredState:
     """Load and check a whole directory; raises InvalidDesiredState listing every error."""
     schemas = schemas or Schemas()
+    files, scan_problems = scan(root)
+    results = parallel.load_files(files, schemas) if parallel.worth_it(files) else load_files(
+        files, schemas)
     locator = _Locator()
-    findings: list[Finding] = []
-    scan_problems: list[Problem] = []
-    files, problems = scan(root)
-    scan_problems.extend(problems)
-    docs: list[Document] = []
-    for path in files:
-        source, problem = read(path)
-        if problem:
-            scan_problems.append(problem)
-            continue
-        assert source is not None
-        locator.texts[source.display] = source.text
-        file_docs, parse_problems = parse(source)
-        scan_problems.extend(parse_problems)
-        docs.extend(file_docs)
-    state, invalid = load_documents(docs, findings, schemas)
+    problems = list(scan_problems)
+    for r in results:
+        problems.extend(r.problems)
+        if r.text is not None:
+            locator.texts[r.file] = r.text
+    state, invalid, findings = assemble(results)
     state.files = len(files)
     findings.extend(checks.cross_check(state, invalid))
-    errors = scan_problems + [locator.problem(f) for f in findings
-                              if f.severity is Severity.ERROR]
+    errors = problems + [locator.problem(f) for f in findings if f.severity is Severity.ERROR]
     warnings = [f for f in findings if f.severity is Severity.WARNING]
     state.warnings = [locator.problem(f) for f in warnings[:MAX_WARNINGS_LOCATED]]
     if len(warnings) > MAX_WARNINGS_LOCATED:

@@ -7,8 +7,6 @@ import json
 from collections import Counter
 from typing import Any
 
-from deepdiff import DeepDiff
-
 from reconciler import tables as t
 from reconciler.plan import Action, Operation, Plan
 from reconciler.secrets import Secret
@@ -45,6 +43,8 @@ def changes(op: Operation) -> list[dict[str, Any]]:
             out.append({"field": name, "sensitive": True})
     plain_old = {k: v for k, v in old.items() if k not in secret_fields and k != "flags"}
     plain_new = {k: v for k, v in new.items() if k not in secret_fields and k != "flags"}
+    from deepdiff import DeepDiff  # ~90 ms to import, needed only to show updates
+
     dd = DeepDiff(plain_old, plain_new, verbose_level=2)
     for kind in ("values_changed", "type_changes", "dictionary_item_added",
                  "dictionary_item_removed"):

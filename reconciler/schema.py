@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
-import jsonschema
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
 API_VERSION = "bpfsync/v1"
@@ -42,7 +41,9 @@ class KindSchema:
         return fastjsonschema.compile(draft07)
 
     @cached_property
-    def _full(self) -> jsonschema.protocols.Validator:
+    def _full(self) -> Any:
+        import jsonschema  # ~80 ms to import, needed only for documents with errors
+
         return jsonschema.Draft202012Validator(
             self.schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
@@ -60,7 +61,8 @@ class KindSchema:
         return out
 
 
-def _explain(err: jsonschema.ValidationError) -> Iterator[SchemaError]:
+def _explain(err: Any) -> Iterator[SchemaError]:
+    """Messages for one jsonschema.ValidationError."""
     path = tuple(err.absolute_path)
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         known = set(err.schema.get("properties", {}))

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler import parallel
+from reconciler.errors import InvalidDesiredState
+from reconciler.load import load_directory
+from tests.unit.helpers import service, tunnel, write_tree
+
+
+def _tree(root: Path, broken: bool) -> Path:
+    files = {"t.yaml": tunnel() + "---\n" + tunnel("t2", 101, "{address: 198.51.100.2}")}
+    for i in range(40):
+        files[f"s{i:02d}.yaml"] = service(f"svc{i}", sid=i, port=1000 + i)
+    if broken:
+        files["s17.yaml"] = files["s17.yaml"].replace("port: 8080", "port: 0")
+        files["s30.yaml"] = files["s30.yaml"].replace("tunnel: t1", "tunnel: gone")
+        files["s31.yaml"] = files["s31.yaml"].replace("keyFrom: {file: web.key}", "key: inline")
+    return write_tree(root, files)
+
+
+def _load(root: Path, monkeypatch: pytest.MonkeyPatch, parallel_on: bool):
+    monkeypatch.setattr(parallel, "MIN_FILES", 2)
+    monkeypatch.setattr(parallel, "MIN_BYTES", 1)
+    monkeypatch.setattr(parallel, "cpus", lambda: 3)
+    if parallel_on:
+        monkeypatch.delenv("BPFSYNC_JOBS", raising=False)
+    else:
+        monkeypatch.setenv("BPFSYNC_JOBS", "1")
+    assert parallel.worth_it(sorted(root.glob("*.yaml"))) == parallel_on
+    try:
+        return load_directory(root), None
+    except InvalidDesiredState as exc:
+        return None, [str(p) for p in exc.problems]
+
+
+def test_parallel_and_serial_loads_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path, broken=False)
+    serial, _ = _load(root, monkeypatch, False)
+    par, _ = _load(root, monkeypatch, True)
+    assert serial is not None and par is not None
+    assert serial.services == par.services and serial.tunnels == par.tunnels
+    assert list(serial.services) == list(par.services)
+
+
+def test_parallel_errors_are_located_like_serial(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path, broken=True)
+    _, serial = _load(root, monkeypatch, False)
+    _, par = _load(root, monkeypatch, True)
+    assert serial is not None and serial == par
+    text = "\n".join(par)
+    assert "s17.yaml:10:43" in text and "s30.yaml:11:11" in text and "s31.yaml:12:8" in text
