@@ -25,7 +25,7 @@ from reconciler.model import (
     unicast_problem,
 )
 from reconciler.schema import Schemas
-from reconciler.secrets import KeyError_, Secret, decode_key, read_key_env, read_key_file
+from reconciler.secrets import KeyUnavailable, Secret, decode_key, read_key_env, read_key_file
 from reconciler.source import Document, parse, read, scan
 from reconciler.state import DesiredState
 
@@ -68,7 +68,7 @@ def _resolve_key(spec: dict[str, Any], doc: Document,
         source = KeySource("inline")
         try:
             return decode_key(spec["key"]), source, None
-        except KeyError_ as exc:
+        except KeyUnavailable as exc:
             return None, source, str(exc)
     ref = spec["keyFrom"]
     kind = "file" if "file" in ref else "env"
@@ -83,7 +83,7 @@ def _resolve_key(spec: dict[str, Any], doc: Document,
             cache[cache_key] = (read_key_file(Path(cache_key[1])) if kind == "file"
                                 else read_key_env(cache_key[1]))
         return cache[cache_key], source, None
-    except KeyError_ as exc:
+    except KeyUnavailable as exc:
         return None, source, str(exc)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 KEY_LEN = 16
 
 
-class KeyError_(ValueError):
+class KeyUnavailable(ValueError):
     """A key that cannot be read or decoded; the message never contains key material."""
 
 
@@ -31,17 +31,17 @@ def decode_key(text: str) -> Secret:
     if text.startswith("hex:"):
         digits = text[4:]
         if not digits or len(digits) % 2 or len(digits) > 2 * KEY_LEN:
-            raise KeyError_(f"a hex: key needs an even number of hex digits, at most {2 * KEY_LEN}")
+            raise KeyUnavailable(f"a hex: key needs an even number of hex digits, at most {2 * KEY_LEN}")
         try:
             raw = bytes.fromhex(digits)
         except ValueError:
-            raise KeyError_("a hex: key may hold only hex digits") from None
+            raise KeyUnavailable("a hex: key may hold only hex digits") from None
     else:
         raw = text.encode("utf-8")
         if not raw:
-            raise KeyError_("the key is empty")
+            raise KeyUnavailable("the key is empty")
         if len(raw) > KEY_LEN:
-            raise KeyError_(f"the key is {len(raw)} bytes; at most {KEY_LEN}")
+            raise KeyUnavailable(f"the key is {len(raw)} bytes; at most {KEY_LEN}")
     return Secret(raw.ljust(KEY_LEN, b"\0"))
 
 
@@ -49,22 +49,22 @@ def read_key_file(path: Path) -> Secret:
     try:
         st = path.stat()
     except OSError as exc:
-        raise KeyError_(f"key file {path}: {exc.strerror}") from None
+        raise KeyUnavailable(f"key file {path}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise KeyError_(f"key file {path} is not a regular file")
+        raise KeyUnavailable(f"key file {path} is not a regular file")
     if st.st_mode & 0o077:
-        raise KeyError_(
+        raise KeyUnavailable(
             f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must not be accessible "
             f"by group or others (chmod 600 {path})")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
-        raise KeyError_(f"key file {path} cannot be read as UTF-8 text") from None
+        raise KeyUnavailable(f"key file {path} cannot be read as UTF-8 text") from None
     return decode_key(text.removesuffix("\n"))
 
 
 def read_key_env(name: str, environ: dict[str, str] | None = None) -> Secret:
     env = os.environ if environ is None else environ
     if name not in env:
-        raise KeyError_(f"environment variable {name} is not set")
+        raise KeyUnavailable(f"environment variable {name} is not set")
     return decode_key(env[name])
