@@ -89,13 +89,9 @@ def _check_root(root: Path, create: bool) -> bool:
         raise KernelStateError(
             f"pin root {root} is not on a BPF filesystem; mount one with "
             f"`mount -t bpf bpf /sys/fs/bpf` or choose another --pin-root")
-    if not root.exists():
-        if not create:
-            return False
+    if create:
         (root / "maps").mkdir(mode=0o700, parents=True, exist_ok=True)
-    elif create:
-        (root / "maps").mkdir(mode=0o700, exist_ok=True)
-    return True
+    return root.exists()
 
 
 def open_tables(root: Path, create: bool) -> PinnedTables:
