@@ -120,14 +120,19 @@ class _Loader(yaml.CSafeLoader):
     """libyaml loader that refuses duplicate mapping keys (PyYAML keeps the last silently)."""
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    # SafeConstructor.construct_mapping (merge keys, then BaseConstructor's loop), plus a cheap
-    # length check; the slow search for the duplicate runs only when there is one.
+    # The mapping's own keys are taken before SafeConstructor flattens merge keys (<<: *base)
+    # into node.value: a key that overrides a merged one is not a duplicate.
+    own = [k for k, _ in node.value if k.tag != MERGE_TAG]
+    merged = len(own) != len(node.value)
     mapping = yaml.constructor.SafeConstructor.construct_mapping(loader, node)
-    if len(mapping) != len(node.value) and not any(
-            k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value):
+    # Cheap length check; the search for the duplicate runs only when there may be one.
+    if merged or len(mapping) != len(own):
         seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for key_node in own:
             key = loader.construct_object(key_node)
             if key in seen:
                 raise yaml.constructor.ConstructorError(

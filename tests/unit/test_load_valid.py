@@ -76,3 +76,15 @@ def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
     assert "a.yaml:6:7" in text and "-1 is less than the minimum of 1" in text
     assert "b.yaml:9:40" in text and "70000" in text
     assert "c.yaml:2:1" in text and "invalid YAML" in text
+
+
+def test_yaml_merge_keys_may_be_overridden_but_own_duplicates_are_refused() -> None:
+    from reconciler.source import SourceFile, parse
+
+    ok = "base: &b {address: 192.0.2.1, port: 6080}\nx:\n  <<: *b\n  port: 7000\n"
+    docs, problems = parse(SourceFile(Path("a.yaml"), "a.yaml", ok))
+    assert problems == [] and docs[0].data["x"] == {"address": "192.0.2.1", "port": 7000}
+    dup = ok + "  port: 7001\n"
+    _, problems = parse(SourceFile(Path("a.yaml"), "a.yaml", dup))
+    assert [(p.message, str(p.location)) for p in problems] == [
+        ("invalid YAML: duplicate key 'port'", "a.yaml:5:3")]
