@@ -87,10 +87,10 @@ def _resolve_key(spec: dict[str, Any], doc: Document,
         return None, source, str(exc)
 
 
-def _build(doc: Document, findings: list[Finding], keys: KeyCache) -> Tunnel | Service | None:
+def _build(doc: Document, origin: Origin, findings: list[Finding],
+           keys: KeyCache) -> Tunnel | Service | None:
     """Typed resource from a schema-valid document; field problems go to findings."""
     data = doc.data
-    origin = Origin(doc.file, doc.index)
     name = data["metadata"]["name"]
     kind = data["kind"]
     spec = data["spec"]
@@ -161,7 +161,7 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
         return DocResult(origin, ref, None, [
             Finding(origin, e.path, e.message, ref, at_key=e.at_key) for e in errors])
     findings: list[Finding] = []
-    return DocResult(origin, ref, _build(doc, findings, keys), findings)
+    return DocResult(origin, ref, _build(doc, origin, findings, keys), findings)
 
 
 def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True) -> list[FileResult]:
