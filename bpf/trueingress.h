@@ -7,13 +7,13 @@
  * path compares and copies without conversion; user space converts once when encoding.
  * Per-CPU statistics (added with the data path) are the only host-order values.
  *
- * Ownership: the reconciler owns TI_ENCAP, TI_VERIFY, TI_TUNNEL and TI_DECAP whole.  The data
- * path writes only TI_LEARNED (remote endpoints learned from GUE pings), which the reconciler
- * never writes, diffs or prunes.
+ * Ownership: the reconciler owns TI_ENCAP, TI_VERIFY, TI_REPLY, TI_TUNNEL and TI_DECAP whole.
+ * The data path writes only TI_LEARNED (remote endpoints learned from GUE pings), which the
+ * reconciler never writes, diffs or prunes, and TI_STATS (per-CPU counters).
  *
  * `stamp` marks an entry as written by bpfsync: crc32 of the entry's other bytes (key then
  * value without the stamp).  An entry whose stamp does not match was written by someone else
- * (bpftool, a script) and is reported as drift.  The data path ignores it.
+ * (bpftool, a script) and is reported as drift.  The data path does not read the stamp.
  */
 #ifndef BPFSYNC_TRUEINGRESS_H
 #define BPFSYNC_TRUEINGRESS_H
@@ -28,6 +28,13 @@
 
 /* Tunnel flags (ti_tunnel.flags, big-endian). */
 #define TI_TUNNEL_LEARN 0x1 /* remote comes from TI_LEARNED, filled by GUE pings */
+#define TI_TUNNEL_PING 0x2  /* this end sends GUE pings to the remote (bpfsync datapath) */
+#define TI_TUNNEL_KEYED 0x4 /* key is set: pings must carry it */
+
+/* GUE (draft-ietf-intarea-gue), see bpf/README.md for the byte diagram. */
+#define TI_GUE_CTYPE_PING 1  /* control type of a bpfsync tunnel ping */
+#define TI_GUE_DATA_HLEN 6   /* 32-bit words of private data in a data packet */
+#define TI_GUE_PING_HLEN 5   /* 32-bit words of private data in a ping */
 
 /* An IPv4 endpoint 3-tuple: proxy endpoints (TI_ENCAP key), tunnel local endpoints
  * (TI_DECAP key) and service backends.  8 bytes, no implicit padding. */
@@ -63,14 +70,28 @@ struct ti_verify {
     __be32 stamp;
 };
 
+/* TI_REPLY value, key is a service's backend endpoint: on a node, replies sent from the
+ * backend get the proxy endpoint back as source (reverse NAT) and, in standard mode, are
+ * encapsulated to the service's tunnel.  36 bytes. */
+struct ti_reply {
+    struct ti_endpoint proxy;
+    __be32 tunnel_id;
+    struct ti_sid sid;
+    __u8 key[TI_KEY_LEN];
+    __be32 stamp;
+};
+
 /* TI_TUNNEL value, key is a big-endian __be32 tunnel id.  The remote is the configured
- * endpoint; with TI_TUNNEL_LEARN it is zero and TI_LEARNED holds it.  20 bytes. */
+ * endpoint; with TI_TUNNEL_LEARN it is zero and TI_LEARNED holds it.  `key` authenticates
+ * pings (TI_TUNNEL_KEYED); ping_interval_ms is read by the pinger (TI_TUNNEL_PING).  40 bytes. */
 struct ti_tunnel {
     __be32 local_addr;
     __be32 remote_addr;
     __be16 local_port;
     __be16 remote_port;
     __be32 flags;
+    __be32 ping_interval_ms;
+    __u8 key[TI_KEY_LEN];
     __be32 stamp;
 };
 
@@ -86,5 +107,49 @@ struct ti_learned {
     __u16 pad;
     __u64 updated_ns; /* bpf_ktime_get_boot_ns() of the last accepted ping, host order */
 };
+
+/* GUE wire format: the 4-byte base header, then private data whose length Hlen counts. */
+struct ti_gue_hdr {
+    __u8 vch;       /* version (2 bits, 0) | C (1 bit) | Hlen (5 bits) */
+    __u8 proto;     /* data: inner IP protocol (4, IPv4); control: ctype */
+    __be16 flags;   /* no extension fields are used: always 0 */
+};
+
+/* Private data of a data packet (Hlen 6). */
+struct ti_gue_data {
+    __be32 tunnel_id;
+    struct ti_sid sid;
+    __u8 key[TI_KEY_LEN];
+};
+
+/* Private data of a ping (C=1, ctype TI_GUE_CTYPE_PING, Hlen 5). */
+struct ti_gue_ping {
+    __be32 tunnel_id;
+    __u8 key[TI_KEY_LEN];
+};
+
+/* TI_STATS: per-CPU __u64 counters, host order, indexed by these.  Names in tables.py. */
+enum ti_stat {
+    TI_STAT_PASS = 0,          /* not for the data path, passed untouched */
+    TI_STAT_ENCAP,             /* encapsulated and sent into a tunnel */
+    TI_STAT_DECAP,             /* decapsulated after the key was verified */
+    TI_STAT_PING,              /* authenticated ping: learned remote recorded */
+    TI_STAT_DNAT,              /* decapsulated packet rewritten to the service backend */
+    TI_STAT_REPLY_NAT,         /* backend reply given the proxy endpoint as source */
+    TI_STAT_FIB_REDIRECT,      /* encapsulated packet redirected after a FIB lookup */
+    TI_STAT_DROP_NO_TUNNEL,    /* tunnel id unknown */
+    TI_STAT_DROP_NO_REMOTE,    /* learn tunnel without a learned remote yet */
+    TI_STAT_DROP_NO_SERVICE,   /* service id unknown */
+    TI_STAT_DROP_BAD_KEY,      /* data packet with a wrong key */
+    TI_STAT_DROP_BAD_VERSION,  /* GUE version other than 0 */
+    TI_STAT_DROP_BAD_HEADER,   /* Hlen, flags, proto or ctype not as documented */
+    TI_STAT_DROP_MALFORMED,    /* truncated packet, inconsistent lengths, bad inner header */
+    TI_STAT_DROP_FRAGMENT,     /* IP fragment addressed to a decap endpoint */
+    TI_STAT_DROP_ERROR,        /* a helper failed (headroom, FIB) */
+    TI_STAT_PING_BAD_KEY,      /* ping with a wrong key: ignored */
+    TI_STAT_PING_FIXED,        /* ping for a tunnel whose remote is fixed: ignored */
+    TI_STAT_MAX,
+};
+#define TI_STATS_SLOTS 32
 
 #endif

@@ -15,6 +15,7 @@ run() { step "$*"; "$@"; }
 chmod 600 "$dir/keys/web.key"
 # The dns Service takes its key from the environment (keyFrom: {env: BPFSYNC_DNS_KEY}).
 export BPFSYNC_DNS_KEY="${BPFSYNC_DNS_KEY:-demo-dns-key}"
+export BPFSYNC_NODE_B_KEY="${BPFSYNC_NODE_B_KEY:-demo-node-b-key}"
 
 cd "$here"
 run "$bpfsync" validate examples/quickstart

@@ -41,6 +41,13 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
                    lambda s: f"(groupId {s.group_id}, serviceId {s.service_id})")
     out += _unique(services, lambda s: (s.proxy, s.protocol), ("spec", "proxy"),
                    lambda s: f"proxy endpoint {s.proxy}/{s.protocol}")
+    interfaces = sorted(state.interfaces.values(), key=_order)
+    out += _unique(interfaces, lambda i: (i.netns, i.device), ("spec", "device"),
+                   lambda i: f"device {i.place}")
+    if state.has_node_role:  # replies are mapped back to a proxy endpoint by their source
+        out += _unique(services, lambda s: (s.backend, s.protocol), ("spec", "backend"),
+                       lambda s: f"backend {s.backend}/{s.protocol} (on a node, replies "
+                                 f"from it must map back to one proxy endpoint)")
     for s in services:
         if s.tunnel not in state.tunnels and f"Tunnel/{s.tunnel}" not in invalid:
             known = ", ".join(sorted(state.tunnels)[:10]) or "none"

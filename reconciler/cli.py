@@ -48,20 +48,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     result = engine.diff(Path(args.directory), _pin_root(args), _prune(args))
     _print_problems(result.state.warnings)
+    for line in render.notices(result.plan):
+        print(line, file=sys.stderr)
     if args.output == "json":
         print(render.plan_json(result.plan, result.state))
     else:
         print(render.plan_text(result.plan, args.directory, result.state))
+    if result.plan.attachments.conflicts:
+        return EXIT_ERROR
     return EXIT_OK if result.plan.in_sync else EXIT_CHANGES
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     result = engine.apply(Path(args.directory), _pin_root(args), _prune(args), args.allow_empty)
     _print_problems(result.state.warnings)
+    for line in render.notices(result.plan):
+        print(line, file=sys.stderr)
     if not result.plan.in_sync and not args.quiet:
         print(render.plan_text(result.plan, args.directory, result.state))
         print()
-    print(render.applied_text(result.plan, result.written))
+    print(render.applied_text(result.plan, result.written, result.attached))
     return EXIT_OK
 
 
@@ -103,13 +109,13 @@ def cmd_get(args: argparse.Namespace) -> int:
     keys_dir = Path(args.keys_dir) if args.keys_dir else None
     docs: list[dict] = []
     if kind in ("all", "tunnel", "tunnels"):
-        docs += inventory.tunnels(observed)
+        docs += inventory.tunnels(observed, keys_dir)
     if kind in ("all", "service", "services"):
         docs += inventory.services(observed, keys_dir)
     if args.output == "json":
         print(json.dumps(docs, indent=2))
     elif args.output == "yaml":
-        if any(d["kind"] == "Service" for d in docs) and keys_dir is None:
+        if any("keyFrom" in d["spec"] for d in docs) and keys_dir is None:
             print("# keys are not printed; pass --keys-dir DIR to write them as 0600 files",
                   file=sys.stderr)
         print(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True), end="")

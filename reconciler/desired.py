@@ -32,7 +32,8 @@ def compile_tables(state: DesiredState) -> DesiredTables:
         key = t.tunnel_key(tunnel.id)
         remote = (tunnel.remote.address, tunnel.remote.port) if tunnel.remote else None
         out.put(t.TUNNEL, key, t.tunnel_value(
-            key, (tunnel.local.address, tunnel.local.port), remote), tunnel.ref)
+            key, (tunnel.local.address, tunnel.local.port), remote, tunnel.key,
+            tunnel.ping_interval_ms), tunnel.ref)
         dkey = t.endpoint_key(tunnel.local.address, tunnel.local.port, t.PROTO_NUMBERS["udp"])
         out.put(t.DECAP, dkey, t.decap_value(dkey), tunnel.ref)
     for svc in state.services.values():
@@ -44,4 +45,7 @@ def compile_tables(state: DesiredState) -> DesiredTables:
         vkey = t.sid_key(svc.group_id, svc.service_id)
         backend = t.endpoint_key(svc.backend.address, svc.backend.port, proto)
         out.put(t.VERIFY, vkey, t.verify_value(vkey, svc.key, backend), svc.ref)
+        if state.has_node_role:  # only a node reverse-NATs replies; a gateway needs no entry
+            out.put(t.REPLY, backend, t.reply_value(
+                backend, ekey, tunnel_id, svc.group_id, svc.service_id, svc.key), svc.ref)
     return out

@@ -1,14 +1,22 @@
 """The reconcile pipeline: desired state from a directory, observed state from the kernel, the
-plan between them, and its execution. Stateless: the kernel is read fresh every time."""
+plan between them, and its execution. Stateless: the kernel is read fresh every time.
+
+Execution order: table entries are written first (so a newly attached program finds its
+tunnels and services), then programs are attached, replaced or detached, then entries that
+are no longer wanted are deleted (after the programs that used them are gone).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler import attach as at
 from reconciler.desired import compile_tables
-from reconciler.errors import UnsafePlan
+from reconciler.errors import KernelStateError, UnsafePlan
+from reconciler.kernel import tc
 from reconciler.kernel.maps import PinnedTables, locked, open_tables
+from reconciler.kernel.programs import Programs
 from reconciler.load import load_directory
 from reconciler.plan import Observed, Plan, PrunePolicy, compute_plan
 from reconciler.schema import Schemas
@@ -20,6 +28,7 @@ class Result:
     state: DesiredState
     plan: Plan
     written: int = 0
+    attached: int = 0
 
 
 def read_observed(pin_root: Path) -> Observed:
@@ -30,10 +39,44 @@ def read_observed(pin_root: Path) -> Observed:
         tables.close()
 
 
+def read_stats(pin_root: Path) -> dict[str, int]:
+    tables = open_tables(pin_root, create=False)
+    try:
+        return tables.stats()
+    finally:
+        tables.close()
+
+
+def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None) -> at.AttachPlan:
+    want = at.wanted(state.interfaces)
+    seen = tc.observe(pin_root, [w.hook for w in want])
+    if not want and not seen:
+        return at.AttachPlan()
+    tags = None
+    if programs is not None:
+        tags = {(w.config, w.hook.direction): programs.tags(w.config, w.hook.direction)
+                for w in want}
+    return at.compute_attach_plan(want, seen, tags)
+
+
+def _programs_if_possible(tables: PinnedTables, pin_root: Path) -> Programs | None:
+    """Programs compile against the pinned tables; before the first apply there are none."""
+    return Programs(pin_root) if tables.complete() else None
+
+
 def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
          schemas: Schemas | None = None) -> Result:
     state = load_directory(directory, schemas)
-    return Result(state, compute_plan(compile_tables(state), read_observed(pin_root), prune))
+    tables = open_tables(pin_root, create=False)
+    programs = _programs_if_possible(tables, pin_root) if state.interfaces else None
+    try:
+        plan = compute_plan(compile_tables(state), tables.read(), prune)
+        plan.attachments = _attach_plan(state, pin_root, programs)
+    finally:
+        tables.close()
+        if programs:
+            programs.close()
+    return Result(state, plan)
 
 
 def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
@@ -41,15 +84,35 @@ def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
     state = load_directory(directory, schemas)
     desired = compile_tables(state)
     tables: PinnedTables = open_tables(pin_root, create=True)
+    programs = Programs(pin_root)
     try:
         with locked(pin_root):
             plan = compute_plan(desired, tables.read(), prune)
+            plan.attachments = _attach_plan(state, pin_root, programs)
             if plan.empties_everything() and not allow_empty:
                 raise UnsafePlan(
                     f"{directory} declares nothing, and applying it would delete all "
                     f"{plan.observed_total} entries bpfsync manages; pass --allow-empty if "
                     f"that is really what you want")
-            written = tables.apply(plan)
+            if plan.attachments.conflicts:
+                raise KernelStateError("nothing applied:\n  " +
+                                       "\n  ".join(plan.attachments.conflicts))
+            written = tables.apply(plan, deletes=False)
+            attached = _execute_attachments(plan.attachments, pin_root, programs)
+            written += tables.apply(plan, deletes=True)
     finally:
         tables.close()
-    return Result(state, plan, written)
+        programs.close()
+    return Result(state, plan, written, attached)
+
+
+def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs) -> int:
+    for op in plan.operations:
+        if op.action is at.AttachAction.DETACH:
+            tc.detach(pin_root, op.hook, op.priority)
+        else:
+            assert op.config is not None
+            fd = programs.load(op.config, op.hook.direction)
+            tc.attach(pin_root, op.hook, op.priority, fd,
+                      replace=op.action is at.AttachAction.REPLACE)
+    return len(plan.operations)

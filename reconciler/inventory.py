@@ -31,15 +31,20 @@ def _doc(kind: str, name: str, spec: dict[str, Any], status: dict[str, Any]) -> 
     return doc
 
 
-def tunnels(observed: Observed, now_ns: int | None = None) -> list[dict[str, Any]]:
+def tunnels(observed: Observed, keys_dir: Path | None = None,
+            now_ns: int | None = None) -> list[dict[str, Any]]:
     now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
     learned = observed.get(t.LEARNED.name, {})
     out = []
     for key, value in sorted(observed.get(t.TUNNEL.name, {}).items()):
         tid = t.decode_key(t.TUNNEL.name, key)["id"]
         v = t.decode_value(t.TUNNEL.name, value)
-        spec = {"id": tid, "local": _ep(v["local"]),
-                "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
+        spec: dict[str, Any] = {"id": tid, "local": _ep(v["local"]),
+                                "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
+        if "key" in v:
+            spec["keyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}", v["key"])}
+        if "pingIntervalMs" in v:
+            spec["ping"] = {"intervalSeconds": v["pingIntervalMs"] / 1000}
         status: dict[str, Any] = {"managed": t.stamp_ok(key, value)}
         if key in learned:
             lv = t.decode_value(t.LEARNED.name, learned[key])

@@ -18,6 +18,7 @@ from reconciler.locate import PathItem, locate
 from reconciler.model import (
     DEFAULT_GUE_PORT,
     Endpoint,
+    Interface,
     KeySource,
     Origin,
     Service,
@@ -30,6 +31,7 @@ from reconciler.source import Document, parse, read, scan
 from reconciler.state import DesiredState
 
 MAX_WARNINGS_LOCATED = 20
+DEFAULT_PRIORITY = 49152
 
 
 class _Locator:
@@ -87,8 +89,15 @@ def _resolve_key(spec: dict[str, Any], doc: Document,
         return None, source, str(exc)
 
 
+def _interface(name: str, spec: dict[str, Any], origin: Origin) -> Interface:
+    return Interface(name, spec["device"], spec.get("netns"), spec["role"],
+                     spec.get("replies", "tunnel") == "tunnel", spec.get("ingress", True),
+                     spec.get("egress", True), spec.get("fibLookup", False),
+                     spec.get("priority", DEFAULT_PRIORITY), origin)
+
+
 def _build(doc: Document, origin: Origin, findings: list[Finding],
-           keys: KeyCache) -> Tunnel | Service | None:
+           keys: KeyCache) -> Tunnel | Service | Interface | None:
     """Typed resource from a schema-valid document; field problems go to findings."""
     data = doc.data
     name = data["metadata"]["name"]
@@ -104,6 +113,22 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
             bad = True
             findings.append(Finding(origin, path, why, ref))
 
+    def resolve_key() -> tuple[Secret | None, KeySource]:
+        nonlocal bad
+        key, source, key_problem = _resolve_key(spec, doc, keys)
+        key_path: tuple[PathItem, ...] = ("spec", "key") if source.kind == "inline" else (
+            "spec", "keyFrom", source.kind)
+        if key_problem:
+            findings.append(Finding(origin, key_path, key_problem, ref))
+            bad = True
+        elif source.kind == "inline":
+            findings.append(Finding(
+                origin, key_path, "a secret sits inline in the repository; use keyFrom "
+                "(file or env) instead", ref, Severity.WARNING))
+        return key, source
+
+    if kind == "Interface":
+        return _interface(name, spec, origin)
     if kind == "Tunnel":
         local = _endpoint(spec["local"], DEFAULT_GUE_PORT)
         check_address(("spec", "local", "address"), local.address)
@@ -111,21 +136,30 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
         if spec["remote"] != "learn":
             remote = _endpoint(spec["remote"], DEFAULT_GUE_PORT)
             check_address(("spec", "remote", "address"), remote.address)
-        return None if bad else Tunnel(name, spec["id"], local, remote, origin)
+        ping_ms = None
+        if "ping" in spec:
+            ping_ms = round(1000 * spec["ping"].get("intervalSeconds", 10))
+            if remote is None:
+                bad = True
+                findings.append(Finding(origin, ("spec", "ping"), "a tunnel that learns its "
+                                        "remote cannot send pings; ping needs a fixed remote",
+                                        ref))
+        tkey, tsource = (None, None)
+        if "key" in spec or "keyFrom" in spec:
+            tkey, tsource = resolve_key()
+        elif remote is None or ping_ms is not None:
+            bad = True
+            why = "learn its remote" if remote is None else "send pings"
+            findings.append(Finding(origin, ("spec",), f"a tunnel must have a key (keyFrom) to "
+                                    f"{why}: pings are authenticated with it", ref))
+        if bad:
+            return None
+        return Tunnel(name, spec["id"], local, remote, origin, tkey, tsource, ping_ms)
 
     proxy, backend = _endpoint(spec["proxy"]), _endpoint(spec["backend"])
     check_address(("spec", "proxy", "address"), proxy.address)
     check_address(("spec", "backend", "address"), backend.address)
-    key, source, key_problem = _resolve_key(spec, doc, keys)
-    key_path: tuple[PathItem, ...] = ("spec", "key") if source.kind == "inline" else (
-        "spec", "keyFrom", source.kind)
-    if key_problem:
-        findings.append(Finding(origin, key_path, key_problem, ref))
-        bad = True
-    elif source.kind == "inline":
-        findings.append(Finding(
-            origin, key_path, "a secret sits inline in the repository; use keyFrom "
-            "(file or env) instead", ref, Severity.WARNING))
+    key, source = resolve_key()
     if bad or key is None:
         return None
     return Service(name, spec["groupId"], spec["serviceId"], spec.get("protocol", "tcp"), proxy,
@@ -136,7 +170,7 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
 class DocResult:
     origin: Origin
     ref: str | None  # "Kind/name" when the document has a readable kind and name
-    resource: Tunnel | Service | None  # None: invalid
+    resource: Tunnel | Service | Interface | None  # None: invalid
     findings: list[Finding]
 
 
@@ -205,6 +239,8 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
                 continue
             if isinstance(doc.resource, Tunnel):
                 state.tunnels[doc.resource.name] = doc.resource
+            elif isinstance(doc.resource, Interface):
+                state.interfaces[doc.resource.name] = doc.resource
             else:
                 state.services[doc.resource.name] = doc.resource
     return state, invalid, findings

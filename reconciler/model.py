@@ -45,6 +45,9 @@ class Tunnel:
     local: Endpoint
     remote: Endpoint | None  # None: learned from GUE pings, owned by the data path
     origin: Origin | None = None
+    key: Secret | None = None  # authenticates pings; required to learn or to send pings
+    key_source: KeySource | None = None
+    ping_interval_ms: int | None = None  # this end sends pings to remote (node / PureGW)
 
     kind = "Tunnel"
 
@@ -73,7 +76,36 @@ class Service:
         return f"Service/{self.name}"
 
 
-Resource = Tunnel | Service
+ROLES = ("gateway", "node")
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """Where the TC programs are attached, and how they behave there (TABLE-CONFIG)."""
+
+    name: str
+    device: str
+    netns: str | None  # named network namespace (/run/netns/NAME); None: bpfsync's own
+    role: str  # "gateway": encapsulate by destination; "node": decapsulate to the backend
+    replies_tunnel: bool  # node: replies encapsulated back (standard) or sent direct (DSO)
+    ingress: bool
+    egress: bool
+    fib_lookup: bool
+    priority: int
+    origin: Origin | None = None
+
+    kind = "Interface"
+
+    @property
+    def ref(self) -> str:
+        return f"Interface/{self.name}"
+
+    @property
+    def place(self) -> str:
+        return f"{self.device}@{self.netns}" if self.netns else self.device
+
+
+Resource = Tunnel | Service | Interface
 
 
 @lru_cache(maxsize=65536)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from reconciler import tables as t
+from reconciler.attach import AttachPlan
 from reconciler.desired import DesiredTables, Entries
 
 Observed = dict[str, Entries]
 
-UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP)
-DELETE_ORDER = (t.ENCAP, t.VERIFY, t.TUNNEL, t.DECAP)
+UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY)
+DELETE_ORDER = (t.REPLY, t.ENCAP, t.VERIFY, t.TUNNEL, t.DECAP)
 
 
 class Action(Enum):
@@ -58,10 +59,11 @@ class Plan:
     kept: list[Operation] = field(default_factory=list)  # deletions skipped by the prune policy
     observed_total: int = 0
     desired_total: int = 0
+    attachments: AttachPlan = field(default_factory=AttachPlan)
 
     @property
     def in_sync(self) -> bool:
-        return not self.operations
+        return not self.operations and not self.attachments.operations
 
     def count(self, action: Action) -> int:
         return sum(1 for op in self.operations if op.action is action)

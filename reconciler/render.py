@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from reconciler import tables as t
+from reconciler.attach import AttachAction, AttachOperation
 from reconciler.plan import Action, Operation, Plan
 from reconciler.secrets import Secret
 from reconciler.state import DesiredState
@@ -60,6 +61,10 @@ def _summary(plan: Plan) -> str:
     c = Counter(op.action for op in plan.operations)
     text = (f"Plan: {c[Action.CREATE]} to create, {c[Action.UPDATE]} to update, "
             f"{c[Action.DELETE]} to delete")
+    a = Counter(op.action for op in plan.attachments.operations)
+    if a:
+        text += (f"; {a[AttachAction.ATTACH]} to attach, {a[AttachAction.REPLACE]} to replace, "
+                 f"{a[AttachAction.DETACH]} to detach")
     drift = len(plan.drift)
     if drift:
         text += f" ({drift} of them revert drift)"
@@ -88,23 +93,39 @@ def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
     return lines
 
 
+def _attach_line(op: AttachOperation) -> str:
+    line = f"  {op.action.sign} {op.describe()}"
+    return line if op.action is AttachAction.ATTACH else f"{line}  ({op.reason})"
+
+
+def notices(plan: Plan) -> list[str]:
+    """Conflicts, devices waited for and MTU warnings, one line each."""
+    a = plan.attachments
+    return ([f"error: {c}" for c in a.conflicts] + [f"warning: {w}" for w in a.waiting]
+            + [f"warning: {w}" for w in a.warnings])
+
+
 def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> str:
     if plan.in_sync:
         text = (f"No changes: the kernel is in sync with {directory} "
-                f"({plan.desired_total} entries).")
+                f"({plan.desired_total} entries")
+        if plan.attachments.in_place:
+            text += f", {plan.attachments.in_place} tc filters"
+        text += ")."
         if plan.kept:
             text += f"\n{len(plan.kept)} entries no longer in YAML kept (pruning disabled)."
         return text
     files = _origins(state)
     lines: list[str] = []
-    by_resource: dict[str, list[Operation]] = {}
+    by_resource: dict[str, list[str]] = {}
     for op in plan.operations:
         if not op.drift:
-            by_resource.setdefault(op.resource, []).append(op)
-    for resource, ops in by_resource.items():
+            by_resource.setdefault(op.resource, []).extend(_op_line(op))
+    for aop in plan.attachments.operations:
+        by_resource.setdefault(aop.owner, []).append(_attach_line(aop))
+    for resource, op_lines in by_resource.items():
         lines.append(f"{resource}" + (f"  ({files[resource]})" if resource in files else ""))
-        for op in ops:
-            lines.extend(_op_line(op))
+        lines.extend(op_lines)
     if plan.drift:
         if lines:
             lines.append("")
@@ -120,7 +141,7 @@ def _origins(state: DesiredState | None) -> dict[str, str]:
     if state is None:
         return {}
     out = {}
-    for r in (*state.tunnels.values(), *state.services.values()):
+    for r in (*state.tunnels.values(), *state.services.values(), *state.interfaces.values()):
         if r.origin:
             out[r.ref] = r.origin.file
     return out
@@ -141,37 +162,63 @@ def _op_json(op: Operation) -> dict[str, Any]:
     }
 
 
+def _attach_json(op: AttachOperation) -> dict[str, Any]:
+    return {
+        "action": op.action.value,
+        "resource": op.owner,
+        "hook": {"device": op.hook.device, "netns": op.hook.netns,
+                 "direction": op.hook.direction, "priority": op.priority},
+        "program": op.describe().split(": ", 1)[1],
+        "reason": op.reason,
+        "drift": op.drift,
+    }
+
+
 def plan_json(plan: Plan, state: DesiredState | None = None) -> str:
     files = _origins(state)
     resources: dict[str, dict[str, Any]] = {}
+
+    def entry(resource: str) -> dict[str, Any]:
+        kind, _, name = resource.partition("/")
+        return resources.setdefault(resource, {
+            "resource": resource, "kind": kind, "name": name,
+            "file": files.get(resource), "actions": []})
+
     for op in plan.operations:
-        if op.drift:
-            continue
-        kind, _, name = op.resource.partition("/")
-        entry = resources.setdefault(op.resource, {
-            "resource": op.resource, "kind": kind, "name": name,
-            "file": files.get(op.resource), "actions": []})
-        entry["actions"].append(_op_json(op))
+        if not op.drift:
+            entry(op.resource)["actions"].append(_op_json(op))
+    for aop in plan.attachments.operations:
+        entry(aop.owner)["actions"].append(_attach_json(aop))
     c = Counter(op.action.value for op in plan.operations)
     doc = {
         "formatVersion": JSON_FORMAT_VERSION,
         "inSync": plan.in_sync,
         "summary": {"create": c["create"], "update": c["update"], "delete": c["delete"],
+                    "attach": sum(1 for o in plan.attachments.operations
+                                  if o.action is not AttachAction.DETACH),
+                    "detach": sum(1 for o in plan.attachments.operations
+                                  if o.action is AttachAction.DETACH),
                     "drift": len(plan.drift), "kept": len(plan.kept),
                     "desiredEntries": plan.desired_total, "observedEntries": plan.observed_total},
         "resources": list(resources.values()),
         "drift": [_op_json(op) for op in plan.drift],
         "kept": [_op_json(op) for op in plan.kept],
+        "errors": plan.attachments.conflicts,
+        "warnings": plan.attachments.waiting + plan.attachments.warnings,
     }
     return json.dumps(doc, indent=2, sort_keys=False)
 
 
-def applied_text(plan: Plan, written: int) -> str:
+def applied_text(plan: Plan, written: int, attached: int = 0) -> str:
     if plan.in_sync:
-        return f"Nothing to do: {plan.desired_total} entries already in sync (0 writes)."
+        extra = (f" and {plan.attachments.in_place} tc filters" if plan.attachments.in_place
+                 else "")
+        return f"Nothing to do: {plan.desired_total} entries{extra} already in sync (0 writes)."
     c = Counter(op.action for op in plan.operations)
     text = (f"Applied: {c[Action.CREATE]} created, {c[Action.UPDATE]} updated, "
             f"{c[Action.DELETE]} deleted ({written} map writes")
+    if attached:
+        text += f", {attached} tc filter changes"
     if plan.drift:
         text += f", {len(plan.drift)} drift reverted"
     return text + ")."

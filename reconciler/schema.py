@@ -70,7 +70,10 @@ def _explain(err: Any) -> Iterator[SchemaError]:
             hint = f"; known fields: {', '.join(sorted(known))}" if known else ""
             yield SchemaError((*path, extra), f"unknown field {extra!r}{hint}", at_key=True)
         return
-    if err.validator == "oneOf" and "x-error" in err.schema:
+    if err.validator in ("oneOf", "not") and "x-error" in err.schema:
+        forbidden = err.validator_value.get("required", []) if err.validator == "not" else []
+        if len(forbidden) == 1:  # point at the one field that must not be there
+            path = (*path, forbidden[0])
         yield SchemaError(path, err.schema["x-error"])
         return
     if err.validator == "oneOf" and err.context:

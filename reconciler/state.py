@@ -5,16 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.errors import Problem
-from reconciler.model import Service, Tunnel
+from reconciler.model import Interface, Service, Tunnel
 
 
 @dataclass
 class DesiredState:
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    interfaces: dict[str, Interface] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
     files: int = 0
 
     @property
     def resource_count(self) -> int:
-        return len(self.tunnels) + len(self.services)
+        return len(self.tunnels) + len(self.services) + len(self.interfaces)
+
+    @property
+    def has_node_role(self) -> bool:
+        """A node decapsulates to backends and reverse-NATs their replies (TI_REPLY)."""
+        return any(i.role == "node" for i in self.interfaces.values())

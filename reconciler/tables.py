@@ -17,12 +17,19 @@ from typing import Any
 from reconciler.secrets import KEY_LEN, Secret
 
 BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
 
 MAX_SERVICES = 131072
 MAX_TUNNELS = 65536
 MAX_DECAP = 65536
 
 TUNNEL_FLAG_LEARN = 0x1
+TUNNEL_FLAG_PING = 0x2
+TUNNEL_FLAG_KEYED = 0x4
+GUE_CTYPE_PING = 1
+GUE_DATA_HLEN = 6
+GUE_PING_HLEN = 5
+GUE_OVERHEAD = 20 + 8 + 4 + 4 * GUE_DATA_HLEN  # outer IPv4 + UDP + GUE with private data
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
 
@@ -39,22 +46,37 @@ class MapSpec:
     flags: int = 0
 
 
-TUNNEL = MapSpec("ti_tunnel", 4, 20, MAX_TUNNELS, "Tunnel")
+TUNNEL = MapSpec("ti_tunnel", 4, 40, MAX_TUNNELS, "Tunnel")
 DECAP = MapSpec("ti_decap", 8, 4, MAX_DECAP, "Tunnel")
 VERIFY = MapSpec("ti_verify", 4, 32, MAX_SERVICES, "Service")
 ENCAP = MapSpec("ti_encap", 8, 32, MAX_SERVICES, "Service")
+REPLY = MapSpec("ti_reply", 8, 36, MAX_SERVICES, "Service")
 LEARNED = MapSpec("ti_learned", 4, 16, MAX_TUNNELS, "Tunnel", owned=False)
+STATS_SLOTS = 32
+STATS = MapSpec("ti_stats", 4, 8, STATS_SLOTS, "Stats", owned=False,
+                map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
 
-ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, LEARNED)
+# Tables of entries (read, diffed, written); STATS is only created and read as counters.
+ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, LEARNED)
+PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS)
 OWNED_TABLES: tuple[MapSpec, ...] = tuple(t for t in ALL_TABLES if t.owned)
-BY_NAME: dict[str, MapSpec] = {t.name: t for t in ALL_TABLES}
+BY_NAME: dict[str, MapSpec] = {t.name: t for t in PINNED}
+
+# Index -> name of the TI_STATS counters (enum ti_stat in bpf/trueingress.h).
+STAT_NAMES: tuple[str, ...] = (
+    "pass", "encap", "decap", "ping", "dnat", "reply_nat", "fib_redirect",
+    "drop_no_tunnel", "drop_no_remote", "drop_no_service", "drop_bad_key",
+    "drop_bad_version", "drop_bad_header", "drop_malformed", "drop_fragment", "drop_error",
+    "ping_bad_key", "ping_fixed",
+)
 
 _EP = struct.Struct("!4sHBx")
 _U32 = struct.Struct("!I")
 _SID = struct.Struct("!HH")
 _SERVICE = struct.Struct(f"!IHH{KEY_LEN}sI")  # + stamp
 _VERIFY = struct.Struct(f"!{KEY_LEN}s8sI")  # + stamp
-_TUNNEL = struct.Struct("!4s4sHHI")  # + stamp
+_TUNNEL = struct.Struct(f"!4s4sHHII{KEY_LEN}s")  # + stamp
+_REPLY = struct.Struct(f"!8sIHH{KEY_LEN}s")  # + stamp
 _LEARNED = struct.Struct("!4sH2x")  # + host-order u64 updated_ns
 _NS = struct.Struct("=Q")
 
@@ -89,11 +111,20 @@ def verify_value(key: bytes, secret: Secret, backend: bytes) -> bytes:
     return _stamped(key, _VERIFY.pack(secret.value, backend, 0))
 
 
-def tunnel_value(key: bytes, local: tuple[str, int], remote: tuple[str, int] | None) -> bytes:
-    flags = TUNNEL_FLAG_LEARN if remote is None else 0
+def tunnel_value(key: bytes, local: tuple[str, int], remote: tuple[str, int] | None,
+                 secret: Secret | None = None, ping_interval_ms: int | None = None) -> bytes:
+    flags = ((TUNNEL_FLAG_LEARN if remote is None else 0)
+             | (TUNNEL_FLAG_PING if ping_interval_ms else 0)
+             | (TUNNEL_FLAG_KEYED if secret is not None else 0))
     raddr, rport = remote if remote else ("0.0.0.0", 0)
-    return _stamped(key, _TUNNEL.pack(socket.inet_aton(local[0]), socket.inet_aton(raddr),
-                                      local[1], rport, flags))
+    return _stamped(key, _TUNNEL.pack(
+        socket.inet_aton(local[0]), socket.inet_aton(raddr), local[1], rport, flags,
+        ping_interval_ms or 0, secret.value if secret is not None else bytes(KEY_LEN)))
+
+
+def reply_value(key: bytes, proxy: bytes, tunnel_id: int, group_id: int, service_id: int,
+                secret: Secret) -> bytes:
+    return _stamped(key, _REPLY.pack(proxy, tunnel_id, group_id, service_id, secret.value))
 
 
 def decap_value(key: bytes) -> bytes:
@@ -126,10 +157,20 @@ def decode_value(table: str, raw: bytes) -> dict[str, Any]:
         ep = decode_endpoint(backend)
         return {"key": Secret(secret), "backend": f"{ep['address']}:{ep['port']}"}
     if table == TUNNEL.name:
-        laddr, raddr, lport, rport, flags = _TUNNEL.unpack_from(raw)
+        laddr, raddr, lport, rport, flags, ping_ms, secret = _TUNNEL.unpack_from(raw)
         remote = "learn" if flags & TUNNEL_FLAG_LEARN else f"{socket.inet_ntoa(raddr)}:{rport}"
-        return {"local": f"{socket.inet_ntoa(laddr)}:{lport}", "remote": remote,
-                "flags": flags}
+        out: dict[str, Any] = {"local": f"{socket.inet_ntoa(laddr)}:{lport}", "remote": remote,
+                               "flags": flags}
+        if flags & TUNNEL_FLAG_KEYED:
+            out["key"] = Secret(secret)
+        if flags & TUNNEL_FLAG_PING:
+            out["pingIntervalMs"] = ping_ms
+        return out
+    if table == REPLY.name:
+        proxy, tid, g, s, secret = _REPLY.unpack_from(raw)
+        ep = decode_endpoint(proxy)
+        return {"proxy": f"{ep['address']}:{ep['port']}", "tunnelId": tid, "groupId": g,
+                "serviceId": s, "key": Secret(secret)}
     if table == LEARNED.name:
         addr, port = _LEARNED.unpack_from(raw)
         (updated_ns,) = _NS.unpack_from(raw, _LEARNED.size)

@@ -35,6 +35,25 @@ class BpfMapInfo(ctypes.Structure):
     ]
 
 
+class BpfProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info: the fields bpfsync reads."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    ]
+
+
 class BpfMapCreateOpts(ctypes.Structure):
     _fields_ = [
         ("sz", ctypes.c_size_t),
@@ -59,6 +78,8 @@ def lib() -> ctypes.CDLL:
     so.bpf_obj_pin.argtypes = [i32, ctypes.c_char_p]
     so.bpf_obj_get.argtypes = [ctypes.c_char_p]
     so.bpf_obj_get_info_by_fd.argtypes = [i32, vp, ctypes.POINTER(u32)]
+    so.bpf_map_lookup_elem.argtypes = [i32, vp, vp]
+    so.libbpf_num_possible_cpus.argtypes = []
     so.bpf_map_lookup_batch.argtypes = [i32, vp, vp, vp, vp, ctypes.POINTER(u32), vp]
     so.bpf_map_update_batch.argtypes = [i32, vp, vp, ctypes.POINTER(u32), vp]
     so.bpf_map_delete_batch.argtypes = [i32, vp, ctypes.POINTER(u32), vp]
@@ -93,6 +114,30 @@ def map_info(fd: int) -> BpfMapInfo:
     _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
            "map info")
     return info
+
+
+def prog_info(fd: int) -> BpfProgInfo:
+    info = BpfProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "program info")
+    return info
+
+
+def possible_cpus() -> int:
+    return _check(lib().libbpf_num_possible_cpus(), "possible CPUs")
+
+
+def percpu_array_sums(fd: int, slots: int) -> list[int]:
+    """Each slot of a per-CPU array of u64, summed over CPUs."""
+    cpus = possible_cpus()
+    value = (ctypes.c_uint64 * cpus)()
+    out = []
+    for i in range(slots):
+        key = ctypes.c_uint32(i)
+        _check(lib().bpf_map_lookup_elem(fd, ctypes.byref(key), value), "per-CPU lookup")
+        out.append(sum(value))
+    return out
 
 
 def lookup_all(fd: int, key_size: int, value_size: int, capacity: int) -> dict[bytes, bytes]:

@@ -56,10 +56,24 @@ class PinnedTables:
                 fd, spec.key_size, spec.value_size, spec.max_entries)
         return out
 
-    def apply(self, plan: Plan) -> int:
-        """Execute the plan with one batch syscall per run of same-table operations."""
+    def complete(self) -> bool:
+        return all(fd is not None for fd in self.fds.values())
+
+    def stats(self) -> dict[str, int]:
+        """TI_STATS summed over CPUs, by counter name ({} before the first apply)."""
+        fd = self.fds.get(t.STATS.name)
+        if fd is None:
+            return {}
+        per_slot = libbpf.percpu_array_sums(fd, t.STATS_SLOTS)
+        return {name: per_slot[i] for i, name in enumerate(t.STAT_NAMES)}
+
+    def apply(self, plan: Plan, deletes: bool | None = None) -> int:
+        """Execute the plan's entry operations (only upserts or only deletes when asked) with
+        one batch syscall per run of same-table operations."""
         written = 0
         for table, is_delete, ops in plan.batches():
+            if deletes is not None and is_delete != deletes:
+                continue
             fd = self.fds[table]
             if fd is None:
                 raise KernelStateError(f"map {table} is not open for writing")
@@ -100,12 +114,12 @@ def open_tables(root: Path, create: bool) -> PinnedTables:
     Every existing pin is checked before anything is created, so a mismatch leaves the pin
     root exactly as it was.
     """
-    tables = PinnedTables(root, {spec.name: None for spec in t.ALL_TABLES})
+    tables = PinnedTables(root, {spec.name: None for spec in t.PINNED})
     if not _check_root(root, create):
         return tables
     problems: list[str] = []
     try:
-        for spec in t.ALL_TABLES:
+        for spec in t.PINNED:
             path = root / "maps" / spec.name
             if not path.exists():
                 continue
@@ -120,7 +134,7 @@ def open_tables(root: Path, create: bool) -> PinnedTables:
                 "untouched:\n  " + "\n  ".join(problems) +
                 "\nmigrate or remove them (bpfsync never reuses a mismatched map)")
         if create:
-            for spec in t.ALL_TABLES:
+            for spec in t.PINNED:
                 if tables.fds[spec.name] is None:
                     tables.fds[spec.name] = _create(root / "maps" / spec.name, spec)
     except BaseException:

@@ -35,6 +35,7 @@ spec:
   id: 101
   local: {address: 192.0.2.1}
   remote: learn
+  keyFrom: {env: BPFSYNC_TEST_KEY}
 """
 
 

@@ -33,8 +33,10 @@ def test_apply_writes_exact_entries_read_back_by_bpftool(tmp_path: Path, pin_roo
     tunnels = bpftool_dump(maps / "ti_tunnel")
     k100, k101 = struct.pack(">I", 100), struct.pack(">I", 101)
     body100 = socket.inet_aton("192.0.2.1") + socket.inet_aton("198.51.100.2") + struct.pack(
-        ">HHI", 6080, 6080, 0)
-    body101 = socket.inet_aton("192.0.2.1") + b"\0" * 4 + struct.pack(">HHI", 6080, 0, 1)
+        ">HHII", 6080, 6080, 0, 0) + bytes(16)
+    # learn (0x1) | keyed (0x4), no ping interval, then the 16-byte key
+    body101 = socket.inet_aton("192.0.2.1") + b"\0" * 4 + struct.pack(
+        ">HHII", 6080, 0, 0x5, 0) + b"kernel-test-key!"
     assert tunnels == {k100: _stamp(k100, body100), k101: _stamp(k101, body101)}
 
     dkey = _be_ep("192.0.2.1", 6080, 17)

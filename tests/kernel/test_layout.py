@@ -18,6 +18,11 @@ BPF_HASH(ti_verify, struct ti_sid, struct ti_verify, 4);
 BPF_HASH(ti_tunnel, __be32, struct ti_tunnel, 4);
 BPF_HASH(ti_decap, struct ti_endpoint, struct ti_decap, 4);
 BPF_HASH(ti_learned, __be32, struct ti_learned, 4);
+BPF_HASH(ti_reply, struct ti_endpoint, struct ti_reply, 4);
+BPF_ARRAY(ti_stats, u64, TI_STATS_SLOTS);
+BPF_HASH(gue_data, struct ti_gue_hdr, struct ti_gue_data, 1);
+BPF_HASH(gue_ping, u32, struct ti_gue_ping, 1);
+BPF_ARRAY(stat_max, u32, TI_STAT_MAX);
 int unused(void *ctx) {{ return 0; }}
 """
 
@@ -26,7 +31,8 @@ EXPECTED_OFFSETS = {
     "ti_encap": {"tunnel_id": 0, "sid": 4, "key": 8, "reserved": 24, "stamp": 28},
     "ti_verify": {"key": 0, "backend": 16, "reserved": 24, "stamp": 28},
     "ti_tunnel": {"local_addr": 0, "remote_addr": 4, "local_port": 8, "remote_port": 10,
-                  "flags": 12, "stamp": 16},
+                  "flags": 12, "ping_interval_ms": 16, "key": 20, "stamp": 36},
+    "ti_reply": {"proxy": 0, "tunnel_id": 8, "sid": 12, "key": 16, "stamp": 32},
     "ti_decap": {"stamp": 0},
     "ti_learned": {"remote_addr": 0, "remote_port": 4, "pad": 6, "updated_ns": 8},
 }
@@ -38,8 +44,12 @@ def test_header_matches_python_layout() -> None:
 
     bpf = BPF(text=PROGRAM.encode())
     try:
-        for spec in t.ALL_TABLES:
+        for spec in t.PINNED:
             table = bpf[spec.name.encode()]
+            if spec is t.STATS:
+                assert ctypes.sizeof(table.Leaf) == spec.value_size
+                assert table.max_entries == spec.max_entries
+                continue
             assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
             assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
             offsets = {name: getattr(table.Leaf, name).offset for name, *_ in table.Leaf._fields_}
@@ -47,10 +57,24 @@ def test_header_matches_python_layout() -> None:
         key_offsets = {n: getattr(bpf[b"ti_encap"].Key, n).offset
                        for n, *_ in bpf[b"ti_encap"].Key._fields_}
         assert key_offsets == {"addr": 0, "port": 4, "proto": 6, "pad": 7}
+        # GUE wire structs: 4-byte base header, 24-byte data and 20-byte ping private data.
+        assert ctypes.sizeof(bpf[b"gue_data"].Key) == 4
+        assert ctypes.sizeof(bpf[b"gue_data"].Leaf) == 4 * t.GUE_DATA_HLEN
+        assert ctypes.sizeof(bpf[b"gue_ping"].Leaf) == 4 * t.GUE_PING_HLEN
+        assert bpf[b"stat_max"].max_entries == len(t.STAT_NAMES) <= t.STATS_SLOTS
         # Same capacities in C and Python.
         text = HEADER.read_text()
         assert f"#define TI_MAX_SERVICES {t.MAX_SERVICES}" in text
         assert f"#define TI_MAX_TUNNELS {t.MAX_TUNNELS}" in text
         assert f"#define TI_TUNNEL_LEARN 0x{t.TUNNEL_FLAG_LEARN:x}" in text
+        assert f"#define TI_TUNNEL_PING 0x{t.TUNNEL_FLAG_PING:x}" in text
+        assert f"#define TI_TUNNEL_KEYED 0x{t.TUNNEL_FLAG_KEYED:x}" in text
+        assert f"#define TI_STATS_SLOTS {t.STATS_SLOTS}" in text
+        assert f"#define TI_GUE_CTYPE_PING {t.GUE_CTYPE_PING}" in text
+        # Counter names follow the enum's order.
+        enum = text[text.index("enum ti_stat {"):text.index("TI_STAT_MAX,")]
+        names = [line.split()[0].rstrip(",").removeprefix("TI_STAT_").lower()
+                 for line in enum.splitlines()[1:] if line.strip().startswith("TI_STAT_")]
+        assert names == list(t.STAT_NAMES)
     finally:
         bpf.cleanup()

@@ -31,7 +31,8 @@ spec:
 """
 
 
-def tunnel(name: str = "t1", id: int = 100, remote: str = "learn") -> str:
+def tunnel(name: str = "t1", id: int = 100,
+           remote: str = "{address: 198.51.100.2, port: 6080}") -> str:
     return TUNNEL.format(name=name, id=id, remote=remote)
 
 

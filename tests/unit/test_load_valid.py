@@ -15,6 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 def test_quickstart_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BPFSYNC_DNS_KEY", "dns-demo-key")
+    monkeypatch.setenv("BPFSYNC_NODE_B_KEY", "node-b-demo-key")
     key = EXAMPLES / "quickstart" / "keys" / "web.key"
     os.chmod(key, 0o600)  # git does not keep modes; the demo does the same
     state = load_directory(EXAMPLES / "quickstart")

@@ -132,9 +132,10 @@ def test_json_shape_is_stable() -> None:
     observed = observed_from(s)
     observed["ti_encap"][t.endpoint_key("203.0.113.99", 80, 6)] = b"\1" * 32
     doc = json.loads(plan_json(compute_plan(compile_tables(state(2)), observed), s))
-    assert list(doc) == ["formatVersion", "inSync", "summary", "resources", "drift", "kept"]
-    assert doc["summary"] == {"create": 2, "update": 0, "delete": 1, "drift": 1, "kept": 0,
-                              "desiredEntries": 7, "observedEntries": 6}
+    assert list(doc) == ["formatVersion", "inSync", "summary", "resources", "drift", "kept",
+                         "errors", "warnings"]
+    assert doc["summary"] == {"create": 2, "update": 0, "delete": 1, "attach": 0, "detach": 0,
+                              "drift": 1, "kept": 0, "desiredEntries": 7, "observedEntries": 6}
     assert doc["resources"][0]["resource"] == "Service/svc1"
     assert set(doc["resources"][0]["actions"][0]) == {
         "action", "resource", "table", "entry", "key", "before", "after", "changes", "reason",

@@ -1,0 +1,316 @@
+/* TrueIngress TC programs: GUE encapsulation (egress), decapsulation and ping learning
+ * (ingress).  Compiled by BCC from reconciler/kernel/programs.py with:
+ *
+ *   TI_PIN_DIR     "<pin root>/maps/": the pinned tables (created and checked by bpfsync)
+ *   TI_ROLE_NODE   0 gateway: encapsulate by destination (TI_ENCAP), decapsulate as is
+ *                  1 node: decapsulate and rewrite to the backend, reverse-NAT replies
+ *   TI_REPLIES_TUNNEL  node only: 1 standard mode (replies encapsulated back), 0 DSO
+ *   TI_FIB         1: after encapsulation, route the outer packet with a FIB lookup
+ *
+ * Header reads use bpf_skb_load_bytes (works on non-linear and GSO packets); writes use
+ * bpf_skb_store_bytes and the checksum helpers, never pointers kept across
+ * bpf_skb_adjust_room.  Layout and byte order: trueingress.h and README.md.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/udp.h>
+#include "trueingress.h"
+
+#ifndef TI_ROLE_NODE
+#define TI_ROLE_NODE 0
+#endif
+#ifndef TI_REPLIES_TUNNEL
+#define TI_REPLIES_TUNNEL 1
+#endif
+#ifndef TI_FIB
+#define TI_FIB 0
+#endif
+
+#define TI_IP_MF 0x2000
+#define TI_IP_OFFSET 0x1fff
+#define TI_IP_DF 0x4000
+#define TI_OUTER_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + \
+                      sizeof(struct ti_gue_hdr) + sizeof(struct ti_gue_data))
+#define TI_SPORT_BASE 49152
+
+/* BCC's helpers.h declares the pre-5.11 three-argument form of this helper. */
+static long (*ti_redirect_neigh)(u32 ifindex, struct bpf_redir_neigh *params, int plen,
+                                 u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+
+BPF_TABLE_PINNED("hash", struct ti_endpoint, struct ti_service, ti_encap, TI_MAX_SERVICES,
+                 TI_PIN_DIR "ti_encap");
+BPF_TABLE_PINNED("hash", struct ti_sid, struct ti_verify, ti_verify, TI_MAX_SERVICES,
+                 TI_PIN_DIR "ti_verify");
+BPF_TABLE_PINNED("hash", struct ti_endpoint, struct ti_reply, ti_reply, TI_MAX_SERVICES,
+                 TI_PIN_DIR "ti_reply");
+BPF_TABLE_PINNED("hash", u32, struct ti_tunnel, ti_tunnel, TI_MAX_TUNNELS,
+                 TI_PIN_DIR "ti_tunnel");
+BPF_TABLE_PINNED("hash", struct ti_endpoint, struct ti_decap, ti_decap, TI_MAX_DECAP,
+                 TI_PIN_DIR "ti_decap");
+BPF_TABLE_PINNED("hash", u32, struct ti_learned, ti_learned, TI_MAX_TUNNELS,
+                 TI_PIN_DIR "ti_learned");
+BPF_TABLE_PINNED("percpu_array", u32, u64, ti_stats, TI_STATS_SLOTS, TI_PIN_DIR "ti_stats");
+
+/* Everything before the inner IP header, written in one bpf_skb_store_bytes. */
+struct ti_outer {
+    struct iphdr ip;
+    struct udphdr udp;
+    struct ti_gue_hdr gue;
+    struct ti_gue_data data;
+} __attribute__((packed));
+
+static __always_inline int count(u32 stat, int verdict)
+{
+    u64 *c = ti_stats.lookup(&stat);
+    if (c)
+        *c += 1;
+    return verdict;
+}
+
+static __always_inline int key_equal(const u8 *a, const u8 *b)
+{
+    const u32 *x = (const u32 *)a, *y = (const u32 *)b;
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+}
+
+static __always_inline __u16 fold(u64 sum)
+{
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return ~sum;
+}
+
+/* Rewrite one address and port of the IPv4 packet at ETH_HLEN (dst when is_dst, else src),
+ * fixing the IP and L4 checksums.  Ports and the L4 checksum only in the first fragment. */
+static __always_inline int rewrite(struct __sk_buff *skb, struct iphdr *ip, int is_dst,
+                                   __be32 addr, __be16 port)
+{
+    u32 l4 = ETH_HLEN + ip->ihl * 4;
+    u32 addr_off = ETH_HLEN + (is_dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+    u32 port_off = l4 + (is_dst ? 2 : 0);
+    __be32 old_addr = is_dst ? ip->daddr : ip->saddr;
+    __be16 old_port;
+    if (!(ip->frag_off & bpf_htons(TI_IP_OFFSET))) {
+        u32 csum_off = l4 + (ip->protocol == IPPROTO_TCP ? 16 : 6);
+        u64 mangled = ip->protocol == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+        if (bpf_skb_load_bytes(skb, port_off, &old_port, 2))
+            return -1;
+        if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr, BPF_F_PSEUDO_HDR | mangled | 4) ||
+            bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled | 2) ||
+            bpf_skb_store_bytes(skb, port_off, &port, 2, 0))
+            return -1;
+    }
+    if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old_addr, addr, 4) ||
+        bpf_skb_store_bytes(skb, addr_off, &addr, 4, 0))
+        return -1;
+    return 0;
+}
+
+/* Encapsulate the IPv4 packet at ETH_HLEN into GUE for tunnel tunnel_id. */
+static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, __be32 tunnel_id,
+                                 struct ti_sid sid, const u8 *key)
+{
+    u32 tid = tunnel_id;
+    struct ti_tunnel *t = ti_tunnel.lookup(&tid);
+    if (!t)
+        return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+    __be32 raddr = t->remote_addr;
+    __be16 rport = t->remote_port;
+    if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
+        struct ti_learned *l = ti_learned.lookup(&tid);
+        if (!l)
+            return count(TI_STAT_DROP_NO_REMOTE, TC_ACT_SHOT);
+        raddr = l->remote_addr;
+        rport = l->remote_port;
+    }
+    if (!raddr || !rport)
+        return count(TI_STAT_DROP_NO_REMOTE, TC_ACT_SHOT);
+
+    struct ti_outer h = {};
+    u32 total = bpf_ntohs(inner->tot_len) + TI_OUTER_LEN;
+    if (total > 0xffff) /* a GSO packet: segmentation rewrites the outer lengths */
+        total = 0xffff;
+    h.ip.version = 4;
+    h.ip.ihl = 5;
+    h.ip.tos = inner->tos;
+    h.ip.tot_len = bpf_htons(total);
+    h.ip.frag_off = bpf_htons(TI_IP_DF); /* fragments cannot be decapsulated: never fragment */
+    h.ip.ttl = 64;
+    h.ip.protocol = IPPROTO_UDP;
+    h.ip.saddr = t->local_addr;
+    h.ip.daddr = raddr;
+    h.ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&h.ip, sizeof(h.ip), 0));
+    h.udp.source = bpf_htons(TI_SPORT_BASE | (bpf_get_hash_recalc(skb) & 0x3fff));
+    h.udp.dest = rport;
+    h.udp.len = bpf_htons(total - sizeof(struct iphdr));
+    h.udp.check = 0; /* allowed for IPv4; the inner packet keeps its own checksum */
+    h.gue.vch = TI_GUE_DATA_HLEN;
+    h.gue.proto = IPPROTO_IPIP;
+    h.data.tunnel_id = tunnel_id;
+    h.data.sid = sid;
+    __builtin_memcpy(h.data.key, key, TI_KEY_LEN);
+
+    if (bpf_skb_adjust_room(skb, TI_OUTER_LEN, BPF_ADJ_ROOM_MAC,
+                            BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    count(TI_STAT_ENCAP, 0);
+#if TI_FIB
+    struct bpf_fib_lookup fib = {};
+    fib.family = 2; /* AF_INET */
+    fib.l4_protocol = IPPROTO_UDP;
+    fib.tot_len = total;
+    fib.ipv4_src = h.ip.saddr;
+    fib.ipv4_dst = h.ip.daddr;
+    fib.ifindex = skb->ifindex;
+    int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+        bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0);
+        bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0);
+        if (fib.ifindex == skb->ifindex)
+            return TC_ACT_OK;
+        return count(TI_STAT_FIB_REDIRECT, bpf_redirect(fib.ifindex, 0));
+    }
+    if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+        struct bpf_redir_neigh nh = {};
+        nh.nh_family = fib.family;
+        nh.ipv4_nh = fib.ipv4_dst;
+        return count(TI_STAT_FIB_REDIRECT, ti_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0));
+    }
+    return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+#else
+    return TC_ACT_OK;
+#endif
+}
+
+int ti_egress(struct __sk_buff *skb)
+{
+    struct iphdr ip;
+    __be16 ports[2];
+    if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (ip.version != 4 || ip.ihl < 5 || (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (ip.frag_off & bpf_htons(TI_IP_OFFSET)) /* no ports to match on */
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + ip.ihl * 4, ports, sizeof(ports)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+#if TI_ROLE_NODE
+    struct ti_endpoint src = {.addr = ip.saddr, .port = ports[0], .proto = ip.protocol};
+    struct ti_reply *r = ti_reply.lookup(&src);
+    if (!r)
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_reply reply = *r;
+    if (rewrite(skb, &ip, 0, reply.proxy.addr, reply.proxy.port))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    count(TI_STAT_REPLY_NAT, 0);
+#if TI_REPLIES_TUNNEL
+    ip.saddr = reply.proxy.addr;
+    return encap(skb, &ip, reply.tunnel_id, reply.sid, reply.key);
+#else
+    return TC_ACT_OK;
+#endif
+#else
+    struct ti_endpoint dst = {.addr = ip.daddr, .port = ports[1], .proto = ip.protocol};
+    struct ti_service *s = ti_encap.lookup(&dst);
+    if (!s)
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_service svc = *s;
+    return encap(skb, &ip, svc.tunnel_id, svc.sid, svc.key);
+#endif
+}
+
+static __always_inline int ping(struct __sk_buff *skb, struct iphdr *ip, struct udphdr *udp,
+                                u32 off, u8 hlen, struct ti_gue_hdr *g)
+{
+    struct ti_gue_ping p;
+    if (g->proto != TI_GUE_CTYPE_PING || g->flags || hlen != TI_GUE_PING_HLEN)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+    if (bpf_skb_load_bytes(skb, off + sizeof(*g), &p, sizeof(p)))
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    u32 tid = p.tunnel_id;
+    struct ti_tunnel *t = ti_tunnel.lookup(&tid);
+    if (!t || t->local_addr != ip->daddr || t->local_port != udp->dest)
+        return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+    if (!(t->flags & bpf_htonl(TI_TUNNEL_LEARN)))
+        return count(TI_STAT_PING_FIXED, TC_ACT_SHOT);
+    if (!(t->flags & bpf_htonl(TI_TUNNEL_KEYED)) || !key_equal(t->key, p.key))
+        return count(TI_STAT_PING_BAD_KEY, TC_ACT_SHOT);
+    struct ti_learned l = {.remote_addr = ip->saddr, .remote_port = udp->source,
+                           .updated_ns = bpf_ktime_get_boot_ns()};
+    ti_learned.update(&tid, &l);
+    return count(TI_STAT_PING, TC_ACT_SHOT); /* consumed: pings are for the data path only */
+}
+
+int ti_ingress(struct __sk_buff *skb)
+{
+    struct iphdr ip;
+    struct udphdr udp;
+    struct ti_gue_hdr g;
+    if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (ip.version != 4 || ip.ihl < 5 || ip.protocol != IPPROTO_UDP)
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    u32 ihl = ip.ihl * 4;
+    if (ip.frag_off & bpf_htons(TI_IP_OFFSET)) /* later fragment: no UDP header to look at */
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, &udp, sizeof(udp)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_endpoint ep = {.addr = ip.daddr, .port = udp.dest, .proto = IPPROTO_UDP};
+    if (!ti_decap.lookup(&ep))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+
+    /* From here the packet is addressed to one of our decap endpoints: it is decapsulated,
+     * consumed as a ping, or dropped.  Never passed on half-parsed. */
+    if (ip.frag_off & bpf_htons(TI_IP_MF))
+        return count(TI_STAT_DROP_FRAGMENT, TC_ACT_SHOT);
+    u32 off = ETH_HLEN + ihl + sizeof(udp);
+    u32 udp_len = bpf_ntohs(udp.len);
+    if (bpf_skb_load_bytes(skb, off, &g, sizeof(g)) || udp_len < sizeof(udp) + sizeof(g) ||
+        bpf_ntohs(ip.tot_len) < ihl + udp_len)
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    if (g.vch >> 6)
+        return count(TI_STAT_DROP_BAD_VERSION, TC_ACT_SHOT);
+    u8 hlen = g.vch & 0x1f;
+    if (udp_len < sizeof(udp) + sizeof(g) + hlen * 4)
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    if (g.vch & 0x20)
+        return ping(skb, &ip, &udp, off, hlen, &g);
+
+    struct ti_gue_data d;
+    struct iphdr inner;
+    if (g.proto != IPPROTO_IPIP || g.flags || hlen != TI_GUE_DATA_HLEN)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+    u32 inner_off = off + sizeof(g) + sizeof(d);
+    if (bpf_skb_load_bytes(skb, off + sizeof(g), &d, sizeof(d)) ||
+        bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) ||
+        inner.version != 4 || inner.ihl < 5 ||
+        bpf_ntohs(inner.tot_len) + (inner_off - ETH_HLEN - ihl) > udp_len)
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    u32 tid = d.tunnel_id;
+    if (!ti_tunnel.lookup(&tid))
+        return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+    struct ti_verify *v = ti_verify.lookup(&d.sid);
+    if (!v)
+        return count(TI_STAT_DROP_NO_SERVICE, TC_ACT_SHOT);
+    if (!key_equal(v->key, d.key))
+        return count(TI_STAT_DROP_BAD_KEY, TC_ACT_SHOT);
+    struct ti_endpoint backend = v->backend;
+
+    if (bpf_skb_adjust_room(skb, -(s32)(inner_off - ETH_HLEN), BPF_ADJ_ROOM_MAC, 0))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    count(TI_STAT_DECAP, 0);
+#if TI_ROLE_NODE
+    if (inner.protocol != backend.proto)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+    if (rewrite(skb, &inner, 1, backend.addr, backend.port))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    count(TI_STAT_DNAT, 0);
+#endif
+    return TC_ACT_OK;
+}

@@ -1,0 +1,219 @@
+"""TC attachments: what should be attached where, what is, and the operations between them.
+
+Pure, like plan.py: the kernel shell (kernel/tc.py, kernel/programs.py) observes filters and
+compiles programs; this module only compares. A filter is bpfsync's when it sits at bpfsync's
+handle with a name starting with FILTER_PREFIX; anything else is foreign and never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from reconciler.model import Interface
+from reconciler.tables import GUE_OVERHEAD
+
+FILTER_HANDLE = 0xB5F
+FILTER_PREFIX = "bpfsync:"
+DIRECTIONS = ("ingress", "egress")
+FUNCTIONS = {"ingress": "ti_ingress", "egress": "ti_egress"}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Hook:
+    """One TC hook: a direction of a device in a network namespace (None: bpfsync's own)."""
+
+    device: str
+    netns: str | None
+    direction: str
+
+    def __str__(self) -> str:
+        where = f"{self.device}@{self.netns}" if self.netns else self.device
+        return f"{where} {self.direction}"
+
+    @property
+    def pin_name(self) -> str:
+        """File name of the program pin; ':' cannot occur in device or netns names."""
+        return f"{self.device}:{self.netns or ''}:{self.direction}"
+
+    @classmethod
+    def from_pin_name(cls, name: str) -> Hook | None:
+        parts = name.split(":")
+        if len(parts) != 3 or parts[2] not in DIRECTIONS or not parts[0]:
+            return None
+        return cls(parts[0], parts[1] or None, parts[2])
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ProgramConfig:
+    """Compile-time behaviour of the programs (the seed's TABLE-CONFIG, per interface)."""
+
+    role: str
+    replies_tunnel: bool
+    fib_lookup: bool
+
+    def describe(self) -> str:
+        parts = [f"role {self.role}"]
+        if self.role == "node":
+            parts.append("replies " + ("tunnel" if self.replies_tunnel else "direct"))
+        if self.fib_lookup:
+            parts.append("fibLookup")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    hook: Hook
+    priority: int
+    config: ProgramConfig
+    owner: str  # "Interface/name"
+    encapsulates: bool  # egress that adds GUE headers: the MTU check applies
+
+
+def wanted(interfaces: dict[str, Interface]) -> list[Wanted]:
+    out = []
+    for iface in sorted(interfaces.values(), key=lambda i: i.name):
+        config = ProgramConfig(iface.role, iface.replies_tunnel, iface.fib_lookup)
+        for direction, on in (("ingress", iface.ingress), ("egress", iface.egress)):
+            if on:
+                encap = direction == "egress" and (iface.role == "gateway" or iface.replies_tunnel)
+                out.append(Wanted(Hook(iface.device, iface.netns, direction), iface.priority,
+                                  config, iface.ref, encap))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A cls_bpf filter found on a hook."""
+
+    priority: int
+    handle: int
+    name: str
+    prog_id: int | None
+    tag: str | None
+
+    @property
+    def ours(self) -> bool:
+        return self.handle == FILTER_HANDLE and self.name.startswith(FILTER_PREFIX)
+
+    def describe(self) -> str:
+        return f"prio {self.priority} handle {self.handle:#x} {self.name or '(unnamed)'}"
+
+
+@dataclass(slots=True)
+class Seen:
+    """What the kernel holds at one hook."""
+
+    hook: Hook
+    device_present: bool
+    filters: list[Filter] = field(default_factory=list)
+    pinned_id: int | None = None  # program id behind our pin, if pinned
+    mtu: int | None = None
+    others_mtu: int | None = None  # largest MTU of the namespace's other devices
+
+    @property
+    def ours(self) -> list[Filter]:
+        return [f for f in self.filters if f.ours]
+
+
+class AttachAction(Enum):
+    ATTACH = "attach"
+    REPLACE = "replace"
+    DETACH = "detach"
+
+    @property
+    def sign(self) -> str:
+        return {"attach": "+", "replace": "~", "detach": "-"}[self.value]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachOperation:
+    action: AttachAction
+    hook: Hook
+    priority: int
+    config: ProgramConfig | None  # None for detach
+    owner: str
+    reason: str
+    drift: bool = False
+
+    def describe(self) -> str:
+        what = f"tc {self.hook} prio {self.priority}: {FUNCTIONS[self.hook.direction]}"
+        return what + (f" ({self.config.describe()})" if self.config else "")
+
+
+@dataclass
+class AttachPlan:
+    operations: list[AttachOperation] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # foreign filters in bpfsync's place
+    warnings: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # declared devices that do not exist
+    in_place: int = 0  # attachments already right
+
+
+def _owner_of(hook: Hook) -> str:
+    return f"Interface/({hook})"
+
+
+def compute_attach_plan(want: list[Wanted], seen: dict[Hook, Seen],
+                        tags: dict[tuple[ProgramConfig, str], frozenset[str]] | None) -> AttachPlan:
+    """tags: acceptable tags per (config, direction); None when programs cannot be compiled yet
+    (tables missing), so any attached program is taken as current."""
+    plan = AttachPlan()
+    wanted_hooks = {w.hook for w in want}
+    for w in want:
+        s = seen.get(w.hook) or Seen(w.hook, device_present=False)
+        if not s.device_present:
+            plan.waiting.append(f"{w.owner}: device {w.hook.device} not found"
+                                + (f" in netns {w.hook.netns}" if w.hook.netns else "")
+                                + f"; {w.hook.direction} program not attached")
+            continue
+        blocking = [f for f in s.filters if not f.ours and f.priority == w.priority
+                    and f.handle == FILTER_HANDLE]
+        if blocking:
+            plan.conflicts.append(
+                f"{w.owner}: {w.hook} prio {w.priority} handle {FILTER_HANDLE:#x} holds a filter "
+                f"bpfsync did not create ({blocking[0].describe()}); left untouched. Choose "
+                f"another spec.priority or remove that filter")
+            continue
+        if w.encapsulates and s.mtu and s.others_mtu and s.mtu < s.others_mtu + GUE_OVERHEAD:
+            plan.warnings.append(
+                f"{w.owner}: {w.hook.device} MTU {s.mtu} leaves no room for the {GUE_OVERHEAD}-byte "
+                f"GUE overhead: full-size packets from the other devices (MTU {s.others_mtu}) "
+                f"would become {s.others_mtu + GUE_OVERHEAD} bytes; raise the MTU to "
+                f"{s.others_mtu + GUE_OVERHEAD} or lower the route MTU / clamp TCP MSS")
+        ours = s.ours
+        here = [f for f in ours if f.priority == w.priority]
+        want_tags = None if tags is None else tags.get((w.config, w.hook.direction))
+        if not here:
+            plan.operations.append(AttachOperation(
+                AttachAction.ATTACH, w.hook, w.priority, w.config, w.owner, "declared in YAML"))
+        else:
+            f = here[0]
+            stale_pin = s.pinned_id is not None and f.prog_id != s.pinned_id
+            if want_tags is not None and f.tag not in want_tags:
+                plan.operations.append(AttachOperation(
+                    AttachAction.REPLACE, w.hook, w.priority, w.config, w.owner,
+                    "program or its configuration changed"))
+            elif stale_pin or s.pinned_id is None:
+                plan.operations.append(AttachOperation(
+                    AttachAction.REPLACE, w.hook, w.priority, w.config, w.owner,
+                    "attached program is not the pinned one", drift=True))
+            else:
+                plan.in_place += 1
+        for f in ours:
+            if f.priority != w.priority:
+                plan.operations.append(AttachOperation(
+                    AttachAction.DETACH, w.hook, f.priority, None, w.owner,
+                    f"priority changed to {w.priority}"))
+    for hook in sorted(seen.keys() - wanted_hooks):
+        s = seen[hook]
+        for f in s.ours:
+            plan.operations.append(AttachOperation(
+                AttachAction.DETACH, hook, f.priority, None, _owner_of(hook), "no longer in YAML"))
+        if not s.ours and s.pinned_id is not None:  # device gone: only the pin is left
+            plan.operations.append(AttachOperation(
+                AttachAction.DETACH, hook, 0, None, _owner_of(hook),
+                "device gone; removing the leftover pin"))
+    order = {AttachAction.ATTACH: 0, AttachAction.REPLACE: 0, AttachAction.DETACH: 1}
+    plan.operations.sort(key=lambda op: order[op.action])  # stable: attach before detach
+    return plan

@@ -1,0 +1,94 @@
+"""The TrueIngress TC programs: compiled with BCC against the pinned tables, tagged, loaded.
+
+A program's tag is computed from its instructions before loading (as the kernel does:
+SHA-256 since 6.18, SHA-1 before, over the instructions with map references zeroed), so an
+unchanged program is recognised without loading anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from reconciler.attach import FUNCTIONS, ProgramConfig
+from reconciler.errors import KernelStateError
+from reconciler.kernel.bcc_env import ensure_kernel_source
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+SOURCE = BPF_DIR / "trueingress.c"
+_LD_IMM64 = 0x18
+_PSEUDO_MAP_FD, _PSEUDO_MAP_VALUE = 1, 2
+
+
+def program_tags(insns: bytes) -> frozenset[str]:
+    """The tags the kernel may report for these instructions (hex, 16 digits)."""
+    buf = bytearray(insns)
+    was_ld_map = False
+    for off in range(0, len(buf), 8):
+        code, regs, ins_off, _ = struct.unpack_from("<BBhi", buf, off)
+        if not was_ld_map and code == _LD_IMM64 and (regs >> 4) in (_PSEUDO_MAP_FD,
+                                                                      _PSEUDO_MAP_VALUE):
+            was_ld_map = True
+            struct.pack_into("<i", buf, off + 4, 0)
+        elif was_ld_map and code == 0 and regs == 0 and ins_off == 0:
+            was_ld_map = False
+            struct.pack_into("<i", buf, off + 4, 0)
+        else:
+            was_ld_map = False
+    data = bytes(buf)
+    return frozenset((hashlib.sha256(data).hexdigest()[:16], hashlib.sha1(data).hexdigest()[:16]))
+
+
+def cflags(pin_root: Path, config: ProgramConfig) -> list[str]:
+    return [f"-I{BPF_DIR}", f'-DTI_PIN_DIR="{pin_root}/maps/"',
+            f"-DTI_ROLE_NODE={int(config.role == 'node')}",
+            f"-DTI_REPLIES_TUNNEL={int(config.replies_tunnel)}",
+            f"-DTI_FIB={int(config.fib_lookup)}"]
+
+
+class Programs:
+    """BCC compilations by configuration, kept until close(). The tables must exist: BCC would
+    otherwise create them, without bpfsync's layout checks."""
+
+    def __init__(self, pin_root: Path) -> None:
+        self.pin_root = pin_root
+        self._compiled: dict[ProgramConfig, Any] = {}
+
+    def _bpf(self, config: ProgramConfig) -> Any:
+        if config not in self._compiled:
+            ensure_kernel_source()
+            try:
+                from bcc import BPF
+            except ImportError as exc:
+                raise KernelStateError(
+                    "BCC is not importable (Debian package python3-bpfcc); run "
+                    "packaging/install.sh") from exc
+            try:
+                self._compiled[config] = BPF(src_file=str(SOURCE).encode(), cflags=[
+                    c.encode() for c in cflags(self.pin_root, config)])
+            except Exception as exc:
+                raise KernelStateError(f"compiling {SOURCE} ({config.describe()}) failed: "
+                                       f"{exc}") from exc
+        return self._compiled[config]
+
+    def tags(self, config: ProgramConfig, direction: str) -> frozenset[str]:
+        return program_tags(self._bpf(config).dump_func(FUNCTIONS[direction].encode()))
+
+    def load(self, config: ProgramConfig, direction: str) -> int:
+        """A loaded program's fd, owned by the compilation (closed by close())."""
+        from bcc import BPF
+
+        try:
+            return self._bpf(config).load_func(FUNCTIONS[direction].encode(), BPF.SCHED_CLS).fd
+        except Exception as exc:
+            raise KernelStateError(f"loading {FUNCTIONS[direction]} ({config.describe()}) "
+                                   f"failed: {exc}") from exc
+
+    def close(self) -> None:
+        for bpf in self._compiled.values():
+            with suppress(Exception):
+                bpf.cleanup()
+        self._compiled.clear()
