@@ -33,15 +33,24 @@ class Hook:
 
     @property
     def pin_name(self) -> str:
-        """File name of the program pin; ':' cannot occur in device or netns names."""
-        return f"{self.device}:{self.netns or ''}:{self.direction}"
+        """File name of the program pin. ':' cannot occur in device or netns names; '.' can
+        (eth0.100) but bpffs refuses it in names, so it is escaped, as is the escape."""
+        return f"{_escape(self.device)}:{_escape(self.netns or '')}:{self.direction}"
 
     @classmethod
     def from_pin_name(cls, name: str) -> Hook | None:
         parts = name.split(":")
         if len(parts) != 3 or parts[2] not in DIRECTIONS or not parts[0]:
             return None
-        return cls(parts[0], parts[1] or None, parts[2])
+        return cls(_unescape(parts[0]), _unescape(parts[1]) or None, parts[2])
+
+
+def _escape(name: str) -> str:
+    return name.replace("%", "%25").replace(".", "%2E")
+
+
+def _unescape(name: str) -> str:
+    return name.replace("%2E", ".").replace("%25", "%")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -103,9 +103,61 @@ def _table(docs: list[dict]) -> str:
                      for r in rows)
 
 
+def _get_stats(args: argparse.Namespace) -> int:
+    stats = engine.read_stats(_pin_root(args))
+    if args.output == "json":
+        print(json.dumps(stats, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(stats, sort_keys=False), end="")
+    elif not stats:
+        print(f"No counters in {_pin_root(args)} (nothing applied yet).")
+    else:
+        width = max(map(len, stats))
+        print(f"{'COUNTER'.ljust(width)}  PACKETS")
+        for name, value in stats.items():
+            print(f"{name.ljust(width)}  {value}")
+    return EXIT_OK
+
+
+def _get_interfaces(args: argparse.Namespace) -> int:
+    from reconciler.kernel import tc
+
+    seen = tc.observe(_pin_root(args), [])
+    docs = []
+    for hook, s in sorted(seen.items()):
+        ours = s.ours
+        state = ("attached" if ours and ours[0].prog_id == s.pinned_id else
+                 "device gone" if not s.device_present else
+                 "filter missing" if not ours else "attached program is not the pinned one")
+        docs.append({"device": hook.device, "netns": hook.netns, "direction": hook.direction,
+                     "priority": ours[0].priority if ours else None,
+                     "program": ours[0].name.removeprefix("bpfsync:") if ours else None,
+                     "programId": ours[0].prog_id if ours else None,
+                     "tag": ours[0].tag if ours else None, "mtu": s.mtu, "state": state})
+    if args.output == "json":
+        print(json.dumps(docs, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(docs, sort_keys=False), end="")
+    elif not docs:
+        print(f"No tc attachments in {_pin_root(args)}.")
+    else:
+        rows = [("DEVICE", "NETNS", "DIRECTION", "PRIO", "PROGRAM", "ID", "TAG", "STATE")]
+        rows += [(d["device"], d["netns"] or "-", d["direction"], str(d["priority"] or "-"),
+                  d["program"] or "-", str(d["programId"] or "-"), d["tag"] or "-", d["state"])
+                 for d in docs]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
 def cmd_get(args: argparse.Namespace) -> int:
-    observed = engine.read_observed(_pin_root(args))
     kind = args.kind.lower()
+    if kind == "stats":
+        return _get_stats(args)
+    if kind in ("interface", "interfaces"):
+        return _get_interfaces(args)
+    observed = engine.read_observed(_pin_root(args))
     keys_dir = Path(args.keys_dir) if args.keys_dir else None
     docs: list[dict] = []
     if kind in ("all", "tunnel", "tunnels"):
@@ -124,6 +176,15 @@ def cmd_get(args: argparse.Namespace) -> int:
     else:
         print(f"No resources in {_pin_root(args)}.")
     return EXIT_OK
+
+
+def cmd_datapath(args: argparse.Namespace) -> int:
+    import logging
+
+    from reconciler import datapath
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return datapath.run(_pin_root(args), args.netns, args.once)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -158,9 +219,15 @@ def parser() -> argparse.ArgumentParser:
     prune_flags(a)
     a.set_defaults(func=cmd_apply)
 
+    dp = sub.add_parser("datapath", help="run the data-path process (GUE pings); bpfsync run "
+                                         "supervises it, but it runs alone too")
+    dp.add_argument("--netns", help="named network namespace to run in (pins are opened first)")
+    dp.add_argument("--once", action="store_true", help="send what is due once and exit")
+    dp.set_defaults(func=cmd_datapath)
+
     g = sub.add_parser("get", help="show what the kernel holds, as resources")
-    g.add_argument("kind", choices=["all", "tunnel", "tunnels", "service", "services"],
-                   type=str.lower)
+    g.add_argument("kind", choices=["all", "tunnel", "tunnels", "service", "services",
+                                    "interface", "interfaces", "stats"], type=str.lower)
     g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     g.add_argument("--keys-dir", help="write Service keys here as 0600 files (-o yaml/json)")
     g.set_defaults(func=cmd_get)

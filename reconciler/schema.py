@@ -38,7 +38,7 @@ class KindSchema:
     def _fast(self) -> Callable[[Any], Any]:
         draft07 = dict(self.schema, **{"$schema": "http://json-schema.org/draft-07/schema#"})
         draft07.pop("$id", None)
-        return fastjsonschema.compile(draft07)
+        return fastjsonschema.compile(draft07, use_default=False)  # never change the document
 
     @cached_property
     def _full(self) -> Any:

@@ -67,8 +67,8 @@ class Programs:
                     "BCC is not importable (Debian package python3-bpfcc); run "
                     "packaging/install.sh") from exc
             try:
-                self._compiled[config] = BPF(src_file=str(SOURCE).encode(), cflags=[
-                    c.encode() for c in cflags(self.pin_root, config)])
+                self._compiled[config] = BPF(src_file=str(SOURCE).encode(),
+                                             cflags=cflags(self.pin_root, config))
             except Exception as exc:
                 raise KernelStateError(f"compiling {SOURCE} ({config.describe()}) failed: "
                                        f"{exc}") from exc

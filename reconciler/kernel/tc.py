@@ -128,7 +128,7 @@ def _pin(pin_root: Path, hook: Hook, fd: int) -> None:
     d = progs_dir(pin_root)
     d.mkdir(mode=0o700, exist_ok=True)
     final = d / hook.pin_name
-    tmp = d / (hook.pin_name + ".new")
+    tmp = d / (hook.pin_name + "~new")  # bpffs refuses '.' in names
     with suppress(FileNotFoundError):
         tmp.unlink()
     libbpf.obj_pin(fd, str(tmp))

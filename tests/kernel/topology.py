@@ -1,0 +1,186 @@
+"""A three-namespace GUE topology for real-traffic tests, removed completely afterwards.
+
+    client 198.51.100.1 ──c0/g0── 198.51.100.254 gateway 192.0.2.1 ──g1/n0── 192.0.2.2 node
+                                                  (routes 203.0.113.10 via the node)
+
+The service's proxy endpoint is 203.0.113.10:80 (routed from the gateway towards the node);
+its backend listens on the node at 203.0.113.100:8080 (a loopback address). The underlay
+g1/n0 has MTU 1600 so that 1500-byte packets fit with the GUE overhead.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TRAFFIC = str(Path(__file__).with_name("traffic.py"))
+PROXY = ("203.0.113.10", 80)
+BACKEND = ("203.0.113.100", 8080)
+GW_TUNNEL, NODE_TUNNEL = ("192.0.2.1", 6080), ("192.0.2.2", 6080)
+CLIENT = "198.51.100.1"
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True, timeout=60)
+
+
+@dataclass
+class Net:
+    prefix: str
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def client(self) -> str:
+        return f"{self.prefix}-c"
+
+    @property
+    def gw(self) -> str:
+        return f"{self.prefix}-g"
+
+    @property
+    def node(self) -> str:
+        return f"{self.prefix}-n"
+
+    def run(self, ns: str, cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return sh(f"ip netns exec {ns} {cmd}", check)
+
+    def spawn(self, ns: str, args: list[str]) -> subprocess.Popen:
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def traffic(self, ns: str, *args: object) -> subprocess.Popen:
+        return self.spawn(ns, ["/usr/bin/python3", TRAFFIC, *map(str, args)])
+
+    def server(self, reply_bytes: int = 1 << 20) -> subprocess.Popen:
+        p = self.traffic(self.node, "tcp-server", *BACKEND, reply_bytes)
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "listening"
+        return p
+
+    def client_transfer(self, send: int, reply: int = 1 << 20,
+                        port: int = PROXY[1]) -> subprocess.CompletedProcess[str]:
+        return self.run(self.client, f"/usr/bin/python3 {TRAFFIC} tcp-client {PROXY[0]} {port} "
+                                     f"{send} {reply}", check=False)
+
+    def stop(self, p: subprocess.Popen) -> tuple[str, str]:
+        with suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+        try:
+            return p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.communicate()
+
+
+@contextmanager
+def gue_topology() -> Iterator[Net]:
+    net = Net(f"bs{uuid.uuid4().hex[:6]}")
+    try:
+        for ns in (net.client, net.gw, net.node):
+            sh(f"ip netns add {ns}")
+            sh(f"ip -n {ns} link set lo up")
+        sh(f"ip link add name c0 netns {net.client} type veth peer name g0 netns {net.gw}")
+        sh(f"ip link add name g1 netns {net.gw} mtu 1600 type veth peer name n0 netns "
+           f"{net.node} mtu 1600")
+        for ns, dev, addr in ((net.client, "c0", "198.51.100.1/24"),
+                              (net.gw, "g0", "198.51.100.254/24"),
+                              (net.gw, "g1", "192.0.2.1/24"), (net.node, "n0", "192.0.2.2/24")):
+            sh(f"ip -n {ns} addr add {addr} dev {dev}")
+            sh(f"ip -n {ns} link set {dev} up")
+        sh(f"ip -n {net.client} route add default via 198.51.100.254")
+        sh(f"ip netns exec {net.gw} sysctl -qw net.ipv4.ip_forward=1")
+        sh(f"ip -n {net.gw} route add {PROXY[0]}/32 via {NODE_TUNNEL[0]} dev g1")
+        sh(f"ip -n {net.node} addr add {BACKEND[0]}/32 dev lo")
+        sh(f"ip -n {net.node} route add default via {GW_TUNNEL[0]}")
+        yield net
+    finally:
+        for p in net.procs:
+            if p.poll() is None:
+                p.kill()
+            with suppress(Exception):
+                p.communicate(timeout=5)
+        for ns in (net.client, net.gw, net.node):
+            sh(f"ip netns del {ns}", check=False)
+
+
+TUNNEL_GW = """\
+apiVersion: bpfsync/v1
+kind: Tunnel
+metadata: {{name: to-node}}
+spec:
+  id: 100
+  local: {{address: 192.0.2.1, port: 6080}}
+  remote: {remote}
+  keyFrom: {{env: BPFSYNC_TUNNEL_KEY}}
+"""
+TUNNEL_NODE = """\
+apiVersion: bpfsync/v1
+kind: Tunnel
+metadata: {name: to-node}
+spec:
+  id: 100
+  local: {address: 192.0.2.2, port: 6080}
+  remote: {address: 192.0.2.1, port: 6080}
+  keyFrom: {env: BPFSYNC_TUNNEL_KEY}
+  ping: {intervalSeconds: 0.2}
+"""
+SERVICE = """\
+apiVersion: bpfsync/v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  groupId: 1
+  serviceId: 1
+  protocol: tcp
+  proxy: {{address: 203.0.113.10, port: 80}}
+  backend: {{address: 203.0.113.100, port: 8080}}
+  tunnel: to-node
+  keyFrom: {{env: {key_env}}}
+"""
+INTERFACE = """\
+apiVersion: bpfsync/v1
+kind: Interface
+metadata: {{name: uplink}}
+spec:
+  device: {device}
+  netns: {netns}
+  role: {role}
+{extra}"""
+KEYS = {"BPFSYNC_TUNNEL_KEY": "tunnel-key-0001", "BPFSYNC_SERVICE_KEY": "service-key-01",
+        "BPFSYNC_OTHER_KEY": "not-the-key-02"}
+
+
+def write_gateway(d: Path, net: Net, remote: str = "learn", extra: str = "",
+                  key_env: str = "BPFSYNC_SERVICE_KEY") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tunnel.yaml").write_text(TUNNEL_GW.format(remote=remote))
+    (d / "service.yaml").write_text(SERVICE.format(key_env=key_env))
+    (d / "interface.yaml").write_text(INTERFACE.format(device="g1", netns=net.gw, role="gateway",
+                                                       extra=extra))
+    return d
+
+
+def write_node(d: Path, net: Net, replies: str = "tunnel") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tunnel.yaml").write_text(TUNNEL_NODE)
+    (d / "service.yaml").write_text(SERVICE.format(key_env="BPFSYNC_SERVICE_KEY"))
+    (d / "interface.yaml").write_text(INTERFACE.format(
+        device="n0", netns=net.node, role="node", extra=f"  replies: {replies}\n"))
+    return d
+
+
+def datapath(net: Net, pin_root: Path, netns: str) -> subprocess.Popen:
+    """`bpfsync datapath` for one end, from the host (it opens its pins, then enters netns)."""
+    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(pin_root),
+                          "datapath", "--netns", netns], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    net.procs.append(p)
+    return p

@@ -1,0 +1,102 @@
+"""Traffic endpoints run inside test namespaces: `python traffic.py MODE ...` (stdlib only, so
+that it runs under `ip netns exec` with the system interpreter).
+
+  tcp-server ADDR PORT REPLY_BYTES   per connection: read to EOF, answer "<sha256> <n>\\n" then
+                                     REPLY_BYTES of seeded data, close; print each peer
+  tcp-client ADDR PORT SEND_BYTES REPLY_BYTES   send seeded data, half-close, check the answer;
+                                     prints JSON, exit 0 only if every byte matched
+  udp-sink ADDR PORT SECONDS         count datagrams until SECONDS of silence; print JSON
+  udp-send ADDR PORT COUNT RATE      send COUNT numbered datagrams at RATE per second
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import sys
+import time
+
+
+def seeded(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def tcp_server(addr: str, port: int, reply_bytes: int) -> None:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(16)
+    print("listening", flush=True)
+    reply = seeded(reply_bytes, 2)
+    while True:
+        conn, peer = srv.accept()
+        with conn:
+            h, n = hashlib.sha256(), 0
+            while chunk := conn.recv(65536):
+                h.update(chunk)
+                n += len(chunk)
+            conn.sendall(f"{h.hexdigest()} {n}\n".encode() + reply)
+        print(json.dumps({"peer": peer[0], "port": peer[1], "bytes": n}), flush=True)
+
+
+def tcp_client(addr: str, port: int, send_bytes: int, reply_bytes: int) -> int:
+    data = seeded(send_bytes, 1)
+    started = time.monotonic()
+    with socket.create_connection((addr, port), timeout=10) as c:
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        buf = bytearray()
+        while chunk := c.recv(65536):
+            buf += chunk
+    line, _, rest = bytes(buf).partition(b"\n")
+    digest, _, count = line.decode(errors="replace").partition(" ")
+    ok_sent = digest == hashlib.sha256(data).hexdigest() and count == str(send_bytes)
+    ok_reply = hashlib.sha256(rest).digest() == hashlib.sha256(seeded(reply_bytes, 2)).digest()
+    print(json.dumps({"sent_ok": ok_sent, "reply_ok": ok_reply, "reply_bytes": len(rest),
+                      "seconds": round(time.monotonic() - started, 3)}))
+    return 0 if ok_sent and ok_reply else 1
+
+
+def udp_sink(addr: str, port: int, quiet: float) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    print("listening", flush=True)
+    seen: set[int] = set()
+    s.settimeout(60)
+    first = int.from_bytes(s.recv(2048)[:4], "big")  # 0: the start marker
+    if first:
+        seen.add(first)
+    s.settimeout(quiet)
+    try:
+        while True:
+            seen.add(int.from_bytes(s.recv(2048)[:4], "big"))
+    except TimeoutError:
+        pass
+    print(json.dumps({"received": len(seen)}), flush=True)
+
+
+def udp_send(addr: str, port: int, count: int, rate: float) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"\0\0\0\0start", (addr, port))
+    start = time.monotonic()
+    for i in range(1, count + 1):
+        s.sendto(i.to_bytes(4, "big") + bytes(60), (addr, port))
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    print(json.dumps({"sent": count}), flush=True)
+
+
+if __name__ == "__main__":
+    mode, *a = sys.argv[1:]
+    if mode == "tcp-server":
+        tcp_server(a[0], int(a[1]), int(a[2]))
+    elif mode == "tcp-client":
+        sys.exit(tcp_client(a[0], int(a[1]), int(a[2]), int(a[3])))
+    elif mode == "udp-sink":
+        udp_sink(a[0], int(a[1]), float(a[2]))
+    elif mode == "udp-send":
+        udp_send(a[0], int(a[1]), int(a[2]), float(a[3]))
