@@ -65,10 +65,10 @@ class Net:
         assert p.stdout.readline().strip() == "listening"
         return p
 
-    def client_transfer(self, send: int, reply: int = 1 << 20,
-                        port: int = PROXY[1]) -> subprocess.CompletedProcess[str]:
+    def client_transfer(self, send: int, reply: int = 1 << 20, port: int = PROXY[1],
+                        timeout: float = 10) -> subprocess.CompletedProcess[str]:
         return self.run(self.client, f"/usr/bin/python3 {TRAFFIC} tcp-client {PROXY[0]} {port} "
-                                     f"{send} {reply}", check=False)
+                                     f"{send} {reply} {timeout}", check=False)
 
     def stop(self, p: subprocess.Popen) -> tuple[str, str]:
         with suppress(ProcessLookupError):

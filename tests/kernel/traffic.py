@@ -7,6 +7,10 @@ that it runs under `ip netns exec` with the system interpreter).
                                      prints JSON, exit 0 only if every byte matched
   udp-sink ADDR PORT SECONDS         count datagrams until SECONDS of silence; print JSON
   udp-send ADDR PORT COUNT RATE      send COUNT numbered datagrams at RATE per second
+  capture DEV SECONDS                print every IPv4/UDP frame seen on DEV as hex, one per line
+                                     (starts with a "ready" line)
+  inject DEV HEX...                  send raw Ethernet frames on DEV
+  udp-payload SRC_ADDR SRC_PORT DST_ADDR DST_PORT HEX   send one datagram with this payload
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ def tcp_server(addr: str, port: int, reply_bytes: int) -> None:
         print(json.dumps({"peer": peer[0], "port": peer[1], "bytes": n}), flush=True)
 
 
-def tcp_client(addr: str, port: int, send_bytes: int, reply_bytes: int) -> int:
+def tcp_client(addr: str, port: int, send_bytes: int, reply_bytes: int,
+               timeout: float = 10) -> int:
     data = seeded(send_bytes, 1)
     started = time.monotonic()
-    with socket.create_connection((addr, port), timeout=10) as c:
+    with socket.create_connection((addr, port), timeout=timeout) as c:
         c.sendall(data)
         c.shutdown(socket.SHUT_WR)
         buf = bytearray()
@@ -90,13 +95,49 @@ def udp_send(addr: str, port: int, count: int, rate: float) -> None:
     print(json.dumps({"sent": count}), flush=True)
 
 
+def capture(dev: str, seconds: float) -> None:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.bind((dev, 0))
+    s.settimeout(0.2)
+    print("ready", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            frame = s.recv(65535)
+        except TimeoutError:
+            continue
+        if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            print(frame[:200].hex(), flush=True)
+
+
+def inject(dev: str, frames: list[str]) -> None:
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((dev, 0))
+    for f in frames:
+        s.send(bytes.fromhex(f))
+
+
+def udp_payload(src: str, sport: int, dst: str, dport: int, payload: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND
+    s.bind((src, sport))
+    s.sendto(bytes.fromhex(payload), (dst, dport))
+
+
 if __name__ == "__main__":
     mode, *a = sys.argv[1:]
     if mode == "tcp-server":
         tcp_server(a[0], int(a[1]), int(a[2]))
     elif mode == "tcp-client":
-        sys.exit(tcp_client(a[0], int(a[1]), int(a[2]), int(a[3])))
+        sys.exit(tcp_client(a[0], int(a[1]), int(a[2]), int(a[3]), *map(float, a[4:5])))
     elif mode == "udp-sink":
         udp_sink(a[0], int(a[1]), float(a[2]))
     elif mode == "udp-send":
         udp_send(a[0], int(a[1]), int(a[2]), float(a[3]))
+    elif mode == "capture":
+        capture(a[0], float(a[1]))
+    elif mode == "inject":
+        inject(a[0], a[1:])
+    elif mode == "udp-payload":
+        udp_payload(a[0], int(a[1]), a[2], int(a[3]), a[4])

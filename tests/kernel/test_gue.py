@@ -1,0 +1,419 @@
+"""GUE tunnels with real traffic: client -> gateway (encap) -> node (decap, DNAT) -> backend,
+configured only by YAML, in three network namespaces (tests/kernel/topology.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel.conftest import BPFFS, bpfsync
+from tests.kernel.topology import (
+    BACKEND,
+    CLIENT,
+    GW_TUNNEL,
+    KEYS,
+    NODE_TUNNEL,
+    PROXY,
+    Net,
+    datapath,
+    gue_topology,
+    sh,
+    write_gateway,
+    write_node,
+)
+
+MiB = 1 << 20
+SERVICE_KEY = KEYS["BPFSYNC_SERVICE_KEY"].encode().ljust(16, b"\0")
+TUNNEL_KEY = KEYS["BPFSYNC_TUNNEL_KEY"].encode().ljust(16, b"\0")
+
+
+class Gue:
+    def __init__(self, net: Net, tmp: Path) -> None:
+        self.net = net
+        self.tmp = tmp
+        tag = uuid.uuid4().hex[:8]
+        self.gw_root = BPFFS / f"bpfsync-test-gw-{tag}"
+        self.node_root = BPFFS / f"bpfsync-test-node-{tag}"
+
+    def apply(self, directory: Path, root: Path) -> str:
+        r = bpfsync("apply", str(directory), pin_root=root, env=KEYS)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    def stats(self, root: Path) -> dict[str, int]:
+        r = bpfsync("get", "stats", "-o", "json", pin_root=root)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def learned(self) -> Any:
+        r = bpfsync("get", "tunnels", "-o", "json", pin_root=self.gw_root)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)[0]["status"].get("learned")
+
+    def capture(self, ns: str, dev: str, seconds: float) -> Any:
+        p = self.net.traffic(ns, "capture", dev, seconds)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        return p
+
+
+@pytest.fixture
+def gue(tmp_path: Path) -> Iterator[Gue]:
+    with gue_topology() as net:
+        g = Gue(net, tmp_path)
+        try:
+            yield g
+        finally:
+            shutil.rmtree(g.gw_root, ignore_errors=True)
+            shutil.rmtree(g.node_root, ignore_errors=True)
+
+
+def wait_until(check: Callable[[], Any], seconds: float = 10) -> Any:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {seconds}s")
+
+
+def _csum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def parse_gue(hex_frame: str) -> dict[str, Any] | None:
+    """Decode a captured Ethernet frame carrying GUE, checking the outer header as we go."""
+    f = bytes.fromhex(hex_frame)
+    ip = f[14:34]
+    if f[23] != 17:
+        return None
+    udp = f[34:42]
+    sport, dport, _, ucsum = struct.unpack("!HHHH", udp)
+    underlay = {GW_TUNNEL[0], NODE_TUNNEL[0]}
+    if {socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])} != underlay or len(f) < 66:
+        return None
+    gue = f[42:]
+    out: dict[str, Any] = {
+        "ihl": ip[0] & 0xF, "df": bool(struct.unpack("!H", ip[6:8])[0] & 0x4000),
+        "ip_csum_ok": _csum(ip) == 0xFFFF, "src": socket.inet_ntoa(ip[12:16]),
+        "dst": socket.inet_ntoa(ip[16:20]), "sport": sport, "dport": dport, "udp_csum": ucsum,
+        "version": gue[0] >> 6, "c": (gue[0] >> 5) & 1, "hlen": gue[0] & 0x1F,
+        "proto": gue[1], "flags": struct.unpack("!H", gue[2:4])[0]}
+    if out["c"]:
+        out["tunnel"], out["key"] = struct.unpack("!I16s", gue[4:24])
+    else:
+        out["tunnel"], out["group"], out["service"], out["key"] = struct.unpack(
+            "!IHH16s", gue[4:28])
+        inner = gue[28:48]
+        out["inner_version"] = inner[0] >> 4
+        out["inner_src"], out["inner_dst"] = socket.inet_ntoa(inner[12:16]), socket.inet_ntoa(
+            inner[16:20])
+    return out
+
+
+def frames(p: Any) -> list[dict[str, Any]]:
+    out, _ = p.communicate(timeout=30)
+    return [g for g in map(parse_gue, out.split()) if g]
+
+
+def test_standard_mode_learned_tunnel_carries_tcp_with_documented_gue_header(gue: Gue) -> None:
+    net = gue.net
+    gdir, ndir = write_gateway(gue.tmp / "gw", net), write_node(gue.tmp / "node", net)
+    gue.apply(gdir, gue.gw_root)
+    gue.apply(ndir, gue.node_root)
+    assert gue.learned() is None
+    datapath(net, gue.node_root, net.node)  # the node pings the gateway, which learns
+    learned = wait_until(gue.learned)
+    assert (learned["address"], learned["port"]) == NODE_TUNNEL
+
+    server = net.server(reply_bytes=2 * MiB)
+    cap = gue.capture(net.gw, "g1", 4)
+    r = net.client_transfer(8 * MiB, 2 * MiB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout) == {**json.loads(r.stdout), "sent_ok": True, "reply_ok": True}
+    out, _ = net.stop(server)
+    assert json.loads(out.splitlines()[0])["peer"] == CLIENT  # the backend sees the client
+
+    seen = frames(cap)
+    to_node = [g for g in seen if not g["c"] and g["dst"] == NODE_TUNNEL[0]]
+    to_gw = [g for g in seen if not g["c"] and g["dst"] == GW_TUNNEL[0]]
+    pings = [g for g in seen if g["c"]]
+    assert to_node and to_gw and pings
+    for g in to_node + to_gw:
+        assert (g["ihl"], g["df"], g["ip_csum_ok"], g["udp_csum"]) == (5, True, True, 0)
+        assert (g["version"], g["hlen"], g["proto"], g["flags"]) == (0, 6, 4, 0)
+        assert (g["tunnel"], g["group"], g["service"], g["key"]) == (100, 1, 1, SERVICE_KEY)
+        assert g["inner_version"] == 4 and 49152 <= g["sport"] <= 65535 and g["dport"] == 6080
+    assert {g["inner_dst"] for g in to_node} == {PROXY[0]}
+    assert {g["inner_src"] for g in to_gw} == {PROXY[0]}  # reverse NAT before encapsulation
+    assert len({g["sport"] for g in to_node}) == 1  # one flow, one hashed source port
+    for p in pings:
+        assert (p["version"], p["hlen"], p["proto"], p["flags"]) == (0, 5, 1, 0)
+        assert (p["tunnel"], p["key"], p["sport"]) == (100, TUNNEL_KEY, 6080)
+
+    gw, node = gue.stats(gue.gw_root), gue.stats(gue.node_root)
+    assert gw["encap"] > 0 and gw["decap"] > 0 and gw["ping"] > 0
+    assert node["decap"] == node["dnat"] > 0 and node["reply_nat"] == node["encap"] > 0
+    assert all(v == 0 for k, v in gw.items() if k.startswith("drop"))
+
+    # Learned state is the data path's: a second apply changes nothing and keeps it.
+    assert "Nothing to do" in gue.apply(gdir, gue.gw_root)
+    assert bpfsync("diff", str(gdir), pin_root=gue.gw_root, env=KEYS).returncode == 0
+    after = gue.learned()
+    assert (after["address"], after["port"]) == NODE_TUNNEL
+
+
+def test_dso_mode_replies_go_direct(gue: Gue) -> None:
+    net = gue.net
+    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
+    gue.apply(gdir, gue.gw_root)
+    gue.apply(write_node(gue.tmp / "node", net, replies="direct"), gue.node_root)
+    net.server(reply_bytes=2 * MiB)
+    cap = gue.capture(net.gw, "g1", 3)
+    r = net.client_transfer(4 * MiB, 2 * MiB)
+    assert r.returncode == 0, r.stdout + r.stderr
+    seen = frames(cap)
+    assert [g for g in seen if g["dst"] == NODE_TUNNEL[0]]
+    assert not [g for g in seen if g["dst"] == GW_TUNNEL[0]]  # nothing encapsulated back
+    node = gue.stats(gue.node_root)
+    assert node["reply_nat"] > 0 and node["encap"] == 0
+    assert gue.stats(gue.gw_root)["decap"] == 0
+
+
+def test_no_remote_and_wrong_key_are_dropped_and_counted(gue: Gue) -> None:
+    net = gue.net
+    gdir = write_gateway(gue.tmp / "gw", net)  # learn, but nobody pings
+    gue.apply(gdir, gue.gw_root)
+    gue.apply(write_node(gue.tmp / "node", net), gue.node_root)
+    net.server()
+    r = net.client_transfer(1000, 10, timeout=2)
+    assert r.returncode != 0
+    assert gue.stats(gue.gw_root)["drop_no_remote"] >= 1
+    assert gue.stats(gue.node_root)["decap"] == 0
+
+    # The gateway encapsulates with another key than the node verifies with.
+    write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}",
+                  key_env="BPFSYNC_OTHER_KEY")
+    gue.apply(gdir, gue.gw_root)
+    r = net.client_transfer(1000, 10, timeout=2)
+    assert r.returncode != 0
+    node = gue.stats(gue.node_root)
+    assert node["drop_bad_key"] >= 1 and node["decap"] == 0
+
+
+def _ping(tunnel_id: int, key: bytes) -> str:
+    return struct.pack("!BBHI16s", 0x20 | 5, 1, 0, tunnel_id, key.ljust(16, b"\0")).hex()
+
+
+def test_pings_are_authenticated_and_follow_nat_rebinding(gue: Gue) -> None:
+    net = gue.net
+    gdir = write_gateway(gue.tmp / "gw", net)
+    gue.apply(gdir, gue.gw_root)
+
+    def send_ping(sport: int, key: bytes, tunnel_id: int = 100) -> None:
+        net.traffic(net.node, "udp-payload", NODE_TUNNEL[0], sport, *GW_TUNNEL,
+                    _ping(tunnel_id, key)).communicate(timeout=10)
+
+    send_ping(6080, b"spoofed-key")
+    send_ping(6080, TUNNEL_KEY, tunnel_id=999)
+    wait_until(lambda: gue.stats(gue.gw_root)["drop_no_tunnel"] == 1)
+    assert gue.stats(gue.gw_root)["ping_bad_key"] == 1
+    assert gue.learned() is None
+
+    send_ping(6080, TUNNEL_KEY)
+    first = wait_until(gue.learned)
+    assert (first["address"], first["port"]) == NODE_TUNNEL
+    send_ping(7000, TUNNEL_KEY)  # the NAT in front of the node picked a new port
+    wait_until(lambda: gue.learned()["port"] == 7000)
+
+    cap = gue.capture(net.gw, "g1", 2.5)
+    net.client_transfer(100, 10, timeout=1)  # its SYN is what we look at on the wire
+    to_node = [g for g in frames(cap) if not g["c"] and g["dst"] == NODE_TUNNEL[0]]
+    assert to_node and {g["dport"] for g in to_node} == {7000}
+
+    assert "Nothing to do" in gue.apply(gdir, gue.gw_root)  # apply never touches learned
+    assert gue.learned()["port"] == 7000
+    assert gue.stats(gue.gw_root)["ping"] == 2
+
+
+FOREIGN = "bpf bytecode '1,6 0 0 0,'"  # a classic BPF filter of "another tool": no match
+
+
+def _filters(net: Net, direction: str) -> str:
+    return net.run(net.gw, f"tc filter show dev g1 {direction}").stdout
+
+
+def test_removal_and_foreign_filters(gue: Gue) -> None:
+    net = gue.net
+    net.run(net.gw, "tc qdisc add dev g1 clsact")
+    net.run(net.gw, f"tc filter add dev g1 ingress prio 7 handle 3 {FOREIGN}")
+    net.run(net.gw, f"tc filter add dev g1 egress prio 7 handle 3 {FOREIGN}")
+    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
+    gue.apply(gdir, gue.gw_root)
+    gue.apply(write_node(gue.tmp / "node", net), gue.node_root)
+    net.server()
+    assert net.client_transfer(MiB).returncode == 0
+    for d in ("ingress", "egress"):
+        assert "pref 7" in _filters(net, d) and "bpfsync:ti_" in _filters(net, d)
+
+    (gdir / "service.yaml").unlink()
+    out = gue.apply(gdir, gue.gw_root)
+    assert "- ti_encap 203.0.113.10:80/tcp" in out
+    assert net.client_transfer(1000, 10, timeout=2).returncode != 0
+
+    (gdir / "interface.yaml").unlink()
+    out = gue.apply(gdir, gue.gw_root)
+    assert out.count("- tc g1@") == 2
+    for d in ("ingress", "egress"):
+        assert "pref 7" in _filters(net, d) and "bpfsync" not in _filters(net, d)
+    assert list((gue.gw_root / "progs").iterdir()) == []
+    assert "No tc attachments" in bpfsync("get", "interfaces", pin_root=gue.gw_root).stdout
+
+
+def test_foreign_filter_in_bpfsyncs_place_is_refused_untouched(gue: Gue) -> None:
+    net = gue.net
+    net.run(net.gw, "tc qdisc add dev g1 clsact")
+    net.run(net.gw, f"tc filter add dev g1 egress prio 49152 handle 0xb5f {FOREIGN}")
+    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
+    d = bpfsync("diff", str(gdir), pin_root=gue.gw_root, env=KEYS)
+    assert d.returncode == 1 and "did not create" in d.stderr
+    r = bpfsync("apply", str(gdir), pin_root=gue.gw_root, env=KEYS)
+    assert r.returncode == 1 and "nothing applied" in r.stderr
+    assert "bytecode" in _filters(net, "egress") and "bpfsync" not in _filters(net, "egress")
+    assert "bpfsync" not in _filters(net, "ingress")
+    assert bpfsync("get", "services", "-o", "json", pin_root=gue.gw_root).stdout.strip() == "[]"
+
+
+UDP_SERVICE = """\
+apiVersion: bpfsync/v1
+kind: Service
+metadata: {name: dns}
+spec:
+  groupId: 1
+  serviceId: 2
+  protocol: udp
+  proxy: {address: 203.0.113.10, port: 53}
+  backend: {address: 203.0.113.100, port: 5353}
+  tunnel: to-node
+  keyFrom: {env: BPFSYNC_SERVICE_KEY}
+"""
+
+
+def _link_stats(net: Net, ns: str, dev: str) -> dict[str, int]:
+    out = net.run(ns, f"ip -s -j link show {dev}").stdout
+    s = json.loads(out)[0]["stats64"]
+    return {"rx": s["rx"]["packets"], "tx": s["tx"]["packets"], "rx_dropped": s["rx"]["dropped"],
+            "tx_dropped": s["tx"]["dropped"]}
+
+
+def test_program_upgrade_under_load_loses_nothing(gue: Gue) -> None:
+    net = gue.net
+    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
+    ndir = write_node(gue.tmp / "node", net)
+    for d in (gdir, ndir):
+        (d / "dns.yaml").write_text(UDP_SERVICE)
+    gue.apply(gdir, gue.gw_root)
+    gue.apply(ndir, gue.node_root)
+    sink = net.traffic(net.node, "udp-sink", BACKEND[0], 5353, 2)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "listening"
+    before_g1, before_n0 = _link_stats(net, net.gw, "g1"), _link_stats(net, net.node, "n0")
+    ids_before = bpfsync("get", "interfaces", "-o", "json", pin_root=gue.gw_root).stdout
+    count = 20000
+    sender = net.traffic(net.client, "udp-send", PROXY[0], 53, count, 5000)  # 4 s
+    time.sleep(1)
+    iface = gdir / "interface.yaml"
+    iface.write_text(iface.read_text() + "  fibLookup: true\n")
+    out = gue.apply(gdir, gue.gw_root)
+    # fibLookup changes only the egress program; the ingress one keeps its tag and stays.
+    assert out.count("~ tc g1@") == 1 and "egress prio 49152: ti_egress" in out
+    time.sleep(1)
+    iface.write_text(iface.read_text().replace("  fibLookup: true\n", ""))
+    assert gue.apply(gdir, gue.gw_root).count("~ tc g1@") == 1
+    sender.communicate(timeout=30)
+    out, _ = sink.communicate(timeout=30)
+    assert json.loads(out.splitlines()[-1])["received"] == count
+    after_g1, after_n0 = _link_stats(net, net.gw, "g1"), _link_stats(net, net.node, "n0")
+    assert after_g1["tx"] - before_g1["tx"] == after_n0["rx"] - before_n0["rx"] >= count
+    assert after_g1["tx_dropped"] == before_g1["tx_dropped"]
+    gw = gue.stats(gue.gw_root)
+    assert gw["encap"] >= count + 1 and gw["fib_redirect"] == 0
+    assert all(v == 0 for k, v in gw.items() if k.startswith("drop"))
+    ids_after = bpfsync("get", "interfaces", "-o", "json", pin_root=gue.gw_root).stdout
+    before_ids = {d["direction"]: d["programId"] for d in json.loads(ids_before)}
+    after_ids = {d["direction"]: d["programId"] for d in json.loads(ids_after)}
+    assert before_ids["ingress"] == after_ids["ingress"]
+    assert before_ids["egress"] != after_ids["egress"]
+
+
+def _gue_data(hlen: int = 6, proto: int = 4, flags: int = 0, vch: int | None = None,
+              tunnel: int = 100, sid: int = 1, inner: bytes | None = None) -> bytes:
+    head = struct.pack("!BBH", (hlen if vch is None else vch), proto, flags)
+    private = struct.pack("!IHH16s", tunnel, 1, sid, SERVICE_KEY)
+    if inner is None:  # a minimal IPv4/UDP packet to the proxy endpoint
+        inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
+                            socket.inet_aton(CLIENT), socket.inet_aton(PROXY[0])) + bytes(8)
+    return head + private + inner
+
+
+def test_malformed_packets_are_dropped_or_passed_never_forwarded(gue: Gue) -> None:
+    net = gue.net
+    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
+    gue.apply(gdir, gue.gw_root)
+    ipv6 = _gue_data(inner=bytes([0x60]) + bytes(39))
+    cases = [  # (payload, counter it must raise)
+        (b"\x06", "drop_malformed"),
+        (_gue_data(vch=0x40 | 6), "drop_bad_version"),
+        (_gue_data(hlen=3), "drop_bad_header"),
+        (_gue_data(flags=0x8000), "drop_bad_header"),
+        (_gue_data(proto=41), "drop_bad_header"),
+        (_gue_data(vch=0x20 | 5, proto=9), "drop_bad_header"),  # unknown control type
+        (_gue_data(hlen=31)[:40], "drop_malformed"),  # Hlen longer than the packet
+        (_gue_data()[:30], "drop_malformed"),  # truncated before the inner header
+        (ipv6, "drop_malformed"),  # inner packet is not IPv4
+        (_gue_data(tunnel=4242), "drop_no_tunnel"),
+        (_gue_data(sid=77), "drop_no_service"),
+    ]
+    for payload, counter in cases:
+        before = gue.stats(gue.gw_root)
+        net.traffic(net.node, "udp-payload", NODE_TUNNEL[0], 6080, *GW_TUNNEL,
+                    payload.hex()).communicate(timeout=10)
+        after = wait_until(lambda c=counter, b=before: (
+            s := gue.stats(gue.gw_root))[c] > b[c] and s)
+        assert after[counter] == before[counter] + 1, counter
+        assert after["decap"] == 0, counter
+
+    # A datagram larger than the MTU, sent without DF, arrives as fragments: the first is
+    # dropped (its GUE header cannot be checked whole), later ones pass and are never
+    # reassembled into anything.
+    net.run(net.node, "ip link set n0 mtu 1500")
+    before = gue.stats(gue.gw_root)
+    net.traffic(net.node, "udp-payload", NODE_TUNNEL[0], 6080, *GW_TUNNEL,
+                (_gue_data() + bytes(3000)).hex()).communicate(timeout=10)
+    after = wait_until(lambda: (s := gue.stats(gue.gw_root))["drop_fragment"] == 1 and s)
+    assert after["decap"] == 0 and after["pass"] > before["pass"]
+
+    # Broken outer headers, injected as raw frames: not parseable as ours, so passed
+    # untouched (the stack drops them) and never decapsulated.
+    mac = net.run(net.gw, "cat /sys/class/net/g1/address").stdout.strip().replace(":", "")
+    eth = bytes.fromhex(mac) + bytes(6)
+    short_udp = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 24, 0, 0, 64, 17, 0,
+                            socket.inet_aton(NODE_TUNNEL[0]), socket.inet_aton(GW_TUNNEL[0]))
+    frames_hex = [(eth + b"\x08\x00" + short_udp + b"\x17\xc0").hex(),  # UDP header cut short
+                  (eth + b"\x86\xdd" + bytes(40)).hex()]  # not IPv4 at all
+    net.run(net.node, f"/usr/bin/python3 {Path(__file__).with_name('traffic.py')} inject n0 "
+                      + " ".join(frames_hex))
+    final = wait_until(lambda: (s := gue.stats(gue.gw_root))["pass"] >= after["pass"] + 2 and s)
+    assert final["decap"] == 0
+    assert sh(f"ip -n {net.client} -s -j link show c0").returncode == 0
