@@ -11,7 +11,7 @@ log() { printf 'install: %s\n' "$*" >&2; }
 [ "$(id -u)" -eq 0 ] || { log "run as root"; exit 1; }
 
 packages=(python3-bpfcc bpfcc-tools libbpf1 linux-headers-amd64 iproute2 bpftool
-          python3-venv python3-pip git ca-certificates)
+          python3-venv python3-pip git ca-certificates iperf3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

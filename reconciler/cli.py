@@ -40,8 +40,14 @@ def _prune(args: argparse.Namespace) -> PrunePolicy:
 def cmd_validate(args: argparse.Namespace) -> int:
     state = load_directory(Path(args.directory))
     _print_problems(state.warnings)
+    if state.interfaces and os.geteuid() == 0:
+        try:
+            for w in engine.host_warnings(state, _pin_root(args)):
+                print(f"warning: on this host: {w}", file=sys.stderr)
+        except (OSError, BpfsyncError):
+            pass  # validation never depends on this host's devices
     print(f"{args.directory}: valid ({len(state.tunnels)} tunnels, {len(state.services)} "
-          f"services in {state.files} files)")
+          f"services, {len(state.interfaces)} interfaces in {state.files} files)")
     return EXIT_OK
 
 

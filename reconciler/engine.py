@@ -59,6 +59,15 @@ def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None)
     return at.compute_attach_plan(want, seen, tags)
 
 
+def host_warnings(state: DesiredState, pin_root: Path) -> list[str]:
+    """MTU warnings for declared devices that exist on this host (for `validate`)."""
+    want = at.wanted(state.interfaces)
+    if not want:
+        return []
+    seen = tc.observe(pin_root, [w.hook for w in want])
+    return at.compute_attach_plan(want, seen, None).warnings
+
+
 def _programs_if_possible(tables: PinnedTables, pin_root: Path) -> Programs | None:
     """Programs compile against the pinned tables; before the first apply there are none."""
     return Programs(pin_root) if tables.complete() else None

@@ -417,3 +417,15 @@ def test_malformed_packets_are_dropped_or_passed_never_forwarded(gue: Gue) -> No
     final = wait_until(lambda: (s := gue.stats(gue.gw_root))["pass"] >= after["pass"] + 2 and s)
     assert final["decap"] == 0
     assert sh(f"ip -n {net.client} -s -j link show c0").returncode == 0
+
+
+def test_mtu_without_room_for_gue_is_warned(gue: Gue) -> None:
+    net = gue.net
+    net.run(net.gw, "ip link set g1 mtu 1500")
+    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
+    for cmd in ("validate", "diff"):
+        r = bpfsync(cmd, str(gdir), pin_root=gue.gw_root, env=KEYS)
+        assert "g1 MTU 1500 leaves no room for the 56-byte GUE overhead" in r.stderr, cmd
+        assert "raise the MTU to 1556" in r.stderr
+    net.run(net.gw, "ip link set g1 mtu 1556")
+    assert "MTU" not in bpfsync("diff", str(gdir), pin_root=gue.gw_root, env=KEYS).stderr

@@ -18,6 +18,9 @@ from tests.unit.helpers import service, tunnel, write_tree
 
 T, S = tunnel(), service()
 OK = T + "---\n" + S
+IFACE = "apiVersion: bpfsync/v1\nkind: Interface\nmetadata: {name: up}\nspec:\n  device: eth0\n" \
+        "  role: gateway\n"
+NODE = IFACE.replace("name: up", "name: n").replace("eth0", "eth1").replace("gateway", "node")
 
 
 def sub(text: str, old: str, new: str) -> str:
@@ -27,6 +30,22 @@ def sub(text: str, old: str, new: str) -> str:
 
 # (id, files, expected message fragment, expected "file:line[:col]" or None)
 CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
+    ("interface-dump", {"a.yaml": IFACE + "  dump: true\n"}, "dump is not supported", "a.yaml:7:9"),
+    ("interface-replies-on-gateway", {"a.yaml": IFACE + "  replies: direct\n"},
+     "replies applies to role: node only", "a.yaml:7:12"),
+    ("interface-unknown-role", {"a.yaml": sub(IFACE, "role: gateway", "role: epic")},
+     "'epic' is not one of ['gateway', 'node']", "a.yaml:6:9"),
+    ("interface-duplicate-device", {"a.yaml": IFACE + "---\n" + sub(IFACE, "name: up", "name: b")},
+     "device eth0 is also claimed by Interface/up", "a.yaml:12:11"),
+    ("tunnel-learn-without-key", {"a.yaml": tunnel(remote="learn")}, "a tunnel must have a key",
+     "a.yaml:6:3"),
+    ("tunnel-ping-learns", {"a.yaml": tunnel(remote="learn") + "  key: abcdefgh\n"
+                                      "  ping: {intervalSeconds: 1}\n"},
+     "ping needs a fixed remote", "a.yaml:10:9"),
+    ("tunnel-key-and-keyfrom", {"a.yaml": T + "  key: a\n  keyFrom: {env: X}\n"},
+     "at most one of key or keyFrom", "a.yaml:6:3"),
+    ("node-shared-backend", {"a.yaml": OK + "---\n" + service("api", sid=2, port=81) + "---\n" + NODE},
+     "backend 198.51.100.20:8080/tcp (on a node", "a.yaml:32:12"),
     ("unclosed-flow", {"a.yaml": "spec: [unclosed\n"}, "invalid YAML", "a.yaml:2:1"),
     ("tab-indent", {"a.yaml": "spec:\n\tid: 1\n"}, "invalid YAML", "a.yaml:2:1"),
     ("bad-indent", {"a.yaml": "a:\n  b: 1\n c: 2\n"}, "invalid YAML", "a.yaml:3:2"),

@@ -1,0 +1,102 @@
+"""Attachment planning (pure): which filters to attach, replace or detach, and which to leave."""
+
+from __future__ import annotations
+
+from reconciler.attach import (
+    FILTER_HANDLE,
+    AttachAction,
+    Filter,
+    Hook,
+    ProgramConfig,
+    Seen,
+    compute_attach_plan,
+    wanted,
+)
+from reconciler.kernel.programs import program_tags
+from reconciler.model import Interface
+
+GW = ProgramConfig("gateway", True, False)
+
+
+def iface(name: str = "up", device: str = "eth0", netns: str | None = None, **kw) -> Interface:
+    args = dict(role="gateway", replies_tunnel=True, ingress=True, egress=True, fib_lookup=False,
+                priority=100)
+    args.update(kw)
+    return Interface(name, device, netns, **args)
+
+
+def ours(prio: int = 100, prog_id: int = 7, tag: str = "aa") -> Filter:
+    return Filter(prio, FILTER_HANDLE, "bpfsync:ti_egress", prog_id, tag)
+
+
+def test_hook_pin_names_round_trip_dots_and_percent() -> None:
+    for hook in (Hook("eth0.100", "ns.a%b", "egress"), Hook("lo", None, "ingress")):
+        assert "." not in hook.pin_name
+        assert Hook.from_pin_name(hook.pin_name) == hook
+    assert Hook.from_pin_name("eth0:x:egress~new") is None
+
+
+def test_wanted_skips_disabled_directions_and_marks_encapsulating_egress() -> None:
+    w = wanted({"a": iface("a", ingress=False), "b": iface("b", "eth1", role="node",
+                                                       replies_tunnel=False)})
+    assert [(x.hook.device, x.hook.direction, x.encapsulates) for x in w] == [
+        ("eth0", "egress", True), ("eth1", "ingress", False), ("eth1", "egress", False)]
+
+
+def test_attach_replace_keep_and_detach() -> None:
+    want = wanted({"a": iface(ingress=False)})
+    hook = want[0].hook
+    tags = {(GW, "egress"): frozenset({"aa"})}
+    missing = compute_attach_plan(want, {hook: Seen(hook, True)}, tags)
+    assert [op.action for op in missing.operations] == [AttachAction.ATTACH]
+
+    same = compute_attach_plan(want, {hook: Seen(hook, True, [ours()], pinned_id=7)}, tags)
+    assert same.operations == [] and same.in_place == 1
+
+    changed = compute_attach_plan(want, {hook: Seen(hook, True, [ours(tag="bb")], 7)}, tags)
+    assert [op.action for op in changed.operations] == [AttachAction.REPLACE]
+
+    moved = compute_attach_plan(want, {hook: Seen(hook, True, [ours(prio=5)], 7)}, tags)
+    assert [(op.action, op.priority) for op in moved.operations] == [
+        (AttachAction.ATTACH, 100), (AttachAction.DETACH, 5)]  # new one first: no gap
+
+    gone_hook = Hook("eth9", None, "ingress")
+    removed = compute_attach_plan(want, {hook: Seen(hook, True, [ours()], 7),
+                                         gone_hook: Seen(gone_hook, True, [ours()], 7)}, tags)
+    assert [(op.action, op.hook) for op in removed.operations] == [
+        (AttachAction.DETACH, gone_hook)]
+
+
+def test_foreign_filters_are_never_planned_and_block_our_slot() -> None:
+    want = wanted({"a": iface(ingress=False)})
+    hook = want[0].hook
+    other_prio = Filter(7, 3, "", 9, "cc")
+    same_slot = Filter(100, FILTER_HANDLE, "cilium", 9, "cc")
+    p = compute_attach_plan(want, {hook: Seen(hook, True, [other_prio], None)}, None)
+    assert [op.action for op in p.operations] == [AttachAction.ATTACH]
+    p = compute_attach_plan(want, {hook: Seen(hook, True, [same_slot], None)}, None)
+    assert p.operations == [] and "did not create" in p.conflicts[0]
+    # A removed Interface leaves the foreign filter alone.
+    p = compute_attach_plan([], {hook: Seen(hook, True, [other_prio, same_slot], None)}, None)
+    assert p.operations == []
+
+
+def test_missing_device_waits_and_mtu_warns() -> None:
+    want = wanted({"a": iface(ingress=False, netns="edge")})
+    hook = want[0].hook
+    p = compute_attach_plan(want, {hook: Seen(hook, False)}, None)
+    assert p.operations == [] and "device eth0 not found in netns edge" in p.waiting[0]
+    p = compute_attach_plan(want, {hook: Seen(hook, True, mtu=1500, others_mtu=1500)}, None)
+    assert "raise the MTU to 1556" in p.warnings[0]
+    p = compute_attach_plan(want, {hook: Seen(hook, True, mtu=1600, others_mtu=1500)}, None)
+    assert p.warnings == []
+
+
+def test_program_tags_zero_map_references() -> None:
+    ld_map = bytes([0x18, 0x11, 0, 0]) + (5).to_bytes(4, "little")  # ld_imm64 r1, map fd 5
+    ld_next = bytes(8)
+    exit_ = bytes([0x95]) + bytes(7)
+    a = program_tags(ld_map + ld_next + exit_)
+    b = program_tags(ld_map[:4] + (9).to_bytes(4, "little") + ld_next + exit_)
+    assert a == b and len(a) == 2 and all(len(x) == 16 for x in a)
+    assert program_tags(bytes([0x95, 1]) + bytes(6)) != a
