@@ -110,9 +110,19 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct iphdr *ip, int 
     return 0;
 }
 
+/* Flow hash of the inner 5-tuple for the outer UDP source port: stable per flow, spread
+ * across flows (ECMP).  Cheaper than bpf_get_hash_recalc, which runs the flow dissector. */
+static __always_inline u32 flow_hash(struct iphdr *ip, u32 ports)
+{
+    u32 h = ip->saddr * 0x9e3779b1u;
+    h ^= ip->daddr + 0x7f4a7c15u + (h << 6) + (h >> 2);
+    h ^= ports + ip->protocol + 0x165667b1u + (h << 6) + (h >> 2);
+    return h ^ (h >> 15);
+}
+
 /* Encapsulate the IPv4 packet at ETH_HLEN into GUE for tunnel tunnel_id. */
-static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, __be32 tunnel_id,
-                                 struct ti_sid sid, const u8 *key)
+static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, u32 ports,
+                                 __be32 tunnel_id, struct ti_sid sid, const u8 *key)
 {
     u32 tid = tunnel_id;
     struct ti_tunnel *t = ti_tunnel.lookup(&tid);
@@ -144,7 +154,7 @@ static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, __b
     h.ip.saddr = t->local_addr;
     h.ip.daddr = raddr;
     h.ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&h.ip, sizeof(h.ip), 0));
-    h.udp.source = bpf_htons(TI_SPORT_BASE | (bpf_get_hash_recalc(skb) & 0x3fff));
+    h.udp.source = bpf_htons(TI_SPORT_BASE | (flow_hash(inner, ports) & 0x3fff));
     h.udp.dest = rport;
     h.udp.len = bpf_htons(total - sizeof(struct iphdr));
     h.udp.check = 0; /* allowed for IPv4; the inner packet keeps its own checksum */
@@ -211,7 +221,7 @@ int ti_egress(struct __sk_buff *skb)
     count(TI_STAT_REPLY_NAT, 0);
 #if TI_REPLIES_TUNNEL
     ip.saddr = reply.proxy.addr;
-    return encap(skb, &ip, reply.tunnel_id, reply.sid, reply.key);
+    return encap(skb, &ip, *(u32 *)ports, reply.tunnel_id, reply.sid, reply.key);
 #else
     return TC_ACT_OK;
 #endif
@@ -221,7 +231,7 @@ int ti_egress(struct __sk_buff *skb)
     if (!s)
         return count(TI_STAT_PASS, TC_ACT_OK);
     struct ti_service svc = *s;
-    return encap(skb, &ip, svc.tunnel_id, svc.sid, svc.key);
+    return encap(skb, &ip, *(u32 *)ports, svc.tunnel_id, svc.sid, svc.key);
 #endif
 }
 
@@ -282,14 +292,18 @@ int ti_ingress(struct __sk_buff *skb)
     if (g.vch & 0x20)
         return ping(skb, &ip, &udp, off, hlen, &g);
 
-    struct ti_gue_data d;
-    struct iphdr inner;
+    struct {
+        struct ti_gue_data d;
+        struct iphdr inner;
+    } __attribute__((packed)) b; /* one load for private data and inner header */
     if (g.proto != IPPROTO_IPIP || g.flags || hlen != TI_GUE_DATA_HLEN)
         return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
-    u32 inner_off = off + sizeof(g) + sizeof(d);
-    if (bpf_skb_load_bytes(skb, off + sizeof(g), &d, sizeof(d)) ||
-        bpf_skb_load_bytes(skb, inner_off, &inner, sizeof(inner)) ||
-        inner.version != 4 || inner.ihl < 5 ||
+    u32 inner_off = off + sizeof(g) + sizeof(b.d);
+    if (bpf_skb_load_bytes(skb, off + sizeof(g), &b, sizeof(b)))
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    struct ti_gue_data d = b.d;
+    struct iphdr inner = b.inner;
+    if (inner.version != 4 || inner.ihl < 5 ||
         bpf_ntohs(inner.tot_len) + (inner_off - ETH_HLEN - ihl) > udp_len)
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
     u32 tid = d.tunnel_id;

@@ -1,12 +1,27 @@
 #!/usr/bin/env bash
-# The quick-start demo: validate -> diff -> apply -> get -> diff (in sync) on examples/quickstart,
-# against a throwaway pin root that is removed at the end. Run as root after packaging/install.sh.
+# The demo, in two parts, as root after packaging/install.sh:
+#  1. examples/quickstart: validate -> diff -> apply -> get -> diff (in sync), maps only.
+#  2. examples/gue: a live GUE tunnel between two network namespaces (gateway, node) plus a
+#     client namespace, configured only by YAML: apply both ends, start the node's data path
+#     (pings), fetch a page through the tunnel, show what the kernel holds and counted.
+# Everything (pin roots, namespaces, processes) is removed at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bpfsync="$here/.venv/bin/bpfsync"
 dir="$here/examples/quickstart"
 export BPFSYNC_PIN_ROOT="/sys/fs/bpf/bpfsync-demo-$$"
-trap 'rm -rf "$BPFSYNC_PIN_ROOT"' EXIT
+gw_root="/sys/fs/bpf/bpfsync-demo-gw-$$"
+node_root="/sys/fs/bpf/bpfsync-demo-node-$$"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node; do
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  rm -rf "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root"
+}
+trap cleanup EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 run() { step "$*"; "$@"; }
@@ -27,4 +42,52 @@ run bpftool map dump pinned "$BPFSYNC_PIN_ROOT/maps/ti_tunnel"
 step "$bpfsync diff examples/quickstart   # exit 0: in sync"
 "$bpfsync" diff examples/quickstart
 run "$bpfsync" apply examples/quickstart
-printf '\nDemo done; throwaway pin root %s removed.\n' "$BPFSYNC_PIN_ROOT"
+
+printf '\n\033[1m== Part 2: a live GUE tunnel (examples/gue) ==\033[0m\n'
+# client 198.51.100.1 --c0/g0-- gateway --g1/n0 (underlay 192.0.2.0/24, MTU 1600)-- node
+cleanup_ns() { for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node; do
+  ip netns del "$ns" 2>/dev/null || true; done; }
+cleanup_ns
+for ns in client gw node; do ip netns add "bpfsync-demo-$ns"; ip -n "bpfsync-demo-$ns" link set lo up; done
+ip link add name c0 netns bpfsync-demo-client type veth peer name g0 netns bpfsync-demo-gw
+ip link add name g1 netns bpfsync-demo-gw mtu 1600 type veth peer name n0 netns bpfsync-demo-node mtu 1600
+ip -n bpfsync-demo-client addr add 198.51.100.1/24 dev c0
+ip -n bpfsync-demo-gw addr add 198.51.100.254/24 dev g0
+ip -n bpfsync-demo-gw addr add 192.0.2.1/24 dev g1
+ip -n bpfsync-demo-node addr add 192.0.2.2/24 dev n0
+ip -n bpfsync-demo-node addr add 203.0.113.100/32 dev lo
+for pair in client:c0 gw:g0 gw:g1 node:n0; do ip -n "bpfsync-demo-${pair%%:*}" link set "${pair#*:}" up; done
+ip -n bpfsync-demo-client route add default via 198.51.100.254
+ip netns exec bpfsync-demo-gw sysctl -qw net.ipv4.ip_forward=1
+ip -n bpfsync-demo-gw route add 203.0.113.10/32 via 192.0.2.2 dev g1
+ip -n bpfsync-demo-node route add default via 192.0.2.1
+echo "namespaces bpfsync-demo-{client,gw,node} ready"
+
+export BPFSYNC_DEMO_TUNNEL_KEY="${BPFSYNC_DEMO_TUNNEL_KEY:-demo-tunnel-key}"
+export BPFSYNC_DEMO_SERVICE_KEY="${BPFSYNC_DEMO_SERVICE_KEY:-demo-svc-key}"
+run "$bpfsync" --pin-root "$gw_root" apply examples/gue/gateway
+run "$bpfsync" --pin-root "$node_root" apply -q examples/gue/node
+step "$bpfsync --pin-root $node_root datapath --netns bpfsync-demo-node &   # sends GUE pings"
+"$bpfsync" --pin-root "$node_root" datapath --netns bpfsync-demo-node 2>&1 | sed -u 's/^/  [datapath] /' &
+pids+=($!)
+ip netns exec bpfsync-demo-node /usr/bin/python3 -m http.server 8080 --bind 203.0.113.100 \
+  --directory "$here/examples/gue" >/dev/null 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do
+  [[ "$("$bpfsync" --pin-root "$gw_root" get tunnels -o json)" == *'"learned": {'* ]] && break
+  sleep 0.2
+done
+run "$bpfsync" --pin-root "$gw_root" get tunnels
+step "ip netns exec bpfsync-demo-client curl-like GET http://203.0.113.10/   # through the tunnel"
+ip netns exec bpfsync-demo-client /usr/bin/python3 - <<'PY'
+import urllib.request
+body = urllib.request.urlopen("http://203.0.113.10/node/node.yaml", timeout=10).read()
+print(f"  200 OK, {len(body)} bytes from the backend 203.0.113.100:8080 via GUE; first line:")
+print("  " + body.decode().splitlines()[0])
+PY
+run "$bpfsync" --pin-root "$gw_root" get interfaces
+run "$bpfsync" --pin-root "$gw_root" get stats
+step "$bpfsync --pin-root $gw_root diff examples/gue/gateway   # learned remote is not drift"
+"$bpfsync" --pin-root "$gw_root" diff examples/gue/gateway
+printf '\nDemo done; namespaces, pin roots and processes are removed on exit.\n'
+

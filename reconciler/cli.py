@@ -253,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BpfsyncError as exc:
         print(f"bpfsync: {exc}", file=sys.stderr)
         code = EXIT_ERROR
+    except BrokenPipeError:  # `bpfsync get ... | head`: the reader is gone, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_OK
     except PermissionError as exc:
         print(f"bpfsync: {exc} (bpfsync needs root or CAP_BPF)", file=sys.stderr)
         code = EXIT_ERROR

@@ -1,0 +1,137 @@
+"""GUE data-path benchmark: TCP throughput and small-UDP packet rate through the tunnel versus
+the same veth path without any program, alternating in one run.
+
+    .venv/bin/python bench/bench_gue.py [--rounds 3] [--seconds 5]
+
+Topology (tests/kernel/topology.py): client -> gateway -> node over veths, in namespaces.
+Baseline: the client talks to the backend address directly (routed over the same veths, no
+TC program anywhere). Tunnel: the client talks to the Service's proxy endpoint; the gateway
+encapsulates, the node decapsulates and rewrites to the same backend, replies come back
+through the tunnel (standard mode). Each round detaches (apply without the Interface),
+measures the baseline, attaches (apply), measures the tunnel. iperf3 from Debian, bounded by
+--seconds per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.kernel.topology import (  # noqa: E402
+    BACKEND,
+    KEYS,
+    PROXY,
+    gue_topology,
+    write_gateway,
+    write_node,
+)
+
+PORT = 5201
+UDP_SERVICE = """\
+apiVersion: bpfsync/v1
+kind: Service
+metadata: {{name: iperf-udp}}
+spec:
+  groupId: 1
+  serviceId: 2
+  protocol: udp
+  proxy: {{address: {proxy}, port: {port}}}
+  backend: {{address: {backend}, port: {port}}}
+  tunnel: to-node
+  keyFrom: {{env: BPFSYNC_SERVICE_KEY}}
+"""
+
+
+def bpfsync(*args: str, root: Path) -> str:
+    r = subprocess.run([sys.executable, "-m", "reconciler", "--pin-root", str(root), *args],
+                       capture_output=True, text=True, env={**KEYS, "PATH": "/usr/bin:/bin"},
+                       cwd=ROOT, timeout=120)
+    if r.returncode != 0:
+        raise SystemExit(f"bpfsync {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+def iperf(ns: str, target: str, seconds: float, udp: bool) -> float:
+    """Receiver-side Gbit/s (TCP) or packets per second (UDP, 64-byte payloads)."""
+    cmd = ["ip", "netns", "exec", ns, "iperf3", "-c", target, "-p", str(PORT), "-t",
+           str(seconds), "-J"]
+    if udp:
+        cmd += ["-u", "-l", "64", "-b", "0"]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                    timeout=seconds + 30).stdout)
+    if udp:
+        s = out["end"]["sum"]
+        return (s["packets"] - s["lost_packets"]) / s["seconds"]
+    return out["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def prepare(d: Path, write, net, **kw) -> Path:
+    write(d, net, **kw)
+    svc = d / "service.yaml"
+    svc.write_text(svc.read_text().replace(f"port: {PROXY[1]}}}", f"port: {PORT}}}")
+                   .replace(f"port: {BACKEND[1]}}}", f"port: {PORT}}}"))
+    (d / "udp.yaml").write_text(UDP_SERVICE.format(proxy=PROXY[0], backend=BACKEND[0],
+                                                   port=PORT))
+    return d
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5)
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:8]
+    gw_root, node_root = (Path(f"/sys/fs/bpf/bpfsync-bench-{x}-{tag}") for x in ("gw", "node"))
+    tmp = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))
+    results: dict[str, list[float]] = {k: [] for k in ("tcp_base", "tcp_tun", "udp_base",
+                                                       "udp_tun")}
+    try:
+        with gue_topology() as net:
+            net.run(net.gw, f"ip route add {BACKEND[0]}/32 via 192.0.2.2 dev g1")
+            gdir = prepare(tmp / "gw", write_gateway, net,
+                           remote="{address: 192.0.2.2, port: 6080}")
+            ndir = prepare(tmp / "node", write_node, net)
+            server = net.spawn(net.node, ["iperf3", "-s", "-B", BACKEND[0], "-p", str(PORT)])
+            for _ in range(args.rounds):
+                for d, root in ((gdir, gw_root), (ndir, node_root)):
+                    (d / "interface.yaml").rename(d / "interface.off")
+                    bpfsync("apply", "-q", str(d), root=root)  # detached: baseline path
+                results["tcp_base"].append(iperf(net.client, BACKEND[0], args.seconds, False))
+                results["udp_base"].append(iperf(net.client, BACKEND[0], args.seconds, True))
+                for d, root in ((gdir, gw_root), (ndir, node_root)):
+                    (d / "interface.off").rename(d / "interface.yaml")
+                    bpfsync("apply", "-q", str(d), root=root)
+                results["tcp_tun"].append(iperf(net.client, PROXY[0], args.seconds, False))
+                results["udp_tun"].append(iperf(net.client, PROXY[0], args.seconds, True))
+            stats = json.loads(bpfsync("get", "stats", "-o", "json", root=gw_root))
+            net.stop(server)
+    finally:
+        shutil.rmtree(gw_root, ignore_errors=True)
+        shutil.rmtree(node_root, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(f"rounds: {args.rounds} x {args.seconds:g} s per measurement")
+    print("| path | TCP Gbit/s (median; all) | UDP 64-byte packets/s (median; all) |")
+    print("|---|---:|---:|")
+    for label, t, u in (("veth path, no program", "tcp_base", "udp_base"),
+                        ("GUE tunnel (standard mode)", "tcp_tun", "udp_tun")):
+        print(f"| {label} | {med[t]:.2f} ({', '.join(f'{x:.2f}' for x in results[t])}) | "
+              f"{med[u]:,.0f} ({', '.join(f'{x:,.0f}' for x in results[u])}) |")
+    print(f"| tunnel / no program | **{med['tcp_tun'] / med['tcp_base']:.2f}** | "
+          f"**{med['udp_tun'] / med['udp_base']:.2f}** |")
+    print("gateway counters: " + ", ".join(f"{k}={v}" for k, v in stats.items() if v))
+
+
+if __name__ == "__main__":
+    main()
