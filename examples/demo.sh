@@ -13,9 +13,11 @@ export BPFSYNC_PIN_ROOT="/sys/fs/bpf/bpfsync-demo-$$"
 gw_root="/sys/fs/bpf/bpfsync-demo-gw-$$"
 node_root="/sys/fs/bpf/bpfsync-demo-node-$$"
 pids=()
+dp_log=$(mktemp)
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -f "$dp_log"
   for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node; do
     ip netns del "$ns" 2>/dev/null || true
   done
@@ -68,7 +70,7 @@ export BPFSYNC_DEMO_SERVICE_KEY="${BPFSYNC_DEMO_SERVICE_KEY:-demo-svc-key}"
 run "$bpfsync" --pin-root "$gw_root" apply examples/gue/gateway
 run "$bpfsync" --pin-root "$node_root" apply -q examples/gue/node
 step "$bpfsync --pin-root $node_root datapath --netns bpfsync-demo-node &   # sends GUE pings"
-"$bpfsync" --pin-root "$node_root" datapath --netns bpfsync-demo-node 2>&1 | sed -u 's/^/  [datapath] /' &
+"$bpfsync" --pin-root "$node_root" datapath --netns bpfsync-demo-node >"$dp_log" 2>&1 &
 pids+=($!)
 ip netns exec bpfsync-demo-node /usr/bin/python3 -m http.server 8080 --bind 203.0.113.100 \
   --directory "$here/examples/gue" >/dev/null 2>&1 &
@@ -77,6 +79,7 @@ for _ in $(seq 50); do
   [[ "$("$bpfsync" --pin-root "$gw_root" get tunnels -o json)" == *'"learned": {'* ]] && break
   sleep 0.2
 done
+sed 's/^/  [datapath] /' "$dp_log"
 run "$bpfsync" --pin-root "$gw_root" get tunnels
 step "ip netns exec bpfsync-demo-client curl-like GET http://203.0.113.10/   # through the tunnel"
 ip netns exec bpfsync-demo-client /usr/bin/python3 - <<'PY'
