@@ -429,3 +429,26 @@ def test_mtu_without_room_for_gue_is_warned(gue: Gue) -> None:
         assert "raise the MTU to 1556" in r.stderr
     net.run(net.gw, "ip link set g1 mtu 1556")
     assert "MTU" not in bpfsync("diff", str(gdir), pin_root=gue.gw_root, env=KEYS).stderr
+
+
+def test_datapath_started_first_follows_the_tables_without_restart(gue: Gue) -> None:
+    net = gue.net
+    dp = datapath(net, gue.node_root, net.node)  # nothing applied on the node yet
+    gue.apply(write_gateway(gue.tmp / "gw", net), gue.gw_root)
+    time.sleep(1.5)
+    assert gue.learned() is None and dp.poll() is None
+    ndir = write_node(gue.tmp / "node", net)
+    gue.apply(ndir, gue.node_root)
+    learned = wait_until(gue.learned)
+    assert (learned["address"], learned["port"]) == NODE_TUNNEL
+    # The tunnel stops asking for pings: the data path stops sending them.
+    tunnel = ndir / "tunnel.yaml"
+    tunnel.write_text(tunnel.read_text().replace("  ping: {intervalSeconds: 0.2}\n", ""))
+    gue.apply(ndir, gue.node_root)
+    time.sleep(1.5)
+    pings = gue.stats(gue.gw_root)["ping"]
+    time.sleep(1.5)
+    assert gue.stats(gue.gw_root)["ping"] == pings
+    _, err = net.stop(dp)
+    assert dp.returncode == 0
+    assert "waiting for" in err and "pinging tunnel 100" in err and "stopped pinging" in err
