@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import load
-from reconciler.model import Endpoint, KeySource, Origin, Service, Tunnel
+from reconciler.model import Endpoint, Interface, KeySource, Origin, Service, Tunnel
 from reconciler.schema import Schemas
 from reconciler.secrets import Secret
 
@@ -44,10 +44,15 @@ def worth_it(files: list[Path]) -> bool:
     return False
 
 
-def _row(r: Tunnel | Service | None) -> tuple[Any, ...] | None:
+def _row(r: Tunnel | Service | Interface | None) -> tuple[Any, ...] | None:
     if isinstance(r, Tunnel):
         remote = (r.remote.address, r.remote.port) if r.remote else None
-        return ("T", r.name, r.id, r.local.address, r.local.port, remote)
+        key = (r.key.value, r.key_source.kind, r.key_source.ref) if (
+            r.key is not None and r.key_source is not None) else None
+        return ("T", r.name, r.id, r.local.address, r.local.port, remote, key, r.ping_interval_ms)
+    if isinstance(r, Interface):
+        return ("I", r.name, r.device, r.netns, r.role, r.replies_tunnel, r.ingress, r.egress,
+                r.fib_lookup, r.priority)
     if isinstance(r, Service):
         return ("S", r.name, r.group_id, r.service_id, r.protocol, r.proxy.address, r.proxy.port,
                 r.backend.address, r.backend.port, r.tunnel, r.key.value, r.key_source.kind,
@@ -55,13 +60,17 @@ def _row(r: Tunnel | Service | None) -> tuple[Any, ...] | None:
     return None
 
 
-def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Tunnel | Service | None:
+def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Tunnel | Service | Interface | None:
     if row is None:
         return None
     if row[0] == "T":
-        _, name, tid, laddr, lport, remote = row
+        _, name, tid, laddr, lport, remote, key, ping_ms = row
         return Tunnel(name, tid, Endpoint(laddr, lport),
-                      Endpoint(*remote) if remote else None, origin)
+                      Endpoint(*remote) if remote else None, origin,
+                      Secret(key[0]) if key else None, KeySource(key[1], key[2]) if key else None,
+                      ping_ms)
+    if row[0] == "I":
+        return Interface(*row[1:], origin=origin)
     (_, name, group, sid, proto, paddr, pport, baddr, bport, tunnel, key, kkind, kref) = row
     return Service(name, group, sid, proto, Endpoint(paddr, pport), Endpoint(baddr, bport), tunnel,
                    Secret(key), KeySource(kkind, kref), origin)

@@ -11,7 +11,13 @@ from tests.unit.helpers import service, tunnel, write_tree
 
 
 def _tree(root: Path, broken: bool) -> Path:
-    files = {"t.yaml": tunnel() + "---\n" + tunnel("t2", 101, "{address: 198.51.100.2}")}
+    files = {"t.yaml": tunnel() + "---\n" + tunnel("t2", 101, "{address: 198.51.100.2}"),
+             # loaded by a worker (last files): keys, pings and Interfaces must survive transport
+             "u.yaml": tunnel("t3", 102, "learn") + "  keyFrom: {file: web.key}\n---\n"
+                       + tunnel("t4", 103) + "  key: abc\n  ping: {intervalSeconds: 2.5}\n",
+             "v.yaml": "apiVersion: bpfsync/v1\nkind: Interface\nmetadata: {name: up}\nspec:\n"
+                       "  device: eth0.100\n  netns: edge\n  role: gateway\n  ingress: false\n"
+                       "  fibLookup: true\n  priority: 7\n"}
     for i in range(40):
         files[f"s{i:02d}.yaml"] = service(f"svc{i}", sid=i, port=1000 + i)
     if broken:
@@ -42,6 +48,8 @@ def test_parallel_and_serial_loads_agree(tmp_path: Path, monkeypatch: pytest.Mon
     par, _ = _load(root, monkeypatch, True)
     assert serial is not None and par is not None
     assert serial.services == par.services and serial.tunnels == par.tunnels
+    assert serial.interfaces == par.interfaces and par.interfaces["up"].priority == 7
+    assert par.tunnels["t3"].key is not None and par.tunnels["t4"].ping_interval_ms == 2500
     assert list(serial.services) == list(par.services)
 
 
