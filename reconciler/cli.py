@@ -10,8 +10,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -78,7 +79,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _table(docs: list[dict]) -> str:
-    rows = [("KIND", "NAME", "ID", "LOCAL/PROXY", "REMOTE/BACKEND", "TUNNEL", "STATUS")]
+    rows: list[tuple[str, ...]] = [
+        ("KIND", "NAME", "ID", "LOCAL/PROXY", "REMOTE/BACKEND", "TUNNEL", "STATUS")]
     for d in docs:
         s, st = d["spec"], d.get("status", {})
         if d["kind"] == "Tunnel":
@@ -104,25 +106,34 @@ def _table(docs: list[dict]) -> str:
                          f"{proxy['address']}:{proxy['port']}/{s['protocol']}" if proxy else "-",
                          f"{backend['address']}:{backend['port']}" if backend else "-",
                          s.get("tunnel", "-"), ", ".join(notes)))
+    return _columns(rows)
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns, two spaces apart (the first row is the header)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)
 
 
+def _emit(args: argparse.Namespace, data: Any, empty: str,
+          rows: Callable[[], list[tuple[str, ...]]]) -> int:
+    """Print data as JSON, YAML, or (default) columns; `empty` when there is nothing."""
+    if args.output == "json":
+        print(json.dumps(data, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    elif not data:
+        print(empty)
+    else:
+        print(_columns(rows()))
+    return EXIT_OK
+
+
 def _get_stats(args: argparse.Namespace) -> int:
     stats = engine.read_stats(_pin_root(args))
-    if args.output == "json":
-        print(json.dumps(stats, indent=2))
-    elif args.output == "yaml":
-        print(yaml.safe_dump(stats, sort_keys=False), end="")
-    elif not stats:
-        print(f"No counters in {_pin_root(args)} (nothing applied yet).")
-    else:
-        width = max(map(len, stats))
-        print(f"{'COUNTER'.ljust(width)}  PACKETS")
-        for name, value in stats.items():
-            print(f"{name.ljust(width)}  {value}")
-    return EXIT_OK
+    return _emit(args, stats, f"No counters in {_pin_root(args)} (nothing applied yet).",
+                 lambda: [("COUNTER", "PACKETS"), *((k, str(v)) for k, v in stats.items())])
 
 
 def _get_interfaces(args: argparse.Namespace) -> int:
@@ -140,21 +151,11 @@ def _get_interfaces(args: argparse.Namespace) -> int:
                      "program": ours[0].name.removeprefix("bpfsync:") if ours else None,
                      "programId": ours[0].prog_id if ours else None,
                      "tag": ours[0].tag if ours else None, "mtu": s.mtu, "state": state})
-    if args.output == "json":
-        print(json.dumps(docs, indent=2))
-    elif args.output == "yaml":
-        print(yaml.safe_dump(docs, sort_keys=False), end="")
-    elif not docs:
-        print(f"No tc attachments in {_pin_root(args)}.")
-    else:
-        rows = [("DEVICE", "NETNS", "DIRECTION", "PRIO", "PROGRAM", "ID", "TAG", "STATE")]
-        rows += [(d["device"], d["netns"] or "-", d["direction"], str(d["priority"] or "-"),
-                  d["program"] or "-", str(d["programId"] or "-"), d["tag"] or "-", d["state"])
-                 for d in docs]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return EXIT_OK
+    return _emit(args, docs, f"No tc attachments in {_pin_root(args)}.", lambda: [
+        ("DEVICE", "NETNS", "DIRECTION", "PRIO", "PROGRAM", "ID", "TAG", "STATE"),
+        *((d["device"], d["netns"] or "-", d["direction"], str(d["priority"] or "-"),
+           d["program"] or "-", str(d["programId"] or "-"), d["tag"] or "-", d["state"])
+          for d in docs)])
 
 
 def cmd_get(args: argparse.Namespace) -> int:
