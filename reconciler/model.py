@@ -38,8 +38,20 @@ class KeySource:
     ref: str | None = None  # file path or env name; None for inline
 
 
+class Named:
+    """A resource's "Kind/name" reference, as every message and plan shows it."""
+
+    __slots__ = ()
+    kind: str
+    name: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
 @dataclass(frozen=True, slots=True)
-class Tunnel:
+class Tunnel(Named):
     name: str
     id: int
     local: Endpoint
@@ -51,13 +63,9 @@ class Tunnel:
 
     kind = "Tunnel"
 
-    @property
-    def ref(self) -> str:
-        return f"Tunnel/{self.name}"
-
 
 @dataclass(frozen=True, slots=True)
-class Service:
+class Service(Named):
     name: str
     group_id: int
     service_id: int
@@ -71,16 +79,12 @@ class Service:
 
     kind = "Service"
 
-    @property
-    def ref(self) -> str:
-        return f"Service/{self.name}"
-
 
 ROLES = ("gateway", "node")
 
 
 @dataclass(frozen=True, slots=True)
-class Interface:
+class Interface(Named):
     """Where the TC programs are attached, and how they behave there (TABLE-CONFIG)."""
 
     name: str
@@ -95,10 +99,6 @@ class Interface:
     origin: Origin | None = None
 
     kind = "Interface"
-
-    @property
-    def ref(self) -> str:
-        return f"Interface/{self.name}"
 
     @property
     def place(self) -> str:
