@@ -32,24 +32,12 @@ from tests.kernel.topology import (  # noqa: E402
     KEYS,
     PROXY,
     gue_topology,
+    service_doc,
     write_gateway,
     write_node,
 )
 
 PORT = 5201
-UDP_SERVICE = """\
-apiVersion: bpfsync/v1
-kind: Service
-metadata: {{name: iperf-udp}}
-spec:
-  groupId: 1
-  serviceId: 2
-  protocol: udp
-  proxy: {{address: {proxy}, port: {port}}}
-  backend: {{address: {backend}, port: {port}}}
-  tunnel: to-node
-  keyFrom: {{env: BPFSYNC_SERVICE_KEY}}
-"""
 
 
 def bpfsync(*args: str, root: Path) -> str:
@@ -76,12 +64,11 @@ def iperf(ns: str, target: str, seconds: float, udp: bool) -> float:
 
 
 def prepare(d: Path, write, net, **kw) -> Path:
+    """One end's directory with a TCP and a UDP Service on the iperf3 port."""
     write(d, net, **kw)
-    svc = d / "service.yaml"
-    svc.write_text(svc.read_text().replace(f"port: {PROXY[1]}}}", f"port: {PORT}}}")
-                   .replace(f"port: {BACKEND[1]}}}", f"port: {PORT}}}"))
-    (d / "udp.yaml").write_text(UDP_SERVICE.format(proxy=PROXY[0], backend=BACKEND[0],
-                                                   port=PORT))
+    (d / "service.yaml").write_text(service_doc(proxy_port=PORT, backend_port=PORT))
+    (d / "udp.yaml").write_text(service_doc("iperf-udp", sid=2, protocol="udp", proxy_port=PORT,
+                                            backend_port=PORT))
     return d
 
 

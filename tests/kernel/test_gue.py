@@ -26,6 +26,7 @@ from tests.kernel.topology import (
     Net,
     datapath,
     gue_topology,
+    service_doc,
     sh,
     write_gateway,
     write_node,
@@ -296,19 +297,7 @@ def test_foreign_filter_in_bpfsyncs_place_is_refused_untouched(gue: Gue) -> None
     assert bpfsync("get", "services", "-o", "json", pin_root=gue.gw_root).stdout.strip() == "[]"
 
 
-UDP_SERVICE = """\
-apiVersion: bpfsync/v1
-kind: Service
-metadata: {name: dns}
-spec:
-  groupId: 1
-  serviceId: 2
-  protocol: udp
-  proxy: {address: 203.0.113.10, port: 53}
-  backend: {address: 203.0.113.100, port: 5353}
-  tunnel: to-node
-  keyFrom: {env: BPFSYNC_SERVICE_KEY}
-"""
+UDP_SERVICE = service_doc("dns", sid=2, protocol="udp", proxy_port=53, backend_port=5353)
 
 
 def _link_stats(net: Net, ns: str, dev: str) -> dict[str, int]:

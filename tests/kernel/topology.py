@@ -135,13 +135,13 @@ spec:
 SERVICE = """\
 apiVersion: bpfsync/v1
 kind: Service
-metadata: {{name: web}}
+metadata: {{name: {name}}}
 spec:
   groupId: 1
-  serviceId: 1
-  protocol: tcp
-  proxy: {{address: 203.0.113.10, port: 80}}
-  backend: {{address: 203.0.113.100, port: 8080}}
+  serviceId: {sid}
+  protocol: {protocol}
+  proxy: {{address: {proxy}, port: {proxy_port}}}
+  backend: {{address: {backend}, port: {backend_port}}}
   tunnel: to-node
   keyFrom: {{env: {key_env}}}
 """
@@ -158,11 +158,20 @@ KEYS = {"BPFSYNC_TUNNEL_KEY": "tunnel-key-0001", "BPFSYNC_SERVICE_KEY": "service
         "BPFSYNC_OTHER_KEY": "not-the-key-02"}
 
 
+def service_doc(name: str = "web", sid: int = 1, protocol: str = "tcp",
+                proxy_port: int = PROXY[1], backend_port: int = BACKEND[1],
+                key_env: str = "BPFSYNC_SERVICE_KEY") -> str:
+    """A Service of group 1 from the proxy address to the backend address, via to-node."""
+    return SERVICE.format(name=name, sid=sid, protocol=protocol, proxy=PROXY[0],
+                          proxy_port=proxy_port, backend=BACKEND[0], backend_port=backend_port,
+                          key_env=key_env)
+
+
 def write_gateway(d: Path, net: Net, remote: str = "learn", extra: str = "",
                   key_env: str = "BPFSYNC_SERVICE_KEY") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "tunnel.yaml").write_text(TUNNEL_GW.format(remote=remote))
-    (d / "service.yaml").write_text(SERVICE.format(key_env=key_env))
+    (d / "service.yaml").write_text(service_doc(key_env=key_env))
     (d / "interface.yaml").write_text(INTERFACE.format(device="g1", netns=net.gw, role="gateway",
                                                        extra=extra))
     return d
@@ -171,7 +180,7 @@ def write_gateway(d: Path, net: Net, remote: str = "learn", extra: str = "",
 def write_node(d: Path, net: Net, replies: str = "tunnel") -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "tunnel.yaml").write_text(TUNNEL_NODE)
-    (d / "service.yaml").write_text(SERVICE.format(key_env="BPFSYNC_SERVICE_KEY"))
+    (d / "service.yaml").write_text(service_doc())
     (d / "interface.yaml").write_text(INTERFACE.format(
         device="n0", netns=net.node, role="node", extra=f"  replies: {replies}\n"))
     return d
