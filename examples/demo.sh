@@ -14,13 +14,13 @@ gw_root="/sys/fs/bpf/bpfsync-demo-gw-$$"
 node_root="/sys/fs/bpf/bpfsync-demo-node-$$"
 pids=()
 dp_log=$(mktemp)
+cleanup_ns() { for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node; do
+  ip netns del "$ns" 2>/dev/null || true; done; }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -f "$dp_log"
-  for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node; do
-    ip netns del "$ns" 2>/dev/null || true
-  done
+  cleanup_ns
   rm -rf "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root"
 }
 trap cleanup EXIT
@@ -47,9 +47,7 @@ run "$bpfsync" apply examples/quickstart
 
 printf '\n\033[1m== Part 2: a live GUE tunnel (examples/gue) ==\033[0m\n'
 # client 198.51.100.1 --c0/g0-- gateway --g1/n0 (underlay 192.0.2.0/24, MTU 1600)-- node
-cleanup_ns() { for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node; do
-  ip netns del "$ns" 2>/dev/null || true; done; }
-cleanup_ns
+cleanup_ns  # leftovers of an interrupted run
 for ns in client gw node; do ip netns add "bpfsync-demo-$ns"; ip -n "bpfsync-demo-$ns" link set lo up; done
 ip link add name c0 netns bpfsync-demo-client type veth peer name g0 netns bpfsync-demo-gw
 ip link add name g1 netns bpfsync-demo-gw mtu 1600 type veth peer name n0 netns bpfsync-demo-node mtu 1600

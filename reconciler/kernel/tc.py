@@ -169,26 +169,23 @@ def attach(pin_root: Path, hook: Hook, priority: int, fd: int, replace: bool) ->
 
 
 def detach(pin_root: Path, hook: Hook, priority: int) -> None:
-    """Remove bpfsync's filter at priority (checked again just before) and the pin."""
+    """Remove bpfsync's filter at priority (checked again just before), and the pin once no
+    filter of bpfsync's is left on the hook (priority 0: the device is gone, only the pin)."""
     from pyroute2.netlink.exceptions import NetlinkError
 
+    remaining: list[Filter] = []
     with rtnl(hook.netns) as ipr:
         idx = None if ipr is None else _ifindex(ipr, hook.device)
-        if idx is not None and priority:
-            mine = [f for f in _filters(ipr, idx, hook.direction)
-                    if f.priority == priority and f.ours]
-            if mine:
+        if idx is not None:
+            mine = [f for f in _filters(ipr, idx, hook.direction) if f.ours]
+            if priority and any(f.priority == priority for f in mine):
                 try:
                     ipr.tc("del-filter", "bpf", idx, FILTER_HANDLE, parent=PARENTS[hook.direction],
                            prio=priority, protocol=ETH_P_ALL)
                 except NetlinkError as exc:
                     if exc.code != errno.ENOENT:
                         raise _netlink_error("detaching the program", hook, exc) from exc
-    remaining = []
-    if idx is not None:
-        with rtnl(hook.netns) as ipr2:
-            if ipr2 is not None:
-                remaining = [f for f in _filters(ipr2, idx, hook.direction) if f.ours]
+            remaining = [f for f in mine if f.priority != priority]
     if not remaining:
         with suppress(FileNotFoundError):
             (progs_dir(pin_root) / hook.pin_name).unlink()
