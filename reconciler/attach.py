@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from reconciler.model import Interface
 from reconciler.tables import GUE_OVERHEAD
+
+if TYPE_CHECKING:
+    from reconciler.links import LinkOperation
 
 FILTER_HANDLE = 0xB5F
 FILTER_PREFIX = "bpfsync:"
@@ -157,6 +161,7 @@ class AttachPlan:
     warnings: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # declared devices that do not exist
     in_place: int = 0  # attachments already right
+    links: list[LinkOperation] = field(default_factory=list)  # the sk_lookup link
 
 
 def _owner_of(hook: Hook) -> str:

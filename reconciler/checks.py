@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
+from reconciler import proxyconf
 from reconciler.findings import Finding
 from reconciler.locate import PathItem
-from reconciler.model import Resource
+from reconciler.model import Proxy, Resource
 from reconciler.state import DesiredState
-from reconciler.tables import MAX_SERVICES, MAX_TUNNELS
+from reconciler.tables import MAX_SERVICES, MAX_STEER, MAX_TUNNELS, PROXY_CONFIG_SIZE
 
 
 def _unique(resources: Iterable[Resource], key: Callable[[Any], Hashable],
@@ -53,10 +54,67 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
             known = ", ".join(sorted(state.tunnels)[:10]) or "none"
             out.append(Finding(s.origin, ("spec", "tunnel"),
                                f"no Tunnel named {s.tunnel!r} (defined: {known})", s.ref))
+    out += _proxy_checks(sorted(state.proxies.values(), key=_order))
     for items, limit, kind in ((services, MAX_SERVICES, "Services"),
                                (tunnels, MAX_TUNNELS, "Tunnels")):
         if len(items) > limit:
             out.append(Finding(items[limit].origin, (),
                                f"{len(items)} {kind} exceed the table capacity of {limit}",
                                items[limit].ref))
+    return out
+
+
+def steer_entry_count(proxy: Proxy) -> int:
+    ports = sum(1 if r.wildcard else r.last - r.first + 1 for r in proxy.ports)
+    return ports * len(proxy.destinations)
+
+
+def _ports(proxy: Proxy) -> set[int]:
+    out: set[int] = set()
+    for r in proxy.ports:
+        if not r.wildcard:
+            out.update(range(r.first, r.last + 1))
+    return out
+
+
+def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
+    out = _unique(proxies, lambda p: p.id, ("spec", "id"), lambda p: f"proxy id {p.id}")
+    if proxies:
+        first = proxies[0]
+        for p in proxies[1:]:
+            if p.netns != first.netns:
+                out.append(Finding(p.origin, ("spec", "netns"),
+                                   f"netns {p.netns or '(bpfsync own)'} differs from "
+                                   f"{first.ref}'s {first.netns or '(bpfsync own)'}: all Proxies "
+                                   f"of one pin root steer in one namespace (use another "
+                                   f"--pin-root for another namespace)", p.ref,
+                                   related=((first.origin, ("spec", "netns")),)
+                                   if first.origin else ()))
+    ports = {p.name: _ports(p) for p in proxies}
+    for i, a in enumerate(proxies):
+        for b in proxies[:i]:
+            shared = ports[a.name] & ports[b.name]
+            if not shared or not any(x.overlaps(y) for x in a.destinations
+                                     for y in b.destinations):
+                continue
+            sample = ", ".join(map(str, sorted(shared)[:5])) + (" ..." if len(shared) > 5 else "")
+            out.append(Finding(a.origin, ("spec", "ports"),
+                               f"ports {sample} on overlapping destinations are also steered by "
+                               f"{b.ref}: a connection could belong to either", a.ref,
+                               related=((b.origin, ("spec", "ports")),) if b.origin else ()))
+    total = 0
+    for p in proxies:
+        size = len(proxyconf.encode(p))
+        if size > PROXY_CONFIG_SIZE - 8:
+            out.append(Finding(p.origin, ("spec", "backends"),
+                               f"the proxy's configuration takes {size} bytes, more than the "
+                               f"{PROXY_CONFIG_SIZE - 8} a ps_proxy entry holds; use fewer or "
+                               f"shorter backend names", p.ref))
+        total += steer_entry_count(p)
+        if total > MAX_STEER:
+            out.append(Finding(p.origin, ("spec", "ports"),
+                               f"ports x destinations of all Proxies make {total} steering "
+                               f"entries, more than the table's {MAX_STEER}; use \"*\" or "
+                               f"wider prefixes", p.ref))
+            break
     return out

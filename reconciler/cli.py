@@ -191,7 +191,9 @@ def cmd_datapath(args: argparse.Namespace) -> int:
     from reconciler import datapath
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return datapath.run(_pin_root(args), args.netns, args.once)
+    if args.worker:
+        return datapath.run_worker(_pin_root(args), args.control_fd, args.generation)
+    return datapath.run(_pin_root(args), args.netns)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -226,10 +228,12 @@ def parser() -> argparse.ArgumentParser:
     prune_flags(a)
     a.set_defaults(func=cmd_apply)
 
-    dp = sub.add_parser("datapath", help="run the data-path process (GUE pings); bpfsync run "
-                                         "supervises it, but it runs alone too")
-    dp.add_argument("--netns", help="named network namespace to run in (pins are opened first)")
-    dp.add_argument("--once", action="store_true", help="send what is due once and exit")
+    dp = sub.add_parser("datapath", help="run the data path (proxies, GUE pings): a supervisor "
+                                         "holding the listeners and a worker it restarts")
+    dp.add_argument("--netns", help="named network namespace to run in")
+    dp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    dp.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
+    dp.add_argument("--generation", type=int, default=0, help=argparse.SUPPRESS)
     dp.set_defaults(func=cmd_datapath)
 
     g = sub.add_parser("get", help="show what the kernel holds, as resources")

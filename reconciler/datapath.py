@@ -1,13 +1,15 @@
-"""`bpfsync datapath`: the supervised data-path process. For now it sends GUE pings for every
-tunnel that asks for them, reading the tunnel table from the pins at every tick, so it needs
-no configuration of its own and follows tunnel changes without a restart.
-
-Everything it needs is opened before entering the network namespace; it never writes a map.
+"""The data-path worker started by `bpfsync datapath` (supervisor.py): it proxies the
+connections that port steering hands to the listeners its supervisor passes it, and sends
+GUE pings for every tunnel that asks for them. It reads its configuration from the pinned
+tables (ps_proxy, ti_tunnel) at every tick, so it needs no file of its own and follows
+changes without a restart. It never writes a map.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
 import logging
 import os
 import signal
@@ -15,13 +17,16 @@ import socket
 import time
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
-from reconciler import pinger
+from reconciler import pinger, proxyconf, relay, supervisor
 from reconciler import tables as t
-from reconciler.kernel import libbpf, netns
+from reconciler.kernel import libbpf
+from reconciler.proxyserver import ProxyServer
 
 IP_FREEBIND = 15
 MAX_SLEEP = 1.0  # table changes are noticed within this
+DRAIN_ON_EXIT = 10.0  # seconds established connections get when the worker stops
 log = logging.getLogger("bpfsync.datapath")
 
 
@@ -95,27 +100,131 @@ class Pinger:
                 sock.close()
 
 
-def run(pin_root: Path, netns_name: str | None, once: bool = False) -> int:
-    stop = False
+class Worker:
+    """The data-path worker: proxies on the listeners its supervisor passes, GUE pings."""
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
+    def __init__(self, pin_root: Path, control: socket.socket, generation: int) -> None:
+        self.pin_root = pin_root
+        self.control = control
+        self.generation = generation
+        self.pinger = Pinger(pin_root)
+        self.buffers = relay.BufferPool()
+        self.listeners: dict[int, socket.socket] = {}
+        self.servers: dict[int, ProxyServer] = {}
+        self.configs: dict[int, bytes] = {}
+        self.bad_configs: set[bytes] = set()
+        self.status_path = supervisor.run_dir(pin_root) / "datapath.json"
+        self.done = asyncio.Event()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    p = Pinger(pin_root)
-    if netns_name:
-        netns.enter(netns_name)
-    log.info("data path started (pin root %s%s)", pin_root,
-             f", netns {netns_name}" if netns_name else "")
-    try:
-        while not stop:
-            delay = p.tick(time.monotonic())
-            if once:
-                break
-            time.sleep(delay)
-    finally:
-        p.close()
-    log.info("data path stopped after %d pings; pinned state left in place", p.sent)
+    def _on_control(self) -> None:
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.control, 65536, 256)
+        except BlockingIOError:
+            return
+        if not msg:  # the supervisor is gone: stop accepting, let connections finish
+            log.warning("supervisor gone; draining and exiting")
+            self.done.set()
+            for fd in fds:
+                os.close(fd)
+            return
+        slots = json.loads(msg)["slots"]
+        fresh = {}
+        for slot, fd in zip(slots, fds, strict=True):
+            if slot in self.listeners:
+                os.close(fd)  # already have it
+            else:
+                fresh[slot] = socket.socket(fileno=fd)
+        for slot in set(self.listeners) - set(slots):
+            server = self.servers.pop(slot, None)
+            if server:
+                server.close()
+                log.info("proxy %s stopped accepting (slot %d removed)", server.config.name,
+                         slot)
+            else:
+                self.listeners[slot].close()
+            del self.listeners[slot]
+        self.listeners.update(fresh)
+        self._reconcile_servers()
+
+    def _reconcile_servers(self) -> None:
+        for slot, raw in self.configs.items():
+            if slot not in self.listeners:
+                continue
+            try:
+                config = proxyconf.decode(slot, raw)
+            except (ValueError, KeyError) as exc:
+                if raw not in self.bad_configs:
+                    log.error("slot %d: unreadable configuration (%s); not served", slot, exc)
+                    self.bad_configs.add(raw)
+                continue
+            server = self.servers.get(slot)
+            if server is None:
+                server = self.servers[slot] = ProxyServer(self.listeners[slot], config,
+                                                          self.buffers)
+                server.start()
+            else:
+                server.update(config)
+
+    async def _config_loop(self) -> None:
+        while not self.done.is_set():
+            try:
+                configs = supervisor.read_proxy_slots(self.pin_root)
+            except OSError as exc:
+                log.warning("reading proxy configuration failed: %s", exc)
+                configs = self.configs
+            if configs != self.configs:
+                self.configs = configs
+                self._reconcile_servers()
+            await asyncio.sleep(supervisor.TICK)
+
+    async def _ping_loop(self) -> None:
+        while not self.done.is_set():
+            await asyncio.sleep(self.pinger.tick(time.monotonic()))
+
+    def status(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "generation": self.generation, "time": time.time(),
+                "pingsSent": self.pinger.sent,
+                "proxies": {s.config.name: s.status() for s in self.servers.values()}}
+
+    async def _status_loop(self) -> None:
+        while not self.done.is_set():
+            with suppress(OSError):
+                self.status_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                tmp = self.status_path.with_name("datapath.json~")
+                tmp.write_text(json.dumps(self.status()))
+                tmp.replace(self.status_path)
+            await asyncio.sleep(1.0)
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.control.setblocking(False)
+        loop.add_reader(self.control.fileno(), self._on_control)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.done.set)
+        tasks = [loop.create_task(c) for c in (self._config_loop(), self._ping_loop(),
+                                               self._status_loop())]
+        await self.done.wait()
+        loop.remove_reader(self.control.fileno())
+        for server in self.servers.values():
+            server.close()
+        for task in tasks:
+            task.cancel()
+        active = sum(len(s.conns) for s in self.servers.values())
+        if active:
+            log.info("waiting up to %.0fs for %d connections to end", DRAIN_ON_EXIT, active)
+            deadline = time.monotonic() + DRAIN_ON_EXIT
+            while time.monotonic() < deadline and any(s.conns for s in self.servers.values()):
+                await asyncio.sleep(0.1)
+        self.pinger.close()
+
+
+def run_worker(pin_root: Path, control_fd: int, generation: int) -> int:
+    control = socket.socket(fileno=control_fd)
+    worker = Worker(pin_root, control, generation)
+    asyncio.run(worker.main())
+    log.info("worker stopped after %d pings", worker.pinger.sent)
     return 0
+
+
+def run(pin_root: Path, netns_name: str | None) -> int:
+    return supervisor.Supervisor(pin_root, netns_name).run()

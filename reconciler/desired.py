@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reconciler import proxyconf
 from reconciler import tables as t
 from reconciler.state import DesiredState
 
@@ -48,4 +49,12 @@ def compile_tables(state: DesiredState) -> DesiredTables:
         if state.has_node_role:  # only a node reverse-NATs replies; a gateway needs no entry
             out.put(t.REPLY, backend, t.reply_value(
                 backend, ekey, tunnel_id, svc.group_id, svc.service_id, svc.key), svc.ref)
+    for proxy in sorted(state.proxies.values(), key=lambda x: x.id):
+        skey = t.slot_key(proxy.id)
+        out.put(t.PROXY, skey, t.proxy_value(skey, proxyconf.encode(proxy)), proxy.ref)
+        for net in proxy.destinations:
+            for r in proxy.ports:
+                for port in range(r.first, r.last + 1):
+                    key = t.steer_key(port, str(net.network_address), net.prefixlen)
+                    out.put(t.STEER, key, t.steer_value(key, proxy.id), proxy.ref)
     return out

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import attach as at
+from reconciler import links as lk
 from reconciler.desired import compile_tables
 from reconciler.errors import KernelStateError, UnsafePlan
+from reconciler.kernel import links as kernel_links
 from reconciler.kernel import tc
 from reconciler.kernel.maps import PinnedTables, locked, open_tables
 from reconciler.kernel.programs import Programs
@@ -50,13 +52,19 @@ def read_stats(pin_root: Path) -> dict[str, int]:
 def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None) -> at.AttachPlan:
     want = at.wanted(state.interfaces)
     seen = tc.observe(pin_root, [w.hook for w in want])
-    if not want and not seen:
-        return at.AttachPlan()
-    tags = None
-    if programs is not None:
-        tags = {(w.config, w.hook.direction): programs.tags(w.config, w.hook.direction)
-                for w in want}
-    return at.compute_attach_plan(want, seen, tags)
+    plan = at.AttachPlan()
+    if want or seen:
+        tags = None
+        if programs is not None:
+            tags = {(w.config, w.hook.direction): programs.tags(w.config, w.hook.direction)
+                    for w in want}
+        plan = at.compute_attach_plan(want, seen, tags)
+    seen_links = kernel_links.observe(pin_root)
+    if state.proxies or seen_links:
+        steer_tags = programs.steer_tags() if programs is not None and state.proxies else None
+        plan.links = lk.compute_link_plan(state, seen_links, steer_tags,
+                                          kernel_links.netns_exists(state.proxy_netns), plan)
+    return plan
 
 
 def host_warnings(state: DesiredState, pin_root: Path) -> list[str]:
@@ -77,7 +85,8 @@ def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
          schemas: Schemas | None = None) -> Result:
     state = load_directory(directory, schemas)
     tables = open_tables(pin_root, create=False)
-    programs = _programs_if_possible(tables, pin_root) if state.interfaces else None
+    programs = (_programs_if_possible(tables, pin_root) if state.interfaces or state.proxies
+                else None)
     try:
         plan = compute_plan(compile_tables(state), tables.read(), prune)
         plan.attachments = _attach_plan(state, pin_root, programs)
@@ -116,6 +125,13 @@ def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
 
 
 def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs) -> int:
+    for link in plan.links:
+        if link.action is at.AttachAction.DETACH:
+            kernel_links.remove(pin_root, link.netns)
+        elif link.action is at.AttachAction.ATTACH:
+            kernel_links.create(pin_root, link.netns, programs.load_steer())
+        else:
+            kernel_links.update(pin_root, link.netns, programs.load_steer())
     for op in plan.operations:
         if op.action is at.AttachAction.DETACH:
             tc.detach(pin_root, op.hook, op.priority)
@@ -124,4 +140,4 @@ def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs
             fd = programs.load(op.config, op.hook.direction)
             tc.attach(pin_root, op.hook, op.priority, fd,
                       replace=op.action is at.AttachAction.REPLACE)
-    return len(plan.operations)
+    return len(plan.operations) + len(plan.links)

@@ -6,7 +6,9 @@ nothing). Line numbers are looked up only for the problems that are reported.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,12 @@ from reconciler.locate import PathItem, locate
 from reconciler.model import (
     DEFAULT_GUE_PORT,
     Endpoint,
+    HealthCheck,
     Interface,
     KeySource,
     Origin,
+    PortRange,
+    Proxy,
     Service,
     Tunnel,
     unicast_problem,
@@ -96,8 +101,67 @@ def _interface(name: str, spec: dict[str, Any], origin: Origin) -> Interface:
                      spec.get("priority", DEFAULT_PRIORITY), origin)
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _proxy(name: str, spec: dict[str, Any], origin: Origin,
+           findings: list[Finding]) -> Proxy | None:
+    ref = f"Proxy/{name}"
+    bad = False
+
+    def problem(path: tuple[PathItem, ...], message: str) -> None:
+        nonlocal bad
+        bad = True
+        findings.append(Finding(origin, ("spec", *path), message, ref))
+
+    ports = []
+    for i, p in enumerate(spec["ports"]):
+        if isinstance(p, int):
+            ports.append(PortRange(p, p))
+        elif p == "*":
+            ports.append(PortRange(0, 0))
+        else:
+            first, last = map(int, p.split("-"))
+            if not 1 <= first <= last <= 65535:
+                problem(("ports", i), f"port range {p!r} must be FIRST-LAST with "
+                                      f"1 <= FIRST <= LAST <= 65535")
+            else:
+                ports.append(PortRange(first, last))
+    destinations = []
+    for i, d in enumerate(spec.get("destinations", ["0.0.0.0/0"])):
+        try:
+            destinations.append(ipaddress.IPv4Network(d, strict=True))
+        except ValueError as exc:
+            hint = ""
+            with suppress(ValueError):
+                hint = f"; did you mean {ipaddress.IPv4Network(d, strict=False)}?"
+            problem(("destinations", i), f"{d!r} is not an IPv4 prefix ({exc}){hint}")
+    for i, b in enumerate(spec["backends"]):
+        host, _, port = b.rpartition(":")
+        if not 1 <= int(port) <= 65535:
+            problem(("backends", i), f"backend {b!r}: port must be 1-65535")
+        elif host.replace(".", "").isdigit() and unicast_problem(host):
+            problem(("backends", i), f"backend {b!r}: {unicast_problem(host)}")
+    hc = spec.get("healthCheck", {})
+    health = HealthCheck(hc.get("enabled", True), _ms(hc.get("intervalSeconds", 2)),
+                         _ms(hc.get("timeoutSeconds", 1)), hc.get("rise", 2), hc.get("fall", 3))
+    if health.timeout_ms > health.interval_ms:
+        problem(("healthCheck", "timeoutSeconds"), "the check timeout must not exceed its "
+                                                   "interval")
+    if bad:
+        return None
+    drain = spec.get("drainTimeoutSeconds")
+    return Proxy(name, spec["id"], spec.get("netns"), tuple(sorted(set(ports))),
+                 tuple(sorted(set(destinations))), tuple(spec["backends"]),
+                 spec.get("balance", "round-robin"), health,
+                 _ms(spec.get("connectTimeoutSeconds", 5)), _ms(spec.get("idleTimeoutSeconds", 300)),
+                 None if drain is None else round(drain * 1000), spec.get("maxConnections", 10000),
+                 _ms(spec.get("resolveSeconds", 30)), origin)
+
+
 def _build(doc: Document, origin: Origin, findings: list[Finding],
-           keys: KeyCache) -> Tunnel | Service | Interface | None:
+           keys: KeyCache) -> Tunnel | Service | Interface | Proxy | None:
     """Typed resource from a schema-valid document; field problems go to findings."""
     data = doc.data
     name = data["metadata"]["name"]
@@ -129,6 +193,8 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
 
     if kind == "Interface":
         return _interface(name, spec, origin)
+    if kind == "Proxy":
+        return _proxy(name, spec, origin, findings)
     if kind == "Tunnel":
         local = _endpoint(spec["local"], DEFAULT_GUE_PORT)
         check_address(("spec", "local", "address"), local.address)
@@ -170,7 +236,7 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
 class DocResult:
     origin: Origin
     ref: str | None  # "Kind/name" when the document has a readable kind and name
-    resource: Tunnel | Service | Interface | None  # None: invalid
+    resource: Tunnel | Service | Interface | Proxy | None  # None: invalid
     findings: list[Finding]
 
 
@@ -241,6 +307,8 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
                 state.tunnels[doc.resource.name] = doc.resource
             elif isinstance(doc.resource, Interface):
                 state.interfaces[doc.resource.name] = doc.resource
+            elif isinstance(doc.resource, Proxy):
+                state.proxies[doc.resource.name] = doc.resource
             else:
                 state.services[doc.resource.name] = doc.resource
     return state, invalid, findings

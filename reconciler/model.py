@@ -105,7 +105,55 @@ class Interface(Named):
         return f"{self.device}@{self.netns}" if self.netns else self.device
 
 
-Resource = Tunnel | Service | Interface
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    enabled: bool = True
+    interval_ms: int = 2000
+    timeout_ms: int = 1000
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    """Inclusive destination port range; (0, 0) is the "*" wildcard."""
+
+    first: int
+    last: int
+
+    @property
+    def wildcard(self) -> bool:
+        return self.first == 0
+
+    def __str__(self) -> str:
+        if self.wildcard:
+            return "*"
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy(Named):
+    """A port-steering TCP proxy: sk_lookup steering plus a listener of the data path."""
+
+    name: str
+    id: int  # listener slot in ps_sockets
+    netns: str | None
+    ports: tuple[PortRange, ...]
+    destinations: tuple[ipaddress.IPv4Network, ...]
+    backends: tuple[str, ...]  # "host:port" as written
+    balance: str = "round-robin"
+    health: HealthCheck = HealthCheck()
+    connect_timeout_ms: int = 5000
+    idle_timeout_ms: int = 300_000
+    drain_timeout_ms: int | None = None
+    max_connections: int = 10000
+    resolve_ms: int = 30_000
+    origin: Origin | None = None
+
+    kind = "Proxy"
+
+
+Resource = Tunnel | Service | Interface | Proxy
 
 
 @lru_cache(maxsize=65536)

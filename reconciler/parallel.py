@@ -7,6 +7,7 @@ first chunk. Results travel as plain tuples: pickling 100k dataclasses costs mor
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import threading
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import load
-from reconciler.model import Endpoint, Interface, KeySource, Origin, Service, Tunnel
+from reconciler.model import Endpoint, Interface, KeySource, Origin, Proxy, Service, Tunnel
 from reconciler.schema import Schemas
 from reconciler.secrets import Secret
 
@@ -44,7 +45,9 @@ def worth_it(files: list[Path]) -> bool:
     return False
 
 
-def _row(r: Tunnel | Service | Interface | None) -> tuple[Any, ...] | None:
+def _row(r: Tunnel | Service | Interface | Proxy | None) -> tuple[Any, ...] | None:
+    if isinstance(r, Proxy):  # rare: pickled whole
+        return ("P", dataclasses.replace(r, origin=None))
     if isinstance(r, Tunnel):
         remote = (r.remote.address, r.remote.port) if r.remote else None
         key = (r.key.value, r.key_source.kind, r.key_source.ref) if (
@@ -60,9 +63,12 @@ def _row(r: Tunnel | Service | Interface | None) -> tuple[Any, ...] | None:
     return None
 
 
-def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Tunnel | Service | Interface | None:
+def _resource(row: tuple[Any, ...] | None,
+              origin: Origin) -> Tunnel | Service | Interface | Proxy | None:
     if row is None:
         return None
+    if row[0] == "P":
+        return dataclasses.replace(row[1], origin=origin)
     if row[0] == "T":
         _, name, tid, laddr, lport, remote, key, ping_ms = row
         return Tunnel(name, tid, Endpoint(laddr, lport),

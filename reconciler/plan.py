@@ -2,7 +2,8 @@
 
 Pure: computed from two sets of bytes, printed by `diff`, executed as-is by `apply`.
 Order: tunnel and decap entries are written before the services that use them; service
-entries are deleted before the tunnels they used.
+entries are deleted before the tunnels they used. A proxy's configuration is written before
+its steering entries and deleted after them.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from reconciler.desired import DesiredTables, Entries
 
 Observed = dict[str, Entries]
 
-UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY)
-DELETE_ORDER = (t.REPLY, t.ENCAP, t.VERIFY, t.TUNNEL, t.DECAP)
+UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY, t.PROXY, t.STEER)
+DELETE_ORDER = (t.STEER, t.PROXY, t.REPLY, t.ENCAP, t.VERIFY, t.TUNNEL, t.DECAP)
 
 
 class Action(Enum):
@@ -63,7 +64,8 @@ class Plan:
 
     @property
     def in_sync(self) -> bool:
-        return not self.operations and not self.attachments.operations
+        return (not self.operations and not self.attachments.operations
+                and not self.attachments.links)
 
     def count(self, action: Action) -> int:
         return sum(1 for op in self.operations if op.action is action)
@@ -92,6 +94,13 @@ class Plan:
 
 def synthetic_owner(table: str, key: bytes, value: bytes) -> str:
     """Name under which `get` shows an entry that no YAML resource claims."""
+    try:
+        if table == t.STEER.name:
+            return f"Proxy/(slot {t.decode_value(table, value)['slot']})"
+        if table == t.PROXY.name:
+            return f"Proxy/{t.decode_value(table, value)['config']['name']}"
+    except Exception:  # a foreign entry of the wrong size or content; still show it
+        return "Proxy/(unknown)"
     if table in (t.TUNNEL.name, t.DECAP.name):
         if table == t.DECAP.name:
             ep = t.decode_endpoint(key)

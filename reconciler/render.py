@@ -9,6 +9,7 @@ from typing import Any
 
 from reconciler import tables as t
 from reconciler.attach import AttachAction, AttachOperation
+from reconciler.links import LinkOperation
 from reconciler.plan import Action, Operation, Plan
 from reconciler.secrets import Secret
 from reconciler.state import DesiredState
@@ -61,7 +62,7 @@ def _summary(plan: Plan) -> str:
     c = Counter(op.action for op in plan.operations)
     text = (f"Plan: {c[Action.CREATE]} to create, {c[Action.UPDATE]} to update, "
             f"{c[Action.DELETE]} to delete")
-    a = Counter(op.action for op in plan.attachments.operations)
+    a = Counter(op.action for op in _attach_ops(plan))
     if a:
         text += (f"; {a[AttachAction.ATTACH]} to attach, {a[AttachAction.REPLACE]} to replace, "
                  f"{a[AttachAction.DETACH]} to detach")
@@ -93,7 +94,11 @@ def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
     return lines
 
 
-def _attach_line(op: AttachOperation) -> str:
+def _attach_ops(plan: Plan) -> list[AttachOperation | LinkOperation]:
+    return [*plan.attachments.links, *plan.attachments.operations]
+
+
+def _attach_line(op: AttachOperation | LinkOperation) -> str:
     line = f"  {op.action.sign} {op.describe()}"
     return line if op.action is AttachAction.ATTACH else f"{line}  ({op.reason})"
 
@@ -110,7 +115,7 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> 
         text = (f"No changes: the kernel is in sync with {directory} "
                 f"({plan.desired_total} entries")
         if plan.attachments.in_place:
-            text += f", {plan.attachments.in_place} tc filters"
+            text += f", {plan.attachments.in_place} attachments"
         text += ")."
         if plan.kept:
             text += f"\n{len(plan.kept)} entries no longer in YAML kept (pruning disabled)."
@@ -121,7 +126,7 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> 
     for op in plan.operations:
         if not op.drift:
             by_resource.setdefault(op.resource, []).extend(_op_line(op))
-    for aop in plan.attachments.operations:
+    for aop in _attach_ops(plan):
         by_resource.setdefault(aop.owner, []).append(_attach_line(aop))
     for resource, op_lines in by_resource.items():
         lines.append(f"{resource}" + (f"  ({files[resource]})" if resource in files else ""))
@@ -141,7 +146,8 @@ def _origins(state: DesiredState | None) -> dict[str, str]:
     if state is None:
         return {}
     out = {}
-    for r in (*state.tunnels.values(), *state.services.values(), *state.interfaces.values()):
+    for r in (*state.tunnels.values(), *state.services.values(), *state.interfaces.values(),
+              *state.proxies.values()):
         if r.origin:
             out[r.ref] = r.origin.file
     return out
@@ -162,7 +168,11 @@ def _op_json(op: Operation) -> dict[str, Any]:
     }
 
 
-def _attach_json(op: AttachOperation) -> dict[str, Any]:
+def _attach_json(op: AttachOperation | LinkOperation) -> dict[str, Any]:
+    if isinstance(op, LinkOperation):
+        return {"action": op.action.value, "resource": op.owner,
+                "link": {"type": "sk_lookup", "netns": op.netns}, "program": "ps_dispatch",
+                "reason": op.reason, "drift": op.drift}
     return {
         "action": op.action.value,
         "resource": op.owner,
@@ -187,16 +197,16 @@ def plan_json(plan: Plan, state: DesiredState | None = None) -> str:
     for op in plan.operations:
         if not op.drift:
             entry(op.resource)["actions"].append(_op_json(op))
-    for aop in plan.attachments.operations:
+    for aop in _attach_ops(plan):
         entry(aop.owner)["actions"].append(_attach_json(aop))
     c = Counter(op.action.value for op in plan.operations)
     doc = {
         "formatVersion": JSON_FORMAT_VERSION,
         "inSync": plan.in_sync,
         "summary": {"create": c["create"], "update": c["update"], "delete": c["delete"],
-                    "attach": sum(1 for o in plan.attachments.operations
+                    "attach": sum(1 for o in _attach_ops(plan)
                                   if o.action is not AttachAction.DETACH),
-                    "detach": sum(1 for o in plan.attachments.operations
+                    "detach": sum(1 for o in _attach_ops(plan)
                                   if o.action is AttachAction.DETACH),
                     "drift": len(plan.drift), "kept": len(plan.kept),
                     "desiredEntries": plan.desired_total, "observedEntries": plan.observed_total},
@@ -211,14 +221,14 @@ def plan_json(plan: Plan, state: DesiredState | None = None) -> str:
 
 def applied_text(plan: Plan, written: int, attached: int = 0) -> str:
     if plan.in_sync:
-        extra = (f" and {plan.attachments.in_place} tc filters" if plan.attachments.in_place
+        extra = (f" and {plan.attachments.in_place} attachments" if plan.attachments.in_place
                  else "")
         return f"Nothing to do: {plan.desired_total} entries{extra} already in sync (0 writes)."
     c = Counter(op.action for op in plan.operations)
     text = (f"Applied: {c[Action.CREATE]} created, {c[Action.UPDATE]} updated, "
             f"{c[Action.DELETE]} deleted ({written} map writes")
     if attached:
-        text += f", {attached} tc filter changes"
+        text += f", {attached} attachment changes"
     if plan.drift:
         text += f", {len(plan.drift)} drift reverted"
     return text + ")."

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.errors import Problem
-from reconciler.model import Interface, Service, Tunnel
+from reconciler.model import Interface, Proxy, Service, Tunnel
 
 
 @dataclass
@@ -13,14 +13,21 @@ class DesiredState:
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     interfaces: dict[str, Interface] = field(default_factory=dict)
+    proxies: dict[str, Proxy] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
     files: int = 0
 
     @property
     def resource_count(self) -> int:
-        return len(self.tunnels) + len(self.services) + len(self.interfaces)
+        return (len(self.tunnels) + len(self.services) + len(self.interfaces)
+                + len(self.proxies))
 
     @property
     def has_node_role(self) -> bool:
         """A node decapsulates to backends and reverse-NATs their replies (TI_REPLY)."""
         return any(i.role == "node" for i in self.interfaces.values())
+
+    @property
+    def proxy_netns(self) -> str | None:
+        """The namespace of the steering link (checks ensure all Proxies share one)."""
+        return next(iter(self.proxies.values())).netns if self.proxies else None

@@ -1,13 +1,17 @@
-"""The TrueIngress tables: map specs and the byte encoding of their entries.
+"""The pinned tables (TrueIngress and port steering): map specs and the byte encoding of
+their entries.
 
-Mirrors bpf/trueingress.h (a kernel test compiles the header with BCC and compares layouts).
-Every multi-byte field is big-endian, as on the wire. Values end with a 4-byte stamp: crc32 of
-the key and the rest of the value, which marks an entry as written by bpfsync, so that an entry
-written by anything else (bpftool, a script) can be told apart as drift.
+Mirrors bpf/trueingress.h and bpf/steer.h (a kernel test compiles the headers with BCC and
+compares layouts). Every multi-byte field is big-endian, as on the wire, except the steering
+trie's prefix length and slot numbers, which the kernel and the program read in host order.
+Values end with a 4-byte stamp: crc32 of the key and the rest of the value, which marks an
+entry as written by bpfsync, so that an entry written by anything else (bpftool, a script)
+can be told apart as drift.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import zlib
@@ -18,6 +22,9 @@ from reconciler.secrets import KEY_LEN, Secret
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_SOCKMAP = 15
+BPF_F_NO_PREALLOC = 1
 
 MAX_SERVICES = 131072
 MAX_TUNNELS = 65536
@@ -44,6 +51,7 @@ class MapSpec:
     owned: bool = True  # False: written by the data path, never diffed or pruned
     map_type: int = BPF_MAP_TYPE_HASH
     flags: int = 0
+    batch: bool = True  # the map type supports batch lookup/update/delete (LPM tries do not)
 
 
 TUNNEL = MapSpec("ti_tunnel", 4, 40, MAX_TUNNELS, "Tunnel")
@@ -56,9 +64,25 @@ STATS_SLOTS = 32
 STATS = MapSpec("ti_stats", 4, 8, STATS_SLOTS, "Stats", owned=False,
                 map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
 
-# Tables of entries (read, diffed, written); STATS is only created and read as counters.
-ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, LEARNED)
-PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS)
+# Port steering (bpf/steer.h): destination -> listener slot, slot -> proxy configuration
+# (read by the data path), slot -> listening socket (registered by the data path).
+MAX_STEER = 262144
+MAX_PROXIES = 64
+PROXY_CONFIG_SIZE = 8192
+PS_COUNTERS = 4
+STEER = MapSpec("ps_dest", 12, 8, MAX_STEER, "Proxy", map_type=BPF_MAP_TYPE_LPM_TRIE,
+                flags=BPF_F_NO_PREALLOC, batch=False)
+PROXY = MapSpec("ps_proxy", 4, PROXY_CONFIG_SIZE, MAX_PROXIES, "Proxy")
+SOCKETS = MapSpec("ps_sockets", 4, 8, MAX_PROXIES, "Proxy", owned=False,
+                  map_type=BPF_MAP_TYPE_SOCKMAP)
+PS_STATS = MapSpec("ps_stats", 4, 8, MAX_PROXIES * PS_COUNTERS, "Stats", owned=False,
+                   map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
+PS_STAT_NAMES = ("lookups", "steered", "no_listener", "assign_error")
+
+# Tables of entries (read, diffed, written); STATS, SOCKETS and PS_STATS are only created
+# (and read as counters or by the data path).
+ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, LEARNED, PROXY, STEER)
+PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS, SOCKETS, PS_STATS)
 OWNED_TABLES: tuple[MapSpec, ...] = tuple(t for t in ALL_TABLES if t.owned)
 BY_NAME: dict[str, MapSpec] = {t.name: t for t in PINNED}
 
@@ -79,6 +103,10 @@ _TUNNEL = struct.Struct(f"!4s4sHHII{KEY_LEN}s")  # + stamp
 _REPLY = struct.Struct(f"!8sIHH{KEY_LEN}s")  # + stamp
 _LEARNED = struct.Struct("!4sH2x")  # + host-order u64 updated_ns
 _NS = struct.Struct("=Q")
+_STEER_KEY = struct.Struct("=IBxH4s")  # prefixlen host order; port and address big-endian
+_STEER_PREFIX_BITS = 32  # proto, pad and port come before the address in the trie key
+_SLOT = struct.Struct("=I")
+_CONFIG_LEN = struct.Struct("!I")
 
 
 def _stamped(key: bytes, body: bytes) -> bytes:
@@ -131,6 +159,33 @@ def decap_value(key: bytes) -> bytes:
     return _stamped(key, b"")
 
 
+def steer_key(port: int, network: str, prefixlen: int, proto: int = 6) -> bytes:
+    """Trie key of (proto, port, address prefix); port 0 is the "*" wildcard."""
+    return _STEER_KEY.pack(_STEER_PREFIX_BITS + prefixlen, proto, socket.htons(port),
+                           socket.inet_aton(network))
+
+
+def steer_value(key: bytes, slot: int) -> bytes:
+    return _stamped(key, _SLOT.pack(slot))
+
+
+def slot_key(slot: int) -> bytes:
+    return _SLOT.pack(slot)
+
+
+def proxy_value(key: bytes, config: bytes) -> bytes:
+    """A Proxy's configuration (canonical JSON, see proxyconf.py) as a fixed-size value."""
+    body_len = PROXY_CONFIG_SIZE - _CONFIG_LEN.size - 4
+    if len(config) > body_len:
+        raise ValueError(f"proxy configuration of {len(config)} bytes exceeds {body_len}")
+    return _stamped(key, _CONFIG_LEN.pack(len(config)) + config.ljust(body_len, b"\0"))
+
+
+def proxy_config(value: bytes) -> bytes:
+    (n,) = _CONFIG_LEN.unpack_from(value)
+    return value[_CONFIG_LEN.size:_CONFIG_LEN.size + n]
+
+
 # Decoding, for diff, get and status. Key material comes back as Secret, never as bytes.
 
 def decode_endpoint(raw: bytes) -> dict[str, Any]:
@@ -140,6 +195,12 @@ def decode_endpoint(raw: bytes) -> dict[str, Any]:
 
 
 def decode_key(table: str, raw: bytes) -> dict[str, Any]:
+    if table == STEER.name:
+        plen, proto, port, addr = _STEER_KEY.unpack(raw)
+        return {"port": socket.ntohs(port) or "*", "protocol": PROTO_NAMES.get(proto, proto),
+                "prefix": f"{socket.inet_ntoa(addr)}/{plen - _STEER_PREFIX_BITS}"}
+    if table == PROXY.name:
+        return {"slot": _SLOT.unpack(raw)[0]}
     if table in (TUNNEL.name, LEARNED.name):
         return {"id": _U32.unpack(raw)[0]}
     if table == VERIFY.name:
@@ -149,6 +210,10 @@ def decode_key(table: str, raw: bytes) -> dict[str, Any]:
 
 
 def decode_value(table: str, raw: bytes) -> dict[str, Any]:
+    if table == STEER.name:
+        return {"slot": _SLOT.unpack_from(raw)[0]}
+    if table == PROXY.name:
+        return {"config": json.loads(proxy_config(raw))}
     if table == ENCAP.name:
         tid, g, s, secret, _ = _SERVICE.unpack_from(raw)
         return {"tunnelId": tid, "groupId": g, "serviceId": s, "key": Secret(secret)}
@@ -181,6 +246,10 @@ def decode_value(table: str, raw: bytes) -> dict[str, Any]:
 def describe_key(table: str, raw: bytes) -> str:
     """Short human name of an entry's key, as shown in diff."""
     k = decode_key(table, raw)
+    if table == STEER.name:
+        return f"{k['prefix']} port {k['port']}/{k['protocol']}"
+    if table == PROXY.name:
+        return f"slot {k['slot']}"
     if "id" in k:
         return f"tunnel {k['id']}"
     if "groupId" in k:

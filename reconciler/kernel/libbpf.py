@@ -69,6 +69,20 @@ class BpfMapCreateOpts(ctypes.Structure):
     ]
 
 
+class BpfLinkInfo(ctypes.Structure):
+    """struct bpf_link_info for netns links (sk_lookup): type, id, prog_id, netns part."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("netns_ino", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("_rest", ctypes.c_uint8 * 64),
+    ]
+
+
 @cache
 def lib() -> ctypes.CDLL:
     name = ctypes.util.find_library("bpf") or "libbpf.so.1"
@@ -83,6 +97,12 @@ def lib() -> ctypes.CDLL:
     so.bpf_map_lookup_batch.argtypes = [i32, vp, vp, vp, vp, ctypes.POINTER(u32), vp]
     so.bpf_map_update_batch.argtypes = [i32, vp, vp, ctypes.POINTER(u32), vp]
     so.bpf_map_delete_batch.argtypes = [i32, vp, ctypes.POINTER(u32), vp]
+    so.bpf_map_update_elem.argtypes = [i32, vp, vp, ctypes.c_uint64]
+    so.bpf_map_delete_elem.argtypes = [i32, vp]
+    so.bpf_map_get_next_key.argtypes = [i32, vp, vp]
+    so.bpf_link_create.argtypes = [i32, i32, u32, vp]
+    so.bpf_link_update.argtypes = [i32, i32, vp]
+    so.bpf_prog_get_fd_by_id.argtypes = [u32]
     return so
 
 
@@ -153,7 +173,7 @@ def lookup_all(fd: int, key_size: int, value_size: int, capacity: int) -> dict[b
         count = ctypes.c_uint32(chunk)
         rc = lib().bpf_map_lookup_batch(fd, None if first else token_in, token_out, keys, values,
                                         ctypes.byref(count), None)
-        done = rc == -errno.ENOENT or (rc == -1 and ctypes.get_errno() == errno.ENOENT)
+        done = _raises_enoent(rc)
         if rc < 0 and not done:
             _check(rc, "batch lookup")
         n = count.value
@@ -178,3 +198,66 @@ def delete_batch(fd: int, keys: bytes, count: int) -> None:
         n = ctypes.c_uint32(count)
         _check(lib().bpf_map_delete_batch(fd, keys, ctypes.byref(n), None),
                f"batch delete ({n.value} of {count} deleted)")
+
+
+def _raises_enoent(rc: int) -> bool:
+    return rc == -errno.ENOENT or (rc == -1 and ctypes.get_errno() == errno.ENOENT)
+
+
+def lookup_elem(fd: int, key: bytes, value_size: int) -> bytes | None:
+    value = ctypes.create_string_buffer(value_size)
+    rc = lib().bpf_map_lookup_elem(fd, key, value)
+    if _raises_enoent(rc):
+        return None
+    _check(rc, "lookup")
+    return value.raw
+
+
+def update_elem(fd: int, key: bytes, value: bytes) -> None:
+    _check(lib().bpf_map_update_elem(fd, key, value, 0), "update")
+
+
+def delete_elem(fd: int, key: bytes) -> bool:
+    """False when the key was not there."""
+    rc = lib().bpf_map_delete_elem(fd, key)
+    if _raises_enoent(rc):
+        return False
+    _check(rc, "delete")
+    return True
+
+
+def lookup_each(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
+    """Every entry, one key at a time: for maps without batch operations (LPM tries)."""
+    out: dict[bytes, bytes] = {}
+    key = None
+    nxt = ctypes.create_string_buffer(key_size)
+    while True:
+        rc = lib().bpf_map_get_next_key(fd, key, nxt)
+        if _raises_enoent(rc):
+            return out
+        _check(rc, "next key")
+        key = nxt.raw
+        value = lookup_elem(fd, key, value_size)
+        if value is not None:  # deleted meanwhile
+            out[key] = value
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    return _check(lib().bpf_link_create(prog_fd, target_fd, attach_type, None), "link create")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Swap the link's program atomically (no moment without a program)."""
+    _check(lib().bpf_link_update(link_fd, prog_fd, None), "link update")
+
+
+def link_info(fd: int) -> BpfLinkInfo:
+    info = BpfLinkInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+           "link info")
+    return info
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return _check(lib().bpf_prog_get_fd_by_id(prog_id), f"program {prog_id}")

@@ -52,8 +52,13 @@ class PinnedTables:
         out: Observed = {}
         for spec in t.ALL_TABLES:
             fd = self.fds.get(spec.name)
-            out[spec.name] = {} if fd is None else libbpf.lookup_all(
-                fd, spec.key_size, spec.value_size, spec.max_entries)
+            if fd is None:
+                out[spec.name] = {}
+            elif spec.batch:
+                out[spec.name] = libbpf.lookup_all(fd, spec.key_size, spec.value_size,
+                                                   spec.max_entries)
+            else:
+                out[spec.name] = libbpf.lookup_each(fd, spec.key_size, spec.value_size)
         return out
 
     def complete(self) -> bool:
@@ -67,6 +72,19 @@ class PinnedTables:
         per_slot = libbpf.percpu_array_sums(fd, t.STATS_SLOTS)
         return {name: per_slot[i] for i, name in enumerate(t.STAT_NAMES)}
 
+    def steer_stats(self) -> dict[int, dict[str, int]]:
+        """PS_STATS by slot (0: every lookup) and counter name; slots never hit are left out."""
+        fd = self.fds.get(t.PS_STATS.name)
+        if fd is None:
+            return {}
+        raw = libbpf.percpu_array_sums(fd, t.PS_STATS.max_entries)
+        out: dict[int, dict[str, int]] = {}
+        for slot in range(t.MAX_PROXIES):
+            row = raw[slot * t.PS_COUNTERS:(slot + 1) * t.PS_COUNTERS]
+            if any(row) or slot == 0:
+                out[slot] = dict(zip(t.PS_STAT_NAMES, row, strict=True))
+        return out
+
     def apply(self, plan: Plan, deletes: bool | None = None) -> int:
         """Execute the plan's entry operations (only upserts or only deletes when asked) with
         one batch syscall per run of same-table operations."""
@@ -78,7 +96,13 @@ class PinnedTables:
             if fd is None:
                 raise KernelStateError(f"map {table} is not open for writing")
             keys = b"".join(op.key for op in ops)
-            if is_delete:
+            if not t.BY_NAME[table].batch:
+                for op in ops:
+                    if is_delete:
+                        libbpf.delete_elem(fd, op.key)
+                    else:
+                        libbpf.update_elem(fd, op.key, op.value or b"")
+            elif is_delete:
                 libbpf.delete_batch(fd, keys, len(ops))
             else:
                 libbpf.update_batch(fd, keys, b"".join(op.value or b"" for op in ops), len(ops))

@@ -1,4 +1,5 @@
-"""The TrueIngress TC programs: compiled with BCC against the pinned tables, tagged, loaded.
+"""The BPF programs (TrueIngress TC programs, the sk_lookup steering program): compiled with
+BCC against the pinned tables, tagged, loaded.
 
 A program's tag is computed from its instructions before loading (as the kernel does:
 SHA-256 since 6.18, SHA-1 before, over the instructions with map references zeroed), so an
@@ -19,6 +20,10 @@ from reconciler.kernel.bcc_env import ensure_kernel_source
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SOURCE = BPF_DIR / "trueingress.c"
+STEER_SOURCE = BPF_DIR / "steer.c"
+STEER_FUNCTION = "ps_dispatch"
+BPF_PROG_TYPE_SK_LOOKUP = 30
+BPF_SK_LOOKUP = 36  # expected attach type
 _LD_IMM64 = 0x18
 _PSEUDO_MAP_FD, _PSEUDO_MAP_VALUE = 1, 2
 
@@ -55,10 +60,11 @@ class Programs:
 
     def __init__(self, pin_root: Path) -> None:
         self.pin_root = pin_root
-        self._compiled: dict[ProgramConfig, Any] = {}
+        self._compiled: dict[ProgramConfig | str, Any] = {}
 
-    def _bpf(self, config: ProgramConfig) -> Any:
-        if config not in self._compiled:
+    def _compile(self, key: ProgramConfig | str, source: Path, flags: list[str],
+                 what: str) -> Any:
+        if key not in self._compiled:
             ensure_kernel_source()
             try:
                 from bcc import BPF
@@ -67,12 +73,28 @@ class Programs:
                     "BCC is not importable (Debian package python3-bpfcc); run "
                     "packaging/install.sh") from exc
             try:
-                self._compiled[config] = BPF(src_file=str(SOURCE).encode(),
-                                             cflags=cflags(self.pin_root, config))
+                self._compiled[key] = BPF(src_file=str(source).encode(), cflags=flags)
             except Exception as exc:
-                raise KernelStateError(f"compiling {SOURCE} ({config.describe()}) failed: "
-                                       f"{exc}") from exc
-        return self._compiled[config]
+                raise KernelStateError(f"compiling {source} ({what}) failed: {exc}") from exc
+        return self._compiled[key]
+
+    def _bpf(self, config: ProgramConfig) -> Any:
+        return self._compile(config, SOURCE, cflags(self.pin_root, config), config.describe())
+
+    def _steer(self) -> Any:
+        return self._compile("steer", STEER_SOURCE, [
+            f"-I{BPF_DIR}", f'-DPS_PIN_DIR="{self.pin_root}/maps/"'], "sk_lookup")
+
+    def steer_tags(self) -> frozenset[str]:
+        return program_tags(self._steer().dump_func(STEER_FUNCTION.encode()))
+
+    def load_steer(self) -> int:
+        """The loaded sk_lookup program's fd, owned by the compilation."""
+        try:
+            return self._steer().load_func(STEER_FUNCTION.encode(), BPF_PROG_TYPE_SK_LOOKUP,
+                                           attach_type=BPF_SK_LOOKUP).fd
+        except Exception as exc:
+            raise KernelStateError(f"loading {STEER_FUNCTION} failed: {exc}") from exc
 
     def tags(self, config: ProgramConfig, direction: str) -> frozenset[str]:
         return program_tags(self._bpf(config).dump_func(FUNCTIONS[direction].encode()))

@@ -1,0 +1,75 @@
+"""The sk_lookup link of port steering: whether it should exist, what exists, and the
+operation between them. Pure, like attach.py; kernel/links.py observes and executes.
+
+One link per pin root, in the Proxies' namespace, pinned at <pin root>/links/sk_lookup:<netns>
+so that steering outlives every process (as in Cloudflare's tubular). A changed program is
+swapped into the same link with BPF_LINK_UPDATE: no moment without steering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.attach import AttachAction, AttachPlan
+from reconciler.state import DesiredState
+
+LINK_PREFIX = "sk_lookup:"
+ORPHAN_OWNER = "Proxy/(steering link)"
+
+
+def pin_name(netns: str | None) -> str:
+    return LINK_PREFIX + (netns or "").replace("%", "%25").replace(".", "%2E")
+
+
+def netns_of(pin: str) -> str | None:
+    return pin.removeprefix(LINK_PREFIX).replace("%2E", ".").replace("%25", "%") or None
+
+
+@dataclass(frozen=True, slots=True)
+class SeenLink:
+    netns: str | None
+    link_id: int
+    tag: str | None  # of the program the link runs
+    alive: bool  # the link's namespace is the one named netns now (not deleted or recreated)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOperation:
+    action: AttachAction
+    netns: str | None
+    owner: str
+    reason: str
+    drift: bool = False
+
+    def describe(self) -> str:
+        return f"sk_lookup link in netns {self.netns or '(own)'}: ps_dispatch"
+
+
+def compute_link_plan(state: DesiredState, seen: list[SeenLink], tags: frozenset[str] | None,
+                      netns_exists: bool, plan: AttachPlan) -> list[LinkOperation]:
+    """tags: acceptable program tags, None when the program cannot be compiled yet."""
+    ops: list[LinkOperation] = []
+    want = bool(state.proxies)
+    netns = state.proxy_netns
+    owner = f"Proxy/{min(state.proxies)}" if want else ORPHAN_OWNER
+    current = None
+    for link in seen:
+        if want and link.netns == netns and link.alive and current is None:
+            current = link
+        else:
+            why = ("namespace deleted or recreated" if not link.alive else "no Proxy left"
+                   if not want else f"Proxies moved to netns {netns or '(own)'}")
+            ops.append(LinkOperation(AttachAction.DETACH, link.netns, ORPHAN_OWNER
+                                     if not want else owner, why))
+    if want and not netns_exists:
+        plan.waiting.append(f"{owner}: network namespace {netns} not found; steering not "
+                            f"attached")
+        return ops
+    if want and current is None:
+        ops.insert(0, LinkOperation(AttachAction.ATTACH, netns, owner, "declared in YAML"))
+    elif current is not None and tags is not None and current.tag not in tags:
+        ops.insert(0, LinkOperation(AttachAction.REPLACE, netns, owner,
+                                    "program changed (swapped in the same link)"))
+    elif current is not None:
+        plan.in_place += 1
+    return ops

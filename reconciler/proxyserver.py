@@ -1,0 +1,306 @@
+"""One proxy of the data path: accepts on its (steered) listener, picks a backend, relays.
+
+The listener is given (it belongs to the supervisor, which keeps it open across restarts of
+this process); configuration changes arrive through update() and apply to new connections
+only. Health checks, name resolution, idle and drain timeouts run as tasks of the same loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler import relay
+from reconciler.balancer import Pool, Target
+from reconciler.proxyconf import RuntimeConfig
+
+log = logging.getLogger("bpfsync.proxy")
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    proxied: int = 0  # connected to a backend
+    no_backend: int = 0  # closed at once: every backend down
+    connect_failed: int = 0
+    idle_closed: int = 0
+    drained: int = 0
+    reset: int = 0  # ended by an error on either side
+    bytes_in: int = 0  # client -> backend
+    bytes_out: int = 0
+
+
+@dataclass(eq=False)
+class Conn:
+    client: socket.socket
+    target: Target | None = None
+    backend: socket.socket | None = None
+    up: relay.Stream = field(default_factory=relay.Stream)
+    down: relay.Stream = field(default_factory=relay.Stream)
+    task: asyncio.Task[None] | None = None
+    closing_reason: str | None = None
+
+    def idle_for(self, now: float) -> float:
+        return now - max(self.up.last, self.down.last)
+
+
+def _addresses(infos: list[Any]) -> list[str]:
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return host.count(".") == 3
+
+
+class ProxyServer:
+    def __init__(self, listener: socket.socket, config: RuntimeConfig,
+                 pool: relay.BufferPool) -> None:
+        self.listener = listener
+        self.listener.setblocking(False)
+        self.config = config
+        self.buffers = pool
+        self.pool = Pool(config.health)
+        self.counters = Counters()
+        self.conns: set[Conn] = set()
+        self.resolved: dict[tuple[str, int], list[str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._checks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = False
+
+    # ----- life cycle
+    def start(self) -> None:
+        self._tasks = [asyncio.get_running_loop().create_task(self._run())]
+
+    async def _run(self) -> None:
+        await self._resolve_all()  # before accepting: hostnames need their first answer
+        self._set_targets()
+        log.info("proxy %s (slot %d) serving, backends: %s", self.config.name, self.config.slot,
+                 ", ".join(map(str, self.pool.targets)) or "none resolved")
+        await asyncio.gather(self._accept_loop(), self._resolve_loop(), self._sweep_loop())
+
+    def update(self, config: RuntimeConfig) -> None:
+        """New settings for new connections; established ones keep their backend."""
+        if config == self.config:
+            return
+        old = self.config
+        self.config = config
+        self.pool.health = config.health
+        if old.backends != config.backends:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._re_resolve()))
+        else:
+            self._set_targets()
+        log.info("proxy %s: configuration changed", config.name)
+
+    async def _re_resolve(self) -> None:
+        await self._resolve_all()
+        self._set_targets()
+
+    def close(self) -> None:
+        """Stop accepting (the listener itself is closed by its owner); established
+        connections run on until they end."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._checks.values():
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        with suppress(Exception):
+            loop.remove_reader(self.listener.fileno())
+        relay.close(self.listener)
+
+    # ----- backends
+    async def _resolve_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in self.config.backends:
+            if _is_address(host):
+                self.resolved[(host, port)] = [host]
+                continue
+            try:
+                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET,
+                                               type=socket.SOCK_STREAM)
+                addrs = _addresses(infos)
+                if addrs != self.resolved.get((host, port)):
+                    log.info("proxy %s: %s resolves to %s", self.config.name, host,
+                             ", ".join(addrs))
+                self.resolved[(host, port)] = addrs
+            except OSError as exc:
+                if (host, port) not in self.resolved:
+                    log.warning("proxy %s: cannot resolve %s: %s (kept out until it resolves)",
+                                self.config.name, host, exc)
+                    self.resolved[(host, port)] = []
+
+    def _set_targets(self) -> None:
+        wanted = [(h, p, a) for h, p in self.config.backends
+                  for a in self.resolved.get((h, p), [])]
+        now = time.monotonic()
+        removed = self.pool.set_targets(wanted, now)
+        for t in removed:
+            log.info("proxy %s: backend %s removed (%d connections draining)", self.config.name,
+                     t, t.active)
+        live = {t.key for t in self.pool.targets}
+        for key in list(self._checks):
+            if key not in live:
+                self._checks.pop(key).cancel()
+        if self.config.health.enabled and not self._closed:
+            loop = asyncio.get_running_loop()
+            for t in self.pool.targets:
+                if t.key not in self._checks:
+                    self._checks[t.key] = loop.create_task(self._check_loop(t))
+
+    async def _resolve_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resolve_interval)
+            if any(not _is_address(h) for h, _ in self.config.backends):
+                await self._re_resolve()
+
+    async def _check_loop(self, target: Target) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            h = self.config.health
+            ok = True
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (target.address, target.port)),
+                                       h.timeout_ms / 1000)
+            except (OSError, TimeoutError):
+                ok = False
+            finally:
+                relay.close(sock)
+            change = self.pool.record(target, ok)
+            if change:
+                log.warning("proxy %s: backend %s is %s", self.config.name, target, change)
+            await asyncio.sleep(h.interval_ms / 1000)
+
+    # ----- connections
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._room.wait()
+            client, _ = await loop.sock_accept(self.listener)
+            self.counters.accepted += 1
+            client.setblocking(False)
+            conn = Conn(client)
+            self.conns.add(conn)
+            if len(self.conns) >= self.config.max_connections:
+                self._room.clear()  # the rest wait in the listen queue
+            conn.task = loop.create_task(self._serve(conn))
+
+    async def _connect(self, conn: Conn) -> bool:
+        loop = asyncio.get_running_loop()
+        for _ in range(2):  # one retry on another backend
+            target = self.pool.pick()
+            if target is None:
+                return False
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (target.address, target.port)),
+                                       self.config.connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                relay.close(sock)
+                self.counters.connect_failed += 1
+                log.debug("proxy %s: connect to %s failed: %s", self.config.name, target, exc)
+                continue
+            conn.target, conn.backend = target, sock
+            target.active += 1
+            return True
+        return False
+
+    async def _serve(self, conn: Conn) -> None:
+        loop = asyncio.get_running_loop()
+        reset = False
+        try:
+            conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not await self._connect(conn):
+                self.counters.no_backend += 1
+                return
+            self.counters.proxied += 1
+            assert conn.backend is not None
+            up = loop.create_task(relay.pump(loop, conn.client, conn.backend, self.buffers,
+                                             conn.up))
+            up.add_done_callback(lambda t: self._on_up_done(conn, t))
+            try:
+                await relay.pump(loop, conn.backend, conn.client, self.buffers, conn.down)
+                await up
+            finally:
+                if not up.done():
+                    up.cancel()
+                    with suppress(asyncio.CancelledError, OSError):
+                        await up
+        except asyncio.CancelledError:
+            reset = conn.closing_reason is not None
+            if conn.closing_reason == "reset":
+                self.counters.reset += 1
+            elif conn.closing_reason == "idle":
+                self.counters.idle_closed += 1
+            elif conn.closing_reason == "drain":
+                self.counters.drained += 1
+        except OSError:
+            reset = True
+            self.counters.reset += 1
+        finally:
+            self.counters.bytes_in += conn.up.bytes
+            self.counters.bytes_out += conn.down.bytes
+            relay.close(conn.client, reset)
+            if conn.backend is not None:
+                relay.close(conn.backend, reset)
+            if conn.target is not None:
+                conn.target.active -= 1
+            self.conns.discard(conn)
+            if len(self.conns) < self.config.max_connections:
+                self._room.set()
+
+    @staticmethod
+    def _on_up_done(conn: Conn, task: asyncio.Task[None]) -> None:
+        """The client side failed while the backend side waits: end the connection now."""
+        if task.cancelled() or task.exception() is None:
+            return
+        if conn.task is not None and not conn.task.done() and conn.closing_reason is None:
+            conn.closing_reason = "reset"
+            conn.task.cancel()
+
+    async def _sweep_loop(self) -> None:
+        """Idle and drain timeouts: one pass a second over all connections, not a timer each."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.idle_timeout / 4))
+            now = time.monotonic()
+            drain = self.config.drain_timeout
+            for conn in list(self.conns):
+                reason = None
+                if conn.idle_for(now) > self.config.idle_timeout:
+                    reason = "idle"
+                elif (drain is not None and conn.target is not None
+                      and conn.target.removed_at is not None
+                      and now - conn.target.removed_at >= drain):
+                    reason = "drain"
+                if reason and conn.task is not None and conn.closing_reason is None:
+                    conn.closing_reason = reason
+                    conn.task.cancel()
+
+    # ----- reporting
+    def status(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "slot": self.config.slot, "active": len(self.conns), "accepted": c.accepted,
+            "proxied": c.proxied, "noBackend": c.no_backend, "connectFailed": c.connect_failed,
+            "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,
+            "bytesIn": c.bytes_in + sum(x.up.bytes for x in self.conns),
+            "bytesOut": c.bytes_out + sum(x.down.bytes for x in self.conns),
+            "backends": [{"backend": f"{t.host}:{t.port}", "address": t.address,
+                          "healthy": t.healthy, "active": t.active} for t in self.pool.targets],
+            "draining": [{"backend": f"{t.host}:{t.port}", "address": t.address,
+                          "active": t.active} for t in self.pool.draining if t.active],
+        }

@@ -1,0 +1,257 @@
+"""`bpfsync datapath`: the supervisor of the data-path worker, and holder of its listeners.
+
+The proxies' listening sockets belong to this process, not to the worker that accepts on
+them: they are created here (one per Proxy slot found in the pinned ps_proxy table),
+registered in the ps_sockets SOCKMAP (the sk_lookup program hands connections to them), and
+passed to each worker over a unix socket (SCM_RIGHTS). When the worker crashes or is killed,
+connections keep completing their handshake into the listen queue, and the next worker
+accepts them: no connection is refused across a restart. The worker is restarted with
+exponential backoff; a worker that keeps dying quickly is reported as a crash loop.
+
+`bpfsync run` embeds the same Supervisor.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import tables as t
+from reconciler.kernel import libbpf, netns
+
+log = logging.getLogger("bpfsync.supervisor")
+
+SO_COOKIE = 57
+IP_FREEBIND = 15
+LISTEN_BACKLOG = 4096
+TICK = 0.25  # new or removed Proxies are noticed within this
+BACKOFF_FIRST, BACKOFF_CAP = 0.2, 30.0
+STABLE_AFTER = 10.0  # a worker that lived this long resets the backoff
+CRASH_LOOP = 5  # consecutive quick deaths reported as a crash loop
+STOP_GRACE = 10.0
+
+
+def run_dir(pin_root: Path) -> Path:
+    """Where the data path writes its status: one directory per pin root."""
+    return Path("/run/bpfsync") / (str(pin_root).strip("/").replace("/", "-") or "root")
+
+
+def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
+    """slot -> configuration bytes of every Proxy in the pinned ps_proxy table."""
+    try:
+        fd = libbpf.obj_get(str(pin_root / "maps" / t.PROXY.name))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return {}
+        raise
+    try:
+        raw = libbpf.lookup_all(fd, t.PROXY.key_size, t.PROXY.value_size, t.PROXY.max_entries)
+    finally:
+        os.close(fd)
+    out = {}
+    for key, value in raw.items():
+        slot = struct.unpack("=I", key)[0]
+        if 0 < slot < t.MAX_PROXIES and t.stamp_ok(key, value):
+            out[slot] = t.proxy_config(value)
+    return out
+
+
+class Listeners:
+    """Listening sockets by slot, kept registered in ps_sockets."""
+
+    def __init__(self, pin_root: Path) -> None:
+        self.pin_root = pin_root
+        self.socks: dict[int, socket.socket] = {}
+
+    def _open(self, slot: int) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # lo may still be down
+        s.bind(("127.0.0.1", 0))
+        s.listen(LISTEN_BACKLOG)
+        log.info("listener for slot %d on %s:%d", slot, *s.getsockname())
+        return s
+
+    def sync(self, slots: set[int]) -> bool:
+        """Open missing listeners, close removed ones, re-register drifted ones; True when the
+        set of listeners changed."""
+        changed = False
+        for slot in sorted(set(self.socks) - slots):
+            log.info("closing listener for slot %d (Proxy removed)", slot)
+            self.socks.pop(slot).close()
+            changed = True
+        for slot in sorted(slots - set(self.socks)):
+            self.socks[slot] = self._open(slot)
+            changed = True
+        if self.socks:
+            self._register()
+        return changed
+
+    def _register(self) -> None:
+        try:
+            fd = libbpf.obj_get(str(self.pin_root / "maps" / t.SOCKETS.name))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            raise
+        try:
+            for slot, s in self.socks.items():
+                key = struct.pack("=I", slot)
+                cookie = struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+                have = libbpf.lookup_elem(fd, key, 8)
+                if have is None or struct.unpack("=Q", have)[0] != cookie:
+                    libbpf.update_elem(fd, key, struct.pack("=Q", s.fileno()))
+                    if have is not None:
+                        log.warning("slot %d held another socket; re-registered ours", slot)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+        self.socks.clear()
+
+
+@dataclass
+class WorkerState:
+    proc: subprocess.Popen[bytes] | None = None
+    control: socket.socket | None = None
+    started: float = 0.0
+    restarts: int = 0
+    quick_deaths: int = 0
+    next_start: float = 0.0
+    last_exit: str | None = None
+    history: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, pin_root: Path, netns_name: str | None,
+                 worker_cmd: list[str] | None = None) -> None:
+        self.pin_root = pin_root
+        self.netns = netns_name
+        self.listeners = Listeners(pin_root)
+        self.worker = WorkerState()
+        self.worker_cmd = worker_cmd or [sys.executable, "-m", "reconciler"]
+        self.status_dir = run_dir(pin_root)
+        self._stop = False
+
+    # ----- worker
+    def _spawn(self, now: float) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cmd = [*self.worker_cmd, "--pin-root", str(self.pin_root), "datapath", "--worker",
+               "--control-fd", str(child.fileno()), "--generation", str(self.worker.restarts)]
+        proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),))
+        child.close()
+        self.worker.proc, self.worker.control, self.worker.started = proc, parent, now
+        log.info("worker %d started%s", proc.pid,
+                 f" (restart {self.worker.restarts})" if self.worker.restarts else "")
+        self._send_listeners()
+
+    def _send_listeners(self) -> None:
+        w = self.worker
+        if w.control is None:
+            return
+        slots = sorted(self.listeners.socks)
+        msg = json.dumps({"slots": slots}).encode()
+        try:
+            socket.send_fds(w.control, [msg], [self.listeners.socks[s].fileno() for s in slots])
+        except OSError as exc:  # the worker is dying; the next one gets the set
+            log.debug("sending listeners failed: %s", exc)
+
+    def _reap(self, now: float) -> None:
+        w = self.worker
+        if w.proc is None or w.proc.poll() is None:
+            return
+        code = w.proc.returncode
+        w.last_exit = f"signal {-code}" if code < 0 else f"exit {code}"
+        lived = now - w.started
+        w.quick_deaths = 0 if lived >= STABLE_AFTER else w.quick_deaths + 1
+        delay = 0.0 if w.quick_deaths == 0 else min(
+            BACKOFF_CAP, BACKOFF_FIRST * 2 ** (w.quick_deaths - 1))
+        w.next_start = now + delay
+        w.restarts += 1
+        w.history = [*w.history, f"{time.strftime('%H:%M:%S')} {w.last_exit}"][-10:]
+        log.warning("worker %d died (%s after %.1fs); restarting in %.1fs%s", w.proc.pid,
+                    w.last_exit, lived, delay,
+                    " - crash loop" if w.quick_deaths >= CRASH_LOOP else "")
+        if w.control is not None:
+            w.control.close()
+        w.proc, w.control = None, None
+
+    def status(self) -> dict[str, Any]:
+        w = self.worker
+        return {"pid": os.getpid(), "workerPid": w.proc.pid if w.proc else None,
+                "restarts": w.restarts, "lastExit": w.last_exit,
+                "crashLoop": w.quick_deaths >= CRASH_LOOP, "recentExits": w.history,
+                "listeners": {str(s): sock.getsockname()[1]
+                              for s, sock in self.listeners.socks.items()}}
+
+    def _write_status(self) -> None:
+        with suppress(OSError):
+            self.status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.status_dir / "supervisor.json~"
+            tmp.write_text(json.dumps(self.status()))
+            tmp.replace(self.status_dir / "supervisor.json")
+
+    # ----- main loop
+    def tick(self, now: float) -> None:
+        try:
+            slots = set(read_proxy_slots(self.pin_root))
+        except OSError as exc:
+            log.warning("reading %s failed: %s", t.PROXY.name, exc)
+            slots = set(self.listeners.socks)
+        if self.listeners.sync(slots):
+            self._send_listeners()
+        self._reap(now)
+        if self.worker.proc is None and now >= self.worker.next_start and not self._stop:
+            self._spawn(now)
+        self._write_status()
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the sleep below
+        if self.netns:
+            netns.enter(self.netns)  # listeners and the worker live in the proxies' netns
+        log.info("data path supervisor started (pin root %s%s)", self.pin_root,
+                 f", netns {self.netns}" if self.netns else "")
+        try:
+            while not self._stop:
+                self.tick(time.monotonic())
+                time.sleep(TICK)
+        finally:
+            self._shutdown()
+        log.info("data path stopped; pinned maps, links and filters left in place")
+        return 0
+
+    def _shutdown(self) -> None:
+        w = self.worker
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+            try:
+                w.proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+        if w.control is not None:
+            w.control.close()
+        self.listeners.close()
+        with suppress(OSError):
+            (self.status_dir / "supervisor.json").unlink()
