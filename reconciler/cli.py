@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from reconciler.load import load_directory
 from reconciler.plan import PrunePolicy
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+STATUS_FRESH = 5.0  # seconds; an older data-path report means it is not running
 
 
 def _print_problems(problems: Sequence[Problem], stream=sys.stderr) -> None:
@@ -131,7 +133,17 @@ def _emit(args: argparse.Namespace, data: Any, empty: str,
 
 
 def _get_stats(args: argparse.Namespace) -> int:
-    stats = engine.read_stats(_pin_root(args))
+    root = _pin_root(args)
+    stats = engine.read_stats(root)
+    steer = engine.read_steer_stats(root)
+    if any(steer.get(0, {}).values()) or len(steer) > 1:
+        names = {d["spec"]["id"]: d["metadata"]["name"]
+                 for d in inventory.proxies(engine.read_observed(root), {}, None)}
+        for slot, counters in sorted(steer.items()):
+            who = "steering" if slot == 0 else f"proxy/{names.get(slot, f'slot-{slot}')}"
+            for name, value in counters.items():
+                if slot or name == "lookups":
+                    stats[f"{who}/{name}"] = value
     return _emit(args, stats, f"No counters in {_pin_root(args)} (nothing applied yet).",
                  lambda: [("COUNTER", "PACKETS"), *((k, str(v)) for k, v in stats.items())])
 
@@ -158,10 +170,45 @@ def _get_interfaces(args: argparse.Namespace) -> int:
           for d in docs)])
 
 
+def _datapath_status(pin_root: Path) -> dict[str, Any] | None:
+    """The running data path's last report (written every second), if it is fresh."""
+    from reconciler.supervisor import run_dir
+
+    try:
+        doc = json.loads((run_dir(pin_root) / "datapath.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if time.time() - doc.get("time", 0) < STATUS_FRESH else None
+
+
+def _get_proxies(args: argparse.Namespace) -> int:
+    root = _pin_root(args)
+    docs = inventory.proxies(engine.read_observed(root), engine.read_steer_stats(root),
+                             _datapath_status(root))
+
+    def rows() -> list[tuple[str, ...]]:
+        out = [("NAME", "ID", "PORTS", "DESTINATIONS", "BACKENDS", "STEERED", "ACTIVE",
+                "DATA PATH")]
+        for d in docs:
+            s, st = d["spec"], d["status"]
+            healthy = [b for b in st.get("backends", []) if b["healthy"]]
+            backends = (f"{len(healthy)}/{len(st['backends'])} healthy" if "backends" in st
+                        else f"{len(s['backends'])} declared")
+            out.append((d["metadata"]["name"], str(s["id"]), ",".join(map(str, s["ports"])),
+                        ",".join(s["destinations"]), backends,
+                        str(st["counters"]["steered"]), str(st.get("active", "-")),
+                        st["dataPath"]))
+        return out
+
+    return _emit(args, docs, f"No proxies in {root}.", rows)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     kind = args.kind.lower()
     if kind == "stats":
         return _get_stats(args)
+    if kind in ("proxy", "proxies"):
+        return _get_proxies(args)
     if kind in ("interface", "interfaces"):
         return _get_interfaces(args)
     observed = engine.read_observed(_pin_root(args))
@@ -238,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("get", help="show what the kernel holds, as resources")
     g.add_argument("kind", choices=["all", "tunnel", "tunnels", "service", "services",
-                                    "interface", "interfaces", "stats"], type=str.lower)
+                                    "interface", "interfaces", "proxy", "proxies", "stats"],
+                   type=str.lower)
     g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     g.add_argument("--keys-dir", help="write Service keys here as 0600 files (-o yaml/json)")
     g.set_defaults(func=cmd_get)

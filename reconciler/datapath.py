@@ -26,6 +26,7 @@ from reconciler.proxyserver import ProxyServer
 
 IP_FREEBIND = 15
 MAX_SLEEP = 1.0  # table changes are noticed within this
+STATUS_EVERY = 0.25  # seconds between reports in <run dir>/datapath.json
 DRAIN_ON_EXIT = 10.0  # seconds established connections get when the worker stops
 log = logging.getLogger("bpfsync.datapath")
 
@@ -193,7 +194,7 @@ class Worker:
                 tmp = self.status_path.with_name("datapath.json~")
                 tmp.write_text(json.dumps(self.status()))
                 tmp.replace(self.status_path)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(STATUS_EVERY)
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()

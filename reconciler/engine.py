@@ -49,6 +49,14 @@ def read_stats(pin_root: Path) -> dict[str, int]:
         tables.close()
 
 
+def read_steer_stats(pin_root: Path) -> dict[int, dict[str, int]]:
+    tables = open_tables(pin_root, create=False)
+    try:
+        return tables.steer_stats()
+    finally:
+        tables.close()
+
+
 def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None) -> at.AttachPlan:
     want = at.wanted(state.interfaces)
     seen = tc.observe(pin_root, [w.hook for w in want])

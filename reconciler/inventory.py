@@ -106,3 +106,66 @@ def _export_key(keys_dir: Path | None, name: str, key: Secret) -> str:
         f.write(text + "\n")
     os.chmod(path, 0o600)
     return str(path.resolve())
+
+
+def _port_ranges(ports: list[int]) -> list[int | str]:
+    """Sorted ports folded back into YAML's form: single ports, "A-B" ranges, "*"."""
+    out: list[int | str] = ["*"] if 0 in ports else []
+    run: list[int] = []
+    for p in sorted(x for x in ports if x):
+        if run and p == run[-1] + 1:
+            run.append(p)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [p]
+    if run:
+        out.append(run[0] if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return out
+
+
+def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]],
+            datapath: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Proxies from ps_proxy and ps_dest, with steering counters and, when a data path runs
+    for this pin root, its view (connections, backend health)."""
+    by_slot: dict[int, tuple[set[int], set[str]]] = {}
+    entries: dict[int, int] = {}
+    for key, value in observed.get(t.STEER.name, {}).items():
+        k, slot = t.decode_key(t.STEER.name, key), t.decode_value(t.STEER.name, value)["slot"]
+        entries[slot] = entries.get(slot, 0) + 1
+        ports, prefixes = by_slot.setdefault(slot, (set(), set()))
+        ports.add(0 if k["port"] == "*" else k["port"])
+        prefixes.add(k["prefix"])
+    live = (datapath or {}).get("proxies", {})
+    out = []
+    for key, value in sorted(observed.get(t.PROXY.name, {}).items()):
+        slot = t.decode_key(t.PROXY.name, key)["slot"]
+        try:
+            c = t.decode_value(t.PROXY.name, value)
+        except ValueError:
+            continue
+        ports, prefixes = by_slot.get(slot, (set(), set()))
+        h = c["health"]
+        spec: dict[str, Any] = {
+            "id": slot, "ports": _port_ranges(list(ports)), "destinations": sorted(prefixes),
+            "backends": c["backends"], "balance": c["balance"],
+            "healthCheck": {"enabled": h["enabled"], "intervalSeconds": h["intervalMs"] / 1000,
+                            "timeoutSeconds": h["timeoutMs"] / 1000, "rise": h["rise"],
+                            "fall": h["fall"]},
+            "connectTimeoutSeconds": c["connectTimeoutMs"] / 1000,
+            "idleTimeoutSeconds": c["idleTimeoutMs"] / 1000,
+            "maxConnections": c["maxConnections"], "resolveSeconds": c["resolveMs"] / 1000}
+        if c.get("drainTimeoutMs") is not None:
+            spec["drainTimeoutSeconds"] = c["drainTimeoutMs"] / 1000
+        counters = steer_stats.get(slot, dict.fromkeys(t.PS_STAT_NAMES, 0))
+        status: dict[str, Any] = {
+            "managed": t.stamp_ok(key, value),
+            "steering": {"entries": entries.get(slot, 0)},
+            "counters": {"lookups": counters["lookups"], "steered": counters["steered"],
+                         "noListener": counters["no_listener"],
+                         "assignError": counters["assign_error"]},
+            "dataPath": "running" if c["name"] in live else "not running"}
+        if c["name"] in live:
+            status.update(live[c["name"]])
+        out.append(_doc("Proxy", c["name"], spec, status))
+    return out

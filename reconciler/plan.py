@@ -98,7 +98,7 @@ def synthetic_owner(table: str, key: bytes, value: bytes) -> str:
         if table == t.STEER.name:
             return f"Proxy/(slot {t.decode_value(table, value)['slot']})"
         if table == t.PROXY.name:
-            return f"Proxy/{t.decode_value(table, value)['config']['name']}"
+            return f"Proxy/{t.decode_value(table, value)['name']}"
     except Exception:  # a foreign entry of the wrong size or content; still show it
         return "Proxy/(unknown)"
     if table in (t.TUNNEL.name, t.DECAP.name):

@@ -213,7 +213,9 @@ def decode_value(table: str, raw: bytes) -> dict[str, Any]:
     if table == STEER.name:
         return {"slot": _SLOT.unpack_from(raw)[0]}
     if table == PROXY.name:
-        return {"config": json.loads(proxy_config(raw))}
+        doc = json.loads(proxy_config(raw))
+        doc.pop("v", None)
+        return doc
     if table == ENCAP.name:
         tid, g, s, secret, _ = _SERVICE.unpack_from(raw)
         return {"tunnelId": tid, "groupId": g, "serviceId": s, "key": Secret(secret)}

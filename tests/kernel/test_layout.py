@@ -10,6 +10,7 @@ from reconciler import tables as t
 from reconciler.kernel.bcc_env import ensure_kernel_source
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "trueingress.h"
+STEER_HEADER = HEADER.with_name("steer.h")
 
 PROGRAM = f"""
 #include "{HEADER}"
@@ -44,7 +45,7 @@ def test_header_matches_python_layout() -> None:
 
     bpf = BPF(text=PROGRAM.encode())
     try:
-        for spec in t.PINNED:
+        for spec in (x for x in t.PINNED if x.name.startswith("ti_")):
             table = bpf[spec.name.encode()]
             if spec is t.STATS:
                 assert ctypes.sizeof(table.Leaf) == spec.value_size
@@ -76,5 +77,36 @@ def test_header_matches_python_layout() -> None:
         names = [line.split()[0].rstrip(",").removeprefix("TI_STAT_").lower()
                  for line in enum.splitlines()[1:] if line.strip().startswith("TI_STAT_")]
         assert names == list(t.STAT_NAMES)
+    finally:
+        bpf.cleanup()
+
+
+STEER_PROGRAM = f"""
+#include "{STEER_HEADER}"
+BPF_HASH(ps_dest, struct ps_dest_key, struct ps_dest, 4);
+BPF_ARRAY(counters, u32, PS_COUNTERS);
+int unused(void *ctx) {{ return 0; }}
+"""
+
+
+def test_steering_header_matches_python_layout() -> None:
+    ensure_kernel_source()
+    from bcc import BPF
+
+    bpf = BPF(text=STEER_PROGRAM.encode())
+    try:
+        table = bpf[b"ps_dest"]
+        assert ctypes.sizeof(table.Key) == t.STEER.key_size
+        assert ctypes.sizeof(table.Leaf) == t.STEER.value_size
+        assert {n: getattr(table.Key, n).offset for n, *_ in table.Key._fields_} == {
+            "prefixlen": 0, "proto": 4, "pad": 5, "port": 6, "addr": 8}
+        # The trie key Python writes: a /24 on port 8080 counts 32 + 24 bits.
+        key = table.Key.from_buffer_copy(t.steer_key(8080, "203.0.113.0", 24))
+        assert (key.prefixlen, key.proto, key.port, key.addr) == (
+            56, 6, 0x901F, 0x007100CB)  # port and address big-endian in memory
+        assert bpf[b"counters"].max_entries == t.PS_COUNTERS == len(t.PS_STAT_NAMES)
+        text = STEER_HEADER.read_text()
+        assert f"#define PS_MAX_DEST {t.MAX_STEER}" in text
+        assert f"#define PS_MAX_PROXIES {t.MAX_PROXIES}" in text
     finally:
         bpf.cleanup()

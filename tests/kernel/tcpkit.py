@@ -1,0 +1,181 @@
+"""TCP backends and clients for proxy tests, run inside a test namespace with
+`ip netns exec NS python3 tcpkit.py MODE ...`. Clients print one JSON line of results.
+
+Backend protocol: the client sends one header line, then a payload.
+  who\\n         -> "<backend name>\\n", close
+  echo\\n...     -> echoes everything until the client's EOF, then closes (half-close test)
+  down N\\n      -> N seeded bytes, then closes
+  hold\\n        -> one byte every 0.1 s until the client's EOF
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+
+CHUNK = 1 << 16
+
+
+def seeded(n: int) -> bytes:
+    """n deterministic bytes: a random block of odd length, repeated (so misplaced or lost
+    chunks change the checksum)."""
+    block = random.Random(n).randbytes(min(n, (1 << 20) + 7))
+    return (block * (n // len(block) + 1))[:n] if block else b""
+
+
+async def _backend(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        head = (await reader.readline()).decode().split()
+        if not head:
+            return
+        if head[0] == "who":
+            writer.write(f"{name}\n".encode())
+        elif head[0] == "echo":
+            while data := await reader.read(CHUNK):
+                writer.write(data)
+                await writer.drain()
+        elif head[0] == "down":
+            data = seeded(int(head[1]))
+            for i in range(0, len(data), CHUNK):
+                writer.write(data[i:i + CHUNK])
+                await writer.drain()
+        elif head[0] == "hold":
+            while True:
+                try:
+                    await asyncio.wait_for(reader.read(1), 0.1)
+                    break  # EOF or data: done
+                except TimeoutError:
+                    writer.write(b".")
+                    await writer.drain()
+        await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def serve(specs: list[str]) -> None:
+    servers = []
+    for spec in specs:
+        name, _, where = spec.partition("@")
+        host, port = where.rsplit(":", 1)
+        servers.append(await asyncio.start_server(
+            lambda r, w, n=name: _backend(n, r, w), host, int(port), reuse_address=True))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def _connect(host: str, port: int, timeout: float = 5.0) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def who(host: str, port: int) -> str:
+    with _connect(host, port) as s:
+        s.sendall(b"who\n")
+        out = b""
+        while chunk := s.recv(100):
+            out += chunk
+        return out.decode().strip()
+
+
+def cmd_who(host: str, ports: str, count: int) -> dict:
+    """count connections spread over ports "A-B" (or one port): backend names seen."""
+    first, _, last = ports.partition("-")
+    port_list = list(range(int(first), int(last or first) + 1))
+    names: dict[str, int] = {}
+    errors: list[str] = []
+    for i in range(count):
+        try:
+            n = who(host, port_list[i % len(port_list)])
+            names[n] = names.get(n, 0) + 1
+        except OSError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return {"names": names, "errors": errors}
+
+
+def cmd_stream(host: str, port: int, seconds: float, gap: float) -> dict:
+    """Connections one after another for `seconds`: every failure is recorded."""
+    deadline = time.monotonic() + seconds
+    names: dict[str, int] = {}
+    errors: list[str] = []
+    slowest = 0.0
+    n = 0
+    while time.monotonic() < deadline and n < 100000:
+        n += 1
+        t0 = time.monotonic()
+        try:
+            name = who(host, port)
+            names[name] = names.get(name, 0) + 1
+            if not name:
+                errors.append("empty reply")
+        except OSError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        slowest = max(slowest, time.monotonic() - t0)
+        time.sleep(gap)
+    return {"attempts": n, "names": names, "errors": errors, "slowest": slowest}
+
+
+def cmd_echo(host: str, port: int, size: int, seconds: float) -> dict:
+    """Send size seeded bytes (spread over `seconds`), half-close, read the echo to EOF
+    (read concurrently: an echo is a deadlock otherwise)."""
+    data = seeded(size)
+    got = bytearray()
+    with _connect(host, port, timeout=max(30.0, seconds * 3)) as s:
+
+        def read() -> None:
+            while chunk := s.recv(1 << 20):
+                got.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        s.sendall(b"echo\n")
+        steps = max(1, int(seconds * 20))
+        step = -(-size // steps)
+        for i in range(0, size, step):
+            s.sendall(data[i:i + step])
+            if seconds:
+                time.sleep(seconds / steps)
+        s.shutdown(socket.SHUT_WR)
+        reader.join()
+    return {"sent": size, "received": len(got),
+            "match": hashlib.sha256(got).digest() == hashlib.sha256(data).digest()}
+
+
+def cmd_down(host: str, port: int, size: int, pause: float) -> dict:
+    """Ask for size bytes, read nothing for `pause` seconds, then read all and check them."""
+    with _connect(host, port, timeout=30) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(f"down {size}\n".encode())
+        time.sleep(pause)
+        got = bytearray()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    return {"received": len(got), "match": bytes(got) == seeded(size)}
+
+
+def main() -> None:
+    mode, *a = sys.argv[1:]
+    if mode == "serve":
+        asyncio.run(serve(a))
+        return
+    if mode == "who":
+        out = cmd_who(a[0], a[1], int(a[2]))
+    elif mode == "stream":
+        out = cmd_stream(a[0], int(a[1]), float(a[2]), float(a[3]) if len(a) > 3 else 0.01)
+    elif mode == "echo":
+        out = cmd_echo(a[0], int(a[1]), int(a[2]), float(a[3]) if len(a) > 3 else 0.0)
+    elif mode == "down":
+        out = cmd_down(a[0], int(a[1]), int(a[2]), float(a[3]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
