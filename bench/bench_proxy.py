@@ -106,12 +106,13 @@ class Bench:
         sh(f"ip -n {self.ns} link set lo up")
         sh(f"ip -n {self.ns} route add local 203.0.113.0/24 dev lo")
         sh(f"ip -n {self.ns} addr add {BACKEND_IP}/32 dev lo")
+        sh(f"ip -n {self.ns} addr add {HAPROXY_VIP}/32 dev lo")
         srv = self.spawn(sys.executable, "-c", SERVER, *map(str, BACKEND))
         assert srv.stdout and srv.stdout.readline().strip() == "ready"
         self.spawn("iperf3", "-s", "-B", BACKEND_IP, "-p", "5201")
         cfg = self.tmp / "haproxy.cfg"
         cfg.write_text(f"""global
-    maxconn 20000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 5s
@@ -168,8 +169,12 @@ spec:
         return json.loads((run_dir(self.root) / "supervisor.json").read_text())["workerPid"]
 
     def iperf(self, host: str) -> float:
-        r = sh(f"ip netns exec {self.ns} iperf3 -c {host} -p 5201 -t {self.args.seconds} -J")
-        return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        r = sh(f"ip netns exec {self.ns} iperf3 -c {host} -p 5201 -t {self.args.seconds} -J",
+               check=False)
+        doc = json.loads(r.stdout)
+        if "error" in doc:
+            raise RuntimeError(f"iperf3 to {host}: {doc['error']}")
+        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
 
     def conn_rate(self, host: str, port: int) -> tuple[float, int]:
         per = self.args.connections // self.args.clients
