@@ -92,11 +92,26 @@ class Plan:
             yield group[0].table, group[0].action is Action.DELETE, group
 
 
-def synthetic_owner(table: str, key: bytes, value: bytes) -> str:
+def _proxy_names(observed: Observed) -> dict[int, str]:
+    """slot -> Proxy name, from the configurations the kernel holds."""
+    out = {}
+    for key, value in observed.get(t.PROXY.name, {}).items():
+        try:
+            out[t.decode_key(t.PROXY.name, key)["slot"]] = t.decode_value(
+                t.PROXY.name, value)["name"]
+        except Exception:  # a foreign or damaged entry names nothing
+            continue
+    return out
+
+
+def synthetic_owner(table: str, key: bytes, value: bytes,
+                    proxy_names: dict[int, str] | None = None) -> str:
     """Name under which `get` shows an entry that no YAML resource claims."""
     try:
         if table == t.STEER.name:
-            return f"Proxy/(slot {t.decode_value(table, value)['slot']})"
+            slot = t.decode_value(table, value)["slot"]
+            name = (proxy_names or {}).get(slot)
+            return f"Proxy/{name}" if name else f"Proxy/(slot {slot})"
         if table == t.PROXY.name:
             return f"Proxy/{t.decode_value(table, value)['name']}"
     except Exception:  # a foreign entry of the wrong size or content; still show it
@@ -135,6 +150,7 @@ def compute_plan(desired: DesiredTables, observed: Observed,
             reason = "changed outside bpfsync" if drift else "changed in YAML"
             plan.operations.append(Operation(
                 Action.UPDATE, spec.name, key, want[key], old, owners[key], reason, drift))
+    names = _proxy_names(observed) if observed.get(t.STEER.name) else {}
     for spec in DELETE_ORDER:
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
         for key in sorted(have.keys() - want.keys()):
@@ -142,6 +158,6 @@ def compute_plan(desired: DesiredTables, observed: Observed,
             drift = not t.stamp_ok(key, old)
             reason = "added outside bpfsync" if drift else "no longer in YAML"
             op = Operation(Action.DELETE, spec.name, key, None, old,
-                           synthetic_owner(spec.name, key, old), reason, drift)
+                           synthetic_owner(spec.name, key, old, names), reason, drift)
             (plan.operations if prune.allows(spec.kind) else plan.kept).append(op)
     return plan

@@ -23,6 +23,12 @@ IFACE = "apiVersion: bpfsync/v1\nkind: Interface\nmetadata: {name: up}\nspec:\n 
 NODE = IFACE.replace("name: up", "name: n").replace("eth0", "eth1").replace("gateway", "node")
 
 
+PROXY = ("apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\nspec:\n  id: 1\n"
+         "  ports: [80, \"8000-8009\"]\n  destinations: [203.0.113.0/24]\n"
+         "  backends: [\"192.0.2.10:8080\"]\n")
+API = PROXY.replace("name: web", "name: api").replace("id: 1", "id: 2")
+
+
 def sub(text: str, old: str, new: str) -> str:
     assert old in text, old
     return text.replace(old, new, 1)
@@ -46,6 +52,32 @@ CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
      "at most one of key or keyFrom", "a.yaml:6:3"),
     ("node-shared-backend", {"a.yaml": OK + "---\n" + service("api", sid=2, port=81) + "---\n" + NODE},
      "backend 198.51.100.20:8080/tcp (on a node", "a.yaml:32:12"),
+    ("proxy-bad-port", {"a.yaml": sub(PROXY, "[80,", "[80, 70000,")},
+     "a port is a number 1-65535", "a.yaml:6:15"),
+    ("proxy-reversed-range", {"a.yaml": sub(PROXY, "8000-8009", "8009-8000")},
+     "port range '8009-8000' must be FIRST-LAST", "a.yaml:6:15"),
+    ("proxy-host-bits", {"a.yaml": sub(PROXY, "203.0.113.0/24", "203.0.113.5/24")},
+     "did you mean 203.0.113.0/24?", "a.yaml:7:18"),
+    ("proxy-backend-port", {"a.yaml": sub(PROXY, "8080", "99999")},
+     "port must be 1-65535", "a.yaml:8:14"),
+    ("proxy-backend-no-port", {"a.yaml": sub(PROXY, ":8080", "")},
+     "does not match", "a.yaml:8:14"),
+    ("proxy-id-range", {"a.yaml": sub(PROXY, "id: 1", "id: 64")},
+     "64 is greater than the maximum of 63", "a.yaml:5:7"),
+    ("proxy-overlapping-ports", {"a.yaml": PROXY + "---\n" + sub(API, "[80, ", "[81, ")},
+     "ports 8000, 8001, 8002, 8003, 8004 ... on overlapping destinations are also steered by "
+     "Proxy/web", "a.yaml:15:10"),
+    ("proxy-duplicate-id", {"a.yaml": PROXY + "---\n" + sub(
+        sub(API, "id: 2", "id: 1"), "[80, \"8000-8009\"]", "[90]")},
+     "proxy id 1 is also claimed by Proxy/web", "a.yaml:14:7"),
+    ("proxy-netns-differs", {"a.yaml": PROXY + "---\n" + sub(
+        sub(API, "[80, \"8000-8009\"]", "[90]"), "  id: 2\n", "  id: 2\n  netns: other\n")},
+     "all Proxies of one pin root steer in one namespace", "a.yaml:15:10"),
+    ("proxy-check-timeout", {"a.yaml": PROXY + "  healthCheck: {intervalSeconds: 1, "
+                                               "timeoutSeconds: 2}\n"},
+     "the check timeout must not exceed its interval", "a.yaml:9:53"),
+    ("proxy-unknown-balance", {"a.yaml": PROXY + "  balance: leastconn\n"},
+     "'leastconn' is not one of ['round-robin']", "a.yaml:9:12"),
     ("unclosed-flow", {"a.yaml": "spec: [unclosed\n"}, "invalid YAML", "a.yaml:2:1"),
     ("tab-indent", {"a.yaml": "spec:\n\tid: 1\n"}, "invalid YAML", "a.yaml:2:1"),
     ("bad-indent", {"a.yaml": "a:\n  b: 1\n c: 2\n"}, "invalid YAML", "a.yaml:3:2"),

@@ -1,0 +1,122 @@
+"""Proxies in the pure core: compiled entries, minimal plans, the link planner, get's view."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler import proxyconf
+from reconciler import tables as t
+from reconciler.attach import AttachAction, AttachPlan
+from reconciler.desired import compile_tables
+from reconciler.inventory import _port_ranges, proxies
+from reconciler.links import SeenLink, compute_link_plan, netns_of, pin_name
+from reconciler.load import load_directory
+from reconciler.plan import Action, compute_plan
+from reconciler.state import DesiredState
+from tests.unit.helpers import write_tree
+
+PROXY = """\
+apiVersion: bpfsync/v1
+kind: Proxy
+metadata: {{name: {name}}}
+spec:
+  id: {id}
+  netns: blue
+  ports: {ports}
+  destinations: [203.0.113.0/24, 198.51.100.7]
+  backends: [{backends}]
+"""
+
+
+def load(tmp: Path, **docs: str) -> DesiredState:
+    return load_directory(write_tree(tmp, {f"{k}.yaml": v for k, v in docs.items()}))
+
+
+def doc(name: str = "web", pid: int = 1, ports: str = '[80, "8000-8002", "*"]',
+        backends: str = '"192.0.2.10:8080", "app.internal:8080"') -> str:
+    return PROXY.format(name=name, id=pid, ports=ports, backends=backends)
+
+
+def test_entries_per_port_and_prefix_with_wildcard(tmp_path: Path) -> None:
+    state = load(tmp_path, web=doc())
+    p = state.proxies["web"]
+    assert [str(r) for r in p.ports] == ["*", "80", "8000-8002"]
+    desired = compile_tables(state)
+    steer = desired.entries[t.STEER.name]
+    assert len(steer) == 5 * 2  # (wildcard + 4 ports) x 2 prefixes
+    key = t.steer_key(0, "198.51.100.7", 32)
+    assert key in steer and t.decode_key(t.STEER.name, key) == {
+        "port": "*", "protocol": "tcp", "prefix": "198.51.100.7/32"}
+    assert t.decode_value(t.STEER.name, steer[key]) == {"slot": 1}
+    config = desired.entries[t.PROXY.name][t.slot_key(1)]
+    assert len(config) == t.PROXY_CONFIG_SIZE and t.stamp_ok(t.slot_key(1), config)
+    rc = proxyconf.decode(1, t.proxy_config(config))
+    assert rc.backends == (("192.0.2.10", 8080), ("app.internal", 8080))
+    assert (rc.connect_timeout, rc.max_connections, rc.drain_timeout) == (5.0, 10000, None)
+
+
+def test_backend_change_is_one_write_and_ports_change_only_their_entries(tmp_path: Path) -> None:
+    before = compile_tables(load(tmp_path / "a", web=doc()))
+    observed = {name: dict(entries) for name, entries in before.entries.items()}
+    after = compile_tables(load(tmp_path / "b", web=doc(backends='"192.0.2.11:8080"')))
+    plan = compute_plan(after, observed)
+    assert [(op.action, op.table) for op in plan.operations] == [(Action.UPDATE, t.PROXY.name)]
+    after = compile_tables(load(tmp_path / "c", web=doc(ports='[80, "8000-8003", "*"]')))
+    plan = compute_plan(after, observed)
+    assert [(op.action, op.table) for op in plan.operations] == [
+        (Action.CREATE, t.STEER.name)] * 2
+
+
+def test_removal_deletes_steering_before_the_configuration(tmp_path: Path) -> None:
+    observed = {n: dict(e) for n, e in compile_tables(load(tmp_path, web=doc())).entries.items()}
+    plan = compute_plan(compile_tables(DesiredState()), observed)
+    tables = [op.table for op in plan.operations]
+    assert tables.index(t.PROXY.name) > max(i for i, x in enumerate(tables) if x == t.STEER.name)
+    assert {op.resource for op in plan.operations} == {"Proxy/web"}
+
+
+def test_link_plan() -> None:
+    state = DesiredState()
+    assert compute_link_plan(state, [], None, True, AttachPlan()) == []
+    gone = [SeenLink("blue", 7, "aa", True)]
+    [op] = compute_link_plan(state, gone, None, True, AttachPlan())
+    assert (op.action, op.reason) == (AttachAction.DETACH, "no Proxy left")
+
+
+def test_link_plan_with_a_proxy(tmp_path: Path) -> None:
+    state = load(tmp_path, web=doc())
+    [op] = compute_link_plan(state, [], frozenset({"aa"}), True, AttachPlan())
+    assert (op.action, op.netns, op.owner) == (AttachAction.ATTACH, "blue", "Proxy/web")
+    plan = AttachPlan()
+    assert compute_link_plan(state, [SeenLink("blue", 7, "aa", True)], frozenset({"aa"}), True,
+                             plan) == [] and plan.in_place == 1
+    [op] = compute_link_plan(state, [SeenLink("blue", 7, "bb", True)], frozenset({"aa"}), True,
+                             AttachPlan())
+    assert op.action is AttachAction.REPLACE
+    # The namespace was deleted and made again: the old link is dead, a new one is made.
+    ops = compute_link_plan(state, [SeenLink("blue", 7, "aa", False)], frozenset({"aa"}), True,
+                            AttachPlan())
+    assert [o.action for o in ops] == [AttachAction.ATTACH, AttachAction.DETACH]
+    plan = AttachPlan()
+    assert compute_link_plan(state, [], None, False, plan) == []
+    assert "network namespace blue not found" in plan.waiting[0]
+
+
+def test_pin_names_escape_dots() -> None:
+    assert pin_name("a.b") == "sk_lookup:a%2Eb" and netns_of(pin_name("a.b")) == "a.b"
+    assert netns_of(pin_name(None)) is None
+
+
+def test_get_folds_ports_back() -> None:
+    assert _port_ranges([0, 80, 8000, 8001, 8002, 9000]) == ["*", 80, "8000-8002", 9000]
+
+
+def test_get_proxies_from_tables(tmp_path: Path) -> None:
+    desired = compile_tables(load(tmp_path, web=doc()))
+    [d] = proxies(desired.entries, {1: {"lookups": 3, "steered": 2, "no_listener": 1,
+                                        "assign_error": 0}}, None)
+    assert d["metadata"]["name"] == "web"
+    assert d["spec"]["ports"] == ["*", 80, "8000-8002"]
+    assert d["spec"]["destinations"] == ["198.51.100.7/32", "203.0.113.0/24"]
+    assert d["status"]["steering"] == {"entries": 10}
+    assert d["status"]["counters"]["noListener"] == 1 and d["status"]["dataPath"] == "not running"
