@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The demo, in two parts, as root after packaging/install.sh:
+# The demo, in three parts, as root after packaging/install.sh:
 #  1. examples/quickstart: validate -> diff -> apply -> get -> diff (in sync), maps only.
 #  2. examples/gue: a live GUE tunnel between two network namespaces (gateway, node) plus a
 #     client namespace, configured only by YAML: apply both ends, start the node's data path
 #     (pings), fetch a page through the tunnel, show what the kernel holds and counted.
+#  3. examples/proxy: port steering in a namespace: many ports, one listener, three backends
+#     in round-robin; one backend is stopped and taken out by its health check.
 # Everything (pin roots, namespaces, processes) is removed at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,16 +14,17 @@ dir="$here/examples/quickstart"
 export BPFSYNC_PIN_ROOT="/sys/fs/bpf/bpfsync-demo-$$"
 gw_root="/sys/fs/bpf/bpfsync-demo-gw-$$"
 node_root="/sys/fs/bpf/bpfsync-demo-node-$$"
+proxy_root="/sys/fs/bpf/bpfsync-demo-proxy-$$"
 pids=()
 dp_log=$(mktemp)
-cleanup_ns() { for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node; do
+cleanup_ns() { for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node bpfsync-demo-proxy; do
   ip netns del "$ns" 2>/dev/null || true; done; }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -f "$dp_log"
   cleanup_ns
-  rm -rf "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root"
+  rm -rf "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root" "$proxy_root"
 }
 trap cleanup EXIT
 
@@ -90,5 +93,42 @@ run "$bpfsync" --pin-root "$gw_root" get interfaces
 run "$bpfsync" --pin-root "$gw_root" get stats
 step "$bpfsync --pin-root $gw_root diff examples/gue/gateway   # learned remote is not drift"
 "$bpfsync" --pin-root "$gw_root" diff examples/gue/gateway
+
+printf '\n\033[1m== Part 3: a port-steering proxy (examples/proxy) ==\033[0m\n'
+ip netns add bpfsync-demo-proxy
+ip -n bpfsync-demo-proxy link set lo up
+ip -n bpfsync-demo-proxy route add local 203.0.113.0/24 dev lo   # the steered addresses
+backends=()
+for i in 11 12 13; do
+  ip -n bpfsync-demo-proxy addr add "192.0.2.$i/32" dev lo
+  mkdir -p "/tmp/bpfsync-demo-$$-$i" && echo "backend 192.0.2.$i" >"/tmp/bpfsync-demo-$$-$i/index.html"
+  ip netns exec bpfsync-demo-proxy /usr/bin/python3 -m http.server 8080 --bind "192.0.2.$i" \
+    --directory "/tmp/bpfsync-demo-$$-$i" >/dev/null 2>&1 &
+  pids+=($!); backends+=($!)
+done
+run "$bpfsync" --pin-root "$proxy_root" apply -q examples/proxy
+step "$bpfsync --pin-root $proxy_root datapath --netns bpfsync-demo-proxy &"
+"$bpfsync" --pin-root "$proxy_root" datapath --netns bpfsync-demo-proxy >"$dp_log" 2>&1 &
+pids+=($!)
+fetch() { ip netns exec bpfsync-demo-proxy /usr/bin/python3 - "$@" <<'PY'
+import sys, urllib.request
+for i, port in enumerate(sys.argv[1:]):
+    url = f"http://203.0.113.{20 + i}:{port}/"
+    body = urllib.request.urlopen(url, timeout=5).read().decode().strip()
+    print(f"  GET {url:28} -> {body}")
+PY
+}
+for _ in $(seq 50); do
+  [[ "$("$bpfsync" --pin-root "$proxy_root" get proxies)" == *running* ]] && break; sleep 0.2
+done
+step "GET six steered addresses and ports   # one listener, round-robin over 3 backends"
+fetch 80 8000 8003 8009 80 8005
+kill "${backends[1]}"; wait "${backends[1]}" 2>/dev/null || true
+step "# backend 192.0.2.12 stopped; its health check takes it out within fall x interval"
+sleep 3
+fetch 80 8001 8002 80
+run "$bpfsync" --pin-root "$proxy_root" get proxies
+run "$bpfsync" --pin-root "$proxy_root" get stats
+rm -rf /tmp/bpfsync-demo-$$-*
 printf '\nDemo done; namespaces, pin roots and processes are removed on exit.\n'
 

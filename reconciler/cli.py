@@ -145,7 +145,7 @@ def _get_stats(args: argparse.Namespace) -> int:
                 if slot or name == "lookups":
                     stats[f"{who}/{name}"] = value
     return _emit(args, stats, f"No counters in {_pin_root(args)} (nothing applied yet).",
-                 lambda: [("COUNTER", "PACKETS"), *((k, str(v)) for k, v in stats.items())])
+                 lambda: [("COUNTER", "COUNT"), *((k, str(v)) for k, v in stats.items())])
 
 
 def _get_interfaces(args: argparse.Namespace) -> int:

@@ -217,6 +217,8 @@ class Worker:
             while time.monotonic() < deadline and any(s.conns for s in self.servers.values()):
                 await asyncio.sleep(0.1)
         self.pinger.close()
+        with suppress(OSError):
+            self.status_path.unlink()
 
 
 def run_worker(pin_root: Path, control_fd: int, generation: int) -> int:

@@ -255,3 +255,5 @@ class Supervisor:
         self.listeners.close()
         with suppress(OSError):
             (self.status_dir / "supervisor.json").unlink()
+        with suppress(OSError):
+            self.status_dir.rmdir()  # only when the worker removed its report too
