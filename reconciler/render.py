@@ -17,6 +17,7 @@ from reconciler.state import DesiredState
 SENSITIVE = "(sensitive)"
 SENSITIVE_CHANGED = "(sensitive value changed)"
 JSON_FORMAT_VERSION = 1
+MAX_STEER_LINES = 20  # steering entries shown per resource in text diffs
 
 
 def _fields(table: str, value: bytes | None) -> dict[str, Any] | None:
@@ -123,9 +124,19 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> 
     files = _origins(state)
     lines: list[str] = []
     by_resource: dict[str, list[str]] = {}
+    steering: dict[str, int] = {}
     for op in plan.operations:
-        if not op.drift:
-            by_resource.setdefault(op.resource, []).extend(_op_line(op))
+        if op.drift:
+            continue
+        if op.table == t.STEER.name:  # a port range is thousands of entries: show a few
+            steering[op.resource] = steering.get(op.resource, 0) + 1
+            if steering[op.resource] > MAX_STEER_LINES:
+                continue
+        by_resource.setdefault(op.resource, []).extend(_op_line(op))
+    for resource, n in steering.items():
+        if n > MAX_STEER_LINES:
+            by_resource[resource].append(
+                f"  ... and {n - MAX_STEER_LINES} more {t.STEER.name} entries (-o json lists all)")
     for aop in _attach_ops(plan):
         by_resource.setdefault(aop.owner, []).append(_attach_line(aop))
     for resource, op_lines in by_resource.items():

@@ -120,3 +120,14 @@ def test_get_proxies_from_tables(tmp_path: Path) -> None:
     assert d["spec"]["destinations"] == ["198.51.100.7/32", "203.0.113.0/24"]
     assert d["status"]["steering"] == {"entries": 10}
     assert d["status"]["counters"]["noListener"] == 1 and d["status"]["dataPath"] == "not running"
+
+
+def test_text_diff_abbreviates_port_ranges(tmp_path: Path) -> None:
+    from reconciler.render import plan_text
+
+    state = load(tmp_path, web=doc(ports='["1000-1999"]'))
+    plan = compute_plan(compile_tables(state), {})
+    text = plan_text(plan, "dir", state)
+    assert text.count("+ ps_dest") == 20
+    assert "... and 1980 more ps_dest entries (-o json lists all)" in text
+    assert "Plan: 2001 to create" in text
