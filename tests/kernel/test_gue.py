@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.supervisor import run_dir
 from tests.kernel.conftest import BPFFS, bpfsync
 from tests.kernel.topology import (
     BACKEND,
@@ -73,8 +74,9 @@ def gue(tmp_path: Path) -> Iterator[Gue]:
         try:
             yield g
         finally:
-            shutil.rmtree(g.gw_root, ignore_errors=True)
-            shutil.rmtree(g.node_root, ignore_errors=True)
+            for root in (g.gw_root, g.node_root):
+                shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(run_dir(root), ignore_errors=True)  # a killed data path's status
 
 
 def wait_until(check: Callable[[], Any], seconds: float = 10) -> Any:

@@ -203,13 +203,13 @@ def test_round_robin_is_even_and_health_checks_take_backends_out_and_back(pn: Pr
     # Every backend down: each connection is closed at once, and counted.
     for name in ("b1", "b2", "b3"):
         pn.stop_backend(name)
-    wait_until(lambda: not any(pn.healthy().values()), 5, 0.05)
+    wait_until(lambda: pn.healthy() and not any(pn.healthy().values()), 5, 0.05)
     t0 = time.monotonic()
     r = pn.client("who", VIP, 80, 20)
     assert time.monotonic() - t0 < 5
     assert r["names"] in ({}, {"": 20}) or sum(r["names"].values()) + len(r["errors"]) == 20
     assert "b1" not in r["names"]
-    assert pn.status()["noBackend"] >= 20
+    wait_until(lambda: pn.status()["noBackend"] >= 20, 5)
 
 
 def test_half_close_large_transfer_slow_reader_and_connection_limit(pn: ProxyNet) -> None:
@@ -275,7 +275,11 @@ def test_kill_9_of_the_worker_refuses_no_connection(pn: ProxyNet) -> None:
         wait_until(lambda p=pid: pn.worker_pid() not in (None, p), 10, 0.05)
         time.sleep(1)
     s = json.loads(stream.communicate(timeout=60)[0])
-    assert s["errors"] == [], s["errors"][:5]
+    # Nothing is refused: the listener outlives the worker, connections made while no worker
+    # runs wait in its queue. Only the connection being relayed at the moment of a kill dies
+    # with the worker that held it (at most one per kill: the client is sequential).
+    assert not [e for e in s["errors"] if "Refused" in e], s["errors"]
+    assert len(s["errors"]) <= 2 and all("reset" in e or "Broken" in e for e in s["errors"]), s
     assert s["attempts"] > 100 and set(s["names"]) == {"b1", "b2", "b3"}
     sup = json.loads((run_dir(pn.root) / "supervisor.json").read_text())
     assert sup["restarts"] == 2 and sup["workerPid"] != first
