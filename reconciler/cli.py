@@ -49,8 +49,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"warning: on this host: {w}", file=sys.stderr)
         except (OSError, BpfsyncError):
             pass  # validation never depends on this host's devices
-    print(f"{args.directory}: valid ({len(state.tunnels)} tunnels, {len(state.services)} "
-          f"services, {len(state.interfaces)} interfaces in {state.files} files)")
+    counts = [f"{len(state.tunnels)} tunnels", f"{len(state.services)} services",
+              f"{len(state.interfaces)} interfaces"]
+    if state.proxies:
+        counts.append(f"{len(state.proxies)} proxies")
+    print(f"{args.directory}: valid ({', '.join(counts)} in {state.files} files)")
     return EXIT_OK
 
 
