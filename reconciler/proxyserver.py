@@ -20,11 +20,13 @@ from reconciler.balancer import Pool, Target
 from reconciler.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")
+ACCEPT_BACKOFF = 0.1  # seconds after a failed accept (out of file descriptors, say)
 
 
 @dataclass
 class Counters:
     accepted: int = 0
+    accept_errors: int = 0
     proxied: int = 0  # connected to a backend
     no_backend: int = 0  # closed at once: every backend down
     connect_failed: int = 0
@@ -188,7 +190,13 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         while True:
             await self._room.wait()
-            client, _ = await loop.sock_accept(self.listener)
+            try:
+                client, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:  # EMFILE, ENOBUFS, an aborted handshake: never stop
+                self.counters.accept_errors += 1
+                log.warning("proxy %s: accept failed: %s", self.config.name, exc)
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
             self.counters.accepted += 1
             client.setblocking(False)
             conn = Conn(client)
@@ -295,6 +303,7 @@ class ProxyServer:
         c = self.counters
         return {
             "slot": self.config.slot, "active": len(self.conns), "accepted": c.accepted,
+            "acceptErrors": c.accept_errors,
             "proxied": c.proxied, "noBackend": c.no_backend, "connectFailed": c.connect_failed,
             "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,
             "bytesIn": c.bytes_in + sum(x.up.bytes for x in self.conns),
