@@ -279,7 +279,9 @@ def test_kill_9_of_the_worker_refuses_no_connection(pn: ProxyNet) -> None:
     # runs wait in its queue. Only the connection being relayed at the moment of a kill dies
     # with the worker that held it (at most one per kill: the client is sequential).
     assert not [e for e in s["errors"] if "Refused" in e], s["errors"]
-    assert len(s["errors"]) <= 2 and all("reset" in e or "Broken" in e for e in s["errors"]), s
+    # (its sockets are closed by the kernel: the client sees a reset or an early EOF)
+    assert len(s["errors"]) <= 2 and all(
+        "reset" in e or "Broken" in e or e == "empty reply" for e in s["errors"]), s
     assert s["attempts"] > 100 and set(s["names"]) == {"b1", "b2", "b3"}
     sup = json.loads((run_dir(pn.root) / "supervisor.json").read_text())
     assert sup["restarts"] == 2 and sup["workerPid"] != first
