@@ -111,8 +111,9 @@ def cmd_stream(host: str, port: int, seconds: float, gap: float) -> dict:
         t0 = time.monotonic()
         try:
             name = who(host, port)
-            names[name] = names.get(name, 0) + 1
-            if not name:
+            if name:
+                names[name] = names.get(name, 0) + 1
+            else:
                 errors.append("empty reply")
         except OSError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
