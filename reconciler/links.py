@@ -65,11 +65,12 @@ def compute_link_plan(state: DesiredState, seen: list[SeenLink], tags: frozenset
         plan.waiting.append(f"{owner}: network namespace {netns} not found; steering not "
                             f"attached")
         return ops
+    # Detaches come first: a dead link may hold the pin name the new one takes.
     if want and current is None:
-        ops.insert(0, LinkOperation(AttachAction.ATTACH, netns, owner, "declared in YAML"))
+        ops.append(LinkOperation(AttachAction.ATTACH, netns, owner, "declared in YAML"))
     elif current is not None and tags is not None and current.tag not in tags:
-        ops.insert(0, LinkOperation(AttachAction.REPLACE, netns, owner,
-                                    "program changed (swapped in the same link)"))
+        ops.append(LinkOperation(AttachAction.REPLACE, netns, owner,
+                                 "program changed (swapped in the same link)"))
     elif current is not None:
         plan.in_place += 1
     return ops

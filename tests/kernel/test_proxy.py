@@ -333,3 +333,24 @@ def test_steering_survives_the_data_path_and_fails_closed_without_it(pn: ProxyNe
     assert bpfsync("diff", str(pn.dir), pin_root=pn.root).returncode == 0
     pn.start_datapath()
     assert pn.client("who", VIP, 80, 3)["errors"] == []
+
+
+def test_namespace_recreated_gets_a_new_link(pn: ProxyNet) -> None:
+    pn.write(proxy_doc(ports="[80]"))
+    pn.apply()
+    for p in list(pn.backends):
+        pn.stop_backend(p)
+    sh(f"ip netns del {pn.ns}")
+    pn.setup()  # same name, new namespace: the pinned link points at a dead one
+    r = bpfsync("diff", str(pn.dir), pin_root=pn.root)
+    assert r.returncode == 2 and "namespace deleted or recreated" in r.stdout, r.stdout
+    out = pn.apply()
+    assert "1 attachment" not in out and "2 attachment changes" in out
+    assert bpfsync("diff", str(pn.dir), pin_root=pn.root).returncode == 0
+    assert [e for e in bpffs_entries(pn.root) if e.startswith("links/")] == [
+        f"links/sk_lookup:{pn.ns}"]
+    # Steering is live in the new namespace: with no data path, the connection is refused
+    # by the program (counted), not by the normal lookup.
+    before = pn.status()["counters"]["noListener"]
+    assert "ConnectionRefusedError" in pn.client("who", VIP, 80, 1)["errors"][0]
+    assert pn.status()["counters"]["noListener"] == before + 1

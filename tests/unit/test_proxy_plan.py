@@ -93,10 +93,11 @@ def test_link_plan_with_a_proxy(tmp_path: Path) -> None:
     [op] = compute_link_plan(state, [SeenLink("blue", 7, "bb", True)], frozenset({"aa"}), True,
                              AttachPlan())
     assert op.action is AttachAction.REPLACE
-    # The namespace was deleted and made again: the old link is dead, a new one is made.
+    # The namespace was deleted and made again: the old link is dead, a new one is made
+    # (after the dead one's pin, which has the same name, is removed).
     ops = compute_link_plan(state, [SeenLink("blue", 7, "aa", False)], frozenset({"aa"}), True,
                             AttachPlan())
-    assert [o.action for o in ops] == [AttachAction.ATTACH, AttachAction.DETACH]
+    assert [o.action for o in ops] == [AttachAction.DETACH, AttachAction.ATTACH]
     plan = AttachPlan()
     assert compute_link_plan(state, [], None, False, plan) == []
     assert "network namespace blue not found" in plan.waiting[0]
