@@ -39,21 +39,22 @@ class Hook:
     def pin_name(self) -> str:
         """File name of the program pin. ':' cannot occur in device or netns names; '.' can
         (eth0.100) but bpffs refuses it in names, so it is escaped, as is the escape."""
-        return f"{_escape(self.device)}:{_escape(self.netns or '')}:{self.direction}"
+        return f"{escape_pin(self.device)}:{escape_pin(self.netns or '')}:{self.direction}"
 
     @classmethod
     def from_pin_name(cls, name: str) -> Hook | None:
         parts = name.split(":")
         if len(parts) != 3 or parts[2] not in DIRECTIONS or not parts[0]:
             return None
-        return cls(_unescape(parts[0]), _unescape(parts[1]) or None, parts[2])
+        return cls(unescape_pin(parts[0]), unescape_pin(parts[1]) or None, parts[2])
 
 
-def _escape(name: str) -> str:
+def escape_pin(name: str) -> str:
+    """A name as a bpffs file name: '.' is refused there, so it is escaped (and the escape)."""
     return name.replace("%", "%25").replace(".", "%2E")
 
 
-def _unescape(name: str) -> str:
+def unescape_pin(name: str) -> str:
     return name.replace("%2E", ".").replace("%25", "%")
 
 

@@ -8,7 +8,6 @@ changes without a restart. It never writes a map.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
@@ -42,11 +41,8 @@ class Pinger:
         self._errors_logged: set[tuple[int, int]] = set()
 
     def read(self) -> dict[int, pinger.PingTarget]:
-        try:
-            fd = libbpf.obj_get(str(self.pin))
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        fd = libbpf.obj_get_if_pinned(str(self.pin))
+        if fd is None:
             if not self._missing_logged:
                 log.info("waiting for %s (created by the first bpfsync apply)", self.pin)
                 self._missing_logged = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.attach import AttachAction, AttachPlan
+from reconciler.attach import AttachAction, AttachPlan, escape_pin, unescape_pin
 from reconciler.state import DesiredState
 
 LINK_PREFIX = "sk_lookup:"
@@ -18,11 +18,11 @@ ORPHAN_OWNER = "Proxy/(steering link)"
 
 
 def pin_name(netns: str | None) -> str:
-    return LINK_PREFIX + (netns or "").replace("%", "%25").replace(".", "%2E")
+    return LINK_PREFIX + escape_pin(netns or "")
 
 
 def netns_of(pin: str) -> str | None:
-    return pin.removeprefix(LINK_PREFIX).replace("%2E", ".").replace("%25", "%") or None
+    return unescape_pin(pin.removeprefix(LINK_PREFIX)) or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ exponential backoff; a worker that keeps dying quickly is reported as a crash lo
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -50,12 +49,9 @@ def run_dir(pin_root: Path) -> Path:
 
 def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
     """slot -> configuration bytes of every Proxy in the pinned ps_proxy table."""
-    try:
-        fd = libbpf.obj_get(str(pin_root / "maps" / t.PROXY.name))
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return {}
-        raise
+    fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / t.PROXY.name))
+    if fd is None:
+        return {}
     try:
         raw = libbpf.lookup_all(fd, t.PROXY.key_size, t.PROXY.value_size, t.PROXY.max_entries)
     finally:
@@ -100,14 +96,9 @@ class Listeners:
         return changed
 
     def _register(self) -> None:
-        try:
-            fd = libbpf.obj_get(str(self.pin_root / "maps" / t.SOCKETS.name))
-        except FileNotFoundError:
+        fd = libbpf.obj_get_if_pinned(str(self.pin_root / "maps" / t.SOCKETS.name))
+        if fd is None:
             return
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            raise
         try:
             for slot, s in self.socks.items():
                 key = struct.pack("=I", slot)

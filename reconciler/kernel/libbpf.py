@@ -9,7 +9,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from contextlib import suppress
 from functools import cache
+from pathlib import Path
 
 BPF_OBJ_NAME_LEN = 16
 
@@ -126,6 +128,25 @@ def obj_pin(fd: int, path: str) -> None:
 
 def obj_get(path: str) -> int:
     return _check(lib().bpf_obj_get(path.encode()), f"open pin {path}")
+
+
+def obj_get_if_pinned(path: str) -> int | None:
+    """The pinned object's fd, or None when nothing is pinned there (yet)."""
+    try:
+        return obj_get(path)
+    except FileNotFoundError:  # OSError(ENOENT) is raised as FileNotFoundError
+        return None
+
+
+def pin_replacing(fd: int, path: Path) -> None:
+    """Pin fd at path, replacing what is pinned there in one rename (so readers see the old
+    or the new object, never nothing). bpffs refuses '.' in names, hence "~new"."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_name(path.name + "~new")
+    with suppress(FileNotFoundError):
+        tmp.unlink()
+    obj_pin(fd, str(tmp))
+    os.rename(tmp, path)
 
 
 def map_info(fd: int) -> BpfMapInfo:

@@ -69,13 +69,7 @@ def create(pin_root: Path, netns: str | None, prog_fd: int) -> None:
     finally:
         os.close(ns_fd)
     try:
-        d = links_dir(pin_root)
-        d.mkdir(mode=0o700, exist_ok=True)
-        tmp, final = d / (pin_name(netns) + "~new"), d / pin_name(netns)
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-        libbpf.obj_pin(link_fd, str(tmp))
-        os.rename(tmp, final)
+        libbpf.pin_replacing(link_fd, links_dir(pin_root) / pin_name(netns))
     finally:
         os.close(link_fd)
 

@@ -123,18 +123,6 @@ def observe(pin_root: Path, hooks: Iterable[Hook]) -> dict[Hook, Seen]:
     return out
 
 
-def _pin(pin_root: Path, hook: Hook, fd: int) -> None:
-    """Pin fd for hook, replacing an older pin in one rename."""
-    d = progs_dir(pin_root)
-    d.mkdir(mode=0o700, exist_ok=True)
-    final = d / hook.pin_name
-    tmp = d / (hook.pin_name + "~new")  # bpffs refuses '.' in names
-    with suppress(FileNotFoundError):
-        tmp.unlink()
-    libbpf.obj_pin(fd, str(tmp))
-    os.rename(tmp, final)
-
-
 def _netlink_error(what: str, hook: Hook, exc: Exception) -> KernelStateError:
     return KernelStateError(f"{what} on {hook}: {exc}")
 
@@ -165,7 +153,7 @@ def attach(pin_root: Path, hook: Hook, priority: int, fd: int, replace: bool) ->
                    direct_action=True)
         except NetlinkError as exc:
             raise _netlink_error("attaching the program", hook, exc) from exc
-    _pin(pin_root, hook, fd)
+    libbpf.pin_replacing(fd, progs_dir(pin_root) / hook.pin_name)
 
 
 def detach(pin_root: Path, hook: Hook, priority: int) -> None:
