@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 
 from reconciler import engine, inventory, render
+from reconciler import tables as t
 from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.kernel.maps import DEFAULT_PIN_ROOT
 from reconciler.load import load_directory
-from reconciler.plan import PrunePolicy
+from reconciler.plan import PrunePolicy, proxy_names
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 STATUS_FRESH = 5.0  # seconds; an older data-path report means it is not running
@@ -140,8 +141,7 @@ def _get_stats(args: argparse.Namespace) -> int:
     stats = engine.read_stats(root)
     steer = engine.read_steer_stats(root)
     if any(steer.get(0, {}).values()) or len(steer) > 1:
-        names = {d["spec"]["id"]: d["metadata"]["name"]
-                 for d in inventory.proxies(engine.read_observed(root), {}, None)}
+        names = proxy_names(engine.read_observed(root, (t.PROXY,)))
         for slot, counters in sorted(steer.items()):
             who = "steering" if slot == 0 else f"proxy/{names.get(slot, f'slot-{slot}')}"
             for name, value in counters.items():
@@ -186,7 +186,8 @@ def _datapath_status(pin_root: Path) -> dict[str, Any] | None:
 
 def _get_proxies(args: argparse.Namespace) -> int:
     root = _pin_root(args)
-    docs = inventory.proxies(engine.read_observed(root), engine.read_steer_stats(root),
+    docs = inventory.proxies(engine.read_observed(root, (t.PROXY, t.STEER)),
+                             engine.read_steer_stats(root),
                              _datapath_status(root))
 
     def rows() -> list[tuple[str, ...]]:

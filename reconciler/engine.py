@@ -13,6 +13,7 @@ from pathlib import Path
 
 from reconciler import attach as at
 from reconciler import links as lk
+from reconciler import tables as t
 from reconciler.desired import compile_tables
 from reconciler.errors import KernelStateError, UnsafePlan
 from reconciler.kernel import links as kernel_links
@@ -33,10 +34,10 @@ class Result:
     attached: int = 0
 
 
-def read_observed(pin_root: Path) -> Observed:
+def read_observed(pin_root: Path, specs: tuple[t.MapSpec, ...] = t.ALL_TABLES) -> Observed:
     tables = open_tables(pin_root, create=False)
     try:
-        return tables.read()
+        return tables.read(specs)
     finally:
         tables.close()
 

@@ -92,7 +92,7 @@ class Plan:
             yield group[0].table, group[0].action is Action.DELETE, group
 
 
-def _proxy_names(observed: Observed) -> dict[int, str]:
+def proxy_names(observed: Observed) -> dict[int, str]:
     """slot -> Proxy name, from the configurations the kernel holds."""
     out = {}
     for key, value in observed.get(t.PROXY.name, {}).items():
@@ -150,7 +150,7 @@ def compute_plan(desired: DesiredTables, observed: Observed,
             reason = "changed outside bpfsync" if drift else "changed in YAML"
             plan.operations.append(Operation(
                 Action.UPDATE, spec.name, key, want[key], old, owners[key], reason, drift))
-    names = _proxy_names(observed) if observed.get(t.STEER.name) else {}
+    names = proxy_names(observed) if observed.get(t.STEER.name) else {}
     for spec in DELETE_ORDER:
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
         for key in sorted(have.keys() - want.keys()):

@@ -218,7 +218,6 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the sleep below
         if self.netns:
             netns.enter(self.netns)  # listeners and the worker live in the proxies' netns
         log.info("data path supervisor started (pin root %s%s)", self.pin_root,
