@@ -46,6 +46,8 @@ class Pool:
         kept = [old.pop(k, None) or Target(*k) for k in dict.fromkeys(wanted)]
         for t in kept:
             t.removed_at = None
+            if not self.health.enabled:  # checks switched off: nothing can bring it back
+                t.healthy = True
         removed = list(old.values())
         for t in removed:
             t.removed_at = now

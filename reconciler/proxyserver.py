@@ -150,7 +150,7 @@ class ProxyServer:
         for t in removed:
             log.info("proxy %s: backend %s removed (%d connections draining)", self.config.name,
                      t, t.active)
-        live = {t.key for t in self.pool.targets}
+        live = {t.key for t in self.pool.targets} if self.config.health.enabled else set()
         for key in list(self._checks):
             if key not in live:
                 self._checks.pop(key).cancel()

@@ -46,3 +46,12 @@ def test_changes_keep_health_and_drain_removed_targets_with_connections() -> Non
     assert pool.targets[0] is a and not a.healthy  # state kept across the change
     assert pool.draining == [b]
     assert pool.pick().address == "192.0.2.3"  # type: ignore[union-attr]
+
+
+def test_switching_checks_off_puts_down_targets_back() -> None:
+    pool = Pool(HealthCheck())
+    pool.set_targets([A], 0)
+    pool.targets[0].healthy = False
+    pool.health = HealthCheck(enabled=False)
+    pool.set_targets([A], 1.0)
+    assert pool.pick() is pool.targets[0]
