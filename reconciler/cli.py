@@ -1,7 +1,7 @@
-"""`bpfsync` command line: validate, diff, apply, get.
+"""`bpfsync` command line: validate, diff, apply, get, run, status.
 
 Exit codes: validate 0 valid / 1 invalid; diff 0 in sync / 2 changes pending / 1 error
-(Terraform's -detailed-exitcode); apply and get 0 / 1.
+(Terraform's -detailed-exitcode); apply and get 0 / 1; status 0 healthy / 2 degraded / 1 no daemon.
 """
 
 from __future__ import annotations
@@ -237,14 +237,111 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_datapath(args: argparse.Namespace) -> int:
-    import logging
-
     from reconciler import datapath
+    from reconciler.daemon import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logs.setup(os.environ.get("BPFSYNC_LOG_FORMAT", "text"))
     if args.worker:
-        return datapath.run_worker(_pin_root(args), args.control_fd, args.generation)
+        return datapath.run_worker(_pin_root(args), args.control_fd, args.generation,
+                                   args.netns)
     return datapath.run(_pin_root(args), args.netns)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reconciler.daemon import logs
+    from reconciler.daemon.service import Daemon, DaemonConfig
+
+    logs.setup(args.log_format, args.log_level)
+    if args.log_format == "json":  # the data-path processes log the same way
+        os.environ["BPFSYNC_LOG_FORMAT"] = "json"
+    if args.metrics and not args.metrics.rpartition(":")[2].isdigit():
+        raise BpfsyncError(f"--metrics {args.metrics!r}: expected [ADDRESS]:PORT")
+    config = DaemonConfig(Path(args.directory).absolute(), _pin_root(args), args.resync,
+                          args.drift, args.debounce, args.max_delay, _prune(args),
+                          args.allow_empty, not args.no_datapath, args.datapath_netns,
+                          args.metrics)
+    return Daemon(config).run()
+
+
+def _ago(when: float | None) -> str:
+    if not when:
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    return f"{stamp} ({max(0, round(time.time() - when))}s ago)"
+
+
+def _status_text(doc: dict[str, Any]) -> str:
+    d, last, applied = doc["daemon"], doc["lastReconcile"], doc["lastApplied"]
+    lines = [f"daemon:          pid {d['pid']}, watching {d['directory']} "
+             f"(pin root {d['pinRoot']}; resync {d['resyncSeconds']:g}s, drift {d['drift']})"]
+    if last:
+        lines.append(f"last reconcile:  {_ago(last['time'])}: {last['result']} "
+                     f"({last['trigger']}, {last['durationMs']} ms)")
+    if applied:
+        rev = applied.get("revision")
+        at = (f"commit {rev['commit'][:12]}{' + uncommitted changes' if rev['dirty'] else ''}"
+              if rev else "not a git work tree")
+        lines.append(f"last applied:    {_ago(applied['time'])}, {at}")
+    else:
+        lines.append("last applied:    never")
+    lines.append(f"errors:          {len(doc['errors']) or 'none'}"
+                 + (" (nothing is applied until they are fixed; the last good state stays)"
+                    if doc["errors"] else ""))
+    lines += [f"  {e}" for e in doc["errors"]]
+    if doc["resources"]:
+        rows = [("  KIND", "SYNCED", "OUT OF SYNC", "ERROR")]
+        rows += [(f"  {kind}", str(c["Synced"]), str(c["OutOfSync"]), str(c["Error"]))
+                 for kind, c in doc["resources"].items()]
+        lines += ["resources:", _columns(rows)]
+    for o in doc["outOfSync"]:
+        lines.append(f"  out of sync: {o['resource']}: {'; '.join(o['reasons'])}")
+    dr = doc["drift"]
+    lines.append(f"drift corrected: {dr['correctedOperations']} operations"
+                 + (f", last {_ago(dr['recentCorrections'][-1]['time'])}"
+                    if dr["recentCorrections"] else ""))
+    dp = doc["dataPath"]
+    line = f"data path:       {dp['state']}"
+    if dp.get("workerPid"):
+        line += f" (worker pid {dp['workerPid']}"
+        line += f", netns {dp['netns']}" if dp.get("netns") else ""
+        line += ")"
+    if dp.get("restarts"):
+        line += f", {dp['restarts']} restarts, last {dp.get('lastExit')}"
+    if dp.get("error"):
+        line += f": {dp['error']}"
+    lines.append(line)
+    for tun in doc["tunnels"]:
+        learned = tun["learned"]
+        how = ("fixed remote" if tun["remote"] != "learn" else
+               f"learned {learned['address']}:{learned['port']} {learned['ageSeconds']}s ago"
+               if learned else "remote not learned yet")
+        lines.append(f"  tunnel {tun['name']}: {how}"
+                     + ("" if tun["healthy"] else " (not fresh)"))
+    for p in doc["proxies"]:
+        lines.append(f"  proxy {p['name']}: {p['healthy']}/{len(p['backends'])} backends "
+                     f"healthy, {p['active']} connections")
+    lines += [f"warning: {w}" for w in doc["warnings"]]
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.daemon import status
+    from reconciler.supervisor import run_dir
+
+    try:
+        doc = status.query(run_dir(_pin_root(args)))
+    except status.DaemonNotRunning as exc:
+        print(f"bpfsync: no `bpfsync run` is managing pin root {_pin_root(args)} "
+              f"(no daemon at {exc})", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        print(_status_text(doc))
+    # health (a remote not learned yet, a backend down) is shown, not an exit code: those
+    # come and go with the network; sync state and a crash-looping data path are ours to fix
+    degraded = doc["errors"] or doc["outOfSync"] or doc["dataPath"].get("crashLoop")
+    return EXIT_CHANGES if degraded else EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -286,6 +383,38 @@ def parser() -> argparse.ArgumentParser:
     dp.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     dp.add_argument("--generation", type=int, default=0, help=argparse.SUPPRESS)
     dp.set_defaults(func=cmd_datapath)
+
+    r = sub.add_parser("run", help="watch a directory and keep the kernel in sync with it, "
+                                   "supervising the data path (the daemon)")
+    r.add_argument("directory")
+    r.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
+                   help="reconcile at least this often, to find drift (default 60)")
+    r.add_argument("--drift", choices=["enforce", "warn", "off"], default="enforce",
+                   help="what to do with changes made behind bpfsync's back (default enforce); "
+                        "a resource's bpfsync.dev/drift annotation overrides it")
+    r.add_argument("--debounce", type=float, default=0.1, metavar="SECONDS",
+                   help="quiet time after the last file event before reconciling (0.1)")
+    r.add_argument("--max-delay", type=float, default=1.0, metavar="SECONDS",
+                   help="reconcile at the latest this long after the first event (1.0)")
+    r.add_argument("--allow-empty", action="store_true",
+                   help="allow a plan that deletes every entry bpfsync manages")
+    r.add_argument("--no-datapath", action="store_true",
+                   help="do not run the data path (proxies, GUE pings)")
+    r.add_argument("--datapath-netns", metavar="NAME",
+                   help="netns of the data path (default: the Proxies', or the Interfaces' "
+                        "when they share one)")
+    r.add_argument("--metrics", metavar="[ADDR]:PORT",
+                   help="serve Prometheus metrics (off by default; ADDR defaults to 127.0.0.1)")
+    r.add_argument("--log-format", choices=["text", "json"], default="text")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   default="info")
+    prune_flags(r)
+    r.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="ask the running daemon how it is doing "
+                                       "(exit 0 in sync, 2 degraded, 1 no daemon)")
+    st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    st.set_defaults(func=cmd_status)
 
     g = sub.add_parser("get", help="show what the kernel holds, as resources")
     g.add_argument("kind", choices=["all", "tunnel", "tunnels", "service", "services",

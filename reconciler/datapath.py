@@ -20,7 +20,7 @@ from typing import Any
 
 from reconciler import pinger, proxyconf, relay, supervisor
 from reconciler import tables as t
-from reconciler.kernel import libbpf
+from reconciler.kernel import libbpf, netns
 from reconciler.proxyserver import ProxyServer
 
 IP_FREEBIND = 15
@@ -112,17 +112,28 @@ class Worker:
         self.bad_configs: set[bytes] = set()
         self.status_path = supervisor.run_dir(pin_root) / "datapath.json"
         self.done = asyncio.Event()
+        # Without a supervisor, connections are still steered to our listeners (we hold
+        # copies): serve them until steering hands each slot to another process's socket.
+        self.orphaned = False
+        self.retired: list[ProxyServer] = []  # still finishing their connections
 
     def _on_control(self) -> None:
         try:
             msg, fds, _, _ = socket.recv_fds(self.control, 65536, 256)
         except BlockingIOError:
             return
-        if not msg:  # the supervisor is gone: stop accepting, let connections finish
-            log.warning("supervisor gone; draining and exiting")
-            self.done.set()
+        if not msg:  # the supervisor is gone (killed, or crashed)
             for fd in fds:
                 os.close(fd)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.control.fileno())
+            self.orphaned = True
+            if not self.servers:
+                log.warning("supervisor gone; no proxy to keep serving, exiting")
+                self.done.set()
+            else:
+                log.warning("supervisor gone; serving on until a new data path takes over "
+                            "steering")
             return
         slots = json.loads(msg)["slots"]
         fresh = {}
@@ -162,8 +173,26 @@ class Worker:
             else:
                 server.update(config)
 
+    def _retire_taken_over(self) -> None:
+        slots = sorted(self.servers)
+        cookies = supervisor.registered_cookies(self.pin_root, slots)
+        for slot in slots:
+            if cookies[slot] != supervisor.socket_cookie(self.listeners[slot]):
+                server = self.servers.pop(slot)
+                taken = server.retire()
+                log.info("proxy %s: steering moved to a new data path; served %d queued "
+                         "connections, no longer accepting", server.config.name, taken)
+                self.retired.append(server)
+        if not self.servers:
+            self.done.set()
+
     async def _config_loop(self) -> None:
         while not self.done.is_set():
+            if self.orphaned:
+                try:
+                    self._retire_taken_over()
+                except OSError as exc:
+                    log.warning("reading %s failed: %s", t.SOCKETS.name, exc)
             try:
                 configs = supervisor.read_proxy_slots(self.pin_root)
             except OSError as exc:
@@ -185,6 +214,8 @@ class Worker:
 
     async def _status_loop(self) -> None:
         while not self.done.is_set():
+            if self.orphaned:  # the status belongs to the supervised worker now
+                return
             with suppress(OSError):
                 self.status_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 tmp = self.status_path.with_name("datapath.json~")
@@ -201,23 +232,29 @@ class Worker:
         tasks = [loop.create_task(c) for c in (self._config_loop(), self._ping_loop(),
                                                self._status_loop())]
         await self.done.wait()
-        loop.remove_reader(self.control.fileno())
+        with suppress(ValueError, OSError):
+            loop.remove_reader(self.control.fileno())
         for server in self.servers.values():
             server.close()
         for task in tasks:
             task.cancel()
-        active = sum(len(s.conns) for s in self.servers.values())
+        servers = [*self.servers.values(), *self.retired]
+        active = sum(len(s.conns) for s in servers)
         if active:
             log.info("waiting up to %.0fs for %d connections to end", DRAIN_ON_EXIT, active)
             deadline = time.monotonic() + DRAIN_ON_EXIT
-            while time.monotonic() < deadline and any(s.conns for s in self.servers.values()):
+            while time.monotonic() < deadline and any(s.conns for s in servers):
                 await asyncio.sleep(0.1)
         self.pinger.close()
-        with suppress(OSError):
-            self.status_path.unlink()
+        if not self.orphaned:
+            with suppress(OSError):
+                self.status_path.unlink()
 
 
-def run_worker(pin_root: Path, control_fd: int, generation: int) -> int:
+def run_worker(pin_root: Path, control_fd: int, generation: int,
+               netns_name: str | None = None) -> int:
+    if netns_name:
+        netns.enter(netns_name)  # backends and GUE peers are reached from the proxies' netns
     control = socket.socket(fileno=control_fd)
     worker = Worker(pin_root, control, generation)
     asyncio.run(worker.main())

@@ -8,6 +8,7 @@ are no longer wanted are deleted (after the programs that used them are gone).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,13 @@ from reconciler.state import DesiredState
 @dataclass(frozen=True)
 class Result:
     state: DesiredState
-    plan: Plan
+    plan: Plan  # what was executed
     written: int = 0
     attached: int = 0
+    full: Plan | None = None  # the whole plan, when a selection held part of it back
+
+
+Select = Callable[[Plan], Plan]
 
 
 def read_observed(pin_root: Path, specs: tuple[t.MapSpec, ...] = t.ALL_TABLES) -> Observed:
@@ -108,17 +113,26 @@ def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
 
 def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
           allow_empty: bool = False, schemas: Schemas | None = None) -> Result:
-    state = load_directory(directory, schemas)
+    return apply_state(load_directory(directory, schemas), pin_root, prune, allow_empty,
+                       where=str(directory))
+
+
+def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,
+                allow_empty: bool = False, select: Select | None = None,
+                where: str = "the desired state") -> Result:
+    """Plan against the kernel as it is now and execute; select may hold operations back
+    (the daemon's drift policies). The plan is computed under the pin root's lock."""
     desired = compile_tables(state)
     tables: PinnedTables = open_tables(pin_root, create=True)
     programs = Programs(pin_root)
     try:
         with locked(pin_root):
-            plan = compute_plan(desired, tables.read(), prune)
-            plan.attachments = _attach_plan(state, pin_root, programs)
+            full = compute_plan(desired, tables.read(), prune)
+            full.attachments = _attach_plan(state, pin_root, programs)
+            plan = select(full) if select else full
             if plan.empties_everything() and not allow_empty:
                 raise UnsafePlan(
-                    f"{directory} declares nothing, and applying it would delete all "
+                    f"{where} declares nothing, and applying it would delete all "
                     f"{plan.observed_total} entries bpfsync manages; pass --allow-empty if "
                     f"that is really what you want")
             if plan.attachments.conflicts:
@@ -130,7 +144,7 @@ def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
     finally:
         tables.close()
         programs.close()
-    return Result(state, plan, written, attached)
+    return Result(state, plan, written, attached, full)
 
 
 def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler import checks, parallel
 from reconciler.errors import InvalidDesiredState, Location, Problem, Severity
+from reconciler.filecache import FileCache
 from reconciler.findings import Finding
 from reconciler.locate import PathItem, locate
 from reconciler.model import (
@@ -37,6 +38,8 @@ from reconciler.state import DesiredState
 
 MAX_WARNINGS_LOCATED = 20
 DEFAULT_PRIORITY = 49152
+DRIFT_ANNOTATION = "bpfsync.dev/drift"
+DRIFT_POLICIES = ("enforce", "warn", "off")
 
 
 class _Locator:
@@ -65,7 +68,17 @@ def _endpoint(data: dict[str, Any], default_port: int | None = None) -> Endpoint
     return Endpoint(data["address"], data.get("port", default_port))
 
 
-KeyCache = dict[tuple[str, str], Secret]
+class KeyCache(dict[tuple[str, str], Secret]):
+    """Keys read once per load, however many Services use them; remembers which key files
+    were consulted, so that a cached file is re-checked when one of its key files changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touched: set[tuple[str, str]] = set()
+
+    def __contains__(self, key: object) -> bool:
+        self.touched.add(key)  # type: ignore[arg-type]
+        return super().__contains__(key)
 
 
 def _resolve_key(spec: dict[str, Any], doc: Document,
@@ -238,6 +251,7 @@ class DocResult:
     ref: str | None  # "Kind/name" when the document has a readable kind and name
     resource: Tunnel | Service | Interface | Proxy | None  # None: invalid
     findings: list[Finding]
+    drift: str | None = None  # the resource's drift policy annotation, if any
 
 
 @dataclass(slots=True)
@@ -246,6 +260,7 @@ class FileResult:
     problems: list[Problem]  # read and parse problems, already located
     docs: list[DocResult]
     text: str | None = None  # kept when loading in this process, for locating findings
+    key_files: tuple[str, ...] = ()  # key files its Services read (the cache watches them)
 
 
 def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult:
@@ -261,11 +276,16 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
         return DocResult(origin, ref, None, [
             Finding(origin, e.path, e.message, ref, at_key=e.at_key) for e in errors])
     findings: list[Finding] = []
-    return DocResult(origin, ref, _build(doc, origin, findings, keys), findings)
+    drift = data["metadata"].get("annotations", {}).get(DRIFT_ANNOTATION)
+    if drift is not None and drift not in DRIFT_POLICIES:
+        findings.append(Finding(origin, ("metadata", "annotations", DRIFT_ANNOTATION),
+                                f"{drift!r} is not a drift policy; use one of "
+                                f"{', '.join(DRIFT_POLICIES)}", ref))
+    return DocResult(origin, ref, _build(doc, origin, findings, keys), findings, drift)
 
 
 def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True) -> list[FileResult]:
-    keys: KeyCache = {}
+    keys = KeyCache()
     out = []
     for path in paths:
         source, problem = read(path)
@@ -274,9 +294,11 @@ def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True) 
             continue
         assert source is not None
         docs, problems = parse(source)
-        out.append(FileResult(source.display, problems,
-                              [check_document(d, schemas, keys) for d in docs],
-                              source.text if keep_text else None))
+        keys.touched = set()
+        checked = [check_document(d, schemas, keys) for d in docs]
+        out.append(FileResult(source.display, problems, checked,
+                              source.text if keep_text else None,
+                              tuple(sorted(p for kind, p in keys.touched if kind == "file"))))
     return out
 
 
@@ -303,6 +325,8 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
                 if ref:
                     invalid.add(ref)
                 continue
+            if doc.drift is not None and ref is not None:
+                state.drift[ref] = doc.drift
             if isinstance(doc.resource, Tunnel):
                 state.tunnels[doc.resource.name] = doc.resource
             elif isinstance(doc.resource, Interface):
@@ -314,11 +338,19 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
     return state, invalid, findings
 
 
-def load_directory(root: Path, schemas: Schemas | None = None) -> DesiredState:
-    """Load and check a whole directory; raises InvalidDesiredState listing every error."""
+def _load(files: list[Path], schemas: Schemas) -> list[FileResult]:
+    return (parallel.load_files(files, schemas) if parallel.worth_it(files)
+            else load_files(files, schemas))
+
+
+def load_directory(root: Path, schemas: Schemas | None = None,
+                   cache: FileCache | None = None) -> DesiredState:
+    """Load and check a whole directory; raises InvalidDesiredState listing every error.
+    With a cache (the daemon's), only files whose content changed are parsed again;
+    cross-checks always run over the whole directory."""
     schemas = schemas or Schemas()
     files, scan_problems = scan(root)
-    results = parallel.load_files(files, schemas) if parallel.worth_it(files) else load_files(
+    results = cache.load(files, lambda todo: _load(todo, schemas)) if cache else _load(
         files, schemas)
     locator = _Locator()
     problems = list(scan_problems)

@@ -85,18 +85,19 @@ def _resource(row: tuple[Any, ...] | None,
 def _load_chunk(paths: list[str]) -> list[tuple[Any, ...]]:
     out = []
     for fr in load.load_files([Path(p) for p in paths], Schemas(), keep_text=False):
-        docs = [(d.origin.index, d.ref, _row(d.resource), d.findings) for d in fr.docs]
-        out.append((fr.file, fr.problems, docs))
+        docs = [(d.origin.index, d.ref, _row(d.resource), d.findings, d.drift)
+                for d in fr.docs]
+        out.append((fr.file, fr.problems, docs, fr.key_files))
     return out
 
 
 def _result(encoded: tuple[Any, ...]) -> load.FileResult:
-    file, problems, docs = encoded
+    file, problems, docs, key_files = encoded
     results = []
-    for index, ref, row, findings in docs:
+    for index, ref, row, findings, drift in docs:
         origin = Origin(file, index)
-        results.append(load.DocResult(origin, ref, _resource(row, origin), findings))
-    return load.FileResult(file, problems, results)
+        results.append(load.DocResult(origin, ref, _resource(row, origin), findings, drift))
+    return load.FileResult(file, problems, results, key_files=key_files)
 
 
 def load_files(files: list[Path], schemas: Schemas) -> list[load.FileResult]:

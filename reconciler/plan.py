@@ -61,6 +61,17 @@ class Plan:
     observed_total: int = 0
     desired_total: int = 0
     attachments: AttachPlan = field(default_factory=AttachPlan)
+    observed_counts: dict[str, int] = field(default_factory=dict)  # entries per owned table
+
+    def counts_after(self) -> dict[str, int]:
+        """Entries per owned table once this plan is executed."""
+        out = dict(self.observed_counts)
+        for op in self.operations:
+            if op.action is Action.CREATE:
+                out[op.table] = out.get(op.table, 0) + 1
+            elif op.action is Action.DELETE:
+                out[op.table] = out.get(op.table, 0) - 1
+        return out
 
     @property
     def in_sync(self) -> bool:
@@ -134,8 +145,9 @@ def synthetic_owner(table: str, key: bytes, value: bytes,
 def compute_plan(desired: DesiredTables, observed: Observed,
                  prune: PrunePolicy | None = None) -> Plan:
     prune = prune or PrunePolicy()
-    plan = Plan(observed_total=sum(len(observed.get(s.name, {})) for s in t.OWNED_TABLES),
-                desired_total=desired.total)
+    counts = {s.name: len(observed.get(s.name, {})) for s in t.OWNED_TABLES}
+    plan = Plan(observed_total=sum(counts.values()), desired_total=desired.total,
+                observed_counts=counts)
     for spec in UPSERT_ORDER:
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
         owners = desired.owners[spec.name]

@@ -197,13 +197,30 @@ class ProxyServer:
                 log.warning("proxy %s: accept failed: %s", self.config.name, exc)
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
-            self.counters.accepted += 1
-            client.setblocking(False)
-            conn = Conn(client)
-            self.conns.add(conn)
-            if len(self.conns) >= self.config.max_connections:
-                self._room.clear()  # the rest wait in the listen queue
-            conn.task = loop.create_task(self._serve(conn))
+            self._admit(client)
+
+    def _admit(self, client: socket.socket) -> None:
+        self.counters.accepted += 1
+        client.setblocking(False)
+        conn = Conn(client)
+        self.conns.add(conn)
+        if len(self.conns) >= self.config.max_connections:
+            self._room.clear()  # the rest wait in the listen queue
+        conn.task = asyncio.get_running_loop().create_task(self._serve(conn))
+
+    def retire(self) -> int:
+        """Another process's listener has taken this proxy's place in steering: serve the
+        connections already queued on ours, then stop accepting. Returns how many."""
+        taken = 0
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            self._admit(client)
+            taken += 1
+        self.close()
+        return taken
 
     async def _connect(self, conn: Conn) -> bool:
         loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ class DesiredState:
     proxies: dict[str, Proxy] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
     files: int = 0
+    drift: dict[str, str] = field(default_factory=dict)  # "Kind/name" -> annotated policy
 
     @property
     def resource_count(self) -> int:

@@ -47,6 +47,25 @@ def run_dir(pin_root: Path) -> Path:
     return Path("/run/bpfsync") / (str(pin_root).strip("/").replace("/", "-") or "root")
 
 
+def socket_cookie(sock: socket.socket) -> int:
+    return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+
+
+def registered_cookies(pin_root: Path, slots: list[int]) -> dict[int, int | None]:
+    """slot -> cookie of the socket steering hands that slot's connections to."""
+    fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / t.SOCKETS.name))
+    if fd is None:
+        return dict.fromkeys(slots)
+    try:
+        out: dict[int, int | None] = {}
+        for slot in slots:
+            have = libbpf.lookup_elem(fd, struct.pack("=I", slot), 8)
+            out[slot] = None if have is None else struct.unpack("=Q", have)[0]
+        return out
+    finally:
+        os.close(fd)
+
+
 def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
     """slot -> configuration bytes of every Proxy in the pinned ps_proxy table."""
     fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / t.PROXY.name))
@@ -67,12 +86,14 @@ def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
 class Listeners:
     """Listening sockets by slot, kept registered in ps_sockets."""
 
-    def __init__(self, pin_root: Path) -> None:
+    def __init__(self, pin_root: Path, netns_name: str | None) -> None:
         self.pin_root = pin_root
+        self.netns = netns_name
         self.socks: dict[int, socket.socket] = {}
 
     def _open(self, slot: int) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with netns.inside(self.netns):  # a socket belongs to the namespace it was made in
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # lo may still be down
         s.bind(("127.0.0.1", 0))
@@ -102,12 +123,13 @@ class Listeners:
         try:
             for slot, s in self.socks.items():
                 key = struct.pack("=I", slot)
-                cookie = struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+                cookie = socket_cookie(s)
                 have = libbpf.lookup_elem(fd, key, 8)
                 if have is None or struct.unpack("=Q", have)[0] != cookie:
                     libbpf.update_elem(fd, key, struct.pack("=Q", s.fileno()))
                     if have is not None:
-                        log.warning("slot %d held another socket; re-registered ours", slot)
+                        log.info("slot %d held another socket (a previous data path's); "
+                                 "steering now hands connections to ours", slot)
         finally:
             os.close(fd)
 
@@ -131,10 +153,13 @@ class WorkerState:
 
 class Supervisor:
     def __init__(self, pin_root: Path, netns_name: str | None,
-                 worker_cmd: list[str] | None = None) -> None:
+                 worker_cmd: list[str] | None = None, slots_every: float = TICK) -> None:
         self.pin_root = pin_root
+        self.slots_every = slots_every  # how often ps_proxy is read for new or removed slots
+        self.slots_due = 0.0  # set to 0 to read it at the next tick
+        self._written = ""
         self.netns = netns_name
-        self.listeners = Listeners(pin_root)
+        self.listeners = Listeners(pin_root, netns_name)
         self.worker = WorkerState()
         self.worker_cmd = worker_cmd or [sys.executable, "-m", "reconciler"]
         self.status_dir = run_dir(pin_root)
@@ -144,7 +169,8 @@ class Supervisor:
     def _spawn(self, now: float) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = [*self.worker_cmd, "--pin-root", str(self.pin_root), "datapath", "--worker",
-               "--control-fd", str(child.fileno()), "--generation", str(self.worker.restarts)]
+               "--control-fd", str(child.fileno()), "--generation", str(self.worker.restarts),
+               *(["--netns", self.netns] if self.netns else [])]
         proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),))
         child.close()
         self.worker.proc, self.worker.control, self.worker.started = proc, parent, now
@@ -192,21 +218,27 @@ class Supervisor:
                               for s, sock in self.listeners.socks.items()}}
 
     def _write_status(self) -> None:
+        text = json.dumps(self.status())
+        if text == self._written:
+            return
         with suppress(OSError):
             self.status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = self.status_dir / "supervisor.json~"
-            tmp.write_text(json.dumps(self.status()))
+            tmp.write_text(text)
             tmp.replace(self.status_dir / "supervisor.json")
+            self._written = text
 
     # ----- main loop
     def tick(self, now: float) -> None:
-        try:
-            slots = set(read_proxy_slots(self.pin_root))
-        except OSError as exc:
-            log.warning("reading %s failed: %s", t.PROXY.name, exc)
-            slots = set(self.listeners.socks)
-        if self.listeners.sync(slots):
-            self._send_listeners()
+        if now >= self.slots_due:
+            self.slots_due = now + self.slots_every
+            try:
+                slots = set(read_proxy_slots(self.pin_root))
+            except OSError as exc:
+                log.warning("reading %s failed: %s", t.PROXY.name, exc)
+                slots = set(self.listeners.socks)
+            if self.listeners.sync(slots):
+                self._send_listeners()
         self._reap(now)
         if self.worker.proc is None and now >= self.worker.next_start and not self._stop:
             self._spawn(now)
@@ -219,7 +251,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         if self.netns:
-            netns.enter(self.netns)  # listeners and the worker live in the proxies' netns
+            netns.check(self.netns)
         log.info("data path supervisor started (pin root %s%s)", self.pin_root,
                  f", netns {self.netns}" if self.netns else "")
         try:
@@ -227,11 +259,12 @@ class Supervisor:
                 self.tick(time.monotonic())
                 time.sleep(TICK)
         finally:
-            self._shutdown()
+            self.shutdown()
         log.info("data path stopped; pinned maps, links and filters left in place")
         return 0
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """Stop the worker (it drains) and close the listeners; nothing pinned is touched."""
         w = self.worker
         if w.proc is not None and w.proc.poll() is None:
             w.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,1 @@
+"""`bpfsync run`: the long-running reconciler (watch, debounce, reconcile, supervise, report)."""

@@ -1,0 +1,37 @@
+"""The git commit a desired-state directory was at, when it is in a git work tree."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+GIT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    commit: str
+    dirty: bool  # uncommitted changes (or untracked files) under the directory
+
+    def __str__(self) -> str:
+        return self.commit[:12] + ("-dirty" if self.dirty else "")
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    try:
+        # safe.directory: root reads a revision of a tree another user owns; nothing is run
+        # from the repository's configuration that this would make dangerous.
+        out = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(directory), *args],
+                             capture_output=True, text=True, timeout=GIT_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def revision(directory: Path) -> Revision | None:
+    commit = _git(directory, "rev-parse", "--verify", "-q", "HEAD")
+    if not commit:
+        return None
+    status = _git(directory, "status", "--porcelain", "--untracked-files=normal", "--", ".")
+    return Revision(commit.strip(), bool(status and status.strip()))

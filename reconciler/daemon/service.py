@@ -1,0 +1,476 @@
+"""The daemon's main loop: one thread decides and acts; watchdog's thread and the status
+thread only wake it (a byte in a pipe) or read its report.
+
+Level-triggered: a reconcile reloads the whole directory (unchanged files come from the
+parse cache) and reads the kernel fresh; file events, SIGHUP, a periodic resync and a retry
+after a failure only say when. A reconcile that finds invalid input applies nothing and keeps
+the last good state; the next valid save recovers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import drift, engine, inventory
+from reconciler import tables as t
+from reconciler.daemon import gitrev
+from reconciler.daemon.debounce import Debouncer
+from reconciler.daemon.notify import Notifier
+from reconciler.daemon.status import StatusServer
+from reconciler.daemon.watch import DirectoryWatcher
+from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
+from reconciler.filecache import FileCache
+from reconciler.load import load_directory
+from reconciler.plan import Action, Plan, PrunePolicy
+from reconciler.schema import Schemas
+from reconciler.state import DesiredState
+from reconciler.supervisor import Supervisor, run_dir
+
+log = logging.getLogger("bpfsync.daemon")
+
+SUPERVISE_EVERY = 0.25
+SLOTS_EVERY = 5.0  # the supervisor re-reads ps_proxy this often (and after each reconcile)
+RETRY_FIRST, RETRY_CAP = 1.0, 60.0
+STALE_TUNNEL = 60.0  # seconds without a ping after which a learned remote is not fresh
+MAX_LISTED = 100  # out-of-sync entries listed in status
+RECENT = 20
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    directory: Path
+    pin_root: Path
+    resync: float = 60.0
+    drift: str = drift.ENFORCE
+    debounce: float = 0.1
+    max_delay: float = 1.0
+    prune: PrunePolicy = field(default_factory=PrunePolicy)
+    allow_empty: bool = False
+    datapath: bool = True
+    datapath_netns: str | None = None
+    metrics: str | None = None
+    worker_cmd: list[str] | None = None
+
+
+class AlreadyRunning(BpfsyncError):
+    pass
+
+
+@dataclass
+class Record:
+    """What the last reconciles found; read by the status and metrics threads under lock."""
+
+    started: float = field(default_factory=time.time)
+    last: dict[str, Any] | None = None
+    last_applied: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)
+    error_refs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    held: list[drift.Held] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # resources per kind, last good state
+    results: Counter[str] = field(default_factory=Counter)
+    operations: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    last_seconds: float = 0.0
+    corrected_total: int = 0
+    corrections: list[dict[str, Any]] = field(default_factory=list)
+    maps: dict[str, int] = field(default_factory=dict)
+    datapath_error: str | None = None
+
+
+def _kind_counts(state: DesiredState) -> dict[str, int]:
+    return {"Tunnel": len(state.tunnels), "Service": len(state.services),
+            "Interface": len(state.interfaces), "Proxy": len(state.proxies)}
+
+
+def _operation_counts(plan: Plan) -> Counter[str]:
+    out: Counter[str] = Counter({a.value: plan.count(a) for a in Action})
+    for op in [*plan.attachments.operations, *plan.attachments.links]:
+        out[op.action.value] += 1
+    return +out
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self.run_dir = run_dir(config.pin_root)
+        self.cache = FileCache()
+        self.schemas = Schemas()
+        self.debouncer = Debouncer(config.debounce, config.max_delay)
+        self.baseline: drift.Baseline | None = None
+        self.good: DesiredState | None = None
+        self.record = Record()
+        self.lock = threading.Lock()
+        self.supervisor: Supervisor | None = None
+        self.retry_at: float | None = None
+        self.retry_delay = RETRY_FIRST
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = False
+        self._hup = False
+        self._logged_errors: frozenset[str] = frozenset()
+        self._logged_held: frozenset[tuple[str, str]] = frozenset()
+        self._lock_fd: int | None = None
+        self.watcher = DirectoryWatcher(config.directory, self._on_files)
+
+    # ----- wake-ups (other threads, signals)
+    def _wake(self) -> None:
+        with suppress(BlockingIOError):  # the pipe is full: a wake-up is pending anyway
+            os.write(self._wake_w, b"x")
+
+    def _on_files(self) -> None:
+        self.debouncer.poke(time.monotonic())
+        self._wake()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._hup = True
+        else:
+            self._stop = True
+
+    # ----- life cycle
+    def _take_lock(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another `bpfsync run` manages pin root {self.config.pin_root}"
+                                 f" (lock {self.run_dir / 'daemon.lock'})") from None
+        self._lock_fd = fd
+
+    def run(self) -> int:
+        self._take_lock()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        status = StatusServer(self.run_dir, self.report)
+        status.start()
+        if self.config.metrics:
+            from reconciler.daemon import metrics
+
+            metrics.serve(self.config.metrics, self.report,
+                          lambda: engine.read_stats(self.config.pin_root))
+        self.watcher.start()
+        log.info("watching %s (pin root %s, resync every %gs, drift %s)",
+                 self.config.directory, self.config.pin_root, self.config.resync,
+                 self.config.drift)
+        try:
+            self.reconcile("startup")
+            self.notifier.send(READY="1", STATUS=self.summary())
+            self._loop()
+        finally:
+            self.notifier.send(STOPPING="1")
+            self.watcher.stop()
+            if self.supervisor is not None:
+                self.supervisor.shutdown()
+            status.stop()
+            signal.set_wakeup_fd(-1)
+            log.info("stopped; pinned maps, programs, links and filters left in place")
+        return 0
+
+    def _loop(self) -> None:
+        cfg = self.config
+        now = time.monotonic()
+        next_resync = now + cfg.resync
+        next_supervise = now
+        watchdog = self.notifier.watchdog_interval
+        next_watchdog = now if watchdog else None
+        while not self._stop:
+            deadlines = [next_resync, next_supervise, self.retry_at, self.debouncer.due(),
+                         next_watchdog]
+            timeout = max(0.0, min(d for d in deadlines if d is not None) - time.monotonic())
+            select.select([self._wake_r], [], [], timeout)
+            with suppress(BlockingIOError):
+                while os.read(self._wake_r, 512):
+                    pass
+            if self._stop:
+                break
+            now = time.monotonic()
+            trigger = None
+            if self._hup:
+                self._hup, trigger = False, "SIGHUP"
+            events = self.debouncer.take(now)
+            if events and trigger is None:
+                trigger = "files"
+            if trigger is None and now >= next_resync:
+                trigger = "resync"
+            if trigger is None and self.retry_at is not None and now >= self.retry_at:
+                trigger = "retry"
+            if trigger is not None:
+                self.reconcile(trigger, events)
+                next_resync = time.monotonic() + cfg.resync
+                self.notifier.send(STATUS=self.summary())
+                if self.supervisor is not None:
+                    self.supervisor.slots_due = 0.0  # Proxies may have come or gone
+            if now >= next_supervise:
+                self._supervise(now)
+                next_supervise = now + SUPERVISE_EVERY
+            if next_watchdog is not None and watchdog is not None and now >= next_watchdog:
+                self.notifier.send(WATCHDOG="1")
+                next_watchdog = now + watchdog
+
+    # ----- reconciling
+    def reconcile(self, trigger: str, events: int = 0) -> None:
+        started = time.monotonic()
+        cfg = self.config
+        revision = gitrev.revision(cfg.directory) if cfg.directory.is_dir() else None
+        fields: dict[str, Any] = {"trigger": trigger, "events": events or None,
+                                  "revision": str(revision) if revision else None}
+        try:
+            state = load_directory(cfg.directory, self.schemas, self.cache)
+        except InvalidDesiredState as exc:
+            self._invalid(exc.problems, fields, started)
+            return
+        fields["parsed"] = self.cache.last.parsed
+        holder: dict[str, drift.Split] = {}
+
+        def select_plan(plan: Plan) -> Plan:
+            holder["split"] = drift.split(plan, state, self.baseline, cfg.drift)
+            return holder["split"].apply
+
+        try:
+            result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
+                                        select_plan, where=str(cfg.directory))
+        except (BpfsyncError, OSError) as exc:
+            self._failed(str(exc), fields, started)
+            return
+        except Exception as exc:  # a bug must not stop the daemon; report and retry
+            log.exception("reconcile failed unexpectedly")
+            self._failed(f"internal error: {type(exc).__name__}: {exc}", fields, started)
+            return
+        self._applied(state, result, holder["split"], revision, fields, started)
+
+    def _finish(self, result: str, fields: dict[str, Any], started: float,
+                level: int = logging.INFO) -> dict[str, Any]:
+        seconds = time.monotonic() - started
+        fields = {"result": result, **fields, "duration_ms": round(seconds * 1000, 1)}
+        last = {"time": time.time(), "trigger": fields["trigger"], "result": result,
+                "durationMs": fields["duration_ms"], "revision": fields.get("revision")}
+        with self.lock:
+            r = self.record
+            r.last = last
+            r.results[result] += 1
+            r.seconds += seconds
+            r.last_seconds = seconds
+        log.log(level, "reconcile",
+                extra={"fields": {k: v for k, v in fields.items() if v is not None}})
+        return last
+
+    def _invalid(self, problems: list[Problem], fields: dict[str, Any], started: float) -> None:
+        errors = [str(p) for p in problems if p.severity is Severity.ERROR]
+        new = [e for e in errors if e not in self._logged_errors]
+        for e in new:  # each distinct error once, however many resyncs find it again
+            log.error("invalid desired state: %s", e)
+        self._logged_errors = frozenset(errors)
+        fields["errors"] = len(errors)
+        with self.lock:
+            self.record.errors = errors
+            self.record.error_refs = {p.resource for p in problems
+                                      if p.resource and p.severity is Severity.ERROR}
+        self._finish("invalid", fields, started,
+                     logging.WARNING if new else logging.DEBUG)
+
+    def _failed(self, message: str, fields: dict[str, Any], started: float) -> None:
+        self.retry_at = time.monotonic() + self.retry_delay
+        fields["retry_in_s"] = self.retry_delay
+        self.retry_delay = min(RETRY_CAP, self.retry_delay * 2)
+        log.error("apply failed: %s", message)
+        with self.lock:
+            self.record.errors = [message]
+            self.record.error_refs = set()
+        self._finish("failed", fields, started, logging.ERROR)
+
+    def _applied(self, state: DesiredState, result: engine.Result, split: drift.Split,
+                 revision: gitrev.Revision | None, fields: dict[str, Any],
+                 started: float) -> None:
+        self.retry_at, self.retry_delay = None, RETRY_FIRST
+        if self._logged_errors:
+            log.info("desired state valid again")
+        self._logged_errors = frozenset()
+        plan = result.plan
+        ops = _operation_counts(plan)
+        corrected = sum(split.corrected.values())
+        fields.update({k: v for k, v in ops.items()})
+        fields["drift_corrected"] = corrected or None
+        fields["drift_held"] = len(split.held) or None
+        held_now = frozenset((h.owner, h.what) for h in split.held)
+        for h in split.held:
+            if (h.owner, h.what) not in self._logged_held:
+                log.warning("drift not corrected (policy %s): %s: %s", h.policy, h.owner, h.what,
+                            extra={"fields": {"resource": h.owner, "policy": h.policy}})
+        for owner, n in split.corrected.items():
+            log.warning("drift corrected: %s (%d operations)", owner, n,
+                        extra={"fields": {"resource": owner, "operations": n}})
+        self._logged_held = held_now
+        self.baseline = drift.baseline(state)
+        self.good = state
+        changed = not plan.in_sync
+        with self.lock:
+            r = self.record
+            r.errors, r.error_refs = [], set()
+            r.warnings = ([str(w) for w in state.warnings] + plan.attachments.warnings
+                          + plan.attachments.conflicts)
+            r.held = split.held
+            r.waiting = plan.attachments.waiting
+            r.counts = _kind_counts(state)
+            r.operations.update(ops)
+            r.corrected_total += corrected
+            if split.corrected:
+                r.corrections = [*r.corrections, {"time": time.time(),
+                                                  "resources": dict(split.corrected)}][-RECENT:]
+            r.maps = plan.counts_after()
+        last = self._finish("applied" if changed else "in-sync", fields, started,
+                            logging.INFO if changed or split.held else logging.DEBUG)
+        with self.lock:
+            self.record.last_applied = {**last, "revision": (
+                {"commit": revision.commit, "dirty": revision.dirty} if revision else None)}
+
+    # ----- the data path
+    def _datapath_netns(self, state: DesiredState) -> str | None:
+        if self.config.datapath_netns:
+            return self.config.datapath_netns
+        if state.proxies:
+            return state.proxy_netns
+        spaces = {i.netns for i in state.interfaces.values()}
+        return spaces.pop() if len(spaces) == 1 else None
+
+    def _supervise(self, now: float) -> None:
+        if not self.config.datapath or self.good is None:
+            return
+        want = self._datapath_netns(self.good)
+        sup = self.supervisor
+        if sup is not None and sup.netns != want:
+            log.info("data path moves from netns %s to %s", sup.netns or "(host)",
+                     want or "(host)")
+            sup.shutdown()
+            sup = self.supervisor = None
+        if sup is None:
+            sup = self.supervisor = Supervisor(self.config.pin_root, want,
+                                               self.config.worker_cmd, slots_every=SLOTS_EVERY)
+        try:
+            sup.tick(now)
+            error = None
+        except (BpfsyncError, OSError) as exc:
+            error = str(exc)
+        with self.lock:
+            if error and error != self.record.datapath_error:
+                log.error("data path: %s", error)
+            self.record.datapath_error = error
+
+    # ----- reporting
+    def summary(self) -> str:
+        with self.lock:
+            r = self.record
+            if r.errors:
+                return f"{r.last['result'] if r.last else 'error'}: {len(r.errors)} errors"
+            if r.last_applied:
+                rev = r.last_applied.get("revision")
+                at = f" at {rev['commit'][:12]}" if rev else ""
+                return (f"in sync{at}: " + ", ".join(f"{n} {k.lower()}s"
+                                                     for k, n in r.counts.items() if n))
+            return "starting"
+
+    def report(self) -> dict[str, Any]:
+        """The status document (`bpfsync status -o json`). Built in the caller's thread."""
+        with self.lock:
+            r = self.record
+            held = list(r.held)
+            doc: dict[str, Any] = {
+                "daemon": {"pid": os.getpid(), "directory": str(self.config.directory),
+                           "pinRoot": str(self.config.pin_root), "startedAt": r.started,
+                           "resyncSeconds": self.config.resync, "drift": self.config.drift},
+                "lastReconcile": r.last, "lastApplied": r.last_applied,
+                "errors": list(r.errors), "warnings": list(r.warnings),
+                "waiting": list(r.waiting),
+                "drift": {"correctedOperations": r.corrected_total,
+                          "recentCorrections": list(r.corrections),
+                          "pending": sum(1 for h in held if h.policy == drift.WARN)},
+                "metrics": {"reconciles": dict(r.results), "operations": dict(r.operations),
+                            "reconcileSeconds": r.seconds, "lastReconcileSeconds": r.last_seconds},
+                "maps": {name: {"entries": n, "capacity": t.BY_NAME[name].max_entries}
+                         for name, n in r.maps.items()},
+            }
+            counts, error_refs, waiting, dp_error = (dict(r.counts), set(r.error_refs),
+                                                     list(r.waiting), r.datapath_error)
+        out_of_sync: dict[str, list[str]] = {}
+        for h in held:
+            if h.policy == drift.WARN:
+                out_of_sync.setdefault(h.owner, []).append(f"drift: {h.what}")
+        for w in waiting:
+            out_of_sync.setdefault(w.split(":", 1)[0], []).append(w.split(":", 1)[-1].strip())
+        resources: dict[str, dict[str, int]] = {}
+        for kind, n in counts.items():
+            bad = sum(1 for ref in out_of_sync if ref.startswith(kind + "/"))
+            err = sum(1 for ref in error_refs if ref.startswith(kind + "/"))
+            if n or err:
+                resources[kind] = {"Synced": max(0, n - bad - err), "OutOfSync": bad,
+                                   "Error": err}
+        doc["resources"] = resources
+        doc["outOfSync"] = [{"resource": ref, "reasons": why}
+                            for ref, why in sorted(out_of_sync.items())][:MAX_LISTED]
+        doc["errorResources"] = sorted(error_refs)[:MAX_LISTED]
+        doc["dataPath"] = self._datapath_report(dp_error)
+        doc["tunnels"], doc["proxies"] = self._health()
+        return doc
+
+    def _datapath_report(self, error: str | None) -> dict[str, Any]:
+        if not self.config.datapath:
+            return {"state": "disabled"}
+        sup = self.supervisor
+        if sup is None:
+            return {"state": "not started", "error": error}
+        s = sup.status()
+        worker = s["workerPid"]
+        state = ("running" if worker else "crashLoop" if s["crashLoop"] else "restarting")
+        report = {"state": state, "netns": sup.netns, **s, "error": error}
+        dp = _datapath_file(self.run_dir)
+        if dp:
+            report["pingsSent"] = dp.get("pingsSent", 0)
+        return report
+
+    def _health(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        try:
+            observed = engine.read_observed(self.config.pin_root, (t.TUNNEL, t.LEARNED))
+        except (BpfsyncError, OSError):
+            observed = {}
+        tunnel_names = {x.id: x.name for x in (self.good.tunnels.values() if self.good else ())}
+        tunnels = []
+        for doc in inventory.tunnels(observed):
+            learned = doc["status"].get("learned")
+            remote = doc["spec"]["remote"]
+            healthy = remote != "learn" or bool(learned and learned["ageSeconds"] < STALE_TUNNEL)
+            tunnels.append({"name": tunnel_names.get(doc["spec"]["id"], doc["metadata"]["name"]),
+                            "id": doc["spec"]["id"],
+                            "remote": remote, "learned": learned, "healthy": healthy})
+        names = {p.id: p.name for p in (self.good.proxies.values() if self.good else ())}
+        dp = _datapath_file(self.run_dir) or {}
+        proxies = []
+        for name, p in sorted(dp.get("proxies", {}).items()):
+            backends = p.get("backends", [])
+            proxies.append({"name": name, "slot": p.get("slot"), "active": p.get("active", 0),
+                            "backends": backends,
+                            "healthy": sum(1 for b in backends if b["healthy"]),
+                            "declared": name in names.values()})
+        return tunnels, proxies
+
+
+def _datapath_file(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / "datapath.json").read_text())
+    except (OSError, ValueError):
+        return None

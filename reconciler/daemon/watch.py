@@ -1,0 +1,122 @@
+"""Watching the desired-state directory with watchdog (inotify on Linux).
+
+Events only say "look now": the reconcile reloads the whole directory. A file counts when it
+is complete — closed after writing, moved into place (Ansible's temp file + rename), or
+deleted — never while it is still being written. Dotfiles and editor/backup leftovers
+(.ansible_tmp*, .x.swp, x~, .git/) are ignored. The directory's parent is watched too, so a
+directory that is deleted and created again (or a symlink swapped to a new release) is
+picked up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+
+from reconciler.source import is_ignored
+
+log = logging.getLogger("bpfsync.watch")
+
+
+def relevant(root: Path, event: FileSystemEvent) -> bool:
+    """Whether an event under root can change the desired state."""
+    if isinstance(event, FileClosedEvent | FileDeletedEvent | DirDeletedEvent | DirCreatedEvent):
+        paths = [event.src_path]
+    elif isinstance(event, FileMovedEvent | DirMovedEvent):
+        paths = [event.src_path, event.dest_path]  # a rename away is a removal
+    elif isinstance(event, FileCreatedEvent):
+        # a new file is still being written (its close counts); a symlink is complete now
+        if not os.path.islink(event.src_path):
+            return False
+        paths = [event.src_path]
+    else:  # modified (mid-write), opened, closed without writing
+        return False
+    for p in paths:
+        path = os.fsdecode(p)
+        try:
+            rel = Path(path).relative_to(root)
+        except ValueError:
+            continue
+        if rel.parts and not any(is_ignored(part) for part in rel.parts):
+            return True
+    return False
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: DirectoryWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.watcher.handle(event)
+
+
+class DirectoryWatcher:
+    """Calls on_change() from watchdog's thread whenever something relevant happened."""
+
+    def __init__(self, root: Path, on_change: Callable[[], None]) -> None:
+        self.root = root.absolute()
+        self.on_change = on_change
+        self.observer = Observer()
+        self._handler = _Handler(self)
+        self._lock = threading.Lock()
+        self._root_watch: ObservedWatch | None = None
+        self._parent_watch: ObservedWatch | None = None
+
+    def start(self) -> None:
+        parent = self.root.parent
+        if parent.is_dir():
+            self._parent_watch = self.observer.schedule(self._handler, str(parent),
+                                                        recursive=False)
+        self._watch_root()
+        self.observer.start()
+
+    def _watch_root(self) -> None:
+        with self._lock:
+            if self._root_watch is not None:
+                # its inotify watch may have died with the directory
+                with suppress(KeyError, OSError):
+                    self.observer.unschedule(self._root_watch)
+                self._root_watch = None
+            if self.root.is_dir():
+                try:
+                    self._root_watch = self.observer.schedule(
+                        self._handler, str(self.root.resolve()), recursive=True)
+                except OSError as exc:
+                    log.warning("cannot watch %s: %s", self.root, exc)
+
+    def _about_root(self, event: FileSystemEvent) -> bool:
+        """The directory itself created, deleted, or renamed (a symlink swapped counts)."""
+        if event.event_type not in ("created", "deleted", "moved"):
+            return False
+        names = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
+        return str(self.root) in names
+
+    def handle(self, event: FileSystemEvent) -> None:
+        if self._about_root(event):  # the directory itself appeared, vanished or was swapped
+            log.info("%s: %s", self.root, event.event_type)
+            self._watch_root()
+            self.on_change()
+        elif relevant(self.root.resolve() if self.root.is_dir() else self.root, event):
+            self.on_change()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(timeout=5)

@@ -1,0 +1,108 @@
+"""Telling drift from change, and holding back the drift a policy does not correct. Pure.
+
+A difference between the kernel and the desired state is a *change* when the resource that
+owns it was added, edited or removed in YAML since the last successful reconcile (the
+baseline), and *drift* otherwise: someone altered the kernel (bpftool, tc) behind bpfsync's
+back. Changes are always applied. Drift is corrected, reported or ignored according to the
+owning resource's `bpfsync.dev/drift` annotation, or the daemon's default policy.
+
+Without a baseline (the daemon's first reconcile) everything is a change: what the kernel
+holds then is made to match the directory, as `bpfsync apply` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.attach import AttachPlan
+from reconciler.plan import Plan
+from reconciler.state import DesiredState
+
+ENFORCE, WARN, OFF = "enforce", "warn", "off"
+
+Baseline = dict[str, Any]  # "Kind/name" -> resource (origin cleared)
+
+
+def _resources(state: DesiredState) -> Iterable[Any]:
+    for group in (state.tunnels, state.services, state.interfaces, state.proxies):
+        yield from group.values()
+
+
+def baseline(state: DesiredState) -> Baseline:
+    """What was declared when a reconcile succeeded. Resources are immutable; keeping them
+    costs references only."""
+    return {r.ref: r for r in _resources(state)}
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A drift correction not applied because the owner's policy is warn or off."""
+
+    owner: str
+    policy: str
+    what: str  # one line, without values (values may hold keys)
+
+
+@dataclass
+class Split:
+    apply: Plan
+    held: list[Held] = field(default_factory=list)
+    corrected: dict[str, int] = field(default_factory=dict)  # owner -> drift operations applied
+
+
+class Classifier:
+    def __init__(self, state: DesiredState, before: Baseline | None, default: str) -> None:
+        self.state = state
+        self.declared = baseline(state)
+        self.before = before
+        self.default = default
+        self._memo: dict[str, bool] = {}
+
+    def is_change(self, owner: str) -> bool:
+        if self.before is None:
+            return True
+        if owner not in self._memo:
+            now, then = self.declared.get(owner), self.before.get(owner)
+            if now is None:
+                changed = then is not None  # removed from YAML since: prune it
+            else:
+                changed = then is None or dataclasses.replace(now, origin=None) != (
+                    dataclasses.replace(then, origin=None))
+            self._memo[owner] = changed
+        return self._memo[owner]
+
+    def policy(self, owner: str) -> str:
+        return self.state.drift.get(owner, self.default)
+
+
+def split(plan: Plan, state: DesiredState, before: Baseline | None, default: str) -> Split:
+    """The plan to execute (changes, and drift whose policy is enforce), and what is held."""
+    c = Classifier(state, before, default)
+    out = Split(Plan(kept=plan.kept, observed_total=plan.observed_total,
+                     desired_total=plan.desired_total, observed_counts=plan.observed_counts))
+
+    def keep(owner: str, what: str) -> bool:
+        if c.is_change(owner):
+            return True
+        policy = c.policy(owner)
+        if policy == ENFORCE:
+            out.corrected[owner] = out.corrected.get(owner, 0) + 1
+            return True
+        out.held.append(Held(owner, policy, what))
+        return False
+
+    out.apply.operations = [
+        op for op in plan.operations
+        if keep(op.resource, f"{op.action.value} {op.table} entry ({op.reason})")]
+    a = plan.attachments
+    out.apply.attachments = AttachPlan(
+        operations=[op for op in a.operations
+                    if keep(op.owner, f"{op.action.value} program at {op.hook}")],
+        conflicts=a.conflicts, warnings=a.warnings, waiting=a.waiting, in_place=a.in_place,
+        links=[op for op in a.links
+               if keep(op.owner, f"{op.action.value} sk_lookup link"
+                                        f"{' in ' + op.netns if op.netns else ''}")])
+    return out

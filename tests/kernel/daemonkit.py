@@ -1,0 +1,106 @@
+"""Running `bpfsync run` as a real child process in tests, and asking it for its status."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reconciler.daemon import status as daemon_status
+from reconciler.supervisor import run_dir
+
+
+def wait_for(check: Callable[[], Any], seconds: float = 20, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {seconds}s")
+
+
+class RunningDaemon:
+    """One `bpfsync run DIR` with its own pin root; its log goes to a file (never a full pipe)."""
+
+    def __init__(self, directory: Path, pin_root: Path, log: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.directory, self.pin_root, self.log_path = directory, pin_root, log
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, counter: Any = None, wait: bool = True) -> RunningDaemon:
+        cmd = [sys.executable, "-m", "reconciler", "--pin-root", str(self.pin_root), "run",
+               str(self.directory), *self.args]
+        out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        if counter is None:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
+        else:  # the child waits for a byte before exec'ing (same pid): counted from the start
+            gate = f"import os, sys; sys.stdin.buffer.read(1); os.execv(sys.executable, {cmd!r})"
+            self.proc = subprocess.Popen([sys.executable, "-c", gate], env=self.env,
+                                         stdin=subprocess.PIPE, stdout=out, stderr=out)
+            counter.watch(self.proc.pid)
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b"x")
+            self.proc.stdin.close()
+        out.close()
+        if wait:
+            wait_for(lambda: self.try_status() and self.try_status()["lastReconcile"], 120)
+        return self
+
+    def try_status(self) -> dict[str, Any] | None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+        try:
+            return daemon_status.query(run_dir(self.pin_root))
+        except (daemon_status.DaemonNotRunning, OSError, ValueError):
+            return None
+
+    def status(self) -> dict[str, Any]:
+        doc = self.try_status()
+        assert doc is not None, self.log()
+        return doc
+
+    def reconciles(self) -> int:
+        return sum(self.status()["metrics"]["reconciles"].values())
+
+    def wait_reconciles(self, more_than: int, seconds: float = 20) -> dict[str, Any]:
+        return wait_for(lambda: (s := self.status()) and sum(
+            s["metrics"]["reconciles"].values()) > more_than and s, seconds)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        # orphaned data-path workers carry the (unique) pin root on their command line
+        subprocess.run(["pkill", "-9", "-f", f"pin-root {self.pin_root} "], check=False)
+        shutil.rmtree(run_dir(self.pin_root), ignore_errors=True)
