@@ -3,7 +3,8 @@
 A difference between the kernel and the desired state is a *change* when the resource that
 owns it was added, edited or removed in YAML since the last successful reconcile (the
 baseline), and *drift* otherwise: someone altered the kernel (bpftool, tc) behind bpfsync's
-back. Changes are always applied. Drift is corrected, reported or ignored according to the
+back — deleted or rewrote an entry, detached a program, or added entries bpfsync did not
+stamp. Changes are always applied. Drift is corrected, reported or ignored according to the
 owning resource's `bpfsync.dev/drift` annotation, or the daemon's default policy.
 
 Without a baseline (the daemon's first reconcile) everything is a change: what the kernel
@@ -17,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.attach import AttachPlan
-from reconciler.plan import Plan
+from reconciler.attach import AttachAction, AttachPlan
+from reconciler.plan import Action, Plan
 from reconciler.state import DesiredState
 
 ENFORCE, WARN, OFF = "enforce", "warn", "off"
@@ -84,8 +85,8 @@ def split(plan: Plan, state: DesiredState, before: Baseline | None, default: str
     out = Split(Plan(kept=plan.kept, observed_total=plan.observed_total,
                      desired_total=plan.desired_total, observed_counts=plan.observed_counts))
 
-    def keep(owner: str, what: str) -> bool:
-        if c.is_change(owner):
+    def keep(owner: str, what: str, change: bool | None = None) -> bool:
+        if change if change is not None else c.is_change(owner):
             return True
         policy = c.policy(owner)
         if policy == ENFORCE:
@@ -94,15 +95,23 @@ def split(plan: Plan, state: DesiredState, before: Baseline | None, default: str
         out.held.append(Held(owner, policy, what))
         return False
 
+    # An entry to delete has no YAML owner to compare (its name is made up from its content):
+    # one bpfsync wrote (stamped) belongs to a resource removed since, a change; one written
+    # by someone else is drift.
     out.apply.operations = [
         op for op in plan.operations
-        if keep(op.resource, f"{op.action.value} {op.table} entry ({op.reason})")]
+        if keep(op.resource, f"{op.action.value} {op.table} entry ({op.reason})",
+                change=(not op.drift or c.before is None) if op.action is Action.DELETE
+                else None)]
     a = plan.attachments
     out.apply.attachments = AttachPlan(
+        # a program of ours at a hook no Interface wants any more: the Interface was removed
         operations=[op for op in a.operations
-                    if keep(op.owner, f"{op.action.value} program at {op.hook}")],
+                    if keep(op.owner, f"{op.action.value} program at {op.hook}",
+                            True if op.action is AttachAction.DETACH else None)],
         conflicts=a.conflicts, warnings=a.warnings, waiting=a.waiting, in_place=a.in_place,
         links=[op for op in a.links
                if keep(op.owner, f"{op.action.value} sk_lookup link"
-                                        f"{' in ' + op.netns if op.netns else ''}")])
+                                 f"{' in ' + op.netns if op.netns else ''}",
+                       True if op.action is AttachAction.DETACH else None)])
     return out

@@ -123,7 +123,8 @@ class ProxyNet:
             doc = json.loads((run_dir(self.root) / "datapath.json").read_text())
         except (OSError, ValueError):
             return {}
-        return {b["address"]: b["healthy"] for b in doc["proxies"][name]["backends"]}
+        proxy = doc["proxies"].get(name, {"backends": []})
+        return {b["address"]: b["healthy"] for b in proxy["backends"]}
 
     def worker_pid(self) -> int | None:
         return json.loads((run_dir(self.root) / "supervisor.json").read_text())["workerPid"]
@@ -354,3 +355,39 @@ def test_namespace_recreated_gets_a_new_link(pn: ProxyNet) -> None:
     before = pn.status()["counters"]["noListener"]
     assert "ConnectionRefusedError" in pn.client("who", VIP, 80, 1)["errors"][0]
     assert pn.status()["counters"]["noListener"] == before + 1
+
+
+def test_daemon_killed_leaves_proxies_serving_and_a_new_daemon_takes_over(
+        pn: ProxyNet, tmp_path: Path) -> None:
+    from tests.kernel.daemonkit import RunningDaemon
+
+    pn.write(proxy_doc(ports="[80]"))
+    daemons = [RunningDaemon(pn.dir, pn.root, tmp_path / f"d{i}.log") for i in range(2)]
+    try:
+        daemons[0].start()
+        wait_until(lambda: pn.healthy() and all(pn.healthy().values()))
+        orphan = pn.worker_pid()
+        assert orphan
+        stream = pn.spawn("stream", VIP, 80, 7, 0.005)
+        time.sleep(1)
+        daemons[0].kill9()  # a crash: no clean stop
+        time.sleep(2)  # no daemon: the worker (now an orphan) keeps serving its listener
+        assert Path(f"/proc/{orphan}").exists()
+        daemons[1].start()
+        wait_until(lambda: pn.worker_pid() not in (None, orphan), 20)
+
+        def gone() -> bool:
+            try:
+                return Path(f"/proc/{orphan}/stat").read_text().split()[2] == "Z"
+            except OSError:
+                return True
+
+        wait_until(gone, 20)  # steering moved to the new listener; it drained and exited
+        s = json.loads(stream.communicate(timeout=60)[0])
+        assert s["errors"] == [] and s["attempts"] > 100, s
+        assert set(s["names"]) == {"b1", "b2", "b3"}
+        assert "steering moved to a new data path" in daemons[0].log()
+        assert daemons[1].status()["dataPath"]["state"] == "running"
+    finally:
+        for d in daemons:
+            d.cleanup()
