@@ -40,13 +40,16 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
     out += _unique(tunnels, lambda t: t.id, ("spec", "id"), lambda t: f"tunnel id {t.id}")
     out += _unique(services, lambda s: (s.group_id, s.service_id), ("spec", "serviceId"),
                    lambda s: f"(groupId {s.group_id}, serviceId {s.service_id})")
-    out += _unique(services, lambda s: (s.proxy, s.protocol), ("spec", "proxy"),
+    # plain tuples as keys: the generated __hash__ of Endpoint costs seconds at 100k
+    out += _unique(services, lambda s: (s.proxy.address, s.proxy.port, s.protocol),
+                   ("spec", "proxy"),
                    lambda s: f"proxy endpoint {s.proxy}/{s.protocol}")
     interfaces = sorted(state.interfaces.values(), key=_order)
     out += _unique(interfaces, lambda i: (i.netns, i.device), ("spec", "device"),
                    lambda i: f"device {i.place}")
     if state.has_node_role:  # replies are mapped back to a proxy endpoint by their source
-        out += _unique(services, lambda s: (s.backend, s.protocol), ("spec", "backend"),
+        out += _unique(services, lambda s: (s.backend.address, s.backend.port, s.protocol),
+                       ("spec", "backend"),
                        lambda s: f"backend {s.backend}/{s.protocol} (on a node, replies "
                                  f"from it must map back to one proxy endpoint)")
     for s in services:

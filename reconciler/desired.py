@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from reconciler import proxyconf
 from reconciler import tables as t
+from reconciler.model import Service
 from reconciler.state import DesiredState
 
 Entries = dict[bytes, bytes]
@@ -27,7 +28,65 @@ class DesiredTables:
         return sum(map(len, self.entries.values()))
 
 
-def compile_tables(state: DesiredState) -> DesiredTables:
+Compiled = list[tuple[t.MapSpec, bytes, bytes]]
+SERVICE_TABLES = (t.ENCAP, t.VERIFY, t.REPLY)
+
+
+class CompileMemo:
+    """The Service tables of the last compile, kept by the daemon and updated by difference:
+    only Services that are not the very same object as last time (the parse cache keeps
+    unchanged ones) are packed again. At 100k Services a full compile costs most of a
+    reconcile. Any change of tunnel ids or of the node role rebuilds them whole."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, Service] = {}
+        self.compiled: dict[str, Compiled] = {}
+        self.context: tuple[dict[str, int], bool] | None = None
+        self.entries: dict[str, Entries] = {}
+        self.owners: dict[str, dict[bytes, str]] = {}
+
+    def _add(self, name: str, svc: Service, tunnel_ids: dict[str, int], node: bool) -> None:
+        compiled = self.compiled[name] = _service_entries(svc, tunnel_ids[svc.tunnel], node)
+        ref = svc.ref
+        for spec, key, value in compiled:
+            self.entries[spec.name][key] = value
+            self.owners[spec.name].setdefault(key, ref)
+
+    def service_tables(self, services: dict[str, Service], tunnel_ids: dict[str, int],
+                       node: bool) -> tuple[dict[str, Entries], dict[str, dict[bytes, str]]]:
+        if self.context != (tunnel_ids, node):
+            self.context = (tunnel_ids, node)
+            self.services, self.compiled = {}, {}
+            self.entries = {spec.name: {} for spec in SERVICE_TABLES}
+            self.owners = {spec.name: {} for spec in SERVICE_TABLES}
+        before = self.services
+        for name, svc in before.items():  # removed or replaced: take their entries out
+            if services.get(name) is not svc:
+                for spec, key, _ in self.compiled.pop(name):
+                    self.entries[spec.name].pop(key, None)
+                    self.owners[spec.name].pop(key, None)
+        for name, svc in services.items():
+            if before.get(name) is not svc:
+                self._add(name, svc, tunnel_ids, node)
+        self.services = dict(services)
+        return self.entries, self.owners
+
+
+def _service_entries(svc: Service, tunnel_id: int, node: bool) -> Compiled:
+    proto = t.PROTO_NUMBERS[svc.protocol]
+    ekey = t.endpoint_key(svc.proxy.address, svc.proxy.port, proto)
+    vkey = t.sid_key(svc.group_id, svc.service_id)
+    backend = t.endpoint_key(svc.backend.address, svc.backend.port, proto)
+    out = [(t.ENCAP, ekey, t.encap_value(ekey, tunnel_id, svc.group_id, svc.service_id,
+                                         svc.key)),
+           (t.VERIFY, vkey, t.verify_value(vkey, svc.key, backend))]
+    if node:  # only a node reverse-NATs replies; a gateway needs no entry
+        out.append((t.REPLY, backend, t.reply_value(backend, ekey, tunnel_id, svc.group_id,
+                                                    svc.service_id, svc.key)))
+    return out
+
+
+def compile_tables(state: DesiredState, memo: CompileMemo | None = None) -> DesiredTables:
     out = DesiredTables()
     for tunnel in sorted(state.tunnels.values(), key=lambda x: x.name):
         key = t.tunnel_key(tunnel.id)
@@ -37,18 +96,17 @@ def compile_tables(state: DesiredState) -> DesiredTables:
             tunnel.ping_interval_ms), tunnel.ref)
         dkey = t.endpoint_key(tunnel.local.address, tunnel.local.port, t.PROTO_NUMBERS["udp"])
         out.put(t.DECAP, dkey, t.decap_value(dkey), tunnel.ref)
-    for svc in state.services.values():
-        tunnel_id = state.tunnels[svc.tunnel].id
-        proto = t.PROTO_NUMBERS[svc.protocol]
-        ekey = t.endpoint_key(svc.proxy.address, svc.proxy.port, proto)
-        out.put(t.ENCAP, ekey, t.encap_value(
-            ekey, tunnel_id, svc.group_id, svc.service_id, svc.key), svc.ref)
-        vkey = t.sid_key(svc.group_id, svc.service_id)
-        backend = t.endpoint_key(svc.backend.address, svc.backend.port, proto)
-        out.put(t.VERIFY, vkey, t.verify_value(vkey, svc.key, backend), svc.ref)
-        if state.has_node_role:  # only a node reverse-NATs replies; a gateway needs no entry
-            out.put(t.REPLY, backend, t.reply_value(
-                backend, ekey, tunnel_id, svc.group_id, svc.service_id, svc.key), svc.ref)
+    node = state.has_node_role
+    tunnel_ids = {name: tunnel.id for name, tunnel in state.tunnels.items()}
+    if memo is not None:
+        entries, owners = memo.service_tables(state.services, tunnel_ids, node)
+        out.entries.update(entries)  # the memo's own dicts: read-only for everyone else
+        out.owners.update(owners)
+    else:
+        for svc in state.services.values():
+            ref = svc.ref
+            for spec, key, value in _service_entries(svc, tunnel_ids[svc.tunnel], node):
+                out.put(spec, key, value, ref)
     for proxy in sorted(state.proxies.values(), key=lambda x: x.id):
         skey = t.slot_key(proxy.id)
         out.put(t.PROXY, skey, t.proxy_value(skey, proxyconf.encode(proxy)), proxy.ref)

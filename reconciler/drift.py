@@ -14,7 +14,6 @@ holds then is made to match the directory, as `bpfsync apply` would.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,18 +23,19 @@ from reconciler.state import DesiredState
 
 ENFORCE, WARN, OFF = "enforce", "warn", "off"
 
-Baseline = dict[str, Any]  # "Kind/name" -> resource (origin cleared)
-
-
-def _resources(state: DesiredState) -> Iterable[Any]:
-    for group in (state.tunnels, state.services, state.interfaces, state.proxies):
-        yield from group.values()
+Baseline = DesiredState  # what was declared when a reconcile last succeeded
 
 
 def baseline(state: DesiredState) -> Baseline:
-    """What was declared when a reconcile succeeded. Resources are immutable; keeping them
-    costs references only."""
-    return {r.ref: r for r in _resources(state)}
+    """Resources are immutable: keeping the state costs references only."""
+    return state
+
+
+def _lookup(state: DesiredState, ref: str) -> Any:
+    kind, _, name = ref.partition("/")
+    group = {"Tunnel": state.tunnels, "Service": state.services,
+             "Interface": state.interfaces, "Proxy": state.proxies}.get(kind)
+    return None if group is None else group.get(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,6 @@ class Split:
 class Classifier:
     def __init__(self, state: DesiredState, before: Baseline | None, default: str) -> None:
         self.state = state
-        self.declared = baseline(state)
         self.before = before
         self.default = default
         self._memo: dict[str, bool] = {}
@@ -66,9 +65,11 @@ class Classifier:
         if self.before is None:
             return True
         if owner not in self._memo:
-            now, then = self.declared.get(owner), self.before.get(owner)
+            now, then = _lookup(self.state, owner), _lookup(self.before, owner)
             if now is None:
                 changed = then is not None  # removed from YAML since: prune it
+            elif now is then:  # the same object, kept by the parse cache
+                changed = False
             else:
                 changed = then is None or dataclasses.replace(now, origin=None) != (
                     dataclasses.replace(then, origin=None))

@@ -15,7 +15,7 @@ from pathlib import Path
 from reconciler import attach as at
 from reconciler import links as lk
 from reconciler import tables as t
-from reconciler.desired import compile_tables
+from reconciler.desired import CompileMemo, compile_tables
 from reconciler.errors import KernelStateError, UnsafePlan
 from reconciler.kernel import links as kernel_links
 from reconciler.kernel import tc
@@ -119,10 +119,10 @@ def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
 
 def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,
                 allow_empty: bool = False, select: Select | None = None,
-                where: str = "the desired state") -> Result:
+                where: str = "the desired state", memo: CompileMemo | None = None) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock."""
-    desired = compile_tables(state)
+    desired = compile_tables(state, memo)
     tables: PinnedTables = open_tables(pin_root, create=True)
     programs = Programs(pin_root)
     try:

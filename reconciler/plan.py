@@ -151,13 +151,18 @@ def compute_plan(desired: DesiredTables, observed: Observed,
     for spec in UPSERT_ORDER:
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
         owners = desired.owners[spec.name]
-        for key in sorted(want.keys() - have.keys()):
+        creates, updates = [], []
+        for key, value in want.items():  # one pass; the (few) differences are sorted after
+            old = have.get(key)
+            if old is None:
+                creates.append(key)
+            elif old != value:
+                updates.append(key)
+        for key in sorted(creates):
             plan.operations.append(Operation(
                 Action.CREATE, spec.name, key, want[key], None, owners[key], "declared in YAML"))
-        for key in sorted(want.keys() & have.keys()):
+        for key in sorted(updates):
             old = have[key]
-            if old == want[key]:
-                continue
             drift = not t.stamp_ok(key, old)
             reason = "changed outside bpfsync" if drift else "changed in YAML"
             plan.operations.append(Operation(
@@ -165,7 +170,7 @@ def compute_plan(desired: DesiredTables, observed: Observed,
     names = proxy_names(observed) if observed.get(t.STEER.name) else {}
     for spec in DELETE_ORDER:
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
-        for key in sorted(have.keys() - want.keys()):
+        for key in sorted(k for k in have if k not in want):
             old = have[key]
             drift = not t.stamp_ok(key, old)
             reason = "added outside bpfsync" if drift else "no longer in YAML"

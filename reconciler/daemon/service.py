@@ -30,6 +30,7 @@ from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
+from reconciler.desired import CompileMemo
 from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.filecache import FileCache
 from reconciler.load import load_directory
@@ -109,6 +110,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.run_dir = run_dir(config.pin_root)
         self.cache = FileCache()
+        self.memo = CompileMemo()
         self.schemas = Schemas()
         self.debouncer = Debouncer(config.debounce, config.max_delay)
         self.baseline: drift.Baseline | None = None
@@ -245,7 +247,8 @@ class Daemon:
 
         try:
             result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
-                                        select_plan, where=str(cfg.directory))
+                                        select_plan, where=str(cfg.directory),
+                                        memo=self.memo)
         except (BpfsyncError, OSError) as exc:
             self._failed(str(exc), fields, started)
             return

@@ -172,3 +172,20 @@ def test_detaching_what_no_resource_wants_is_a_change_not_drift() -> None:
                         "no Interface wants it")])
     out = drift.split(plan, s, drift.baseline(s), drift.WARN)
     assert len(out.apply.attachments.operations) == 1 and out.held == []
+
+
+def test_compile_memo_updates_by_difference_and_matches_a_full_compile() -> None:
+    from reconciler.desired import CompileMemo
+
+    memo = CompileMemo()
+    s = state(5)
+    assert compile_tables(s, memo).entries == compile_tables(s).entries
+    s.services["svc1"] = dataclasses.replace(s.services["svc1"],
+                                             backend=Endpoint("198.51.100.21", 8080))
+    del s.services["svc3"]
+    s.services["svc9"] = dataclasses.replace(s.services["svc4"], name="svc9", service_id=9,
+                                             proxy=Endpoint("203.0.113.10", 1009))
+    got = compile_tables(s, memo)
+    assert got.entries == compile_tables(s).entries and got.owners == compile_tables(s).owners
+    s.tunnels["t1"] = dataclasses.replace(s.tunnels["t1"], id=200)  # every service's tunnel id
+    assert compile_tables(s, memo).entries == compile_tables(s).entries

@@ -1,0 +1,152 @@
+"""Daemon benchmark: file-save -> kernel-updated latency of `bpfsync run` at 1k and 100k
+services, side by side with what a user without the daemon does (save, then run
+`bpfsync apply`), plus the daemon's idle CPU and RSS.
+
+    .venv/bin/python bench/bench_daemon.py [--sizes 1000,100000] [--edits 50] [--idle 60]
+
+Each edit rewrites one file of 100 services (temp file + rename, as Ansible does), changing
+one backend; latency is from the rename to the moment the new backend is read back from the
+pinned ti_verify map (polled every 1 ms). Debounce is the default (0.1 s) and included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reconciler import tables as t  # noqa: E402
+from reconciler.kernel import libbpf  # noqa: E402
+from reconciler.supervisor import run_dir  # noqa: E402
+from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
+from tests.kernel.desired import KEY_ENV, PER_FILE, service_doc, write_services  # noqa: E402
+
+BPFFS = Path("/sys/fs/bpf")
+
+
+def backend_port(root: Path, i: int) -> int | None:
+    fd = libbpf.obj_get(str(root / "maps" / t.VERIFY.name))
+    try:
+        raw = libbpf.lookup_elem(fd, t.sid_key(*divmod(i, 65536)), t.VERIFY.value_size)
+    finally:
+        os.close(fd)
+    return None if raw is None else int(t.decode_value(t.VERIFY.name, raw)["backend"].split(":")[1])
+
+
+def edit(directory: Path, i: int, port: int) -> None:
+    start = i - i % PER_FILE
+    path = directory / f"services-{start // PER_FILE:05d}.yaml"
+    text = "---\n".join(service_doc(j, port if j == i else 8080)
+                        for j in range(start, start + PER_FILE))
+    tmp = path.with_name(f".ansible_tmp{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def measure(directory: Path, root: Path, edits: int, apply_each: bool, size: int) -> list[float]:
+    out = []
+    for n in range(edits):
+        i = (n * 7919) % size
+        port = 10000 + n
+        began = time.monotonic()
+        edit(directory, i, port)
+        if apply_each:
+            subprocess.run([sys.executable, "-m", "reconciler", "--pin-root", str(root),
+                            "apply", "-q", str(directory)], check=True, env={**os.environ,
+                                                                            **KEY_ENV},
+                           capture_output=True)
+        wait_for(lambda i=i, p=port: backend_port(root, i) == p, 60, 0.001)
+        out.append(time.monotonic() - began)
+        edit(directory, i, 8080)  # put it back (its own reconcile happens before the next)
+        if apply_each:
+            subprocess.run([sys.executable, "-m", "reconciler", "--pin-root", str(root),
+                            "apply", "-q", str(directory)], check=True, env={**os.environ,
+                                                                            **KEY_ENV},
+                           capture_output=True)
+        wait_for(lambda i=i: backend_port(root, i) == 8080, 60, 0.001)
+    return sorted(out)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run(size: int, edits: int, idle: float) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
+    root = BPFFS / f"bpfsync-bench-daemon-{os.getpid()}-{size}"
+    directory = write_services(work / "desired", size)
+    daemon = RunningDaemon(directory, root, work / "daemon.log", env=KEY_ENV)
+    result: dict[str, float] = {}
+    try:
+        began = time.monotonic()
+        daemon.start()
+        result["first_reconcile_s"] = time.monotonic() - began
+        lat = measure(directory, root, edits, False, size)
+        result.update(daemon_p50=statistics.median(lat), daemon_p99=pct(lat, 0.99),
+                      daemon_max=lat[-1])
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        worker = daemon.status()["dataPath"].get("workerPid")
+        result["rss_mib"] = rss_mib(pid)
+        c0, w0, t0 = cpu_seconds(pid), cpu_seconds(worker) if worker else 0.0, time.monotonic()
+        time.sleep(idle)
+        elapsed = time.monotonic() - t0
+        result["idle_cpu_pct"] = 100 * (cpu_seconds(pid) - c0) / elapsed
+        if worker:
+            result["worker_idle_cpu_pct"] = 100 * (cpu_seconds(worker) - w0) / elapsed
+            result["worker_rss_mib"] = rss_mib(worker)
+        daemon.stop()
+        # without the daemon: save, then `bpfsync apply` (a fresh process parses everything)
+        n = max(3, edits // 10) if size > 10_000 else edits
+        lat = measure(directory, root, n, True, size)
+        result.update(apply_p50=statistics.median(lat), apply_p99=pct(lat, 0.99))
+    finally:
+        daemon.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(run_dir(root), ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,100000")
+    ap.add_argument("--edits", type=int, default=50)
+    ap.add_argument("--idle", type=float, default=60.0)
+    args = ap.parse_args()
+    print("| services | daemon p50 | daemon p99 | save + `bpfsync apply` p50 | ratio (p50) "
+          "| first reconcile | idle CPU (daemon / worker) | RSS (daemon / worker) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for size in (int(s) for s in args.sizes.split(",")):
+        r = run(size, args.edits, args.idle)
+        print(f"| {size:,} | {r['daemon_p50'] * 1000:.0f} ms | {r['daemon_p99'] * 1000:.0f} ms "
+              f"| {r['apply_p50'] * 1000:.0f} ms | {r['apply_p50'] / r['daemon_p50']:.1f}x "
+              f"| {r['first_reconcile_s']:.1f} s "
+              f"| {r['idle_cpu_pct']:.2f} % / {r.get('worker_idle_cpu_pct', 0):.2f} % "
+              f"| {r['rss_mib']:.0f} / {r.get('worker_rss_mib', 0):.0f} MiB |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
