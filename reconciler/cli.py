@@ -284,7 +284,7 @@ def _status_text(doc: dict[str, Any]) -> str:
         lines.append(f"last applied:    {_ago(applied['time'])}, {at}")
     else:
         lines.append("last applied:    never")
-    lines.append(f"errors:          {len(doc['errors']) or 'none'}"
+    lines.append(f"errors:          {doc.get('errorCount', len(doc['errors'])) or 'none'}"
                  + (" (nothing is applied until they are fixed; the last good state stays)"
                     if doc["errors"] else ""))
     lines += [f"  {e}" for e in doc["errors"]]
