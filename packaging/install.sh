@@ -65,3 +65,16 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -e "$here[test]"
 log "ready: $venv/bin/bpfsync"
+
+# --systemd: install the unit (pointing at this virtualenv) and the watched directory.
+if [ "${1:-}" = "--systemd" ]; then
+  install -d -m 0755 /etc/bpfsync/desired.d
+  sed "s#/opt/bpfsync/.venv#$venv#g" "$here/packaging/systemd/bpfsync.service" \
+    > /etc/systemd/system/bpfsync.service
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    log "installed bpfsync.service; start it with: systemctl enable --now bpfsync"
+  else
+    log "installed /etc/systemd/system/bpfsync.service (systemd is not running here)"
+  fi
+fi
