@@ -210,12 +210,18 @@ class Supervisor:
         w.proc, w.control = None, None
 
     def status(self) -> dict[str, Any]:
+        """Also called from the daemon's status thread: reads copies, tolerates a listener
+        closed meanwhile."""
         w = self.worker
-        return {"pid": os.getpid(), "workerPid": w.proc.pid if w.proc else None,
+        proc = w.proc
+        listeners = {}
+        for slot, sock in list(self.listeners.socks.items()):
+            with suppress(OSError):
+                listeners[str(slot)] = sock.getsockname()[1]
+        return {"pid": os.getpid(), "workerPid": proc.pid if proc else None,
                 "restarts": w.restarts, "lastExit": w.last_exit,
-                "crashLoop": w.quick_deaths >= CRASH_LOOP, "recentExits": w.history,
-                "listeners": {str(s): sock.getsockname()[1]
-                              for s, sock in self.listeners.socks.items()}}
+                "crashLoop": w.quick_deaths >= CRASH_LOOP, "recentExits": list(w.history),
+                "listeners": listeners}
 
     def _write_status(self) -> None:
         text = json.dumps(self.status())

@@ -189,3 +189,19 @@ def test_compile_memo_updates_by_difference_and_matches_a_full_compile() -> None
     assert got.entries == compile_tables(s).entries and got.owners == compile_tables(s).owners
     s.tunnels["t1"] = dataclasses.replace(s.tunnels["t1"], id=200)  # every service's tunnel id
     assert compile_tables(s, memo).entries == compile_tables(s).entries
+
+
+def test_json_logs_carry_the_reconcile_fields() -> None:
+    import json
+    import logging
+
+    from reconciler.daemon.logs import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("bpfsync.daemon", logging.INFO, __file__, 1, "reconcile", (), None)
+    record.fields = {"result": "applied", "create": 2, "duration_ms": 12.5}
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["message"] == "reconcile" and doc["level"] == "info"
+    assert (doc["result"], doc["create"], doc["duration_ms"]) == ("applied", 2, 12.5)
+    assert doc["time"].endswith("Z")
+    assert TextFormatter().format(record).endswith("reconcile result=applied create=2 "
+                                                    "duration_ms=12.5")
