@@ -239,8 +239,10 @@ class Daemon:
         try:
             state = load_directory(cfg.directory, self.schemas, self.cache)
         except InvalidDesiredState as exc:
+            self._alive()
             self._invalid(exc.problems, fields, started)
             return
+        self._alive()  # a cold load of 100k entries takes seconds: tell systemd we progress
         fields["parsed"] = self.cache.last.parsed
         holder: dict[str, drift.Split] = {}
 
@@ -260,6 +262,10 @@ class Daemon:
             self._failed(f"internal error: {type(exc).__name__}: {exc}", fields, started)
             return
         self._applied(state, result, holder["split"], revision, fields, started)
+
+    def _alive(self) -> None:
+        if self.notifier.watchdog_interval is not None:
+            self.notifier.send(WATCHDOG="1")
 
     def _finish(self, result: str, fields: dict[str, Any], started: float,
                 level: int = logging.INFO) -> dict[str, Any]:

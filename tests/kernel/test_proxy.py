@@ -15,13 +15,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.kernel.conftest import BPFFS, bpffs_entries, bpfsync, bpftool_dump
+from tests.kernel.daemonkit import wait_for as wait_until
 from tests.kernel.topology import sh
 
 TCPKIT = str(Path(__file__).with_name("tcpkit.py"))
@@ -39,16 +40,6 @@ def proxy_doc(name: str = "web", pid: int = 1, ports: str = '[80, "8000-8049"]',
             f"  destinations: [203.0.113.0/24]\n  backends: [{listed}]\n"
             f"  healthCheck: {{intervalSeconds: 0.2, timeoutSeconds: 0.1, rise: 2, fall: 2}}\n"
             + extra)
-
-
-def wait_until(check: Callable[[], Any], seconds: float = 10, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {seconds}s")
 
 
 class ProxyNet:
