@@ -2,7 +2,9 @@
 connections that port steering hands to the listeners its supervisor passes it, and sends
 GUE pings for every tunnel that asks for them. It reads its configuration from the pinned
 tables (ps_proxy, ti_tunnel) at every tick, so it needs no file of its own and follows
-changes without a restart. It never writes a map.
+changes without a restart. It never writes a map. If its supervisor dies, it keeps serving
+its proxies until a new supervisor's listeners take their place in steering, then drains
+and exits.
 """
 
 from __future__ import annotations
