@@ -6,6 +6,8 @@
 #     (pings), fetch a page through the tunnel, show what the kernel holds and counted.
 #  3. examples/proxy: port steering in a namespace: many ports, one listener, three backends
 #     in round-robin; one backend is stopped and taken out by its health check.
+#  4. bpfsync run: the daemon watches a copy of examples/quickstart; a save is applied at
+#     once, an entry deleted behind its back is put back at the next resync; status.
 # Everything (pin roots, namespaces, processes) is removed at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,16 +17,20 @@ export BPFSYNC_PIN_ROOT="/sys/fs/bpf/bpfsync-demo-$$"
 gw_root="/sys/fs/bpf/bpfsync-demo-gw-$$"
 node_root="/sys/fs/bpf/bpfsync-demo-node-$$"
 proxy_root="/sys/fs/bpf/bpfsync-demo-proxy-$$"
+run_root="/sys/fs/bpf/bpfsync-demo-run-$$"
 pids=()
 dp_log=$(mktemp)
+run_log=$(mktemp)
+work=$(mktemp -d)
 cleanup_ns() { for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node bpfsync-demo-proxy; do
   ip netns del "$ns" 2>/dev/null || true; done; }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -f "$dp_log"
+  rm -f "$dp_log" "$run_log"
   cleanup_ns
-  rm -rf "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root" "$proxy_root"
+  rm -rf "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root" "$proxy_root" "$run_root" "$work"
+  rm -rf "/run/bpfsync/sys-fs-bpf-bpfsync-demo-run-$$"
 }
 trap cleanup EXIT
 
@@ -130,5 +136,28 @@ fetch 80 8001 8002 80
 run "$bpfsync" --pin-root "$proxy_root" get proxies
 run "$bpfsync" --pin-root "$proxy_root" get stats
 rm -rf /tmp/bpfsync-demo-$$-*
+
+printf '\n\033[1m== Part 4: the daemon (bpfsync run) ==\033[0m\n'
+cp -r examples/quickstart "$work/desired"
+chmod 600 "$work/desired/keys/web.key"
+step "$bpfsync --pin-root $run_root run $work/desired --resync 2 --no-datapath &"
+"$bpfsync" --pin-root "$run_root" run "$work/desired" --resync 2 --no-datapath >"$run_log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  "$bpfsync" --pin-root "$run_root" status >/dev/null 2>&1 && break; sleep 0.1
+done
+run "$bpfsync" --pin-root "$run_root" status
+step "sed -i 's/port: 8080/port: 8081/' $work/desired/services.yaml   # a save"
+sed -i 's/port: 8080/port: 8081/' "$work/desired/services.yaml"
+sleep 0.5
+run "$bpfsync" --pin-root "$run_root" get services
+key=$(bpftool -j map dump pinned "$run_root/maps/ti_encap" | python3 -c \
+  'import json,sys; print(" ".join(json.load(sys.stdin)[0]["key"]))')
+step "bpftool map delete pinned $run_root/maps/ti_encap key hex $key   # drift"
+bpftool map delete pinned "$run_root/maps/ti_encap" key hex $key
+sleep 2.5
+run "$bpfsync" --pin-root "$run_root" status
+step "# the daemon's log"
+cat "$run_log"
 printf '\nDemo done; namespaces, pin roots and processes are removed on exit.\n'
 

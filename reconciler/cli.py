@@ -296,7 +296,8 @@ def _status_text(doc: dict[str, Any]) -> str:
     for o in doc["outOfSync"]:
         lines.append(f"  out of sync: {o['resource']}: {'; '.join(o['reasons'])}")
     dr = doc["drift"]
-    lines.append(f"drift corrected: {dr['correctedOperations']} operations"
+    n = dr["correctedOperations"]
+    lines.append(f"drift corrected: {n} operation{'' if n == 1 else 's'}"
                  + (f", last {_ago(dr['recentCorrections'][-1]['time'])}"
                     if dr["recentCorrections"] else ""))
     dp = doc["dataPath"]

@@ -329,7 +329,7 @@ class Daemon:
                 log.warning("drift not corrected (policy %s): %s: %s", h.policy, h.owner, h.what,
                             extra={"fields": {"resource": h.owner, "policy": h.policy}})
         for owner, n in split.corrected.items():
-            log.warning("drift corrected: %s (%d operations)", owner, n,
+            log.warning("drift corrected: %s (%d operation%s)", owner, n, "" if n == 1 else "s",
                         extra={"fields": {"resource": owner, "operations": n}})
         self._logged_held = held_now
         self.baseline = drift.baseline(state)
