@@ -19,13 +19,13 @@ import yaml
 
 from reconciler import engine, inventory, render
 from reconciler import tables as t
+from reconciler.drift import ENFORCE, POLICIES
 from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.kernel.maps import DEFAULT_PIN_ROOT
 from reconciler.load import load_directory
 from reconciler.plan import PrunePolicy, proxy_names
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-STATUS_FRESH = 5.0  # seconds; an older data-path report means it is not running
 
 
 def _print_problems(problems: Sequence[Problem], stream=sys.stderr) -> None:
@@ -173,22 +173,13 @@ def _get_interfaces(args: argparse.Namespace) -> int:
           for d in docs)])
 
 
-def _datapath_status(pin_root: Path) -> dict[str, Any] | None:
-    """The running data path's last report (written every second), if it is fresh."""
-    from reconciler.supervisor import run_dir
-
-    try:
-        doc = json.loads((run_dir(pin_root) / "datapath.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if time.time() - doc.get("time", 0) < STATUS_FRESH else None
-
-
 def _get_proxies(args: argparse.Namespace) -> int:
+    from reconciler.supervisor import read_datapath_status
+
     root = _pin_root(args)
     docs = inventory.proxies(engine.read_observed(root, (t.PROXY, t.STEER)),
                              engine.read_steer_stats(root),
-                             _datapath_status(root))
+                             read_datapath_status(root))
 
     def rows() -> list[tuple[str, ...]]:
         out = [("NAME", "ID", "PORTS", "DESTINATIONS", "BACKENDS", "STEERED", "ACTIVE",
@@ -390,7 +381,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("directory")
     r.add_argument("--resync", type=float, default=60.0, metavar="SECONDS",
                    help="reconcile at least this often, to find drift (default 60)")
-    r.add_argument("--drift", choices=["enforce", "warn", "off"], default="enforce",
+    r.add_argument("--drift", choices=POLICIES, default=ENFORCE,
                    help="what to do with changes made behind bpfsync's back (default enforce); "
                         "a resource's bpfsync.dev/drift annotation overrides it")
     r.add_argument("--debounce", type=float, default=0.1, metavar="SECONDS",

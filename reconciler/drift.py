@@ -22,13 +22,7 @@ from reconciler.plan import Action, Plan
 from reconciler.state import DesiredState
 
 ENFORCE, WARN, OFF = "enforce", "warn", "off"
-
-Baseline = DesiredState  # what was declared when a reconcile last succeeded
-
-
-def baseline(state: DesiredState) -> Baseline:
-    """Resources are immutable: keeping the state costs references only."""
-    return state
+POLICIES = (ENFORCE, WARN, OFF)
 
 
 def _lookup(state: DesiredState, ref: str) -> Any:
@@ -55,7 +49,10 @@ class Split:
 
 
 class Classifier:
-    def __init__(self, state: DesiredState, before: Baseline | None, default: str) -> None:
+    """before: the state of the last successful reconcile (its resources are immutable, so
+    keeping it costs references only); None before the first."""
+
+    def __init__(self, state: DesiredState, before: DesiredState | None, default: str) -> None:
         self.state = state
         self.before = before
         self.default = default
@@ -80,11 +77,11 @@ class Classifier:
         return self.state.drift.get(owner, self.default)
 
 
-def split(plan: Plan, state: DesiredState, before: Baseline | None, default: str) -> Split:
+def split(plan: Plan, state: DesiredState, before: DesiredState | None, default: str) -> Split:
     """The plan to execute (changes, and drift whose policy is enforce), and what is held."""
     c = Classifier(state, before, default)
-    out = Split(Plan(kept=plan.kept, observed_total=plan.observed_total,
-                     desired_total=plan.desired_total, observed_counts=plan.observed_counts))
+    out = Split(Plan(kept=plan.kept, desired_total=plan.desired_total,
+                     observed_counts=plan.observed_counts))
 
     def keep(owner: str, what: str, change: bool | None = None) -> bool:
         if change if change is not None else c.is_change(owner):

@@ -30,10 +30,9 @@ from reconciler.state import DesiredState
 @dataclass(frozen=True)
 class Result:
     state: DesiredState
-    plan: Plan  # what was executed
+    plan: Plan  # what was executed (a selection may have held part of the whole back)
     written: int = 0
     attached: int = 0
-    full: Plan | None = None  # the whole plan, when a selection held part of it back
 
 
 Select = Callable[[Plan], Plan]
@@ -144,7 +143,7 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     finally:
         tables.close()
         programs.close()
-    return Result(state, plan, written, attached, full)
+    return Result(state, plan, written, attached)
 
 
 def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import checks, parallel
+from reconciler.drift import POLICIES
 from reconciler.errors import InvalidDesiredState, Location, Problem, Severity
 from reconciler.filecache import FileCache
 from reconciler.findings import Finding
@@ -39,7 +40,6 @@ from reconciler.state import DesiredState
 MAX_WARNINGS_LOCATED = 20
 DEFAULT_PRIORITY = 49152
 DRIFT_ANNOTATION = "bpfsync.dev/drift"
-DRIFT_POLICIES = ("enforce", "warn", "off")
 
 
 class _Locator:
@@ -277,10 +277,10 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
             Finding(origin, e.path, e.message, ref, at_key=e.at_key) for e in errors])
     findings: list[Finding] = []
     drift = data["metadata"].get("annotations", {}).get(DRIFT_ANNOTATION)
-    if drift is not None and drift not in DRIFT_POLICIES:
+    if drift is not None and drift not in POLICIES:
         findings.append(Finding(origin, ("metadata", "annotations", DRIFT_ANNOTATION),
                                 f"{drift!r} is not a drift policy; use one of "
-                                f"{', '.join(DRIFT_POLICIES)}", ref))
+                                f"{', '.join(POLICIES)}", ref))
     return DocResult(origin, ref, _build(doc, origin, findings, keys), findings, drift)
 
 

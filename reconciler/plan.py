@@ -58,10 +58,13 @@ class PrunePolicy:
 class Plan:
     operations: list[Operation] = field(default_factory=list)
     kept: list[Operation] = field(default_factory=list)  # deletions skipped by the prune policy
-    observed_total: int = 0
     desired_total: int = 0
     attachments: AttachPlan = field(default_factory=AttachPlan)
     observed_counts: dict[str, int] = field(default_factory=dict)  # entries per owned table
+
+    @property
+    def observed_total(self) -> int:
+        return sum(self.observed_counts.values())
 
     def counts_after(self) -> dict[str, int]:
         """Entries per owned table once this plan is executed."""
@@ -146,8 +149,7 @@ def compute_plan(desired: DesiredTables, observed: Observed,
                  prune: PrunePolicy | None = None) -> Plan:
     prune = prune or PrunePolicy()
     counts = {s.name: len(observed.get(s.name, {})) for s in t.OWNED_TABLES}
-    plan = Plan(observed_total=sum(counts.values()), desired_total=desired.total,
-                observed_counts=counts)
+    plan = Plan(desired_total=desired.total, observed_counts=counts)
     # dict equality runs in C: the common case of a table nothing touched costs little
     same = {s.name for s in t.OWNED_TABLES
             if desired.entries[s.name] == observed.get(s.name, {})}

@@ -40,11 +40,22 @@ BACKOFF_FIRST, BACKOFF_CAP = 0.2, 30.0
 STABLE_AFTER = 10.0  # a worker that lived this long resets the backoff
 CRASH_LOOP = 5  # consecutive quick deaths reported as a crash loop
 STOP_GRACE = 10.0
+STATUS_FRESH = 5.0  # seconds; an older data-path report means no worker runs
 
 
 def run_dir(pin_root: Path) -> Path:
     """Where the data path writes its status: one directory per pin root."""
     return Path("/run/bpfsync") / (str(pin_root).strip("/").replace("/", "-") or "root")
+
+
+def read_datapath_status(pin_root: Path) -> dict[str, Any] | None:
+    """The running worker's last report (written every 0.25 s), if it is fresh: a stale one
+    (a worker killed before it could remove it) means no worker runs."""
+    try:
+        doc = json.loads((run_dir(pin_root) / "datapath.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if time.time() - doc.get("time", 0) < STATUS_FRESH else None
 
 
 def socket_cookie(sock: socket.socket) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import gc
-import json
 import logging
 import os
 import select
@@ -38,7 +37,7 @@ from reconciler.load import load_directory
 from reconciler.plan import Action, Plan, PrunePolicy
 from reconciler.schema import Schemas
 from reconciler.state import DesiredState
-from reconciler.supervisor import Supervisor, run_dir
+from reconciler.supervisor import Supervisor, read_datapath_status, run_dir
 
 log = logging.getLogger("bpfsync.daemon")
 
@@ -116,8 +115,7 @@ class Daemon:
         self.memo = CompileMemo()
         self.schemas = Schemas()
         self.debouncer = Debouncer(config.debounce, config.max_delay)
-        self.baseline: drift.Baseline | None = None
-        self.good: DesiredState | None = None
+        self.good: DesiredState | None = None  # last applied; also the baseline for drift
         self.record = Record()
         self.lock = threading.Lock()
         self.supervisor: Supervisor | None = None
@@ -247,7 +245,7 @@ class Daemon:
         holder: dict[str, drift.Split] = {}
 
         def select_plan(plan: Plan) -> Plan:
-            holder["split"] = drift.split(plan, state, self.baseline, cfg.drift)
+            holder["split"] = drift.split(plan, state, self.good, cfg.drift)
             return holder["split"].apply
 
         try:
@@ -332,7 +330,6 @@ class Daemon:
             log.warning("drift corrected: %s (%d operation%s)", owner, n, "" if n == 1 else "s",
                         extra={"fields": {"resource": owner, "operations": n}})
         self._logged_held = held_now
-        self.baseline = drift.baseline(state)
         self.good = state
         # The desired state lives until the next change: taking its (100k+) objects out of
         # the cyclic collector's sight keeps full collections from costing 100s of ms in
@@ -444,11 +441,14 @@ class Daemon:
         doc["outOfSync"] = [{"resource": ref, "reasons": why}
                             for ref, why in sorted(out_of_sync.items())][:MAX_LISTED]
         doc["errorResources"] = sorted(error_refs)[:MAX_LISTED]
-        doc["dataPath"] = self._datapath_report(dp_error)
-        doc["tunnels"], doc["proxies"] = self._health()
+        worker_report = read_datapath_status(self.config.pin_root) or {}
+        doc["dataPath"] = self._datapath_report(dp_error, worker_report)
+        doc["tunnels"] = self._tunnel_health()
+        doc["proxies"] = self._proxy_health(worker_report)
         return doc
 
-    def _datapath_report(self, error: str | None) -> dict[str, Any]:
+    def _datapath_report(self, error: str | None,
+                         worker_report: dict[str, Any]) -> dict[str, Any]:
         if not self.config.datapath:
             return {"state": "disabled"}
         sup = self.supervisor
@@ -458,12 +458,11 @@ class Daemon:
         worker = s["workerPid"]
         state = ("running" if worker else "crashLoop" if s["crashLoop"] else "restarting")
         report = {"state": state, "netns": sup.netns, **s, "error": error}
-        dp = _datapath_file(self.run_dir)
-        if dp:
-            report["pingsSent"] = dp.get("pingsSent", 0)
+        if worker_report:
+            report["pingsSent"] = worker_report.get("pingsSent", 0)
         return report
 
-    def _health(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _tunnel_health(self) -> list[dict[str, Any]]:
         try:
             observed = engine.read_observed(self.config.pin_root, (t.TUNNEL, t.LEARNED))
         except (BpfsyncError, OSError):
@@ -477,20 +476,15 @@ class Daemon:
             tunnels.append({"name": tunnel_names.get(doc["spec"]["id"], doc["metadata"]["name"]),
                             "id": doc["spec"]["id"],
                             "remote": remote, "learned": learned, "healthy": healthy})
-        names = {p.id: p.name for p in (self.good.proxies.values() if self.good else ())}
-        dp = _datapath_file(self.run_dir) or {}
+        return tunnels
+
+    def _proxy_health(self, worker_report: dict[str, Any]) -> list[dict[str, Any]]:
+        declared = self.good.proxies if self.good else {}
         proxies = []
-        for name, p in sorted(dp.get("proxies", {}).items()):
+        for name, p in sorted(worker_report.get("proxies", {}).items()):
             backends = p.get("backends", [])
             proxies.append({"name": name, "slot": p.get("slot"), "active": p.get("active", 0),
                             "backends": backends,
                             "healthy": sum(1 for b in backends if b["healthy"]),
-                            "declared": name in names.values()})
-        return tunnels, proxies
-
-
-def _datapath_file(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / "datapath.json").read_text())
-    except (OSError, ValueError):
-        return None
+                            "declared": name in declared})
+        return proxies

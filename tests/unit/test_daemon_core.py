@@ -55,7 +55,7 @@ def test_drift_is_corrected_held_or_applied_as_a_change() -> None:
     plan = compute_plan(compile_tables(s), observed)
     assert [op.action for op in plan.operations] == [Action.CREATE]
     owner = plan.operations[0].resource
-    base = drift.baseline(s)
+    base = s
     enforce = drift.split(plan, s, base, drift.ENFORCE)
     assert len(enforce.apply.operations) == 1 and enforce.corrected == {owner: 1}
     warn = drift.split(plan, s, base, drift.WARN)
@@ -80,7 +80,7 @@ def test_drift_is_corrected_held_or_applied_as_a_change() -> None:
     foreign = observed_from(fewer)
     foreign["ti_verify"][b"\x09\x09\x09\x09"] = bytes(32)  # not stamped by bpfsync
     plan4 = compute_plan(compile_tables(fewer), foreign)
-    split4 = drift.split(plan4, fewer, drift.baseline(fewer), drift.WARN)
+    split4 = drift.split(plan4, fewer, fewer, drift.WARN)
     assert [op.action for op in plan4.operations] == [Action.DELETE]
     assert split4.apply.operations == [] and len(split4.held) == 1
 
@@ -170,7 +170,7 @@ def test_detaching_what_no_resource_wants_is_a_change_not_drift() -> None:
     plan.attachments = AttachPlan(operations=[
         AttachOperation(AttachAction.DETACH, hook, 49152, None, f"Interface/({hook})",
                         "no Interface wants it")])
-    out = drift.split(plan, s, drift.baseline(s), drift.WARN)
+    out = drift.split(plan, s, s, drift.WARN)
     assert len(out.apply.attachments.operations) == 1 and out.held == []
 
 
