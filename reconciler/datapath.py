@@ -181,6 +181,7 @@ class Worker:
         for slot in slots:
             if cookies[slot] != supervisor.socket_cookie(self.listeners[slot]):
                 server = self.servers.pop(slot)
+                del self.listeners[slot]  # retire() closes it: never serve on it again
                 taken = server.retire()
                 log.info("proxy %s: steering moved to a new data path; served %d queued "
                          "connections, no longer accepting", server.config.name, taken)
