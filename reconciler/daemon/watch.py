@@ -78,6 +78,7 @@ class DirectoryWatcher:
         self._handler = _Handler(self)
         self._lock = threading.Lock()
         self._root_watch: ObservedWatch | None = None
+        self._watched = self.root  # the directory's real path, as events name it
         self._parent_watch: ObservedWatch | None = None
 
     def start(self) -> None:
@@ -96,9 +97,10 @@ class DirectoryWatcher:
                     self.observer.unschedule(self._root_watch)
                 self._root_watch = None
             if self.root.is_dir():
+                self._watched = self.root.resolve()
                 try:
                     self._root_watch = self.observer.schedule(
-                        self._handler, str(self.root.resolve()), recursive=True)
+                        self._handler, str(self._watched), recursive=True)
                 except OSError as exc:
                     log.warning("cannot watch %s: %s", self.root, exc)
 
@@ -114,7 +116,7 @@ class DirectoryWatcher:
             log.info("%s: %s", self.root, event.event_type)
             self._watch_root()
             self.on_change()
-        elif relevant(self.root.resolve() if self.root.is_dir() else self.root, event):
+        elif relevant(self._watched, event):  # resolved once per (re)watch, not per event
             self.on_change()
 
     def stop(self) -> None:
