@@ -15,6 +15,7 @@ from reconciler.model import Interface
 from reconciler.tables import GUE_OVERHEAD
 
 if TYPE_CHECKING:
+    from reconciler.cgroups import CgroupOperation
     from reconciler.links import LinkOperation
 
 FILTER_HANDLE = 0xB5F
@@ -163,6 +164,11 @@ class AttachPlan:
     waiting: list[str] = field(default_factory=list)  # declared devices that do not exist
     in_place: int = 0  # attachments already right
     links: list[LinkOperation] = field(default_factory=list)  # the sk_lookup link
+    cgroups: list[CgroupOperation] = field(default_factory=list)  # transparent proxies' links
+
+    def changes(self) -> list[AttachOperation | LinkOperation | CgroupOperation]:
+        """Every attachment operation, in execution order."""
+        return [*self.links, *self.operations, *self.cgroups]
 
 
 def _owner_of(hook: Hook) -> str:

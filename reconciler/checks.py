@@ -9,9 +9,15 @@ from typing import Any
 from reconciler import proxyconf
 from reconciler.findings import Finding
 from reconciler.locate import PathItem
-from reconciler.model import Proxy, Resource
+from reconciler.model import Proxy, Resource, TrafficMatch
 from reconciler.state import DesiredState
-from reconciler.tables import MAX_SERVICES, MAX_STEER, MAX_TUNNELS, PROXY_CONFIG_SIZE
+from reconciler.tables import (
+    MAX_SERVICES,
+    MAX_STEER,
+    MAX_TUNNELS,
+    PROXY_CONFIG_SIZE,
+    TP_MAX_RULES,
+)
 
 
 def _unique(resources: Iterable[Resource], key: Callable[[Any], Hashable],
@@ -66,6 +72,7 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
         out.append(Finding(s.origin, ("spec", "tunnel"),
                            f"no Tunnel named {s.tunnel!r} (defined: {known})", s.ref))
     out += _proxy_checks(sorted(state.proxies.values(), key=_order))
+    out += _transparent_checks(state, invalid)
     for items, limit, kind in ((services, MAX_SERVICES, "Services"),
                                (tunnels, MAX_TUNNELS, "Tunnels")):
         if len(items) > limit:
@@ -128,5 +135,37 @@ def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
                                f"ports x destinations of all Proxies make {total} steering "
                                f"entries, more than the table's {MAX_STEER}; use \"*\" or "
                                f"wider prefixes", p.ref))
+            break
+    return out
+
+
+def rule_entry_count(matches: tuple[TrafficMatch, ...]) -> int:
+    return sum(len(m.destinations) * sum(1 if r.wildcard else r.last - r.first + 1
+                                         for r in m.ports) for m in matches)
+
+
+def _transparent_checks(state: DesiredState, invalid: set[str]) -> list[Finding]:
+    tps = sorted(state.transparent.values(), key=_order)
+    out = _unique(tps, attrgetter("id"), ("spec", "id"), lambda x: f"id {x.id}")
+    out += _unique(tps, attrgetter("cgroup"), ("spec", "cgroup"),
+                   lambda x: f"cgroup {x.cgroup} (one TransparentProxy per cgroup)")
+    total = 0
+    for tp in tps:
+        proxy = state.proxies.get(tp.proxy)
+        if proxy is None and f"Proxy/{tp.proxy}" not in invalid:
+            known = ", ".join(sorted(state.proxies)[:10]) or "none"
+            out.append(Finding(tp.origin, ("spec", "proxy"),
+                               f"no Proxy named {tp.proxy!r} (defined: {known})", tp.ref))
+        for i, c in enumerate(tp.exclude_cgroups):
+            if c == tp.cgroup:
+                out.append(Finding(tp.origin, ("spec", "excludeCgroups", i),
+                                   f"{c} is the intercepted cgroup itself: nothing would be "
+                                   f"intercepted", tp.ref))
+        total += rule_entry_count(tp.intercept) + rule_entry_count(tp.exclude)
+        if total > TP_MAX_RULES:
+            out.append(Finding(tp.origin, ("spec", "intercept"),
+                               f"ports x destinations of all TransparentProxies make {total} "
+                               f"rule entries, more than the table's {TP_MAX_RULES}; use \"*\" "
+                               f"or wider prefixes", tp.ref))
             break
     return out

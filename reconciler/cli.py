@@ -54,6 +54,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"{len(state.interfaces)} interfaces"]
     if state.proxies:
         counts.append(f"{len(state.proxies)} proxies")
+    if state.transparent:
+        counts.append(f"{len(state.transparent)} transparent proxies")
     print(f"{args.directory}: valid ({', '.join(counts)} in {state.files} files)")
     return EXIT_OK
 

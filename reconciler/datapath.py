@@ -137,13 +137,24 @@ class Worker:
                 log.warning("supervisor gone; serving on until a new data path takes over "
                             "steering")
             return
-        slots = json.loads(msg)["slots"]
+        doc = json.loads(msg)
+        slots = doc["slots"]
         fresh = {}
-        for slot, fd in zip(slots, fds, strict=True):
-            if slot in self.listeners:
+        for slot, cookie, fd in zip(slots, doc["cookies"], fds, strict=True):
+            held = self.listeners.get(slot)
+            if held is not None and supervisor.socket_cookie(held) == cookie:
                 os.close(fd)  # already have it
-            else:
-                fresh[slot] = socket.socket(fileno=fd)
+                continue
+            if held is not None:  # the supervisor made a new listener for this slot
+                server = self.servers.pop(slot, None)
+                del self.listeners[slot]
+                if server is not None:
+                    log.info("proxy %s: new listener; served %d queued connections of the "
+                             "old one", server.config.name, server.retire())
+                    self.retired.append(server)
+                else:
+                    held.close()
+            fresh[slot] = socket.socket(fileno=fd)
         for slot in set(self.listeners) - set(slots):
             server = self.servers.pop(slot, None)
             if server:

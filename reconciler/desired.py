@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from reconciler import proxyconf
 from reconciler import tables as t
-from reconciler.model import Service
+from reconciler.cgroups import datapath_cgroup, level
+from reconciler.model import Service, TrafficMatch, TransparentProxy
 from reconciler.state import DesiredState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from reconciler.kernel.cgroups import HostFacts
 
 Entries = dict[bytes, bytes]
 
@@ -86,7 +93,38 @@ def _service_entries(svc: Service, tunnel_id: int, node: bool) -> Compiled:
     return out
 
 
-def compile_tables(state: DesiredState, memo: CompileMemo | None = None) -> DesiredTables:
+def _rule_entries(out: DesiredTables, tp: TransparentProxy, kind: int,
+                  matches: tuple[TrafficMatch, ...]) -> None:
+    for m in matches:
+        for net in m.destinations:
+            for r in m.ports:
+                for port in range(r.first, r.last + 1):
+                    key = t.tp_rule_key(tp.id, kind, port, str(net.network_address),
+                                        net.prefixlen)
+                    out.put(t.TP_RULES, key, t.tp_rule_value(key, tp.id), tp.ref)
+
+
+def _transparent(out: DesiredTables, state: DesiredState, facts: HostFacts,
+                 pin_root: Path) -> None:
+    """A TransparentProxy's configuration needs its Proxy's namespace (its cookie): without
+    it nothing is written, and the attach plan says what is waited for."""
+    if facts.netns_cookie is None:
+        return
+    mine = datapath_cgroup(pin_root)
+    for tp in sorted(state.transparent.values(), key=lambda x: x.id):
+        proxy = state.proxies[tp.proxy]
+        excluded = [(facts.cgroup_ids[c], level(c)) for c in (mine, *tp.exclude_cgroups)
+                    if c in facts.cgroup_ids]
+        key = t.slot_key(tp.id)
+        out.put(t.TP_CONFIG, key, t.tp_config_value(key, proxy.id, tp.fail_open,
+                                                    facts.netns_cookie, excluded), tp.ref)
+        _rule_entries(out, tp, t.TP_KIND_INTERCEPT, tp.intercept)
+        _rule_entries(out, tp, t.TP_KIND_EXCLUDE, tp.exclude)
+
+
+def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
+                   facts: HostFacts | None = None, pin_root: Path | None = None) -> DesiredTables:
+    """facts and pin_root are needed when the state has TransparentProxies."""
     out = DesiredTables()
     for tunnel in sorted(state.tunnels.values(), key=lambda x: x.name):
         key = t.tunnel_key(tunnel.id)
@@ -115,4 +153,6 @@ def compile_tables(state: DesiredState, memo: CompileMemo | None = None) -> Desi
                 for port in range(r.first, r.last + 1):
                     key = t.steer_key(port, str(net.network_address), net.prefixlen)
                     out.put(t.STEER, key, t.steer_value(key, proxy.id), proxy.ref)
+    if state.transparent and facts is not None and pin_root is not None:
+        _transparent(out, state, facts, pin_root)
     return out

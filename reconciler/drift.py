@@ -28,7 +28,8 @@ POLICIES = (ENFORCE, WARN, OFF)
 def _lookup(state: DesiredState, ref: str) -> Any:
     kind, _, name = ref.partition("/")
     group = {"Tunnel": state.tunnels, "Service": state.services,
-             "Interface": state.interfaces, "Proxy": state.proxies}.get(kind)
+             "Interface": state.interfaces, "Proxy": state.proxies,
+             "TransparentProxy": state.transparent}.get(kind)
     return None if group is None else group.get(name)
 
 
@@ -111,5 +112,8 @@ def split(plan: Plan, state: DesiredState, before: DesiredState | None, default:
         links=[op for op in a.links
                if keep(op.owner, f"{op.action.value} sk_lookup link"
                                  f"{' in ' + op.netns if op.netns else ''}",
-                       True if op.action is AttachAction.DETACH else None)])
+                       True if op.action is AttachAction.DETACH else None)],
+        cgroups=[op for op in a.cgroups
+                 if keep(op.owner, f"{op.action.value} {op.hook} link",
+                         True if op.action is AttachAction.DETACH else None)])
     return out

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import attach as at
+from reconciler import cgroups as cg
 from reconciler import links as lk
 from reconciler import tables as t
 from reconciler.desired import CompileMemo, compile_tables
 from reconciler.errors import KernelStateError, UnsafePlan
+from reconciler.kernel import cgroups as kernel_cgroups
 from reconciler.kernel import links as kernel_links
 from reconciler.kernel import tc
 from reconciler.kernel.maps import PinnedTables, locked, open_tables
@@ -62,7 +64,33 @@ def read_steer_stats(pin_root: Path) -> dict[int, dict[str, int]]:
         tables.close()
 
 
-def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None) -> at.AttachPlan:
+def _tproxy_ids(state: DesiredState) -> tuple[int, ...]:
+    return tuple(sorted(tp.id for tp in state.transparent.values()))
+
+
+def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
+                 facts: kernel_cgroups.HostFacts, plan: at.AttachPlan) -> None:
+    seen = kernel_cgroups.observe(pin_root)
+    if not state.transparent and not seen:
+        return
+    want = cg.wanted(state, pin_root)
+    # the data path's cgroup is created by apply before anything is attached
+    exists = {w.hook.cgroup: w.hook.cgroup in facts.cgroup_ids
+              or w.hook.cgroup == cg.datapath_cgroup(pin_root) for w in want}
+    tags = None
+    # BCC creates tp_orig at the first compilation: diff must not, so it compiles only then
+    if (programs is not None and state.transparent
+            and (pin_root / "maps" / t.TP_ORIG.name).exists()):
+        tags = programs.tproxy_tags(_tproxy_ids(state), sorted({w.program for w in want}))
+    if state.transparent and facts.netns_cookie is None:
+        owner = f"TransparentProxy/{min(state.transparent)}"
+        plan.waiting.append(f"{owner}: network namespace {state.proxy_netns} of the Proxies "
+                            f"not found; nothing is intercepted until it exists")
+    plan.cgroups = cg.compute_cgroup_plan(want, seen, exists, tags, plan)
+
+
+def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
+                 facts: kernel_cgroups.HostFacts | None = None) -> at.AttachPlan:
     want = at.wanted(state.interfaces)
     seen = tc.observe(pin_root, [w.hook for w in want])
     plan = at.AttachPlan()
@@ -77,6 +105,7 @@ def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None)
         steer_tags = programs.steer_tags() if programs is not None and state.proxies else None
         plan.links = lk.compute_link_plan(state, seen_links, steer_tags,
                                           kernel_links.netns_exists(state.proxy_netns), plan)
+    _cgroup_plan(state, pin_root, programs, facts or kernel_cgroups.HostFacts(), plan)
     return plan
 
 
@@ -97,12 +126,14 @@ def _programs_if_possible(tables: PinnedTables, pin_root: Path) -> Programs | No
 def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
          schemas: Schemas | None = None) -> Result:
     state = load_directory(directory, schemas)
+    facts = kernel_cgroups.facts(state, pin_root, create=False)
     tables = open_tables(pin_root, create=False)
-    programs = (_programs_if_possible(tables, pin_root) if state.interfaces or state.proxies
-                else None)
+    programs = (_programs_if_possible(tables, pin_root)
+                if state.interfaces or state.proxies or state.transparent else None)
     try:
-        plan = compute_plan(compile_tables(state), tables.read(), prune)
-        plan.attachments = _attach_plan(state, pin_root, programs)
+        plan = compute_plan(compile_tables(state, facts=facts, pin_root=pin_root),
+                            tables.read(), prune)
+        plan.attachments = _attach_plan(state, pin_root, programs, facts)
     finally:
         tables.close()
         if programs:
@@ -121,13 +152,14 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
                 where: str = "the desired state", memo: CompileMemo | None = None) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock."""
-    desired = compile_tables(state, memo)
+    facts = kernel_cgroups.facts(state, pin_root, create=True)
+    desired = compile_tables(state, memo, facts, pin_root)
     tables: PinnedTables = open_tables(pin_root, create=True)
     programs = Programs(pin_root)
     try:
         with locked(pin_root):
             full = compute_plan(desired, tables.read(), prune)
-            full.attachments = _attach_plan(state, pin_root, programs)
+            full.attachments = _attach_plan(state, pin_root, programs, facts)
             plan = select(full) if select else full
             if plan.empties_everything() and not allow_empty:
                 raise UnsafePlan(
@@ -138,7 +170,8 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
                 raise KernelStateError("nothing applied:\n  " +
                                        "\n  ".join(plan.attachments.conflicts))
             written = tables.apply(plan, deletes=False)
-            attached = _execute_attachments(plan.attachments, pin_root, programs)
+            attached = _execute_attachments(plan.attachments, pin_root, programs,
+                                            _tproxy_ids(state))
             written += tables.apply(plan, deletes=True)
     finally:
         tables.close()
@@ -146,7 +179,8 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     return Result(state, plan, written, attached)
 
 
-def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs) -> int:
+def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs,
+                         tproxy_ids: tuple[int, ...]) -> int:
     for link in plan.links:
         if link.action is at.AttachAction.DETACH:
             kernel_links.remove(pin_root, link.netns)
@@ -162,4 +196,14 @@ def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs
             fd = programs.load(op.config, op.hook.direction)
             tc.attach(pin_root, op.hook, op.priority, fd,
                       replace=op.action is at.AttachAction.REPLACE)
-    return len(plan.operations) + len(plan.links)
+    for cop in plan.cgroups:
+        if cop.action is at.AttachAction.DETACH:
+            kernel_cgroups.remove(pin_root, cop.hook)
+            continue
+        assert cop.program is not None
+        fd = programs.load_tproxy(tproxy_ids, cop.hook.hook, cop.program)
+        if cop.action is at.AttachAction.ATTACH:
+            kernel_cgroups.create(pin_root, cop.hook, fd)
+        else:
+            kernel_cgroups.update(pin_root, cop.hook, fd)
+    return len(plan.changes())

@@ -49,9 +49,10 @@ def compute_link_plan(state: DesiredState, seen: list[SeenLink], tags: frozenset
                       netns_exists: bool, plan: AttachPlan) -> list[LinkOperation]:
     """tags: acceptable program tags, None when the program cannot be compiled yet."""
     ops: list[LinkOperation] = []
-    want = bool(state.proxies)
+    steering = sorted(p.name for p in state.proxies.values() if p.ports)
+    want = bool(steering)  # Proxies that only receive intercepted connections steer nothing
     netns = state.proxy_netns
-    owner = f"Proxy/{min(state.proxies)}" if want else ORPHAN_OWNER
+    owner = f"Proxy/{steering[0]}" if want else ORPHAN_OWNER
     current = None
     for link in seen:
         if want and link.netns == netns and link.alive and current is None:

@@ -7,7 +7,7 @@ nothing). Line numbers are looked up only for the problems that are reported.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,10 @@ from reconciler.model import (
     Origin,
     PortRange,
     Proxy,
+    Resource,
     Service,
+    TrafficMatch,
+    TransparentProxy,
     Tunnel,
     unicast_problem,
 )
@@ -118,6 +121,41 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+Report = Callable[[tuple[PathItem, ...], str], None]  # a field problem: (path, message)
+
+
+def _port_ranges(items: list[int | str], problem: Report,
+                 path: tuple[PathItem, ...]) -> list[PortRange]:
+    ports = []
+    for i, p in enumerate(items):
+        if isinstance(p, int):
+            ports.append(PortRange(p, p))
+        elif p == "*":
+            ports.append(PortRange(0, 0))
+        else:
+            first, last = map(int, p.split("-"))
+            if not 1 <= first <= last <= 65535:
+                problem((*path, i), f"port range {p!r} must be FIRST-LAST with "
+                                    f"1 <= FIRST <= LAST <= 65535")
+            else:
+                ports.append(PortRange(first, last))
+    return ports
+
+
+def _prefixes(items: list[str], problem: Report,
+              path: tuple[PathItem, ...]) -> list[ipaddress.IPv4Network]:
+    out = []
+    for i, d in enumerate(items):
+        try:
+            out.append(ipaddress.IPv4Network(d, strict=True))
+        except ValueError as exc:
+            hint = ""
+            with suppress(ValueError):
+                hint = f"; did you mean {ipaddress.IPv4Network(d, strict=False)}?"
+            problem((*path, i), f"{d!r} is not an IPv4 prefix ({exc}){hint}")
+    return out
+
+
 def _proxy(name: str, spec: dict[str, Any], origin: Origin,
            findings: list[Finding]) -> Proxy | None:
     ref = f"Proxy/{name}"
@@ -128,29 +166,13 @@ def _proxy(name: str, spec: dict[str, Any], origin: Origin,
         bad = True
         findings.append(Finding(origin, ("spec", *path), message, ref))
 
-    ports = []
-    for i, p in enumerate(spec["ports"]):
-        if isinstance(p, int):
-            ports.append(PortRange(p, p))
-        elif p == "*":
-            ports.append(PortRange(0, 0))
-        else:
-            first, last = map(int, p.split("-"))
-            if not 1 <= first <= last <= 65535:
-                problem(("ports", i), f"port range {p!r} must be FIRST-LAST with "
-                                      f"1 <= FIRST <= LAST <= 65535")
-            else:
-                ports.append(PortRange(first, last))
-    destinations = []
-    for i, d in enumerate(spec.get("destinations", ["0.0.0.0/0"])):
-        try:
-            destinations.append(ipaddress.IPv4Network(d, strict=True))
-        except ValueError as exc:
-            hint = ""
-            with suppress(ValueError):
-                hint = f"; did you mean {ipaddress.IPv4Network(d, strict=False)}?"
-            problem(("destinations", i), f"{d!r} is not an IPv4 prefix ({exc}){hint}")
-    for i, b in enumerate(spec["backends"]):
+    ports = _port_ranges(spec.get("ports", []), problem, ("ports",))
+    destinations = _prefixes(spec.get("destinations", ["0.0.0.0/0"]), problem,
+                             ("destinations",))
+    if ports and not spec.get("backends"):
+        problem(("ports",), "a Proxy that steers ports needs backends: without them it would "
+                            "connect to the steered destination itself and be steered back")
+    for i, b in enumerate(spec.get("backends", [])):
         host, _, port = b.rpartition(":")
         if not 1 <= int(port) <= 65535:
             problem(("backends", i), f"backend {b!r}: port must be 1-65535")
@@ -166,15 +188,43 @@ def _proxy(name: str, spec: dict[str, Any], origin: Origin,
         return None
     drain = spec.get("drainTimeoutSeconds")
     return Proxy(name, spec["id"], spec.get("netns"), tuple(sorted(set(ports))),
-                 tuple(sorted(set(destinations))), tuple(spec["backends"]),
+                 tuple(sorted(set(destinations))), tuple(spec.get("backends", [])),
                  spec.get("balance", "round-robin"), health,
                  _ms(spec.get("connectTimeoutSeconds", 5)), _ms(spec.get("idleTimeoutSeconds", 300)),
                  None if drain is None else round(drain * 1000), spec.get("maxConnections", 10000),
                  _ms(spec.get("resolveSeconds", 30)), origin)
 
 
+def _transparent(name: str, spec: dict[str, Any], origin: Origin,
+                 findings: list[Finding]) -> TransparentProxy | None:
+    ref = f"TransparentProxy/{name}"
+    bad = False
+
+    def problem(path: tuple[PathItem, ...], message: str) -> None:
+        nonlocal bad
+        bad = True
+        findings.append(Finding(origin, ("spec", *path), message, ref))
+
+    def matches(field: str) -> tuple[TrafficMatch, ...]:
+        out = []
+        for i, m in enumerate(spec.get(field, [])):
+            out.append(TrafficMatch(
+                tuple(sorted(set(_prefixes(m.get("destinations", ["0.0.0.0/0"]), problem,
+                                           (field, i, "destinations"))))),
+                tuple(sorted(set(_port_ranges(m.get("ports", ["*"]), problem,
+                                              (field, i, "ports")))))))
+        return tuple(out)
+
+    intercept, exclude = matches("intercept"), matches("exclude")
+    if bad:
+        return None
+    return TransparentProxy(name, spec["id"], spec["cgroup"], spec["proxy"], intercept, exclude,
+                            tuple(spec.get("excludeCgroups", [])),
+                            spec.get("whenProxyDown", "refuse") == "direct", origin)
+
+
 def _build(doc: Document, origin: Origin, findings: list[Finding],
-           keys: KeyCache) -> Tunnel | Service | Interface | Proxy | None:
+           keys: KeyCache) -> Resource | None:
     """Typed resource from a schema-valid document; field problems go to findings."""
     data = doc.data
     name = data["metadata"]["name"]
@@ -208,6 +258,8 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
         return _interface(name, spec, origin)
     if kind == "Proxy":
         return _proxy(name, spec, origin, findings)
+    if kind == "TransparentProxy":
+        return _transparent(name, spec, origin, findings)
     if kind == "Tunnel":
         local = _endpoint(spec["local"], DEFAULT_GUE_PORT)
         check_address(("spec", "local", "address"), local.address)
@@ -249,7 +301,7 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
 class DocResult:
     origin: Origin
     ref: str | None  # "Kind/name" when the document has a readable kind and name
-    resource: Tunnel | Service | Interface | Proxy | None  # None: invalid
+    resource: Resource | None  # None: invalid
     findings: list[Finding]
     drift: str | None = None  # the resource's drift policy annotation, if any
 
@@ -333,6 +385,8 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
                 state.interfaces[doc.resource.name] = doc.resource
             elif isinstance(doc.resource, Proxy):
                 state.proxies[doc.resource.name] = doc.resource
+            elif isinstance(doc.resource, TransparentProxy):
+                state.transparent[doc.resource.name] = doc.resource
             else:
                 state.services[doc.resource.name] = doc.resource
     return state, invalid, findings

@@ -153,7 +153,32 @@ class Proxy(Named):
     kind = "Proxy"
 
 
-Resource = Tunnel | Service | Interface | Proxy
+@dataclass(frozen=True, slots=True)
+class TrafficMatch:
+    """TCP connections to any of destinations on any of ports."""
+
+    destinations: tuple[ipaddress.IPv4Network, ...]
+    ports: tuple[PortRange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TransparentProxy(Named):
+    """Interception by cgroup: connect() of the cgroup's processes sent to a Proxy."""
+
+    name: str
+    id: int
+    cgroup: str  # cgroup v2 path as /proc/PID/cgroup shows it ("/" is every process)
+    proxy: str  # name of the Proxy that receives the connections
+    intercept: tuple[TrafficMatch, ...]
+    exclude: tuple[TrafficMatch, ...] = ()
+    exclude_cgroups: tuple[str, ...] = ()
+    fail_open: bool = False  # whenProxyDown: direct
+    origin: Origin | None = None
+
+    kind = "TransparentProxy"
+
+
+Resource = Tunnel | Service | Interface | Proxy | TransparentProxy
 
 
 @lru_cache(maxsize=65536)

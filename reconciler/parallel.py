@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import load
-from reconciler.model import Endpoint, Interface, KeySource, Origin, Proxy, Service, Tunnel
+from reconciler.model import (
+    Endpoint,
+    Interface,
+    KeySource,
+    Origin,
+    Proxy,
+    Resource,
+    Service,
+    TransparentProxy,
+    Tunnel,
+)
 from reconciler.schema import Schemas
 from reconciler.secrets import Secret
 
@@ -45,8 +55,8 @@ def worth_it(files: list[Path]) -> bool:
     return False
 
 
-def _row(r: Tunnel | Service | Interface | Proxy | None) -> tuple[Any, ...] | None:
-    if isinstance(r, Proxy):  # rare: pickled whole
+def _row(r: Resource | None) -> tuple[Any, ...] | None:
+    if isinstance(r, Proxy | TransparentProxy):  # rare: pickled whole
         return ("P", dataclasses.replace(r, origin=None))
     if isinstance(r, Tunnel):
         remote = (r.remote.address, r.remote.port) if r.remote else None
@@ -63,8 +73,7 @@ def _row(r: Tunnel | Service | Interface | Proxy | None) -> tuple[Any, ...] | No
     return None
 
 
-def _resource(row: tuple[Any, ...] | None,
-              origin: Origin) -> Tunnel | Service | Interface | Proxy | None:
+def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Resource | None:
     if row is None:
         return None
     if row[0] == "P":

@@ -18,8 +18,10 @@ from reconciler.desired import DesiredTables, Entries
 
 Observed = dict[str, Entries]
 
-UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY, t.PROXY, t.STEER)
-DELETE_ORDER = (t.STEER, t.PROXY, t.REPLY, t.ENCAP, t.VERIFY, t.TUNNEL, t.DECAP)
+UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY, t.PROXY, t.STEER, t.TP_CONFIG,
+                t.TP_RULES)
+DELETE_ORDER = (t.TP_RULES, t.TP_CONFIG, t.STEER, t.PROXY, t.REPLY, t.ENCAP, t.VERIFY,
+                t.TUNNEL, t.DECAP)
 
 
 class Action(Enum):
@@ -78,8 +80,7 @@ class Plan:
 
     @property
     def in_sync(self) -> bool:
-        return (not self.operations and not self.attachments.operations
-                and not self.attachments.links)
+        return not self.operations and not self.attachments.changes()
 
     def count(self, action: Action) -> int:
         return sum(1 for op in self.operations if op.action is action)
@@ -121,6 +122,11 @@ def proxy_names(observed: Observed) -> dict[int, str]:
 def synthetic_owner(table: str, key: bytes, value: bytes,
                     proxy_names: dict[int, str] | None = None) -> str:
     """Name under which `get` shows an entry that no YAML resource claims."""
+    if table in (t.TP_CONFIG.name, t.TP_RULES.name):
+        try:
+            return f"TransparentProxy/(id {t.decode_key(table, key)['id']})"
+        except Exception:  # a foreign entry of the wrong size
+            return "TransparentProxy/(unknown)"
     try:
         if table == t.STEER.name:
             slot = t.decode_value(table, value)["slot"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from reconciler.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")
 ACCEPT_BACKOFF = 0.1  # seconds after a failed accept (out of file descriptors, say)
+SO_ORIGINAL_DST = 80
+_SOCKADDR_IN = struct.Struct("!2xH4s8x")
 
 
 @dataclass
@@ -29,6 +32,8 @@ class Counters:
     accept_errors: int = 0
     proxied: int = 0  # connected to a backend
     no_backend: int = 0  # closed at once: every backend down
+    original: int = 0  # sent to their original destination (intercepted, no backends)
+    no_original: int = 0  # closed at once: SO_ORIGINAL_DST had no answer
     connect_failed: int = 0
     idle_closed: int = 0
     drained: int = 0
@@ -63,6 +68,18 @@ def _is_address(host: str) -> bool:
     return host.count(".") == 3
 
 
+def original_destination(sock: socket.socket) -> tuple[str, int] | None:
+    """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
+    except OSError:
+        return None
+    if len(raw) < 8:
+        return None
+    port, addr = _SOCKADDR_IN.unpack(raw.ljust(_SOCKADDR_IN.size, b"\0"))
+    return socket.inet_ntoa(addr), port
+
+
 class ProxyServer:
     def __init__(self, listener: socket.socket, config: RuntimeConfig,
                  pool: relay.BufferPool) -> None:
@@ -88,7 +105,8 @@ class ProxyServer:
         await self._resolve_all()  # before accepting: hostnames need their first answer
         self._set_targets()
         log.info("proxy %s (slot %d) serving, backends: %s", self.config.name, self.config.slot,
-                 ", ".join(map(str, self.pool.targets)) or "none resolved")
+                 ", ".join(map(str, self.pool.targets)) or (
+                     "none resolved" if self.config.backends else "none (original destinations)"))
         await asyncio.gather(self._accept_loop(), self._resolve_loop(), self._sweep_loop())
 
     def update(self, config: RuntimeConfig) -> None:
@@ -222,7 +240,33 @@ class ProxyServer:
         self.close()
         return taken
 
+    async def _connect_original(self, conn: Conn) -> bool:
+        """No backends: the connection goes where its client wanted (a TransparentProxy
+        intercepted it; tp_getsockopt answers SO_ORIGINAL_DST)."""
+        dest = original_destination(conn.client)
+        if dest is None:
+            self.counters.no_original += 1
+            log.debug("proxy %s: a connection without an original destination",
+                      self.config.name)
+            return False
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, dest),
+                                   self.config.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            relay.close(sock)
+            self.counters.connect_failed += 1
+            log.debug("proxy %s: connect to %s:%d failed: %s", self.config.name, *dest, exc)
+            return False
+        conn.backend = sock
+        self.counters.original += 1
+        return True
+
     async def _connect(self, conn: Conn) -> bool:
+        if not self.config.backends:
+            return await self._connect_original(conn)
         loop = asyncio.get_running_loop()
         for _ in range(2):  # one retry on another backend
             target = self.pool.pick()
@@ -250,7 +294,8 @@ class ProxyServer:
         try:
             conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not await self._connect(conn):
-                self.counters.no_backend += 1
+                if self.config.backends:
+                    self.counters.no_backend += 1
                 return
             self.counters.proxied += 1
             assert conn.backend is not None
@@ -322,6 +367,7 @@ class ProxyServer:
             "slot": self.config.slot, "active": len(self.conns), "accepted": c.accepted,
             "acceptErrors": c.accept_errors,
             "proxied": c.proxied, "noBackend": c.no_backend, "connectFailed": c.connect_failed,
+            "originalDestination": c.original, "noOriginalDestination": c.no_original,
             "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,
             "bytesIn": c.bytes_in + sum(x.up.bytes for x in self.conns),
             "bytesOut": c.bytes_out + sum(x.down.bytes for x in self.conns),

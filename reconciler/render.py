@@ -9,6 +9,7 @@ from typing import Any
 
 from reconciler import tables as t
 from reconciler.attach import AttachAction, AttachOperation
+from reconciler.cgroups import CgroupOperation
 from reconciler.links import LinkOperation
 from reconciler.plan import Action, Operation, Plan
 from reconciler.secrets import Secret
@@ -95,11 +96,14 @@ def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
     return lines
 
 
-def _attach_ops(plan: Plan) -> list[AttachOperation | LinkOperation]:
-    return [*plan.attachments.links, *plan.attachments.operations]
+AnyAttach = AttachOperation | LinkOperation | CgroupOperation
 
 
-def _attach_line(op: AttachOperation | LinkOperation) -> str:
+def _attach_ops(plan: Plan) -> list[AnyAttach]:
+    return plan.attachments.changes()
+
+
+def _attach_line(op: AnyAttach) -> str:
     line = f"  {op.action.sign} {op.describe()}"
     return line if op.action is AttachAction.ATTACH else f"{line}  ({op.reason})"
 
@@ -158,7 +162,7 @@ def _origins(state: DesiredState | None) -> dict[str, str]:
         return {}
     out = {}
     for r in (*state.tunnels.values(), *state.services.values(), *state.interfaces.values(),
-              *state.proxies.values()):
+              *state.proxies.values(), *state.transparent.values()):
         if r.origin:
             out[r.ref] = r.origin.file
     return out
@@ -179,7 +183,11 @@ def _op_json(op: Operation) -> dict[str, Any]:
     }
 
 
-def _attach_json(op: AttachOperation | LinkOperation) -> dict[str, Any]:
+def _attach_json(op: AnyAttach) -> dict[str, Any]:
+    if isinstance(op, CgroupOperation):
+        return {"action": op.action.value, "resource": op.owner,
+                "link": {"type": "cgroup", "cgroup": op.hook.cgroup, "hook": op.hook.hook},
+                "program": op.program, "reason": op.reason, "drift": op.drift}
     if isinstance(op, LinkOperation):
         return {"action": op.action.value, "resource": op.owner,
                 "link": {"type": "sk_lookup", "netns": op.netns}, "program": "ps_dispatch",

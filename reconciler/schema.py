@@ -82,6 +82,9 @@ def _explain(err: Any) -> Iterator[SchemaError]:
         if best.absolute_path:
             yield from _explain(best)
             return
+    if err.validator == "pattern" and "x-error" in err.schema:  # a regex says little
+        yield SchemaError(path, f"{err.instance!r}: {err.schema['x-error']}")
+        return
     if err.validator == "required":
         yield SchemaError(path, err.message.replace("is a required property", "is required"))
         return

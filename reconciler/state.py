@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.errors import Problem
-from reconciler.model import Interface, Proxy, Service, Tunnel
+from reconciler.model import Interface, Proxy, Service, TransparentProxy, Tunnel
 
 
 @dataclass
@@ -14,6 +14,7 @@ class DesiredState:
     services: dict[str, Service] = field(default_factory=dict)
     interfaces: dict[str, Interface] = field(default_factory=dict)
     proxies: dict[str, Proxy] = field(default_factory=dict)
+    transparent: dict[str, TransparentProxy] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
     files: int = 0
     drift: dict[str, str] = field(default_factory=dict)  # "Kind/name" -> annotated policy
@@ -21,7 +22,7 @@ class DesiredState:
     @property
     def resource_count(self) -> int:
         return (len(self.tunnels) + len(self.services) + len(self.interfaces)
-                + len(self.proxies))
+                + len(self.proxies) + len(self.transparent))
 
     @property
     def has_node_role(self) -> bool:

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import tables as t
-from reconciler.kernel import libbpf, netns
+from reconciler.cgroups import datapath_cgroup
+from reconciler.errors import KernelStateError
+from reconciler.kernel import cgroups, libbpf, netns
 
 log = logging.getLogger("bpfsync.supervisor")
 
@@ -94,6 +96,18 @@ def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
     return out
 
 
+def transparent_declared(pin_root: Path) -> bool:
+    """True when a TransparentProxy is configured (tp_config holds an entry)."""
+    fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / t.TP_CONFIG.name))
+    if fd is None:
+        return False
+    try:
+        return bool(libbpf.lookup_all(fd, t.TP_CONFIG.key_size, t.TP_CONFIG.value_size,
+                                      t.TP_CONFIG.max_entries))
+    finally:
+        os.close(fd)
+
+
 class Listeners:
     """Listening sockets by slot, kept registered in ps_sockets."""
 
@@ -126,6 +140,15 @@ class Listeners:
         if self.socks:
             self._register()
         return changed
+
+    def reopen(self) -> None:
+        """New sockets for every slot (made where this process is now: its cgroup decides
+        which getsockopt programs their accepted sockets run)."""
+        for slot in sorted(self.socks):
+            self.socks.pop(slot).close()
+            self.socks[slot] = self._open(slot)
+        if self.socks:
+            self._register()
 
     def _register(self) -> None:
         fd = libbpf.obj_get_if_pinned(str(self.pin_root / "maps" / t.SOCKETS.name))
@@ -194,7 +217,8 @@ class Supervisor:
         if w.control is None:
             return
         slots = sorted(self.listeners.socks)
-        msg = json.dumps({"slots": slots}).encode()
+        cookies = [socket_cookie(self.listeners.socks[s]) for s in slots]
+        msg = json.dumps({"slots": slots, "cookies": cookies}).encode()
         try:
             socket.send_fds(w.control, [msg], [self.listeners.socks[s].fileno() for s in slots])
         except OSError as exc:  # the worker is dying; the next one gets the set
@@ -245,16 +269,39 @@ class Supervisor:
             tmp.replace(self.status_dir / "supervisor.json")
             self._written = text
 
+    def _join_cgroup(self) -> bool:
+        """Move into the data path's cgroup once a TransparentProxy is declared: its
+        outbound connections are then never intercepted, and listeners made there get
+        SO_ORIGINAL_DST answered. True when the listeners had to be made again."""
+        try:
+            if not transparent_declared(self.pin_root):
+                return False
+            want = datapath_cgroup(self.pin_root)
+            if cgroups.current() == want:
+                return False
+            cgroups.move(os.getpid(), want)
+            if self.worker.proc is not None:
+                cgroups.move(self.worker.proc.pid, want)
+        except (OSError, KernelStateError) as exc:
+            log.warning("cannot move into the data path's cgroup: %s", exc)
+            return False
+        log.info("data path moved into cgroup %s (transparent proxies declared)", want)
+        if not self.listeners.socks:
+            return False
+        self.listeners.reopen()
+        return True
+
     # ----- main loop
     def tick(self, now: float) -> None:
         if now >= self.slots_due:
             self.slots_due = now + self.slots_every
+            reopened = self._join_cgroup()
             try:
                 slots = set(read_proxy_slots(self.pin_root))
             except OSError as exc:
                 log.warning("reading %s failed: %s", t.PROXY.name, exc)
                 slots = set(self.listeners.socks)
-            if self.listeners.sync(slots):
+            if self.listeners.sync(slots) or reopened:
                 self._send_listeners()
         self._reap(now)
         if self.worker.proc is None and now >= self.worker.next_start and not self._stop:

@@ -24,6 +24,7 @@ BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LPM_TRIE = 11
 BPF_MAP_TYPE_SOCKMAP = 15
+BPF_MAP_TYPE_SK_STORAGE = 24
 BPF_F_NO_PREALLOC = 1
 
 MAX_SERVICES = 131072
@@ -79,12 +80,36 @@ PS_STATS = MapSpec("ps_stats", 4, 8, MAX_PROXIES * PS_COUNTERS, "Stats", owned=F
                    map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
 PS_STAT_NAMES = ("lookups", "steered", "no_listener", "assign_error")
 
-# Tables of entries (read, diffed, written); STATS, SOCKETS and PS_STATS are only created
-# (and read as counters or by the data path).
-ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, LEARNED, PROXY, STEER)
-PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS, SOCKETS, PS_STATS)
+# Transparent proxy by cgroup (bpf/tproxy.h): intercept/exclude rules per TransparentProxy,
+# its configuration, the connections the programs track, their socket-local storage.
+TP_MAX = 64
+TP_MAX_RULES = 65536
+TP_MAX_CONNS = 65536
+TP_COUNTERS = 8
+TP_EXCLUDE_CGROUPS = 4
+TP_KIND_INTERCEPT, TP_KIND_EXCLUDE = 1, 2
+TP_FLAG_FAIL_OPEN = 1
+TP_RULES = MapSpec("tp_rules", 12, 8, TP_MAX_RULES, "TransparentProxy",
+                   map_type=BPF_MAP_TYPE_LPM_TRIE, flags=BPF_F_NO_PREALLOC, batch=False)
+TP_CONFIG = MapSpec("tp_config", 4, 72, TP_MAX, "TransparentProxy")
+TP_CONNS = MapSpec("tp_conns", 12, 8, TP_MAX_CONNS, "TransparentProxy", owned=False)
+TP_STATS = MapSpec("tp_stats", 4, 8, TP_MAX * TP_COUNTERS, "Stats", owned=False,
+                   map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
+# Socket-local storage needs BTF, which BCC writes: it is created by the first compilation of
+# bpf/tproxy.c, never by open_tables, and checked like every other pin once it exists.
+TP_ORIG = MapSpec("tp_orig", 4, 8, 0, "TransparentProxy", owned=False,
+                  map_type=BPF_MAP_TYPE_SK_STORAGE, flags=BPF_F_NO_PREALLOC)
+TP_STAT_NAMES = ("connects", "intercepted", "excluded", "other_netns", "no_proxy",
+                 "track_full", "answered", "unanswered")
+
+# Tables of entries (read, diffed, written); STATS, SOCKETS, PS_STATS and TP_STATS are only
+# created (and read as counters or by the data path); TP_CONNS is read for map pressure.
+ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, LEARNED, PROXY, STEER,
+                                   TP_CONFIG, TP_RULES)
+PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS, SOCKETS, PS_STATS, TP_CONNS, TP_STATS)
+CREATED_BY_BCC: tuple[MapSpec, ...] = (TP_ORIG,)
 OWNED_TABLES: tuple[MapSpec, ...] = tuple(t for t in ALL_TABLES if t.owned)
-BY_NAME: dict[str, MapSpec] = {t.name: t for t in PINNED}
+BY_NAME: dict[str, MapSpec] = {t.name: t for t in (*PINNED, *CREATED_BY_BCC)}
 
 # Index -> name of the TI_STATS counters (enum ti_stat in bpf/trueingress.h).
 STAT_NAMES: tuple[str, ...] = (
@@ -107,6 +132,10 @@ _STEER_KEY = struct.Struct("=IBxH4s")  # prefixlen host order; port and address 
 _STEER_PREFIX_BITS = 32  # proto, pad and port come before the address in the trie key
 _SLOT = struct.Struct("=I")
 _CONFIG_LEN = struct.Struct("!I")
+_TP_CONFIG = struct.Struct(f"=IIQ{TP_EXCLUDE_CGROUPS}Q{TP_EXCLUDE_CGROUPS}I4x")  # + stamp
+_TP_RULE_KEY = struct.Struct("=IBBH4s")  # like the steering key, with (kind, id) for (proto, pad)
+_TP_CONN_KEY = struct.Struct("=IIHH")
+_TP_ORIG = struct.Struct("!4sH")  # + host-order u16 id
 
 
 def _stamped(key: bytes, body: bytes) -> bytes:
@@ -186,6 +215,35 @@ def proxy_config(value: bytes) -> bytes:
     return value[_CONFIG_LEN.size:_CONFIG_LEN.size + n]
 
 
+def tp_rule_key(tp_id: int, kind: int, port: int, network: str, prefixlen: int) -> bytes:
+    """Trie key of (kind, TransparentProxy id, port, destination prefix); port 0: any."""
+    return _TP_RULE_KEY.pack(_STEER_PREFIX_BITS + prefixlen, kind, tp_id, socket.htons(port),
+                             socket.inet_aton(network))
+
+
+def tp_rule_value(key: bytes, tp_id: int) -> bytes:
+    return _stamped(key, _SLOT.pack(tp_id))
+
+
+def tp_config_value(key: bytes, slot: int, fail_open: bool, netns_cookie: int,
+                    cgroups: list[tuple[int, int]]) -> bytes:
+    """cgroups: (id, level) of the cgroups never intercepted (at most TP_EXCLUDE_CGROUPS)."""
+    padded = (cgroups + [(0, 0)] * TP_EXCLUDE_CGROUPS)[:TP_EXCLUDE_CGROUPS]
+    return _stamped(key, _TP_CONFIG.pack(slot, TP_FLAG_FAIL_OPEN if fail_open else 0,
+                                         netns_cookie, *(c for c, _ in padded),
+                                         *(lv for _, lv in padded)))
+
+
+def tp_conn(key: bytes, value: bytes) -> dict[str, Any]:
+    """A tracked intercepted connection (tp_conns), for `get` and tests."""
+    cip, pip, cport, pport = _TP_CONN_KEY.unpack(key)
+    addr, port = _TP_ORIG.unpack_from(value)
+    (tp,) = struct.unpack_from("=H", value, _TP_ORIG.size)
+    return {"client": f"{socket.inet_ntoa(struct.pack('!I', cip))}:{cport}",
+            "proxy": f"{socket.inet_ntoa(struct.pack('!I', pip))}:{pport}",
+            "original": f"{socket.inet_ntoa(addr)}:{port}", "transparentProxy": tp}
+
+
 # Decoding, for diff, get and status. Key material comes back as Secret, never as bytes.
 
 def decode_endpoint(raw: bytes) -> dict[str, Any]:
@@ -195,6 +253,13 @@ def decode_endpoint(raw: bytes) -> dict[str, Any]:
 
 
 def decode_key(table: str, raw: bytes) -> dict[str, Any]:
+    if table == TP_RULES.name:
+        plen, kind, tp, port, addr = _TP_RULE_KEY.unpack(raw)
+        return {"id": tp, "rule": "intercept" if kind == TP_KIND_INTERCEPT else "exclude",
+                "port": socket.ntohs(port) or "*",
+                "prefix": f"{socket.inet_ntoa(addr)}/{plen - _STEER_PREFIX_BITS}"}
+    if table == TP_CONFIG.name:
+        return {"id": _SLOT.unpack(raw)[0]}
     if table == STEER.name:
         plen, proto, port, addr = _STEER_KEY.unpack(raw)
         return {"port": socket.ntohs(port) or "*", "protocol": PROTO_NAMES.get(proto, proto),
@@ -210,6 +275,15 @@ def decode_key(table: str, raw: bytes) -> dict[str, Any]:
 
 
 def decode_value(table: str, raw: bytes) -> dict[str, Any]:
+    if table == TP_RULES.name:
+        return {"id": _SLOT.unpack_from(raw)[0]}
+    if table == TP_CONFIG.name:
+        f = _TP_CONFIG.unpack_from(raw)
+        ids, levels = f[3:3 + TP_EXCLUDE_CGROUPS], f[3 + TP_EXCLUDE_CGROUPS:]
+        return {"proxySlot": f[0], "failOpen": bool(f[1] & TP_FLAG_FAIL_OPEN),
+                "netnsCookie": f[2],
+                "excludedCgroups": [{"id": i, "level": lv} for i, lv in zip(ids, levels,
+                                                                           strict=True) if i]}
     if table == STEER.name:
         return {"slot": _SLOT.unpack_from(raw)[0]}
     if table == PROXY.name:
@@ -248,6 +322,10 @@ def decode_value(table: str, raw: bytes) -> dict[str, Any]:
 def describe_key(table: str, raw: bytes) -> str:
     """Short human name of an entry's key, as shown in diff."""
     k = decode_key(table, raw)
+    if table == TP_RULES.name:
+        return f"{k['rule']} {k['prefix']} port {k['port']}"
+    if table == TP_CONFIG.name:
+        return f"id {k['id']}"
     if table == STEER.name:
         return f"{k['prefix']} port {k['port']}/{k['protocol']}"
     if table == PROXY.name:

@@ -96,12 +96,13 @@ class Record:
 
 def _kind_counts(state: DesiredState) -> dict[str, int]:
     return {"Tunnel": len(state.tunnels), "Service": len(state.services),
-            "Interface": len(state.interfaces), "Proxy": len(state.proxies)}
+            "Interface": len(state.interfaces), "Proxy": len(state.proxies),
+            "TransparentProxy": len(state.transparent)}
 
 
 def _operation_counts(plan: Plan) -> Counter[str]:
     out: Counter[str] = Counter({a.value: plan.count(a) for a in Action})
-    for op in [*plan.attachments.operations, *plan.attachments.links]:
+    for op in plan.attachments.changes():
         out[op.action.value] += 1
     return +out
 

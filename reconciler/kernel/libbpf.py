@@ -12,6 +12,7 @@ import os
 from contextlib import suppress
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 BPF_OBJ_NAME_LEN = 16
 
@@ -82,6 +83,20 @@ class BpfLinkInfo(ctypes.Structure):
         ("netns_ino", ctypes.c_uint32),
         ("attach_type", ctypes.c_uint32),
         ("_rest", ctypes.c_uint8 * 64),
+    ]
+
+
+class BpfCgroupLinkInfo(ctypes.Structure):
+    """struct bpf_link_info for cgroup links: type, id, prog_id, cgroup part."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+        ("attach_type", ctypes.c_uint32),
+        ("_rest", ctypes.c_uint8 * 60),
     ]
 
 
@@ -273,7 +288,14 @@ def link_update(link_fd: int, prog_fd: int) -> None:
 
 
 def link_info(fd: int) -> BpfLinkInfo:
-    info = BpfLinkInfo()
+    return _link_info(fd, BpfLinkInfo())
+
+
+def cgroup_link_info(fd: int) -> BpfCgroupLinkInfo:
+    return _link_info(fd, BpfCgroupLinkInfo())
+
+
+def _link_info(fd: int, info: Any) -> Any:
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
            "link info")

@@ -85,6 +85,28 @@ class PinnedTables:
                 out[slot] = dict(zip(t.PS_STAT_NAMES, row, strict=True))
         return out
 
+    def tp_stats(self) -> dict[int, dict[str, int]]:
+        """TP_STATS by TransparentProxy id (0: questions nothing answered), by counter name;
+        ids never counted are left out."""
+        fd = self.fds.get(t.TP_STATS.name)
+        if fd is None:
+            return {}
+        raw = libbpf.percpu_array_sums(fd, t.TP_STATS.max_entries)
+        out: dict[int, dict[str, int]] = {}
+        for tp in range(t.TP_MAX):
+            row = raw[tp * t.TP_COUNTERS:(tp + 1) * t.TP_COUNTERS]
+            if any(row):
+                out[tp] = dict(zip(t.TP_STAT_NAMES, row, strict=True))
+        return out
+
+    def tracked(self) -> dict[bytes, bytes]:
+        """Intercepted connections the programs track now (tp_conns): map pressure."""
+        fd = self.fds.get(t.TP_CONNS.name)
+        if fd is None:
+            return {}
+        return libbpf.lookup_all(fd, t.TP_CONNS.key_size, t.TP_CONNS.value_size,
+                                 t.TP_CONNS.max_entries)
+
     def apply(self, plan: Plan, deletes: bool | None = None) -> int:
         """Execute the plan's entry operations (only upserts or only deletes when asked) with
         one batch syscall per run of same-table operations."""
@@ -143,13 +165,16 @@ def open_tables(root: Path, create: bool) -> PinnedTables:
         return tables
     problems: list[str] = []
     try:
-        for spec in t.PINNED:
+        for spec in (*t.PINNED, *t.CREATED_BY_BCC):
             path = root / "maps" / spec.name
             if not path.exists():
                 continue
             fd = libbpf.obj_get(str(path))
-            tables.fds[spec.name] = fd
             diff = _mismatch(spec, libbpf.map_info(fd))
+            if spec in t.CREATED_BY_BCC:
+                os.close(fd)  # only checked: BCC's compilation opens it by its pin
+            else:
+                tables.fds[spec.name] = fd
             if diff:
                 problems.append(f"{path}: {', '.join(diff)}")
         if problems:

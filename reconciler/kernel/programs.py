@@ -22,8 +22,11 @@ BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SOURCE = BPF_DIR / "trueingress.c"
 STEER_SOURCE = BPF_DIR / "steer.c"
 STEER_FUNCTION = "ps_dispatch"
+TPROXY_SOURCE = BPF_DIR / "tproxy.c"
 BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36  # expected attach type
+# cgroup programs of transparent proxies: hook -> (program type, expected attach type)
+CGROUP_PROGRAM_TYPES = {"connect4": (18, 10), "sock_ops": (13, None), "getsockopt": (25, 21)}
 _LD_IMM64 = 0x18
 _PSEUDO_MAP_FD, _PSEUDO_MAP_VALUE = 1, 2
 
@@ -95,6 +98,27 @@ class Programs:
                                            attach_type=BPF_SK_LOOKUP).fd
         except Exception as exc:
             raise KernelStateError(f"loading {STEER_FUNCTION} failed: {exc}") from exc
+
+    def _tproxy(self, ids: tuple[int, ...]) -> Any:
+        entries = " ".join(f"TP_CONNECT4({i})" for i in ids)
+        return self._compile(f"tproxy{ids}", TPROXY_SOURCE, [
+            f"-I{BPF_DIR}", f'-DTP_PIN_DIR="{self.pin_root}/maps/"',
+            f'-DPS_PIN_DIR="{self.pin_root}/maps/"', f"-DTP_IDS={entries}"],
+            "transparent proxy")
+
+    def tproxy_tags(self, ids: tuple[int, ...], names: list[str]) -> dict[str, frozenset[str]]:
+        """Acceptable tags of the named cgroup programs, compiled for TransparentProxy ids."""
+        bpf = self._tproxy(ids)
+        return {name: program_tags(bpf.dump_func(name.encode())) for name in names}
+
+    def load_tproxy(self, ids: tuple[int, ...], hook: str, name: str) -> int:
+        prog_type, attach_type = CGROUP_PROGRAM_TYPES[hook]
+        try:
+            fn = self._tproxy(ids).load_func(name.encode(), prog_type, **(
+                {"attach_type": attach_type} if attach_type is not None else {}))
+        except Exception as exc:
+            raise KernelStateError(f"loading {name} failed: {exc}") from exc
+        return fn.fd
 
     def tags(self, config: ProgramConfig, direction: str) -> frozenset[str]:
         return program_tags(self._bpf(config).dump_func(FUNCTIONS[direction].encode()))

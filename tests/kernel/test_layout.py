@@ -110,3 +110,54 @@ def test_steering_header_matches_python_layout() -> None:
         assert f"#define PS_MAX_PROXIES {t.MAX_PROXIES}" in text
     finally:
         bpf.cleanup()
+
+
+TPROXY_HEADER = HEADER.with_name("tproxy.h")
+TPROXY_PROGRAM = f"""
+#include "{TPROXY_HEADER}"
+BPF_HASH(tp_rules, struct tp_rule_key, struct tp_rule, 4);
+BPF_HASH(tp_config, u32, struct tp_config, 4);
+BPF_HASH(tp_conns, struct tp_conn_key, struct tp_orig, 4);
+int unused(void *ctx) {{ return 0; }}
+"""
+
+
+def test_tproxy_header_matches_python_layout() -> None:
+    ensure_kernel_source()
+    from bcc import BPF
+
+    bpf = BPF(text=TPROXY_PROGRAM.encode())
+    try:
+        for spec in (t.TP_RULES, t.TP_CONFIG, t.TP_CONNS):
+            table = bpf[spec.name.encode()]
+            assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
+            assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
+        assert ctypes.sizeof(bpf[b"tp_conns"].Leaf) == t.TP_ORIG.value_size
+        config = bpf[b"tp_config"].Leaf
+        assert {n: getattr(config, n).offset for n, *_ in config._fields_} == {
+            "slot": 0, "flags": 4, "netns_cookie": 8, "cgroup_id": 16, "cgroup_level": 48,
+            "pad": 64, "stamp": 68}
+        value = config.from_buffer_copy(t.tp_config_value(b"\1\0\0\0", 7, True, 99, [(5, 2)]))
+        assert (value.slot, value.flags, value.netns_cookie) == (7, t.TP_FLAG_FAIL_OPEN, 99)
+        assert (value.cgroup_id[0], value.cgroup_level[0], value.cgroup_id[1]) == (5, 2, 0)
+        key = bpf[b"tp_rules"].Key.from_buffer_copy(
+            t.tp_rule_key(3, t.TP_KIND_EXCLUDE, 443, "198.51.100.0", 24))
+        assert (key.prefixlen, key.kind, key.tp, key.port, key.addr) == (
+            56, t.TP_KIND_EXCLUDE, 3, 0xBB01, 0x006433C6)
+        conn = bpf[b"tp_conns"]
+        assert {n: getattr(conn.Key, n).offset for n, *_ in conn.Key._fields_} == {
+            "client_ip": 0, "proxy_ip": 4, "client_port": 8, "proxy_port": 10}
+        text = TPROXY_HEADER.read_text()
+        for name, value in (("TP_MAX", t.TP_MAX), ("TP_MAX_RULES", t.TP_MAX_RULES),
+                            ("TP_MAX_CONNS", t.TP_MAX_CONNS), ("TP_COUNTERS", t.TP_COUNTERS),
+                            ("TP_EXCLUDE_CGROUPS", t.TP_EXCLUDE_CGROUPS),
+                            ("TP_KIND_INTERCEPT", t.TP_KIND_INTERCEPT),
+                            ("TP_KIND_EXCLUDE", t.TP_KIND_EXCLUDE),
+                            ("TP_FLAG_FAIL_OPEN", t.TP_FLAG_FAIL_OPEN)):
+            assert f"#define {name} {value} " in text or f"#define {name} {value}\n" in text
+        enum = text[text.index("enum tp_stat {"):]
+        names = [line.split()[0].removeprefix("TP_STAT_").lower()
+                 for line in enum.splitlines()[1:] if line.strip().startswith("TP_STAT_")]
+        assert names == list(t.TP_STAT_NAMES)
+    finally:
+        bpf.cleanup()

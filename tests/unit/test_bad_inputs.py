@@ -27,6 +27,10 @@ PROXY = ("apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\nspec:\n  i
          "  ports: [80, \"8000-8009\"]\n  destinations: [203.0.113.0/24]\n"
          "  backends: [\"192.0.2.10:8080\"]\n")
 API = PROXY.replace("name: web", "name: api").replace("id: 1", "id: 2")
+EGRESS = "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\nspec:\n  id: 3\n"
+TP = ("apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n  id: 1\n"
+      "  cgroup: /apps\n  proxy: egress\n  intercept:\n    - destinations: [198.51.100.0/24]\n"
+      "      ports: [80]\n")
 
 
 def sub(text: str, old: str, new: str) -> str:
@@ -81,6 +85,23 @@ CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
      "the check timeout must not exceed its interval", "a.yaml:9:53"),
     ("proxy-unknown-balance", {"a.yaml": PROXY + "  balance: leastconn\n"},
      "'leastconn' is not one of ['round-robin']", "a.yaml:9:12"),
+    ("proxy-ports-without-backends", {"a.yaml": sub(PROXY, '  backends: ["192.0.2.10:8080"]\n',
+                                                    "")},
+     "a Proxy that steers ports needs backends", "a.yaml:6:10"),
+    ("tp-unknown-proxy", {"a.yaml": EGRESS + "---\n" + sub(TP, "proxy: egress", "proxy: egres")},
+     "no Proxy named 'egres' (defined: egress)", "a.yaml:13:10"),
+    ("tp-host-bits", {"a.yaml": EGRESS + "---\n" + sub(TP, "198.51.100.0/24", "198.51.100.7/24")},
+     "did you mean 198.51.100.0/24?", "a.yaml:15:22"),
+    ("tp-relative-cgroup", {"a.yaml": EGRESS + "---\n" + sub(TP, "cgroup: /apps", "cgroup: apps")},
+     "a cgroup is a path in the cgroup v2 hierarchy", "a.yaml:12:11"),
+    ("tp-duplicate-cgroup", {"a.yaml": EGRESS + "---\n" + TP + "---\n" + sub(sub(
+        TP, "name: apps", "name: more"), "id: 1", "id: 2")},
+     "cgroup /apps (one TransparentProxy per cgroup) is also claimed by TransparentProxy/apps",
+     "a.yaml:23:11"),
+    ("tp-excludes-itself", {"a.yaml": EGRESS + "---\n" + TP + "  excludeCgroups: [/apps]\n"},
+     "/apps is the intercepted cgroup itself", "a.yaml:17:20"),
+    ("tp-unknown-policy", {"a.yaml": EGRESS + "---\n" + TP + "  whenProxyDown: bypass\n"},
+     "'bypass' is not one of ['refuse', 'direct']", "a.yaml:17:18"),
     ("unclosed-flow", {"a.yaml": "spec: [unclosed\n"}, "invalid YAML", "a.yaml:2:1"),
     ("tab-indent", {"a.yaml": "spec:\n\tid: 1\n"}, "invalid YAML", "a.yaml:2:1"),
     ("bad-indent", {"a.yaml": "a:\n  b: 1\n c: 2\n"}, "invalid YAML", "a.yaml:3:2"),
@@ -88,7 +109,7 @@ CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
     ("scalar-document", {"a.yaml": "hello\n"}, "must be a mapping, not str", "a.yaml:1:1"),
     ("missing-kind", {"a.yaml": sub(T, "kind: Tunnel\n", "")}, "kind missing", "a.yaml:1:1"),
     ("unknown-kind", {"a.yaml": sub(T, "kind: Tunnel", "kind: Tunel")},
-     "'Tunel' is unknown; known kinds: Interface, Proxy, Service, Tunnel", "a.yaml:2:7"),
+     "'Tunel' is unknown; known kinds: Interface, Proxy, Service, TransparentProxy, Tunnel", "a.yaml:2:7"),
     ("wrong-api-version", {"a.yaml": sub(T, "bpfsync/v1", "bpfsync/v2")},
      "apiVersion must be 'bpfsync/v1'", "a.yaml:1:13"),
     ("missing-metadata", {"a.yaml": sub(T, "metadata:\n  name: t1\n", "")},

@@ -1,0 +1,74 @@
+/* Transparent proxy by cgroup (the Pipy seed, fixed): tables shared by tproxy.c and
+ * reconciler/tables.py. A kernel test compiles this header with BCC and compares the layouts
+ * with Python's. */
+#ifndef BPFSYNC_TPROXY_H
+#define BPFSYNC_TPROXY_H
+
+#define TP_MAX 64              /* TransparentProxies per pin root; an id is 1..63 */
+#define TP_MAX_RULES 65536     /* intercept and exclude (port, prefix) entries */
+#define TP_MAX_CONNS 65536     /* intercepted connections tracked at once */
+#define TP_EXCLUDE_CGROUPS 4   /* cgroups (with their descendants) never intercepted */
+#define TP_COUNTERS 8
+#define TP_PORT_ANY 0
+#define TP_KIND_INTERCEPT 1
+#define TP_KIND_EXCLUDE 2
+#define TP_FLAG_FAIL_OPEN 1    /* no live proxy listener: connect directly, not refuse */
+
+/* LPM trie key, laid out like ps_dest_key: prefixlen counts the 32 bits of (kind, tp, port)
+ * plus the destination prefix length. port and addr network order; prefixlen host order. */
+struct tp_rule_key {
+    u32 prefixlen;
+    u8 kind;
+    u8 tp;
+    u16 port;
+    u32 addr;
+};
+
+struct tp_rule {
+    u32 tp;
+    u32 stamp;
+};
+
+/* One TransparentProxy, keyed by its id (host order u32). 72 bytes. */
+struct tp_config {
+    u32 slot;                  /* the Proxy's listener slot in ps_sockets */
+    u32 flags;
+    u64 netns_cookie;          /* only sockets of the Proxy's namespace are intercepted */
+    u64 cgroup_id[TP_EXCLUDE_CGROUPS];  /* 0: unused */
+    u32 cgroup_level[TP_EXCLUDE_CGROUPS];
+    u32 pad;
+    u32 stamp;
+};
+
+/* Socket-local storage of an intercepted client socket: where it wanted to go. Freed with
+ * the socket, so it cannot fill up. */
+struct tp_orig {
+    u32 addr;                  /* network order */
+    u16 port;                  /* network order */
+    u16 tp;
+};
+
+/* The connection as the proxy sees it (peer = client, local = listener), host order, so
+ * that getsockopt(SO_ORIGINAL_DST) on the accepted socket finds the client's tp_orig.
+ * Inserted when the client's connection is established, deleted when its socket closes. */
+struct tp_conn_key {
+    u32 client_ip;
+    u32 proxy_ip;
+    u16 client_port;
+    u16 proxy_port;
+};
+
+/* tp_stats: per-CPU array of TP_MAX * TP_COUNTERS u64, id * TP_COUNTERS + counter.
+ * Id 0 counts SO_ORIGINAL_DST questions no entry answered. */
+enum tp_stat {
+    TP_STAT_CONNECTS = 0,      /* TCP connects seen by the connect4 program */
+    TP_STAT_INTERCEPTED = 1,
+    TP_STAT_EXCLUDED = 2,      /* by an exclude rule or an excluded cgroup */
+    TP_STAT_OTHER_NETNS = 3,   /* in another network namespace than the Proxy's: direct */
+    TP_STAT_NO_PROXY = 4,      /* no live listener: refused (or direct with failOpen) */
+    TP_STAT_TRACK_FULL = 5,    /* tp_conns full: the proxy cannot learn the destination */
+    TP_STAT_ANSWERED = 6,      /* SO_ORIGINAL_DST answered */
+    TP_STAT_UNANSWERED = 7,    /* (id 0) SO_ORIGINAL_DST asked, nothing tracked */
+};
+
+#endif

@@ -1,0 +1,149 @@
+"""Cgroup attachments of transparent proxies: which programs should be linked to which
+cgroups, what is, and the operations between them. Pure, like attach.py and links.py;
+kernel/cgroups.py observes and executes.
+
+Every attachment is a BPF link pinned at <pin root>/links/cg:<cgroup>:<hook>, so it outlives
+every process, and is multi-attach: programs others attached to the same cgroup run as
+before and are never looked at. A changed program is swapped into the same link
+(BPF_LINK_UPDATE): interception never pauses.
+
+The data path runs in a cgroup of its own, derived from the pin root, which bpfsync creates:
+its listeners are made there (so getsockopt(SO_ORIGINAL_DST) on their accepted sockets runs
+tp_getsockopt, attached there) and its outbound connections are never intercepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from reconciler.attach import AttachAction, AttachPlan
+from reconciler.state import DesiredState
+
+LINK_PREFIX = "cg:"
+HOOKS = ("getsockopt", "sock_ops", "connect4")  # attach order; detach in reverse
+DATAPATH_PARENT = "/bpfsync"
+ORPHAN_OWNER = "TransparentProxy/(cgroup link)"
+
+
+def datapath_cgroup(pin_root: Path) -> str:
+    """The data path's cgroup for a pin root, e.g. /bpfsync/sys-fs-bpf-bpfsync."""
+    return f"{DATAPATH_PARENT}/{str(pin_root).strip('/').replace('/', '-') or 'root'}"
+
+
+def level(cgroup: str) -> int:
+    """Depth in the hierarchy (the root "/" is 0), as bpf_get_current_ancestor_cgroup_id
+    counts it."""
+    return len([p for p in cgroup.split("/") if p])
+
+
+def program(hook: str, tp_id: int | None = None) -> str:
+    """Name of the BPF function for a hook (connect4 has one per TransparentProxy)."""
+    return f"tp_connect4_{tp_id}" if hook == "connect4" else f"tp_{hook}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CgroupHook:
+    cgroup: str
+    hook: str
+
+    def __str__(self) -> str:
+        return f"cgroup {self.cgroup} {self.hook}"
+
+    @property
+    def pin_name(self) -> str:
+        # bpffs refuses '.', '/' cannot be in a name: percent-encode both (and ':')
+        return f"{LINK_PREFIX}{quote(self.cgroup, safe='').replace('.', '%2E')}:{self.hook}"
+
+    @classmethod
+    def from_pin_name(cls, name: str) -> CgroupHook | None:
+        if not name.startswith(LINK_PREFIX) or name.endswith("~new"):
+            return None
+        path, _, hook = name[len(LINK_PREFIX):].rpartition(":")
+        if hook not in HOOKS or not path:
+            return None
+        return cls(unquote(path), hook)
+
+
+@dataclass(frozen=True, slots=True)
+class WantedCgroup:
+    hook: CgroupHook
+    program: str
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeenCgroup:
+    hook: CgroupHook
+    link_id: int
+    program: str | None  # name of the program the link runs
+    tag: str | None
+    alive: bool  # the link's cgroup is the one at that path now (not removed or recreated)
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupOperation:
+    action: AttachAction
+    hook: CgroupHook
+    program: str | None  # None for detach
+    owner: str
+    reason: str
+    drift: bool = False
+
+    def describe(self) -> str:
+        return f"{self.hook}: {self.program or 'link'}"
+
+
+def wanted(state: DesiredState, pin_root: Path) -> list[WantedCgroup]:
+    out = []
+    for tp in sorted(state.transparent.values(), key=lambda x: x.id):
+        out.append(WantedCgroup(CgroupHook(tp.cgroup, "sock_ops"), program("sock_ops"), tp.ref))
+        out.append(WantedCgroup(CgroupHook(tp.cgroup, "connect4"), program("connect4", tp.id),
+                                tp.ref))
+    if state.transparent:
+        owner = f"TransparentProxy/{min(state.transparent)}"
+        out.insert(0, WantedCgroup(CgroupHook(datapath_cgroup(pin_root), "getsockopt"),
+                                   program("getsockopt"), owner))
+    return out
+
+
+def compute_cgroup_plan(want: list[WantedCgroup], seen: list[SeenCgroup],
+                        exists: dict[str, bool], tags: dict[str, frozenset[str]] | None,
+                        plan: AttachPlan) -> list[CgroupOperation]:
+    """exists: cgroup path -> present on this host; tags: acceptable tags by program, None
+    when programs cannot be compiled yet. Waiting cgroups are reported in plan.waiting."""
+    ops: list[CgroupOperation] = []
+    by_hook = {s.hook: s for s in seen}
+    wanted_hooks = {w.hook for w in want}
+    for s in seen:
+        if s.hook not in wanted_hooks or not s.alive:
+            why = ("the cgroup was removed or recreated" if not s.alive else
+                   "no longer in YAML")
+            owner = next((w.owner for w in want if w.hook == s.hook), ORPHAN_OWNER)
+            ops.append(CgroupOperation(AttachAction.DETACH, s.hook, None, owner, why))
+    waiting: set[str] = set()
+    for w in want:
+        if not exists.get(w.hook.cgroup, False):
+            if w.hook.cgroup not in waiting:
+                waiting.add(w.hook.cgroup)
+                plan.waiting.append(f"{w.owner}: cgroup {w.hook.cgroup} not found; "
+                                    f"interception not attached there until it exists")
+            continue
+        s = by_hook.get(w.hook)
+        if s is None or not s.alive:
+            ops.append(CgroupOperation(AttachAction.ATTACH, w.hook, w.program, w.owner,
+                                       "declared in YAML"))
+        elif tags is not None and (s.program != w.program or s.tag not in tags.get(
+                w.program, frozenset())):
+            ops.append(CgroupOperation(AttachAction.REPLACE, w.hook, w.program, w.owner,
+                                       "program changed (swapped in the same link)"))
+        else:
+            plan.in_place += 1
+    order = {h: i for i, h in enumerate(HOOKS)}
+    detach = sorted((o for o in ops if o.action is AttachAction.DETACH),
+                    key=lambda o: -order[o.hook.hook])
+    rest = sorted((o for o in ops if o.action is not AttachAction.DETACH),
+                  key=lambda o: order[o.hook.hook])
+    # Detaches first: a dead link may hold the pin name the new one takes.
+    return detach + rest

@@ -1,0 +1,135 @@
+"""Transparent proxies, pure half: loading, compiled entries, and the cgroup link plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler import tables as t
+from reconciler.attach import AttachAction, AttachPlan
+from reconciler.cgroups import (
+    CgroupHook,
+    SeenCgroup,
+    compute_cgroup_plan,
+    datapath_cgroup,
+    level,
+    wanted,
+)
+from reconciler.desired import compile_tables
+from reconciler.kernel.cgroups import HostFacts
+from reconciler.load import load_directory
+from tests.unit.helpers import write_tree
+
+PIN = Path("/sys/fs/bpf/bpfsync-unit")
+DOCS = """\
+apiVersion: bpfsync/v1
+kind: Proxy
+metadata: {name: egress}
+spec: {id: 5}
+---
+apiVersion: bpfsync/v1
+kind: TransparentProxy
+metadata: {name: apps}
+spec:
+  id: 2
+  cgroup: /system.slice/app.service
+  proxy: egress
+  intercept:
+    - destinations: [198.51.100.0/24, 203.0.113.0/24]
+      ports: [80, "8000-8001"]
+  exclude:
+    - destinations: [198.51.100.9/32]
+  excludeCgroups: [/system.slice/app.service/agent]
+  whenProxyDown: direct
+"""
+
+
+def _state(tmp_path: Path):
+    return load_directory(write_tree(tmp_path, {"a.yaml": DOCS}))
+
+
+def test_loaded_resource(tmp_path: Path) -> None:
+    tp = _state(tmp_path).transparent["apps"]
+    assert (tp.id, tp.cgroup, tp.proxy, tp.fail_open) == (2, "/system.slice/app.service",
+                                                          "egress", True)
+    assert [str(n) for n in tp.intercept[0].destinations] == ["198.51.100.0/24",
+                                                              "203.0.113.0/24"]
+    assert [str(p) for p in tp.exclude[0].ports] == ["*"]
+
+
+def test_compiled_entries(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    mine = datapath_cgroup(PIN)
+    facts = HostFacts(netns_cookie=4242, cgroup_ids={mine: 77, "/system.slice/app.service": 9,
+                                                     "/system.slice/app.service/agent": 11})
+    out = compile_tables(state, facts=facts, pin_root=PIN)
+    config = out.entries[t.TP_CONFIG.name]
+    assert list(config) == [t.slot_key(2)]
+    value = t.decode_value(t.TP_CONFIG.name, config[t.slot_key(2)])
+    assert value == {"proxySlot": 5, "failOpen": True, "netnsCookie": 4242,
+                     "excludedCgroups": [{"id": 77, "level": level(mine)},
+                                         {"id": 11, "level": 3}]}
+    rules = sorted(t.describe_key(t.TP_RULES.name, k) for k in out.entries[t.TP_RULES.name])
+    assert len(rules) == 2 * 3 + 1  # 2 prefixes x 3 ports, 1 exclude
+    assert "exclude 198.51.100.9/32 port *" in rules
+    assert "intercept 203.0.113.0/24 port 8001" in rules
+    assert all(o == "TransparentProxy/apps" for o in out.owners[t.TP_RULES.name].values())
+    # Without the Proxies' namespace nothing is written (the plan says it waits).
+    assert not compile_tables(state, facts=HostFacts(), pin_root=PIN).entries[t.TP_CONFIG.name]
+
+
+def test_pin_names_round_trip() -> None:
+    for path in ("/", "/a.b/c:d/e%f", "/system.slice/app.service"):
+        hook = CgroupHook(path, "connect4")
+        assert "/" not in hook.pin_name and "." not in hook.pin_name
+        assert CgroupHook.from_pin_name(hook.pin_name) == hook
+    assert CgroupHook.from_pin_name("sk_lookup:x") is None
+    assert level("/") == 0 and level("/a/b") == 2
+
+
+def _seen(hook: CgroupHook, program: str, alive: bool = True) -> SeenCgroup:
+    return SeenCgroup(hook, 1, program, "tag-" + program, alive)
+
+
+def test_cgroup_plan(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    want = wanted(state, PIN)
+    app, mine = "/system.slice/app.service", datapath_cgroup(PIN)
+    assert [(w.hook.cgroup, w.hook.hook, w.program) for w in want] == [
+        (mine, "getsockopt", "tp_getsockopt"), (app, "sock_ops", "tp_sock_ops"),
+        (app, "connect4", "tp_connect4_2")]
+    tags = {w.program: frozenset({"tag-" + w.program}) for w in want}
+    exists = {app: True, mine: True}
+
+    plan = AttachPlan()
+    ops = compute_cgroup_plan(want, [], exists, tags, plan)
+    assert [(o.action, o.hook.hook) for o in ops] == [
+        (AttachAction.ATTACH, "getsockopt"), (AttachAction.ATTACH, "sock_ops"),
+        (AttachAction.ATTACH, "connect4")]
+
+    seen = [_seen(w.hook, w.program) for w in want]
+    plan = AttachPlan()
+    assert compute_cgroup_plan(want, seen, exists, tags, plan) == [] and plan.in_place == 3
+
+    changed = {**tags, "tp_connect4_2": frozenset({"new"})}
+    ops = compute_cgroup_plan(want, seen, exists, changed, AttachPlan())
+    assert [(o.action, o.hook.hook) for o in ops] == [(AttachAction.REPLACE, "connect4")]
+
+    # The cgroup was removed and made again: the dead links go, new ones come.
+    dead = [_seen(w.hook, w.program, alive=w.hook.cgroup != app) for w in want]
+    ops = compute_cgroup_plan(want, dead, exists, tags, AttachPlan())
+    assert [(o.action, o.hook.hook) for o in ops] == [
+        (AttachAction.DETACH, "connect4"), (AttachAction.DETACH, "sock_ops"),
+        (AttachAction.ATTACH, "sock_ops"), (AttachAction.ATTACH, "connect4")]
+
+    # The resource removed: connect4 goes first, so no socket is redirected untracked.
+    ops = compute_cgroup_plan([], seen, {}, None, AttachPlan())
+    assert [(o.action, o.hook.hook) for o in ops] == [
+        (AttachAction.DETACH, "connect4"), (AttachAction.DETACH, "sock_ops"),
+        (AttachAction.DETACH, "getsockopt")]
+
+    # A cgroup that does not exist yet is waited for, not an error.
+    plan = AttachPlan()
+    ops = compute_cgroup_plan(want, [], {mine: True}, tags, plan)
+    assert [o.hook.hook for o in ops] == ["getsockopt"]
+    assert plan.waiting == [f"TransparentProxy/apps: cgroup {app} not found; interception "
+                            f"not attached there until it exists"]
