@@ -314,6 +314,15 @@ def _status_text(doc: dict[str, Any]) -> str:
     for p in doc["proxies"]:
         lines.append(f"  proxy {p['name']}: {p['healthy']}/{len(p['backends'])} backends "
                      f"healthy, {p['active']} connections")
+    tps = doc.get("transparentProxies") or {}
+    for tp in tps.get("resources", []):
+        c = tp["counters"]
+        lines.append(f"  transparent proxy {tp['name']} (cgroup {tp['cgroup']} -> proxy "
+                     f"{tp['proxy']}): {c['intercepted']} intercepted, {c['excluded']} excluded, "
+                     f"{c['no_proxy']} with no proxy, {c['track_full']} untracked")
+    if tps:
+        tr = tps["tracking"]
+        lines.append(f"  intercepted connections tracked: {tr['entries']}/{tr['capacity']}")
     lines += [f"warning: {w}" for w in doc["warnings"]]
     return "\n".join(lines)
 

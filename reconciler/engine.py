@@ -64,6 +64,15 @@ def read_steer_stats(pin_root: Path) -> dict[int, dict[str, int]]:
         tables.close()
 
 
+def read_tproxy(pin_root: Path) -> tuple[dict[int, dict[str, int]], int]:
+    """Transparent-proxy counters by id, and how many connections tp_conns tracks now."""
+    tables = open_tables(pin_root, create=False)
+    try:
+        return tables.tp_stats(), len(tables.tracked())
+    finally:
+        tables.close()
+
+
 def _tproxy_ids(state: DesiredState) -> tuple[int, ...]:
     return tuple(sorted(tp.id for tp in state.transparent.values()))
 

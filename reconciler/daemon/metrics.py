@@ -42,7 +42,11 @@ def _families(r: dict[str, Any], kernel: dict[str, int]) -> Iterator[Metric]:
     entries = GaugeMetricFamily(f"{NS}_map_entries", "Entries per pinned map", labels=["map"])
     capacity = GaugeMetricFamily(f"{NS}_map_capacity", "Capacity per pinned map",
                                  labels=["map"])
-    for name, info in sorted(r["maps"].items()):
+    maps = dict(r["maps"])
+    tracking = (r.get("transparentProxies") or {}).get("tracking")
+    if tracking:  # map pressure of the connections the programs track
+        maps["tp_conns"] = tracking
+    for name, info in sorted(maps.items()):
         entries.add_metric([name], info["entries"])
         capacity.add_metric([name], info["capacity"])
     yield entries
@@ -67,6 +71,14 @@ def _families(r: dict[str, Any], kernel: dict[str, int]) -> Iterator[Metric]:
             healthy.add_metric([p["name"], b["address"] or b["backend"]], 1 if b["healthy"] else 0)
     yield conns
     yield healthy
+    tps = r.get("transparentProxies") or {}
+    tp_counters = CounterMetricFamily(f"{NS}_transparent_proxy", "Connects seen by a "
+                                      "TransparentProxy's programs, by outcome",
+                                      labels=["transparent_proxy", "outcome"])
+    for tp in tps.get("resources", []):
+        for outcome, value in tp["counters"].items():
+            tp_counters.add_metric([tp["name"], outcome], value)
+    yield tp_counters
     bpf = CounterMetricFamily(f"{NS}_bpf_counter", "Counters kept by the BPF programs",
                               labels=["counter"])
     for name, value in sorted(kernel.items()):

@@ -446,7 +446,25 @@ class Daemon:
         doc["dataPath"] = self._datapath_report(dp_error, worker_report)
         doc["tunnels"] = self._tunnel_health()
         doc["proxies"] = self._proxy_health(worker_report)
+        doc["transparentProxies"] = self._transparent_health()
         return doc
+
+    def _transparent_health(self) -> dict[str, Any]:
+        """Counters per TransparentProxy and tracking-map pressure (a full tp_conns means
+        intercepted connections whose destination the proxy cannot learn)."""
+        declared = self.good.transparent if self.good else {}
+        if not declared:
+            return {}
+        try:
+            stats, tracked = engine.read_tproxy(self.config.pin_root)
+        except (BpfsyncError, OSError):
+            stats, tracked = {}, 0
+        zero = dict.fromkeys(t.TP_STAT_NAMES, 0)
+        return {"tracking": {"entries": tracked, "capacity": t.TP_CONNS.max_entries},
+                "unanswered": stats.get(0, zero)["unanswered"],
+                "resources": [{"name": tp.name, "id": tp.id, "cgroup": tp.cgroup,
+                               "proxy": tp.proxy, "counters": stats.get(tp.id, zero)}
+                              for tp in sorted(declared.values(), key=lambda x: x.id)]}
 
     def _datapath_report(self, error: str | None,
                          worker_report: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,247 @@
+"""Transparent proxy by cgroup, on a real kernel: a client process in the intercepted cgroup
+connects to a server in another namespace by its real address and goes through the data
+path's proxy; everything else goes direct.
+
+    client netns  203.0.113.1 ──veth── 203.0.113.2  server netns
+    (the Proxy, its listener on 127.0.0.1, the clients)   (servers on ports 80, 81)
+
+Intercepted: a client socket's local address is the proxy's loopback listener, and the server
+sees the proxy's connection, not the client's. Direct: the server sees the client's own
+address and port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.cgroups import DATAPATH_PARENT, datapath_cgroup
+from reconciler.kernel import cgroups
+from reconciler.supervisor import read_datapath_status
+from tests.kernel.daemonkit import RunningDaemon, wait_for
+
+TPKIT = str(Path(__file__).with_name("tpkit.py"))
+SERVER = "203.0.113.2"
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True,
+                          timeout=60)
+
+
+@dataclass
+class Env:
+    ns: str  # the clients' and the Proxy's namespace
+    server_ns: str
+    base: str  # the test's cgroup, e.g. /bpfsync-test-1a2b3c
+    pin_root: Path
+    directory: Path
+    log: Path
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    daemon: RunningDaemon | None = None
+
+    @property
+    def apps(self) -> str:
+        return f"{self.base}/apps"
+
+    def write(self, cgroup: str = "", ports: str = '"*"', extra: str = "") -> None:
+        self.directory.mkdir(exist_ok=True)
+        (self.directory / "proxy.yaml").write_text(
+            "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\n"
+            f"spec:\n  id: 4\n  netns: {self.ns}\n")
+        (self.directory / "tp.yaml").write_text(
+            "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n"
+            f"  id: 3\n  cgroup: {cgroup or self.apps}\n  proxy: egress\n"
+            f"  intercept:\n    - destinations: [203.0.113.0/24]\n      ports: [{ports}]\n"
+            f"  exclude:\n    - destinations: [{SERVER}/32]\n      ports: [81]\n{extra}")
+
+    def start(self) -> RunningDaemon:
+        self.daemon = RunningDaemon(self.directory, self.pin_root, self.log, "--resync", "1")
+        self.daemon.start()
+        wait_for(lambda: (s := read_datapath_status(self.pin_root)) and "egress" in s[
+            "proxies"], 60)
+        return self.daemon
+
+    def client(self, port: int, msg: str = "hello", cgroup: str | None = None,
+               mode: str = "client", *more: str) -> dict[str, Any]:
+        """Run a client in the namespace, placed in cgroup first (None: the test's own)."""
+        run = f"ip netns exec {self.ns} {sys.executable} {TPKIT} {mode} {SERVER} {port} " + \
+              " ".join([msg, *more])
+        if cgroup is not None:  # join before `ip netns exec` remounts /sys
+            procs = cgroups.fs_path(cgroup) / "cgroup.procs"
+            run = f"sh -c 'echo $$ > {procs} && exec {run}'"
+        out = sh(run, check=False)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def proxy_counters(self, **expect: int) -> dict[str, Any]:
+        """The worker's counters once they show expect (it reports every 0.25 s)."""
+        def current() -> dict[str, Any] | None:
+            status = read_datapath_status(self.pin_root)
+            c = status and status["proxies"].get("egress")
+            return c if c and all(c[k] == v for k, v in expect.items()) else None
+
+        try:
+            return wait_for(current, 5)
+        except AssertionError:
+            raise AssertionError(f"counters never showed {expect}: "
+                                 f"{read_datapath_status(self.pin_root)}") from None
+
+    def tracked(self) -> list[Any]:
+        """tp_conns read back with bpftool, not with bpfsync's reader."""
+        out = sh(f"bpftool -j map dump pinned {self.pin_root}/maps/tp_conns")
+        return json.loads(out.stdout)
+
+    def attached(self, cgroup: str) -> list[str]:
+        out = sh(f"bpftool -j cgroup show {cgroups.fs_path(cgroup)}", check=False)
+        return [p["name"] for p in json.loads(out.stdout.strip() or "[]")]
+
+
+def intercepted(result: dict[str, Any], msg: str = "hello") -> bool:
+    assert result["error"] is None, result
+    peer, _, echoed = result["reply"].partition(" ")
+    assert echoed == msg + "\n", result  # the data arrived unchanged
+    return peer != result["local"]
+
+
+@pytest.fixture
+def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
+    tag = uuid.uuid4().hex[:6]
+    e = Env(f"btp-{tag}-c", f"btp-{tag}-s", f"/bpfsync-test-{tag}", pin_root,
+            tmp_path / "desired", tmp_path / "daemon.log")
+    try:
+        for ns in (e.ns, e.server_ns):
+            sh(f"ip netns add {ns}")
+            sh(f"ip -n {ns} link set lo up")
+        sh(f"ip link add btp{tag}c type veth peer name btp{tag}s")
+        sh(f"ip link set btp{tag}c netns {e.ns}")
+        sh(f"ip link set btp{tag}s netns {e.server_ns}")
+        sh(f"ip -n {e.ns} addr add 203.0.113.1/24 dev btp{tag}c")
+        sh(f"ip -n {e.server_ns} addr add {SERVER}/24 dev btp{tag}s")
+        sh(f"ip -n {e.ns} link set btp{tag}c up")
+        sh(f"ip -n {e.server_ns} link set btp{tag}s up")
+        cgroups.fs_path(e.apps).mkdir(parents=True)
+        server = subprocess.Popen(["ip", "netns", "exec", e.server_ns, sys.executable, TPKIT,
+                                   "server", SERVER, "80", "81"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        e.procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        yield e
+    finally:
+        if e.daemon is not None:
+            e.daemon.cleanup()
+        for p in e.procs:
+            with suppress(ProcessLookupError):
+                p.send_signal(signal.SIGKILL)
+            p.wait(10)
+        for ns in (e.ns, e.server_ns):
+            sh(f"ip netns del {ns}", check=False)
+        with suppress(OSError):
+            import shutil
+            shutil.rmtree(pin_root, ignore_errors=True)  # unpins the links: detached
+        for cg in (e.apps, e.base, datapath_cgroup(pin_root), DATAPATH_PARENT):
+            path = cgroups.fs_path(cg)
+            with suppress(OSError):
+                if path.exists():
+                    with suppress(OSError):
+                        (path / "cgroup.kill").write_text("1")
+                    wait_for(lambda p=path: not (p / "cgroup.procs").read_text().strip(), 10)
+                    path.rmdir()
+
+
+def test_cgroup_processes_are_intercepted_others_not(env: Env) -> None:
+    env.write()
+    env.start()
+    assert env.attached(env.apps) == ["tp_sock_ops", "tp_connect4_3"]
+
+    inside = env.client(80, cgroup=env.apps)
+    assert intercepted(inside), inside
+    assert inside["local"].startswith("127.0.0.1:")  # connected to the proxy's listener
+    env.proxy_counters(originalDestination=1, noOriginalDestination=0)
+
+    outside = env.client(80)  # the test's own cgroup: not intercepted
+    assert not intercepted(outside), outside
+    excluded = env.client(81, cgroup=env.apps)  # an exclude rule matches
+    assert not intercepted(excluded), excluded
+    env.proxy_counters(originalDestination=1)
+    wait_for(lambda: env.tracked() == [], 5)  # the socket closed: its entry is gone
+    assert env.daemon is not None
+    status = env.daemon.status()
+    assert status["resources"]["TransparentProxy"] == {"Synced": 1, "OutOfSync": 0,
+                                                       "Error": 0}, status
+    tps = status["transparentProxies"]
+    assert tps["tracking"] == {"entries": 0, "capacity": 65536}
+    counters = tps["resources"][0]["counters"]
+    assert (counters["intercepted"], counters["excluded"], counters["answered"]) == (1, 1, 1)
+    bpfsync = [sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root)]
+    diff = subprocess.run([*bpfsync, "diff", str(env.directory)], capture_output=True,
+                          text=True, timeout=120)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+def test_whole_host_interception_does_not_loop_the_proxy(env: Env) -> None:
+    """cgroup "/" holds every process, the data path too: its own outbound connection must
+    not be intercepted again (it would loop back into itself)."""
+    env.write(cgroup="/", ports="80")
+    env.start()
+    for cg in (None, env.apps):
+        result = env.client(80, cgroup=cg)
+        assert intercepted(result), result
+    env.proxy_counters(originalDestination=2, connectFailed=0)
+    wait_for(lambda: env.tracked() == [], 5)
+
+
+def test_sequential_connections_leave_tracking_empty(env: Env) -> None:
+    env.write(ports="80")
+    env.start()
+    n = 50_000
+    result = env.client(80, str(n), env.apps, "many", "600")
+    assert result == {"done": n, "failed": 0, "seconds": result["seconds"]}, result
+    env.proxy_counters(originalDestination=n)
+    left = wait_for(lambda: (t := env.tracked()) is not None and len(t) <= 2 and [t], 10)[0]
+    assert len(left) <= 2  # near empty: entries are deleted when the client socket closes
+
+
+def test_restart_keeps_and_removal_ends_interception(env: Env) -> None:
+    env.write(ports="80")
+    daemon = env.start()
+    assert intercepted(env.client(80, cgroup=env.apps))
+    assert daemon.stop() == 0
+    # Nothing torn down: the links stay; with no listener the connect is refused (fail
+    # closed, whenProxyDown: refuse), never silently direct.
+    assert env.attached(env.apps) == ["tp_sock_ops", "tp_connect4_3"]
+    refused = env.client(80, cgroup=env.apps)
+    assert refused["errno"] == 1, refused  # EPERM from the connect4 program
+    env.start()
+    assert intercepted(env.client(80, cgroup=env.apps))
+
+    # whenProxyDown: direct, an edit like any other: with the data path stopped, connects
+    # now go straight to their destination.
+    assert env.daemon is not None
+    before = env.daemon.reconciles()
+    env.write(ports="80", extra="  whenProxyDown: direct\n")
+    env.daemon.wait_reconciles(before)
+    assert env.daemon.stop() == 0
+    assert not intercepted(env.client(80, cgroup=env.apps))
+    env.start()
+    assert intercepted(env.client(80, cgroup=env.apps))
+
+    before = env.daemon.reconciles()
+    (env.directory / "tp.yaml").unlink()
+    env.daemon.wait_reconciles(before)
+    wait_for(lambda: env.attached(env.apps) == [], 10)
+    assert not intercepted(env.client(80, cgroup=env.apps))
+    assert env.attached(datapath_cgroup(env.pin_root)) == []
+    links = os.listdir(env.pin_root / "links")
+    assert not [x for x in links if x.startswith("cg:")], links

@@ -1,0 +1,75 @@
+"""Server and clients for transparent-proxy tests, run inside a test namespace with
+`ip netns exec NS python3 tpkit.py MODE ...`; clients print one JSON line.
+
+server HOST PORT...      for each connection: read a line, reply "<peer ip:port> <line>", close
+client HOST PORT MSG     one connection: {"local": "ip:port", "reply": "...", "error": null}
+many HOST PORT N SECONDS N sequential connections (bounded by SECONDS):
+                         {"done": n, "failed": n, "seconds": s}
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+
+
+def _serve(host: str, port: int) -> None:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(1024)
+    while True:
+        conn, peer = srv.accept()
+        with conn:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                line += chunk
+            conn.sendall(f"{peer[0]}:{peer[1]} ".encode() + line)
+
+
+def _one(host: str, port: int, msg: str) -> dict[str, object]:
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            local = "{}:{}".format(*s.getsockname())
+            s.sendall(msg.encode() + b"\n")
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+            return {"local": local, "reply": reply.decode(), "error": None}
+    except OSError as exc:
+        return {"local": None, "reply": None, "error": f"{type(exc).__name__}: {exc}",
+                "errno": exc.errno}
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    if mode == "server":
+        host = sys.argv[2]
+        for port in sys.argv[3:]:
+            threading.Thread(target=_serve, args=(host, int(port)), daemon=True).start()
+        print("listening", flush=True)
+        threading.Event().wait()
+    elif mode == "client":
+        print(json.dumps(_one(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+    elif mode == "many":
+        host, port, n, limit = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+        start = time.monotonic()
+        done = failed = 0
+        while done + failed < n and time.monotonic() - start < limit:
+            r = _one(host, port, "x")
+            if r["error"] is None and r["reply"].endswith("x\n"):
+                done += 1
+            else:
+                failed += 1
+        print(json.dumps({"done": done, "failed": failed,
+                          "seconds": round(time.monotonic() - start, 1)}))
+
+
+if __name__ == "__main__":
+    main()
