@@ -207,7 +207,7 @@ def test_sequential_connections_leave_tracking_empty(env: Env) -> None:
     env.start()
     n = 50_000
     result = env.client(80, str(n), env.apps, "many", "600")
-    assert result == {"done": n, "failed": 0, "seconds": result["seconds"]}, result
+    assert (result["done"], result["failed"]) == (n, 0), result
     env.proxy_counters(originalDestination=n)
     left = wait_for(lambda: (t := env.tracked()) is not None and len(t) <= 2 and [t], 10)[0]
     assert len(left) <= 2  # near empty: entries are deleted when the client socket closes

@@ -1,10 +1,13 @@
 """Server and clients for transparent-proxy tests, run inside a test namespace with
 `ip netns exec NS python3 tpkit.py MODE ...`; clients print one JSON line.
 
-server HOST PORT...      for each connection: read a line, reply "<peer ip:port> <line>", close
+server HOST PORT...      for each connection: read a line, reply "<peer ip:port> <line>", close;
+                         a line "down N" is answered with N bytes instead
 client HOST PORT MSG     one connection: {"local": "ip:port", "reply": "...", "error": null}
 many HOST PORT N SECONDS N sequential connections (bounded by SECONDS):
-                         {"done": n, "failed": n, "seconds": s}
+                         {"done": n, "failed": n, "seconds": s, "p50Ms": x, "p99Ms": y}
+                         (latency: connect to the reply's end)
+down HOST PORT BYTES     one download: {"bytes": n, "seconds": s}
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ def _serve(host: str, port: int) -> None:
                 if not chunk:
                     break
                 line += chunk
-            conn.sendall(f"{peer[0]}:{peer[1]} ".encode() + line)
+            if line.startswith(b"down "):
+                left = int(line.split()[1])
+                block = memoryview(bytearray(1 << 20))
+                while left > 0:
+                    left -= conn.send(block[:min(left, len(block))])
+            else:
+                conn.sendall(f"{peer[0]}:{peer[1]} ".encode() + line)
 
 
 def _one(host: str, port: int, msg: str) -> dict[str, object]:
@@ -61,14 +70,31 @@ def main() -> None:
         host, port, n, limit = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
         start = time.monotonic()
         done = failed = 0
+        took = []
         while done + failed < n and time.monotonic() - start < limit:
+            t0 = time.perf_counter()
             r = _one(host, port, "x")
+            took.append(time.perf_counter() - t0)
             if r["error"] is None and r["reply"].endswith("x\n"):
                 done += 1
             else:
                 failed += 1
+        took.sort()
         print(json.dumps({"done": done, "failed": failed,
-                          "seconds": round(time.monotonic() - start, 1)}))
+                          "seconds": round(time.monotonic() - start, 1),
+                          "p50Ms": round(took[len(took) // 2] * 1000, 3) if took else None,
+                          "p99Ms": round(took[len(took) * 99 // 100] * 1000, 3) if took else None}))
+    elif mode == "down":
+        host, port, size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        buf = bytearray(1 << 20)
+        got = 0
+        with socket.create_connection((host, port), timeout=10) as s:
+            t0 = time.perf_counter()
+            s.sendall(f"down {size}\n".encode())
+            while n := s.recv_into(buf):
+                got += n
+            took = time.perf_counter() - t0
+        print(json.dumps({"bytes": got, "seconds": took}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""Transparent-proxy benchmark, side by side in one run: the same client, the same server,
+direct (the client's cgroup is not intercepted) and intercepted (its cgroup is: connect4
+sends it to the data path's proxy, which asks SO_ORIGINAL_DST and connects on).
+
+    client netns 203.0.113.1 ──veth── 203.0.113.2 server netns
+
+  setup latency: sequential short connections (connect, one line each way, close), p50/p99
+  throughput:    one download of --bytes, single stream, best of --rounds
+
+    .venv/bin/python bench/bench_transparent.py [--connections 3000] [--bytes 2G] [--rounds 3]
+
+Needs root. Everything it creates (namespaces, cgroups, pins, processes) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from contextlib import suppress
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reconciler.cgroups import DATAPATH_PARENT, datapath_cgroup  # noqa: E402
+from reconciler.kernel import cgroups  # noqa: E402
+from reconciler.supervisor import read_datapath_status  # noqa: E402
+from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
+
+TPKIT = str(ROOT / "tests" / "kernel" / "tpkit.py")
+SERVER = "203.0.113.2"
+
+
+def sh(cmd: str) -> str:
+    return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True,
+                          timeout=900).stdout
+
+
+def size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--connections", type=int, default=3000)
+    ap.add_argument("--bytes", default="2G")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    tag = uuid.uuid4().hex[:6]
+    ns, sns = f"bbt-{tag}-c", f"bbt-{tag}-s"
+    base, apps = f"/bpfsync-bench-{tag}", f"/bpfsync-bench-{tag}/apps"
+    pin_root = Path(f"/sys/fs/bpf/bpfsync-bench-{tag}")
+    work = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))
+    server = daemon = None
+    try:
+        for n in (ns, sns):
+            sh(f"ip netns add {n} && ip -n {n} link set lo up")
+        sh(f"ip link add bbt{tag}c type veth peer name bbt{tag}s")
+        sh(f"ip link set bbt{tag}c netns {ns} && ip link set bbt{tag}s netns {sns}")
+        sh(f"ip -n {ns} addr add 203.0.113.1/24 dev bbt{tag}c && ip -n {ns} link set bbt{tag}c up")
+        sh(f"ip -n {sns} addr add {SERVER}/24 dev bbt{tag}s && ip -n {sns} link set bbt{tag}s up")
+        cgroups.fs_path(apps).mkdir(parents=True)
+        server = subprocess.Popen(["ip", "netns", "exec", sns, sys.executable, TPKIT, "server",
+                                   SERVER, "80"], stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        desired = work / "desired"
+        desired.mkdir()
+        (desired / "tp.yaml").write_text(
+            "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\n"
+            f"spec:\n  id: 4\n  netns: {ns}\n---\n"
+            "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n"
+            f"  id: 3\n  cgroup: {apps}\n  proxy: egress\n"
+            "  intercept:\n    - destinations: [203.0.113.0/24]\n      ports: [80]\n")
+        daemon = RunningDaemon(desired, pin_root, work / "daemon.log").start()
+        wait_for(lambda: (s := read_datapath_status(pin_root)) and "egress" in s["proxies"], 60)
+
+        def client(cgroup: str | None, *argv: object) -> dict:
+            run = f"ip netns exec {ns} {sys.executable} {TPKIT} " + " ".join(map(str, argv))
+            if cgroup:
+                run = f"sh -c 'echo $$ > {cgroups.fs_path(cgroup)}/cgroup.procs && exec {run}'"
+            return json.loads(sh(run))
+
+        rows = {}
+        for label, cg in (("direct", None), ("intercepted", apps)):
+            conn = client(cg, "many", SERVER, 80, args.connections, 600)
+            assert conn["failed"] == 0, conn
+            best = 0.0
+            for _ in range(args.rounds):
+                down = client(cg, "down", SERVER, 80, size(args.bytes))
+                assert down["bytes"] == size(args.bytes), down
+                best = max(best, down["bytes"] * 8 / down["seconds"] / 1e9)
+            rows[label] = {"p50": conn["p50Ms"], "p99": conn["p99Ms"],
+                           "rate": conn["done"] / conn["seconds"], "gbps": best}
+        proxied = read_datapath_status(pin_root)["proxies"]["egress"]["originalDestination"]
+        assert proxied == args.connections + args.rounds, proxied
+        d, i = rows["direct"], rows["intercepted"]
+        print(f"{'':12} {'setup p50':>10} {'setup p99':>10} {'conn/s':>8} {'Gbit/s':>8}")
+        for label, r in rows.items():
+            print(f"{label:12} {r['p50']:>8.3f}ms {r['p99']:>8.3f}ms {r['rate']:>8.0f} "
+                  f"{r['gbps']:>8.2f}")
+        print(f"intercepted/direct: setup p50 x{i['p50'] / d['p50']:.2f}, p99 "
+              f"x{i['p99'] / d['p99']:.2f}, throughput x{i['gbps'] / d['gbps']:.2f} "
+              f"({args.connections} connections, {args.bytes} download best of {args.rounds})")
+        return 0
+    finally:
+        if daemon is not None:
+            daemon.cleanup()
+        if server is not None:
+            server.kill()
+            server.wait(10)
+        for n in (ns, sns):
+            subprocess.run(["ip", "netns", "del", n], check=False)
+        shutil.rmtree(pin_root, ignore_errors=True)
+        for cg in (apps, base, datapath_cgroup(pin_root), DATAPATH_PARENT):
+            with suppress(OSError):
+                cgroups.fs_path(cg).rmdir()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
