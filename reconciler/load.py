@@ -124,6 +124,18 @@ def _ms(seconds: float) -> int:
 Report = Callable[[tuple[PathItem, ...], str], None]  # a field problem: (path, message)
 
 
+class _SpecProblems:
+    """Reports problems of a document's spec fields; bad once one was reported."""
+
+    def __init__(self, origin: Origin, ref: str, findings: list[Finding]) -> None:
+        self.origin, self.ref, self.findings = origin, ref, findings
+        self.bad = False
+
+    def __call__(self, path: tuple[PathItem, ...], message: str) -> None:
+        self.bad = True
+        self.findings.append(Finding(self.origin, ("spec", *path), message, self.ref))
+
+
 def _port_ranges(items: list[int | str], problem: Report,
                  path: tuple[PathItem, ...]) -> list[PortRange]:
     ports = []
@@ -158,14 +170,7 @@ def _prefixes(items: list[str], problem: Report,
 
 def _proxy(name: str, spec: dict[str, Any], origin: Origin,
            findings: list[Finding]) -> Proxy | None:
-    ref = f"Proxy/{name}"
-    bad = False
-
-    def problem(path: tuple[PathItem, ...], message: str) -> None:
-        nonlocal bad
-        bad = True
-        findings.append(Finding(origin, ("spec", *path), message, ref))
-
+    problem = _SpecProblems(origin, f"Proxy/{name}", findings)
     ports = _port_ranges(spec.get("ports", []), problem, ("ports",))
     destinations = _prefixes(spec.get("destinations", ["0.0.0.0/0"]), problem,
                              ("destinations",))
@@ -184,7 +189,7 @@ def _proxy(name: str, spec: dict[str, Any], origin: Origin,
     if health.timeout_ms > health.interval_ms:
         problem(("healthCheck", "timeoutSeconds"), "the check timeout must not exceed its "
                                                    "interval")
-    if bad:
+    if problem.bad:
         return None
     drain = spec.get("drainTimeoutSeconds")
     return Proxy(name, spec["id"], spec.get("netns"), tuple(sorted(set(ports))),
@@ -197,14 +202,7 @@ def _proxy(name: str, spec: dict[str, Any], origin: Origin,
 
 def _transparent(name: str, spec: dict[str, Any], origin: Origin,
                  findings: list[Finding]) -> TransparentProxy | None:
-    ref = f"TransparentProxy/{name}"
-    bad = False
-
-    def problem(path: tuple[PathItem, ...], message: str) -> None:
-        nonlocal bad
-        bad = True
-        findings.append(Finding(origin, ("spec", *path), message, ref))
-
+    problem = _SpecProblems(origin, f"TransparentProxy/{name}", findings)
     def matches(field: str) -> tuple[TrafficMatch, ...]:
         out = []
         for i, m in enumerate(spec.get(field, [])):
@@ -216,7 +214,7 @@ def _transparent(name: str, spec: dict[str, Any], origin: Origin,
         return tuple(out)
 
     intercept, exclude = matches("intercept"), matches("exclude")
-    if bad:
+    if problem.bad:
         return None
     return TransparentProxy(name, spec["id"], spec["cgroup"], spec["proxy"], intercept, exclude,
                             tuple(spec.get("excludeCgroups", [])),

@@ -106,18 +106,6 @@ def links_dir(pin_root: Path) -> Path:
     return pin_root / "links"
 
 
-def _prog(prog_id: int) -> tuple[str | None, str | None]:
-    try:
-        fd = libbpf.prog_fd_by_id(prog_id)
-    except OSError:
-        return None, None
-    try:
-        info = libbpf.prog_info(fd)
-        return info.name.decode(errors="replace"), bytes(info.tag).hex()
-    finally:
-        os.close(fd)
-
-
 def observe(pin_root: Path) -> list[SeenCgroup]:
     d = links_dir(pin_root)
     if not d.is_dir():
@@ -134,7 +122,7 @@ def observe(pin_root: Path) -> list[SeenCgroup]:
         finally:
             os.close(fd)
         root = root or hierarchy()
-        prog_name, tag = _prog(info.prog_id)
+        prog_name, tag = libbpf.prog_name_tag(info.prog_id)
         here = cgroup_id(hook.cgroup, root)
         out.append(SeenCgroup(hook, info.id, prog_name, tag,
                               info.cgroup_id != 0 and info.cgroup_id == here))

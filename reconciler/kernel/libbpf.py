@@ -304,3 +304,16 @@ def _link_info(fd: int, info: Any) -> Any:
 
 def prog_fd_by_id(prog_id: int) -> int:
     return _check(lib().bpf_prog_get_fd_by_id(prog_id), f"program {prog_id}")
+
+
+def prog_name_tag(prog_id: int) -> tuple[str | None, str | None]:
+    """A loaded program's name and tag (hex), or Nones when it is gone."""
+    try:
+        fd = prog_fd_by_id(prog_id)
+    except OSError:
+        return None, None
+    try:
+        info = prog_info(fd)
+        return info.name.decode(errors="replace"), bytes(info.tag).hex()
+    finally:
+        os.close(fd)

@@ -25,17 +25,6 @@ def netns_exists(netns: str | None) -> bool:
     return _netns_path(netns).exists()
 
 
-def _prog_tag(prog_id: int) -> str | None:
-    try:
-        fd = libbpf.prog_fd_by_id(prog_id)
-    except OSError:
-        return None
-    try:
-        return bytes(libbpf.prog_info(fd).tag).hex()
-    finally:
-        os.close(fd)
-
-
 def observe(pin_root: Path) -> list[SeenLink]:
     d = links_dir(pin_root)
     if not d.is_dir():
@@ -54,7 +43,7 @@ def observe(pin_root: Path) -> list[SeenLink]:
             ino = os.stat(_netns_path(netns)).st_ino
         except FileNotFoundError:
             ino = None
-        out.append(SeenLink(netns, info.id, _prog_tag(info.prog_id),
+        out.append(SeenLink(netns, info.id, libbpf.prog_name_tag(info.prog_id)[1],
                             info.netns_ino != 0 and info.netns_ino == ino))
     return out
 

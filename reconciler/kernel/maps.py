@@ -72,32 +72,30 @@ class PinnedTables:
         per_slot = libbpf.percpu_array_sums(fd, t.STATS_SLOTS)
         return {name: per_slot[i] for i, name in enumerate(t.STAT_NAMES)}
 
-    def steer_stats(self) -> dict[int, dict[str, int]]:
-        """PS_STATS by slot (0: every lookup) and counter name; slots never hit are left out."""
-        fd = self.fds.get(t.PS_STATS.name)
+    def _counter_rows(self, spec: t.MapSpec, names: tuple[str, ...],
+                      keep: set[int]) -> dict[int, dict[str, int]]:
+        """A per-CPU counter array laid out as rows of len(names): row -> name -> sum over
+        CPUs; rows never counted are left out unless kept."""
+        fd = self.fds.get(spec.name)
         if fd is None:
             return {}
-        raw = libbpf.percpu_array_sums(fd, t.PS_STATS.max_entries)
+        raw = libbpf.percpu_array_sums(fd, spec.max_entries)
+        width = len(names)
         out: dict[int, dict[str, int]] = {}
-        for slot in range(t.MAX_PROXIES):
-            row = raw[slot * t.PS_COUNTERS:(slot + 1) * t.PS_COUNTERS]
-            if any(row) or slot == 0:
-                out[slot] = dict(zip(t.PS_STAT_NAMES, row, strict=True))
+        for row in range(spec.max_entries // width):
+            values = raw[row * width:(row + 1) * width]
+            if any(values) or row in keep:
+                out[row] = dict(zip(names, values, strict=True))
         return out
+
+    def steer_stats(self) -> dict[int, dict[str, int]]:
+        """PS_STATS by slot (0: every lookup) and counter name; slots never hit are left out."""
+        return self._counter_rows(t.PS_STATS, t.PS_STAT_NAMES, {0})
 
     def tp_stats(self) -> dict[int, dict[str, int]]:
         """TP_STATS by TransparentProxy id (0: questions nothing answered), by counter name;
         ids never counted are left out."""
-        fd = self.fds.get(t.TP_STATS.name)
-        if fd is None:
-            return {}
-        raw = libbpf.percpu_array_sums(fd, t.TP_STATS.max_entries)
-        out: dict[int, dict[str, int]] = {}
-        for tp in range(t.TP_MAX):
-            row = raw[tp * t.TP_COUNTERS:(tp + 1) * t.TP_COUNTERS]
-            if any(row):
-                out[tp] = dict(zip(t.TP_STAT_NAMES, row, strict=True))
-        return out
+        return self._counter_rows(t.TP_STATS, t.TP_STAT_NAMES, set())
 
     def tracked(self) -> dict[bytes, bytes]:
         """Intercepted connections the programs track now (tp_conns): map pressure."""
