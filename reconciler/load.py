@@ -214,6 +214,11 @@ def _transparent(name: str, spec: dict[str, Any], origin: Origin,
         return tuple(out)
 
     intercept, exclude = matches("intercept"), matches("exclude")
+    for path, cgroup in (("cgroup",), spec["cgroup"]), *(
+            (("excludeCgroups", i), c) for i, c in enumerate(spec.get("excludeCgroups", []))):
+        if {".", ".."} & set(cgroup.split("/")):
+            problem(path, f"{cgroup!r}: '.' and '..' are not cgroup names; write the path "
+                          f"as /proc/PID/cgroup shows it")
     if problem.bad:
         return None
     return TransparentProxy(name, spec["id"], spec["cgroup"], spec["proxy"], intercept, exclude,

@@ -213,14 +213,38 @@ def test_sequential_connections_leave_tracking_empty(env: Env) -> None:
     assert len(left) <= 2  # near empty: entries are deleted when the client socket closes
 
 
-def test_restart_keeps_and_removal_ends_interception(env: Env) -> None:
+@pytest.fixture
+def foreign_link(env: Env) -> Iterator[str]:
+    """A connect4 program somebody else attached to the same cgroup (a link this test
+    holds): bpfsync must leave it alone, whatever it adds or removes."""
+    from bcc import BPF
+
+    from reconciler.kernel import libbpf
+    from reconciler.kernel.bcc_env import ensure_kernel_source
+
+    ensure_kernel_source()
+    bpf = BPF(text=b"int someone_else(struct bpf_sock_addr *ctx) { return 1; }")
+    cg = os.open(cgroups.fs_path(env.apps), os.O_RDONLY | os.O_DIRECTORY)
+    link = libbpf.link_create(bpf.load_func(b"someone_else", BPF.CGROUP_SOCK_ADDR,
+                                            attach_type=10).fd, cg, 10)
+    os.close(cg)
+    try:
+        yield "someone_else"
+    finally:
+        os.close(link)
+        bpf.cleanup()
+
+
+def test_restart_keeps_and_removal_ends_interception(env: Env, foreign_link: str) -> None:
     env.write(ports="80")
     daemon = env.start()
+    assert sorted(env.attached(env.apps)) == sorted(
+        [foreign_link, "tp_sock_ops", "tp_connect4_3"])
     assert intercepted(env.client(80, cgroup=env.apps))
     assert daemon.stop() == 0
     # Nothing torn down: the links stay; with no listener the connect is refused (fail
     # closed, whenProxyDown: refuse), never silently direct.
-    assert env.attached(env.apps) == ["tp_sock_ops", "tp_connect4_3"]
+    assert len(env.attached(env.apps)) == 3
     refused = env.client(80, cgroup=env.apps)
     assert refused["errno"] == 1, refused  # EPERM from the connect4 program
     env.start()
@@ -240,7 +264,7 @@ def test_restart_keeps_and_removal_ends_interception(env: Env) -> None:
     before = env.daemon.reconciles()
     (env.directory / "tp.yaml").unlink()
     env.daemon.wait_reconciles(before)
-    wait_for(lambda: env.attached(env.apps) == [], 10)
+    wait_for(lambda: env.attached(env.apps) == [foreign_link], 10)  # only ours went
     assert not intercepted(env.client(80, cgroup=env.apps))
     assert env.attached(datapath_cgroup(env.pin_root)) == []
     links = os.listdir(env.pin_root / "links")

@@ -94,6 +94,9 @@ CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
      "did you mean 198.51.100.0/24?", "a.yaml:15:22"),
     ("tp-relative-cgroup", {"a.yaml": EGRESS + "---\n" + sub(TP, "cgroup: /apps", "cgroup: apps")},
      "a cgroup is a path in the cgroup v2 hierarchy", "a.yaml:12:11"),
+    ("tp-dot-dot-cgroup", {"a.yaml": EGRESS + "---\n" + sub(TP, "cgroup: /apps",
+                                                             "cgroup: /apps/../../etc")},
+     "'.' and '..' are not cgroup names", "a.yaml:12:11"),
     ("tp-duplicate-cgroup", {"a.yaml": EGRESS + "---\n" + TP + "---\n" + sub(sub(
         TP, "name: apps", "name: more"), "id: 1", "id: 2")},
      "cgroup /apps (one TransparentProxy per cgroup) is also claimed by TransparentProxy/apps",
