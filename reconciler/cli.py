@@ -312,8 +312,9 @@ def _status_text(doc: dict[str, Any]) -> str:
         lines.append(f"  tunnel {tun['name']}: {how}"
                      + ("" if tun["healthy"] else " (not fresh)"))
     for p in doc["proxies"]:
-        lines.append(f"  proxy {p['name']}: {p['healthy']}/{len(p['backends'])} backends "
-                     f"healthy, {p['active']} connections")
+        to = ("to original destinations" if p.get("originalDestinations") else
+              f"{p['healthy']}/{len(p['backends'])} backends healthy")
+        lines.append(f"  proxy {p['name']}: {to}, {p['active']} connections")
     tps = doc.get("transparentProxies") or {}
     for tp in tps.get("resources", []):
         c = tp["counters"]

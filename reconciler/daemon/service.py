@@ -504,6 +504,8 @@ class Daemon:
             backends = p.get("backends", [])
             proxies.append({"name": name, "slot": p.get("slot"), "active": p.get("active", 0),
                             "backends": backends,
+                            "originalDestinations": name in declared and not declared[
+                                name].backends,
                             "healthy": sum(1 for b in backends if b["healthy"]),
                             "declared": name in declared})
         return proxies
