@@ -144,11 +144,12 @@ class Listeners:
     def reopen(self) -> None:
         """New sockets for every slot (made where this process is now: its cgroup decides
         which getsockopt programs their accepted sockets run)."""
-        for slot in sorted(self.socks):
-            self.socks.pop(slot).close()
-            self.socks[slot] = self._open(slot)
+        old = self.socks
+        self.socks = {slot: self._open(slot) for slot in sorted(old)}
         if self.socks:
-            self._register()
+            self._register()  # replaces the old ones in ps_sockets: steering never stops
+        for sock in old.values():
+            sock.close()
 
     def _register(self) -> None:
         fd = libbpf.obj_get_if_pinned(str(self.pin_root / "maps" / t.SOCKETS.name))
@@ -197,6 +198,7 @@ class Supervisor:
         self.worker = WorkerState()
         self.worker_cmd = worker_cmd or [sys.executable, "-m", "reconciler"]
         self.status_dir = run_dir(pin_root)
+        self._cgroup_error: str | None = None
         self._stop = False
 
     # ----- worker
@@ -283,8 +285,12 @@ class Supervisor:
             if self.worker.proc is not None:
                 cgroups.move(self.worker.proc.pid, want)
         except (OSError, KernelStateError) as exc:
-            log.warning("cannot move into the data path's cgroup: %s", exc)
+            if str(exc) != self._cgroup_error:  # once per distinct cause, not every tick
+                log.warning("cannot move into the data path's cgroup (intercepted "
+                            "connections cannot learn their destination): %s", exc)
+                self._cgroup_error = str(exc)
             return False
+        self._cgroup_error = None
         log.info("data path moved into cgroup %s (transparent proxies declared)", want)
         if not self.listeners.socks:
             return False

@@ -269,3 +269,26 @@ def test_restart_keeps_and_removal_ends_interception(env: Env, foreign_link: str
     assert env.attached(datapath_cgroup(env.pin_root)) == []
     links = os.listdir(env.pin_root / "links")
     assert not [x for x in links if x.startswith("cg:")], links
+
+
+def test_declared_while_the_data_path_runs(env: Env) -> None:
+    """The data path started without a TransparentProxy (listeners made outside its
+    cgroup): once one is declared it moves into its cgroup and makes new listeners there, or
+    SO_ORIGINAL_DST would go unanswered."""
+    env.write(ports="80")
+    tp = env.directory / "tp.yaml"
+    text = tp.read_text()
+    tp.unlink()
+    env.start()
+    assert not intercepted(env.client(80, cgroup=env.apps))
+    assert env.daemon is not None
+    before = env.daemon.reconciles()
+    tp.write_text(text)
+    env.daemon.wait_reconciles(before)
+    mine = datapath_cgroup(env.pin_root)
+    wait_for(lambda: str(env.daemon.proc.pid) in (  # type: ignore[union-attr]
+        cgroups.fs_path(mine) / "cgroup.procs").read_text().split(), 15)
+    result = wait_for(lambda: (r := env.client(80, cgroup=env.apps))["error"] is None
+                      and intercepted(r) and r, 15)
+    assert intercepted(result)
+    env.proxy_counters(originalDestination=1, noOriginalDestination=0)
