@@ -134,8 +134,6 @@ _SLOT = struct.Struct("=I")
 _CONFIG_LEN = struct.Struct("!I")
 _TP_CONFIG = struct.Struct(f"=IIQ{TP_EXCLUDE_CGROUPS}Q{TP_EXCLUDE_CGROUPS}I4x")  # + stamp
 _TP_RULE_KEY = struct.Struct("=IBBH4s")  # like the steering key, with (kind, id) for (proto, pad)
-_TP_CONN_KEY = struct.Struct("=IIHH")
-_TP_ORIG = struct.Struct("!4sH")  # + host-order u16 id
 
 
 def _stamped(key: bytes, body: bytes) -> bytes:
@@ -232,16 +230,6 @@ def tp_config_value(key: bytes, slot: int, fail_open: bool, netns_cookie: int,
     return _stamped(key, _TP_CONFIG.pack(slot, TP_FLAG_FAIL_OPEN if fail_open else 0,
                                          netns_cookie, *(c for c, _ in padded),
                                          *(lv for _, lv in padded)))
-
-
-def tp_conn(key: bytes, value: bytes) -> dict[str, Any]:
-    """A tracked intercepted connection (tp_conns), for `get` and tests."""
-    cip, pip, cport, pport = _TP_CONN_KEY.unpack(key)
-    addr, port = _TP_ORIG.unpack_from(value)
-    (tp,) = struct.unpack_from("=H", value, _TP_ORIG.size)
-    return {"client": f"{socket.inet_ntoa(struct.pack('!I', cip))}:{cport}",
-            "proxy": f"{socket.inet_ntoa(struct.pack('!I', pip))}:{pport}",
-            "original": f"{socket.inet_ntoa(addr)}:{port}", "transparentProxy": tp}
 
 
 # Decoding, for diff, get and status. Key material comes back as Secret, never as bytes.
