@@ -9,7 +9,7 @@ from typing import Any
 from reconciler import proxyconf
 from reconciler.findings import Finding
 from reconciler.locate import PathItem
-from reconciler.model import Proxy, Resource, TrafficMatch
+from reconciler.model import Proxy, Resource, TrafficMatch, destination_port_count
 from reconciler.state import DesiredState
 from reconciler.tables import (
     MAX_SERVICES,
@@ -83,11 +83,6 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
     return out
 
 
-def steer_entry_count(proxy: Proxy) -> int:
-    ports = sum(1 if r.wildcard else r.last - r.first + 1 for r in proxy.ports)
-    return ports * len(proxy.destinations)
-
-
 def _ports(proxy: Proxy) -> set[int]:
     out: set[int] = set()
     for r in proxy.ports:
@@ -129,7 +124,7 @@ def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
                                f"the proxy's configuration takes {size} bytes, more than the "
                                f"{PROXY_CONFIG_SIZE - 8} a ps_proxy entry holds; use fewer or "
                                f"shorter backend names", p.ref))
-        total += steer_entry_count(p)
+        total += destination_port_count(p.destinations, p.ports)
         if total > MAX_STEER:
             out.append(Finding(p.origin, ("spec", "ports"),
                                f"ports x destinations of all Proxies make {total} steering "
@@ -140,8 +135,7 @@ def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
 
 
 def rule_entry_count(matches: tuple[TrafficMatch, ...]) -> int:
-    return sum(len(m.destinations) * sum(1 if r.wildcard else r.last - r.first + 1
-                                         for r in m.ports) for m in matches)
+    return sum(destination_port_count(m.destinations, m.ports) for m in matches)
 
 
 def _transparent_checks(state: DesiredState, invalid: set[str]) -> list[Finding]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from reconciler import proxyconf
 from reconciler import tables as t
 from reconciler.cgroups import datapath_cgroup, level
-from reconciler.model import Service, TrafficMatch, TransparentProxy
+from reconciler.model import Service, TrafficMatch, TransparentProxy, destination_ports
 from reconciler.state import DesiredState
 
 if TYPE_CHECKING:
@@ -96,12 +96,9 @@ def _service_entries(svc: Service, tunnel_id: int, node: bool) -> Compiled:
 def _rule_entries(out: DesiredTables, tp: TransparentProxy, kind: int,
                   matches: tuple[TrafficMatch, ...]) -> None:
     for m in matches:
-        for net in m.destinations:
-            for r in m.ports:
-                for port in range(r.first, r.last + 1):
-                    key = t.tp_rule_key(tp.id, kind, port, str(net.network_address),
-                                        net.prefixlen)
-                    out.put(t.TP_RULES, key, t.tp_rule_value(key, tp.id), tp.ref)
+        for net, port in destination_ports(m.destinations, m.ports):
+            key = t.tp_rule_key(tp.id, kind, port, str(net.network_address), net.prefixlen)
+            out.put(t.TP_RULES, key, t.tp_rule_value(key, tp.id), tp.ref)
 
 
 def _transparent(out: DesiredTables, state: DesiredState, facts: HostFacts,
@@ -148,11 +145,9 @@ def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
     for proxy in sorted(state.proxies.values(), key=lambda x: x.id):
         skey = t.slot_key(proxy.id)
         out.put(t.PROXY, skey, t.proxy_value(skey, proxyconf.encode(proxy)), proxy.ref)
-        for net in proxy.destinations:
-            for r in proxy.ports:
-                for port in range(r.first, r.last + 1):
-                    key = t.steer_key(port, str(net.network_address), net.prefixlen)
-                    out.put(t.STEER, key, t.steer_value(key, proxy.id), proxy.ref)
+        for net, port in destination_ports(proxy.destinations, proxy.ports):
+            key = t.steer_key(port, str(net.network_address), net.prefixlen)
+            out.put(t.STEER, key, t.steer_value(key, proxy.id), proxy.ref)
     if state.transparent and facts is not None and pin_root is not None:
         _transparent(out, state, facts, pin_root)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -129,6 +130,21 @@ class PortRange:
         if self.wildcard:
             return "*"
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def destination_ports(destinations: tuple[ipaddress.IPv4Network, ...],
+                      ports: tuple[PortRange, ...]) -> Iterator[tuple[ipaddress.IPv4Network, int]]:
+    """Every (prefix, port) that destinations x port ranges stand for (port 0: "*"): the
+    entries of a steering or interception trie."""
+    for net in destinations:
+        for r in ports:
+            for port in range(r.first, r.last + 1):
+                yield net, port
+
+
+def destination_port_count(destinations: tuple[ipaddress.IPv4Network, ...],
+                           ports: tuple[PortRange, ...]) -> int:
+    return len(destinations) * sum(r.last - r.first + 1 for r in ports)
 
 
 @dataclass(frozen=True, slots=True)
