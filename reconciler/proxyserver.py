@@ -240,6 +240,21 @@ class ProxyServer:
         self.close()
         return taken
 
+    async def _dial(self, address: tuple[str, int]) -> socket.socket | None:
+        """A connected socket to address, or None (counted) after an error or the timeout."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address),
+                                   self.config.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            relay.close(sock)
+            self.counters.connect_failed += 1
+            log.debug("proxy %s: connect to %s:%d failed: %s", self.config.name, *address, exc)
+            return None
+        return sock
+
     async def _connect_original(self, conn: Conn) -> bool:
         """No backends: the connection goes where its client wanted (a TransparentProxy
         intercepted it; tp_getsockopt answers SO_ORIGINAL_DST)."""
@@ -249,43 +264,24 @@ class ProxyServer:
             log.debug("proxy %s: a connection without an original destination",
                       self.config.name)
             return False
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, dest),
-                                   self.config.connect_timeout)
-        except (OSError, TimeoutError) as exc:
-            relay.close(sock)
-            self.counters.connect_failed += 1
-            log.debug("proxy %s: connect to %s:%d failed: %s", self.config.name, *dest, exc)
+        conn.backend = await self._dial(dest)
+        if conn.backend is None:
             return False
-        conn.backend = sock
         self.counters.original += 1
         return True
 
     async def _connect(self, conn: Conn) -> bool:
         if not self.config.backends:
             return await self._connect_original(conn)
-        loop = asyncio.get_running_loop()
         for _ in range(2):  # one retry on another backend
             target = self.pool.pick()
             if target is None:
                 return False
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                await asyncio.wait_for(loop.sock_connect(sock, (target.address, target.port)),
-                                       self.config.connect_timeout)
-            except (OSError, TimeoutError) as exc:
-                relay.close(sock)
-                self.counters.connect_failed += 1
-                log.debug("proxy %s: connect to %s failed: %s", self.config.name, target, exc)
-                continue
-            conn.target, conn.backend = target, sock
-            target.active += 1
-            return True
+            sock = await self._dial((target.address, target.port))
+            if sock is not None:
+                conn.target, conn.backend = target, sock
+                target.active += 1
+                return True
         return False
 
     async def _serve(self, conn: Conn) -> None:
