@@ -22,7 +22,8 @@ from typing import Any
 
 from reconciler import pinger, proxyconf, relay, supervisor
 from reconciler import tables as t
-from reconciler.kernel import libbpf, netns
+from reconciler.kernel import netns
+from reconciler.kernel.maps import read_pin
 from reconciler.proxyserver import ProxyServer
 
 IP_FREEBIND = 15
@@ -34,7 +35,7 @@ log = logging.getLogger("bpfsync.datapath")
 
 class Pinger:
     def __init__(self, pin_root: Path) -> None:
-        self.pin = pin_root / "maps" / t.TUNNEL.name
+        self.pin_root = pin_root
         self.schedule = pinger.Schedule({})
         self.sockets: dict[tuple[str, int], socket.socket] = {}
         self.current: dict[int, pinger.PingTarget] = {}
@@ -43,17 +44,13 @@ class Pinger:
         self._errors_logged: set[tuple[int, int]] = set()
 
     def read(self) -> dict[int, pinger.PingTarget]:
-        fd = libbpf.obj_get_if_pinned(str(self.pin))
-        if fd is None:
+        raw = read_pin(self.pin_root, t.TUNNEL)
+        if raw is None:
             if not self._missing_logged:
-                log.info("waiting for %s (created by the first bpfsync apply)", self.pin)
+                log.info("waiting for %s (created by the first bpfsync apply)",
+                         self.pin_root / "maps" / t.TUNNEL.name)
                 self._missing_logged = True
             return {}
-        try:
-            raw = libbpf.lookup_all(fd, t.TUNNEL.key_size, t.TUNNEL.value_size,
-                                    t.TUNNEL.max_entries)
-        finally:
-            os.close(fd)
         return pinger.targets(raw)
 
     def _socket(self, local: tuple[str, int]) -> socket.socket:

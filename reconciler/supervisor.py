@@ -31,6 +31,7 @@ from reconciler import tables as t
 from reconciler.cgroups import datapath_cgroup
 from reconciler.errors import KernelStateError
 from reconciler.kernel import cgroups, libbpf, netns
+from reconciler.kernel.maps import read_pin
 
 log = logging.getLogger("bpfsync.supervisor")
 
@@ -81,15 +82,8 @@ def registered_cookies(pin_root: Path, slots: list[int]) -> dict[int, int | None
 
 def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
     """slot -> configuration bytes of every Proxy in the pinned ps_proxy table."""
-    fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / t.PROXY.name))
-    if fd is None:
-        return {}
-    try:
-        raw = libbpf.lookup_all(fd, t.PROXY.key_size, t.PROXY.value_size, t.PROXY.max_entries)
-    finally:
-        os.close(fd)
     out = {}
-    for key, value in raw.items():
+    for key, value in (read_pin(pin_root, t.PROXY) or {}).items():
         slot = struct.unpack("=I", key)[0]
         if 0 < slot < t.MAX_PROXIES and t.stamp_ok(key, value):
             out[slot] = t.proxy_config(value)
@@ -98,14 +92,7 @@ def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
 
 def transparent_declared(pin_root: Path) -> bool:
     """True when a TransparentProxy is configured (tp_config holds an entry)."""
-    fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / t.TP_CONFIG.name))
-    if fd is None:
-        return False
-    try:
-        return bool(libbpf.lookup_all(fd, t.TP_CONFIG.key_size, t.TP_CONFIG.value_size,
-                                      t.TP_CONFIG.max_entries))
-    finally:
-        os.close(fd)
+    return bool(read_pin(pin_root, t.TP_CONFIG))
 
 
 class Listeners:

@@ -130,6 +130,18 @@ class PinnedTables:
         return written
 
 
+def read_pin(root: Path, spec: t.MapSpec) -> dict[bytes, bytes] | None:
+    """Every entry of one pinned hash map, or None when it is not pinned (yet): for the
+    data path, which reads a table or two without opening them all."""
+    fd = libbpf.obj_get_if_pinned(str(root / "maps" / spec.name))
+    if fd is None:
+        return None
+    try:
+        return libbpf.lookup_all(fd, spec.key_size, spec.value_size, spec.max_entries)
+    finally:
+        os.close(fd)
+
+
 def _mismatch(spec: t.MapSpec, info: libbpf.BpfMapInfo) -> list[str]:
     checks = (("type", info.type, spec.map_type), ("key size", info.key_size, spec.key_size),
               ("value size", info.value_size, spec.value_size),
