@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from reconciler.model import Interface
+from reconciler.model import Intercept, Interface
 from reconciler.tables import GUE_OVERHEAD
 
 if TYPE_CHECKING:
     from reconciler.cgroups import CgroupOperation
     from reconciler.links import LinkOperation
+    from reconciler.plumbing import PlumbingOperation
 
 FILTER_HANDLE = 0xB5F
 FILTER_PREFIX = "bpfsync:"
@@ -76,11 +77,36 @@ class ProgramConfig:
         return ", ".join(parts)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class InterceptProgram:
+    """Compile-time configuration of an Intercept's programs: ic_egress of Intercept ic_id,
+    or (ic_id 0) ic_lo, the namespace's socket assignment on lo's ingress."""
+
+    ic_id: int
+    mark: int
+    proxy_mark: int
+
+    def describe(self) -> str:
+        if not self.ic_id:
+            return f"assign to proxies, mark {self.mark:#x}"
+        return f"intercept {self.ic_id}, mark {self.mark:#x}, proxyMark {self.proxy_mark:#x}"
+
+
+Config = ProgramConfig | InterceptProgram
+
+
+def function_of(config: Config, direction: str) -> str:
+    """The program (function in its C source) a configuration runs at a direction."""
+    if isinstance(config, InterceptProgram):
+        return "ic_egress" if config.ic_id else "ic_lo"
+    return FUNCTIONS[direction]
+
+
 @dataclass(frozen=True, slots=True)
 class Wanted:
     hook: Hook
     priority: int
-    config: ProgramConfig
+    config: Config
     owner: str  # "Interface/name"
     encapsulates: bool  # egress that adds GUE headers: the MTU check applies
 
@@ -94,6 +120,23 @@ def wanted(interfaces: dict[str, Interface]) -> list[Wanted]:
                 encap = direction == "egress" and (iface.role == "gateway" or iface.replies_tunnel)
                 out.append(Wanted(Hook(iface.device, iface.netns, direction), iface.priority,
                                   config, iface.ref, encap))
+    return out
+
+
+def wanted_intercepts(intercepts: dict[str, Intercept]) -> list[Wanted]:
+    """Each Intercept's egress program; lo's ingress program once per namespace with an
+    Intercept (whether it redirects now or not: connections redirected before a rule change
+    still arrive there), at the smallest priority of the namespace's Intercepts."""
+    out = []
+    lo: dict[str | None, list[Intercept]] = {}
+    for ic in sorted(intercepts.values(), key=lambda i: i.name):
+        r = ic.routing
+        out.append(Wanted(Hook(ic.device, ic.netns, "egress"), ic.priority,
+                          InterceptProgram(ic.id, r.mark, r.proxy_mark), ic.ref, False))
+        lo.setdefault(ic.netns, []).append(ic)
+    for netns, ics in sorted(lo.items(), key=lambda kv: kv[0] or ""):
+        out.append(Wanted(Hook("lo", netns, "ingress"), min(i.priority for i in ics),
+                          InterceptProgram(0, ics[0].routing.mark, 0), ics[0].ref, False))
     return out
 
 
@@ -146,14 +189,16 @@ class AttachOperation:
     action: AttachAction
     hook: Hook
     priority: int
-    config: ProgramConfig | None  # None for detach
+    config: Config | None  # None for detach
     owner: str
     reason: str
     drift: bool = False
 
     def describe(self) -> str:
-        what = f"tc {self.hook} prio {self.priority}: {FUNCTIONS[self.hook.direction]}"
-        return what + (f" ({self.config.describe()})" if self.config else "")
+        what = f"tc {self.hook} prio {self.priority}"
+        if self.config is None:
+            return what + ": bpfsync's filter"
+        return f"{what}: {function_of(self.config, self.hook.direction)} ({self.config.describe()})"
 
 
 @dataclass
@@ -165,10 +210,16 @@ class AttachPlan:
     in_place: int = 0  # attachments already right
     links: list[LinkOperation] = field(default_factory=list)  # the sk_lookup link
     cgroups: list[CgroupOperation] = field(default_factory=list)  # transparent proxies' links
+    plumbing: list[PlumbingOperation] = field(default_factory=list)  # Intercepts' routing
+    forget_hosts: list[str | None] = field(default_factory=list)  # ic_host records to drop
 
-    def changes(self) -> list[AttachOperation | LinkOperation | CgroupOperation]:
-        """Every attachment operation, in execution order."""
-        return [*self.links, *self.operations, *self.cgroups]
+    def changes(self) -> list[AttachOperation | LinkOperation | CgroupOperation
+                              | PlumbingOperation]:
+        """Every attachment operation, in execution order: routing is set up before the
+        programs that need it and taken down after them."""
+        up = [op for op in self.plumbing if op.action is not AttachAction.DETACH]
+        down = [op for op in self.plumbing if op.action is AttachAction.DETACH]
+        return [*up, *self.links, *self.operations, *self.cgroups, *down]
 
 
 def _owner_of(hook: Hook) -> str:
@@ -176,7 +227,7 @@ def _owner_of(hook: Hook) -> str:
 
 
 def compute_attach_plan(want: list[Wanted], seen: dict[Hook, Seen],
-                        tags: dict[tuple[ProgramConfig, str], frozenset[str]] | None) -> AttachPlan:
+                        tags: dict[tuple[Config, str], frozenset[str]] | None) -> AttachPlan:
     """tags: acceptable tags per (config, direction); None when programs cannot be compiled yet
     (tables missing), so any attached program is taken as current."""
     plan = AttachPlan()

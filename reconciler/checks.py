@@ -8,10 +8,13 @@ from typing import Any
 
 from reconciler import proxyconf
 from reconciler.findings import Finding
+from reconciler.intercept import compile_intercept, entry_count
 from reconciler.locate import PathItem
-from reconciler.model import Proxy, Resource, TrafficMatch, destination_port_count
+from reconciler.model import Intercept, Proxy, Resource, TrafficMatch, destination_port_count
 from reconciler.state import DesiredState
 from reconciler.tables import (
+    IC_CHAIN,
+    IC_MAX_ENTRIES,
     MAX_SERVICES,
     MAX_STEER,
     MAX_TUNNELS,
@@ -73,6 +76,7 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
                            f"no Tunnel named {s.tunnel!r} (defined: {known})", s.ref))
     out += _proxy_checks(sorted(state.proxies.values(), key=_order))
     out += _transparent_checks(state, invalid)
+    out += _intercept_checks(state, invalid)
     for items, limit, kind in ((services, MAX_SERVICES, "Services"),
                                (tunnels, MAX_TUNNELS, "Tunnels")):
         if len(items) > limit:
@@ -162,4 +166,83 @@ def _transparent_checks(state: DesiredState, invalid: set[str]) -> list[Finding]
                                f"rule entries, more than the table's {TP_MAX_RULES}; use \"*\" "
                                f"or wider prefixes", tp.ref))
             break
+    return out
+
+
+def proxy_slots(state: DesiredState, ic: Intercept) -> tuple[tuple[str, int], ...]:
+    """(name, listener slot) of the Proxies ic's redirect rules name and the state declares."""
+    names = sorted({r.proxy for r in ic.rules if r.proxy and r.proxy in state.proxies})
+    return tuple((n, state.proxies[n].id) for n in names)
+
+
+def _rule_path(ic: Intercept, priority: int) -> tuple[PathItem, ...]:
+    """Rules are kept sorted by priority; the document's order may differ."""
+    return ("spec", "rules", [r.priority for r in ic.rules].index(priority))
+
+
+def _intercept_rules(state: DesiredState, ic: Intercept, invalid: set[str]) -> list[Finding]:
+    out = []
+    for r in ic.rules:
+        if r.proxy is None:
+            continue
+        proxy = state.proxies.get(r.proxy)
+        if proxy is None:
+            if f"Proxy/{r.proxy}" not in invalid:
+                known = ", ".join(sorted(state.proxies)[:10]) or "none"
+                out.append(Finding(ic.origin, (*_rule_path(ic, r.priority), "proxy"),
+                                   f"no Proxy named {r.proxy!r} (defined: {known})", ic.ref))
+        elif proxy.netns != ic.netns:
+            out.append(Finding(ic.origin, ("spec", "netns"),
+                               f"netns {ic.netns or '(bpfsync own)'} is not the namespace of "
+                               f"{proxy.ref} ({proxy.netns or '(bpfsync own)'}): redirected "
+                               f"connections are assigned to its listener, which lives there",
+                               ic.ref))
+    compiled = compile_intercept(ic, proxy_slots(state, ic))
+    for where in compiled.too_long[:3]:
+        out.append(Finding(ic.origin, ("spec", "rules"),
+                           f"more than {IC_CHAIN} rules with sourcePorts overlap at {where}; "
+                           f"the program checks at most {IC_CHAIN} per destination", ic.ref))
+    for r in compiled.shadowed(ic):
+        before = [o.priority for o in ic.rules if o.priority < r.priority
+                  and set(o.protocols) & set(r.protocols)
+                  and any(a.overlaps(b) for a in o.destinations for b in r.destinations)]
+        out.append(Finding(ic.origin, (*_rule_path(ic, r.priority), "priority"),
+                           f"rule {r.priority} ({r.action}) can never match: every packet it "
+                           f"matches is decided first by rule"
+                           f"{'s' if len(before) > 1 else ''} "
+                           f"{', '.join(map(str, before[:5])) or '(none)'}; give it a lower "
+                           f"priority or remove it", ic.ref))
+    return out
+
+
+def _intercept_checks(state: DesiredState, invalid: set[str]) -> list[Finding]:
+    ics = sorted(state.intercepts.values(), key=_order)
+    out = _unique(ics, attrgetter("id"), ("spec", "id"), lambda x: f"id {x.id}")
+    out += _unique(ics, lambda i: (i.netns, i.device), ("spec", "device"),
+                   lambda i: f"device {i.place} (one Intercept per device)")
+    egress = {(i.netns, i.device): i for i in state.interfaces.values() if i.egress}
+    routing: dict[str | None, Intercept] = {}
+    total = 0
+    for ic in ics:
+        iface = egress.get((ic.netns, ic.device))
+        if iface is not None:
+            out.append(Finding(ic.origin, ("spec", "device"),
+                               f"{iface.ref} runs its egress program on {ic.place}; one device "
+                               f"takes one of them (set egress: false there, or intercept "
+                               f"another device)", ic.ref))
+        first = routing.setdefault(ic.netns, ic)
+        if first.routing != ic.routing:
+            out.append(Finding(ic.origin, ("spec", "routing"),
+                               f"routing differs from {first.ref}'s: the Intercepts of one "
+                               f"namespace share its policy rule, table and marks",
+                               ic.ref, related=((first.origin, ("spec", "routing")),)
+                               if first.origin else ()))
+        total += entry_count(ic)
+        if total > IC_MAX_ENTRIES:
+            out.append(Finding(ic.origin, ("spec", "rules"),
+                               f"the rules of all Intercepts compile to more than "
+                               f"{IC_MAX_ENTRIES} entries (destinations x ports); use \"*\", "
+                               f"wider prefixes or fewer port ranges", ic.ref))
+            break
+        out += _intercept_rules(state, ic, invalid)
     return out

@@ -56,6 +56,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         counts.append(f"{len(state.proxies)} proxies")
     if state.transparent:
         counts.append(f"{len(state.transparent)} transparent proxies")
+    if state.intercepts:
+        counts.append(f"{len(state.intercepts)} intercepts")
     print(f"{args.directory}: valid ({', '.join(counts)} in {state.files} files)")
     return EXIT_OK
 
@@ -324,6 +326,12 @@ def _status_text(doc: dict[str, Any]) -> str:
     if tps:
         tr = tps["tracking"]
         lines.append(f"  intercepted connections tracked: {tr['entries']}/{tr['capacity']}")
+    for ic in doc.get("intercepts") or []:
+        c = ic["counters"]
+        lines.append(f"  intercept {ic['name']} ({ic['device']}, {ic['rules']} rules): "
+                     f"{c['redirected']} redirected, {c['dropped']} dropped, {c['passed']} "
+                     f"passed, {c['unmatched']} unmatched; {c['assigned']} assigned, "
+                     f"{c['no_listener']} with no listener")
     lines += [f"warning: {w}" for w in doc["warnings"]]
     return "\n".join(lines)
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from reconciler import proxyconf
 from reconciler import tables as t
 from reconciler.cgroups import datapath_cgroup, level
+from reconciler.checks import proxy_slots
+from reconciler.intercept import compile_intercept
 from reconciler.model import Service, TrafficMatch, TransparentProxy, destination_ports
 from reconciler.state import DesiredState
 
@@ -142,12 +144,24 @@ def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
             ref = svc.ref
             for spec, key, value in _service_entries(svc, tunnel_ids[svc.tunnel], node):
                 out.put(spec, key, value, ref)
+    marks = proxy_marks(state)
     for proxy in sorted(state.proxies.values(), key=lambda x: x.id):
         skey = t.slot_key(proxy.id)
-        out.put(t.PROXY, skey, t.proxy_value(skey, proxyconf.encode(proxy)), proxy.ref)
+        out.put(t.PROXY, skey, t.proxy_value(skey, proxyconf.encode(proxy, marks.get(proxy.name))),
+                proxy.ref)
         for net, port in destination_ports(proxy.destinations, proxy.ports):
             key = t.steer_key(port, str(net.network_address), net.prefixlen)
             out.put(t.STEER, key, t.steer_value(key, proxy.id), proxy.ref)
     if state.transparent and facts is not None and pin_root is not None:
         _transparent(out, state, facts, pin_root)
+    for ic in sorted(state.intercepts.values(), key=lambda x: x.id):
+        for key, value in compile_intercept(ic, proxy_slots(state, ic)).entries.items():
+            out.put(t.IC_RULES, key, value, ic.ref)
     return out
+
+
+def proxy_marks(state: DesiredState) -> dict[str, int]:
+    """SO_MARK of the connections of Proxies that Intercepts redirect to (never intercepted
+    themselves): the proxyMark of their namespace's Intercepts."""
+    return {r.proxy: ic.routing.proxy_mark for ic in state.intercepts.values()
+            for r in ic.rules if r.proxy}

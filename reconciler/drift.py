@@ -29,7 +29,7 @@ def _lookup(state: DesiredState, ref: str) -> Any:
     kind, _, name = ref.partition("/")
     group = {"Tunnel": state.tunnels, "Service": state.services,
              "Interface": state.interfaces, "Proxy": state.proxies,
-             "TransparentProxy": state.transparent}.get(kind)
+             "TransparentProxy": state.transparent, "Intercept": state.intercepts}.get(kind)
     return None if group is None else group.get(name)
 
 
@@ -115,5 +115,11 @@ def split(plan: Plan, state: DesiredState, before: DesiredState | None, default:
                        True if op.action is AttachAction.DETACH else None)],
         cgroups=[op for op in a.cgroups
                  if keep(op.owner, f"{op.action.value} {op.hook} link",
-                         True if op.action is AttachAction.DETACH else None)])
+                         True if op.action is AttachAction.DETACH else None)],
+        # removing plumbing nobody declares is a change; restoring what was removed is drift
+        plumbing=[op for op in a.plumbing
+                  if keep(op.owner, f"{op.action.value} {op.describe()}",
+                          True if op.action is AttachAction.DETACH and not op.drift
+                          else (False if op.drift else None))],
+        forget_hosts=a.forget_hosts)
     return out

@@ -15,11 +15,13 @@ from pathlib import Path
 from reconciler import attach as at
 from reconciler import cgroups as cg
 from reconciler import links as lk
+from reconciler import plumbing as pl
 from reconciler import tables as t
 from reconciler.desired import CompileMemo, compile_tables
 from reconciler.errors import KernelStateError, UnsafePlan
 from reconciler.kernel import cgroups as kernel_cgroups
 from reconciler.kernel import links as kernel_links
+from reconciler.kernel import plumbing as kernel_plumbing
 from reconciler.kernel import tc
 from reconciler.kernel.maps import PinnedTables, locked, open_tables
 from reconciler.kernel.programs import Programs
@@ -73,6 +75,15 @@ def read_tproxy(pin_root: Path) -> tuple[dict[int, dict[str, int]], int]:
         tables.close()
 
 
+def read_intercept_stats(pin_root: Path) -> dict[int, dict[str, int]]:
+    """Intercept counters by id."""
+    tables = open_tables(pin_root, create=False)
+    try:
+        return tables.ic_stats()
+    finally:
+        tables.close()
+
+
 def _tproxy_ids(state: DesiredState) -> tuple[int, ...]:
     return tuple(sorted(tp.id for tp in state.transparent.values()))
 
@@ -100,7 +111,7 @@ def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
 
 def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
                  facts: kernel_cgroups.HostFacts | None = None) -> at.AttachPlan:
-    want = at.wanted(state.interfaces)
+    want = at.wanted(state.interfaces) + at.wanted_intercepts(state.intercepts)
     seen = tc.observe(pin_root, [w.hook for w in want])
     plan = at.AttachPlan()
     if want or seen:
@@ -115,6 +126,10 @@ def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
         plan.links = lk.compute_link_plan(state, seen_links, steer_tags,
                                           kernel_links.netns_exists(state.proxy_netns), plan)
     _cgroup_plan(state, pin_root, programs, facts or kernel_cgroups.HostFacts(), plan)
+    want_plumbing = pl.wanted(state.intercepts)
+    seen_plumbing = kernel_plumbing.observe(pin_root, want_plumbing)
+    plan.plumbing = pl.compute_plumbing_plan(want_plumbing, seen_plumbing, plan)
+    plan.forget_hosts = pl.forget(seen_plumbing, want_plumbing)
     return plan
 
 
@@ -138,7 +153,8 @@ def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
     facts = kernel_cgroups.facts(state, pin_root, create=False)
     tables = open_tables(pin_root, create=False)
     programs = (_programs_if_possible(tables, pin_root)
-                if state.interfaces or state.proxies or state.transparent else None)
+                if state.interfaces or state.proxies or state.transparent or state.intercepts
+                else None)
     try:
         plan = compute_plan(compile_tables(state, facts=facts, pin_root=pin_root),
                             tables.read(), prune)
@@ -190,6 +206,8 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
 
 def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs,
                          tproxy_ids: tuple[int, ...]) -> int:
+    up = [op for op in plan.plumbing if op.action is not at.AttachAction.DETACH]
+    kernel_plumbing.execute(pin_root, up, [])
     for link in plan.links:
         if link.action is at.AttachAction.DETACH:
             kernel_links.remove(pin_root, link.netns)
@@ -204,7 +222,8 @@ def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs
             assert op.config is not None
             fd = programs.load(op.config, op.hook.direction)
             tc.attach(pin_root, op.hook, op.priority, fd,
-                      replace=op.action is at.AttachAction.REPLACE)
+                      replace=op.action is at.AttachAction.REPLACE,
+                      function=at.function_of(op.config, op.hook.direction))
     for cop in plan.cgroups:
         if cop.action is at.AttachAction.DETACH:
             kernel_cgroups.remove(pin_root, cop.hook)
@@ -215,4 +234,6 @@ def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs
             kernel_cgroups.create(pin_root, cop.hook, fd)
         else:
             kernel_cgroups.update(pin_root, cop.hook, fd)
+    down = [op for op in plan.plumbing if op.action is at.AttachAction.DETACH]
+    kernel_plumbing.execute(pin_root, down, plan.forget_hosts)
     return len(plan.changes())

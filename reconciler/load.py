@@ -21,14 +21,18 @@ from reconciler.findings import Finding
 from reconciler.locate import PathItem, locate
 from reconciler.model import (
     DEFAULT_GUE_PORT,
+    PROTOCOLS,
     Endpoint,
     HealthCheck,
+    Intercept,
+    InterceptRule,
     Interface,
     KeySource,
     Origin,
     PortRange,
     Proxy,
     Resource,
+    Routing,
     Service,
     TrafficMatch,
     TransparentProxy,
@@ -226,6 +230,53 @@ def _transparent(name: str, spec: dict[str, Any], origin: Origin,
                             spec.get("whenProxyDown", "refuse") == "direct", origin)
 
 
+def _intercept(name: str, spec: dict[str, Any], origin: Origin,
+               findings: list[Finding]) -> Intercept | None:
+    problem = _SpecProblems(origin, f"Intercept/{name}", findings)
+    rules = []
+    for i, r in enumerate(spec["rules"]):
+        path = ("rules", i)
+        proto = r.get("protocol", "tcp")
+        if r["action"] == "redirect" and proto != "tcp":
+            problem((*path, "protocol"), "redirect takes TCP connections only (protocol: tcp)")
+        rules.append(InterceptRule(
+            r["priority"], r["action"],
+            tuple(sorted(set(_prefixes(r.get("destinations", ["0.0.0.0/0"]), problem,
+                                       (*path, "destinations"))))),
+            tuple(sorted(set(_port_ranges(r.get("ports", ["*"]), problem, (*path, "ports"))))),
+            tuple(PROTOCOLS.values()) if proto == "any" else (PROTOCOLS[proto],),
+            tuple(sorted(set(_port_ranges(r.get("sourcePorts", []), problem,
+                                          (*path, "sourcePorts"))))),
+            r.get("proxy")))
+        if any(p.wildcard for p in rules[-1].source_ports):
+            problem((*path, "sourcePorts"), "\"*\" is the default of sourcePorts; leave it out")
+    seen: dict[int, int] = {}
+    for i, r in enumerate(spec["rules"]):
+        if r["priority"] in seen:
+            problem(("rules", i, "priority"), f"priority {r['priority']} is also rule "
+                                              f"{seen[r['priority']]}'s: the order would be "
+                                              f"ambiguous")
+        seen.setdefault(r["priority"], i)
+    if spec["device"] == "lo":
+        problem(("device",), "lo cannot be intercepted: redirected connections are delivered "
+                             "through it")
+    rt = spec.get("routing", {})
+    routing = Routing(rt.get("mark", 1), rt.get("proxyMark", 2), rt.get("table", 100),
+                      rt.get("rulePriority", 100))
+    if routing.mark & routing.proxy_mark:
+        problem(("routing", "proxyMark"), f"proxyMark {routing.proxy_mark:#x} shares bits with "
+                                          f"mark {routing.mark:#x}: the data path's own "
+                                          f"connections would be routed to lo")
+    if 253 <= routing.table <= 255:
+        problem(("routing", "table"), f"table {routing.table} is one of the kernel's "
+                                      f"(default 253, main 254, local 255)")
+    if problem.bad:
+        return None
+    return Intercept(name, spec["id"], spec["device"], spec.get("netns"),
+                     spec.get("priority", DEFAULT_PRIORITY),
+                     tuple(sorted(rules, key=lambda r: r.priority)), routing, origin)
+
+
 def _build(doc: Document, origin: Origin, findings: list[Finding],
            keys: KeyCache) -> Resource | None:
     """Typed resource from a schema-valid document; field problems go to findings."""
@@ -263,6 +314,8 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
         return _proxy(name, spec, origin, findings)
     if kind == "TransparentProxy":
         return _transparent(name, spec, origin, findings)
+    if kind == "Intercept":
+        return _intercept(name, spec, origin, findings)
     if kind == "Tunnel":
         local = _endpoint(spec["local"], DEFAULT_GUE_PORT)
         check_address(("spec", "local", "address"), local.address)
@@ -390,6 +443,8 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
                 state.proxies[doc.resource.name] = doc.resource
             elif isinstance(doc.resource, TransparentProxy):
                 state.transparent[doc.resource.name] = doc.resource
+            elif isinstance(doc.resource, Intercept):
+                state.intercepts[doc.resource.name] = doc.resource
             else:
                 state.services[doc.resource.name] = doc.resource
     return state, invalid, findings

@@ -19,8 +19,8 @@ from reconciler.desired import DesiredTables, Entries
 Observed = dict[str, Entries]
 
 UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY, t.PROXY, t.STEER, t.TP_CONFIG,
-                t.TP_RULES)
-DELETE_ORDER = (t.TP_RULES, t.TP_CONFIG, t.STEER, t.PROXY, t.REPLY, t.ENCAP, t.VERIFY,
+                t.TP_RULES, t.IC_RULES)
+DELETE_ORDER = (t.IC_RULES, t.TP_RULES, t.TP_CONFIG, t.STEER, t.PROXY, t.REPLY, t.ENCAP, t.VERIFY,
                 t.TUNNEL, t.DECAP)
 
 
@@ -122,6 +122,11 @@ def proxy_names(observed: Observed) -> dict[int, str]:
 def synthetic_owner(table: str, key: bytes, value: bytes,
                     proxy_names: dict[int, str] | None = None) -> str:
     """Name under which `get` shows an entry that no YAML resource claims."""
+    if table == t.IC_RULES.name:
+        try:
+            return f"Intercept/(id {t.decode_key(table, key)['id']})"
+        except Exception:  # a foreign entry of the wrong size
+            return "Intercept/(unknown)"
     if table in (t.TP_CONFIG.name, t.TP_RULES.name):
         try:
             return f"TransparentProxy/(id {t.decode_key(table, key)['id']})"

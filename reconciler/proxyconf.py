@@ -17,7 +17,9 @@ from reconciler.model import HealthCheck, Proxy
 FORMAT = 1
 
 
-def encode(proxy: Proxy) -> bytes:
+def encode(proxy: Proxy, mark: int | None = None) -> bytes:
+    """mark: SO_MARK of the proxy's own connections (only when an Intercept redirects to it,
+    so that other Proxies' configurations keep their bytes)."""
     h = proxy.health
     doc: dict[str, Any] = {
         "v": FORMAT, "name": proxy.name, "backends": list(proxy.backends),
@@ -28,6 +30,8 @@ def encode(proxy: Proxy) -> bytes:
         "drainTimeoutMs": proxy.drain_timeout_ms, "maxConnections": proxy.max_connections,
         "resolveMs": proxy.resolve_ms,
     }
+    if mark is not None:
+        doc["mark"] = mark
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -45,6 +49,7 @@ class RuntimeConfig:
     drain_timeout: float | None
     max_connections: int
     resolve_interval: float
+    mark: int | None = None  # SO_MARK of connections to backends / original destinations
 
 
 def decode(slot: int, raw: bytes) -> RuntimeConfig:
@@ -61,4 +66,5 @@ def decode(slot: int, raw: bytes) -> RuntimeConfig:
         slot, d["name"], tuple(backends), d["balance"],
         HealthCheck(h["enabled"], h["intervalMs"], h["timeoutMs"], h["rise"], h["fall"]),
         d["connectTimeoutMs"] / 1000, d["idleTimeoutMs"] / 1000,
-        None if drain is None else drain / 1000, d["maxConnections"], d["resolveMs"] / 1000)
+        None if drain is None else drain / 1000, d["maxConnections"], d["resolveMs"] / 1000,
+        d.get("mark"))

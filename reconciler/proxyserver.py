@@ -68,16 +68,23 @@ def _is_address(host: str) -> bool:
     return host.count(".") == 3
 
 
-def original_destination(sock: socket.socket) -> tuple[str, int] | None:
-    """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST)."""
+def original_destination(sock: socket.socket,
+                         listener: tuple[str, int]) -> tuple[str, int] | None:
+    """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST) when a
+    TransparentProxy rewrote its connect(); its own local address when an Intercept had it
+    assigned to the (transparent) listener by TC; None when it came to the listener itself."""
     try:
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
     except OSError:
+        raw = b""
+    if len(raw) >= 8:
+        port, addr = _SOCKADDR_IN.unpack(raw.ljust(_SOCKADDR_IN.size, b"\0"))
+        return socket.inet_ntoa(addr), port
+    try:
+        local = sock.getsockname()
+    except OSError:
         return None
-    if len(raw) < 8:
-        return None
-    port, addr = _SOCKADDR_IN.unpack(raw.ljust(_SOCKADDR_IN.size, b"\0"))
-    return socket.inet_ntoa(addr), port
+    return None if tuple(local) == tuple(listener) else (local[0], local[1])
 
 
 class ProxyServer:
@@ -245,6 +252,8 @@ class ProxyServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.mark is not None:  # never intercepted again (Intercept proxyMark)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.config.mark)
         try:
             await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address),
                                    self.config.connect_timeout)
@@ -258,7 +267,7 @@ class ProxyServer:
     async def _connect_original(self, conn: Conn) -> bool:
         """No backends: the connection goes where its client wanted (a TransparentProxy
         intercepted it; tp_getsockopt answers SO_ORIGINAL_DST)."""
-        dest = original_destination(conn.client)
+        dest = original_destination(conn.client, self.listener.getsockname())
         if dest is None:
             self.counters.no_original += 1
             log.debug("proxy %s: a connection without an original destination",

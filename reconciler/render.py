@@ -12,10 +12,12 @@ from reconciler.attach import AttachAction, AttachOperation
 from reconciler.cgroups import CgroupOperation
 from reconciler.links import LinkOperation
 from reconciler.plan import Action, Operation, Plan
+from reconciler.plumbing import PlumbingOperation
 from reconciler.secrets import Secret
 from reconciler.state import DesiredState
 
 SENSITIVE = "(sensitive)"
+EXPANDED = (t.STEER.name, t.TP_RULES.name, t.IC_RULES.name)  # destinations x ports
 SENSITIVE_CHANGED = "(sensitive value changed)"
 JSON_FORMAT_VERSION = 1
 MAX_STEER_LINES = 20  # steering entries shown per resource in text diffs
@@ -96,7 +98,7 @@ def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
     return lines
 
 
-AnyAttach = AttachOperation | LinkOperation | CgroupOperation
+AnyAttach = AttachOperation | LinkOperation | CgroupOperation | PlumbingOperation
 
 
 def _attach_ops(plan: Plan) -> list[AnyAttach]:
@@ -128,19 +130,19 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> 
     files = _origins(state)
     lines: list[str] = []
     by_resource: dict[str, list[str]] = {}
-    steering: dict[str, int] = {}
+    expanded: dict[tuple[str, str], int] = {}
     for op in plan.operations:
         if op.drift:
             continue
-        if op.table == t.STEER.name:  # a port range is thousands of entries: show a few
-            steering[op.resource] = steering.get(op.resource, 0) + 1
-            if steering[op.resource] > MAX_STEER_LINES:
+        if op.table in EXPANDED:  # a port range is thousands of entries: show a few
+            n = expanded[(op.resource, op.table)] = expanded.get((op.resource, op.table), 0) + 1
+            if n > MAX_STEER_LINES:
                 continue
         by_resource.setdefault(op.resource, []).extend(_op_line(op))
-    for resource, n in steering.items():
+    for (resource, table), n in expanded.items():
         if n > MAX_STEER_LINES:
             by_resource[resource].append(
-                f"  ... and {n - MAX_STEER_LINES} more {t.STEER.name} entries (-o json lists all)")
+                f"  ... and {n - MAX_STEER_LINES} more {table} entries (-o json lists all)")
     for aop in _attach_ops(plan):
         by_resource.setdefault(aop.owner, []).append(_attach_line(aop))
     for resource, op_lines in by_resource.items():
@@ -162,7 +164,8 @@ def _origins(state: DesiredState | None) -> dict[str, str]:
         return {}
     out = {}
     for r in (*state.tunnels.values(), *state.services.values(), *state.interfaces.values(),
-              *state.proxies.values(), *state.transparent.values()):
+              *state.proxies.values(), *state.transparent.values(),
+              *state.intercepts.values()):
         if r.origin:
             out[r.ref] = r.origin.file
     return out
@@ -184,6 +187,17 @@ def _op_json(op: Operation) -> dict[str, Any]:
 
 
 def _attach_json(op: AnyAttach) -> dict[str, Any]:
+    if isinstance(op, PlumbingOperation):
+        item: dict[str, Any] = {"type": op.item, "netns": op.netns}
+        if op.rule is not None:
+            item.update(priority=op.rule.priority, fwmark=op.rule.mark, mask=op.rule.mask,
+                        table=op.rule.table)
+        elif op.item == "route":
+            item.update(route="local default dev lo", table=op.table)
+        else:
+            item.update(sysctl="net.ipv4.conf.lo.accept_local", value=op.value)
+        return {"action": op.action.value, "resource": op.owner, "plumbing": item,
+                "reason": op.reason, "drift": op.drift}
     if isinstance(op, CgroupOperation):
         return {"action": op.action.value, "resource": op.owner,
                 "link": {"type": "cgroup", "cgroup": op.hook.cgroup, "hook": op.hook.hook},

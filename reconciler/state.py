@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.errors import Problem
-from reconciler.model import Interface, Proxy, Service, TransparentProxy, Tunnel
+from reconciler.model import Intercept, Interface, Proxy, Service, TransparentProxy, Tunnel
 
 
 @dataclass
@@ -15,6 +15,7 @@ class DesiredState:
     interfaces: dict[str, Interface] = field(default_factory=dict)
     proxies: dict[str, Proxy] = field(default_factory=dict)
     transparent: dict[str, TransparentProxy] = field(default_factory=dict)
+    intercepts: dict[str, Intercept] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
     files: int = 0
     drift: dict[str, str] = field(default_factory=dict)  # "Kind/name" -> annotated policy
@@ -22,7 +23,7 @@ class DesiredState:
     @property
     def resource_count(self) -> int:
         return (len(self.tunnels) + len(self.services) + len(self.interfaces)
-                + len(self.proxies) + len(self.transparent))
+                + len(self.proxies) + len(self.transparent) + len(self.intercepts))
 
     @property
     def has_node_role(self) -> bool:

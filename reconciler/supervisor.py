@@ -37,6 +37,7 @@ log = logging.getLogger("bpfsync.supervisor")
 
 SO_COOKIE = 57
 IP_FREEBIND = 15
+IP_TRANSPARENT = 19
 LISTEN_BACKLOG = 4096
 TICK = 0.25  # new or removed Proxies are noticed within this
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 30.0
@@ -108,6 +109,9 @@ class Listeners:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # lo may still be down
+        # an Intercept's redirected connections are assigned to it by TC with their original
+        # destination as local address: the kernel accepts (and answers) them only then
+        s.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
         s.bind(("127.0.0.1", 0))
         s.listen(LISTEN_BACKLOG)
         log.info("listener for slot %d on %s:%d", slot, *s.getsockname())

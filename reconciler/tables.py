@@ -22,6 +22,7 @@ from reconciler.secrets import KEY_LEN, Secret
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LPM_TRIE = 11
 BPF_MAP_TYPE_SOCKMAP = 15
 BPF_MAP_TYPE_SK_STORAGE = 24
@@ -102,11 +103,33 @@ TP_ORIG = MapSpec("tp_orig", 4, 8, 0, "TransparentProxy", owned=False,
 TP_STAT_NAMES = ("connects", "intercepted", "excluded", "other_netns", "no_proxy",
                  "track_full", "answered", "unanswered")
 
-# Tables of entries (read, diffed, written); STATS, SOCKETS, PS_STATS and TP_STATS are only
-# created (and read as counters or by the data path); TP_CONNS is read for map pressure.
+# TC interception (bpf/intercept.h): compiled first-match rules per Intercept, redirected SYNs
+# on their way to lo, counters, and the record of host plumbing bpfsync made per namespace.
+IC_MAX = 256
+IC_MAX_ENTRIES = 262144
+IC_CHAIN = 8
+IC_MAX_SYN = 65536
+IC_COUNTERS = 16
+IC_PORT_ANY = 0
+IC_ACTION_PASS, IC_ACTION_DROP, IC_ACTION_REDIRECT = 1, 2, 3
+IC_SYSCTL_UNTOUCHED = 0xFFFFFFFF
+IC_RULES = MapSpec("ic_rules", 12, 72, IC_MAX_ENTRIES, "Intercept",
+                   map_type=BPF_MAP_TYPE_LPM_TRIE, flags=BPF_F_NO_PREALLOC, batch=False)
+IC_SYN = MapSpec("ic_syn", 12, 4, IC_MAX_SYN, "Intercept", owned=False,
+                 map_type=BPF_MAP_TYPE_LRU_HASH)
+IC_STATS = MapSpec("ic_stats", 4, 8, IC_MAX * IC_COUNTERS, "Stats", owned=False,
+                   map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
+IC_HOST = MapSpec("ic_host", 64, 16, 256, "Intercept", owned=False)
+IC_STAT_NAMES = ("new", "redirected", "dropped", "passed", "unmatched", "flow", "assigned",
+                 "no_listener", "assign_error")
+
+# Tables of entries (read, diffed, written); STATS, SOCKETS, PS_STATS, TP_STATS and IC_STATS
+# are only created (and read as counters or by the data path); TP_CONNS is read for map
+# pressure; IC_HOST is read and written by the host plumbing alone.
 ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, LEARNED, PROXY, STEER,
-                                   TP_CONFIG, TP_RULES)
-PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS, SOCKETS, PS_STATS, TP_CONNS, TP_STATS)
+                                   TP_CONFIG, TP_RULES, IC_RULES)
+PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS, SOCKETS, PS_STATS, TP_CONNS, TP_STATS,
+                               IC_SYN, IC_STATS, IC_HOST)
 CREATED_BY_BCC: tuple[MapSpec, ...] = (TP_ORIG,)
 OWNED_TABLES: tuple[MapSpec, ...] = tuple(t for t in ALL_TABLES if t.owned)
 BY_NAME: dict[str, MapSpec] = {t.name: t for t in (*PINNED, *CREATED_BY_BCC)}
@@ -134,6 +157,10 @@ _SLOT = struct.Struct("=I")
 _CONFIG_LEN = struct.Struct("!I")
 _TP_CONFIG = struct.Struct(f"=IIQ{TP_EXCLUDE_CGROUPS}Q{TP_EXCLUDE_CGROUPS}I4x")  # + stamp
 _TP_RULE_KEY = struct.Struct("=IBBH4s")  # like the steering key, with (kind, id) for (proto, pad)
+_IC_KEY = struct.Struct("=IBBH4s")  # like the steering key: (intercept, proto, port, addr)
+_IC_CANDIDATE = struct.Struct("=HHBBH")
+_IC_COUNT = struct.Struct("=I")
+_IC_HOST = struct.Struct("=QII")
 
 
 def _stamped(key: bytes, body: bytes) -> bytes:
@@ -232,6 +259,32 @@ def tp_config_value(key: bytes, slot: int, fail_open: bool, netns_cookie: int,
                                          *(lv for _, lv in padded)))
 
 
+def ic_key(ic_id: int, proto: int, port: int, network: str, prefixlen: int) -> bytes:
+    """Trie key of (Intercept id, protocol, destination port, prefix); port 0: any."""
+    return _IC_KEY.pack(_STEER_PREFIX_BITS + prefixlen, ic_id, proto, socket.htons(port),
+                        socket.inet_aton(network))
+
+
+def ic_rule_value(key: bytes, candidates: list[tuple[int, int, int, int, int]]) -> bytes:
+    """candidates: (sport first, sport last, action, slot, priority), at most IC_CHAIN."""
+    body = _IC_COUNT.pack(len(candidates)) + b"".join(_IC_CANDIDATE.pack(*c) for c in candidates)
+    return _stamped(key, body.ljust(_IC_COUNT.size + IC_CHAIN * _IC_CANDIDATE.size, b"\0"))
+
+
+def ic_host_key(netns: str | None) -> bytes:
+    return (netns or "").encode().ljust(IC_HOST.key_size, b"\0")
+
+
+def ic_host_value(netns_cookie: int, accept_local_before: int) -> bytes:
+    return _IC_HOST.pack(netns_cookie, accept_local_before, 0)
+
+
+def decode_ic_host(key: bytes, value: bytes) -> tuple[str | None, int, int]:
+    """(netns name or None, netns cookie, accept_local before or IC_SYSCTL_UNTOUCHED)."""
+    cookie, before, _ = _IC_HOST.unpack(value)
+    return key.rstrip(b"\0").decode() or None, cookie, before
+
+
 # Decoding, for diff, get and status. Key material comes back as Secret, never as bytes.
 
 def decode_endpoint(raw: bytes) -> dict[str, Any]:
@@ -241,6 +294,11 @@ def decode_endpoint(raw: bytes) -> dict[str, Any]:
 
 
 def decode_key(table: str, raw: bytes) -> dict[str, Any]:
+    if table == IC_RULES.name:
+        plen, ic, proto, port, addr = _IC_KEY.unpack(raw)
+        return {"id": ic, "protocol": PROTO_NAMES.get(proto, proto),
+                "port": socket.ntohs(port) or "*",
+                "prefix": f"{socket.inet_ntoa(addr)}/{plen - _STEER_PREFIX_BITS}"}
     if table == TP_RULES.name:
         plen, kind, tp, port, addr = _TP_RULE_KEY.unpack(raw)
         return {"id": tp, "rule": "intercept" if kind == TP_KIND_INTERCEPT else "exclude",
@@ -263,6 +321,20 @@ def decode_key(table: str, raw: bytes) -> dict[str, Any]:
 
 
 def decode_value(table: str, raw: bytes) -> dict[str, Any]:
+    if table == IC_RULES.name:
+        (n,) = _IC_COUNT.unpack_from(raw)
+        names = {IC_ACTION_PASS: "pass", IC_ACTION_DROP: "drop", IC_ACTION_REDIRECT: "redirect"}
+        rules = []
+        for i in range(min(n, IC_CHAIN)):
+            first, last, action, slot, prio = _IC_CANDIDATE.unpack_from(
+                raw, _IC_COUNT.size + i * _IC_CANDIDATE.size)
+            rule: dict[str, Any] = {"priority": prio, "action": names.get(action, action)}
+            if first:
+                rule["sourcePorts"] = f"{first}-{last}" if last != first else first
+            if action == IC_ACTION_REDIRECT:
+                rule["proxySlot"] = slot
+            rules.append(rule)
+        return {"rules": rules}
     if table == TP_RULES.name:
         return {"id": _SLOT.unpack_from(raw)[0]}
     if table == TP_CONFIG.name:
@@ -310,6 +382,8 @@ def decode_value(table: str, raw: bytes) -> dict[str, Any]:
 def describe_key(table: str, raw: bytes) -> str:
     """Short human name of an entry's key, as shown in diff."""
     k = decode_key(table, raw)
+    if table == IC_RULES.name:
+        return f"{k['prefix']} port {k['port']}/{k['protocol']}"
     if table == TP_RULES.name:
         return f"{k['rule']} {k['prefix']} port {k['port']}"
     if table == TP_CONFIG.name:

@@ -79,6 +79,13 @@ def _families(r: dict[str, Any], kernel: dict[str, int]) -> Iterator[Metric]:
         for outcome, value in tp["counters"].items():
             tp_counters.add_metric([tp["name"], outcome], value)
     yield tp_counters
+    ic_counters = CounterMetricFamily(f"{NS}_intercept", "Packets and connections seen by an "
+                                      "Intercept's programs, by outcome",
+                                      labels=["intercept", "outcome"])
+    for ic in r.get("intercepts") or []:
+        for outcome, value in ic["counters"].items():
+            ic_counters.add_metric([ic["name"], outcome], value)
+    yield ic_counters
     bpf = CounterMetricFamily(f"{NS}_bpf_counter", "Counters kept by the BPF programs",
                               labels=["counter"])
     for name, value in sorted(kernel.items()):

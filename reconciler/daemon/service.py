@@ -97,7 +97,7 @@ class Record:
 def _kind_counts(state: DesiredState) -> dict[str, int]:
     return {"Tunnel": len(state.tunnels), "Service": len(state.services),
             "Interface": len(state.interfaces), "Proxy": len(state.proxies),
-            "TransparentProxy": len(state.transparent)}
+            "TransparentProxy": len(state.transparent), "Intercept": len(state.intercepts)}
 
 
 def _operation_counts(plan: Plan) -> Counter[str]:
@@ -447,7 +447,23 @@ class Daemon:
         doc["tunnels"] = self._tunnel_health()
         doc["proxies"] = self._proxy_health(worker_report)
         doc["transparentProxies"] = self._transparent_health()
+        doc["intercepts"] = self._intercept_health()
         return doc
+
+    def _intercept_health(self) -> list[dict[str, Any]]:
+        """Counters per Intercept (new connections by outcome, SYNs assigned or dropped for
+        want of a listener)."""
+        declared = self.good.intercepts if self.good else {}
+        if not declared:
+            return []
+        try:
+            stats = engine.read_intercept_stats(self.config.pin_root)
+        except (BpfsyncError, OSError):
+            stats = {}
+        zero = dict.fromkeys(t.IC_STAT_NAMES, 0)
+        return [{"name": ic.name, "id": ic.id, "device": ic.place, "rules": len(ic.rules),
+                 "counters": stats.get(ic.id, zero)}
+                for ic in sorted(declared.values(), key=lambda x: x.id)]
 
     def _transparent_health(self) -> dict[str, Any]:
         """Counters per TransparentProxy and tracking-map pressure (a full tp_conns means

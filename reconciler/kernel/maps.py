@@ -72,18 +72,19 @@ class PinnedTables:
         per_slot = libbpf.percpu_array_sums(fd, t.STATS_SLOTS)
         return {name: per_slot[i] for i, name in enumerate(t.STAT_NAMES)}
 
-    def _counter_rows(self, spec: t.MapSpec, names: tuple[str, ...],
-                      keep: set[int]) -> dict[int, dict[str, int]]:
-        """A per-CPU counter array laid out as rows of len(names): row -> name -> sum over
-        CPUs; rows never counted are left out unless kept."""
+    def _counter_rows(self, spec: t.MapSpec, names: tuple[str, ...], keep: set[int],
+                      width: int | None = None) -> dict[int, dict[str, int]]:
+        """A per-CPU counter array laid out as rows of width (default len(names)) counters,
+        the first len(names) named: row -> name -> sum over CPUs; rows never counted are
+        left out unless kept."""
         fd = self.fds.get(spec.name)
         if fd is None:
             return {}
         raw = libbpf.percpu_array_sums(fd, spec.max_entries)
-        width = len(names)
+        width = width or len(names)
         out: dict[int, dict[str, int]] = {}
         for row in range(spec.max_entries // width):
-            values = raw[row * width:(row + 1) * width]
+            values = raw[row * width:row * width + len(names)]
             if any(values) or row in keep:
                 out[row] = dict(zip(names, values, strict=True))
         return out
@@ -96,6 +97,10 @@ class PinnedTables:
         """TP_STATS by TransparentProxy id (0: questions nothing answered), by counter name;
         ids never counted are left out."""
         return self._counter_rows(t.TP_STATS, t.TP_STAT_NAMES, set())
+
+    def ic_stats(self) -> dict[int, dict[str, int]]:
+        """IC_STATS by Intercept id, by counter name; only ids with a non-zero counter."""
+        return self._counter_rows(t.IC_STATS, t.IC_STAT_NAMES, set(), t.IC_COUNTERS)
 
     def tracked(self) -> dict[bytes, bytes]:
         """Intercepted connections the programs track now (tp_conns): map pressure."""

@@ -14,7 +14,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from reconciler.attach import FUNCTIONS, ProgramConfig
+from reconciler.attach import Config, InterceptProgram, ProgramConfig, function_of
 from reconciler.errors import KernelStateError
 from reconciler.kernel.bcc_env import ensure_kernel_source
 
@@ -23,6 +23,7 @@ SOURCE = BPF_DIR / "trueingress.c"
 STEER_SOURCE = BPF_DIR / "steer.c"
 STEER_FUNCTION = "ps_dispatch"
 TPROXY_SOURCE = BPF_DIR / "tproxy.c"
+INTERCEPT_SOURCE = BPF_DIR / "intercept.c"
 BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36  # expected attach type
 # cgroup programs of transparent proxies: hook -> (program type, expected attach type)
@@ -63,9 +64,9 @@ class Programs:
 
     def __init__(self, pin_root: Path) -> None:
         self.pin_root = pin_root
-        self._compiled: dict[ProgramConfig | str, Any] = {}
+        self._compiled: dict[Config | str, Any] = {}
 
-    def _compile(self, key: ProgramConfig | str, source: Path, flags: list[str],
+    def _compile(self, key: Config | str, source: Path, flags: list[str],
                  what: str) -> Any:
         if key not in self._compiled:
             ensure_kernel_source()
@@ -81,7 +82,13 @@ class Programs:
                 raise KernelStateError(f"compiling {source} ({what}) failed: {exc}") from exc
         return self._compiled[key]
 
-    def _bpf(self, config: ProgramConfig) -> Any:
+    def _bpf(self, config: Config) -> Any:
+        if isinstance(config, InterceptProgram):
+            return self._compile(config, INTERCEPT_SOURCE, [
+                f"-I{BPF_DIR}", f'-DIC_PIN_DIR="{self.pin_root}/maps/"',
+                f'-DPS_PIN_DIR="{self.pin_root}/maps/"', f"-DIC_ID={config.ic_id}",
+                f"-DIC_MARK={config.mark:#x}", f"-DIC_PROXY_MARK={config.proxy_mark:#x}"],
+                config.describe())
         return self._compile(config, SOURCE, cflags(self.pin_root, config), config.describe())
 
     def _steer(self) -> Any:
@@ -120,17 +127,18 @@ class Programs:
             raise KernelStateError(f"loading {name} failed: {exc}") from exc
         return fn.fd
 
-    def tags(self, config: ProgramConfig, direction: str) -> frozenset[str]:
-        return program_tags(self._bpf(config).dump_func(FUNCTIONS[direction].encode()))
+    def tags(self, config: Config, direction: str) -> frozenset[str]:
+        return program_tags(self._bpf(config).dump_func(function_of(config, direction).encode()))
 
-    def load(self, config: ProgramConfig, direction: str) -> int:
-        """A loaded program's fd, owned by the compilation (closed by close())."""
+    def load(self, config: Config, direction: str) -> int:
+        """A loaded TC program's fd, owned by the compilation (closed by close())."""
         from bcc import BPF
 
+        function = function_of(config, direction)
         try:
-            return self._bpf(config).load_func(FUNCTIONS[direction].encode(), BPF.SCHED_CLS).fd
+            return self._bpf(config).load_func(function.encode(), BPF.SCHED_CLS).fd
         except Exception as exc:
-            raise KernelStateError(f"loading {FUNCTIONS[direction]} ({config.describe()}) "
+            raise KernelStateError(f"loading {function} ({config.describe()}) "
                                    f"failed: {exc}") from exc
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from reconciler.attach import FILTER_HANDLE, FILTER_PREFIX, FUNCTIONS, Filter, Hook, Seen
+from reconciler.attach import FILTER_HANDLE, FILTER_PREFIX, Filter, Hook, Seen
 from reconciler.errors import KernelStateError
 from reconciler.kernel import libbpf
 
@@ -127,7 +127,8 @@ def _netlink_error(what: str, hook: Hook, exc: Exception) -> KernelStateError:
     return KernelStateError(f"{what} on {hook}: {exc}")
 
 
-def attach(pin_root: Path, hook: Hook, priority: int, fd: int, replace: bool) -> None:
+def attach(pin_root: Path, hook: Hook, priority: int, fd: int, replace: bool,
+           function: str) -> None:
     from pyroute2.netlink.exceptions import NetlinkError
 
     with rtnl(hook.netns) as ipr:
@@ -148,7 +149,7 @@ def attach(pin_root: Path, hook: Hook, priority: int, fd: int, replace: bool) ->
                                        f"bpfsync's any more; nothing changed")
         try:
             ipr.tc("replace-filter" if replace else "add-filter", "bpf", idx, FILTER_HANDLE,
-                   fd=fd, name=FILTER_PREFIX + FUNCTIONS[hook.direction],
+                   fd=fd, name=FILTER_PREFIX + function,
                    parent=PARENTS[hook.direction], prio=priority, protocol=ETH_P_ALL,
                    direct_action=True)
         except NetlinkError as exc:

@@ -8,11 +8,16 @@ many HOST PORT N SECONDS N sequential connections (bounded by SECONDS):
                          {"done": n, "failed": n, "seconds": s, "p50Ms": x, "p99Ms": y}
                          (latency: connect to the reply's end)
 down HOST PORT BYTES     one download: {"bytes": n, "seconds": s}
+hold HOST PORT SECONDS   one connection kept for SECONDS, a line echoed every 50 ms:
+                         {"local": "ip:port", "peer": "ip:port seen by the server",
+                          "sent": n, "echoed": n, "error": null}
+TPKIT_TIMEOUT (seconds, default 5) bounds connects and reads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -33,7 +38,11 @@ def _serve(host: str, port: int) -> None:
                 if not chunk:
                     break
                 line += chunk
-            if line.startswith(b"down "):
+            if line == b"echo\n":  # then echo until the client closes
+                conn.sendall(f"{peer[0]}:{peer[1]}\n".encode())
+                while chunk := conn.recv(4096):
+                    conn.sendall(chunk)
+            elif line.startswith(b"down "):
                 left = int(line.split()[1])
                 block = memoryview(bytearray(1 << 20))
                 while left > 0:
@@ -42,9 +51,38 @@ def _serve(host: str, port: int) -> None:
                 conn.sendall(f"{peer[0]}:{peer[1]} ".encode() + line)
 
 
+TIMEOUT = float(os.environ.get("TPKIT_TIMEOUT", "5"))
+
+
+def _hold(host: str, port: int, seconds: float) -> dict[str, object]:
+    out: dict[str, object] = {"local": None, "peer": None, "sent": 0, "echoed": 0,
+                              "error": None}
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as s:
+            out["local"] = "{}:{}".format(*s.getsockname())
+            s.sendall(b"echo\n")
+            f = s.makefile("rb")
+            out["peer"] = f.readline().decode().strip()
+            end = time.monotonic() + seconds
+            n = 0
+            while time.monotonic() < end:
+                msg = f"line {n}\n".encode()
+                s.sendall(msg)
+                out["sent"] = n + 1
+                if f.readline() != msg:
+                    out["error"] = f"line {n} not echoed"
+                    break
+                n += 1
+                out["echoed"] = n
+                time.sleep(0.05)
+    except OSError as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def _one(host: str, port: int, msg: str) -> dict[str, object]:
     try:
-        with socket.create_connection((host, port), timeout=5) as s:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as s:
             local = "{}:{}".format(*s.getsockname())
             s.sendall(msg.encode() + b"\n")
             reply = b""
@@ -66,6 +104,8 @@ def main() -> None:
         threading.Event().wait()
     elif mode == "client":
         print(json.dumps(_one(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+    elif mode == "hold":
+        print(json.dumps(_hold(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
     elif mode == "many":
         host, port, n, limit = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
         start = time.monotonic()

@@ -112,7 +112,8 @@ CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
     ("scalar-document", {"a.yaml": "hello\n"}, "must be a mapping, not str", "a.yaml:1:1"),
     ("missing-kind", {"a.yaml": sub(T, "kind: Tunnel\n", "")}, "kind missing", "a.yaml:1:1"),
     ("unknown-kind", {"a.yaml": sub(T, "kind: Tunnel", "kind: Tunel")},
-     "'Tunel' is unknown; known kinds: Interface, Proxy, Service, TransparentProxy, Tunnel", "a.yaml:2:7"),
+     "'Tunel' is unknown; known kinds: Intercept, Interface, Proxy, Service, TransparentProxy, "
+     "Tunnel", "a.yaml:2:7"),
     ("wrong-api-version", {"a.yaml": sub(T, "bpfsync/v1", "bpfsync/v2")},
      "apiVersion must be 'bpfsync/v1'", "a.yaml:1:13"),
     ("missing-metadata", {"a.yaml": sub(T, "metadata:\n  name: t1\n", "")},

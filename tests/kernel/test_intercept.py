@@ -1,0 +1,233 @@
+"""TC interception rules on a real kernel: clients in one namespace connect to servers in
+another by their real addresses; the Intercept on the client side's device decides.
+
+    client netns  192.0.2.1 ──veth── 192.0.2.2  server netns
+    (clients, the Proxy, the Intercept       (servers on 203.0.113.2 and .3,
+     on the veth's egress)                     ports 80, 81, 82; routed via 192.0.2.2)
+
+Intercepted: the server sees the proxy's connection (another source port than the client's
+own) and the client gets its data back unchanged. Direct: the server sees the client's port.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.supervisor import read_datapath_status
+from tests.kernel.daemonkit import RunningDaemon, wait_for
+
+TPKIT = str(Path(__file__).with_name("tpkit.py"))
+SERVER, OTHER = "203.0.113.2", "203.0.113.3"
+
+
+def sh(cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+RULES = """\
+    - priority: 10
+      action: pass
+      destinations: [203.0.113.3/32]
+      ports: [80]
+    - priority: 20
+      action: redirect
+      proxy: egress
+      destinations: [203.0.113.0/24]
+      ports: [80]
+    - priority: 30
+      action: drop
+      ports: [82]
+"""
+
+
+@dataclass
+class Env:
+    ns: str
+    server_ns: str
+    device: str
+    pin_root: Path
+    directory: Path
+    log: Path
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    daemon: RunningDaemon | None = None
+
+    def write(self, rules: str = RULES) -> None:
+        self.directory.mkdir(exist_ok=True)
+        (self.directory / "proxy.yaml").write_text(
+            "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\n"
+            f"spec:\n  id: 4\n  netns: {self.ns}\n")
+        (self.directory / "intercept.yaml").write_text(
+            "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: wan}\nspec:\n"
+            f"  id: 1\n  device: {self.device}\n  netns: {self.ns}\n  rules:\n{rules}")
+
+    def start(self) -> RunningDaemon:
+        self.daemon = RunningDaemon(self.directory, self.pin_root, self.log, "--resync", "1")
+        self.daemon.start()
+        wait_for(lambda: (s := read_datapath_status(self.pin_root)) and "egress" in s[
+            "proxies"], 60)
+        return self.daemon
+
+    def client(self, host: str, port: int, mode: str = "client", arg: str = "hello",
+               timeout: float = 5) -> dict[str, Any]:
+        out = sh(f"TPKIT_TIMEOUT={timeout} ip netns exec {self.ns} {sys.executable} {TPKIT} "
+                 f"{mode} {host} {port} {arg}", check=False)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def start_client(self, host: str, port: int, mode: str, arg: str
+                     ) -> subprocess.Popen[str]:
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, TPKIT, mode,
+                              host, str(port), arg], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def counters(self) -> dict[str, int]:
+        assert self.daemon is not None
+        return self.daemon.status()["intercepts"][0]["counters"]
+
+    def diff_exit(self) -> int:
+        return sh(f"{sys.executable} -m reconciler --pin-root {self.pin_root} diff "
+                  f"{self.directory}", check=False).returncode
+
+    def plumbing(self) -> tuple[str, str, str]:
+        rules = sh(f"ip -n {self.ns} rule show").stdout
+        routes = sh(f"ip -n {self.ns} route show table all").stdout
+        accept = sh(f"ip netns exec {self.ns} sysctl -n net.ipv4.conf.lo.accept_local").stdout
+        return rules, routes, accept.strip()
+
+
+def intercepted(result: dict[str, Any], msg: str = "hello") -> bool:
+    assert result["error"] is None, result
+    peer, _, echoed = result["reply"].partition(" ")
+    assert echoed == msg + "\n", result  # the data arrived unchanged
+    return peer != result["local"]
+
+
+@pytest.fixture
+def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
+    tag = uuid.uuid4().hex[:6]
+    e = Env(f"bic-{tag}-c", f"bic-{tag}-s", f"bic{tag}c", pin_root, tmp_path / "desired",
+            tmp_path / "daemon.log")
+    try:
+        for ns in (e.ns, e.server_ns):
+            sh(f"ip netns add {ns}")
+            sh(f"ip -n {ns} link set lo up")
+        sh(f"ip link add {e.device} type veth peer name bic{tag}s")
+        sh(f"ip link set {e.device} netns {e.ns}")
+        sh(f"ip link set bic{tag}s netns {e.server_ns}")
+        sh(f"ip -n {e.ns} addr add 192.0.2.1/24 dev {e.device}")
+        sh(f"ip -n {e.server_ns} addr add 192.0.2.2/24 dev bic{tag}s")
+        for addr in (SERVER, OTHER):
+            sh(f"ip -n {e.server_ns} addr add {addr}/32 dev lo")
+        sh(f"ip -n {e.ns} link set {e.device} up")
+        sh(f"ip -n {e.server_ns} link set bic{tag}s up")
+        sh(f"ip -n {e.ns} route add 203.0.113.0/24 via 192.0.2.2")
+        server = subprocess.Popen(["ip", "netns", "exec", e.server_ns, sys.executable, TPKIT,
+                                   "server", "0.0.0.0", "80", "81", "82"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        e.procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        yield e
+    finally:
+        if e.daemon is not None:
+            e.daemon.cleanup()
+        for p in e.procs:
+            with suppress(ProcessLookupError):
+                p.send_signal(signal.SIGKILL)
+            p.wait(10)
+        for ns in (e.ns, e.server_ns):
+            sh(f"ip netns del {ns}", check=False)
+
+
+def test_first_match_rules_redirect_pass_and_drop(env: Env) -> None:
+    env.write()
+    env.start()
+    redirected = env.client(SERVER, 80)
+    assert intercepted(redirected)  # rule 20: the server saw the proxy's connection
+    assert redirected["local"].startswith("192.0.2.1:")  # the client kept its own address
+    assert not intercepted(env.client(SERVER, 81))  # no rule: direct
+    assert not intercepted(env.client(OTHER, 80))  # rule 10 (pass) comes before rule 20
+    dropped = env.client(SERVER, 82, timeout=2)  # rule 30: every SYN dropped
+    assert dropped["error"] is not None and "timed out" in dropped["error"], dropped
+    status = read_datapath_status(env.pin_root)
+    assert status and status["proxies"]["egress"]["originalDestination"] == 1, status
+    c = wait_for(lambda: (c := env.counters()) and c["assigned"] == 1 and c, 10)
+    assert c["redirected"] == 1 and c["passed"] == 1 and c["unmatched"] == 1, c
+    assert c["dropped"] >= 1 and c["no_listener"] == 0, c
+    # the compiled entries read back with bpftool: one per (prefix, port), priorities resolved
+    dump = json.loads(sh(f"bpftool -j map dump pinned {env.pin_root}/maps/ic_rules").stdout)
+    assert len(dump) == 3, dump
+    assert env.diff_exit() == 0
+
+
+def test_rule_changes_affect_new_connections_only(env: Env) -> None:
+    env.write()
+    env.start()
+    held = env.start_client(SERVER, 80, "hold", "6")  # an intercepted connection, talking
+    wait_for(lambda: env.counters()["assigned"] == 1, 10)
+    before = env.daemon.reconciles() if env.daemon else 0
+    env.write(RULES.replace("action: redirect\n      proxy: egress", "action: pass"))
+    assert env.daemon is not None
+    env.daemon.wait_reconciles(before)
+    wait_for(lambda: env.diff_exit() == 0, 20)
+    assert not intercepted(env.client(SERVER, 80))  # new connections: direct now
+    out, err = held.communicate(timeout=30)
+    result = json.loads(out)
+    assert result["error"] is None, (result, err)
+    assert result["echoed"] == result["sent"] > 50, result  # never interrupted
+    assert result["peer"] != result["local"], result  # and it was the proxied one
+    # back to redirect: a drop rule inserted before it applies to new connections
+    env.write(RULES.replace("ports: [82]", "ports: [81]"))
+    wait_for(lambda: env.diff_exit() == 0, 20)
+    assert intercepted(env.client(SERVER, 80))
+    assert env.client(SERVER, 81, timeout=2)["error"] is not None
+
+
+def test_host_plumbing_restored_and_reverted_exactly(env: Env) -> None:
+    sh(f"ip -n {env.ns} rule add fwmark 0x10 lookup 200 priority 50")  # someone else's
+    sh(f"ip netns exec {env.ns} tc qdisc add dev {env.device} clsact")
+    sh(f"ip netns exec {env.ns} tc filter add dev {env.device} egress prio 7 "
+       f"bpf bytecode '1,6 0 0 0,'")  # someone else's filter on the same hook (no match)
+    assert env.plumbing()[2] == "0"
+    env.write()
+    env.start()
+    rules, routes, accept = env.plumbing()
+    assert "fwmark 0x1/0x1 lookup 100 proto 181" in rules, rules
+    assert "local default dev lo table 100 proto 181" in routes, routes
+    assert accept == "1"
+    # removed by hand: the daemon's resync restores all three
+    sh(f"ip -n {env.ns} rule del priority 100")
+    sh(f"ip -n {env.ns} route del local default dev lo table 100")
+    sh(f"ip netns exec {env.ns} sysctl -qw net.ipv4.conf.lo.accept_local=0")
+    wait_for(lambda: (p := env.plumbing()) and "lookup 100 proto 181" in p[0]
+             and "table 100 proto 181" in p[1] and p[2] == "1", 20)
+    assert intercepted(env.client(SERVER, 80))
+    assert env.daemon is not None
+    assert env.daemon.status()["drift"]["correctedOperations"] >= 3
+    # the Intercept removed: exactly bpfsync's changes reverted, nobody else's
+    (env.directory / "intercept.yaml").unlink()
+    wait_for(lambda: "proto 181" not in env.plumbing()[0], 20)
+    rules, routes, accept = env.plumbing()
+    assert "proto 181" not in routes and accept == "0", (routes, accept)
+    assert "fwmark 0x10 lookup 200" in rules, rules
+    filters = sh(f"ip netns exec {env.ns} tc filter show dev {env.device} egress").stdout
+    assert "bytecode" in filters and "bpfsync" not in filters, filters
+    lo = sh(f"ip netns exec {env.ns} tc filter show dev lo ingress").stdout
+    assert "bpfsync" not in lo, lo
+    assert not intercepted(env.client(SERVER, 80))
+    hosts = json.loads(sh(f"bpftool -j map dump pinned {env.pin_root}/maps/ic_host").stdout)
+    assert hosts == [], hosts
+    wait_for(lambda: env.diff_exit() == 0, 20)
