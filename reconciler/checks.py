@@ -10,7 +10,14 @@ from reconciler import proxyconf
 from reconciler.findings import Finding
 from reconciler.intercept import compile_intercept, entry_count
 from reconciler.locate import PathItem
-from reconciler.model import Intercept, Proxy, Resource, TrafficMatch, destination_port_count
+from reconciler.model import (
+    Intercept,
+    PortRange,
+    Proxy,
+    Resource,
+    TrafficMatch,
+    destination_port_count,
+)
 from reconciler.state import DesiredState
 from reconciler.tables import (
     IC_CHAIN,
@@ -180,6 +187,11 @@ def _rule_path(ic: Intercept, priority: int) -> tuple[PathItem, ...]:
     return ("spec", "rules", [r.priority for r in ic.rules].index(priority))
 
 
+def _ports_overlap(a: tuple[PortRange, ...], b: tuple[PortRange, ...]) -> bool:
+    return any(x.wildcard or y.wildcard or (x.first <= y.last and y.first <= x.last)
+               for x in a for y in b)
+
+
 def _intercept_rules(state: DesiredState, ic: Intercept, invalid: set[str]) -> list[Finding]:
     out = []
     for r in ic.rules:
@@ -204,13 +216,12 @@ def _intercept_rules(state: DesiredState, ic: Intercept, invalid: set[str]) -> l
                            f"the program checks at most {IC_CHAIN} per destination", ic.ref))
     for r in compiled.shadowed(ic):
         before = [o.priority for o in ic.rules if o.priority < r.priority
-                  and set(o.protocols) & set(r.protocols)
+                  and set(o.protocols) & set(r.protocols) and _ports_overlap(o.ports, r.ports)
                   and any(a.overlaps(b) for a in o.destinations for b in r.destinations)]
         out.append(Finding(ic.origin, (*_rule_path(ic, r.priority), "priority"),
                            f"rule {r.priority} ({r.action}) can never match: every packet it "
-                           f"matches is decided first by rule"
-                           f"{'s' if len(before) > 1 else ''} "
-                           f"{', '.join(map(str, before[:5])) or '(none)'}; give it a lower "
+                           f"matches is decided first by the rules before it (overlapping it: "
+                           f"{', '.join(map(str, before[:5])) or 'none'}); give it a lower "
                            f"priority or remove it", ic.ref))
     return out
 

@@ -86,6 +86,9 @@ def _explain(err: Any) -> Iterator[SchemaError]:
         yield SchemaError(path, f"{err.instance!r}: {err.schema['x-error']}")
         return
     if err.validator == "required":
+        if "x-error" in err.schema and "properties" not in err.schema:  # a conditional's
+            yield SchemaError(path, err.schema["x-error"])
+            return
         yield SchemaError(path, err.message.replace("is a required property", "is required"))
         return
     yield SchemaError(path, err.message)

@@ -161,3 +161,53 @@ def test_tproxy_header_matches_python_layout() -> None:
         assert names == list(t.TP_STAT_NAMES)
     finally:
         bpf.cleanup()
+
+
+INTERCEPT_HEADER = HEADER.with_name("intercept.h")
+INTERCEPT_PROGRAM = f"""
+#include "{INTERCEPT_HEADER}"
+BPF_HASH(ic_rules, struct ic_key, struct ic_rule, 4);
+BPF_HASH(ic_syn, struct ic_flow, struct ic_pending, 4);
+BPF_HASH(ic_host, struct {{ char name[64]; }}, struct ic_host, 4);
+int unused(void *ctx) {{ return 0; }}
+"""
+
+
+def test_intercept_header_matches_python_layout() -> None:
+    ensure_kernel_source()
+    from bcc import BPF
+
+    bpf = BPF(text=INTERCEPT_PROGRAM.encode())
+    try:
+        for spec in (t.IC_RULES, t.IC_SYN, t.IC_HOST):
+            table = bpf[spec.name.encode()]
+            assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
+            assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
+        key = bpf[b"ic_rules"].Key.from_buffer_copy(t.ic_key(7, 6, 443, "198.51.100.0", 24))
+        assert (key.prefixlen, key.ic, key.proto, key.port, key.addr) == (
+            56, 7, 6, 0xBB01, 0x006433C6)
+        raw = t.ic_rule_value(bytes(12), [(1000, 1999, t.IC_ACTION_DROP, 0, 30),
+                                          (0, 0, t.IC_ACTION_REDIRECT, 5, 40)])
+        rule = bpf[b"ic_rules"].Leaf.from_buffer_copy(raw)
+        assert rule.count == 2
+        c0, c1 = rule.c[0], rule.c[1]
+        assert (c0.sport_first, c0.sport_last, c0.action, c0.slot, c0.priority) == (
+            1000, 1999, t.IC_ACTION_DROP, 0, 30)
+        assert (c1.action, c1.slot, c1.priority) == (t.IC_ACTION_REDIRECT, 5, 40)
+        host = bpf[b"ic_host"].Leaf.from_buffer_copy(t.ic_host_value(99, 0))
+        assert (host.netns_cookie, host.accept_local_before) == (99, 0)
+        text = INTERCEPT_HEADER.read_text()
+        for name, value in (("IC_MAX", t.IC_MAX), ("IC_MAX_ENTRIES", t.IC_MAX_ENTRIES),
+                            ("IC_CHAIN", t.IC_CHAIN), ("IC_MAX_SYN", t.IC_MAX_SYN),
+                            ("IC_COUNTERS", t.IC_COUNTERS), ("IC_PORT_ANY", t.IC_PORT_ANY),
+                            ("IC_ACTION_PASS", t.IC_ACTION_PASS),
+                            ("IC_ACTION_DROP", t.IC_ACTION_DROP),
+                            ("IC_ACTION_REDIRECT", t.IC_ACTION_REDIRECT),
+                            ("IC_SYSCTL_UNTOUCHED", hex(t.IC_SYSCTL_UNTOUCHED))):
+            assert f"#define {name} {value} " in text or f"#define {name} {value}\n" in text, name
+        enum = text[text.index("enum ic_stat {"):]
+        names = [line.split()[0].removeprefix("IC_STAT_").lower()
+                 for line in enum.splitlines()[1:] if line.strip().startswith("IC_STAT_")]
+        assert names == list(t.IC_STAT_NAMES)
+    finally:
+        bpf.cleanup()

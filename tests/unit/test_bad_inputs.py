@@ -31,6 +31,10 @@ EGRESS = "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\nspec:\n
 TP = ("apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n  id: 1\n"
       "  cgroup: /apps\n  proxy: egress\n  intercept:\n    - destinations: [198.51.100.0/24]\n"
       "      ports: [80]\n")
+IC = ("apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: wan}\nspec:\n  id: 1\n"
+      "  device: eth0\n  rules:\n    - priority: 10\n      action: redirect\n"
+      "      proxy: egress\n      destinations: [203.0.113.0/24]\n      ports: [80]\n"
+      "    - priority: 20\n      action: drop\n      ports: [25]\n")
 
 
 def sub(text: str, old: str, new: str) -> str:
@@ -105,6 +109,29 @@ CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
      "/apps is the intercepted cgroup itself", "a.yaml:17:20"),
     ("tp-unknown-policy", {"a.yaml": EGRESS + "---\n" + TP + "  whenProxyDown: bypass\n"},
      "'bypass' is not one of ['refuse', 'direct']", "a.yaml:17:18"),
+    ("ic-shadowed-rule", {"a.yaml": EGRESS + "---\n" + IC + "    - priority: 30\n"
+                          "      action: pass\n      destinations: [203.0.113.7/32]\n"
+                          "      ports: [80]\n"},
+     "rule 30 (pass) can never match: every packet it matches is decided first by the rules "
+     "before it (overlapping it: 10)",
+     "a.yaml:22:17"),
+    ("ic-redirect-without-proxy", {"a.yaml": EGRESS + "---\n" + sub(IC, "      proxy: egress\n",
+                                                                    "")},
+     "a redirect rule names the Proxy that receives its connections", None),
+    ("ic-proxy-on-drop", {"a.yaml": EGRESS + "---\n" + IC + "      proxy: egress\n"},
+     "proxy applies to redirect rules only", None),
+    ("ic-udp-redirect", {"a.yaml": EGRESS + "---\n" + sub(IC, "      ports: [80]\n",
+                                                          "      ports: [80]\n      protocol: udp\n")},
+     "redirect takes TCP connections only", "a.yaml:19:17"),
+    ("ic-duplicate-priority", {"a.yaml": EGRESS + "---\n" + sub(IC, "priority: 20", "priority: 10")},
+     "priority 10 is also rule 0's", "a.yaml:19:17"),
+    ("ic-unknown-proxy", {"a.yaml": IC}, "no Proxy named 'egress'", "a.yaml:10:14"),
+    ("ic-proxy-elsewhere", {"a.yaml": EGRESS + "  netns: blue\n---\n" + IC},
+     "is not the namespace of Proxy/egress (blue)", None),
+    ("ic-lo", {"a.yaml": EGRESS + "---\n" + sub(IC, "device: eth0", "device: lo")},
+     "lo cannot be intercepted", "a.yaml:12:11"),
+    ("ic-marks-overlap", {"a.yaml": EGRESS + "---\n" + IC + "  routing: {mark: 3}\n"},
+     "proxyMark 0x2 shares bits with mark 0x3", None),
     ("unclosed-flow", {"a.yaml": "spec: [unclosed\n"}, "invalid YAML", "a.yaml:2:1"),
     ("tab-indent", {"a.yaml": "spec:\n\tid: 1\n"}, "invalid YAML", "a.yaml:2:1"),
     ("bad-indent", {"a.yaml": "a:\n  b: 1\n c: 2\n"}, "invalid YAML", "a.yaml:3:2"),
