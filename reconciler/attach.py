@@ -222,8 +222,10 @@ class AttachPlan:
         return [*up, *self.links, *self.operations, *self.cgroups, *down]
 
 
-def _owner_of(hook: Hook) -> str:
-    return f"Interface/({hook})"
+def _owner_of(seen: Seen) -> str:
+    """The made-up owner of a leftover program, by the kind its filter name tells."""
+    intercept = any(f.name.startswith(FILTER_PREFIX + "ic_") for f in seen.ours)
+    return f"{'Intercept' if intercept else 'Interface'}/({seen.hook})"
 
 
 def compute_attach_plan(want: list[Wanted], seen: dict[Hook, Seen],
@@ -281,10 +283,10 @@ def compute_attach_plan(want: list[Wanted], seen: dict[Hook, Seen],
         s = seen[hook]
         for f in s.ours:
             plan.operations.append(AttachOperation(
-                AttachAction.DETACH, hook, f.priority, None, _owner_of(hook), "no longer in YAML"))
+                AttachAction.DETACH, hook, f.priority, None, _owner_of(s), "no longer in YAML"))
         if not s.ours and s.pinned_id is not None:  # device gone: only the pin is left
             plan.operations.append(AttachOperation(
-                AttachAction.DETACH, hook, 0, None, _owner_of(hook),
+                AttachAction.DETACH, hook, 0, None, _owner_of(s),
                 "device gone; removing the leftover pin"))
     order = {AttachAction.ATTACH: 0, AttachAction.REPLACE: 0, AttachAction.DETACH: 1}
     plan.operations.sort(key=lambda op: order[op.action])  # stable: attach before detach
