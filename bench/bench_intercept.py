@@ -171,8 +171,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     small, large = results
     print(json.dumps(results, indent=2))
-    print(f"\nrules        entries  ns/packet (last rule)  ns/packet (no rule)  "
-          f"veth drops/s (sender-bound)")
+    print("\nrules        entries  ns/packet (last rule)  ns/packet (no rule)  "
+          "veth drops/s (sender-bound)")
     for r in results:
         print(f"{r['rules']:>6}  {r['entries']:>9}  {r['hitNs']:>20.0f}  {r['missNs']:>19.0f}  "
               f"{r['droppedPps']:>12,}")
