@@ -12,12 +12,10 @@ own) and the client gets its data back unchanged. Direct: the server sees the cl
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,11 @@ import pytest
 
 from reconciler.supervisor import read_datapath_status
 from tests.kernel.daemonkit import RunningDaemon, wait_for
+from tests.kernel.interception import intercepted, sh, teardown
 
 TPKIT = str(Path(__file__).with_name("tpkit.py"))
 SERVER, OTHER = "203.0.113.2", "203.0.113.3"
 
-
-def sh(cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 RULES = """\
@@ -109,11 +104,6 @@ class Env:
         return rules, routes, accept.strip()
 
 
-def intercepted(result: dict[str, Any], msg: str = "hello") -> bool:
-    assert result["error"] is None, result
-    peer, _, echoed = result["reply"].partition(" ")
-    assert echoed == msg + "\n", result  # the data arrived unchanged
-    return peer != result["local"]
 
 
 @pytest.fixture
@@ -144,12 +134,7 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
     finally:
         if e.daemon is not None:
             e.daemon.cleanup()
-        for p in e.procs:
-            with suppress(ProcessLookupError):
-                p.send_signal(signal.SIGKILL)
-            p.wait(10)
-        for ns in (e.ns, e.server_ns):
-            sh(f"ip netns del {ns}", check=False)
+        teardown(e.procs, (e.ns, e.server_ns))
 
 
 def test_first_match_rules_redirect_pass_and_drop(env: Env) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -30,14 +29,11 @@ from reconciler.cgroups import DATAPATH_PARENT, datapath_cgroup
 from reconciler.kernel import cgroups
 from reconciler.supervisor import read_datapath_status
 from tests.kernel.daemonkit import RunningDaemon, wait_for
+from tests.kernel.interception import intercepted, sh, teardown
 
 TPKIT = str(Path(__file__).with_name("tpkit.py"))
 SERVER = "203.0.113.2"
 
-
-def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True,
-                          timeout=60)
 
 
 @dataclass
@@ -108,11 +104,6 @@ class Env:
         return [p["name"] for p in json.loads(out.stdout.strip() or "[]")]
 
 
-def intercepted(result: dict[str, Any], msg: str = "hello") -> bool:
-    assert result["error"] is None, result
-    peer, _, echoed = result["reply"].partition(" ")
-    assert echoed == msg + "\n", result  # the data arrived unchanged
-    return peer != result["local"]
 
 
 @pytest.fixture
@@ -141,12 +132,7 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
     finally:
         if e.daemon is not None:
             e.daemon.cleanup()
-        for p in e.procs:
-            with suppress(ProcessLookupError):
-                p.send_signal(signal.SIGKILL)
-            p.wait(10)
-        for ns in (e.ns, e.server_ns):
-            sh(f"ip netns del {ns}", check=False)
+        teardown(e.procs, (e.ns, e.server_ns))
         with suppress(OSError):
             import shutil
             shutil.rmtree(pin_root, ignore_errors=True)  # unpins the links: detached
