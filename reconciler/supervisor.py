@@ -111,7 +111,11 @@ class Listeners:
         s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # lo may still be down
         # an Intercept's redirected connections are assigned to it by TC with their original
         # destination as local address: the kernel accepts (and answers) them only then
-        s.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+        try:
+            s.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+        except PermissionError:  # steering still works; redirection needs CAP_NET_ADMIN
+            log.warning("listener for slot %d: IP_TRANSPARENT refused (no CAP_NET_ADMIN): "
+                        "connections an Intercept redirects to it will not be accepted", slot)
         s.bind(("127.0.0.1", 0))
         s.listen(LISTEN_BACKLOG)
         log.info("listener for slot %d on %s:%d", slot, *s.getsockname())
