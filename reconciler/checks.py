@@ -51,6 +51,16 @@ def _unique(resources: Iterable[Resource], key: Callable[[Any], Hashable],
     return out
 
 
+def _unknown(kind: str, name: str, known: dict[str, Any], invalid: set[str], by: Resource,
+             path: tuple[PathItem, ...]) -> list[Finding]:
+    """A reference to a resource the state does not declare (none when the resource exists
+    but is invalid: its own errors say why)."""
+    if name in known or f"{kind}/{name}" in invalid:
+        return []
+    names = ", ".join(sorted(known)[:10]) or "none"
+    return [Finding(by.origin, path, f"no {kind} named {name!r} (defined: {names})", by.ref)]
+
+
 def _order(r: Resource) -> tuple[str, int]:
     return (r.origin.file, r.origin.index) if r.origin else ("", 0)
 
@@ -75,12 +85,9 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
                        ("spec", "backend"),
                        lambda s: f"backend {s.backend}/{s.protocol} (on a node, replies "
                                  f"from it must map back to one proxy endpoint)")
-    dangling = [s for s in services if s.tunnel not in state.tunnels
-                and f"Tunnel/{s.tunnel}" not in invalid]
+    dangling = [s for s in services if s.tunnel not in state.tunnels]
     for s in sorted(dangling, key=_order):
-        known = ", ".join(sorted(state.tunnels)[:10]) or "none"
-        out.append(Finding(s.origin, ("spec", "tunnel"),
-                           f"no Tunnel named {s.tunnel!r} (defined: {known})", s.ref))
+        out += _unknown("Tunnel", s.tunnel, state.tunnels, invalid, s, ("spec", "tunnel"))
     out += _proxy_checks(sorted(state.proxies.values(), key=_order))
     out += _transparent_checks(state, invalid)
     out += _intercept_checks(state, invalid)
@@ -156,11 +163,7 @@ def _transparent_checks(state: DesiredState, invalid: set[str]) -> list[Finding]
                    lambda x: f"cgroup {x.cgroup} (one TransparentProxy per cgroup)")
     total = 0
     for tp in tps:
-        proxy = state.proxies.get(tp.proxy)
-        if proxy is None and f"Proxy/{tp.proxy}" not in invalid:
-            known = ", ".join(sorted(state.proxies)[:10]) or "none"
-            out.append(Finding(tp.origin, ("spec", "proxy"),
-                               f"no Proxy named {tp.proxy!r} (defined: {known})", tp.ref))
+        out += _unknown("Proxy", tp.proxy, state.proxies, invalid, tp, ("spec", "proxy"))
         for i, c in enumerate(tp.exclude_cgroups):
             if c == tp.cgroup:
                 out.append(Finding(tp.origin, ("spec", "excludeCgroups", i),
@@ -199,10 +202,8 @@ def _intercept_rules(state: DesiredState, ic: Intercept, invalid: set[str]) -> l
             continue
         proxy = state.proxies.get(r.proxy)
         if proxy is None:
-            if f"Proxy/{r.proxy}" not in invalid:
-                known = ", ".join(sorted(state.proxies)[:10]) or "none"
-                out.append(Finding(ic.origin, (*_rule_path(ic, r.priority), "proxy"),
-                                   f"no Proxy named {r.proxy!r} (defined: {known})", ic.ref))
+            out += _unknown("Proxy", r.proxy, state.proxies, invalid, ic,
+                            (*_rule_path(ic, r.priority), "proxy"))
         elif proxy.netns != ic.netns:
             out.append(Finding(ic.origin, ("spec", "netns"),
                                f"netns {ic.netns or '(bpfsync own)'} is not the namespace of "
