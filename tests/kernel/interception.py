@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
+
+from reconciler.supervisor import read_datapath_status
+from tests.kernel.daemonkit import RunningDaemon, wait_for
 
 
 def sh(cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -30,3 +35,43 @@ def teardown(procs: list[subprocess.Popen[str]], namespaces: tuple[str, ...]) ->
         p.wait(10)
     for ns in namespaces:
         sh(f"ip netns del {ns}", check=False)
+
+
+TPKIT = str(Path(__file__).with_name("tpkit.py"))
+
+
+def veth_pair(client_ns: str, server_ns: str, client_dev: str, server_dev: str,
+              client_cidr: str, server_cidr: str) -> None:
+    """Two namespaces with lo up, joined by a veth with an address at each end."""
+    for ns in (client_ns, server_ns):
+        sh(f"ip netns add {ns}")
+        sh(f"ip -n {ns} link set lo up")
+    sh(f"ip link add {client_dev} type veth peer name {server_dev}")
+    for ns, dev, cidr in ((client_ns, client_dev, client_cidr),
+                          (server_ns, server_dev, server_cidr)):
+        sh(f"ip link set {dev} netns {ns}")
+        sh(f"ip -n {ns} addr add {cidr} dev {dev}")
+        sh(f"ip -n {ns} link set {dev} up")
+
+
+def start_server(ns: str, host: str, *ports: int) -> subprocess.Popen[str]:
+    """tpkit's server in ns, once it listens on every port."""
+    server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, TPKIT, "server", host,
+                               *map(str, ports)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+    return server
+
+
+def egress_proxy(ns: str) -> str:
+    """The Proxy both kinds send connections to (id 4, no backends: original destinations)."""
+    return ("apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\n"
+            f"spec:\n  id: 4\n  netns: {ns}\n")
+
+
+def start_daemon(directory: Path, pin_root: Path, log: Path) -> RunningDaemon:
+    """`bpfsync run` with a 1 s resync, once its data path serves the egress Proxy."""
+    daemon = RunningDaemon(directory, pin_root, log, "--resync", "1")
+    daemon.start()
+    wait_for(lambda: (s := read_datapath_status(pin_root)) and "egress" in s["proxies"], 60)
+    return daemon

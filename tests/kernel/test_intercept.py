@@ -24,9 +24,17 @@ import pytest
 
 from reconciler.supervisor import read_datapath_status
 from tests.kernel.daemonkit import RunningDaemon, wait_for
-from tests.kernel.interception import intercepted, sh, teardown
+from tests.kernel.interception import (
+    TPKIT,
+    egress_proxy,
+    intercepted,
+    sh,
+    start_daemon,
+    start_server,
+    teardown,
+    veth_pair,
+)
 
-TPKIT = str(Path(__file__).with_name("tpkit.py"))
 SERVER, OTHER = "203.0.113.2", "203.0.113.3"
 
 
@@ -60,18 +68,13 @@ class Env:
 
     def write(self, rules: str = RULES) -> None:
         self.directory.mkdir(exist_ok=True)
-        (self.directory / "proxy.yaml").write_text(
-            "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\n"
-            f"spec:\n  id: 4\n  netns: {self.ns}\n")
+        (self.directory / "proxy.yaml").write_text(egress_proxy(self.ns))
         (self.directory / "intercept.yaml").write_text(
             "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: wan}\nspec:\n"
             f"  id: 1\n  device: {self.device}\n  netns: {self.ns}\n  rules:\n{rules}")
 
     def start(self) -> RunningDaemon:
-        self.daemon = RunningDaemon(self.directory, self.pin_root, self.log, "--resync", "1")
-        self.daemon.start()
-        wait_for(lambda: (s := read_datapath_status(self.pin_root)) and "egress" in s[
-            "proxies"], 60)
+        self.daemon = start_daemon(self.directory, self.pin_root, self.log)
         return self.daemon
 
     def client(self, host: str, port: int, mode: str = "client", arg: str = "hello",
@@ -112,24 +115,11 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
     e = Env(f"bic-{tag}-c", f"bic-{tag}-s", f"bic{tag}c", pin_root, tmp_path / "desired",
             tmp_path / "daemon.log")
     try:
-        for ns in (e.ns, e.server_ns):
-            sh(f"ip netns add {ns}")
-            sh(f"ip -n {ns} link set lo up")
-        sh(f"ip link add {e.device} type veth peer name bic{tag}s")
-        sh(f"ip link set {e.device} netns {e.ns}")
-        sh(f"ip link set bic{tag}s netns {e.server_ns}")
-        sh(f"ip -n {e.ns} addr add 192.0.2.1/24 dev {e.device}")
-        sh(f"ip -n {e.server_ns} addr add 192.0.2.2/24 dev bic{tag}s")
+        veth_pair(e.ns, e.server_ns, e.device, f"bic{tag}s", "192.0.2.1/24", "192.0.2.2/24")
         for addr in (SERVER, OTHER):
             sh(f"ip -n {e.server_ns} addr add {addr}/32 dev lo")
-        sh(f"ip -n {e.ns} link set {e.device} up")
-        sh(f"ip -n {e.server_ns} link set bic{tag}s up")
         sh(f"ip -n {e.ns} route add 203.0.113.0/24 via 192.0.2.2")
-        server = subprocess.Popen(["ip", "netns", "exec", e.server_ns, sys.executable, TPKIT,
-                                   "server", "0.0.0.0", "80", "81", "82"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        e.procs.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        e.procs.append(start_server(e.server_ns, "0.0.0.0", 80, 81, 82))
         yield e
     finally:
         if e.daemon is not None:

@@ -29,9 +29,17 @@ from reconciler.cgroups import DATAPATH_PARENT, datapath_cgroup
 from reconciler.kernel import cgroups
 from reconciler.supervisor import read_datapath_status
 from tests.kernel.daemonkit import RunningDaemon, wait_for
-from tests.kernel.interception import intercepted, sh, teardown
+from tests.kernel.interception import (
+    TPKIT,
+    egress_proxy,
+    intercepted,
+    sh,
+    start_daemon,
+    start_server,
+    teardown,
+    veth_pair,
+)
 
-TPKIT = str(Path(__file__).with_name("tpkit.py"))
 SERVER = "203.0.113.2"
 
 
@@ -53,9 +61,7 @@ class Env:
 
     def write(self, cgroup: str = "", ports: str = '"*"', extra: str = "") -> None:
         self.directory.mkdir(exist_ok=True)
-        (self.directory / "proxy.yaml").write_text(
-            "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\n"
-            f"spec:\n  id: 4\n  netns: {self.ns}\n")
+        (self.directory / "proxy.yaml").write_text(egress_proxy(self.ns))
         (self.directory / "tp.yaml").write_text(
             "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n"
             f"  id: 3\n  cgroup: {cgroup or self.apps}\n  proxy: egress\n"
@@ -63,10 +69,7 @@ class Env:
             f"  exclude:\n    - destinations: [{SERVER}/32]\n      ports: [81]\n{extra}")
 
     def start(self) -> RunningDaemon:
-        self.daemon = RunningDaemon(self.directory, self.pin_root, self.log, "--resync", "1")
-        self.daemon.start()
-        wait_for(lambda: (s := read_datapath_status(self.pin_root)) and "egress" in s[
-            "proxies"], 60)
+        self.daemon = start_daemon(self.directory, self.pin_root, self.log)
         return self.daemon
 
     def client(self, port: int, msg: str = "hello", cgroup: str | None = None,
@@ -112,22 +115,10 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
     e = Env(f"btp-{tag}-c", f"btp-{tag}-s", f"/bpfsync-test-{tag}", pin_root,
             tmp_path / "desired", tmp_path / "daemon.log")
     try:
-        for ns in (e.ns, e.server_ns):
-            sh(f"ip netns add {ns}")
-            sh(f"ip -n {ns} link set lo up")
-        sh(f"ip link add btp{tag}c type veth peer name btp{tag}s")
-        sh(f"ip link set btp{tag}c netns {e.ns}")
-        sh(f"ip link set btp{tag}s netns {e.server_ns}")
-        sh(f"ip -n {e.ns} addr add 203.0.113.1/24 dev btp{tag}c")
-        sh(f"ip -n {e.server_ns} addr add {SERVER}/24 dev btp{tag}s")
-        sh(f"ip -n {e.ns} link set btp{tag}c up")
-        sh(f"ip -n {e.server_ns} link set btp{tag}s up")
+        veth_pair(e.ns, e.server_ns, f"btp{tag}c", f"btp{tag}s", "203.0.113.1/24",
+                  f"{SERVER}/24")
         cgroups.fs_path(e.apps).mkdir(parents=True)
-        server = subprocess.Popen(["ip", "netns", "exec", e.server_ns, sys.executable, TPKIT,
-                                   "server", SERVER, "80", "81"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
-        e.procs.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        e.procs.append(start_server(e.server_ns, SERVER, 80, 81))
         yield e
     finally:
         if e.daemon is not None:
