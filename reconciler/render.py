@@ -12,7 +12,7 @@ from reconciler.attach import AttachAction, AttachOperation
 from reconciler.cgroups import CgroupOperation
 from reconciler.links import LinkOperation
 from reconciler.plan import Action, Operation, Plan
-from reconciler.plumbing import PlumbingOperation
+from reconciler.plumbing import SYSCTL, PlumbingOperation
 from reconciler.secrets import Secret
 from reconciler.state import DesiredState
 
@@ -195,7 +195,7 @@ def _attach_json(op: AnyAttach) -> dict[str, Any]:
         elif op.item == "route":
             item.update(route="local default dev lo", table=op.table)
         else:
-            item.update(sysctl="net.ipv4.conf.lo.accept_local", value=op.value)
+            item.update(sysctl=SYSCTL, value=op.value)
         return {"action": op.action.value, "resource": op.owner, "plumbing": item,
                 "reason": op.reason, "drift": op.drift}
     if isinstance(op, CgroupOperation):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import tables as t
+from reconciler.attach import AttachAction
 from reconciler.errors import KernelStateError
 from reconciler.kernel import libbpf, netns
 from reconciler.kernel.cgroups import netns_cookie
@@ -131,7 +132,7 @@ def execute(pin_root: Path, ops: list[PlumbingOperation], forget: list[str | Non
     recorded: set[str | None] = set()
     seen_records = records(pin_root) if ops else {}
     for op in ops:
-        if op.action.value != "detach" and op.netns not in recorded:
+        if op.action is not AttachAction.DETACH and op.netns not in recorded:
             cookie = netns_cookie(op.netns)
             if cookie is None:
                 raise KernelStateError(f"network namespace {op.netns} disappeared while "
@@ -139,7 +140,7 @@ def execute(pin_root: Path, ops: list[PlumbingOperation], forget: list[str | Non
             rec = seen_records.get(op.netns)
             if rec is None or rec.cookie != cookie:
                 sysctl = next((o for o in ops if o.netns == op.netns and o.item == "sysctl"
-                               and o.action.value != "detach"), None)
+                               and o.action is not AttachAction.DETACH), None)
                 before = sysctl.before if sysctl and sysctl.before is not None else (
                     t.IC_SYSCTL_UNTOUCHED)
                 _set_record(pin_root, op.netns, Record(cookie, before))
@@ -151,15 +152,15 @@ def execute(pin_root: Path, ops: list[PlumbingOperation], forget: list[str | Non
             with rtnl(op.netns) as ipr:
                 if ipr is None:
                     raise KernelStateError(f"network namespace {op.netns} disappeared")
-                add = op.action.value != "detach"
+                add = op.action is not AttachAction.DETACH
                 if op.item == "rule":
                     assert op.rule is not None
                     _rule(ipr, "add" if add else "del", op.rule)
                 else:
                     _route(ipr, "add" if add else "del", op.table)
         except NetlinkError as exc:
-            if not (exc.code == errno.EEXIST and op.action.value != "detach") and not (
-                    exc.code in (errno.ENOENT, errno.ESRCH) and op.action.value == "detach"):
+            if not (exc.code == errno.EEXIST and op.action is not AttachAction.DETACH) and not (
+                    exc.code in (errno.ENOENT, errno.ESRCH) and op.action is AttachAction.DETACH):
                 raise KernelStateError(f"{op.describe()}: {exc}") from exc
         except OSError as exc:
             raise KernelStateError(f"{op.describe()}: {exc}") from exc
