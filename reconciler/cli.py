@@ -7,6 +7,7 @@ Exit codes: validate 0 valid / 1 invalid; diff 0 in sync / 2 changes pending / 1
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -19,18 +20,20 @@ import yaml
 
 from reconciler import engine, inventory, render
 from reconciler import tables as t
+from reconciler.candidate import check_candidate
 from reconciler.drift import ENFORCE, POLICIES
 from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.kernel.maps import DEFAULT_PIN_ROOT
 from reconciler.load import load_directory
 from reconciler.plan import PrunePolicy, proxy_names
+from reconciler.state import DesiredState
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
-def _print_problems(problems: Sequence[Problem], stream=sys.stderr) -> None:
+def _print_problems(problems: Sequence[Problem]) -> None:
     for p in problems:
-        print(p, file=stream)
+        print(p, file=sys.stderr)
 
 
 def _pin_root(args: argparse.Namespace) -> Path:
@@ -41,8 +44,39 @@ def _prune(args: argparse.Namespace) -> PrunePolicy:
     return PrunePolicy(enabled=not args.no_prune, keep_kinds=frozenset(args.keep or ()))
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    state = load_directory(Path(args.directory))
+def _counts(state: DesiredState) -> str:
+    counts = [f"{len(state.tunnels)} tunnels", f"{len(state.services)} services",
+              f"{len(state.interfaces)} interfaces"]
+    for n, what in ((len(state.proxies), "proxies"),
+                    (len(state.transparent), "transparent proxies"),
+                    (len(state.intercepts), "intercepts")):
+        if n:
+            counts.append(f"{n} {what}")
+    return f"{', '.join(counts)} in {state.files} files"
+
+
+def _directories(patterns: Sequence[str]) -> list[Path]:
+    """Arguments as given, glob patterns expanded (pre-commit and Ansible run no shell)."""
+    out: list[Path] = []
+    for pattern in patterns:
+        if not glob.has_magic(pattern):
+            out.append(Path(pattern))
+            continue
+        found = sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_dir())
+        if not found:
+            raise BpfsyncError(f"{pattern}: no directory matches")
+        out += found
+    return out
+
+
+def _validate_directory(directory: Path, args: argparse.Namespace) -> bool:
+    try:
+        state = load_directory(directory)
+    except InvalidDesiredState as exc:
+        _print_problems(exc.problems)
+        n = sum(1 for p in exc.problems if p.severity is Severity.ERROR)
+        print(f"{directory}: invalid ({n} error{'s' if n != 1 else ''})", file=sys.stderr)
+        return False
     _print_problems(state.warnings)
     if state.interfaces and os.geteuid() == 0:
         try:
@@ -50,16 +84,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"warning: on this host: {w}", file=sys.stderr)
         except (OSError, BpfsyncError):
             pass  # validation never depends on this host's devices
-    counts = [f"{len(state.tunnels)} tunnels", f"{len(state.services)} services",
-              f"{len(state.interfaces)} interfaces"]
-    if state.proxies:
-        counts.append(f"{len(state.proxies)} proxies")
-    if state.transparent:
-        counts.append(f"{len(state.transparent)} transparent proxies")
-    if state.intercepts:
-        counts.append(f"{len(state.intercepts)} intercepts")
-    print(f"{args.directory}: valid ({', '.join(counts)} in {state.files} files)")
+    print(f"{directory}: valid ({_counts(state)})")
+    return True
+
+
+def _validate_candidate(args: argparse.Namespace) -> int:
+    if len(args.paths) != 1:
+        raise BpfsyncError("validate --in DIR takes exactly one FILE (the candidate)")
+    directory, candidate = Path(args.within), Path(args.paths[0])
+    if not directory.is_dir():
+        raise BpfsyncError(f"--in {directory}: not a directory")
+    result = check_candidate(directory, candidate, args.as_name)
+    _print_problems(result.warnings)
+    _print_problems(result.errors)
+    where = (f"{candidate} as {result.destination}" if result.destination
+             and str(result.destination) != str(candidate) else str(candidate))
+    if result.guessed:
+        print(f"note: {candidate} is checked in place of {result.destination}, which declares "
+              f"the same resources (--as NAME says which file it becomes)", file=sys.stderr)
+    if result.errors:
+        n = len(result.errors)
+        print(f"{where}: invalid in {directory} ({n} error{'s' if n != 1 else ''}); "
+              f"it must not be put there", file=sys.stderr)
+        return EXIT_ERROR
+    if result.existing:
+        n = len(result.existing)
+        print(f"note: {directory} has {n} error{'s' if n != 1 else ''} of its own, not caused "
+              f"by {candidate} (nothing is applied until they are fixed):", file=sys.stderr)
+        _print_problems(result.existing)
+        print(f"{where}: valid in {directory} (the directory is not)")
+        return EXIT_OK
+    assert result.state is not None
+    verb = "replacing" if result.replaces else "adding"
+    print(f"{where}: valid in {directory}, {verb} it ({_counts(result.state)})")
     return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    if args.within:
+        return _validate_candidate(args)
+    if args.as_name:
+        raise BpfsyncError("--as needs --in DIR")
+    ok = [_validate_directory(d, args) for d in _directories(args.paths)]
+    return EXIT_OK if all(ok) else EXIT_ERROR
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -364,8 +431,19 @@ def parser() -> argparse.ArgumentParser:
                                       f"default {DEFAULT_PIN_ROOT})")
     sub = p.add_subparsers(dest="command", required=True)
 
-    v = sub.add_parser("validate", help="check a desired-state directory (exit 0 valid, 1 not)")
-    v.add_argument("directory")
+    v = sub.add_parser(
+        "validate", help="check desired-state directories, or one file in the context of a "
+                         "directory before it is put there (exit 0 valid, 1 not)",
+        description="validate DIR...: check each directory (glob patterns are expanded). "
+                    "validate --in DIR FILE: check FILE as part of DIR (cross-references, "
+                    "duplicates), in place of the file it will become, e.g. Ansible's "
+                    "`validate: 'bpfsync validate --in /etc/bpfsync/desired.d --as x.yaml %%s'`.")
+    v.add_argument("paths", nargs="+", metavar="PATH", help="directories, or with --in one file")
+    v.add_argument("--in", dest="within", metavar="DIR",
+                   help="check the one FILE given as part of this directory")
+    v.add_argument("--as", dest="as_name", metavar="NAME",
+                   help="with --in: the file (relative to DIR) that FILE will become; without "
+                        "it, the file declaring the same resources, else a new file")
     v.set_defaults(func=cmd_validate)
 
     def prune_flags(sp: argparse.ArgumentParser) -> None:

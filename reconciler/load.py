@@ -392,13 +392,16 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
     return DocResult(origin, ref, _build(doc, origin, findings, keys), findings, drift)
 
 
-def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True) -> list[FileResult]:
+def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True,
+               shown_as: str | None = None) -> list[FileResult]:
+    """shown_as: the name problems and relative key files use instead of the path (a
+    candidate file checked in place of the file it will become)."""
     keys = KeyCache()
     out = []
     for path in paths:
-        source, problem = read(path)
+        source, problem = read(path, shown_as)
         if problem:
-            out.append(FileResult(str(path), [problem], []))
+            out.append(FileResult(shown_as or str(path), [problem], []))
             continue
         assert source is not None
         docs, problems = parse(source)
@@ -450,7 +453,7 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
     return state, invalid, findings
 
 
-def _load(files: list[Path], schemas: Schemas) -> list[FileResult]:
+def load_paths(files: list[Path], schemas: Schemas) -> list[FileResult]:
     return (parallel.load_files(files, schemas) if parallel.worth_it(files)
             else load_files(files, schemas))
 
@@ -462,16 +465,23 @@ def load_directory(root: Path, schemas: Schemas | None = None,
     cross-checks always run over the whole directory."""
     schemas = schemas or Schemas()
     files, scan_problems = scan(root)
-    results = cache.load(files, lambda todo: _load(todo, schemas)) if cache else _load(
+    results = cache.load(files, lambda todo: load_paths(todo, schemas)) if cache else load_paths(
         files, schemas)
+    return check_results(root, results, scan_problems)
+
+
+def check_results(root: Path, results: list[FileResult],
+                  problems: Sequence[Problem] = ()) -> DesiredState:
+    """The desired state of a directory's per-file results (in file order): cross-checks,
+    problems located; raises InvalidDesiredState listing every error."""
     locator = _Locator()
-    problems = list(scan_problems)
+    problems = list(problems)
     for r in results:
         problems.extend(r.problems)
         if r.text is not None:
             locator.texts[r.file] = r.text
     state, invalid, findings = assemble(results)
-    state.files = len(files)
+    state.files = len(results)
     findings.extend(checks.cross_check(state, invalid))
     errors = problems + [locator.problem(f) for f in findings if f.severity is Severity.ERROR]
     warnings = [f for f in findings if f.severity is Severity.WARNING]

@@ -95,8 +95,8 @@ def scan(root: Path) -> tuple[list[Path], list[Problem]]:
     return files, problems
 
 
-def read(path: Path) -> tuple[SourceFile | None, Problem | None]:
-    display = str(path)
+def read(path: Path, shown_as: str | None = None) -> tuple[SourceFile | None, Problem | None]:
+    display = shown_as or str(path)
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
