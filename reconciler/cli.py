@@ -316,12 +316,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(args.log_format, args.log_level)
     if args.log_format == "json":  # the data-path processes log the same way
         os.environ["BPFSYNC_LOG_FORMAT"] = "json"
+    if args.pull is not None and not args.pull > 0:
+        raise BpfsyncError(f"--pull {args.pull:g}: expected a number of seconds > 0")
     if args.metrics and not args.metrics.rpartition(":")[2].isdigit():
         raise BpfsyncError(f"--metrics {args.metrics!r}: expected [ADDRESS]:PORT")
     config = DaemonConfig(Path(args.directory).absolute(), _pin_root(args), args.resync,
                           args.drift, args.debounce, args.max_delay, _prune(args),
                           args.allow_empty, not args.no_datapath, args.datapath_netns,
-                          args.metrics)
+                          args.metrics, pull=args.pull)
     return Daemon(config).run()
 
 
@@ -334,7 +336,8 @@ def _ago(when: float | None) -> str:
 
 def _status_text(doc: dict[str, Any]) -> str:
     d, last, applied = doc["daemon"], doc["lastReconcile"], doc["lastApplied"]
-    lines = [f"daemon:          pid {d['pid']}, watching {d['directory']} "
+    verb = "following the git clone at" if doc.get("git") else "watching"
+    lines = [f"daemon:          pid {d['pid']}, {verb} {d['directory']} "
              f"(pin root {d['pinRoot']}; resync {d['resyncSeconds']:g}s, drift {d['drift']})"]
     if last:
         lines.append(f"last reconcile:  {_ago(last['time'])}: {last['result']} "
@@ -346,6 +349,16 @@ def _status_text(doc: dict[str, Any]) -> str:
         lines.append(f"last applied:    {_ago(applied['time'])}, {at}")
     else:
         lines.append("last applied:    never")
+    git = doc.get("git")
+    if git:
+        head, applied = git["head"] or "", git["applied"] or ""
+        line = (f"git:             {git['upstream']} -> {git['clone']} ({git['directory']}): "
+                f"head {head[:12] or '-'}")
+        line += (", applied" if head and head == applied else
+                 f", applied {applied[:12] or 'nothing yet'}")
+        lines.append(line + f"; fetched {_ago(git['lastFetch'])}")
+        if git["error"]:
+            lines.append(f"  git: {git['error']}")
     lines.append(f"errors:          {doc.get('errorCount', len(doc['errors'])) or 'none'}"
                  + (" (nothing is applied until they are fixed; the last good state stays)"
                     if doc["errors"] else ""))
@@ -495,6 +508,9 @@ def parser() -> argparse.ArgumentParser:
                         "when they share one)")
     r.add_argument("--metrics", metavar="[ADDR]:PORT",
                    help="serve Prometheus metrics (off by default; ADDR defaults to 127.0.0.1)")
+    r.add_argument("--pull", type=float, metavar="SECONDS",
+                   help="DIRECTORY is in a git clone: fetch its upstream branch this often, "
+                        "fast-forward, and apply only committed content")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    default="info")

@@ -27,6 +27,7 @@ from reconciler import drift, engine, inventory
 from reconciler import tables as t
 from reconciler.daemon import gitrev
 from reconciler.daemon.debounce import Debouncer
+from reconciler.daemon.gitpull import GitFollower
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
@@ -65,6 +66,7 @@ class DaemonConfig:
     datapath_netns: str | None = None
     metrics: str | None = None
     worker_cmd: list[str] | None = None
+    pull: float | None = None  # seconds between fetches: follow the clone's upstream branch
 
 
 class AlreadyRunning(BpfsyncError):
@@ -128,7 +130,12 @@ class Daemon:
         self._logged_errors: frozenset[str] = frozenset()
         self._logged_held: frozenset[tuple[str, str]] = frozenset()
         self._lock_fd: int | None = None
-        self.watcher = DirectoryWatcher(config.directory, self._on_files)
+        self._pulled = False
+        self._paths: tuple[str, str] | None = None
+        # Pull mode applies commits, not files: the clone's work tree is not watched.
+        self.git = (GitFollower(config.directory, self.run_dir / "git", config.pull,
+                                self._on_commit) if config.pull else None)
+        self.watcher = None if self.git else DirectoryWatcher(config.directory, self._on_files)
 
     # ----- wake-ups (other threads, signals)
     def _wake(self) -> None:
@@ -137,6 +144,10 @@ class Daemon:
 
     def _on_files(self) -> None:
         self.debouncer.poke(time.monotonic())
+        self._wake()
+
+    def _on_commit(self) -> None:
+        self._pulled = True
         self._wake()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
@@ -169,17 +180,26 @@ class Daemon:
 
             metrics.serve(self.config.metrics, self.report,
                           lambda: engine.read_stats(self.config.pin_root))
-        self.watcher.start()
-        log.info("watching %s (pin root %s, resync every %gs, drift %s)",
-                 self.config.directory, self.config.pin_root, self.config.resync,
-                 self.config.drift)
+        if self.git is not None:
+            self.git.start()
+            log.info("following %s of %s, directory %s (fetch every %gs, pin root %s)",
+                     self.git.upstream, self.git.top, self.git.subdir, self.git.interval,
+                     self.config.pin_root)
+        if self.watcher is not None:
+            self.watcher.start()
+            log.info("watching %s (pin root %s, resync every %gs, drift %s)",
+                     self.config.directory, self.config.pin_root, self.config.resync,
+                     self.config.drift)
         try:
             self.reconcile("startup")
             self.notifier.send(READY="1", STATUS=self.summary())
             self._loop()
         finally:
             self.notifier.send(STOPPING="1")
-            self.watcher.stop()
+            if self.watcher is not None:
+                self.watcher.stop()
+            if self.git is not None:
+                self.git.stop()
             if self.supervisor is not None:
                 self.supervisor.shutdown()
             status.stop()
@@ -208,6 +228,10 @@ class Daemon:
             trigger = None
             if self._hup:
                 self._hup, trigger = False, "SIGHUP"
+                if self.git is not None:
+                    self.git.pull_now()
+            if self._pulled and trigger is None:
+                self._pulled, trigger = False, "commit"
             events = self.debouncer.take(now)
             if events and trigger is None:
                 trigger = "files"
@@ -232,11 +256,22 @@ class Daemon:
     def reconcile(self, trigger: str, events: int = 0) -> None:
         started = time.monotonic()
         cfg = self.config
-        revision = gitrev.revision(cfg.directory) if cfg.directory.is_dir() else None
+        directory = cfg.directory
+        if self.git is not None:
+            try:
+                commit, directory = self.git.checkout()
+            except BpfsyncError as exc:
+                self._failed(str(exc), {"trigger": trigger}, started)
+                return
+            revision: gitrev.Revision | None = gitrev.Revision(commit, dirty=False)
+            # problems name files as `git show` does (commit:path), not by the export's path
+            self._paths = (f"{self.git.tree}/", f"{commit[:12]}:")
+        else:
+            revision = gitrev.revision(directory) if directory.is_dir() else None
         fields: dict[str, Any] = {"trigger": trigger, "events": events or None,
                                   "revision": str(revision) if revision else None}
         try:
-            state = load_directory(cfg.directory, self.schemas, self.cache)
+            state = load_directory(directory, self.schemas, self.cache)
         except InvalidDesiredState as exc:
             self._alive()
             self._invalid(exc.problems, fields, started)
@@ -251,7 +286,7 @@ class Daemon:
 
         try:
             result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
-                                        select_plan, where=str(cfg.directory),
+                                        select_plan, where=str(directory),
                                         memo=self.memo)
         except (BpfsyncError, OSError) as exc:
             self._failed(str(exc), fields, started)
@@ -261,6 +296,9 @@ class Daemon:
             self._failed(f"internal error: {type(exc).__name__}: {exc}", fields, started)
             return
         self._applied(state, result, holder["split"], revision, fields, started)
+
+    def _shown(self, problem: Problem) -> str:
+        return str(problem).replace(*self._paths) if self._paths else str(problem)
 
     def _alive(self) -> None:
         if self.notifier.watchdog_interval is not None:
@@ -283,7 +321,7 @@ class Daemon:
         return last
 
     def _invalid(self, problems: list[Problem], fields: dict[str, Any], started: float) -> None:
-        errors = [str(p) for p in problems if p.severity is Severity.ERROR]
+        errors = [self._shown(p) for p in problems if p.severity is Severity.ERROR]
         new = [e for e in errors if e not in self._logged_errors]
         for e in new[:MAX_LOGGED_ERRORS]:  # each distinct error once, not at every resync
             log.error("invalid desired state: %s", e)
@@ -340,7 +378,7 @@ class Daemon:
         with self.lock:
             r = self.record
             r.errors, r.error_refs = [], set()
-            r.warnings = ([str(w) for w in state.warnings] + plan.attachments.warnings
+            r.warnings = ([self._shown(w) for w in state.warnings] + plan.attachments.warnings
                           + plan.attachments.conflicts)
             r.held = split.held
             r.waiting = plan.attachments.waiting
@@ -356,6 +394,8 @@ class Daemon:
         with self.lock:
             self.record.last_applied = {**last, "revision": (
                 {"commit": revision.commit, "dirty": revision.dirty} if revision else None)}
+        if self.git is not None and revision is not None:
+            self.git.applied(revision.commit)
 
     # ----- the data path
     def _datapath_netns(self, state: DesiredState) -> str | None:
@@ -448,6 +488,8 @@ class Daemon:
         doc["proxies"] = self._proxy_health(worker_report)
         doc["transparentProxies"] = self._transparent_health()
         doc["intercepts"] = self._intercept_health()
+        if self.git is not None:
+            doc["git"] = self.git.report()
         return doc
 
     def _intercept_health(self) -> list[dict[str, Any]]:
