@@ -63,7 +63,10 @@ if [ ! -x "$venv/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q -e "$here[test]"
+# BPFSYNC_EXTRAS: pip extras; the tests' tools by default, none on production hosts (the
+# Ansible role sets it empty).
+extras=${BPFSYNC_EXTRAS-test}
+"$venv/bin/python" -m pip install -q -e "$here${extras:+[$extras]}"
 log "ready: $venv/bin/bpfsync"
 
 # --systemd: install the unit (pointing at this virtualenv) and the watched directory.
