@@ -61,7 +61,7 @@ def _involves(p: Problem, shown: str) -> bool:
 
 
 def check_candidate(directory: Path, candidate: Path, as_name: str | None = None,
-                    schemas: Schemas | None = None) -> CandidateResult:
+                    schemas: Schemas | None = None, read_keys: bool = True) -> CandidateResult:
     schemas = schemas or Schemas()
     files, scan_problems = scan(directory)
     if as_name is not None:
@@ -70,15 +70,15 @@ def check_candidate(directory: Path, candidate: Path, as_name: str | None = None
             return CandidateResult(None, False, False, None, [problem])
     else:
         dest = next((f for f in files if f.resolve() == candidate.resolve()), None)
-    existing = load_paths(files, schemas)
+    existing = load_paths(files, schemas, read_keys)
     guessed = False
     if dest is None and as_name is None:  # the file it replaces: the one sharing most names
-        refs = _refs(load_files([candidate], schemas)[0])
+        refs = _refs(load_files([candidate], schemas, read_keys=read_keys)[0])
         overlap = max(existing, key=lambda r: len(_refs(r) & refs), default=None)
         if overlap is not None and _refs(overlap) & refs:
             dest, guessed = Path(overlap.file), True
     shown = str(dest) if dest is not None else str(candidate)
-    mine = load_files([candidate], schemas, shown_as=shown)[0]
+    mine = load_files([candidate], schemas, shown_as=shown, read_keys=read_keys)[0]
     others = [r for r in existing if r.file != shown]
     replaces = len(others) != len(existing)
     results = sorted([*others, mine], key=lambda r: Path(r.file).parts)

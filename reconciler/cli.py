@@ -71,7 +71,7 @@ def _directories(patterns: Sequence[str]) -> list[Path]:
 
 def _validate_directory(directory: Path, args: argparse.Namespace) -> bool:
     try:
-        state = load_directory(directory)
+        state = load_directory(directory, read_keys=not args.no_secrets)
     except InvalidDesiredState as exc:
         _print_problems(exc.problems)
         n = sum(1 for p in exc.problems if p.severity is Severity.ERROR)
@@ -94,7 +94,7 @@ def _validate_candidate(args: argparse.Namespace) -> int:
     directory, candidate = Path(args.within), Path(args.paths[0])
     if not directory.is_dir():
         raise BpfsyncError(f"--in {directory}: not a directory")
-    result = check_candidate(directory, candidate, args.as_name)
+    result = check_candidate(directory, candidate, args.as_name, read_keys=not args.no_secrets)
     _print_problems(result.warnings)
     _print_problems(result.errors)
     where = (f"{candidate} as {result.destination}" if result.destination
@@ -457,6 +457,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--as", dest="as_name", metavar="NAME",
                    help="with --in: the file (relative to DIR) that FILE will become; without "
                         "it, the file declaring the same resources, else a new file")
+    v.add_argument("--no-secrets", action="store_true",
+                   help="do not read keyFrom files and environment variables (CI, laptops, "
+                        "commit hooks: where the hosts' secrets are not)")
     v.set_defaults(func=cmd_validate)
 
     def prune_flags(sp: argparse.ArgumentParser) -> None:

@@ -40,17 +40,25 @@ from reconciler.model import (
     unicast_problem,
 )
 from reconciler.schema import Schemas
-from reconciler.secrets import KeyUnavailable, Secret, decode_key, read_key_env, read_key_file
+from reconciler.secrets import (
+    KEY_LEN,
+    KeyUnavailable,
+    Secret,
+    decode_key,
+    read_key_env,
+    read_key_file,
+)
 from reconciler.source import Document, parse, read, scan
 from reconciler.state import DesiredState
 
 MAX_WARNINGS_LOCATED = 20
 DEFAULT_PRIORITY = 49152
 DRIFT_ANNOTATION = "bpfsync.dev/drift"
+UNREAD_KEY = Secret(bytes(KEY_LEN))  # stands for a key not read (validate --no-secrets)
 
 
 class _Locator:
-    def __init__(self) -> None:
+    def __init__(self, read: bool = True) -> None:
         self.texts: dict[str, str] = {}
 
     def location(self, origin: Origin | None, path: tuple[PathItem, ...], at_key: bool) -> Location:
@@ -79,8 +87,9 @@ class KeyCache(dict[tuple[str, str], Secret]):
     """Keys read once per load, however many Services use them; remembers which key files
     were consulted, so that a cached file is re-checked when one of its key files changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: bool = True) -> None:
         super().__init__()
+        self.read = read
         self.touched: set[tuple[str, str]] = set()
 
     def __contains__(self, key: object) -> bool:
@@ -105,6 +114,8 @@ def _resolve_key(spec: dict[str, Any], doc: Document,
         cache_key = ("file", str(path if path.is_absolute() else Path(doc.file).parent / path))
     else:
         cache_key = ("env", ref["env"])
+    if not cache.read:
+        return UNREAD_KEY, source, None
     try:
         if cache_key not in cache:
             cache[cache_key] = (read_key_file(Path(cache_key[1])) if kind == "file"
@@ -393,10 +404,11 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
 
 
 def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True,
-               shown_as: str | None = None) -> list[FileResult]:
+               shown_as: str | None = None, read_keys: bool = True) -> list[FileResult]:
     """shown_as: the name problems and relative key files use instead of the path (a
-    candidate file checked in place of the file it will become)."""
-    keys = KeyCache()
+    candidate file checked in place of the file it will become). read_keys=False: keyFrom
+    files and variables are not read (validation where the hosts' secrets are not)."""
+    keys = KeyCache(read_keys)
     out = []
     for path in paths:
         source, problem = read(path, shown_as)
@@ -453,20 +465,20 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
     return state, invalid, findings
 
 
-def load_paths(files: list[Path], schemas: Schemas) -> list[FileResult]:
-    return (parallel.load_files(files, schemas) if parallel.worth_it(files)
-            else load_files(files, schemas))
+def load_paths(files: list[Path], schemas: Schemas, read_keys: bool = True) -> list[FileResult]:
+    return (parallel.load_files(files, schemas, read_keys) if parallel.worth_it(files)
+            else load_files(files, schemas, read_keys=read_keys))
 
 
 def load_directory(root: Path, schemas: Schemas | None = None,
-                   cache: FileCache | None = None) -> DesiredState:
+                   cache: FileCache | None = None, read_keys: bool = True) -> DesiredState:
     """Load and check a whole directory; raises InvalidDesiredState listing every error.
     With a cache (the daemon's), only files whose content changed are parsed again;
     cross-checks always run over the whole directory."""
     schemas = schemas or Schemas()
     files, scan_problems = scan(root)
-    results = cache.load(files, lambda todo: load_paths(todo, schemas)) if cache else load_paths(
-        files, schemas)
+    results = (cache.load(files, lambda todo: load_paths(todo, schemas, read_keys)) if cache
+               else load_paths(files, schemas, read_keys))
     return check_results(root, results, scan_problems)
 
 

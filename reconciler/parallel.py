@@ -91,9 +91,10 @@ def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Resource | None:
                    Secret(key), KeySource(kkind, kref), origin)
 
 
-def _load_chunk(paths: list[str]) -> list[tuple[Any, ...]]:
+def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:
     out = []
-    for fr in load.load_files([Path(p) for p in paths], Schemas(), keep_text=False):
+    for fr in load.load_files([Path(p) for p in paths], Schemas(), keep_text=False,
+                              read_keys=read_keys):
         docs = [(d.origin.index, d.ref, _row(d.resource), d.findings, d.drift)
                 for d in fr.docs]
         out.append((fr.file, fr.problems, docs, fr.key_files))
@@ -109,7 +110,7 @@ def _result(encoded: tuple[Any, ...]) -> load.FileResult:
     return load.FileResult(file, problems, results, key_files=key_files)
 
 
-def load_files(files: list[Path], schemas: Schemas) -> list[load.FileResult]:
+def load_files(files: list[Path], schemas: Schemas, read_keys: bool = True) -> list[load.FileResult]:
     n = cpus()
     size = -(-len(files) // n)
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
@@ -117,8 +118,9 @@ def load_files(files: list[Path], schemas: Schemas) -> list[load.FileResult]:
     # daemon) gets forkserver instead.
     method = "fork" if threading.active_count() == 1 else "forkserver"
     with ProcessPoolExecutor(len(chunks) - 1, mp_context=multiprocessing.get_context(method)) as pool:
-        futures = [pool.submit(_load_chunk, [str(p) for p in chunk]) for chunk in chunks[1:]]
-        results = load.load_files(chunks[0], schemas)
+        futures = [pool.submit(_load_chunk, [str(p) for p in chunk], read_keys)
+                   for chunk in chunks[1:]]
+        results = load.load_files(chunks[0], schemas, read_keys=read_keys)
         for future in futures:
             results.extend(_result(e) for e in future.result())
     return results

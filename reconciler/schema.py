@@ -18,7 +18,9 @@ from typing import Any
 
 import fastjsonschema
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schema"
+from reconciler.data import data_dir
+
+SCHEMA_DIR = data_dir("schema")
 API_VERSION = "bpfsync/v1"
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.attach import Config, InterceptProgram, ProgramConfig, function_of
+from reconciler.data import data_dir
 from reconciler.errors import KernelStateError
 from reconciler.kernel.bcc_env import ensure_kernel_source
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+BPF_DIR = data_dir("bpf")
 SOURCE = BPF_DIR / "trueingress.c"
 STEER_SOURCE = BPF_DIR / "steer.c"
 STEER_FUNCTION = "ps_dispatch"

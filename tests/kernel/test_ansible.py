@@ -26,10 +26,10 @@ from reconciler.daemon import status as daemon_status
 from reconciler.supervisor import run_dir
 from tests.kernel.conftest import BPFFS, bpftool_dump
 from tests.kernel.daemonkit import wait_for
+from tests.scratch import ROOT, source_repo
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "packaging" / "ansible" / "site.yml"
 TUNNEL_J2 = """\
 apiVersion: bpfsync/v1
@@ -53,18 +53,6 @@ spec:
   tunnel: {{ service_tunnel }}
   keyFrom: {file: web.key}
 """
-
-
-def source_repo(tmp: Path) -> Path:
-    """This working tree as a scratch git repository: what the role clones over file://."""
-    src = tmp / "bpfsync-src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"))
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-q",
-                  "-m", "bpfsync under test"]):
-        subprocess.run(["git", "-C", str(src), *args], check=True, timeout=60)
-    return src
 
 
 def unit_command(unit: Path, settings: Path) -> list[str]:

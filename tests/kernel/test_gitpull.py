@@ -18,6 +18,7 @@ from reconciler import tables as t
 from tests.kernel.conftest import BPFFS, bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.desired import KEY_ENV
+from tests.scratch import IDENTITY, git
 
 pytestmark = pytest.mark.kernel
 
@@ -29,11 +30,6 @@ def tunnel(name: str, id: int) -> str:
             f"  keyFrom: {{env: BPFSYNC_TEST_KEY}}\n")
 
 
-def git(where: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(where), *args], check=True, capture_output=True,
-                          text=True, timeout=60).stdout.strip()
-
-
 class Repos:
     """A bare 'remote', an operator's clone (dev) and the host's clone the daemon follows."""
 
@@ -41,8 +37,6 @@ class Repos:
         self.remote, self.dev, self.host = tmp / "config.git", tmp / "dev", tmp / "host"
         git(tmp, "init", "-q", "--bare", "-b", "main", str(self.remote))
         git(tmp, "clone", "-q", f"file://{self.remote}", str(self.dev))
-        git(self.dev, "config", "user.email", "ops@example.com")
-        git(self.dev, "config", "user.name", "ops")
         git(self.dev, "checkout", "-q", "-b", "main")
 
     def commit(self, files: dict[str, str | None], message: str, push: bool = True) -> str:
@@ -54,7 +48,7 @@ class Repos:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
         git(self.dev, "add", "-A")
-        git(self.dev, "commit", "-q", "-m", message)
+        git(self.dev, *IDENTITY, "commit", "-q", "-m", message)
         if push:
             git(self.dev, "push", "-q", "origin", "main")
         return git(self.dev, "rev-parse", "HEAD")

@@ -119,3 +119,14 @@ def test_cli_validates_several_directories_and_glob_patterns(
     assert "gw1: valid" in captured.out and "gw2: invalid (1 error)" in captured.err
     assert run("validate", str(tmp_path / "nothing-*")) == 1
     assert "no directory matches" in capsys.readouterr().err
+
+
+def test_no_secrets_checks_key_references_without_reading_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_tree(tmp_path / "d", {"t.yaml": tunnel(), "s.yaml": service()})
+    (root / "web.key").unlink()
+    assert run("validate", str(root)) == 1
+    assert "web.key" in capsys.readouterr().err
+    assert run("validate", "--no-secrets", str(root)) == 0
+    file = candidate(tmp_path, service(port=8080))
+    assert run("validate", "--no-secrets", "--in", str(root), "--as", "s.yaml", str(file)) == 0
