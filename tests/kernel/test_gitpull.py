@@ -78,7 +78,11 @@ def applied(d: RunningDaemon, commit: str) -> dict | None:
 
 def test_follows_commits_refuses_bad_ones_and_rewritten_history(setup, tmp_path: Path) -> None:
     repos, root, daemons = setup
-    first = repos.commit({"hosts/gw1/tunnels.yaml": tunnel("t1", 100),
+    # the README's layout: a role's files shared by symlink, one directory per host
+    (repos.dev / "hosts" / "gw1").mkdir(parents=True)
+    (repos.dev / "hosts" / "gw1" / "common").symlink_to("../../roles/gateway")
+    first = repos.commit({"roles/gateway/shared.yaml": tunnel("shared", 50),
+                          "hosts/gw1/tunnels.yaml": tunnel("t1", 100),
                           "hosts/gw2/tunnels.yaml": tunnel("other", 7)}, "gw1: t1")
     git(tmp_path, "clone", "-q", f"file://{repos.remote}", str(repos.host))
     d = RunningDaemon(repos.host / "hosts" / "gw1", root, tmp_path / "daemon.log",
@@ -87,12 +91,12 @@ def test_follows_commits_refuses_bad_ones_and_rewritten_history(setup, tmp_path:
     d.start()
     status = wait_for(lambda: applied(d, first))
     assert status["git"]["upstream"] == "origin/main" and status["git"]["directory"] == "hosts/gw1"
-    assert tunnels(root) == 1  # gw2's file is not this host's
+    assert tunnels(root) == 2  # t1 and the role's shared one; gw2's file is not this host's
     assert git(repos.host, "rev-parse", "refs/bpfsync/applied") == first
 
     second = repos.commit({"hosts/gw1/more.yaml": tunnel("t2", 101)}, "gw1: t2")
     wait_for(lambda: applied(d, second))
-    assert tunnels(root) == 2
+    assert tunnels(root) == 3
     assert git(repos.host, "rev-parse", "HEAD") == second  # the clone was fast-forwarded
 
     # Uncommitted content in the clone never reaches the kernel, even on a forced reconcile.
@@ -101,7 +105,7 @@ def test_follows_commits_refuses_bad_ones_and_rewritten_history(setup, tmp_path:
     before = d.reconciles()
     d.signal(signal.SIGHUP)
     d.wait_reconciles(before)
-    assert tunnels(root) == 2 and not d.status()["errors"]
+    assert tunnels(root) == 3 and not d.status()["errors"]
     git(repos.host, "checkout", "-q", "--", ".")
     (repos.host / "hosts" / "gw1" / "local.yaml").unlink()
 
@@ -110,7 +114,7 @@ def test_follows_commits_refuses_bad_ones_and_rewritten_history(setup, tmp_path:
     assert any(e.startswith(f"{bad[:12]}:hosts/gw1/more.yaml:") and "bogus" in e
                for e in status["errors"])
     assert status["lastApplied"]["revision"]["commit"] == second
-    assert status["git"]["applied"] == second and tunnels(root) == 2
+    assert status["git"]["applied"] == second and tunnels(root) == 3
     cli = subprocess.run([sys.executable, "-m", "reconciler", "--pin-root", str(root), "status"],
                          capture_output=True, text=True, timeout=30)
     assert cli.returncode == 2 and f"applied {second[:12]}" in cli.stdout
@@ -118,7 +122,7 @@ def test_follows_commits_refuses_bad_ones_and_rewritten_history(setup, tmp_path:
     fixed = repos.commit({"hosts/gw1/more.yaml": tunnel("t2", 101) + "---\n" + tunnel("t3", 102)},
                          "fixed")
     status = wait_for(lambda: applied(d, fixed))
-    assert not status["errors"] and tunnels(root) == 3
+    assert not status["errors"] and tunnels(root) == 4
 
     # Rewritten upstream history is not followed: reported, and the last commit stays.
     git(repos.dev, "reset", "-q", "--hard", first)
@@ -128,9 +132,9 @@ def test_follows_commits_refuses_bad_ones_and_rewritten_history(setup, tmp_path:
     status = wait_for(lambda: (s := d.status())["git"]["error"] and s)
     assert "not a descendant" in status["git"]["error"]
     assert status["git"]["head"] == fixed and rewritten != fixed
-    assert tunnels(root) == 3 and git(repos.host, "rev-parse", "HEAD") == fixed
+    assert tunnels(root) == 4 and git(repos.host, "rev-parse", "HEAD") == fixed
     assert d.stop() == 0
-    assert tunnels(root) == 3  # stopping leaves the data path as it is
+    assert tunnels(root) == 4  # stopping leaves the data path as it is
 
 
 def test_refuses_to_start_outside_a_clone_or_without_upstream(setup, tmp_path: Path) -> None:
