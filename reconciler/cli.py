@@ -450,7 +450,7 @@ def parser() -> argparse.ArgumentParser:
         description="validate DIR...: check each directory (glob patterns are expanded). "
                     "validate --in DIR FILE: check FILE as part of DIR (cross-references, "
                     "duplicates), in place of the file it will become, e.g. Ansible's "
-                    "`validate: 'bpfsync validate --in /etc/bpfsync/desired.d --as x.yaml %%s'`.")
+                    "`validate: 'bpfsync validate --in /etc/bpfsync/desired.d --as x.yaml %s'`.")
     v.add_argument("paths", nargs="+", metavar="PATH", help="directories, or with --in one file")
     v.add_argument("--in", dest="within", metavar="DIR",
                    help="check the one FILE given as part of this directory")

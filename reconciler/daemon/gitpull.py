@@ -145,8 +145,8 @@ class GitFollower:
         if not commit:
             raise GitError(f"{self.top}: no commit checked out")
         self.tree.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _git(self.top, f"--work-tree={self.tree}", "read-tree", "--reset", "-u", commit,
-             env={"GIT_INDEX_FILE": str(self.work / "index")})
+        _git(self.top, "read-tree", "--reset", "-u", commit,
+             env={"GIT_INDEX_FILE": str(self.work / "index"), "GIT_WORK_TREE": str(self.tree)})
         with self.lock:
             self.state["head"] = commit
         return commit, self.tree / self.subdir
