@@ -58,7 +58,7 @@ UNREAD_KEY = Secret(bytes(KEY_LEN))  # stands for a key not read (validate --no-
 
 
 class _Locator:
-    def __init__(self, read: bool = True) -> None:
+    def __init__(self) -> None:
         self.texts: dict[str, str] = {}
 
     def location(self, origin: Origin | None, path: tuple[PathItem, ...], at_key: bool) -> Location:
