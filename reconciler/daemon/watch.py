@@ -2,7 +2,8 @@
 
 Events only say "look now": the reconcile reloads the whole directory. A file counts when it
 is complete — closed after writing, moved into place (Ansible's temp file + rename), or
-deleted — never while it is still being written. Dotfiles and editor/backup leftovers
+deleted — never while it is still being written. A file renamed in from outside (Ansible's
+first try) counts as moved into place. Dotfiles and editor/backup leftovers
 (.ansible_tmp*, .x.swp, x~, .git/) are ignored. The directory's parent is watched too, so a
 directory that is deleted and created again (or a symlink swapped to a new release) is
 picked up again.
@@ -28,8 +29,8 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
+from watchdog.observers.inotify import InotifyObserver
 
 from reconciler.source import is_ignored
 
@@ -41,7 +42,8 @@ def relevant(root: Path, event: FileSystemEvent) -> bool:
     if isinstance(event, FileClosedEvent | FileDeletedEvent | DirDeletedEvent | DirCreatedEvent):
         paths = [event.src_path]
     elif isinstance(event, FileMovedEvent | DirMovedEvent):
-        paths = [event.src_path, event.dest_path]  # a rename away is a removal
+        # a rename away is a removal; one end is empty when the other is outside the tree
+        paths = [p for p in (event.src_path, event.dest_path) if p]
     elif isinstance(event, FileCreatedEvent):
         # a new file is still being written (its close counts); a symlink is complete now
         if not os.path.islink(event.src_path):
@@ -74,7 +76,10 @@ class DirectoryWatcher:
     def __init__(self, root: Path, on_change: Callable[[], None]) -> None:
         self.root = root.absolute()
         self.on_change = on_change
-        self.observer = Observer()
+        # Full events: a file renamed in from outside the tree (Ansible renames from its own
+        # temp directory) is a move with no source, not a "created" that would be ignored as
+        # still being written.
+        self.observer = InotifyObserver(generate_full_events=True)
         self._handler = _Handler(self)
         self._lock = threading.Lock()
         self._root_watch: ObservedWatch | None = None

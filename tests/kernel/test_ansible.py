@@ -97,7 +97,7 @@ class Host:
         for d in (self.units, self.defaults, self.templates):
             d.mkdir(parents=True)
 
-    def playbook(self, files: list[dict[str, str]], *flags: str,
+    def playbook(self, files: list[dict[str, str]], *flags: str, play: Path = PLAYBOOK,
                  **variables: object) -> subprocess.CompletedProcess[str]:
         inventory = self.tmp / "inventory.ini"
         inventory.write_text(f"[bpfsync]\nlocalhost ansible_connection=local "
@@ -116,7 +116,7 @@ class Host:
                "ANSIBLE_DEPRECATION_WARNINGS": "0"}
         return subprocess.run(
             [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
-             "-e", f"@{self.tmp / 'vars.json'}", str(PLAYBOOK), *flags],
+             "-e", f"@{self.tmp / 'vars.json'}", str(play), *flags],
             capture_output=True, text=True, env=env, timeout=900)
 
     def start_daemon(self) -> None:
@@ -192,6 +192,9 @@ def test_role_installs_drops_files_refuses_broken_ones_and_is_idempotent(host: H
     assert len(bpftool_dump(host.pin_root / "maps" / t.ENCAP.name)) == 1
     status = host.status()
     assert status and not status["errors"] and status["resources"]["Service"]["Synced"] == 1
+    # applied on the files' arrival (Ansible renames them in from its temp directory), not by
+    # the next periodic resync
+    assert status["lastReconcile"]["trigger"] == "files"
 
     again = host.playbook(files, **good)
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.stdout
@@ -220,3 +223,28 @@ def test_role_installs_drops_files_refuses_broken_ones_and_is_idempotent(host: H
     assert "198.51.100.9" in check.stdout and "Tunnel/uplink" in check.stdout
     assert {p.name: p.read_bytes() for p in host.desired.iterdir()} == live
     assert host.tunnels() == tunnels_before
+
+    # The plain form of `validate:` in a play of one's own (copy, no --as): Ansible's temp
+    # file has a random name; an update of an existing file takes its place, a new file that
+    # claims a Tunnel id already in use is refused and never lands.
+    bpfsync = host.prefix / ".venv" / "bin" / "bpfsync"
+    copy = host.tmp / "copy.yml"
+    copy.write_text(f"""\
+- hosts: bpfsync
+  gather_facts: false
+  tasks:
+    - ansible.builtin.copy:
+        content: "{{{{ content }}}}"
+        dest: "{host.desired}/{{{{ name }}}}"
+        mode: "0644"
+        validate: "{bpfsync} validate --in {host.desired} %s"
+""")
+    updated = TUNNEL_J2.replace("{{ tunnel_id }}", "7").replace("{{ remote }}", "198.51.100.4")
+    ok = host.playbook([], play=copy, content=updated, name="tunnels.yaml")
+    assert ok.returncode == 0 and recap(ok)["changed"] == 1, ok.stdout + ok.stderr
+    wait_for(lambda: host.tunnels() != tunnels_before)
+    assert any(bytes([198, 51, 100, 4]) in v for v in host.tunnels().values())
+    clash = updated.replace("name: uplink", "name: backup").replace("198.51.100.4", "198.51.100.5")
+    refused = host.playbook([], play=copy, content=clash, name="backup.yaml")
+    assert refused.returncode != 0 and "id 7" in refused.stdout, refused.stdout
+    assert not (host.desired / "backup.yaml").exists()

@@ -79,7 +79,8 @@ def backend_of(root: Path, i: int) -> str | None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Ansible's way: a temp file (ignored: a dotfile) in the same directory, then rename."""
+    """Ansible's fallback (and many tools' way): a temp file (ignored: a dotfile) in the same
+    directory, then rename."""
     tmp = path.with_name(f".ansible_tmp{uuid.uuid4().hex[:6]}{path.name}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -128,6 +129,13 @@ def test_writers_ansible_editor_and_partial_never_apply_half_a_file(env: Env) ->
     atomic_write(target, services_text(4, 8081))
     wait_for(lambda: backend_of(env.root, 0) == "198.51.100.20:8081")
     (env.dir / ".ansible_tmpabc.yaml").unlink()
+    # Ansible's first try: a rename from its own temp directory, outside the watched tree
+    # (inotify reports only the arrival; found by the real ansible-playbook test)
+    outside = env.tmp / "ansible-tmp" / "source"
+    outside.parent.mkdir()
+    outside.write_text(services_text(4, 8085))
+    os.rename(outside, target)
+    wait_for(lambda: backend_of(env.root, 0) == "198.51.100.20:8085")
 
     # editor: a swap file comes and goes, then the file is truncated and written in place
     (env.dir / ".services-00000.yaml.swp").write_bytes(b"\0vim swap")
