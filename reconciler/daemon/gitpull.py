@@ -25,6 +25,7 @@ from reconciler.errors import BpfsyncError
 log = logging.getLogger("bpfsync.git")
 
 GIT_TIMEOUT = 120.0  # a fetch over a slow link; the daemon's loop does not wait for it
+STOP_WAIT = 5.0
 APPLIED_REF = "refs/bpfsync/applied"
 # Never prompt (no terminal under systemd), never let ssh ask about host keys.
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
@@ -87,8 +88,8 @@ class GitFollower:
     def stop(self) -> None:
         self._stop.set()
         self._now.set()
-        if self._thread is not None:
-            self._thread.join(GIT_TIMEOUT)
+        if self._thread is not None:  # a fetch in flight is not waited for (systemd's stop timeout)
+            self._thread.join(STOP_WAIT)
 
     def pull_now(self) -> None:
         self._now.set()
