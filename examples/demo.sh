@@ -29,13 +29,26 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -f "$dp_log" "$run_log"
   cleanup_ns
-  rm -rf "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root" "$proxy_root" "$run_root" "$work"
-  rm -rf "/run/bpfsync/sys-fs-bpf-bpfsync-demo-run-$$"
+  for root in "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root" "$proxy_root" "$run_root"; do
+    # the run directory bpfsync keeps for a pin root (status of the daemon and data path)
+    rm -rf "$("$here/.venv/bin/python" -c 'import sys; from pathlib import Path
+from reconciler.supervisor import run_dir; print(run_dir(Path(sys.argv[1])))' "$root")"
+    rm -rf "$root"
+  done
+  rm -rf "$work" "/tmp/bpfsync-demo-$$-"*
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 run() { step "$*"; "$@"; }
+# until SECONDS CMD...: wait for a condition (never for a fixed time); fail if it never holds
+until_true() {
+  local end=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$end" ] || { echo "demo: timed out waiting for: $*" >&2; return 1; }
+    sleep 0.2
+  done
+}
 
 # Git does not keep file modes, and bpfsync refuses key files others can read.
 chmod 600 "$dir/keys/web.key"
@@ -82,10 +95,8 @@ pids+=($!)
 ip netns exec bpfsync-demo-node /usr/bin/python3 -m http.server 8080 --bind 203.0.113.100 \
   --directory "$here/examples/gue" >/dev/null 2>&1 &
 pids+=($!)
-for _ in $(seq 50); do
-  [[ "$("$bpfsync" --pin-root "$gw_root" get tunnels -o json)" == *'"learned": {'* ]] && break
-  sleep 0.2
-done
+learned() { [[ "$("$bpfsync" --pin-root "$gw_root" get tunnels -o json)" == *'"learned": {'* ]]; }
+until_true 60 learned
 sed 's/^/  [datapath] /' "$dp_log"
 run "$bpfsync" --pin-root "$gw_root" get tunnels
 step "ip netns exec bpfsync-demo-client curl-like GET http://203.0.113.10/   # through the tunnel"
@@ -124,14 +135,13 @@ for i, port in enumerate(sys.argv[1:]):
     print(f"  GET {url:28} -> {body}")
 PY
 }
-for _ in $(seq 50); do
-  [[ "$("$bpfsync" --pin-root "$proxy_root" get proxies)" == *running* ]] && break; sleep 0.2
-done
+healthy() { [[ "$("$bpfsync" --pin-root "$proxy_root" get proxies)" == *"$1/3 healthy"* ]]; }
+until_true 60 healthy 3
 step "GET six steered addresses and ports   # one listener, round-robin over 3 backends"
 fetch 80 8000 8003 8009 80 8005
 kill "${backends[1]}"; wait "${backends[1]}" 2>/dev/null || true
 step "# backend 192.0.2.12 stopped; its health check takes it out within fall x interval"
-sleep 3
+until_true 60 healthy 2
 fetch 80 8001 8002 80
 run "$bpfsync" --pin-root "$proxy_root" get proxies
 run "$bpfsync" --pin-root "$proxy_root" get stats
@@ -143,19 +153,21 @@ chmod 600 "$work/desired/keys/web.key"
 step "$bpfsync --pin-root $run_root run $work/desired --resync 2 --no-datapath &"
 "$bpfsync" --pin-root "$run_root" run "$work/desired" --resync 2 --no-datapath >"$run_log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-  "$bpfsync" --pin-root "$run_root" status >/dev/null 2>&1 && break; sleep 0.1
-done
+until_true 60 "$bpfsync" --pin-root "$run_root" status
 run "$bpfsync" --pin-root "$run_root" status
 step "sed -i 's/port: 8080/port: 8081/' $work/desired/services.yaml   # a save"
 sed -i 's/port: 8080/port: 8081/' "$work/desired/services.yaml"
-sleep 0.5
+applied() { [[ "$("$bpfsync" --pin-root "$run_root" get services)" == *":8081"* ]]; }
+until_true 60 applied
 run "$bpfsync" --pin-root "$run_root" get services
 key=$(bpftool -j map dump pinned "$run_root/maps/ti_encap" | python3 -c \
   'import json,sys; print(" ".join(json.load(sys.stdin)[0]["key"]))')
 step "bpftool map delete pinned $run_root/maps/ti_encap key hex $key   # drift"
+entries() { bpftool -j map dump pinned "$run_root/maps/ti_encap" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+before=$(entries)
 bpftool map delete pinned "$run_root/maps/ti_encap" key hex $key
-sleep 2.5
+restored() { [ "$(entries)" -eq "$before" ]; }
+until_true 60 restored   # the next resync (2 s) puts it back
 run "$bpfsync" --pin-root "$run_root" status
 step "# the daemon's log"
 cat "$run_log"

@@ -220,7 +220,7 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "generation": self.generation, "time": time.time(),
-                "pingsSent": self.pinger.sent,
+                "pingsSent": self.pinger.sent, "pinging": sorted(self.pinger.current),
                 "proxies": {s.config.name: s.status() for s in self.servers.values()}}
 
     async def _status_loop(self) -> None:

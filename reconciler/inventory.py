@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,5 +168,9 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]],
             "dataPath": "running" if c["name"] in live else "not running"}
         if c["name"] in live:
             status.update(live[c["name"]])
+            # the worker's part (connections, bytes, health) is its last report, written
+            # every 0.25 s; the counters above are read live from BPF
+            status["reportedAt"] = datetime.fromtimestamp(
+                datapath["time"], UTC).isoformat(timespec="milliseconds")
         out.append(_doc("Proxy", c["name"], spec, status))
     return out

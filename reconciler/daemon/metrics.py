@@ -109,11 +109,14 @@ class DaemonCollector(Collector):
 
 
 def serve(address: str, report: Callable[[], dict[str, Any]],
-          kernel_counters: Callable[[], dict[str, int]]) -> CollectorRegistry:
-    """Start the HTTP endpoint on address ("127.0.0.1:9470" or ":9470" meaning localhost)."""
+          kernel_counters: Callable[[], dict[str, int]]) -> str:
+    """Start the HTTP endpoint on address ("127.0.0.1:9470", or ":9470" meaning localhost;
+    port 0 picks a free one) and return the address it listens on."""
     host, _, port = address.rpartition(":")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(report, kernel_counters))
-    start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
-    log.info("metrics on http://%s:%s/metrics", host or "127.0.0.1", port)
-    return registry
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    bound_host, bound_port = server.server_address[:2]
+    where = f"{bound_host}:{bound_port}"
+    log.info("metrics on http://%s/metrics", where)
+    return where

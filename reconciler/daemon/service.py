@@ -87,6 +87,8 @@ class Record:
     waiting: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # resources per kind, last good state
     results: Counter[str] = field(default_factory=Counter)
+    triggers: Counter[str] = field(default_factory=Counter)  # finished reconciles by trigger
+    reconciling: dict[str, Any] | None = None  # the reconcile running now: since, trigger
     operations: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     last_seconds: float = 0.0
@@ -132,6 +134,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._pulled = False
         self._paths: tuple[str, str] | None = None
+        self.metrics_address: str | None = None
         # Pull mode applies commits, not files: the clone's work tree is not watched.
         self.git = (GitFollower(config.directory, self.run_dir / "git", config.pull,
                                 self._on_commit) if config.pull else None)
@@ -178,8 +181,8 @@ class Daemon:
         if self.config.metrics:
             from reconciler.daemon import metrics
 
-            metrics.serve(self.config.metrics, self.report,
-                          lambda: engine.read_stats(self.config.pin_root))
+            self.metrics_address = metrics.serve(self.config.metrics, self.report,
+                                                 lambda: engine.read_stats(self.config.pin_root))
         if self.git is not None:
             self.git.start()
             log.info("following %s of %s, directory %s (fetch every %gs, pin root %s)",
@@ -232,7 +235,10 @@ class Daemon:
                     self.git.pull_now()
             if self._pulled and trigger is None:
                 self._pulled, trigger = False, "commit"
-            events = self.debouncer.take(now)
+            with self.lock:  # status never sees the events taken but the reconcile not begun
+                events = self.debouncer.take(now)
+                if events:
+                    self.record.reconciling = {"since": time.time(), "trigger": "files"}
             if events and trigger is None:
                 trigger = "files"
             if trigger is None and now >= next_resync:
@@ -255,6 +261,8 @@ class Daemon:
     # ----- reconciling
     def reconcile(self, trigger: str, events: int = 0) -> None:
         started = time.monotonic()
+        with self.lock:
+            self.record.reconciling = {"since": time.time(), "trigger": trigger}
         cfg = self.config
         directory = cfg.directory
         if self.git is not None:
@@ -313,7 +321,9 @@ class Daemon:
         with self.lock:
             r = self.record
             r.last = last
+            r.reconciling = None
             r.results[result] += 1
+            r.triggers[fields["trigger"]] += 1
             r.seconds += seconds
             r.last_seconds = seconds
         log.log(level, "reconcile",
@@ -450,7 +460,9 @@ class Daemon:
             doc: dict[str, Any] = {
                 "daemon": {"pid": os.getpid(), "directory": str(self.config.directory),
                            "pinRoot": str(self.config.pin_root), "startedAt": r.started,
-                           "resyncSeconds": self.config.resync, "drift": self.config.drift},
+                           "resyncSeconds": self.config.resync, "drift": self.config.drift,
+                           "metrics": self.metrics_address},
+                "reconciling": dict(r.reconciling) if r.reconciling else None,
                 "lastReconcile": r.last, "lastApplied": r.last_applied,
                 "errors": r.errors[:MAX_STATUS_ERRORS], "errorCount": len(r.errors),
                 "warnings": list(r.warnings),
@@ -458,11 +470,15 @@ class Daemon:
                 "drift": {"correctedOperations": r.corrected_total,
                           "recentCorrections": list(r.corrections),
                           "pending": sum(1 for h in held if h.policy == drift.WARN)},
-                "metrics": {"reconciles": dict(r.results), "operations": dict(r.operations),
+                "metrics": {"reconciles": dict(r.results), "byTrigger": dict(r.triggers),
+                            "operations": dict(r.operations),
                             "reconcileSeconds": r.seconds, "lastReconcileSeconds": r.last_seconds},
                 "maps": {name: {"entries": n, "capacity": t.BY_NAME[name].max_entries}
                          for name, n in r.maps.items()},
             }
+            if self.watcher is not None:
+                doc["watch"] = {**self.watcher.counts(),
+                                "pending": self.debouncer.due() is not None}
             counts, error_refs, waiting, dp_error = (dict(r.counts), set(r.error_refs),
                                                      list(r.waiting), r.datapath_error)
         out_of_sync: dict[str, list[str]] = {}

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -85,6 +86,32 @@ class DirectoryWatcher:
         self._root_watch: ObservedWatch | None = None
         self._watched = self.root  # the directory's real path, as events name it
         self._parent_watch: ObservedWatch | None = None
+        # Events in the directory since the start, and the last file event, for status: an
+        # operator wondering why a save did nothing (or a test) sees that it arrived and
+        # whether it counted.
+        self.relevant_events = 0  # events that asked for a reconcile
+        self.ignored_events = 0  # mid-write, dotfiles, editor leftovers
+        self.last_event: dict[str, Any] | None = None
+
+    def counts(self) -> dict[str, Any]:
+        with self._lock:
+            return {"relevant": self.relevant_events, "ignored": self.ignored_events,
+                    "lastEvent": dict(self.last_event) if self.last_event else None}
+
+    def _count(self, event: FileSystemEvent, counted: bool) -> None:
+        path = os.fsdecode(getattr(event, "dest_path", "") or event.src_path)
+        try:
+            rel = Path(path).relative_to(self._watched)
+        except ValueError:
+            return  # the parent directory's other entries
+        with self._lock:
+            if counted:
+                self.relevant_events += 1
+            else:
+                self.ignored_events += 1
+            if not event.is_directory:
+                self.last_event = {"path": str(rel), "event": event.event_type,
+                                   "counted": counted}
 
     def start(self) -> None:
         parent = self.root.parent
@@ -123,6 +150,9 @@ class DirectoryWatcher:
             self.on_change()
         elif relevant(self._watched, event):  # resolved once per (re)watch, not per event
             self.on_change()
+            self._count(event, True)  # after: whoever sees it counted sees it pending too
+        else:
+            self._count(event, False)
 
     def stop(self) -> None:
         self.observer.stop()

@@ -5,13 +5,13 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler.kernel.maps import BPF_FS_MAGIC, fs_magic
+from tests.kernel import owned
 
 BPFFS = Path("/sys/fs/bpf")
 
@@ -40,13 +40,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_leftovers_of_killed_runs() -> Iterator[None]:
+    """At the start of a session: remove what a killed earlier run left (only names the suite
+    owns, and only when no other test session runs); held shared until the session ends."""
+    if _kernel_unavailable():
+        yield
+        return
+    lock = owned.SessionLock()
+    try:
+        removed = lock.sweep_if_alone()
+        if removed:
+            print(f"\nswept leftovers of an earlier run: {', '.join(removed)}")
+        yield
+    finally:
+        lock.close()
+
+
 @pytest.fixture
 def pin_root() -> Iterator[Path]:
-    root = BPFFS / f"bpfsync-test-{uuid.uuid4().hex[:10]}"
+    root = owned.pin_root()
     try:
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        owned.remove_pin_root(root)
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +108,15 @@ def bpftool_update(path: Path, key: bytes, value: bytes) -> None:
 
 def bpffs_entries(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def bpftool_percpu_counters(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """A per-CPU array of u64 counters read by bpftool, summed over CPUs, by slot name."""
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    totals = {}
+    for entry in json.loads(out):
+        slot = int.from_bytes(bytes(int(b, 16) for b in entry["key"]), "little")
+        totals[slot] = sum(int.from_bytes(bytes(int(b, 16) for b in v["value"]), "little")
+                           for v in entry["values"])
+    return {name: totals.get(i, 0) for i, name in enumerate(names)}

@@ -9,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from reconciler.daemon import status as daemon_status
 from reconciler.supervisor import run_dir
+from tests.kernel import owned
 
 
 def wait_for(check: Callable[[], Any], seconds: float = 20, every: float = 0.05) -> Any:
@@ -40,12 +42,16 @@ class RunningDaemon:
         cmd = [sys.executable, "-m", "reconciler", "--pin-root", str(self.pin_root), "run",
                str(self.directory), *self.args]
         out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        # A session of its own: its data-path worker inherits the process group, so cleanup
+        # can end exactly this daemon's processes, orphaned worker included.
         if counter is None:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out)
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=out,
+                                         start_new_session=True)
         else:  # the child waits for a byte before exec'ing (same pid): counted from the start
             gate = f"import os, sys; sys.stdin.buffer.read(1); os.execv(sys.executable, {cmd!r})"
             self.proc = subprocess.Popen([sys.executable, "-c", gate], env=self.env,
-                                         stdin=subprocess.PIPE, stdout=out, stderr=out)
+                                         stdin=subprocess.PIPE, stdout=out, stderr=out,
+                                         start_new_session=True)
             counter.watch(self.proc.pid)
             assert self.proc.stdin is not None
             self.proc.stdin.write(b"x")
@@ -76,6 +82,26 @@ class RunningDaemon:
         return wait_for(lambda: (s := self.status()) and sum(
             s["metrics"]["reconciles"].values()) > more_than and s, seconds)
 
+    def wait_reconciles_by(self, trigger: str, more_than: int, seconds: float = 30
+                           ) -> dict[str, Any]:
+        """Status once more than `more_than` reconciles with this trigger have finished."""
+        return wait_for(lambda: (s := self.status()) and s["metrics"]["byTrigger"].get(
+            trigger, 0) > more_than and s, seconds)
+
+    def by_trigger(self, trigger: str) -> int:
+        return self.status()["metrics"]["byTrigger"].get(trigger, 0)
+
+    def wait_event(self, path: str, event: str, seconds: float = 30) -> dict[str, Any]:
+        """Status once the watcher's last file event is `event` on `path` (relative to the
+        directory): the daemon has seen it and decided whether it counts."""
+        return wait_for(lambda: (s := self.status()) and (s["watch"]["lastEvent"] or {}).get(
+            "path") == path and s["watch"]["lastEvent"]["event"] == event and s, seconds)
+
+    def quiet(self, seconds: float = 30) -> dict[str, Any]:
+        """Status once nothing is pending: no reconcile running, no file event waiting."""
+        return wait_for(lambda: (s := self.status()) and s["reconciling"] is None
+                        and not s.get("watch", {}).get("pending") and s, seconds)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -98,9 +124,10 @@ class RunningDaemon:
         self.proc.wait(10)
 
     def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        # orphaned data-path workers carry the (unique) pin root on their command line
-        subprocess.run(["pkill", "-9", "-f", f"pin-root {self.pin_root} "], check=False)
+        """End this daemon and its data path (their process group: an orphaned worker of a
+        killed daemon too), never anything else; remove its run directory."""
+        if self.proc is not None:
+            owned.kill_process_group(self.proc.pid)
+            with suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
         shutil.rmtree(run_dir(self.pin_root), ignore_errors=True)

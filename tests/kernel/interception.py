@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.supervisor import read_datapath_status
+from tests.kernel import owned
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 
 
@@ -34,7 +35,7 @@ def teardown(procs: list[subprocess.Popen[str]], namespaces: tuple[str, ...]) ->
             p.send_signal(signal.SIGKILL)
         p.wait(10)
     for ns in namespaces:
-        sh(f"ip netns del {ns}", check=False)
+        owned.delete_netns(ns)
 
 
 TPKIT = str(Path(__file__).with_name("tpkit.py"))
@@ -46,10 +47,11 @@ def veth_pair(client_ns: str, server_ns: str, client_dev: str, server_dev: str,
     for ns in (client_ns, server_ns):
         sh(f"ip netns add {ns}")
         sh(f"ip -n {ns} link set lo up")
-    sh(f"ip link add {client_dev} type veth peer name {server_dev}")
+    # made inside the namespaces: nothing appears in the host's, even for a moment
+    sh(f"ip link add name {client_dev} netns {client_ns} type veth "
+       f"peer name {server_dev} netns {server_ns}")
     for ns, dev, cidr in ((client_ns, client_dev, client_cidr),
                           (server_ns, server_dev, server_cidr)):
-        sh(f"ip link set {dev} netns {ns}")
         sh(f"ip -n {ns} addr add {cidr} dev {dev}")
         sh(f"ip -n {ns} link set {dev} up")
 

@@ -5,7 +5,12 @@ Backend protocol: the client sends one header line, then a payload.
   who\\n         -> "<backend name>\\n", close
   echo\\n...     -> echoes everything until the client's EOF, then closes (half-close test)
   down N\\n      -> N seeded bytes, then closes
-  hold\\n        -> one byte every 0.1 s until the client's EOF
+  hold\\n        -> "<backend name>\\n", then one byte every 0.1 s until the client's EOF
+`stuck ADDR:PORT` is a backend whose connects time out (a full listen queue).
+
+Clients that wait for the test (never for a fixed time) read a line on stdin: `hold` holds
+its connection until then, `down ... stdin` reads nothing until then, `stream ... STOPFILE`
+runs until that file exists. TCPKIT_TIMEOUT (seconds, default 5) bounds connects and reads.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import socket
 import sys
@@ -20,6 +26,7 @@ import threading
 import time
 
 CHUNK = 1 << 16
+TIMEOUT = float(os.environ.get("TCPKIT_TIMEOUT", "5"))
 
 
 def seeded(n: int) -> bytes:
@@ -46,6 +53,8 @@ async def _backend(name: str, reader: asyncio.StreamReader, writer: asyncio.Stre
                 writer.write(data[i:i + CHUNK])
                 await writer.drain()
         elif head[0] == "hold":
+            writer.write(f"{name}\n".encode())
+            await writer.drain()
             while True:
                 try:
                     await asyncio.wait_for(reader.read(1), 0.1)
@@ -71,7 +80,21 @@ async def serve(specs: list[str]) -> None:
     await asyncio.Event().wait()
 
 
-def _connect(host: str, port: int, timeout: float = 5.0) -> socket.socket:
+def stuck(where: str) -> None:
+    """A backend whose connects time out: it listens with backlog 0 and never accepts; one
+    connection of its own fills the queue, so the kernel drops every further SYN."""
+    host, port = where.rsplit(":", 1)
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, int(port)))
+    srv.listen(0)
+    filler = socket.create_connection((host, int(port)), timeout=5)
+    print("ready", flush=True)
+    threading.Event().wait()
+    filler.close()
+
+
+def _connect(host: str, port: int, timeout: float = TIMEOUT) -> socket.socket:
     return socket.create_connection((host, port), timeout=timeout)
 
 
@@ -99,14 +122,15 @@ def cmd_who(host: str, ports: str, count: int) -> dict:
     return {"names": names, "errors": errors}
 
 
-def cmd_stream(host: str, port: int, seconds: float, gap: float) -> dict:
-    """Connections one after another for `seconds`: every failure is recorded."""
+def cmd_stream(host: str, port: int, seconds: float, gap: float, stop: str = "") -> dict:
+    """Connections one after another until the file `stop` exists (at most `seconds`):
+    every failure is recorded."""
     deadline = time.monotonic() + seconds
     names: dict[str, int] = {}
     errors: list[str] = []
     slowest = 0.0
     n = 0
-    while time.monotonic() < deadline and n < 100000:
+    while time.monotonic() < deadline and n < 100000 and not (stop and os.path.exists(stop)):
         n += 1
         t0 = time.monotonic()
         try:
@@ -148,16 +172,55 @@ def cmd_echo(host: str, port: int, size: int, seconds: float) -> dict:
             "match": hashlib.sha256(got).digest() == hashlib.sha256(data).digest()}
 
 
-def cmd_down(host: str, port: int, size: int, pause: float) -> dict:
-    """Ask for size bytes, read nothing for `pause` seconds, then read all and check them."""
-    with _connect(host, port, timeout=30) as s:
+def cmd_down(host: str, port: int, size: int, pause: str) -> dict:
+    """Ask for size bytes, read nothing for `pause` seconds (or until a line on stdin when
+    pause is "stdin"), then read all and check them."""
+    with _connect(host, port, timeout=max(TIMEOUT, 30)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         s.sendall(f"down {size}\n".encode())
-        time.sleep(pause)
+        if pause == "stdin":
+            sys.stdin.readline()
+        else:
+            time.sleep(float(pause))
         got = bytearray()
         while chunk := s.recv(1 << 20):
             got += chunk
     return {"received": len(got), "match": bytes(got) == seeded(size)}
+
+
+def cmd_hold(host: str, port: int) -> dict:
+    """One connection to a `hold` backend: print {"held": name} once connected through to a
+    backend, keep it open until a line on stdin, then close and read to the end."""
+    got = 0
+    try:
+        with _connect(host, port, timeout=max(TIMEOUT, 30)) as s:
+            s.sendall(b"hold\n")
+            f = s.makefile("rb")
+            name = f.readline().decode().strip()
+            print(json.dumps({"held": name}), flush=True)
+            sys.stdin.readline()
+            s.shutdown(socket.SHUT_WR)
+            while chunk := f.read1(CHUNK):
+                got += len(chunk)
+        return {"name": name, "bytes": got, "error": None}
+    except OSError as exc:
+        return {"name": None, "bytes": got, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def cmd_idle(host: str, port: int, limit: float) -> dict:
+    """Connect to an `echo` backend, send the header and nothing else: how long until the
+    other side ends the connection (at most `limit` seconds)."""
+    started = time.monotonic()
+    with _connect(host, port, timeout=limit) as s:
+        s.sendall(b"echo\n")
+        try:
+            data = s.recv(100)
+            how = "eof" if not data else f"data {data!r}"
+        except TimeoutError:
+            how = "still open"
+        except ConnectionResetError:
+            how = "reset"
+    return {"how": how, "seconds": round(time.monotonic() - started, 3)}
 
 
 def main() -> None:
@@ -165,14 +228,22 @@ def main() -> None:
     if mode == "serve":
         asyncio.run(serve(a))
         return
+    if mode == "stuck":
+        stuck(a[0])
+        return
     if mode == "who":
         out = cmd_who(a[0], a[1], int(a[2]))
     elif mode == "stream":
-        out = cmd_stream(a[0], int(a[1]), float(a[2]), float(a[3]) if len(a) > 3 else 0.01)
+        out = cmd_stream(a[0], int(a[1]), float(a[2]), float(a[3]) if len(a) > 3 else 0.01,
+                         a[4] if len(a) > 4 else "")
     elif mode == "echo":
         out = cmd_echo(a[0], int(a[1]), int(a[2]), float(a[3]) if len(a) > 3 else 0.0)
     elif mode == "down":
-        out = cmd_down(a[0], int(a[1]), int(a[2]), float(a[3]))
+        out = cmd_down(a[0], int(a[1]), int(a[2]), a[3])
+    elif mode == "hold":
+        out = cmd_hold(a[0], int(a[1]))
+    elif mode == "idle":
+        out = cmd_idle(a[0], int(a[1]), float(a[2]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out), flush=True)

@@ -24,7 +24,8 @@ import pytest
 from reconciler import tables as t
 from reconciler.daemon import status as daemon_status
 from reconciler.supervisor import run_dir
-from tests.kernel.conftest import BPFFS, bpftool_dump
+from tests.kernel import owned
+from tests.kernel.conftest import bpftool_dump
 from tests.kernel.daemonkit import wait_for
 from tests.scratch import ROOT, source_repo
 
@@ -90,11 +91,12 @@ class Host:
         self.desired = tmp / "etc" / "desired.d"
         self.units = tmp / "etc" / "systemd"
         self.defaults = tmp / "etc" / "default"
-        self.pin_root = BPFFS / f"bpfsync-test-ansible-{tag}"
+        self.pin_root = owned.pin_root("ansible")
         self.service = f"bpfsync-test-{tag}"
         self.templates = tmp / "templates"
         self.daemon: subprocess.Popen[bytes] | None = None
-        for d in (self.units, self.defaults, self.templates):
+        self.scratch = tmp / "tmp"
+        for d in (self.units, self.defaults, self.templates, self.scratch):
             d.mkdir(parents=True)
 
     def playbook(self, files: list[dict[str, str]], *flags: str, play: Path = PLAYBOOK,
@@ -113,7 +115,10 @@ class Host:
                "ANSIBLE_LOCAL_TEMP": str(self.tmp / "ansible-local"),
                "ANSIBLE_REMOTE_TMP": str(self.tmp / "ansible-remote"),
                "ANSIBLE_HOME": str(self.tmp / "ansible-home"),
-               "ANSIBLE_DEPRECATION_WARNINGS": "0"}
+               "ANSIBLE_DEPRECATION_WARNINGS": "0",
+               # the role's staging copies (ansible.builtin.tempfile) land in the test's own
+               # directory, where the test can check they are gone without looking at /tmp
+               "TMPDIR": str(self.scratch)}
         return subprocess.run(
             [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
              "-e", f"@{self.tmp / 'vars.json'}", str(play), *flags],
@@ -125,7 +130,8 @@ class Host:
         assert cmd[1:3] == ["run", str(self.desired)]
         env = {**os.environ, "BPFSYNC_PIN_ROOT": str(self.pin_root)}
         with open(self.tmp / "daemon.log", "ab") as log:
-            self.daemon = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+            self.daemon = subprocess.Popen(cmd, env=env, stdout=log, stderr=log,
+                                           start_new_session=True)
         wait_for(lambda: self.status() and self.status()["lastReconcile"], 120)
 
     def status(self) -> dict | None:
@@ -147,8 +153,9 @@ class Host:
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
                 self.daemon.wait(10)
-        shutil.rmtree(self.pin_root, ignore_errors=True)
-        shutil.rmtree(run_dir(self.pin_root), ignore_errors=True)
+        if self.daemon is not None:
+            owned.kill_process_group(self.daemon.pid)  # its data path, should it remain
+        owned.remove_pin_root(self.pin_root)
 
 
 @pytest.fixture
@@ -204,7 +211,6 @@ def test_role_installs_drops_files_refuses_broken_ones_and_is_idempotent(host: H
     # and the daemon are untouched.
     live = {p.name: p.read_bytes() for p in host.desired.iterdir()}
     tunnels_before = host.tunnels()
-    stages = set(Path("/tmp").glob("bpfsync-stage.*"))
     broken = host.playbook(files, **{**good, "remote": "198.51.100.3",
                                      "service_tunnel": "nowhere"})
     assert broken.returncode != 0
@@ -214,7 +220,8 @@ def test_role_installs_drops_files_refuses_broken_ones_and_is_idempotent(host: H
     assert host.tunnels() == tunnels_before
     status = host.status()
     assert status and not status["errors"]
-    assert set(Path("/tmp").glob("bpfsync-stage.*")) <= stages  # the staging copy is gone
+    assert f"{host.scratch}/bpfsync-stage." in broken.stdout  # staged there (its problems
+    assert list(host.scratch.glob("bpfsync-stage.*")) == []  # name it), and removed
 
     # --check --diff: the pending kernel change is shown per host, nothing changes.
     check = host.playbook(files, "--check", "--diff", **{**good, "remote": "198.51.100.9"})

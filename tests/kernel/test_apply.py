@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -176,3 +178,42 @@ def test_get_yaml_round_trips_through_validate(tmp_path: Path, pin_root: Path) -
     assert d.returncode == 0, d.stdout
     table = bpfsync("get", "services", pin_root=pin_root)
     assert "svc-0-3" in table.stdout and "203.0.113.1:1027/tcp" in table.stdout
+
+
+def test_keep_spares_a_kind_from_pruning(tmp_path: Path, pin_root: Path) -> None:
+    root = write_services(tmp_path / "d", 3)
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    maps = pin_root / "maps"
+    before = {m: bpftool_dump(maps / m) for m in ("ti_verify", "ti_encap", "ti_tunnel")}
+    # one Service and one Tunnel leave the YAML (t2 is the learned tunnel nobody uses)
+    write_services(root, 2)
+    tunnels = (root / "tunnels.yaml").read_text()
+    (root / "tunnels.yaml").write_text(tunnels[:tunnels.index("---\napiVersion: bpfsync/v1\n"
+                                                              "kind: Tunnel\nmetadata: {name: t2}")])
+    r = bpfsync("apply", "--keep", "Service", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 0, r.stderr
+    assert bpftool_dump(maps / "ti_verify") == before["ti_verify"]  # Service 2 kept
+    assert bpftool_dump(maps / "ti_encap") == before["ti_encap"]
+    assert len(bpftool_dump(maps / "ti_tunnel")) == len(before["ti_tunnel"]) - 1  # pruned
+    r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)  # without --keep
+    assert r.returncode == 0 and len(bpftool_dump(maps / "ti_verify")) == 2, r.stdout
+
+
+def test_a_second_writer_of_the_pin_root_is_refused(tmp_path: Path, pin_root: Path) -> None:
+    """Two applies to one pin root never interleave: while another writer holds the pin
+    root's lock (here the test itself, with flock(2) as bpfsync takes it), apply refuses
+    and writes nothing; once released, it applies."""
+    root = write_services(tmp_path / "d", 2)
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    before = bpftool_dump(pin_root / "maps" / "ti_verify")
+    write_services(root, 3)
+    fd = os.open(pin_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
+        assert r.returncode == 1 and "another bpfsync is applying" in r.stderr, r
+        assert bpftool_dump(pin_root / "maps" / "ti_verify") == before
+    finally:
+        os.close(fd)
+    r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 0 and len(bpftool_dump(pin_root / "maps" / "ti_verify")) == 3

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,9 @@ import pytest
 
 from reconciler import tables as t
 from reconciler.kernel import libbpf
-from tests.kernel.conftest import BPFFS, bpfsync, bpftool_dump
+from reconciler.supervisor import read_datapath_status
+from tests.kernel import owned
+from tests.kernel.conftest import bpfsync, bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.desired import KEY_ENV, TUNNELS, service_doc, write_services
 from tests.kernel.topology import sh
@@ -29,11 +30,10 @@ from tests.kernel.topology import sh
 
 class Env:
     def __init__(self, tmp: Path) -> None:
-        tag = uuid.uuid4().hex[:8]
         self.tmp = tmp
         self.dir = tmp / "desired"
-        self.root = BPFFS / f"bpfsync-test-run-{tag}"
-        self.ns = f"bsd{tag[:6]}"
+        self.root = owned.pin_root("run")
+        self.ns = owned.name("daemon")
         self.daemons: list[RunningDaemon] = []
         self.netns_made = False
 
@@ -54,8 +54,8 @@ class Env:
         for d in self.daemons:
             d.cleanup()
         if self.netns_made:
-            sh(f"ip netns del {self.ns}", check=False)
-        shutil.rmtree(self.root, ignore_errors=True)
+            owned.delete_netns(self.ns)
+        owned.remove_pin_root(self.root)
 
 
 @pytest.fixture
@@ -94,23 +94,18 @@ def in_sync(root: Path, directory: Path) -> bool:
     return bpfsync("diff", str(directory), pin_root=root, env=KEY_ENV).returncode == 0
 
 
-def test_save_reaches_the_kernel_quickly_over_100_edits(env: Env) -> None:
+def test_every_save_of_a_series_reaches_the_kernel(env: Env) -> None:
+    """Functional: each of 40 saves in a row is applied. How fast is bench/bench_daemon.py's
+    business (a timing limit here would fail on a loaded machine, not on a bug)."""
     write_services(env.dir, 10)
     d = env.daemon().start()
     assert backend_of(env.root, 3) == "198.51.100.20:8080"
-    latencies = []
     target = env.dir / "services-00000.yaml"
-    for n in range(100):
+    for n in range(40):
         port = 9000 + n
         text = "---\n".join(service_doc(i, port if i == 3 else 8080) for i in range(10))
-        began = time.monotonic()
         atomic_write(target, text)
-        wait_for(lambda p=port: backend_of(env.root, 3) == f"198.51.100.20:{p}", 10, 0.002)
-        latencies.append(time.monotonic() - began)
-    latencies.sort()
-    p50, p99 = statistics.median(latencies), latencies[98]
-    print(f"save -> map: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over 100 edits")
-    assert p99 < 2.0, latencies  # the 250 ms target is checked by bench/bench_daemon.py
+        wait_for(lambda p=port: backend_of(env.root, 3) == f"198.51.100.20:{p}", 60, 0.01)
     s = d.status()
     assert not s["errors"] and s["lastReconcile"]["result"] in ("applied", "in-sync")
     assert bpftool_dump(env.root / "maps" / t.ENCAP.name).__len__() == 10
@@ -122,10 +117,11 @@ def test_writers_ansible_editor_and_partial_never_apply_half_a_file(env: Env) ->
     target = env.dir / "services-00000.yaml"
     d = env.daemon().start()
     # Ansible: temp file + rename; its temp file is ignored even while it holds half the text
-    before = d.reconciles()
+    before, relevant = d.reconciles(), d.status()["watch"]["relevant"]
     (env.dir / ".ansible_tmpabc.yaml").write_text("kind: [broken")
-    time.sleep(0.5)
-    assert d.reconciles() == before and not d.status()["errors"]
+    s = d.wait_event(".ansible_tmpabc.yaml", "closed")  # seen, its last event, ignored
+    assert not s["watch"]["lastEvent"]["counted"] and s["watch"]["relevant"] == relevant
+    assert d.reconciles() == before and not s["errors"]
     atomic_write(target, services_text(4, 8081))
     wait_for(lambda: backend_of(env.root, 0) == "198.51.100.20:8081")
     (env.dir / ".ansible_tmpabc.yaml").unlink()
@@ -146,13 +142,15 @@ def test_writers_ansible_editor_and_partial_never_apply_half_a_file(env: Env) ->
 
     # partial: half the file is written (still open), nothing happens; the rest, then close
     text = services_text(3, 8083)  # service 3 removed: a half-applied file would prune more
-    before = d.reconciles()
+    d.quiet()
+    before, relevant = d.reconciles(), d.status()["watch"]["relevant"]
     f = open(target, "w")  # noqa: SIM115
     try:
         f.write(text[: len(text) // 2])
         f.flush()
-        time.sleep(1.0)
-        assert d.reconciles() == before, d.log()
+        s = d.wait_event(target.name, "modified")  # the daemon saw the write, did not count it
+        assert not s["watch"]["lastEvent"]["counted"] and s["watch"]["relevant"] == relevant
+        assert d.quiet()["metrics"]["reconciles"] and d.reconciles() == before, d.log()
         assert backend_of(env.root, 0) == "198.51.100.20:8082"
         assert backend_of(env.root, 2) == "198.51.100.20:8082"
         f.write(text[len(text) // 2:])
@@ -189,8 +187,7 @@ def test_git_checkout_of_1000_files_is_one_or_few_reconciles(env: Env) -> None:
     subprocess.run([*git, "checkout", "-q", "b"], check=True)
     wait_for(lambda: all(backend_of(env.root, i) == "198.51.100.20:9090" for i in (0, 500, 999)),
              30)
-    time.sleep(1.5)  # let any trailing reconcile happen before counting
-    s = d.status()
+    s = d.quiet()  # every event taken and every reconcile finished before counting
     bursts = sum(s["metrics"]["reconciles"].values()) - before
     assert 1 <= bursts <= 3, (bursts, d.log())
     assert s["lastApplied"]["revision"] == {"commit": commit_b, "dirty": False}
@@ -234,8 +231,9 @@ def test_bad_file_keeps_last_good_state_and_fix_recovers(env: Env) -> None:
                         "status"], capture_output=True, text=True)
     assert r.returncode == 2 and "broken.yaml" in r.stdout
     # logged once per distinct error, not at every resync
+    hups = d.by_trigger("SIGHUP")
     d.signal(signal.SIGHUP)
-    d.wait_reconciles(d.reconciles())
+    d.wait_reconciles_by("SIGHUP", hups)
     assert d.log().count("broken.yaml:3:1") == 1, d.log()
     (env.dir / "broken.yaml").unlink()
     atomic_write(env.dir / "services-00000.yaml", services_text(3, 8181))
@@ -287,7 +285,8 @@ def test_drift_warn_reports_and_leaves_the_kernel_alone(env: Env) -> None:
     assert s["outOfSync"][0]["resource"] == "Interface/gw"
     assert "attach program at d0@" in s["outOfSync"][0]["reasons"][0]
     assert s["resources"]["Interface"] == {"Synced": 0, "OutOfSync": 1, "Error": 0}
-    time.sleep(2.5)  # two more resyncs: still not corrected, warned once
+    d.wait_reconciles_by("resync", d.by_trigger("resync") + 1)  # two more resyncs: still not
+    # corrected, warned once
     assert "bpfsync" not in _filters(ns)
     assert d.log().count("drift not corrected (policy warn): Interface/gw") == 1
     # the global policy applies to everything without an annotation
@@ -383,11 +382,8 @@ def test_systemd_notify_and_metrics(env: Env) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
     sock.settimeout(60)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     try:
-        d = env.daemon("--metrics", f"127.0.0.1:{port}")
+        d = env.daemon("--metrics", "127.0.0.1:0")  # the daemon binds a free port, no race
         d.env.update({"NOTIFY_SOCKET": str(notify), "WATCHDOG_USEC": "400000"})
         d.start(wait=False)
         messages = []
@@ -395,8 +391,16 @@ def test_systemd_notify_and_metrics(env: Env) -> None:
             messages.append(sock.recv(4096).decode())
         assert any("STATUS=in sync" in m for m in messages), messages
         assert "WATCHDOG=1" in sock.recv(4096).decode()
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        where = d.status()["daemon"]["metrics"]
+        assert where.startswith("127.0.0.1:") and not where.endswith(":0"), where
+        body = urllib.request.urlopen(f"http://{where}/metrics", timeout=30).read()
         text = body.decode()
+        # every family the README lists is exposed with its type, and every family exposed
+        # is listed (scraped from the daemon, not from the collector's code)
+        exposed = dict(re.findall(r"^# TYPE (bpfsync_\w+) (\w+)$", text, re.M))
+        assert _documented_metrics() == set(exposed), exposed
+        for name, kind in exposed.items():
+            assert (kind == "counter") == name.endswith("_total"), (name, kind)
         assert 'bpfsync_reconciles_total{result="applied"} 1.0' in text
         assert 'bpfsync_map_entries{map="ti_verify"} 2.0' in text
         assert 'bpfsync_operations_total{operation="create"}' in text
@@ -428,3 +432,57 @@ def test_status_socket_is_root_only_and_a_second_daemon_is_refused(env: Env) -> 
                                      str(env.root), "status", "-o", "json"],
                                     capture_output=True, text=True).stdout)
     assert doc["resources"]["Service"]["Synced"] == 1
+
+
+PINGED = """\
+---
+apiVersion: bpfsync/v1
+kind: Tunnel
+metadata: {name: pinged}
+spec:
+  id: 102
+  local: {address: 192.0.2.1, port: 6081}
+  remote: {address: 198.51.100.2, port: 6080}
+  keyFrom: {env: BPFSYNC_TEST_KEY}
+  ping: {intervalSeconds: 1}
+"""
+
+
+def _status(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler", "--pin-root", str(root),
+                           "status"], capture_output=True, text=True, timeout=120)
+
+
+def test_json_logs_datapath_netns_and_status_without_a_daemon(env: Env) -> None:
+    none = _status(env.root)
+    assert none.returncode == 1 and "no `bpfsync run` is managing" in none.stderr, none
+    ns = env.netns()
+    write_services(env.dir, 2)
+    (env.dir / "tunnels.yaml").write_text(TUNNELS + PINGED)
+    d = env.daemon("--datapath-netns", ns, "--log-format", "json").start()
+    # the data path runs in the namespace given, not in the daemon's
+    s = wait_for(lambda: (x := d.status())["dataPath"].get("workerPid") and x, 60)
+    assert s["dataPath"]["netns"] == ns
+    worker = s["dataPath"]["workerPid"]
+    wait_for(lambda: (r := read_datapath_status(env.root)) and r["pid"] == worker, 60)  # up
+    assert os.stat(f"/proc/{worker}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino
+    wait_for(lambda: "pinging tunnel 102" in d.log(), 60)  # the worker logs, as JSON too
+    assert d.stop() == 0
+    lines = d.log().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    reconcile = next(r for r in records if r["message"] == "reconcile")
+    assert reconcile["trigger"] == "startup" and reconcile["result"] == "applied", reconcile
+    assert isinstance(reconcile["duration_ms"], float)
+    assert any(r["logger"] == "bpfsync.datapath" and "pinging tunnel 102" in r["message"]
+               for r in records)
+    stopped = _status(env.root)  # stopped: no daemon again, and said so
+    assert stopped.returncode == 1 and "no `bpfsync run`" in stopped.stderr
+
+
+def _documented_metrics() -> set[str]:
+    """Metric names in the README's Metrics paragraph (counters with their _total)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("- **Metrics.**"):]
+    section = section[:section.index("\n\n")]
+    return set(re.findall(r"`(bpfsync_\w+)", section))

@@ -4,18 +4,17 @@ reported and the last good commit stays applied."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler import tables as t
-from tests.kernel.conftest import BPFFS, bpftool_dump
+from tests.kernel import owned
+from tests.kernel.conftest import bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.desired import KEY_ENV
 from tests.scratch import IDENTITY, git
@@ -56,14 +55,14 @@ class Repos:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Repos, Path, list[RunningDaemon]]]:
-    root = BPFFS / f"bpfsync-test-pull-{uuid.uuid4().hex[:8]}"
+    root = owned.pin_root("pull")
     daemons: list[RunningDaemon] = []
     try:
         yield Repos(tmp_path), root, daemons
     finally:
         for d in daemons:
             d.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
+        owned.remove_pin_root(root)
 
 
 def tunnels(root: Path) -> int:
@@ -102,9 +101,9 @@ def test_follows_commits_refuses_bad_ones_and_rewritten_history(setup, tmp_path:
     # Uncommitted content in the clone never reaches the kernel, even on a forced reconcile.
     (repos.host / "hosts" / "gw1" / "local.yaml").write_text(tunnel("t3", 102))
     (repos.host / "hosts" / "gw1" / "more.yaml").write_text("kind: [\n")
-    before = d.reconciles()
+    hups = d.by_trigger("SIGHUP")
     d.signal(signal.SIGHUP)
-    d.wait_reconciles(before)
+    d.wait_reconciles_by("SIGHUP", hups)
     assert tunnels(root) == 3 and not d.status()["errors"]
     git(repos.host, "checkout", "-q", "--", ".")
     (repos.host / "hosts" / "gw1" / "local.yaml").unlink()

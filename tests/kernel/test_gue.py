@@ -4,19 +4,20 @@ configured only by YAML, in three network namespaces (tests/kernel/topology.py).
 from __future__ import annotations
 
 import json
-import shutil
+import signal
 import socket
 import struct
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reconciler.supervisor import run_dir
-from tests.kernel.conftest import BPFFS, bpfsync
+from reconciler import tables as t
+from reconciler.supervisor import read_datapath_status
+from tests.kernel import owned
+from tests.kernel.conftest import bpfsync, bpftool_percpu_counters
 from tests.kernel.topology import (
     BACKEND,
     CLIENT,
@@ -42,9 +43,8 @@ class Gue:
     def __init__(self, net: Net, tmp: Path) -> None:
         self.net = net
         self.tmp = tmp
-        tag = uuid.uuid4().hex[:8]
-        self.gw_root = BPFFS / f"bpfsync-test-gw-{tag}"
-        self.node_root = BPFFS / f"bpfsync-test-node-{tag}"
+        self.gw_root = owned.pin_root("gw")
+        self.node_root = owned.pin_root("node")
 
     def apply(self, directory: Path, root: Path) -> str:
         r = bpfsync("apply", str(directory), pin_root=root, env=KEYS)
@@ -52,6 +52,11 @@ class Gue:
         return r.stdout
 
     def stats(self, root: Path) -> dict[str, int]:
+        """The programs' counters read with bpftool (per-CPU slots summed), not with
+        bpfsync's reader; slot i is the enum entry test_layout checks against STAT_NAMES."""
+        return bpftool_percpu_counters(root / "maps" / t.STATS.name, t.STAT_NAMES)
+
+    def cli_stats(self, root: Path) -> dict[str, int]:
         r = bpfsync("get", "stats", "-o", "json", pin_root=root)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
@@ -61,8 +66,9 @@ class Gue:
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)[0]["status"].get("learned")
 
-    def capture(self, ns: str, dev: str, seconds: float) -> Any:
-        p = self.net.traffic(ns, "capture", dev, seconds)
+    def capture(self, ns: str, dev: str) -> Any:
+        """Frames on dev from now until frames() stops the capture (120 s at most)."""
+        p = self.net.traffic(ns, "capture", dev, 120)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         return p
 
@@ -75,11 +81,10 @@ def gue(tmp_path: Path) -> Iterator[Gue]:
             yield g
         finally:
             for root in (g.gw_root, g.node_root):
-                shutil.rmtree(root, ignore_errors=True)
-                shutil.rmtree(run_dir(root), ignore_errors=True)  # a killed data path's status
+                owned.remove_pin_root(root)  # with a killed data path's status
 
 
-def wait_until(check: Callable[[], Any], seconds: float = 10) -> Any:
+def wait_until(check: Callable[[], Any], seconds: float = 30) -> Any:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         value = check()
@@ -127,7 +132,9 @@ def parse_gue(hex_frame: str) -> dict[str, Any] | None:
 
 
 def frames(p: Any) -> list[dict[str, Any]]:
-    out, _ = p.communicate(timeout=30)
+    """Stop a capture (what it saw until now, queued frames included) and decode it."""
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
     return [g for g in map(parse_gue, out.split()) if g]
 
 
@@ -142,9 +149,13 @@ def test_standard_mode_learned_tunnel_carries_tcp_with_documented_gue_header(gue
     assert (learned["address"], learned["port"]) == NODE_TUNNEL
 
     server = net.server(reply_bytes=2 * MiB)
-    cap = gue.capture(net.gw, "g1", 4)
+    cap = gue.capture(net.gw, "g1")
+    pings = gue.stats(gue.gw_root)["ping"]
     r = net.client_transfer(8 * MiB, 2 * MiB)
     assert r.returncode == 0, r.stdout + r.stderr
+    # a ping reached the gateway's TC program while capturing (the capture, which taps the
+    # device before TC, holds it by then)
+    wait_until(lambda: gue.stats(gue.gw_root)["ping"] > pings, 30)
     assert json.loads(r.stdout) == {**json.loads(r.stdout), "sent_ok": True, "reply_ok": True}
     out, _ = net.stop(server)
     assert json.loads(out.splitlines()[0])["peer"] == CLIENT  # the backend sees the client
@@ -168,6 +179,10 @@ def test_standard_mode_learned_tunnel_carries_tcp_with_documented_gue_header(gue
 
     gw, node = gue.stats(gue.gw_root), gue.stats(gue.node_root)
     assert gw["encap"] > 0 and gw["decap"] > 0 and gw["ping"] > 0
+    # `get stats` shows what bpftool reads (read in turn: a late FIN may land between them)
+    keys = ("encap", "decap", "dnat")
+    wait_until(lambda: (a := gue.cli_stats(gue.node_root)) and {k: a[k] for k in keys} == {
+        k: v for k, v in gue.stats(gue.node_root).items() if k in keys})
     assert node["decap"] == node["dnat"] > 0 and node["reply_nat"] == node["encap"] > 0
     assert all(v == 0 for k, v in gw.items() if k.startswith("drop"))
 
@@ -184,7 +199,7 @@ def test_dso_mode_replies_go_direct(gue: Gue) -> None:
     gue.apply(gdir, gue.gw_root)
     gue.apply(write_node(gue.tmp / "node", net, replies="direct"), gue.node_root)
     net.server(reply_bytes=2 * MiB)
-    cap = gue.capture(net.gw, "g1", 3)
+    cap = gue.capture(net.gw, "g1")
     r = net.client_transfer(4 * MiB, 2 * MiB)
     assert r.returncode == 0, r.stdout + r.stderr
     seen = frames(cap)
@@ -241,7 +256,7 @@ def test_pings_are_authenticated_and_follow_nat_rebinding(gue: Gue) -> None:
     send_ping(7000, TUNNEL_KEY)  # the NAT in front of the node picked a new port
     wait_until(lambda: gue.learned()["port"] == 7000)
 
-    cap = gue.capture(net.gw, "g1", 2.5)
+    cap = gue.capture(net.gw, "g1")
     net.client_transfer(100, 10, timeout=1)  # its SYN is what we look at on the wire
     to_node = [g for g in frames(cap) if not g["c"] and g["dst"] == NODE_TUNNEL[0]]
     assert to_node and {g["dport"] for g in to_node} == {7000}
@@ -321,19 +336,28 @@ def test_program_upgrade_under_load_loses_nothing(gue: Gue) -> None:
     assert sink.stdout is not None and sink.stdout.readline().strip() == "listening"
     before_g1, before_n0 = _link_stats(net, net.gw, "g1"), _link_stats(net, net.node, "n0")
     ids_before = bpfsync("get", "interfaces", "-o", "json", pin_root=gue.gw_root).stdout
-    count = 20000
-    sender = net.traffic(net.client, "udp-send", PROXY[0], 53, count, 5000)  # 4 s
-    time.sleep(1)
+    stop = gue.tmp / "stop-sending"
+    limit = 500_000  # 100 s at 5,000/s: the sender stops when told, long before that
+    sender = net.traffic(net.client, "udp-send", PROXY[0], 53, limit, 5000, stop)
+
+    def flowing() -> None:  # 500 more datagrams encapsulated by whatever program is there
+        start = gue.stats(gue.gw_root)["encap"]
+        wait_until(lambda: gue.stats(gue.gw_root)["encap"] >= start + 500, 60)
+
+    flowing()
     iface = gdir / "interface.yaml"
     iface.write_text(iface.read_text() + "  fibLookup: true\n")
     out = gue.apply(gdir, gue.gw_root)
     # fibLookup changes only the egress program; the ingress one keeps its tag and stays.
     assert out.count("~ tc g1@") == 1 and "egress prio 49152: ti_egress" in out
-    time.sleep(1)
+    flowing()
     iface.write_text(iface.read_text().replace("  fibLookup: true\n", ""))
     assert gue.apply(gdir, gue.gw_root).count("~ tc g1@") == 1
-    sender.communicate(timeout=30)
-    out, _ = sink.communicate(timeout=30)
+    flowing()
+    stop.touch()
+    count = json.loads(sender.communicate(timeout=60)[0].splitlines()[-1])["sent"]
+    assert 1500 <= count < limit  # the stream ran through both program swaps
+    out, _ = sink.communicate(timeout=60)
     assert json.loads(out.splitlines()[-1])["received"] == count
     after_g1, after_n0 = _link_stats(net, net.gw, "g1"), _link_stats(net, net.node, "n0")
     assert after_g1["tx"] - before_g1["tx"] == after_n0["rx"] - before_n0["rx"] >= count
@@ -426,19 +450,28 @@ def test_datapath_started_first_follows_the_tables_without_restart(gue: Gue) -> 
     net = gue.net
     dp = datapath(net, gue.node_root, net.node)  # nothing applied on the node yet
     gue.apply(write_gateway(gue.tmp / "gw", net), gue.gw_root)
-    time.sleep(1.5)
+    # it runs and reports, pinging nothing (there is no table to read yet)
+    report = wait_until(lambda: read_datapath_status(gue.node_root), 60)
+    assert report["pinging"] == [] and report["pingsSent"] == 0
     assert gue.learned() is None and dp.poll() is None
     ndir = write_node(gue.tmp / "node", net)
     gue.apply(ndir, gue.node_root)
-    learned = wait_until(gue.learned)
+    learned = wait_until(gue.learned, 60)
     assert (learned["address"], learned["port"]) == NODE_TUNNEL
     # The tunnel stops asking for pings: the data path stops sending them.
     tunnel = ndir / "tunnel.yaml"
     tunnel.write_text(tunnel.read_text().replace("  ping: {intervalSeconds: 0.2}\n", ""))
     gue.apply(ndir, gue.node_root)
-    time.sleep(1.5)
-    pings = gue.stats(gue.gw_root)["ping"]
-    time.sleep(1.5)
+    stopped = wait_until(lambda: (r := read_datapath_status(gue.node_root)) and
+                         r["pinging"] == [] and r, 60)
+    # a ping sent just before may still be on its way: the gateway's count settles, and then
+    # stays put while the data path goes on running (a second of its own reports, five
+    # intervals of the former ping)
+    pings = wait_until(lambda: (a := gue.stats(gue.gw_root)["ping"]) == gue.stats(
+        gue.gw_root)["ping"] and (a,), 30)[0]
+    later = wait_until(lambda: (r := read_datapath_status(gue.node_root)) and
+                       r["time"] >= stopped["time"] + 1.0 and r, 60)
+    assert later["pingsSent"] == stopped["pingsSent"] and later["pinging"] == []
     assert gue.stats(gue.gw_root)["ping"] == pings
     _, err = net.stop(dp)
     assert dp.returncode == 0

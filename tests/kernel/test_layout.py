@@ -4,10 +4,13 @@ with BCC (as the data-path programs will be) and compare sizes and field offsets
 from __future__ import annotations
 
 import ctypes
+import socket
 from pathlib import Path
+from typing import Any
 
 from reconciler import tables as t
 from reconciler.kernel.bcc_env import ensure_kernel_source
+from reconciler.secrets import Secret
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "trueingress.h"
 STEER_HEADER = HEADER.with_name("steer.h")
@@ -27,18 +30,6 @@ BPF_ARRAY(stat_max, u32, TI_STAT_MAX);
 int unused(void *ctx) {{ return 0; }}
 """
 
-# Offsets the Python encoders use (struct formats in tables.py), field by field.
-EXPECTED_OFFSETS = {
-    "ti_encap": {"tunnel_id": 0, "sid": 4, "key": 8, "reserved": 24, "stamp": 28},
-    "ti_verify": {"key": 0, "backend": 16, "reserved": 24, "stamp": 28},
-    "ti_tunnel": {"local_addr": 0, "remote_addr": 4, "local_port": 8, "remote_port": 10,
-                  "flags": 12, "ping_interval_ms": 16, "key": 20, "stamp": 36},
-    "ti_reply": {"proxy": 0, "tunnel_id": 8, "sid": 12, "key": 16, "stamp": 32},
-    "ti_decap": {"stamp": 0},
-    "ti_learned": {"remote_addr": 0, "remote_port": 4, "pad": 6, "updated_ns": 8},
-}
-
-
 def test_header_matches_python_layout() -> None:
     ensure_kernel_source()
     from bcc import BPF
@@ -53,11 +44,7 @@ def test_header_matches_python_layout() -> None:
                 continue
             assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
             assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
-            offsets = {name: getattr(table.Leaf, name).offset for name, *_ in table.Leaf._fields_}
-            assert offsets == EXPECTED_OFFSETS[spec.name], spec.name
-        key_offsets = {n: getattr(bpf[b"ti_encap"].Key, n).offset
-                       for n, *_ in bpf[b"ti_encap"].Key._fields_}
-        assert key_offsets == {"addr": 0, "port": 4, "proto": 6, "pad": 7}
+        _encoders_fill_the_c_structs(bpf)
         # GUE wire structs: 4-byte base header, 24-byte data and 20-byte ping private data.
         assert ctypes.sizeof(bpf[b"gue_data"].Key) == 4
         assert ctypes.sizeof(bpf[b"gue_data"].Leaf) == 4 * t.GUE_DATA_HLEN
@@ -211,3 +198,62 @@ def test_intercept_header_matches_python_layout() -> None:
         assert names == list(t.IC_STAT_NAMES)
     finally:
         bpf.cleanup()
+
+
+def _be(n: int, size: int) -> int:
+    """A big-endian field as ctypes reads it on this (little-endian) machine."""
+    return int.from_bytes(n.to_bytes(size, "big"), "little")
+
+
+def _addr(a: str) -> int:
+    return int.from_bytes(socket.inet_aton(a), "little")
+
+
+def _endpoint(c: Any, addr: str, port: int, proto: int) -> None:
+    assert (c.addr, c.port, c.proto, c.pad) == (_addr(addr), _be(port, 2), proto, 0)
+
+
+def _encoders_fill_the_c_structs(bpf: Any) -> None:
+    """Bytes from tables.py's encoders, read through the structs BCC compiled from
+    trueingress.h: every field lands where the C programs read it."""
+    key = Secret(bytes(range(1, 17)))
+    ep = t.endpoint_key("203.0.113.10", 80, 6)
+    _endpoint(bpf[b"ti_encap"].Key.from_buffer_copy(ep), "203.0.113.10", 80, 6)
+    v = bpf[b"ti_encap"].Leaf.from_buffer_copy(t.encap_value(ep, 100, 1, 2, key))
+    assert (v.tunnel_id, v.sid.group_id, v.sid.service_id) == (_be(100, 4), _be(1, 2), _be(2, 2))
+    assert (bytes(v.key), v.reserved) == (key.value, 0)
+    assert t.stamp_ok(ep, t.encap_value(ep, 100, 1, 2, key))
+
+    sid = t.sid_key(1, 2)
+    k = bpf[b"ti_verify"].Key.from_buffer_copy(sid)
+    assert (k.group_id, k.service_id) == (_be(1, 2), _be(2, 2))
+    backend = t.endpoint_key("198.51.100.20", 8080, 17)
+    v = bpf[b"ti_verify"].Leaf.from_buffer_copy(t.verify_value(sid, key, backend))
+    assert bytes(v.key) == key.value and v.reserved == 0
+    _endpoint(v.backend, "198.51.100.20", 8080, 17)
+
+    tk = t.tunnel_key(100)
+    assert bpf[b"ti_tunnel"].Key.from_buffer_copy(tk).value == _be(100, 4)
+    v = bpf[b"ti_tunnel"].Leaf.from_buffer_copy(
+        t.tunnel_value(tk, ("192.0.2.1", 6080), ("198.51.100.2", 6081), key, 500))
+    assert (v.local_addr, v.remote_addr, v.local_port, v.remote_port) == (
+        _addr("192.0.2.1"), _addr("198.51.100.2"), _be(6080, 2), _be(6081, 2))
+    assert v.flags == _be(t.TUNNEL_FLAG_PING | t.TUNNEL_FLAG_KEYED, 4)
+    assert (v.ping_interval_ms, bytes(v.key)) == (_be(500, 4), key.value)
+    learn = bpf[b"ti_tunnel"].Leaf.from_buffer_copy(t.tunnel_value(tk, ("192.0.2.1", 6080), None))
+    assert (learn.remote_addr, learn.remote_port, learn.flags) == (
+        0, 0, _be(t.TUNNEL_FLAG_LEARN, 4))
+
+    v = bpf[b"ti_reply"].Leaf.from_buffer_copy(t.reply_value(backend, ep, 100, 1, 2, key))
+    _endpoint(v.proxy, "203.0.113.10", 80, 6)
+    assert (v.tunnel_id, v.sid.group_id, v.sid.service_id, bytes(v.key)) == (
+        _be(100, 4), _be(1, 2), _be(2, 2), key.value)
+    dk = t.endpoint_key("192.0.2.1", 6080, 17)
+    assert bytes(bpf[b"ti_decap"].Leaf.from_buffer_copy(t.decap_value(dk))) == t.decap_value(dk)
+
+    # the other way: ti_learned is written by the programs and decoded by Python
+    learned = bpf[b"ti_learned"].Leaf()
+    learned.remote_addr, learned.remote_port = _addr("198.51.100.7"), _be(7000, 2)
+    learned.updated_ns = 123_456_789
+    out = t.decode_value(t.LEARNED.name, bytes(learned))
+    assert out == {"remote": "198.51.100.7:7000", "updatedNs": 123_456_789}, out

@@ -13,11 +13,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.kernel import owned
 
 TRAFFIC = str(Path(__file__).with_name("traffic.py"))
 PROXY = ("203.0.113.10", 80)
@@ -34,6 +35,7 @@ def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class Net:
     prefix: str
     procs: list[subprocess.Popen] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)  # process groups of its data paths
 
     @property
     def client(self) -> str:
@@ -82,7 +84,7 @@ class Net:
 
 @contextmanager
 def gue_topology() -> Iterator[Net]:
-    net = Net(f"bs{uuid.uuid4().hex[:6]}")
+    net = Net(owned.name("gue"))
     try:
         for ns in (net.client, net.gw, net.node):
             sh(f"ip netns add {ns}")
@@ -107,8 +109,10 @@ def gue_topology() -> Iterator[Net]:
                 p.kill()
             with suppress(Exception):
                 p.communicate(timeout=5)
+        for group in net.groups:  # a data path's worker, should it outlive its supervisor
+            owned.kill_process_group(group)
         for ns in (net.client, net.gw, net.node):
-            sh(f"ip netns del {ns}", check=False)
+            owned.delete_netns(ns)
 
 
 TUNNEL_GW = """\
@@ -190,6 +194,7 @@ def datapath(net: Net, pin_root: Path, netns: str) -> subprocess.Popen:
     """`bpfsync datapath` for one end, from the host (it opens its pins, then enters netns)."""
     p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(pin_root),
                           "datapath", "--netns", netns], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
     net.procs.append(p)
+    net.groups.append(p.pid)
     return p

@@ -8,10 +8,14 @@ many HOST PORT N SECONDS N sequential connections (bounded by SECONDS):
                          {"done": n, "failed": n, "seconds": s, "p50Ms": x, "p99Ms": y}
                          (latency: connect to the reply's end)
 down HOST PORT BYTES     one download: {"bytes": n, "seconds": s}
-hold HOST PORT SECONDS   one connection kept for SECONDS, a line echoed every 50 ms:
+hold HOST PORT SECONDS   one connection kept for SECONDS (or, with "stdin", until a line on
+                         stdin; 300 s at most), a line echoed every 50 ms:
                          {"local": "ip:port", "peer": "ip:port seen by the server",
                           "sent": n, "echoed": n, "error": null}
-TPKIT_TIMEOUT (seconds, default 5) bounds connects and reads.
+udp-server HOST PORT...  answer each datagram with "<peer ip:port> <datagram>"
+udp HOST PORT MSG        one datagram, one answer: {"reply": "...", "error": null}
+TPKIT_TIMEOUT (seconds, default 5) bounds connects and reads; TPKIT_SPORT binds the
+clients' source port.
 """
 
 from __future__ import annotations
@@ -31,30 +35,44 @@ def _serve(host: str, port: int) -> None:
     srv.listen(1024)
     while True:
         conn, peer = srv.accept()
-        with conn:
+        conn.settimeout(TIMEOUT)
+        try:
             line = b""
             while not line.endswith(b"\n"):
                 chunk = conn.recv(4096)
                 if not chunk:
                     break
                 line += chunk
-            if line == b"echo\n":  # then echo until the client closes
-                conn.sendall(f"{peer[0]}:{peer[1]}\n".encode())
-                while chunk := conn.recv(4096):
-                    conn.sendall(chunk)
-            elif line.startswith(b"down "):
-                left = int(line.split()[1])
-                block = memoryview(bytearray(1 << 20))
-                while left > 0:
-                    left -= conn.send(block[:min(left, len(block))])
-            else:
-                conn.sendall(f"{peer[0]}:{peer[1]} ".encode() + line)
+        except OSError:
+            conn.close()
+            continue
+        if line in (b"echo\n", b"") or line.startswith(b"down "):
+            # long ones get a thread: a held connection never keeps the next one waiting
+            threading.Thread(target=_answer, args=(conn, peer, line), daemon=True).start()
+        else:
+            _answer(conn, peer, line)
+
+
+def _answer(conn: socket.socket, peer: tuple[str, int], line: bytes) -> None:
+    with conn:
+        conn.settimeout(None)
+        if line == b"echo\n":  # then echo until the client closes
+            conn.sendall(f"{peer[0]}:{peer[1]}\n".encode())
+            while chunk := conn.recv(4096):
+                conn.sendall(chunk)
+        elif line.startswith(b"down "):
+            left = int(line.split()[1])
+            block = memoryview(bytearray(1 << 20))
+            while left > 0:
+                left -= conn.send(block[:min(left, len(block))])
+        else:
+            conn.sendall(f"{peer[0]}:{peer[1]} ".encode() + line)
 
 
 TIMEOUT = float(os.environ.get("TPKIT_TIMEOUT", "5"))
 
 
-def _hold(host: str, port: int, seconds: float) -> dict[str, object]:
+def _hold(host: str, port: int, seconds: str) -> dict[str, object]:
     out: dict[str, object] = {"local": None, "peer": None, "sent": 0, "echoed": 0,
                               "error": None}
     try:
@@ -63,9 +81,13 @@ def _hold(host: str, port: int, seconds: float) -> dict[str, object]:
             s.sendall(b"echo\n")
             f = s.makefile("rb")
             out["peer"] = f.readline().decode().strip()
-            end = time.monotonic() + seconds
+            released = threading.Event()
+            if seconds == "stdin":
+                threading.Thread(target=lambda: (sys.stdin.readline(), released.set()),
+                                 daemon=True).start()
+            end = time.monotonic() + (300 if seconds == "stdin" else float(seconds))
             n = 0
-            while time.monotonic() < end:
+            while time.monotonic() < end and not released.is_set():
                 msg = f"line {n}\n".encode()
                 s.sendall(msg)
                 out["sent"] = n + 1
@@ -80,9 +102,32 @@ def _hold(host: str, port: int, seconds: float) -> dict[str, object]:
     return out
 
 
+SPORT = int(os.environ.get("TPKIT_SPORT", "0"))
+
+
+def _udp_serve(host: str, port: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(f"{peer[0]}:{peer[1]} ".encode() + data, peer)
+
+
+def _udp(host: str, port: int, msg: str) -> dict[str, object]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.bind(("0.0.0.0", SPORT))
+        s.sendto(msg.encode(), (host, port))
+        try:
+            return {"reply": s.recv(2048).decode(), "error": None}
+        except OSError as exc:
+            return {"reply": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def _one(host: str, port: int, msg: str) -> dict[str, object]:
     try:
-        with socket.create_connection((host, port), timeout=TIMEOUT) as s:
+        with socket.create_connection((host, port), timeout=TIMEOUT,
+                                      source_address=("0.0.0.0", SPORT)) as s:
             local = "{}:{}".format(*s.getsockname())
             s.sendall(msg.encode() + b"\n")
             reply = b""
@@ -102,10 +147,18 @@ def main() -> None:
             threading.Thread(target=_serve, args=(host, int(port)), daemon=True).start()
         print("listening", flush=True)
         threading.Event().wait()
+    elif mode == "udp-server":
+        host = sys.argv[2]
+        for port in sys.argv[3:]:
+            threading.Thread(target=_udp_serve, args=(host, int(port)), daemon=True).start()
+        print("listening", flush=True)
+        threading.Event().wait()
+    elif mode == "udp":
+        print(json.dumps(_udp(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
     elif mode == "client":
         print(json.dumps(_one(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
     elif mode == "hold":
-        print(json.dumps(_hold(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
+        print(json.dumps(_hold(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
     elif mode == "many":
         host, port, n, limit = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
         start = time.monotonic()

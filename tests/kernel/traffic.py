@@ -5,10 +5,13 @@ that it runs under `ip netns exec` with the system interpreter).
                                      REPLY_BYTES of seeded data, close; print each peer
   tcp-client ADDR PORT SEND_BYTES REPLY_BYTES   send seeded data, half-close, check the answer;
                                      prints JSON, exit 0 only if every byte matched
-  udp-sink ADDR PORT SECONDS         count datagrams until SECONDS of silence; print JSON
-  udp-send ADDR PORT COUNT RATE      send COUNT numbered datagrams at RATE per second
+  udp-sink ADDR PORT SECONDS         count datagrams until the sender's end marker (then
+                                     SECONDS of silence); print JSON
+  udp-send ADDR PORT COUNT RATE [STOPFILE]   send numbered datagrams at RATE per second,
+                                     COUNT at most or until STOPFILE exists, then an end marker
   capture DEV SECONDS                print every IPv4/UDP frame seen on DEV as hex, one per line
-                                     (starts with a "ready" line)
+                                     (starts with a "ready" line), until SIGTERM (then what is
+                                     queued is still printed) or SECONDS at most
   inject DEV HEX...                  send raw Ethernet frames on DEV
   udp-payload SRC_ADDR SRC_PORT DST_ADDR DST_PORT HEX   send one datagram with this payload
 """
@@ -17,10 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import signal
 import socket
 import sys
 import time
+
+END = 0xFFFFFFFF  # the sender's last datagram
 
 
 def seeded(n: int, seed: int) -> bytes:
@@ -64,50 +71,78 @@ def tcp_client(addr: str, port: int, send_bytes: int, reply_bytes: int,
     return 0 if ok_sent and ok_reply else 1
 
 
+SO_RCVBUFFORCE = 33
+
+
 def udp_sink(addr: str, port: int, quiet: float) -> None:
+    """Counts distinct datagrams. The receive buffer is forced (CAP_NET_ADMIN) past
+    net.core.rmem_max, which would silently cap SO_RCVBUF; a sink that falls behind for a
+    while (a loaded machine) loses nothing. It stops at the sender's end marker (or after
+    120 s without one), then waits `quiet` seconds for stragglers."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 << 20)
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 64 << 20
     s.bind((addr, port))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     print("listening", flush=True)
     seen: set[int] = set()
-    s.settimeout(60)
-    first = int.from_bytes(s.recv(2048)[:4], "big")  # 0: the start marker
-    if first:
-        seen.add(first)
-    s.settimeout(quiet)
+    s.settimeout(120)
     try:
+        while (n := int.from_bytes(s.recv(2048)[:4], "big")) != END:
+            if n:  # 0: the start marker
+                seen.add(n)
+        s.settimeout(quiet)
         while True:
             seen.add(int.from_bytes(s.recv(2048)[:4], "big"))
     except TimeoutError:
         pass
+    seen.discard(END)
     print(json.dumps({"received": len(seen)}), flush=True)
 
 
-def udp_send(addr: str, port: int, count: int, rate: float) -> None:
+def udp_send(addr: str, port: int, count: int, rate: float, stop: str = "") -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.sendto(b"\0\0\0\0start", (addr, port))
     start = time.monotonic()
+    sent = 0
     for i in range(1, count + 1):
+        if stop and i % 100 == 0 and os.path.exists(stop):
+            break
         s.sendto(i.to_bytes(4, "big") + bytes(60), (addr, port))
+        sent = i
         delay = start + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-    print(json.dumps({"sent": count}), flush=True)
+    s.sendto(END.to_bytes(4, "big"), (addr, port))
+    print(json.dumps({"sent": sent}), flush=True)
 
 
 def capture(dev: str, seconds: float) -> None:
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 32 << 20)
     s.bind((dev, 0))
     s.settimeout(0.2)
     print("ready", flush=True)
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while not stopped and time.monotonic() < end:
         try:
             frame = s.recv(65535)
-        except TimeoutError:
+        except (TimeoutError, InterruptedError):
             continue
-        if frame[12:14] == b"\x08\x00" and frame[23] == 17:
-            print(frame[:200].hex(), flush=True)
+        _show(frame)
+    s.setblocking(False)
+    with_queued = True
+    while with_queued:  # what arrived before the stop is printed too
+        try:
+            _show(s.recv(65535))
+        except BlockingIOError:
+            with_queued = False
+
+
+def _show(frame: bytes) -> None:
+    if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+        print(frame[:200].hex(), flush=True)
 
 
 def inject(dev: str, frames: list[str]) -> None:
@@ -134,7 +169,7 @@ if __name__ == "__main__":
     elif mode == "udp-sink":
         udp_sink(a[0], int(a[1]), float(a[2]))
     elif mode == "udp-send":
-        udp_send(a[0], int(a[1]), int(a[2]), float(a[3]))
+        udp_send(a[0], int(a[1]), int(a[2]), float(a[3]), *a[4:5])
     elif mode == "capture":
         capture(a[0], float(a[1]))
     elif mode == "inject":
