@@ -61,8 +61,8 @@ def main() -> int:
     try:
         for n in (ns, sns):
             sh(f"ip netns add {n} && ip -n {n} link set lo up")
-        sh(f"ip link add bbt{tag}c type veth peer name bbt{tag}s")
-        sh(f"ip link set bbt{tag}c netns {ns} && ip link set bbt{tag}s netns {sns}")
+        # made inside the namespaces: nothing appears in the host's, even for a moment
+        sh(f"ip link add bbt{tag}c netns {ns} type veth peer name bbt{tag}s netns {sns}")
         sh(f"ip -n {ns} addr add 203.0.113.1/24 dev bbt{tag}c && ip -n {ns} link set bbt{tag}c up")
         sh(f"ip -n {sns} addr add {SERVER}/24 dev bbt{tag}s && ip -n {sns} link set bbt{tag}s up")
         cgroups.fs_path(apps).mkdir(parents=True)

@@ -1,0 +1,17 @@
+"""Benchmarks that hold timing targets the functional tests do not assert run here in their
+smoke mode (one round), so that a refactor cannot break them unnoticed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_proxy_reaction_benchmark_runs() -> None:
+    r = subprocess.run([sys.executable, str(BENCH / "bench_proxy_reaction.py"), "--smoke"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "health: backend down" in r.stdout and "change: apply returned" in r.stdout
