@@ -405,6 +405,15 @@ def test_systemd_notify_and_metrics(env: Env) -> None:
         assert 'bpfsync_map_entries{map="ti_verify"} 2.0' in text
         assert 'bpfsync_operations_total{operation="create"}' in text
         assert "bpfsync_datapath_restarts_total 0.0" in text
+        for line in ("bpfsync_desired_state_errors 0.0", "bpfsync_drift_pending 0.0",
+                     "bpfsync_drift_corrected_total 0.0", "bpfsync_tunnels_learned 0.0",
+                     'bpfsync_map_capacity{map="ti_verify"} 131072.0',
+                     'bpfsync_map_entries{map="ti_tunnel"} 2.0'):
+            assert f"\n{line}\n" in text, line
+        values = dict(re.findall(r"^(bpfsync_\w+) ([0-9.e+-]+)$", text, re.M))
+        assert float(values["bpfsync_reconcile_seconds_total"]) > 0
+        assert 0 < float(values["bpfsync_last_reconcile_seconds"]) <= float(
+            values["bpfsync_reconcile_seconds_total"])
         d.stop()
         assert any("STOPPING=1" in sock.recv(4096).decode() for _ in range(50))
     finally:
