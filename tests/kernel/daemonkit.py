@@ -18,7 +18,7 @@ from reconciler.supervisor import run_dir
 from tests.kernel import owned
 
 
-def wait_for(check: Callable[[], Any], seconds: float = 20, every: float = 0.05) -> Any:
+def wait_for(check: Callable[[], Any], seconds: float = 60, every: float = 0.05) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = check()
@@ -78,11 +78,11 @@ class RunningDaemon:
     def reconciles(self) -> int:
         return sum(self.status()["metrics"]["reconciles"].values())
 
-    def wait_reconciles(self, more_than: int, seconds: float = 20) -> dict[str, Any]:
+    def wait_reconciles(self, more_than: int, seconds: float = 60) -> dict[str, Any]:
         return wait_for(lambda: (s := self.status()) and sum(
             s["metrics"]["reconciles"].values()) > more_than and s, seconds)
 
-    def wait_reconciles_by(self, trigger: str, more_than: int, seconds: float = 30
+    def wait_reconciles_by(self, trigger: str, more_than: int, seconds: float = 60
                            ) -> dict[str, Any]:
         """Status once more than `more_than` reconciles with this trigger have finished."""
         return wait_for(lambda: (s := self.status()) and s["metrics"]["byTrigger"].get(
@@ -91,13 +91,13 @@ class RunningDaemon:
     def by_trigger(self, trigger: str) -> int:
         return self.status()["metrics"]["byTrigger"].get(trigger, 0)
 
-    def wait_event(self, path: str, event: str, seconds: float = 30) -> dict[str, Any]:
+    def wait_event(self, path: str, event: str, seconds: float = 60) -> dict[str, Any]:
         """Status once the watcher's last file event is `event` on `path` (relative to the
         directory): the daemon has seen it and decided whether it counts."""
         return wait_for(lambda: (s := self.status()) and (s["watch"]["lastEvent"] or {}).get(
             "path") == path and s["watch"]["lastEvent"]["event"] == event and s, seconds)
 
-    def quiet(self, seconds: float = 30) -> dict[str, Any]:
+    def quiet(self, seconds: float = 60) -> dict[str, Any]:
         """Status once nothing is pending: no reconcile running, no file event waiting."""
         return wait_for(lambda: (s := self.status()) and s["reconciling"] is None
                         and not s.get("watch", {}).get("pending") and s, seconds)

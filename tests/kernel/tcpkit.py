@@ -10,7 +10,7 @@ Backend protocol: the client sends one header line, then a payload.
 
 Clients that wait for the test (never for a fixed time) read a line on stdin: `hold` holds
 its connection until then, `down ... stdin` reads nothing until then, `stream ... STOPFILE`
-runs until that file exists. TCPKIT_TIMEOUT (seconds, default 5) bounds connects and reads.
+runs until that file exists. TCPKIT_TIMEOUT (seconds, default 15) bounds connects and reads.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 import time
 
 CHUNK = 1 << 16
-TIMEOUT = float(os.environ.get("TCPKIT_TIMEOUT", "5"))
+TIMEOUT = float(os.environ.get("TCPKIT_TIMEOUT", "15"))
 
 
 def seeded(n: int) -> bytes:

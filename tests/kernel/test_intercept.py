@@ -78,7 +78,7 @@ class Env:
         return self.daemon
 
     def client(self, host: str, port: int, mode: str = "client", arg: str = "hello",
-               timeout: float = 5) -> dict[str, Any]:
+               timeout: float = 15) -> dict[str, Any]:
         out = sh(f"TPKIT_TIMEOUT={timeout} ip netns exec {self.ns} {sys.executable} {TPKIT} "
                  f"{mode} {host} {port} {arg}", check=False)
         assert out.returncode == 0, out.stderr
@@ -140,7 +140,7 @@ def test_first_match_rules_redirect_pass_and_drop(env: Env) -> None:
     # the worker reports every 0.25 s: wait for the report that has seen the connection
     wait_for(lambda: (s := read_datapath_status(env.pin_root)) and s["proxies"]["egress"][
         "originalDestination"] == 1, 30)
-    c = wait_for(lambda: (c := env.counters()) and c["assigned"] == 1 and c, 30)
+    c = wait_for(lambda: (c := env.counters()) and c["assigned"] == 1 and c, 60)
     assert c["redirected"] == 1 and c["passed"] == 1 and c["unmatched"] == 1, c
     assert c["dropped"] >= 1 and c["no_listener"] == 0, c
     # the compiled entries read back with bpftool: one per (prefix, port), priorities resolved
@@ -154,7 +154,7 @@ def test_rule_changes_affect_new_connections_only(env: Env) -> None:
     env.start()
     # an intercepted connection, talking until released
     held = env.start_client(SERVER, 80, "hold", "stdin")
-    wait_for(lambda: env.counters()["assigned"] == 1, 30)
+    wait_for(lambda: env.counters()["assigned"] == 1, 60)
     before = env.daemon.reconciles() if env.daemon else 0
     env.write(RULES.replace("action: redirect\n      proxy: egress", "action: pass"))
     assert env.daemon is not None
@@ -245,7 +245,7 @@ def test_source_ports_udp_any_and_custom_routing(env: Env) -> None:
                       "  rules:\n"))
     env.start()
 
-    def tcp(port: int, sport: int = 0, timeout: float = 5) -> dict[str, Any]:
+    def tcp(port: int, sport: int = 0, timeout: float = 15) -> dict[str, Any]:
         out = sh(f"TPKIT_SPORT={sport} TPKIT_TIMEOUT={timeout} ip netns exec {env.ns} "
                  f"{sys.executable} {TPKIT} client {SERVER} {port} hello", check=False)
         assert out.returncode == 0, out.stderr
@@ -271,6 +271,6 @@ def test_source_ports_udp_any_and_custom_routing(env: Env) -> None:
     rules, routes, _ = env.plumbing()
     assert "123:\tfrom all fwmark 0x4/0x4 lookup 123 proto 181" in rules, rules
     assert "local default dev lo table 123 proto 181" in routes, routes
-    c = wait_for(lambda: (c := env.counters()) and c["assigned"] == 1 and c, 30)
+    c = wait_for(lambda: (c := env.counters()) and c["assigned"] == 1 and c, 60)
     assert c["dropped"] >= 4 and c["redirected"] == 1, c
     assert env.diff_exit() == 0

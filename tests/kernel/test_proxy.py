@@ -138,7 +138,7 @@ class ProxyNet:
     def report(self, name: str = "web") -> dict[str, Any]:
         return self.reports().get(name) or {}
 
-    def wait_report(self, check: Any, *, name: str = "web", seconds: float = 30
+    def wait_report(self, check: Any, *, name: str = "web", seconds: float = 60
                     ) -> dict[str, Any]:
         """The first report of the worker for which check(report) holds."""
         return wait_until(lambda: (r := self.report(name)) and check(r) and r, seconds)
@@ -210,7 +210,7 @@ def test_fifty_steered_ports_reach_one_listener_and_backends(pn: ProxyNet) -> No
     assert pn.client("who", "203.0.113.1", "9999", 3)["names"] == {"direct": 3}
     # The BPF counters are live; the worker's part comes from its report (every 0.25 s), so
     # wait for a report that has seen all 151 connections.
-    st = wait_until(lambda: (x := pn.status())["proxied"] >= 151 and x, 30)
+    st = wait_until(lambda: (x := pn.status())["proxied"] >= 151 and x, 60)
     assert st["steering"]["entries"] == 50
     assert st["counters"]["steered"] >= 151 and st["counters"]["noListener"] == 0
     age = time.time() - datetime.fromisoformat(st["reportedAt"]).timestamp()
@@ -228,15 +228,15 @@ def test_round_robin_is_even_and_health_checks_take_backends_out_and_back(pn: Pr
     assert seen["errors"] == []
     assert all(99 <= n <= 101 for n in seen["names"].values()), seen
     pn.stop_backend("b2")
-    wait_until(lambda: pn.healthy().get(BACKENDS["b2"]) is False, 30)
+    wait_until(lambda: pn.healthy().get(BACKENDS["b2"]) is False, 60)
     seen = pn.client("who", VIP, 80, 60)
     assert seen["errors"] == [] and seen["names"] == {"b1": 30, "b3": 30}
     pn.start_backend("b2")
-    wait_until(lambda: pn.healthy().get(BACKENDS["b2"]) is True, 30)
+    wait_until(lambda: pn.healthy().get(BACKENDS["b2"]) is True, 60)
     # Every backend down: each connection is closed at once, and counted.
     for name in ("b1", "b2", "b3"):
         pn.stop_backend(name)
-    wait_until(lambda: pn.healthy() and not any(pn.healthy().values()), 30)
+    wait_until(lambda: pn.healthy() and not any(pn.healthy().values()), 60)
     r = pn.client("who", VIP, 80, 20)
     assert r["names"] in ({}, {"": 20}) or sum(r["names"].values()) + len(r["errors"]) == 20
     assert "b1" not in r["names"]
@@ -276,7 +276,7 @@ def test_half_close_large_transfer_slow_reader_and_connection_limit(pn: ProxyNet
     holds = [pn.hold()[0] for _ in range(2)]
     pn.wait_report(lambda r: r["active"] == 2)
     third = pn.spawn("who", VIP, 80, 1, timeout=120)
-    wait_until(lambda: pn.queued() >= 1, 30)  # the kernel holds it; the proxy did not take it
+    wait_until(lambda: pn.queued() >= 1, 60)  # the kernel holds it; the proxy did not take it
     assert third.poll() is None and pn.report()["active"] == 2
     assert pn.release(holds[0])["error"] is None
     out, err = third.communicate(timeout=120)
@@ -323,7 +323,7 @@ def test_kill_9_of_the_worker_refuses_no_connection(pn: ProxyNet) -> None:
         pid = pn.worker_pid()
         assert pid
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda p=pid: pn.worker_pid() not in (None, p), 30)
+        wait_until(lambda p=pid: pn.worker_pid() not in (None, p), 60)
         # the new worker reports, and serves the stream (which never stopped connecting)
         pn.wait_report(lambda r, p=pid: r["pid"] != p and r["proxied"] >= 10)
     stop.touch()

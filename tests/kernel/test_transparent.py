@@ -91,7 +91,7 @@ class Env:
             return c if c and all(c[k] == v for k, v in expect.items()) else None
 
         try:
-            return wait_for(current, 30)
+            return wait_for(current, 60)
         except AssertionError:
             raise AssertionError(f"counters never showed {expect}: "
                                  f"{read_datapath_status(self.pin_root)}") from None
@@ -146,7 +146,7 @@ def test_cgroup_processes_are_intercepted_others_not(env: Env) -> None:
     excluded = env.client(81, cgroup=env.apps)  # an exclude rule matches
     assert not intercepted(excluded), excluded
     env.proxy_counters(originalDestination=1)
-    wait_for(lambda: env.tracked() == [], 30)  # the socket closed: its entry is gone
+    wait_for(lambda: env.tracked() == [], 60)  # the socket closed: its entry is gone
     assert env.daemon is not None
     status = env.daemon.status()
     assert status["resources"]["TransparentProxy"] == {"Synced": 1, "OutOfSync": 0,
@@ -170,7 +170,7 @@ def test_whole_host_interception_does_not_loop_the_proxy(env: Env) -> None:
         result = env.client(80, cgroup=cg)
         assert intercepted(result), result
     env.proxy_counters(originalDestination=2, connectFailed=0)
-    wait_for(lambda: env.tracked() == [], 30)
+    wait_for(lambda: env.tracked() == [], 60)
 
 
 def test_sequential_connections_leave_tracking_empty(env: Env) -> None:
@@ -182,7 +182,7 @@ def test_sequential_connections_leave_tracking_empty(env: Env) -> None:
     result = env.client(80, str(n), env.apps, "many", "240", timeout=300)
     assert (result["done"], result["failed"]) == (n, 0), result
     env.proxy_counters(originalDestination=n)
-    left = wait_for(lambda: (t := env.tracked()) is not None and len(t) <= 2 and [t], 30)[0]
+    left = wait_for(lambda: (t := env.tracked()) is not None and len(t) <= 2 and [t], 60)[0]
     assert len(left) <= 2  # near empty: entries are deleted when the client socket closes
 
 
@@ -237,7 +237,7 @@ def test_restart_keeps_and_removal_ends_interception(env: Env, foreign_link: str
     before = env.daemon.reconciles()
     (env.directory / "tp.yaml").unlink()
     env.daemon.wait_reconciles(before)
-    wait_for(lambda: env.attached(env.apps) == [foreign_link], 30)  # only ours went
+    wait_for(lambda: env.attached(env.apps) == [foreign_link], 60)  # only ours went
     assert not intercepted(env.client(80, cgroup=env.apps))
     assert env.attached(datapath_cgroup(env.pin_root)) == []
     links = os.listdir(env.pin_root / "links")
@@ -288,6 +288,6 @@ def test_excluded_cgroup_goes_direct_and_a_later_cgroup_is_waited_for(env: Env) 
     waiting = " ".join(s["waiting"] + [r for o in s["outOfSync"] for r in o["reasons"]])
     assert later in waiting and "not found" in waiting, s
     cgroups.fs_path(later).mkdir()  # appears: the next resync (1 s) attaches there
-    wait_for(lambda: env.attached(later) == ["tp_sock_ops", "tp_connect4_3"], 30)
+    wait_for(lambda: env.attached(later) == ["tp_sock_ops", "tp_connect4_3"], 60)
     assert intercepted(env.client(80, cgroup=later))
-    wait_for(lambda: not env.daemon.status()["waiting"], 30)
+    wait_for(lambda: not env.daemon.status()["waiting"], 60)

@@ -76,7 +76,7 @@ class Net:
         with suppress(ProcessLookupError):
             p.send_signal(signal.SIGTERM)
         try:
-            return p.communicate(timeout=10)
+            return p.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
             return p.communicate()

@@ -14,7 +14,7 @@ hold HOST PORT SECONDS   one connection kept for SECONDS (or, with "stdin", unti
                           "sent": n, "echoed": n, "error": null}
 udp-server HOST PORT...  answer each datagram with "<peer ip:port> <datagram>"
 udp HOST PORT MSG        one datagram, one answer: {"reply": "...", "error": null}
-TPKIT_TIMEOUT (seconds, default 5) bounds connects and reads; TPKIT_SPORT binds the
+TPKIT_TIMEOUT (seconds, default 15) bounds connects and reads; TPKIT_SPORT binds the
 clients' source port.
 """
 
@@ -69,7 +69,7 @@ def _answer(conn: socket.socket, peer: tuple[str, int], line: bytes) -> None:
             conn.sendall(f"{peer[0]}:{peer[1]} ".encode() + line)
 
 
-TIMEOUT = float(os.environ.get("TPKIT_TIMEOUT", "5"))
+TIMEOUT = float(os.environ.get("TPKIT_TIMEOUT", "15"))
 
 
 def _hold(host: str, port: int, seconds: str) -> dict[str, object]:
