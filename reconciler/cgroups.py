@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from reconciler.attach import AttachAction, AttachPlan
+from reconciler.naming import escape_path
 from reconciler.state import DesiredState
 
 LINK_PREFIX = "cg:"
@@ -28,8 +29,9 @@ ORPHAN_OWNER = "TransparentProxy/(cgroup link)"
 
 
 def datapath_cgroup(pin_root: Path) -> str:
-    """The data path's cgroup for a pin root, e.g. /bpfsync/sys-fs-bpf-bpfsync."""
-    return f"{DATAPATH_PARENT}/{str(pin_root).strip('/').replace('/', '-') or 'root'}"
+    """The data path's cgroup for a pin root, e.g. /bpfsync/sys-fs-bpf-bpfsync (named as its
+    run directory is, so that two pin roots never share one)."""
+    return f"{DATAPATH_PARENT}/{escape_path(pin_root)}"
 
 
 def level(cgroup: str) -> int:

@@ -37,7 +37,10 @@ def _print_problems(problems: Sequence[Problem]) -> None:
 
 
 def _pin_root(args: argparse.Namespace) -> Path:
-    return Path(args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT") or DEFAULT_PIN_ROOT)
+    """The pin root as its real path: /sys/fs/bpf/x/../y and a symlink to it are one pin
+    root, with one lock and one run directory."""
+    given = args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT") or DEFAULT_PIN_ROOT
+    return Path(os.path.realpath(given))
 
 
 def _prune(args: argparse.Namespace) -> PrunePolicy:

@@ -6,8 +6,35 @@ wrong, so one run can report all of them at once.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
+
+MAX_SHOWN = 60  # characters of a value that a message quotes
+MAX_MESSAGE = 1000  # characters of a message; what a problem says stays readable
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel = 2
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 4
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN
+_REPR.maxlong = 40
+
+
+def shown(value: Any) -> str:
+    """A value as a message may quote it: whole when short; otherwise a prefix and its size.
+    Bounded in time and length whatever the value (a 1 MB string, an alias bomb, a deep
+    list), so a message can never be larger than the problem it describes."""
+    if isinstance(value, str):
+        if len(value) <= MAX_SHOWN:
+            return repr(value)
+        return f"{value[:MAX_SHOWN]!r}... ({len(value):,} characters)"
+    if isinstance(value, dict | list | tuple):
+        kind = "mapping" if isinstance(value, dict) else "list"
+        text = _REPR.repr(value)
+        if len(text) <= 2 * MAX_SHOWN:
+            return text
+        return f"{text[:MAX_SHOWN]}... (a {kind} of {len(value):,} items)"
+    return _REPR.repr(value)
 
 
 class Severity(Enum):
@@ -37,6 +64,15 @@ class Problem:
     path: str | None = None  # dotted field path, e.g. "spec.proxy.port"
     severity: Severity = Severity.ERROR
     related: tuple[Location, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if len(self.message) > MAX_MESSAGE:  # the last guard: no message quotes a whole value
+            cut = f"{self.message[:MAX_MESSAGE]}... ({len(self.message):,} characters)"
+            object.__setattr__(self, "message", cut)
+        for name in ("resource", "path"):
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_SHOWN * 2:
+                object.__setattr__(self, name, f"{value[:MAX_SHOWN * 2]}...")
 
     def __str__(self) -> str:
         parts = [f"{self.location}: {self.severity.value}:"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler import checks, parallel
 from reconciler.drift import POLICIES
-from reconciler.errors import InvalidDesiredState, Location, Problem, Severity
+from reconciler.errors import InvalidDesiredState, Location, Problem, Severity, shown
 from reconciler.filecache import FileCache
 from reconciler.findings import Finding
 from reconciler.locate import PathItem, locate
@@ -389,7 +389,8 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
     name = None
     if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
         name = data["metadata"].get("name")
-    ref = f"{data.get('kind')}/{name}" if isinstance(data, dict) and isinstance(name, str) else None
+    ref = (f"{data['kind']}/{name}" if isinstance(data, dict) and isinstance(name, str)
+           and isinstance(data.get("kind"), str) else None)
     errors = schemas.validate(data)
     if errors:
         return DocResult(origin, ref, None, [
@@ -398,7 +399,7 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
     drift = data["metadata"].get("annotations", {}).get(DRIFT_ANNOTATION)
     if drift is not None and drift not in POLICIES:
         findings.append(Finding(origin, ("metadata", "annotations", DRIFT_ANNOTATION),
-                                f"{drift!r} is not a drift policy; use one of "
+                                f"{shown(drift)} is not a drift policy; use one of "
                                 f"{', '.join(POLICIES)}", ref))
     return DocResult(origin, ref, _build(doc, origin, findings, keys), findings, drift)
 

@@ -19,6 +19,7 @@ from typing import Any
 import fastjsonschema
 
 from reconciler.data import data_dir
+from reconciler.errors import shown
 
 SCHEMA_DIR = data_dir("schema")
 API_VERSION = "bpfsync/v1"
@@ -63,6 +64,27 @@ class KindSchema:
         return out
 
 
+SECRET_FIELDS = frozenset({"key"})  # spec.key: never quoted, whatever its type
+
+
+def _message(err: Any) -> str:
+    """jsonschema's message with the value it quotes made short (shown()) — or, for a key,
+    left out: a message never carries a whole value, nor any part of a secret."""
+    message: str = err.message
+    instance = err.instance
+    quoted = repr(instance)
+    path = tuple(err.absolute_path)
+    secret = bool(path) and path[-1] in SECRET_FIELDS and len(path) == 2 and path[0] == "spec"
+    if message.startswith(quoted):
+        message = ("the key (not shown)" if secret else shown(instance)) + message[len(quoted):]
+    elif secret:
+        message = f"the key (not shown) is not valid here ({err.validator})"
+    if (err.validator == "type" and isinstance(instance, float)
+            and float(instance).is_integer() and "integer" in str(err.validator_value)):
+        message += f": an integer field; write {int(instance)}"
+    return message
+
+
 def _explain(err: Any) -> Iterator[SchemaError]:
     """Messages for one jsonschema.ValidationError."""
     path = tuple(err.absolute_path)
@@ -85,7 +107,7 @@ def _explain(err: Any) -> Iterator[SchemaError]:
             yield from _explain(best)
             return
     if err.validator == "pattern" and "x-error" in err.schema:  # a regex says little
-        yield SchemaError(path, f"{err.instance!r}: {err.schema['x-error']}")
+        yield SchemaError(path, f"{shown(err.instance)}: {err.schema['x-error']}")
         return
     if err.validator == "required":
         if "x-error" in err.schema and "properties" not in err.schema:  # a conditional's
@@ -93,7 +115,7 @@ def _explain(err: Any) -> Iterator[SchemaError]:
             return
         yield SchemaError(path, err.message.replace("is a required property", "is required"))
         return
-    yield SchemaError(path, err.message)
+    yield SchemaError(path, _message(err))
 
 
 class Schemas:
@@ -111,13 +133,13 @@ class Schemas:
         if not isinstance(data, dict):
             return [SchemaError((), f"a resource must be a mapping, not {type(data).__name__}")]
         kind = data.get("kind")
-        if kind not in self.kinds:
+        if not isinstance(kind, str) or kind not in self.kinds:  # (a list is unhashable)
             known = ", ".join(sorted(self.kinds))
-            shown = "missing" if kind is None else f"{kind!r} is unknown"
-            return [SchemaError(("kind",), f"kind {shown}; known kinds: {known}")]
+            what = "missing" if kind is None else f"{shown(kind)} is unknown"
+            return [SchemaError(("kind",), f"kind {what}; known kinds: {known}")]
         if data.get("apiVersion") != API_VERSION:
             return [SchemaError(("apiVersion",), f"apiVersion must be {API_VERSION!r}, "
-                                                 f"got {data.get('apiVersion')!r}")]
+                                                 f"got {shown(data.get('apiVersion'))}")]
         schema = self.kinds[kind]
         if schema.is_valid_fast(data):
             return []

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KEY_LEN = 16
+# The longest key file: "hex:" and 32 hex digits, a newline (CRLF, a BOM: still refused by
+# decode_key, but with a message about the key, not about the file's size).
+MAX_KEY_FILE = 64
 
 
 class KeyUnavailable(ValueError):
@@ -56,10 +59,21 @@ def read_key_file(path: Path) -> Secret:
         raise KeyUnavailable(
             f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must not be accessible "
             f"by group or others (chmod 600 {path})")
+    if st.st_size > MAX_KEY_FILE:  # neither its size nor its content is told
+        raise KeyUnavailable(f"key file {path} is larger than a key can be "
+                             f"(at most {MAX_KEY_FILE} bytes)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        raise KeyUnavailable(f"key file {path} cannot be read as UTF-8 text") from None
+        with open(path, "rb") as f:  # never more than a key: the file may grow meanwhile
+            raw = f.read(MAX_KEY_FILE + 1)
+    except OSError as exc:
+        raise KeyUnavailable(f"key file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_KEY_FILE:
+        raise KeyUnavailable(f"key file {path} is larger than a key can be "
+                             f"(at most {MAX_KEY_FILE} bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeyUnavailable(f"key file {path} is not UTF-8 text") from None
     return decode_key(text.removesuffix("\n"))
 
 

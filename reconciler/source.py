@@ -7,6 +7,7 @@ pass over one file and is paid only when there is a problem (see locate.py).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.errors import Location, Problem
+from reconciler.errors import Location, Problem, shown
 
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 32 * 1024 * 1024
@@ -42,13 +43,63 @@ def is_ignored(name: str) -> bool:
     return name.startswith(".") or name.endswith(TEMP_PATTERNS) or name.startswith("#")
 
 
+# Limits of a directory walk (README "Limits"): a symlink to / or a runaway generator must
+# end in an error naming the place, not in a walk of the whole machine.
+MAX_FILES = 50_000  # YAML files
+MAX_ENTRIES = 100_000  # directory entries looked at (ignored ones included)
+MAX_TOTAL_BYTES = 1 << 30  # of YAML, all files together
+# Kernel filesystems a desired-state directory never leads into (statfs magic numbers).
+PSEUDO_FILESYSTEMS = {0x9FA0: "proc", 0x62656572: "sysfs", 0x27E0EB: "cgroup",
+                      0x63677270: "cgroup2", 0xCAFE4A11: "bpffs", 0x64626720: "debugfs",
+                      0x74726163: "tracefs", 0x73636673: "securityfs", 0x1CD1: "devpts"}
+SYSTEM_TREES = ("/proc", "/sys", "/dev")
+
+
+def _foreign_tree(path: Path, root: str, root_dev: int, st: os.stat_result) -> str | None:
+    """Why a directory reached through a symlink must not be walked: it contains the desired
+    state itself (/, a parent), or it is a kernel filesystem or the machine's device and
+    system trees. None: walk it (symlinks inside a repository, e.g. shared role folders, are
+    the normal case)."""
+    real = os.path.realpath(path)
+    if root == real or root.startswith(real.rstrip("/") + "/"):
+        return f"leads to {real}, which contains this desired state"
+    for tree in SYSTEM_TREES:
+        if real == tree or real.startswith(tree + "/"):
+            return f"leads to {real}, outside any desired state"
+    if st.st_dev != root_dev:
+        from reconciler.kernel.maps import fs_magic
+
+        with_name = PSEUDO_FILESYSTEMS.get(fs_magic(path))
+        if with_name:
+            return f"leads into a {with_name} filesystem ({real})"
+    return None
+
+
+def _not_regular(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def scan(root: Path) -> tuple[list[Path], list[Problem]]:
-    """All YAML files under root, sorted; follows directory symlinks but detects loops."""
+    """All YAML files under root, sorted. Follows directory symlinks (detecting loops) but
+    not into kernel filesystems or /proc, /sys, /dev; a *.yaml that is not a regular file (a
+    FIFO, a device, a symlink to /dev/null) is an error, never silently skipped (its
+    resources would be pruned). Bounded by MAX_FILES, MAX_ENTRIES and MAX_TOTAL_BYTES."""
     problems: list[Problem] = []
     files: list[Path] = []
     if not root.is_dir():
         return [], [Problem(Location(str(root)), "not a directory")]
     seen_dirs: set[tuple[int, int]] = set()
+    root_dev, real_root = root.stat().st_dev, os.path.realpath(root)
+    budget = {"entries": MAX_ENTRIES, "bytes": MAX_TOTAL_BYTES}
+
+    def over(what: str, limit: int) -> None:
+        problems.append(Problem(Location(str(root)), f"more than {limit:,} {what} under this "
+                                                     "directory (limit); nothing is loaded"))
+        budget["entries"] = -1  # stop walking
 
     def walk(directory: Path) -> None:
         try:
@@ -68,18 +119,34 @@ def scan(root: Path) -> tuple[list[Path], list[Problem]]:
             return
         stems: dict[str, Path] = {}
         for entry in entries:
+            budget["entries"] -= 1
+            if budget["entries"] < 0:
+                if budget["entries"] == -1:
+                    over("directory entries", MAX_ENTRIES)
+                return
             if is_ignored(entry.name):
                 continue
             path = Path(entry.path)
             try:
-                mode = os.stat(path).st_mode
+                sub = os.stat(path)
             except OSError as exc:
                 if entry.name.endswith(YAML_SUFFIXES) or entry.is_symlink():
                     problems.append(Problem(Location(str(path)), f"cannot read: {exc.strerror}"))
                 continue
-            if stat.S_ISDIR(mode):
+            if stat.S_ISDIR(sub.st_mode):
+                why = (_foreign_tree(path, real_root, root_dev, sub) if entry.is_symlink()
+                       else None)
+                if why:
+                    problems.append(Problem(Location(str(path)), f"symlinked directory {why}"))
+                    continue
                 walk(path)
-            elif stat.S_ISREG(mode) and entry.name.endswith(YAML_SUFFIXES):
+                if budget["entries"] < 0:
+                    return
+            elif entry.name.endswith(YAML_SUFFIXES):
+                if not stat.S_ISREG(sub.st_mode):
+                    problems.append(Problem(Location(str(path)), f"is {_not_regular(sub.st_mode)}"
+                                            "; a desired-state file must be a regular file"))
+                    continue
                 stem = entry.name.rsplit(".", 1)[0]
                 if stem in stems:
                     problems.append(Problem(
@@ -90,6 +157,13 @@ def scan(root: Path) -> tuple[list[Path], list[Problem]]:
                     continue
                 stems[stem] = path
                 files.append(path)
+                budget["bytes"] -= sub.st_size
+                if len(files) > MAX_FILES:
+                    over("YAML files", MAX_FILES)
+                    return
+                if budget["bytes"] < 0:
+                    over("bytes of YAML", MAX_TOTAL_BYTES)
+                    return
 
     walk(root)
     return files, problems
@@ -116,9 +190,146 @@ def read(path: Path, shown_as: str | None = None) -> tuple[SourceFile | None, Pr
     return SourceFile(path, display, text), None
 
 
-class _Loader(yaml.CSafeLoader):
-    """libyaml loader that refuses duplicate mapping keys (PyYAML keeps the last silently)."""
+# Limits on one file's YAML (README "Limits"): past them a file is refused with file:line.
+MAX_DEPTH = 64  # nesting of mappings and lists in a document
+MAX_VALUES = 100_000  # values in one document once aliases are expanded (alias bombs)
+# libyaml's composer recurses once per nesting level (in C: ~100,000 levels crash the
+# process). A file whose nesting cannot reach this is composed directly; any other is first
+# checked with libyaml's event parser, which keeps its own stack.
+SAFE_NESTING = 16_384
 
+INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+YAML11_TAG = "tag:bpfsync.dev,2026:yaml11"  # plain scalars YAML 1.1 reads surprisingly
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?[0-9][0-9]*\.[0-9]*(?:[eE][-+][0-9]+)?"
+                    r"|[-+]?\.[0-9]+(?:[eE][-+][0-9]+)?)$")
+_YAML11 = re.compile(r"""^(?:[-+]?0[0-7_]+                        # octal: 0777 is 511
+                        |[-+]?0b[01_]+                             # binary
+                        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?  # base 60: 1:20 is 80
+                        |[-+]?[0-9][0-9_]*_[0-9_]*(?:\.[0-9_]*)?   # digit groups: 1_000
+                        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class Real(float):
+    """A YAML float. is_integer() is False so that JSON Schema's "integer" — which accepts
+    6080.0, in jsonschema and fastjsonschema alike — refuses it: an integer field takes an
+    integer, and a packer would fail on a float much later."""
+
+    __slots__ = ()
+
+    def is_integer(self) -> bool:
+        return False
+
+
+def yaml11_reading(text: str) -> str:
+    """What YAML 1.1 makes of a plain scalar _YAML11 matches, for the message."""
+    digits = text.replace("_", "")
+    sign = -1 if digits.startswith("-") else 1
+    digits = digits.lstrip("+-")
+    if digits.lower() in (".inf", ".nan"):
+        return "a number that is not finite"
+    if ":" in digits:
+        whole, _, fraction = digits.partition(".")
+        value = 0
+        for part in whole.split(":"):
+            value = value * 60 + int(part)
+        return f"{sign * value}{'.' + fraction if fraction else ''} (base 60)"
+    if digits.startswith("0b"):
+        return f"{sign * int(digits[2:] or '0', 2)} (binary)"
+    if digits.startswith("0") and "." not in digits:
+        return f"{sign * int(digits, 8)} (octal)"
+    return f"{sign * float(digits) if '.' in digits else sign * int(digits)} (digit groups)"
+
+
+def _resolvers() -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    """YAML 1.1's implicit types without its surprises: an int or float that YAML 1.1 reads
+    as octal, binary, base 60, with digit groups, or as inf/nan gets a tag of its own that is
+    refused with its location (never silently reinterpreted)."""
+    out: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+    for first, entries in yaml.resolver.Resolver.yaml_implicit_resolvers.items():
+        out[first] = [(tag, _INT if tag == INT_TAG else _FLOAT if tag == FLOAT_TAG else rx)
+                      for tag, rx in entries]
+    for first in "-+.0123456789":
+        out[first] = [(YAML11_TAG, _YAML11), *out.get(first, [])]
+    return out
+
+
+class BoundsError(yaml.constructor.ConstructorError):
+    """A document past a limit of this module, or a YAML 1.1 surprise: refused, located."""
+
+
+class _Loader(yaml.CSafeLoader):
+    """libyaml loader that refuses duplicate mapping keys (PyYAML keeps the last silently),
+    YAML 1.1's surprising numbers, and documents past the limits above."""
+
+    yaml_implicit_resolvers = _resolvers()
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        check_bounds(node)  # before anything is built from it
+        return super().construct_document(node)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    return []
+
+
+def check_bounds(root: yaml.Node) -> None:
+    """Raise BoundsError at the first node past MAX_DEPTH, at a node that holds more than
+    MAX_VALUES values once its aliases are expanded, or at one that contains itself. Aliases
+    are the same node objects, so each node is visited once: the cost follows the text, not
+    the expansion."""
+    values: dict[int, int] = {}  # node id -> values in it, aliases expanded
+    height: dict[int, int] = {}  # node id -> levels in it
+    open_ids = {id(root)}
+    stack = [(root, iter(_children(root)))]
+    while stack:
+        node, pending = stack[-1]
+        child = next(pending, None)
+        if child is None:
+            stack.pop()
+            open_ids.discard(id(node))
+            kids = _children(node)
+            n = 1 + sum(values[id(k)] for k in kids)
+            if n > MAX_VALUES:
+                raise BoundsError(None, None, f"this value holds more than {MAX_VALUES:,} "
+                                  "values once its aliases are expanded (limit per document)",
+                                  node.start_mark)
+            values[id(node)] = n
+            height[id(node)] = 1 + max((height[id(k)] for k in kids), default=0)
+            continue
+        cid = id(child)
+        if cid in open_ids:
+            raise BoundsError(None, None, "an alias refers to a value that contains it",
+                              child.start_mark)
+        below = height.get(cid, 1)
+        if len(stack) + below > MAX_DEPTH:
+            deepest = child
+            while len(stack) < MAX_DEPTH and _children(deepest):  # point at the level past it
+                deepest = max(_children(deepest), key=lambda k: height.get(id(k), 1))
+                stack.append((deepest, iter(())))
+            raise BoundsError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                              deepest.start_mark)
+        if cid not in values:
+            open_ids.add(cid)
+            stack.append((child, iter(_children(child))))
+
+
+def _construct_yaml11(loader: _Loader, node: yaml.ScalarNode) -> None:
+    raise BoundsError(None, None, f"{shown(node.value)} is ambiguous: YAML 1.1 reads it as "
+                      f"{yaml11_reading(node.value)}; write the number meant, or quote it "
+                      "for text", node.start_mark)
+
+
+def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> Real:
+    return Real(yaml.constructor.SafeConstructor.construct_yaml_float(loader, node))
+
+
+_Loader.add_constructor(YAML11_TAG, _construct_yaml11)
+_Loader.add_constructor(FLOAT_TAG, _construct_float)
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -144,23 +355,55 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def nesting_bound(text: str) -> int:
+    """An upper bound of a text's nesting depth, at C speed: every flow collection needs a
+    bracket, and every block level a column more (no line nests deeper than it is long)."""
+    if len(text) < SAFE_NESTING:
+        return len(text)
+    return text.count("[") + text.count("{") + max(map(len, text.splitlines()), default=0)
+
+
+def too_deep(text: str) -> yaml.Mark | None:
+    """Where the text nests deeper than MAX_DEPTH (libyaml's event parser, no recursion)."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return event.start_mark
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # the real parse reports it, with its location
+    return None
+
+
+def _problem_at(display: str, mark: Any, message: str) -> Problem:
+    loc = Location(display, mark.line + 1, mark.column + 1) if mark else Location(display)
+    return Problem(loc, message)
+
+
 def parse(source: SourceFile) -> tuple[list[Document], list[Problem]]:
     """Documents of one file. An empty file is an error: a half-written save must not prune."""
     docs: list[Document] = []
+    if nesting_bound(source.text) > SAFE_NESTING:
+        mark = too_deep(source.text)
+        if mark is not None:
+            return [], [_problem_at(source.display, mark, f"nested deeper than {MAX_DEPTH} "
+                                                          "levels")]
     try:
         for index, data in enumerate(yaml.load_all(source.text, Loader=_Loader)):
             if data is not None:
                 docs.append(Document(source.display, index, data))
+    except BoundsError as exc:
+        return [], [_problem_at(source.display, exc.problem_mark, exc.problem or "")]
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        loc = Location(source.display, mark.line + 1, mark.column + 1) if mark else Location(
-            source.display)
         problem = exc.problem or exc.context or "invalid YAML"
-        return [], [Problem(loc, f"invalid YAML: {problem}")]
+        return [], [_problem_at(source.display, exc.problem_mark or exc.context_mark,
+                                f"invalid YAML: {problem}")]
     except yaml.YAMLError as exc:
-        return [], [Problem(Location(source.display), f"invalid YAML: {exc}")]
-    except RecursionError:
-        return [], [Problem(Location(source.display), "invalid YAML: nesting too deep")]
+        return [], [Problem(Location(source.display), f"invalid YAML: {shown(str(exc))}")]
     if not docs:
         return [], [Problem(
             Location(source.display, 1, 1),

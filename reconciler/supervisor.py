@@ -32,6 +32,7 @@ from reconciler.cgroups import datapath_cgroup
 from reconciler.errors import KernelStateError
 from reconciler.kernel import cgroups, libbpf, netns
 from reconciler.kernel.maps import read_pin
+from reconciler.naming import escape_path
 
 log = logging.getLogger("bpfsync.supervisor")
 
@@ -48,8 +49,9 @@ STATUS_FRESH = 5.0  # seconds; an older data-path report means no worker runs
 
 
 def run_dir(pin_root: Path) -> Path:
-    """Where the data path writes its status: one directory per pin root."""
-    return Path("/run/bpfsync") / (str(pin_root).strip("/").replace("/", "-") or "root")
+    """Where the daemon and the data path keep their lock, socket and status: one directory
+    per pin root (resolved by the caller: bpfsync's CLI takes the real path)."""
+    return Path("/run/bpfsync") / escape_path(pin_root)
 
 
 def read_datapath_status(pin_root: Path) -> dict[str, Any] | None:

@@ -180,6 +180,8 @@ def test_role_installs_drops_files_refuses_broken_ones_and_is_idempotent(host: H
     unit = (host.units / f"{host.service}.service").read_text()
     assert f"{host.prefix}/.venv/bin/bpfsync run" in unit
     assert f"EnvironmentFile=-{host.defaults / host.service}" in unit
+    # root only: keyFrom: {env: ...} values live there
+    assert (host.defaults / host.service).stat().st_mode & 0o777 == 0o600
     assert (host.prefix / ".venv" / "bin" / "bpfsync").exists()
     host.start_daemon()
 

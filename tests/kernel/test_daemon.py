@@ -3,6 +3,7 @@ restarts and crashes. Each test has its own pin root, directory and (where neede
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -436,6 +437,13 @@ def test_status_socket_is_root_only_and_a_second_daemon_is_refused(env: Env) -> 
     second = env.daemon().start(wait=False)
     assert second.proc is not None and second.proc.wait(60) == 1
     assert "another `bpfsync run` manages pin root" in second.log()
+    # the same pin root spelled otherwise is the same pin root (one lock, one run directory)
+    aliased = RunningDaemon(env.dir, env.root.parent / f"{env.root.name}-x" / ".." / env.root.name,
+                            env.tmp / "aliased.log", env=KEY_ENV)
+    env.daemons.append(aliased)
+    aliased.start(wait=False)
+    assert aliased.proc is not None and aliased.proc.wait(60) == 1
+    assert "another `bpfsync run` manages pin root" in aliased.log()
     assert d.status()["lastReconcile"] is not None
     doc = json.loads(subprocess.run([sys.executable, "-m", "reconciler", "--pin-root",
                                      str(env.root), "status", "-o", "json"],
@@ -495,3 +503,109 @@ def _documented_metrics() -> set[str]:
     section = readme[readme.index("- **Metrics.**"):]
     section = section[:section.index("\n\n")]
     return set(re.findall(r"`(bpfsync_\w+)", section))
+
+
+HOSTILE = ("alias-bomb-labels", "deep-300k-crashes-libyaml", "octal-id", "float-port",
+           "secret-int", "huge-name", "kind-list", "fifo-yaml", "symlink-to-slash",
+           "key-file-1gib-sparse")
+
+
+def test_hostile_saves_leave_the_daemon_running_and_the_kernel_as_it_was(env: Env) -> None:
+    """Each hostile case saved on top of a good directory: the daemon stays up, status exits
+    2 naming the file and line, the maps keep the last good state exactly (bpftool), no
+    secret appears anywhere, and removing the file recovers."""
+    from tests.unit import test_hostile_inputs as hostile
+
+    cases = {c[0]: c[1:] for c in hostile.ALL}
+    write_services(env.dir, 3)
+    d = env.daemon("--log-format", "json").start()
+    maps = (t.VERIFY.name, t.ENCAP.name, t.TUNNEL.name)
+    good = {m: bpftool_dump(env.root / "maps" / m) for m in maps}
+    for case in HOSTILE:
+        make, fragment, where = cases[case]
+        scratch = env.tmp / f"case-{case}"
+        scratch.mkdir()
+        make(scratch)  # the case's files, made aside and moved in (as a deploy would)
+        key_case = case == "key-file-1gib-sparse"
+        moved = []
+        for entry in sorted(scratch.iterdir()):
+            if entry.name == "web.key" and not key_case:
+                continue  # the case's honest key: not what it is about
+            os.replace(entry, env.dir / entry.name)
+            moved.append(env.dir / entry.name)
+
+        def reported(f: str = fragment) -> dict | None:
+            x = d.status()
+            return x if any(f in e for e in x["errors"]) else None
+
+        s = wait_for(reported)
+        assert any(fragment in e and where in e for e in s["errors"]), (case, s["errors"][:3])
+        assert _status(env.root).returncode == 2
+        assert {m: bpftool_dump(env.root / "maps" / m) for m in maps} == good, case
+        for path in moved:
+            path.unlink()
+        wait_for(lambda: not d.status()["errors"])
+    assert d.proc is not None and d.proc.poll() is None
+    assert {m: bpftool_dump(env.root / "maps" / m) for m in maps} == good
+    everything = d.log() + json.dumps(d.status()) + _status(env.root).stdout
+    assert hostile.SECRET not in everything
+
+
+def test_a_key_never_shows_in_any_output(env: Env) -> None:
+    """A distinctive key (text and hex) is looked for in every output: validate, diff and
+    get in every format, status text and JSON, metrics, JSON logs, the run directory's files
+    and the processes' command lines; then again after malformed-key saves."""
+    key = "zq7Hx2-Sekret!!!"
+    needles = (key, key.encode().hex(), key[:8])
+    env_with_key = {**KEY_ENV, "BPFSYNC_TEST_KEY": key}
+    write_services(env.dir, 2)
+    d = RunningDaemon(env.dir, env.root, env.tmp / "daemon.log", "--debounce", "0.05",
+                      "--log-format", "json", "--metrics", "127.0.0.1:0", env=env_with_key)
+    env.daemons.append(d)
+    d.start()
+    ns = env.netns()
+    outputs: list[str] = []
+
+    def cli(*args: str) -> None:
+        r = bpfsync(*args, pin_root=env.root, env=env_with_key)
+        outputs.extend((r.stdout, r.stderr))
+
+    def collect(full: bool = False) -> None:
+        cli("validate", str(env.dir))
+        for fmt in ("text", "json"):
+            cli("diff", "-o", fmt, str(env.dir))
+        for fmt in ("table", "yaml", "json") if full else ():  # the kernel's view: unchanged
+            for kind in ("all", "tunnels", "services"):          # by a refused save
+                cli("get", kind, "-o", fmt)
+        for fmt in ("text", "json"):
+            outputs.append(subprocess.run(
+                [sys.executable, "-m", "reconciler", "--pin-root", str(env.root), "status", "-o",
+                 fmt], capture_output=True, text=True, timeout=120).stdout)
+        where = d.status()["daemon"]["metrics"]
+        outputs.append(urllib.request.urlopen(f"http://{where}/metrics", timeout=60).read()
+                       .decode())
+        outputs.append(d.log())
+        from reconciler.supervisor import run_dir
+
+        for f in run_dir(env.root).rglob("*"):
+            if f.is_file() and not f.is_socket():
+                outputs.append(f.read_bytes().decode(errors="replace"))
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                with contextlib.suppress(OSError):
+                    outputs.append((p / "cmdline").read_bytes().decode(errors="replace"))
+
+    collect(full=True)
+    for bad in (f"  key: [{key}]\n", f"  key: {{k: {key}}}\n", f"  key: '{key}{key}'\n",
+                f"  key: '{key}'\n  keyFrom: {{env: BPFSYNC_TEST_KEY}}\n"):
+        (env.dir / "bad.yaml").write_text(TUNNELS.split("---\n")[0].replace("name: t1", "name: x")
+                                          .replace("id: 100", "id: 150") + bad)
+        wait_for(lambda: d.status()["errors"])
+        collect()
+        (env.dir / "bad.yaml").unlink()
+        wait_for(lambda: not d.status()["errors"])
+    assert ns  # (a namespace exists so that nothing above is vacuous about netns output)
+    text = "\n".join(outputs)
+    assert len(text) > 10_000
+    for needle in needles:
+        assert needle not in text, needle
