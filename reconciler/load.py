@@ -39,7 +39,7 @@ from reconciler.model import (
     Tunnel,
     unicast_problem,
 )
-from reconciler.schema import Schemas
+from reconciler.schema import MAX_EXPLAINED, Schemas
 from reconciler.secrets import (
     KEY_LEN,
     KeyUnavailable,
@@ -52,6 +52,7 @@ from reconciler.source import Document, parse, read, scan
 from reconciler.state import DesiredState
 
 MAX_WARNINGS_LOCATED = 20
+MAX_LOCATED = 100  # errors given a line and column; the rest are counted
 DEFAULT_PRIORITY = 49152
 DRIFT_ANNOTATION = "bpfsync.dev/drift"
 UNREAD_KEY = Secret(bytes(KEY_LEN))  # stands for a key not read (validate --no-secrets)
@@ -382,8 +383,10 @@ class FileResult:
     key_files: tuple[str, ...] = ()  # key files its Services read (the cache watches them)
 
 
-def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult:
-    """Schema-check and build one document; cross-document checks come later."""
+def check_document(doc: Document, schemas: Schemas, keys: KeyCache,
+                   explain: bool = True) -> DocResult:
+    """Schema-check and build one document; cross-document checks come later.
+    explain=False: an invalid document is reported as one error, not field by field."""
     origin = Origin(doc.file, doc.index)
     data = doc.data
     name = None
@@ -391,7 +394,7 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache) -> DocResult
         name = data["metadata"].get("name")
     ref = (f"{data['kind']}/{name}" if isinstance(data, dict) and isinstance(name, str)
            and isinstance(data.get("kind"), str) else None)
-    errors = schemas.validate(data)
+    errors = schemas.validate(data, explain)
     if errors:
         return DocResult(origin, ref, None, [
             Finding(origin, e.path, e.message, ref, at_key=e.at_key) for e in errors])
@@ -411,6 +414,7 @@ def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True,
     files and variables are not read (validation where the hosts' secrets are not)."""
     keys = KeyCache(read_keys)
     out = []
+    explained = 0  # invalid documents explained so far (schema.MAX_EXPLAINED at most)
     for path in paths:
         source, problem = read(path, shown_as)
         if problem:
@@ -419,7 +423,11 @@ def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True,
         assert source is not None
         docs, problems = parse(source)
         keys.touched = set()
-        checked = [check_document(d, schemas, keys) for d in docs]
+        checked = []
+        for d in docs:
+            result = check_document(d, schemas, keys, explained < MAX_EXPLAINED)
+            explained += result.resource is None
+            checked.append(result)
         out.append(FileResult(source.display, problems, checked,
                               source.text if keep_text else None,
                               tuple(sorted(p for kind, p in keys.touched if kind == "file"))))
@@ -496,7 +504,11 @@ def check_results(root: Path, results: list[FileResult],
     state, invalid, findings = assemble(results)
     state.files = len(results)
     findings.extend(checks.cross_check(state, invalid))
-    errors = problems + [locator.problem(f) for f in findings if f.severity is Severity.ERROR]
+    error_findings = [f for f in findings if f.severity is Severity.ERROR]
+    errors = problems + [locator.problem(f) for f in error_findings[:MAX_LOCATED]]
+    if len(error_findings) > MAX_LOCATED:  # locating costs a second parse of each file
+        errors.append(Problem(Location(str(root)), f"... and {len(error_findings) - MAX_LOCATED:,}"
+                              " more errors, not located (fix the ones above first)"))
     warnings = [f for f in findings if f.severity is Severity.WARNING]
     state.warnings = [locator.problem(f) for f in warnings[:MAX_WARNINGS_LOCATED]]
     if len(warnings) > MAX_WARNINGS_LOCATED:

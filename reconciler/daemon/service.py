@@ -28,6 +28,7 @@ from reconciler import tables as t
 from reconciler.daemon import gitrev
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.gitpull import GitFollower
+from reconciler.daemon.heartbeat import Heartbeat
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
@@ -279,7 +280,8 @@ class Daemon:
         fields: dict[str, Any] = {"trigger": trigger, "events": events or None,
                                   "revision": str(revision) if revision else None}
         try:
-            state = load_directory(directory, self.schemas, self.cache)
+            with Heartbeat(self.notifier, starting=self.record.last is None):
+                state = load_directory(directory, self.schemas, self.cache)
         except InvalidDesiredState as exc:
             self._alive()
             self._invalid(exc.problems, fields, started)
@@ -293,9 +295,10 @@ class Daemon:
             return holder["split"].apply
 
         try:
-            result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
-                                        select_plan, where=str(directory),
-                                        memo=self.memo)
+            with Heartbeat(self.notifier, starting=self.record.last is None):
+                result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
+                                            select_plan, where=str(directory),
+                                            memo=self.memo)
         except (BpfsyncError, OSError) as exc:
             self._failed(str(exc), fields, started)
             return

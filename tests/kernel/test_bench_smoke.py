@@ -15,3 +15,10 @@ def test_proxy_reaction_benchmark_runs() -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "health: backend down" in r.stdout and "change: apply returned" in r.stdout
+
+
+def test_hostile_error_path_benchmark_runs() -> None:
+    r = subprocess.run([sys.executable, str(BENCH / "bench_hostile.py"), "--smoke"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "valid:" in r.stdout and "errors:" in r.stdout
