@@ -97,6 +97,17 @@ class RunningDaemon:
         return wait_for(lambda: (s := self.status()) and (s["watch"]["lastEvent"] or {}).get(
             "path") == path and s["watch"]["lastEvent"]["event"] == event and s, seconds)
 
+    def events(self) -> int:
+        """File events that counted so far (take it before writing, give it to settled())."""
+        return self.status()["watch"]["relevant"]
+
+    def settled(self, events_before: int, seconds: float = 60) -> dict[str, Any]:
+        """Status once a write made after events() was seen and everything it started has
+        finished: a reconcile that merely ran meanwhile (a resync reading the directory
+        before the write) does not count."""
+        return wait_for(lambda: (s := self.status()) and s["watch"]["relevant"] > events_before
+                        and s["reconciling"] is None and not s["watch"]["pending"] and s, seconds)
+
     def quiet(self, seconds: float = 60) -> dict[str, Any]:
         """Status once nothing is pending: no reconcile running, no file event waiting."""
         return wait_for(lambda: (s := self.status()) and s["reconciling"] is None

@@ -155,10 +155,10 @@ def test_rule_changes_affect_new_connections_only(env: Env) -> None:
     # an intercepted connection, talking until released
     held = env.start_client(SERVER, 80, "hold", "stdin")
     wait_for(lambda: env.counters()["assigned"] == 1, 60)
-    before = env.daemon.reconciles() if env.daemon else 0
+    before = env.daemon.events() if env.daemon else 0
     env.write(RULES.replace("action: redirect\n      proxy: egress", "action: pass"))
     assert env.daemon is not None
-    env.daemon.wait_reconciles(before)
+    env.daemon.settled(before)
     wait_for(lambda: env.diff_exit() == 0, 60)
     assert not intercepted(env.client(SERVER, 80))  # new connections: direct now
     assert held.poll() is None  # still talking through the change
@@ -197,9 +197,14 @@ def test_host_plumbing_restored_and_reverted_exactly(env: Env) -> None:
     assert env.daemon.status()["drift"]["correctedOperations"] >= 3
     # the Intercept removed: exactly bpfsync's changes reverted, nobody else's
     (env.directory / "intercept.yaml").unlink()
-    wait_for(lambda: "proto 181" not in env.plumbing()[0], 60)
+
+    def reverted() -> bool:  # one reconcile undoes the three, one after another
+        rules, routes, accept = env.plumbing()
+        return "proto 181" not in rules and "proto 181" not in routes and accept == "0"
+
+    wait_for(reverted, 60)
+    wait_for(lambda: env.diff_exit() == 0, 60)  # and everything else that reconcile did
     rules, routes, accept = env.plumbing()
-    assert "proto 181" not in routes and accept == "0", (routes, accept)
     assert "fwmark 0x10 lookup 200" in rules, rules
     filters = sh(f"ip netns exec {env.ns} tc filter show dev {env.device} egress").stdout
     assert "bytecode" in filters and "bpfsync" not in filters, filters
@@ -208,7 +213,6 @@ def test_host_plumbing_restored_and_reverted_exactly(env: Env) -> None:
     assert not intercepted(env.client(SERVER, 80))
     hosts = json.loads(sh(f"bpftool -j map dump pinned {env.pin_root}/maps/ic_host").stdout)
     assert hosts == [], hosts
-    wait_for(lambda: env.diff_exit() == 0, 60)
 
 
 MORE_RULES = """\

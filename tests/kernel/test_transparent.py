@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -102,7 +103,8 @@ class Env:
         return json.loads(out.stdout)
 
     def attached(self, cgroup: str) -> list[str]:
-        out = sh(f"bpftool -j cgroup show {cgroups.fs_path(cgroup)}", check=False)
+        path = shlex.quote(str(cgroups.fs_path(cgroup)))  # (escaped names hold backslashes)
+        out = sh(f"bpftool -j cgroup show {path}", check=False)
         return [p["name"] for p in json.loads(out.stdout.strip() or "[]")]
 
 
@@ -226,17 +228,17 @@ def test_restart_keeps_and_removal_ends_interception(env: Env, foreign_link: str
     # whenProxyDown: direct, an edit like any other: with the data path stopped, connects
     # now go straight to their destination.
     assert env.daemon is not None
-    before = env.daemon.reconciles()
+    before = env.daemon.events()
     env.write(ports="80", extra="  whenProxyDown: direct\n")
-    env.daemon.wait_reconciles(before)
+    env.daemon.settled(before)
     assert env.daemon.stop() == 0
     assert not intercepted(env.client(80, cgroup=env.apps))
     env.start()
     assert intercepted(env.client(80, cgroup=env.apps))
 
-    before = env.daemon.reconciles()
+    before = env.daemon.events()
     (env.directory / "tp.yaml").unlink()
-    env.daemon.wait_reconciles(before)
+    env.daemon.settled(before)
     wait_for(lambda: env.attached(env.apps) == [foreign_link], 60)  # only ours went
     assert not intercepted(env.client(80, cgroup=env.apps))
     assert env.attached(datapath_cgroup(env.pin_root)) == []
@@ -255,9 +257,9 @@ def test_declared_while_the_data_path_runs(env: Env) -> None:
     env.start()
     assert not intercepted(env.client(80, cgroup=env.apps))
     assert env.daemon is not None
-    before = env.daemon.reconciles()
+    before = env.daemon.events()
     tp.write_text(text)
-    env.daemon.wait_reconciles(before)
+    env.daemon.settled(before)
     mine = datapath_cgroup(env.pin_root)
     wait_for(lambda: str(env.daemon.proc.pid) in (  # type: ignore[union-attr]
         cgroups.fs_path(mine) / "cgroup.procs").read_text().split(), 15)
@@ -281,9 +283,9 @@ def test_excluded_cgroup_goes_direct_and_a_later_cgroup_is_waited_for(env: Env) 
     counters = env.daemon.status()["transparentProxies"]["resources"][0]["counters"]
     assert counters["intercepted"] == 1, counters
 
-    before = env.daemon.reconciles()
+    before = env.daemon.events()
     env.write(cgroup=later, ports="80")
-    s = env.daemon.wait_reconciles(before)
+    s = env.daemon.settled(before)
     assert env.attached(env.apps) == []  # moved away from apps
     waiting = " ".join(s["waiting"] + [r for o in s["outOfSync"] for r in o["reasons"]])
     assert later in waiting and "not found" in waiting, s
