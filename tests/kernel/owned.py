@@ -153,16 +153,20 @@ def sweep() -> list[str]:
         removed.append(f"pin root {root}")
     # run directories and data-path cgroups whose pin root is already gone
     probe = BPFFS / f"{PREFIX}x"
-    run_prefix = run_dir(probe).name[:-1]
-    cg_prefix = datapath_cgroup(probe).rsplit("/", 1)[-1][:-1]
-    for path in sorted(run_dir(probe).parent.glob(run_prefix + "*")):
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(f"run directory {path}")
+    # (and the names earlier versions derived, "/" and "-" both written "-")
+    legacy = str(probe).strip("/").replace("/", "-")[:-1]
+    run_prefixes = (run_dir(probe).name[:-1], legacy)
+    cg_prefixes = (datapath_cgroup(probe).rsplit("/", 1)[-1][:-1], legacy)
+    for prefix in run_prefixes:
+        for path in sorted(run_dir(probe).parent.glob(prefix + "*")):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"run directory {path}")
     with suppress(OSError):
         parent = _cgroup_root() / DATAPATH_PARENT.lstrip("/")
-        for path in sorted(parent.glob(cg_prefix + "*")):
-            remove_cgroup_tree(path)
-            removed.append(f"cgroup {DATAPATH_PARENT}/{path.name}")
+        for prefix in cg_prefixes:
+            for path in sorted(parent.glob(prefix + "*")):
+                remove_cgroup_tree(path)
+                removed.append(f"cgroup {DATAPATH_PARENT}/{path.name}")
         with suppress(OSError):
             parent.rmdir()
     return removed
