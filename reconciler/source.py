@@ -269,53 +269,47 @@ class _Loader(yaml.CSafeLoader):
         return super().construct_document(node)
 
 
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return node.value
-    return []
-
-
 def check_bounds(root: yaml.Node) -> None:
     """Raise BoundsError at the first node past MAX_DEPTH, at a node that holds more than
     MAX_VALUES values once its aliases are expanded, or at one that contains itself. Aliases
     are the same node objects, so each node is visited once: the cost follows the text, not
-    the expansion."""
-    values: dict[int, int] = {}  # node id -> values in it, aliases expanded
-    height: dict[int, int] = {}  # node id -> levels in it
-    open_ids = {id(root)}
-    stack = [(root, iter(_children(root)))]
-    while stack:
-        node, pending = stack[-1]
-        child = next(pending, None)
-        if child is None:
-            stack.pop()
-            open_ids.discard(id(node))
-            kids = _children(node)
-            n = 1 + sum(values[id(k)] for k in kids)
-            if n > MAX_VALUES:
-                raise BoundsError(None, None, f"this value holds more than {MAX_VALUES:,} "
-                                  "values once its aliases are expanded (limit per document)",
-                                  node.start_mark)
-            values[id(node)] = n
-            height[id(node)] = 1 + max((height[id(k)] for k in kids), default=0)
-            continue
-        cid = id(child)
-        if cid in open_ids:
-            raise BoundsError(None, None, "an alias refers to a value that contains it",
-                              child.start_mark)
-        below = height.get(cid, 1)
-        if len(stack) + below > MAX_DEPTH:
-            deepest = child
-            while len(stack) < MAX_DEPTH and _children(deepest):  # point at the level past it
-                deepest = max(_children(deepest), key=lambda k: height.get(id(k), 1))
-                stack.append((deepest, iter(())))
+    the expansion (and the recursion is bounded by MAX_DEPTH)."""
+    done: dict[int, tuple[int, int]] = {}  # node id -> (values in it, levels in it)
+    open_ids: set[int] = set()
+
+    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if depth > MAX_DEPTH:
             raise BoundsError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                              deepest.start_mark)
-        if cid not in values:
-            open_ids.add(cid)
-            stack.append((child, iter(_children(child))))
+                              node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            return 1, 1
+        key = id(node)
+        seen = done.get(key)
+        if seen is not None:  # an alias: counted again, not walked again
+            if depth - 1 + seen[1] > MAX_DEPTH:
+                raise BoundsError(None, None, f"nested deeper than {MAX_DEPTH} levels "
+                                  "(through an alias)", node.start_mark)
+            return seen
+        if key in open_ids:
+            raise BoundsError(None, None, "an alias refers to a value that contains it",
+                              node.start_mark)
+        open_ids.add(key)
+        values, height = 1, 1
+        children = ([n for pair in node.value for n in pair]
+                    if isinstance(node, yaml.MappingNode) else node.value)
+        for child in children:
+            v, h = visit(child, depth + 1)
+            values += v
+            height = max(height, h + 1)
+        if values > MAX_VALUES:
+            raise BoundsError(None, None, f"this value holds more than {MAX_VALUES:,} "
+                              "values once its aliases are expanded (limit per document)",
+                              node.start_mark)
+        open_ids.discard(key)
+        done[key] = (values, height)
+        return values, height
+
+    visit(root, 1)
 
 
 def _construct_yaml11(loader: _Loader, node: yaml.ScalarNode) -> None:
