@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import uuid
 from contextlib import suppress
 from pathlib import Path
@@ -67,8 +68,6 @@ def remove_cgroup_tree(path: Path) -> None:
 
 def _rmdir_when_empty(path: Path, seconds: float = 10) -> None:
     """rmdir of a cgroup whose processes were killed: they take a moment to go."""
-    import time
-
     deadline = time.monotonic() + seconds
     while True:
         try:

@@ -7,8 +7,7 @@ import json
 import signal
 import socket
 import struct
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from reconciler import tables as t
 from reconciler.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync, bpftool_percpu_counters
+from tests.kernel.daemonkit import wait_for as wait_until
 from tests.kernel.topology import (
     BACKEND,
     CLIENT,
@@ -82,16 +82,6 @@ def gue(tmp_path: Path) -> Iterator[Gue]:
         finally:
             for root in (g.gw_root, g.node_root):
                 owned.remove_pin_root(root)  # with a killed data path's status
-
-
-def wait_until(check: Callable[[], Any], seconds: float = 60) -> Any:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {seconds}s")
 
 
 def _csum(data: bytes) -> int:

@@ -147,7 +147,7 @@ class ProxyNet:
         return {b["address"]: b["healthy"] for b in self.report(name).get("backends", [])}
 
     def worker_pid(self) -> int | None:
-        return json.loads((run_dir(self.root) / "supervisor.json").read_text())["workerPid"]
+        return self.supervisor()["workerPid"]
 
     def supervisor(self) -> dict[str, Any]:
         return json.loads((run_dir(self.root) / "supervisor.json").read_text())
