@@ -67,36 +67,47 @@ struct ic_packet {
     u8 syn;  /* TCP SYN without ACK: a new connection */
 };
 
-/* IPv4 TCP/UDP with ports (not a later fragment): 1, with p filled; otherwise 0. */
+#define IC_IP_MF 0x2000
+#define IC_IP_OFFSET 0x1fff
+
+/* IPv4 TCP/UDP with ports (not a later fragment): 1, with p filled; not for the rules: 0;
+ * a fragment that could smuggle a header past them (RFC 1858, dropped as RFC 3128 says): -1.
+ * That is a first fragment too short to hold the whole transport header (a SYN whose ports
+ * or flags sit in the second fragment would pass any rule), or a TCP fragment at offset 8
+ * bytes (it would overwrite the flags of a first fragment that was checked).  Later
+ * fragments pass: without their first fragment they never reassemble into anything.
+ * Headers are read with bpf_skb_load_bytes, so a header outside the linear area is read
+ * too, never taken for a short one. */
 static __always_inline int ic_parse(struct __sk_buff *skb, struct ic_packet *p) {
-    void *data = (void *)(long)skb->data;
-    void *end = (void *)(long)skb->data_end;
-    if (skb->protocol != bpf_htons(ETH_P_IP))
+    struct iphdr ip;
+    if (skb->protocol != bpf_htons(ETH_P_IP) ||
+        bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) || ip.ihl < 5)
         return 0;
-    struct iphdr *ip = data + sizeof(struct ethhdr);
-    if ((void *)(ip + 1) > end || ip->ihl < 5)
+    if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
         return 0;
-    if (ip->frag_off & bpf_htons(0x1fff))
-        return 0;
-    if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-        return 0;
-    void *l4 = (void *)ip + ip->ihl * 4;
-    p->flow.saddr = ip->saddr;
-    p->flow.daddr = ip->daddr;
-    p->proto = ip->protocol;
-    if (ip->protocol == IPPROTO_TCP) {
-        struct tcphdr *th = l4;
-        if ((void *)(th + 1) > end)
+    u16 frag = bpf_ntohs(ip.frag_off);
+    if (frag & IC_IP_OFFSET)
+        return (ip.protocol == IPPROTO_TCP && (frag & IC_IP_OFFSET) == 1) ? -1 : 0;
+    u32 l4 = sizeof(struct ethhdr) + ip.ihl * 4;
+    u32 need = ip.protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr);
+    if ((frag & IC_IP_MF) && bpf_ntohs(ip.tot_len) < ip.ihl * 4 + need)
+        return -1;
+    p->flow.saddr = ip.saddr;
+    p->flow.daddr = ip.daddr;
+    p->proto = ip.protocol;
+    if (ip.protocol == IPPROTO_TCP) {
+        struct tcphdr th;
+        if (bpf_skb_load_bytes(skb, l4, &th, sizeof(th)))
             return 0;
-        p->flow.sport = th->source;
-        p->flow.dport = th->dest;
-        p->syn = th->syn && !th->ack;
+        p->flow.sport = th.source;
+        p->flow.dport = th.dest;
+        p->syn = th.syn && !th.ack;
     } else {
-        struct udphdr *uh = l4;
-        if ((void *)(uh + 1) > end)
+        struct udphdr uh;
+        if (bpf_skb_load_bytes(skb, l4, &uh, sizeof(uh)))
             return 0;
-        p->flow.sport = uh->source;
-        p->flow.dport = uh->dest;
+        p->flow.sport = uh.source;
+        p->flow.dport = uh.dest;
         p->syn = 0;
     }
     return 1;
@@ -155,7 +166,12 @@ int ic_egress(struct __sk_buff *skb) {
     struct ic_packet p = {};
     if (IC_PROXY_MARK && (skb->mark & IC_PROXY_MARK) == IC_PROXY_MARK)
         return TC_ACT_OK;
-    if (!ic_parse(skb, &p))
+    int parsed = ic_parse(skb, &p);
+    if (parsed < 0) {
+        ic_count(IC_ID, IC_STAT_FRAGMENT);
+        return TC_ACT_SHOT;
+    }
+    if (!parsed)
         return TC_ACT_OK;
     if (p.proto == IPPROTO_TCP && !p.syn) {
         if (!ic_followed(skb, &p))
@@ -193,7 +209,7 @@ int ic_lo(struct __sk_buff *skb) {
     /* eth_type_trans saw the next hop's MAC, not lo's: the packet is ours to receive */
     if (skb->pkt_type == PACKET_OTHERHOST)
         bpf_skb_change_type(skb, PACKET_HOST);
-    if (!ic_parse(skb, &p) || p.proto != IPPROTO_TCP || !p.syn)
+    if (ic_parse(skb, &p) != 1 || p.proto != IPPROTO_TCP || !p.syn)
         return TC_ACT_OK;
     struct ic_pending *pending = ic_syn.lookup(&p.flow);
     if (!pending)

@@ -79,6 +79,7 @@ enum ic_stat {
     IC_STAT_ASSIGNED = 6,     /* SYNs assigned to the proxy's listener (at lo) */
     IC_STAT_NO_LISTENER = 7,  /* no live listener: the SYN is dropped (the client retries) */
     IC_STAT_ASSIGN_ERROR = 8,
+    IC_STAT_FRAGMENT = 9,     /* first fragment too short for its ports, or TCP offset 8: dropped */
 };
 
 #endif

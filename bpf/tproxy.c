@@ -8,6 +8,10 @@
  *   namespace and not in an excluded cgroup, is sent to the Proxy's listener (the socket in
  *   ps_sockets, so a data path restart needs no rewrite here); the original destination goes
  *   into socket-local storage (freed with the socket: the seed's map filled up).
+ * tp_connect6_<id> (cgroup connect6, same cgroup): an AF_INET6 socket connecting to an
+ *   IPv4-mapped address (::ffff:a.b.c.d) is an IPv4 connection and is treated exactly as
+ *   connect4 treats it (the seed had no connect6: such sockets walked around it); a native
+ *   IPv6 connect is let through or refused as the TransparentProxy's `ipv6` says.
  * tp_sock_ops (sock_ops, on the intercepted cgroup): once such a connection is established,
  *   its full 4-tuple (the seed keyed by source port alone: two clients collided) -> original
  *   destination goes into tp_conns; the entry is deleted when the socket closes.
@@ -35,7 +39,16 @@ BPF_TABLE_PINNED("sk_storage", int, struct tp_orig, tp_orig, 0, TP_PIN_DIR "tp_o
                  BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_array", u32, u64, tp_stats, TP_MAX * TP_COUNTERS,
                  TP_PIN_DIR "tp_stats");
+BPF_TABLE_PINNED("percpu_array", u32, u64, tp_stats6, TP_MAX * TP6_COUNTERS,
+                 TP_PIN_DIR "tp_stats6");
 BPF_TABLE_PINNED("sockmap", u32, u64, ps_sockets, PS_MAX_PROXIES, PS_PIN_DIR "ps_sockets");
+
+static __always_inline void tp6_count(u32 id, u32 counter) {
+    u32 idx = id * TP6_COUNTERS + counter;
+    u64 *v = tp_stats6.lookup(&idx);
+    if (v)
+        *v += 1;
+}
 
 static __always_inline void tp_count(u32 id, u32 counter) {
     u32 idx = id * TP_COUNTERS + counter;
@@ -57,13 +70,9 @@ static __always_inline int tp_rule_hit(u32 id, u8 kind, u32 addr, u16 port) {
     return tp_rules.lookup(&key) != 0;
 }
 
-static __always_inline int tp_connect4(struct bpf_sock_addr *ctx, u32 id) {
-    if (ctx->type != SOCK_STREAM || (ctx->protocol && ctx->protocol != IPPROTO_TCP))
-        return 1;
-    struct tp_config *cfg = tp_config.lookup(&id);
-    if (!cfg)
-        return 1;
-    tp_count(id, TP_STAT_CONNECTS);
+/* Excluded from interception: another namespace than the Proxy's, or an excluded cgroup. */
+static __always_inline int tp_excluded_socket(struct bpf_sock_addr *ctx, u32 id,
+                                              struct tp_config *cfg) {
     if (bpf_get_netns_cookie(ctx) != cfg->netns_cookie) {
         tp_count(id, TP_STAT_OTHER_NETNS);
         return 1;
@@ -76,13 +85,23 @@ static __always_inline int tp_connect4(struct bpf_sock_addr *ctx, u32 id) {
             return 1;
         }
     }
-    u32 addr = ctx->user_ip4;
-    u16 port = (u16)ctx->user_port;
-    if (tp_rule_hit(id, TP_KIND_EXCLUDE, addr, port)) {
+    return 0;
+}
+
+/* An IPv4 TCP connect to *addr:*port (network order): 0 refuse, 1 go on unchanged, 2 go on to
+ * the rewritten *addr:*port (the Proxy's listener). */
+static __always_inline int tp_decide(struct bpf_sock_addr *ctx, u32 id, u32 *addr, u16 *port) {
+    struct tp_config *cfg = tp_config.lookup(&id);
+    if (!cfg)
+        return 1;
+    tp_count(id, TP_STAT_CONNECTS);
+    if (tp_excluded_socket(ctx, id, cfg))
+        return 1;
+    if (tp_rule_hit(id, TP_KIND_EXCLUDE, *addr, *port)) {
         tp_count(id, TP_STAT_EXCLUDED);
         return 1;
     }
-    if (!tp_rule_hit(id, TP_KIND_INTERCEPT, addr, port))
+    if (!tp_rule_hit(id, TP_KIND_INTERCEPT, *addr, *port))
         return 1;
     u32 slot = cfg->slot;
     struct bpf_sock *listener = (struct bpf_sock *)ps_sockets.lookup(&slot);
@@ -93,26 +112,66 @@ static __always_inline int tp_connect4(struct bpf_sock_addr *ctx, u32 id) {
     u32 proxy_ip = listener->src_ip4;
     u16 proxy_port = bpf_htons((u16)listener->src_port);
     bpf_sk_release(listener);
-    if (addr == proxy_ip && port == proxy_port)
+    if (*addr == proxy_ip && *port == proxy_port)
         return 1;  /* a connection to the proxy itself */
     struct tp_orig *orig = tp_orig.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (!orig) {
         tp_count(id, TP_STAT_TRACK_FULL);
         return (cfg->flags & TP_FLAG_FAIL_OPEN) ? 1 : 0;
     }
-    orig->addr = addr;
-    orig->port = port;
+    orig->addr = *addr;
+    orig->port = *port;
     orig->tp = id;
-    ctx->user_ip4 = proxy_ip;
-    ctx->user_port = proxy_port;
+    *addr = proxy_ip;
+    *port = proxy_port;
     tp_count(id, TP_STAT_INTERCEPTED);
+    return 2;
+}
+
+static __always_inline int tp_connect4(struct bpf_sock_addr *ctx, u32 id) {
+    if (ctx->type != SOCK_STREAM || (ctx->protocol && ctx->protocol != IPPROTO_TCP))
+        return 1;
+    u32 addr = ctx->user_ip4;
+    u16 port = (u16)ctx->user_port;
+    int verdict = tp_decide(ctx, id, &addr, &port);
+    if (verdict == 2) {
+        ctx->user_ip4 = addr;
+        ctx->user_port = port;
+    }
+    return verdict != 0;
+}
+
+static __always_inline int tp_connect6(struct bpf_sock_addr *ctx, u32 id) {
+    if (ctx->type != SOCK_STREAM || (ctx->protocol && ctx->protocol != IPPROTO_TCP))
+        return 1;
+    if (ctx->user_ip6[0] == 0 && ctx->user_ip6[1] == 0 &&
+        ctx->user_ip6[2] == bpf_htonl(0xffff)) {  /* ::ffff:a.b.c.d: an IPv4 connection */
+        u32 addr = ctx->user_ip6[3];
+        u16 port = (u16)ctx->user_port;
+        int verdict = tp_decide(ctx, id, &addr, &port);
+        if (verdict == 2) {
+            ctx->user_ip6[3] = addr;  /* stays IPv4-mapped: ::ffff:<listener> */
+            ctx->user_port = port;
+        }
+        return verdict != 0;
+    }
+    struct tp_config *cfg = tp_config.lookup(&id);
+    if (!cfg || tp_excluded_socket(ctx, id, cfg))
+        return 1;
+    if (cfg->flags & TP_FLAG_REFUSE_IPV6) {
+        tp6_count(id, TP6_STAT_REFUSED);
+        return 0;
+    }
+    tp6_count(id, TP6_STAT_DIRECT);
     return 1;
 }
 
-/* tp_connect4_<id>: one entry point per TransparentProxy, listed in TP_IDS by the compiler
- * flags (TP_CONNECT4(3) TP_CONNECT4(7)); each one's instructions depend on its id only. */
+/* tp_connect4_<id> and tp_connect6_<id>: entry points per TransparentProxy, listed in TP_IDS
+ * by the compiler flags (TP_CONNECT4(3) TP_CONNECT4(7)); each one's instructions depend on
+ * its id only. */
 #define TP_CONNECT4(n) \
-    int tp_connect4_##n(struct bpf_sock_addr *ctx) { return tp_connect4(ctx, n); }
+    int tp_connect4_##n(struct bpf_sock_addr *ctx) { return tp_connect4(ctx, n); } \
+    int tp_connect6_##n(struct bpf_sock_addr *ctx) { return tp_connect6(ctx, n); }
 TP_IDS
 
 static __always_inline void tp_conn_key_of(struct bpf_sock_ops *skops, struct tp_conn_key *k) {
@@ -126,8 +185,8 @@ int tp_sock_ops(struct bpf_sock_ops *skops) {
     u32 op = skops->op;
     if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB)
         return 1;
-    if (skops->family != AF_INET)
-        return 1;
+    if (skops->family != AF_INET && skops->family != AF_INET6)
+        return 1;  /* AF_INET6: only its IPv4-mapped connections carry tp_orig (below) */
     struct tp_conn_key key = {};
     tp_conn_key_of(skops, &key);
     if (op == BPF_SOCK_OPS_STATE_CB) {

@@ -13,6 +13,8 @@
 #define TP_KIND_INTERCEPT 1
 #define TP_KIND_EXCLUDE 2
 #define TP_FLAG_FAIL_OPEN 1    /* no live proxy listener: connect directly, not refuse */
+#define TP_FLAG_REFUSE_IPV6 2  /* native IPv6 connects are refused (EPERM), not let through */
+#define TP6_COUNTERS 2
 
 /* LPM trie key, laid out like ps_dest_key: prefixlen counts the 32 bits of (kind, tp, port)
  * plus the destination prefix length. port and addr network order; prefixlen host order. */
@@ -69,6 +71,13 @@ enum tp_stat {
     TP_STAT_TRACK_FULL = 5,    /* tp_conns full: the proxy cannot learn the destination */
     TP_STAT_ANSWERED = 6,      /* SO_ORIGINAL_DST answered */
     TP_STAT_UNANSWERED = 7,    /* (id 0) SO_ORIGINAL_DST asked, nothing tracked */
+};
+
+/* tp_stats6: per-CPU array of TP_MAX * TP6_COUNTERS u64 (a map of its own: tp_stats keeps
+ * the size pins of earlier versions have).  IPv4-mapped connects are counted in tp_stats. */
+enum tp6_stat {
+    TP6_STAT_DIRECT = 0,       /* native IPv6 connect let through (ipv6: direct) */
+    TP6_STAT_REFUSED = 1,      /* native IPv6 connect refused (ipv6: refuse) */
 };
 
 #endif

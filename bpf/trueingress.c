@@ -53,6 +53,12 @@ BPF_TABLE_PINNED("hash", struct ti_endpoint, struct ti_decap, ti_decap, TI_MAX_D
 BPF_TABLE_PINNED("hash", u32, struct ti_learned, ti_learned, TI_MAX_TUNNELS,
                  TI_PIN_DIR "ti_learned");
 BPF_TABLE_PINNED("percpu_array", u32, u64, ti_stats, TI_STATS_SLOTS, TI_PIN_DIR "ti_stats");
+BPF_TABLE_PINNED("hash", struct ti_next_key, struct ti_next, ti_next, TI_MAX_SERVICES,
+                 TI_PIN_DIR "ti_next");
+BPF_TABLE_PINNED("hash", u32, struct ti_fresh, ti_fresh, TI_MAX_TUNNELS, TI_PIN_DIR "ti_fresh");
+
+/* Declared here: BCC's helpers.h may predate it (kernel 6.1). */
+static u64 (*ti_ktime_get_tai_ns)(void) = (void *)BPF_FUNC_ktime_get_tai_ns;
 
 /* Everything before the inner IP header, written in one bpf_skb_store_bytes. */
 struct ti_outer {
@@ -74,6 +80,64 @@ static __always_inline int key_equal(const u8 *a, const u8 *b)
 {
     const u32 *x = (const u32 *)a, *y = (const u32 *)b;
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+}
+
+/* The second accepted key of a tunnel or service (TI_NEXT), or NULL. */
+static __always_inline const u8 *next_key(u32 kind, __be32 id)
+{
+    struct ti_next_key k = {.kind = bpf_htonl(kind), .id = id};
+    struct ti_next *n = ti_next.lookup(&k);
+    return n ? n->key : 0;
+}
+
+/* 8 bytes read little-endian (SipHash's word order) or big-endian (wire order), whatever the
+ * host's order. */
+static __always_inline u64 le64(const u8 *p)
+{
+    return (u64)p[0] | (u64)p[1] << 8 | (u64)p[2] << 16 | (u64)p[3] << 24 |
+           (u64)p[4] << 32 | (u64)p[5] << 40 | (u64)p[6] << 48 | (u64)p[7] << 56;
+}
+
+static __always_inline u64 be64(const u8 *p)
+{
+    return (u64)p[7] | (u64)p[6] << 8 | (u64)p[5] << 16 | (u64)p[4] << 24 |
+           (u64)p[3] << 32 | (u64)p[2] << 40 | (u64)p[1] << 48 | (u64)p[0] << 56;
+}
+
+#define TI_ROTL(x, b) (((x) << (b)) | ((x) >> (64 - (b))))
+#define TI_SIPROUND                                                                    \
+    do {                                                                               \
+        v0 += v1; v1 = TI_ROTL(v1, 13); v1 ^= v0; v0 = TI_ROTL(v0, 32);                \
+        v2 += v3; v3 = TI_ROTL(v3, 16); v3 ^= v2;                                      \
+        v0 += v3; v3 = TI_ROTL(v3, 21); v3 ^= v0;                                      \
+        v2 += v1; v1 = TI_ROTL(v1, 17); v1 ^= v2; v2 = TI_ROTL(v2, 32);                \
+    } while (0)
+
+/* SipHash-2-4 (Aumasson and Bernstein) of a 16-byte message, given as its two little-endian
+ * words, under a 128-bit key.  Only 64-bit adds, rotates and xors: no loop, no table. */
+static __always_inline u64 siphash16(const u8 *key, u64 m0, u64 m1)
+{
+    u64 k0 = le64(key), k1 = le64(key + 8);
+    u64 v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+    u64 v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+    u64 b = 16ULL << 56; /* message length, no tail bytes */
+    v3 ^= m0; TI_SIPROUND; TI_SIPROUND; v0 ^= m0;
+    v3 ^= m1; TI_SIPROUND; TI_SIPROUND; v0 ^= m1;
+    v3 ^= b; TI_SIPROUND; TI_SIPROUND; v0 ^= b;
+    v2 ^= 0xff;
+    TI_SIPROUND; TI_SIPROUND; TI_SIPROUND; TI_SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The ping's MAC under key: SipHash-2-4 of GUE base header, tunnel id and timestamp. */
+static __always_inline int ping_mac_ok(const u8 *key, const struct ti_gue_hdr *g,
+                                       const struct ti_gue_ping *p)
+{
+    u8 msg[16];
+    __builtin_memcpy(msg, g, 4);
+    __builtin_memcpy(msg + 4, &p->tunnel_id, 4);
+    __builtin_memcpy(msg + 8, p->timestamp, 8);
+    return siphash16(key, le64(msg), le64(msg + 8)) == le64(p->mac);
 }
 
 static __always_inline __u16 fold(u64 sum)
@@ -249,8 +313,28 @@ static __always_inline int ping(struct __sk_buff *skb, struct iphdr *ip, struct 
         return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
     if (!(t->flags & bpf_htonl(TI_TUNNEL_LEARN)))
         return count(TI_STAT_PING_FIXED, TC_ACT_SHOT);
-    if (!(t->flags & bpf_htonl(TI_TUNNEL_KEYED)) || !key_equal(t->key, p.key))
+    if (!(t->flags & bpf_htonl(TI_TUNNEL_KEYED)))
         return count(TI_STAT_PING_BAD_KEY, TC_ACT_SHOT);
+    if (!ping_mac_ok(t->key, g, &p)) { /* while rotating, the second key is accepted too */
+        const u8 *next = next_key(TI_NEXT_TUNNEL, tid);
+        if (!next || !ping_mac_ok(next, g, &p))
+            return count(TI_STAT_PING_BAD_KEY, TC_ACT_SHOT);
+    }
+    /* Authentic from here; fresh only inside the clock window and newer than the last. */
+    u64 ts = be64(p.timestamp), now = ti_ktime_get_tai_ns();
+    if (ts > now + TI_PING_WINDOW_NS || ts + TI_PING_WINDOW_NS < now)
+        return count(TI_STAT_PING_STALE, TC_ACT_SHOT);
+    struct ti_fresh *f = ti_fresh.lookup(&tid);
+    if (f) {
+        u64 last = f->last_ns;
+        /* compare-and-swap: of two copies of one ping on two CPUs, one wins */
+        if (ts <= last || __sync_val_compare_and_swap(&f->last_ns, last, ts) != last)
+            return count(TI_STAT_PING_REPLAY, TC_ACT_SHOT);
+    } else {
+        struct ti_fresh nf = {.last_ns = ts};
+        if (ti_fresh.insert(&tid, &nf)) /* another CPU was first */
+            return count(TI_STAT_PING_REPLAY, TC_ACT_SHOT);
+    }
     struct ti_learned l = {.remote_addr = ip->saddr, .remote_port = udp->source,
                            .updated_ns = bpf_ktime_get_boot_ns()};
     ti_learned.update(&tid, &l);
@@ -307,24 +391,55 @@ int ti_ingress(struct __sk_buff *skb)
         bpf_ntohs(inner.tot_len) + (inner_off - ETH_HLEN - ihl) > udp_len)
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
     u32 tid = d.tunnel_id;
-    if (!ti_tunnel.lookup(&tid))
+    struct ti_tunnel *t = ti_tunnel.lookup(&tid);
+    if (!t || t->local_addr != ip.daddr || t->local_port != udp.dest)
         return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+    /* Only the tunnel's far end may send into it: its fixed or learned remote address (the
+     * port is the sender's flow hash, not the remote's port). */
+    __be32 remote = t->remote_addr;
+    if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
+        struct ti_learned *l = ti_learned.lookup(&tid);
+        if (!l)
+            return count(TI_STAT_DROP_NO_REMOTE, TC_ACT_SHOT);
+        remote = l->remote_addr;
+    }
+    if (ip.saddr != remote)
+        return count(TI_STAT_DROP_BAD_SOURCE, TC_ACT_SHOT);
     struct ti_verify *v = ti_verify.lookup(&d.sid);
     if (!v)
         return count(TI_STAT_DROP_NO_SERVICE, TC_ACT_SHOT);
-    if (!key_equal(v->key, d.key))
-        return count(TI_STAT_DROP_BAD_KEY, TC_ACT_SHOT);
+    if (!key_equal(v->key, d.key)) { /* while rotating, the second key is accepted too */
+        __be32 sid;
+        __builtin_memcpy(&sid, &d.sid, sizeof(sid));
+        const u8 *next = next_key(TI_NEXT_SERVICE, sid);
+        if (!next || !key_equal(next, d.key))
+            return count(TI_STAT_DROP_BAD_KEY, TC_ACT_SHOT);
+    }
+#if TI_ROLE_NODE
     struct ti_endpoint backend = v->backend;
+    if (inner.protocol != backend.proto)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+#else
+    /* A gateway forwards only replies: the inner source must be this service's proxy
+     * endpoint, in this tunnel.  Anything else would make it a relay for spoofed traffic. */
+    __be16 iports[2];
+    if ((inner.frag_off & bpf_htons(TI_IP_OFFSET)) ||
+        bpf_skb_load_bytes(skb, inner_off + inner.ihl * 4, iports, sizeof(iports)))
+        return count(TI_STAT_DROP_BAD_INNER, TC_ACT_SHOT);
+    struct ti_endpoint src = {.addr = inner.saddr, .port = iports[0], .proto = inner.protocol};
+    struct ti_service *s = ti_encap.lookup(&src);
+    if (!s || s->tunnel_id != d.tunnel_id || s->sid.group_id != d.sid.group_id ||
+        s->sid.service_id != d.sid.service_id)
+        return count(TI_STAT_DROP_BAD_INNER, TC_ACT_SHOT);
+#endif
 
     if (bpf_skb_adjust_room(skb, -(s32)(inner_off - ETH_HLEN), BPF_ADJ_ROOM_MAC, 0))
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
-    count(TI_STAT_DECAP, 0);
 #if TI_ROLE_NODE
-    if (inner.protocol != backend.proto)
-        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
     if (rewrite(skb, &inner, 1, backend.addr, backend.port))
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
     count(TI_STAT_DNAT, 0);
 #endif
+    count(TI_STAT_DECAP, 0); /* once, after everything that could still drop it */
     return TC_ACT_OK;
 }

@@ -7,9 +7,10 @@
  * path compares and copies without conversion; user space converts once when encoding.
  * Per-CPU statistics (added with the data path) are the only host-order values.
  *
- * Ownership: the reconciler owns TI_ENCAP, TI_VERIFY, TI_REPLY, TI_TUNNEL and TI_DECAP whole.
- * The data path writes only TI_LEARNED (remote endpoints learned from GUE pings), which the
- * reconciler never writes, diffs or prunes, and TI_STATS (per-CPU counters).
+ * Ownership: the reconciler owns TI_ENCAP, TI_VERIFY, TI_REPLY, TI_TUNNEL, TI_DECAP and TI_NEXT
+ * whole.  The data path writes only TI_LEARNED (remote endpoints learned from GUE pings) and
+ * TI_FRESH (the newest accepted ping per tunnel), which the reconciler never writes, diffs or
+ * prunes, and TI_STATS (per-CPU counters).
  *
  * `stamp` marks an entry as written by bpfsync: crc32 of the entry's other bytes (key then
  * value without the stamp).  An entry whose stamp does not match was written by someone else
@@ -29,12 +30,21 @@
 /* Tunnel flags (ti_tunnel.flags, big-endian). */
 #define TI_TUNNEL_LEARN 0x1 /* remote comes from TI_LEARNED, filled by GUE pings */
 #define TI_TUNNEL_PING 0x2  /* this end sends GUE pings to the remote (bpfsync datapath) */
-#define TI_TUNNEL_KEYED 0x4 /* key is set: pings must carry it */
+#define TI_TUNNEL_KEYED 0x4 /* key is set: pings must carry its MAC (or TI_NEXT's) */
+#define TI_TUNNEL_SEND_NEXT 0x8 /* the pinger signs with the TI_NEXT key (read by user space) */
 
 /* GUE (draft-ietf-intarea-gue), see bpf/README.md for the byte diagram. */
 #define TI_GUE_CTYPE_PING 1  /* control type of a bpfsync tunnel ping */
 #define TI_GUE_DATA_HLEN 6   /* 32-bit words of private data in a data packet */
 #define TI_GUE_PING_HLEN 5   /* 32-bit words of private data in a ping */
+
+/* A ping's timestamp (sender's CLOCK_TAI) may differ from the receiver's by at most this much
+ * either way; see bpf/README.md for the clock assumption. */
+#define TI_PING_WINDOW_NS (60ULL * 1000000000ULL)
+
+/* TI_NEXT key kinds: whose second accepted key an entry holds. */
+#define TI_NEXT_TUNNEL 1
+#define TI_NEXT_SERVICE 2
 
 /* An IPv4 endpoint 3-tuple: proxy endpoints (TI_ENCAP key), tunnel local endpoints
  * (TI_DECAP key) and service backends.  8 bytes, no implicit padding. */
@@ -100,6 +110,27 @@ struct ti_decap {
     __be32 stamp;
 };
 
+/* TI_NEXT: the second key a Tunnel (pings) or a Service (data packets) accepts while keys
+ * rotate.  The two accepted keys sit in byte order (the lower in TI_VERIFY / TI_TUNNEL), so
+ * swapping which one is sent moves no accepted key; data is sent with the TI_ENCAP / TI_REPLY
+ * key, pings with the TI_TUNNEL key or, with TI_TUNNEL_SEND_NEXT, this one.  Key: kind and the
+ * tunnel id, or the service id (struct ti_sid) in `id`.  8-byte key, 20-byte value. */
+struct ti_next_key {
+    __be32 kind;
+    __be32 id;
+};
+
+struct ti_next {
+    __u8 key[TI_KEY_LEN];
+    __be32 stamp;
+};
+
+/* TI_FRESH value, key is a big-endian __be32 tunnel id: the timestamp of the newest accepted
+ * ping (host order).  A ping must be newer to be accepted.  Written only by the data path. */
+struct ti_fresh {
+    __u64 last_ns;
+};
+
 /* TI_LEARNED value, key is a big-endian __be32 tunnel id.  Written only by the data path. */
 struct ti_learned {
     __be32 remote_addr;
@@ -122,10 +153,13 @@ struct ti_gue_data {
     __u8 key[TI_KEY_LEN];
 };
 
-/* Private data of a ping (C=1, ctype TI_GUE_CTYPE_PING, Hlen 5). */
+/* Private data of a ping (C=1, ctype TI_GUE_CTYPE_PING, Hlen 5).  The MAC is SipHash-2-4,
+ * keyed with the tunnel key, of the 16 bytes from the GUE base header to the timestamp; the
+ * key itself never travels.  Layout and limits: bpf/README.md. */
 struct ti_gue_ping {
     __be32 tunnel_id;
-    __u8 key[TI_KEY_LEN];
+    __u8 timestamp[8]; /* sender's CLOCK_TAI in ns, big-endian */
+    __u8 mac[8];       /* SipHash-2-4 output, little-endian as the reference code writes it */
 };
 
 /* TI_STATS: per-CPU __u64 counters, host order, indexed by these.  Names in tables.py. */
@@ -146,8 +180,12 @@ enum ti_stat {
     TI_STAT_DROP_MALFORMED,    /* truncated packet, inconsistent lengths, bad inner header */
     TI_STAT_DROP_FRAGMENT,     /* IP fragment addressed to a decap endpoint */
     TI_STAT_DROP_ERROR,        /* a helper failed (headroom, FIB) */
-    TI_STAT_PING_BAD_KEY,      /* ping with a wrong key: ignored */
+    TI_STAT_PING_BAD_KEY,      /* ping whose MAC matches neither tunnel key: ignored */
     TI_STAT_PING_FIXED,        /* ping for a tunnel whose remote is fixed: ignored */
+    TI_STAT_PING_STALE,        /* authentic ping outside the clock window: ignored */
+    TI_STAT_PING_REPLAY,       /* authentic ping not newer than the last accepted: ignored */
+    TI_STAT_DROP_BAD_SOURCE,   /* data packet whose outer source is not the tunnel's remote */
+    TI_STAT_DROP_BAD_INNER,    /* gateway: inner source is not the service's proxy endpoint */
     TI_STAT_MAX,
 };
 #define TI_STATS_SLOTS 32

@@ -23,7 +23,8 @@ from reconciler.naming import escape_path
 from reconciler.state import DesiredState
 
 LINK_PREFIX = "cg:"
-HOOKS = ("getsockopt", "sock_ops", "connect4")  # attach order; detach in reverse
+HOOKS = ("getsockopt", "sock_ops", "connect4", "connect6")  # attach order; detach in reverse
+CONNECT_HOOKS = ("connect4", "connect6")  # one program per TransparentProxy
 DATAPATH_PARENT = "/bpfsync"
 ORPHAN_OWNER = "TransparentProxy/(cgroup link)"
 
@@ -41,8 +42,9 @@ def level(cgroup: str) -> int:
 
 
 def program(hook: str, tp_id: int | None = None) -> str:
-    """Name of the BPF function for a hook (connect4 has one per TransparentProxy)."""
-    return f"tp_connect4_{tp_id}" if hook == "connect4" else f"tp_{hook}"
+    """Name of the BPF function for a hook (connect4 and connect6 have one per
+    TransparentProxy)."""
+    return f"tp_{hook}_{tp_id}" if hook in CONNECT_HOOKS else f"tp_{hook}"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -101,8 +103,8 @@ def wanted(state: DesiredState, pin_root: Path) -> list[WantedCgroup]:
     out = []
     for tp in sorted(state.transparent.values(), key=lambda x: x.id):
         out.append(WantedCgroup(CgroupHook(tp.cgroup, "sock_ops"), program("sock_ops"), tp.ref))
-        out.append(WantedCgroup(CgroupHook(tp.cgroup, "connect4"), program("connect4", tp.id),
-                                tp.ref))
+        for hook in CONNECT_HOOKS:
+            out.append(WantedCgroup(CgroupHook(tp.cgroup, hook), program(hook, tp.id), tp.ref))
     if state.transparent:
         owner = f"TransparentProxy/{min(state.transparent)}"
         out.insert(0, WantedCgroup(CgroupHook(datapath_cgroup(pin_root), "getsockopt"),

@@ -11,6 +11,7 @@ from reconciler.cgroups import datapath_cgroup, level
 from reconciler.checks import proxy_slots
 from reconciler.intercept import compile_intercept
 from reconciler.model import Service, TrafficMatch, TransparentProxy, destination_ports
+from reconciler.secrets import Secret
 from reconciler.state import DesiredState
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class DesiredTables:
 
 
 Compiled = list[tuple[t.MapSpec, bytes, bytes]]
-SERVICE_TABLES = (t.ENCAP, t.VERIFY, t.REPLY)
+SERVICE_TABLES = (t.ENCAP, t.VERIFY, t.REPLY, t.NEXT_KEY_TABLE)
 
 
 class CompileMemo:
@@ -86,13 +87,31 @@ def _service_entries(svc: Service, tunnel_id: int, node: bool) -> Compiled:
     ekey = t.endpoint_key(svc.proxy.address, svc.proxy.port, proto)
     vkey = t.sid_key(svc.group_id, svc.service_id)
     backend = t.endpoint_key(svc.backend.address, svc.backend.port, proto)
+    first, second = accepted_slots(svc.key, svc.next_key)
     out = [(t.ENCAP, ekey, t.encap_value(ekey, tunnel_id, svc.group_id, svc.service_id,
                                          svc.key)),
-           (t.VERIFY, vkey, t.verify_value(vkey, svc.key, backend))]
+           (t.VERIFY, vkey, t.verify_value(vkey, first, backend))]
     if node:  # only a node reverse-NATs replies; a gateway needs no entry
         out.append((t.REPLY, backend, t.reply_value(backend, ekey, tunnel_id, svc.group_id,
                                                     svc.service_id, svc.key)))
+    if second is not None:  # accepted beside the key while keys rotate
+        nkey = t.next_key(t.NEXT_SERVICE, vkey)
+        out.append((t.NEXT_KEY_TABLE, nkey, t.next_value(nkey, second)))
     return out
+
+
+def accepted_slots(key: Secret, next_key: Secret | None) -> tuple[Secret, Secret | None]:
+    """Where the two accepted keys go: the first slot (TI_VERIFY, TI_TUNNEL) and TI_NEXT.
+
+    Slots follow the keys' byte order, not which one is sent: swapping key and nextKey (step
+    two of a rotation) then leaves both accepted slots as they are, and adding or dropping the
+    second key moves at most one key, written before the slot it leaves (plan.UPSERT_ORDER).
+    Two writes that swapped slots would leave a moment in which one of the keys, still in
+    use by the far end, was accepted by neither."""
+    if next_key is None or next_key == key:
+        return key, None
+    low, high = sorted((key, next_key), key=lambda s: s.value)
+    return low, high
 
 
 def _rule_entries(out: DesiredTables, tp: TransparentProxy, kind: int,
@@ -116,7 +135,8 @@ def _transparent(out: DesiredTables, state: DesiredState, facts: HostFacts,
                     if c in facts.cgroup_ids]
         key = t.slot_key(tp.id)
         out.put(t.TP_CONFIG, key, t.tp_config_value(key, proxy.id, tp.fail_open,
-                                                    facts.netns_cookie, excluded), tp.ref)
+                                                    facts.netns_cookie, excluded,
+                                                    tp.refuse_ipv6), tp.ref)
         _rule_entries(out, tp, t.TP_KIND_INTERCEPT, tp.intercept)
         _rule_entries(out, tp, t.TP_KIND_EXCLUDE, tp.exclude)
 
@@ -128,9 +148,12 @@ def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
     for tunnel in sorted(state.tunnels.values(), key=lambda x: x.name):
         key = t.tunnel_key(tunnel.id)
         remote = (tunnel.remote.address, tunnel.remote.port) if tunnel.remote else None
+        first, second = (accepted_slots(tunnel.key, tunnel.next_key) if tunnel.key is not None
+                         else (None, None))
         out.put(t.TUNNEL, key, t.tunnel_value(
-            key, (tunnel.local.address, tunnel.local.port), remote, tunnel.key,
-            tunnel.ping_interval_ms), tunnel.ref)
+            key, (tunnel.local.address, tunnel.local.port), remote, first,
+            tunnel.ping_interval_ms, send_next=second is not None and second == tunnel.key),
+            tunnel.ref)
         dkey = t.endpoint_key(tunnel.local.address, tunnel.local.port, t.PROTO_NUMBERS["udp"])
         out.put(t.DECAP, dkey, t.decap_value(dkey), tunnel.ref)
     node = state.has_node_role
@@ -144,6 +167,16 @@ def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
             ref = svc.ref
             for spec, key, value in _service_entries(svc, tunnel_ids[svc.tunnel], node):
                 out.put(spec, key, value, ref)
+    rotating = [x for x in state.tunnels.values()
+                if x.key is not None and accepted_slots(x.key, x.next_key)[1] is not None]
+    if rotating:  # the Service half may be the memo's own dicts: write into copies
+        name = t.NEXT_KEY_TABLE.name
+        out.entries[name], out.owners[name] = dict(out.entries[name]), dict(out.owners[name])
+        for tunnel in sorted(rotating, key=lambda x: x.name):
+            nkey = t.next_key(t.NEXT_TUNNEL, t.tunnel_key(tunnel.id))
+            second = accepted_slots(tunnel.key, tunnel.next_key)[1]  # type: ignore[arg-type]
+            assert second is not None
+            out.put(t.NEXT_KEY_TABLE, nkey, t.next_value(nkey, second), tunnel.ref)
     marks = proxy_marks(state)
     for proxy in sorted(state.proxies.values(), key=lambda x: x.id):
         skey = t.slot_key(proxy.id)

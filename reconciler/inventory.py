@@ -36,14 +36,22 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
             now_ns: int | None = None) -> list[dict[str, Any]]:
     now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
     learned = observed.get(t.LEARNED.name, {})
+    nexts = observed.get(t.NEXT_KEY_TABLE.name, {})
     out = []
     for key, value in sorted(observed.get(t.TUNNEL.name, {}).items()):
         tid = t.decode_key(t.TUNNEL.name, key)["id"]
         v = t.decode_value(t.TUNNEL.name, value)
         spec: dict[str, Any] = {"id": tid, "local": _ep(v["local"]),
                                 "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
+        nxt = nexts.get(t.next_key(t.NEXT_TUNNEL, key))
+        second = t.decode_value(t.NEXT_KEY_TABLE.name, nxt)["nextKey"] if nxt else None
         if "key" in v:
-            spec["keyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}", v["key"])}
+            sent, other = v["key"], second  # the key pings are signed with, and the other
+            if second is not None and v["flags"] & t.TUNNEL_FLAG_SEND_NEXT:
+                sent, other = second, v["key"]
+            spec["keyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}", sent)}
+            if other is not None:
+                spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}-next", other)}
         if "pingIntervalMs" in v:
             spec["ping"] = {"intervalSeconds": v["pingIntervalMs"] / 1000}
         status: dict[str, Any] = {"managed": t.stamp_ok(key, value)}
@@ -76,9 +84,16 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
             "tunnel": f"tunnel-{e['tunnelId']}",
             "keyFrom": {"file": _export_key(keys_dir, name, e["key"])},
         }
+        nxt = observed.get(t.NEXT_KEY_TABLE.name, {}).get(t.next_key(t.NEXT_SERVICE, sid))
+        accepted = [ver["key"]] if ver else []
+        if nxt is not None:
+            accepted.append(t.decode_value(t.NEXT_KEY_TABLE.name, nxt)["nextKey"])
+        others = [k for k in accepted if k != e["key"]]
+        if len(accepted) == 2 and others:  # rotating: the accepted key that is not sent
+            spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"{name}-next", others[0])}
         status = {"managed": t.stamp_ok(key, value),
                   "verifyEntry": ver is not None,
-                  "keysAgree": ver is not None and ver["key"] == e["key"]}
+                  "keysAgree": e["key"] in accepted}
         out.append(_doc("Service", name, spec, status))
     for sid, ver in sorted(verify.items()):
         if sid not in seen:

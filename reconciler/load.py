@@ -98,16 +98,17 @@ class KeyCache(dict[tuple[str, str], Secret]):
         return super().__contains__(key)
 
 
-def _resolve_key(spec: dict[str, Any], doc: Document,
-                 cache: KeyCache) -> tuple[Secret | None, KeySource, str | None]:
-    """The Service's key; file and env keys are read once per load, however many use them."""
-    if "key" in spec:
+def _resolve_key(spec: dict[str, Any], doc: Document, cache: KeyCache,
+                 field: str = "key") -> tuple[Secret | None, KeySource, str | None]:
+    """A key (field "key" or "nextKey", with its "...From"); file and env keys are read once
+    per load, however many use them."""
+    if field in spec:
         source = KeySource("inline")
         try:
-            return decode_key(spec["key"]), source, None
+            return decode_key(spec[field]), source, None
         except KeyUnavailable as exc:
             return None, source, str(exc)
-    ref = spec["keyFrom"]
+    ref = spec[f"{field}From"]
     kind = "file" if "file" in ref else "env"
     source = KeySource(kind, ref[kind])
     if kind == "file":
@@ -239,7 +240,8 @@ def _transparent(name: str, spec: dict[str, Any], origin: Origin,
         return None
     return TransparentProxy(name, spec["id"], spec["cgroup"], spec["proxy"], intercept, exclude,
                             tuple(spec.get("excludeCgroups", [])),
-                            spec.get("whenProxyDown", "refuse") == "direct", origin)
+                            spec.get("whenProxyDown", "refuse") == "direct", origin,
+                            spec.get("ipv6", "direct") == "refuse")
 
 
 def _intercept(name: str, spec: dict[str, Any], origin: Origin,
@@ -306,11 +308,11 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
             bad = True
             findings.append(Finding(origin, path, why, ref))
 
-    def resolve_key() -> tuple[Secret | None, KeySource]:
+    def resolve_key(field: str = "key") -> tuple[Secret | None, KeySource]:
         nonlocal bad
-        key, source, key_problem = _resolve_key(spec, doc, keys)
-        key_path: tuple[PathItem, ...] = ("spec", "key") if source.kind == "inline" else (
-            "spec", "keyFrom", source.kind)
+        key, source, key_problem = _resolve_key(spec, doc, keys, field)
+        key_path: tuple[PathItem, ...] = ("spec", field) if source.kind == "inline" else (
+            "spec", f"{field}From", source.kind)
         if key_problem:
             findings.append(Finding(origin, key_path, key_problem, ref))
             bad = True
@@ -319,6 +321,24 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
                 origin, key_path, "a secret sits inline in the repository; use keyFrom "
                 "(file or env) instead", ref, Severity.WARNING))
         return key, source
+
+    def resolve_next(key: Secret | None) -> Secret | None:
+        """The second accepted key, if given; the same key twice is a mistake worth a word."""
+        nonlocal bad
+        if "nextKey" not in spec and "nextKeyFrom" not in spec:
+            return None
+        if key is None:
+            bad = True
+            findings.append(Finding(origin, ("spec",), "nextKey needs a key: it is accepted "
+                                    "beside the key while keys rotate", ref))
+            return None
+        nxt, source = resolve_key("nextKey")
+        if nxt is not None and nxt == key and nxt is not UNREAD_KEY:
+            findings.append(Finding(origin, ("spec", "nextKey" if source.kind == "inline" else
+                                             "nextKeyFrom"),
+                                    "nextKey is the same key as key: nothing rotates",
+                                    ref, Severity.WARNING))
+        return nxt
 
     if kind == "Interface":
         return _interface(name, spec, origin)
@@ -351,18 +371,20 @@ def _build(doc: Document, origin: Origin, findings: list[Finding],
             why = "learn its remote" if remote is None else "send pings"
             findings.append(Finding(origin, ("spec",), f"a tunnel must have a key (keyFrom) to "
                                     f"{why}: pings are authenticated with it", ref))
+        tnext = resolve_next(tkey)
         if bad:
             return None
-        return Tunnel(name, spec["id"], local, remote, origin, tkey, tsource, ping_ms)
+        return Tunnel(name, spec["id"], local, remote, origin, tkey, tsource, ping_ms, tnext)
 
     proxy, backend = _endpoint(spec["proxy"]), _endpoint(spec["backend"])
     check_address(("spec", "proxy", "address"), proxy.address)
     check_address(("spec", "backend", "address"), backend.address)
     key, source = resolve_key()
+    nxt = resolve_next(key)
     if bad or key is None:
         return None
     return Service(name, spec["groupId"], spec["serviceId"], spec.get("protocol", "tcp"), proxy,
-                   backend, spec["tunnel"], key, source, origin)
+                   backend, spec["tunnel"], key, source, origin, nxt)
 
 
 @dataclass(slots=True)

@@ -61,6 +61,7 @@ class Tunnel(Named):
     key: Secret | None = None  # authenticates pings; required to learn or to send pings
     key_source: KeySource | None = None
     ping_interval_ms: int | None = None  # this end sends pings to remote (node / PureGW)
+    next_key: Secret | None = None  # a second accepted key while keys rotate; never sent
 
     kind = "Tunnel"
 
@@ -77,6 +78,7 @@ class Service(Named):
     key: Secret
     key_source: KeySource
     origin: Origin | None = None
+    next_key: Secret | None = None  # a second accepted key while keys rotate; never sent
 
     kind = "Service"
 
@@ -190,6 +192,7 @@ class TransparentProxy(Named):
     exclude_cgroups: tuple[str, ...] = ()
     fail_open: bool = False  # whenProxyDown: direct
     origin: Origin | None = None
+    refuse_ipv6: bool = False  # ipv6: refuse (native IPv6 connects fail with EPERM)
 
     kind = "TransparentProxy"
 

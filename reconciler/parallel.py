@@ -62,14 +62,15 @@ def _row(r: Resource | None) -> tuple[Any, ...] | None:
         remote = (r.remote.address, r.remote.port) if r.remote else None
         key = (r.key.value, r.key_source.kind, r.key_source.ref) if (
             r.key is not None and r.key_source is not None) else None
-        return ("T", r.name, r.id, r.local.address, r.local.port, remote, key, r.ping_interval_ms)
+        return ("T", r.name, r.id, r.local.address, r.local.port, remote, key, r.ping_interval_ms,
+                r.next_key.value if r.next_key is not None else None)
     if isinstance(r, Interface):
         return ("I", r.name, r.device, r.netns, r.role, r.replies_tunnel, r.ingress, r.egress,
                 r.fib_lookup, r.priority)
     if isinstance(r, Service):
         return ("S", r.name, r.group_id, r.service_id, r.protocol, r.proxy.address, r.proxy.port,
                 r.backend.address, r.backend.port, r.tunnel, r.key.value, r.key_source.kind,
-                r.key_source.ref)
+                r.key_source.ref, r.next_key.value if r.next_key is not None else None)
     return None
 
 
@@ -79,16 +80,17 @@ def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Resource | None:
     if row[0] == "P":
         return dataclasses.replace(row[1], origin=origin)
     if row[0] == "T":
-        _, name, tid, laddr, lport, remote, key, ping_ms = row
+        _, name, tid, laddr, lport, remote, key, ping_ms, nxt = row
         return Tunnel(name, tid, Endpoint(laddr, lport),
                       Endpoint(*remote) if remote else None, origin,
                       Secret(key[0]) if key else None, KeySource(key[1], key[2]) if key else None,
-                      ping_ms)
+                      ping_ms, Secret(nxt) if nxt is not None else None)
     if row[0] == "I":
         return Interface(*row[1:], origin=origin)
-    (_, name, group, sid, proto, paddr, pport, baddr, bport, tunnel, key, kkind, kref) = row
+    (_, name, group, sid, proto, paddr, pport, baddr, bport, tunnel, key, kkind, kref, nxt) = row
     return Service(name, group, sid, proto, Endpoint(paddr, pport), Endpoint(baddr, bport), tunnel,
-                   Secret(key), KeySource(kkind, kref), origin)
+                   Secret(key), KeySource(kkind, kref), origin,
+                   Secret(nxt) if nxt is not None else None)
 
 
 def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:

@@ -2,19 +2,25 @@
 
 Pure; `bpfsync datapath` (datapath.py) reads the tunnel table, asks this module what to send,
 and sends it. A ping is a GUE control message (C=1, ctype TI_GUE_CTYPE_PING, Hlen 5) whose
-private data is the tunnel id and the tunnel key; the far end records the source address and
-port it sees as the tunnel's remote only when the key matches.
+private data is the tunnel id, the sender's CLOCK_TAI in nanoseconds, and a SipHash-2-4 MAC of
+both (and of the GUE base header) under the tunnel key; the key itself never travels. The far
+end records the source address and port it sees as the tunnel's remote only when the MAC
+matches one of the tunnel's keys, the timestamp is within TI_PING_WINDOW_NS of its own clock,
+and it is newer than the last ping it accepted (bpf/README.md has the layout and the limits).
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 from reconciler import tables as t
 from reconciler.secrets import Secret
+from reconciler.siphash import siphash24
 
-_PING = struct.Struct(f"!BBHI{t.KEY_LEN}s")
+_SIGNED = struct.Struct("!BBHIQ")  # GUE base header, tunnel id, timestamp: what the MAC covers
+_MAC = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +36,10 @@ class PingTarget:
                 f"{self.remote[0]}:{self.remote[1]} every {self.interval_s:g}s")
 
 
-def targets(tunnel_table: dict[bytes, bytes]) -> dict[int, PingTarget]:
-    """Tunnels with the ping flag, from raw TI_TUNNEL entries."""
+def targets(tunnel_table: dict[bytes, bytes],
+            next_table: dict[bytes, bytes] | None = None) -> dict[int, PingTarget]:
+    """Tunnels with the ping flag, from raw TI_TUNNEL entries, each with the key to sign with:
+    the TI_NEXT key when the tunnel says so (a rotation's second half)."""
     out = {}
     for key, value in tunnel_table.items():
         if len(value) != t.TUNNEL.value_size:
@@ -39,6 +47,11 @@ def targets(tunnel_table: dict[bytes, bytes]) -> dict[int, PingTarget]:
         v = t.decode_value(t.TUNNEL.name, value)
         if not v["flags"] & t.TUNNEL_FLAG_PING or "key" not in v or v["remote"] == "learn":
             continue
+        if v["flags"] & t.TUNNEL_FLAG_SEND_NEXT:
+            raw = (next_table or {}).get(t.next_key(t.NEXT_TUNNEL, key))
+            if raw is None or len(raw) != t.NEXT_KEY_TABLE.value_size:
+                continue  # not written yet: the plan writes TI_NEXT first, so only briefly
+            v["key"] = t.decode_value(t.NEXT_KEY_TABLE.name, raw)["nextKey"]
         tid = t.decode_key(t.TUNNEL.name, key)["id"]
         laddr, lport = v["local"].rsplit(":", 1)
         raddr, rport = v["remote"].rsplit(":", 1)
@@ -47,9 +60,18 @@ def targets(tunnel_table: dict[bytes, bytes]) -> dict[int, PingTarget]:
     return out
 
 
-def ping_payload(tunnel_id: int, key: Secret) -> bytes:
+def ping_clock_ns() -> int:
+    """The ping timestamp clock: CLOCK_TAI, which the receiving program reads with
+    bpf_ktime_get_tai_ns (no wall-clock helper exists)."""
+    return time.clock_gettime_ns(time.CLOCK_TAI)
+
+
+def ping_payload(tunnel_id: int, key: Secret, timestamp_ns: int | None = None) -> bytes:
+    """The GUE payload of a ping, signed with key; timestamp_ns defaults to now."""
     vch = 0x20 | t.GUE_PING_HLEN  # version 0, C=1, Hlen 5 words
-    return _PING.pack(vch, t.GUE_CTYPE_PING, 0, tunnel_id, key.value)
+    ts = ping_clock_ns() if timestamp_ns is None else timestamp_ns
+    signed = _SIGNED.pack(vch, t.GUE_CTYPE_PING, 0, tunnel_id, ts)
+    return signed + _MAC.pack(siphash24(key.value, signed))
 
 
 @dataclass

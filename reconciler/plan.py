@@ -18,10 +18,13 @@ from reconciler.desired import DesiredTables, Entries
 
 Observed = dict[str, Entries]
 
-UPSERT_ORDER = (t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY, t.PROXY, t.STEER, t.TP_CONFIG,
-                t.TP_RULES, t.IC_RULES)
-DELETE_ORDER = (t.IC_RULES, t.TP_RULES, t.TP_CONFIG, t.STEER, t.PROXY, t.REPLY, t.ENCAP, t.VERIFY,
-                t.TUNNEL, t.DECAP)
+# A second accepted key is written before the slot it may move out of (desired.py keeps the
+# two accepted keys in a fixed order, so a rotation never drops a key still in use), and
+# upserts all come before deletes.
+UPSERT_ORDER = (t.NEXT_KEY_TABLE, t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY, t.PROXY, t.STEER,
+                t.TP_CONFIG, t.TP_RULES, t.IC_RULES)
+DELETE_ORDER = (t.IC_RULES, t.TP_RULES, t.TP_CONFIG, t.STEER, t.PROXY, t.REPLY, t.ENCAP,
+                t.NEXT_KEY_TABLE, t.VERIFY, t.TUNNEL, t.DECAP)
 
 
 class Action(Enum):
@@ -141,6 +144,14 @@ def synthetic_owner(table: str, key: bytes, value: bytes,
             return f"Proxy/{t.decode_value(table, value)['name']}"
     except Exception:  # a foreign entry of the wrong size or content; still show it
         return "Proxy/(unknown)"
+    if table == t.NEXT_KEY_TABLE.name:
+        try:
+            k = t.decode_key(table, key)
+        except Exception:  # a foreign entry of the wrong size
+            return "Service/(unknown)"
+        if k["nextKeyOf"] == "tunnel":
+            return f"Tunnel/tunnel-{k['id']}"
+        return f"Service/svc-{k['groupId']}-{k['serviceId']}"
     if table in (t.TUNNEL.name, t.DECAP.name):
         if table == t.DECAP.name:
             ep = t.decode_endpoint(key)

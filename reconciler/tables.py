@@ -35,6 +35,7 @@ MAX_DECAP = 65536
 TUNNEL_FLAG_LEARN = 0x1
 TUNNEL_FLAG_PING = 0x2
 TUNNEL_FLAG_KEYED = 0x4
+TUNNEL_FLAG_SEND_NEXT = 0x8  # pings are signed with the TI_NEXT key (the newer one)
 GUE_CTYPE_PING = 1
 GUE_DATA_HLEN = 6
 GUE_PING_HLEN = 5
@@ -62,6 +63,11 @@ VERIFY = MapSpec("ti_verify", 4, 32, MAX_SERVICES, "Service")
 ENCAP = MapSpec("ti_encap", 8, 32, MAX_SERVICES, "Service")
 REPLY = MapSpec("ti_reply", 8, 36, MAX_SERVICES, "Service")
 LEARNED = MapSpec("ti_learned", 4, 16, MAX_TUNNELS, "Tunnel", owned=False)
+# Second accepted keys while keys rotate, of Tunnels (kind 1) and Services (kind 2).
+NEXT_TUNNEL, NEXT_SERVICE = 1, 2
+NEXT_KEY_TABLE = MapSpec("ti_next", 8, 20, MAX_SERVICES, "Service")
+FRESH = MapSpec("ti_fresh", 4, 8, MAX_TUNNELS, "Tunnel", owned=False)
+PING_WINDOW_S = 60  # TI_PING_WINDOW_NS
 STATS_SLOTS = 32
 STATS = MapSpec("ti_stats", 4, 8, STATS_SLOTS, "Stats", owned=False,
                 map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
@@ -90,6 +96,7 @@ TP_COUNTERS = 8
 TP_EXCLUDE_CGROUPS = 4
 TP_KIND_INTERCEPT, TP_KIND_EXCLUDE = 1, 2
 TP_FLAG_FAIL_OPEN = 1
+TP_FLAG_REFUSE_IPV6 = 2
 TP_RULES = MapSpec("tp_rules", 12, 8, TP_MAX_RULES, "TransparentProxy",
                    map_type=BPF_MAP_TYPE_LPM_TRIE, flags=BPF_F_NO_PREALLOC, batch=False)
 TP_CONFIG = MapSpec("tp_config", 4, 72, TP_MAX, "TransparentProxy")
@@ -100,6 +107,12 @@ TP_STATS = MapSpec("tp_stats", 4, 8, TP_MAX * TP_COUNTERS, "Stats", owned=False,
 # bpf/tproxy.c, never by open_tables, and checked like every other pin once it exists.
 TP_ORIG = MapSpec("tp_orig", 4, 8, 0, "TransparentProxy", owned=False,
                   map_type=BPF_MAP_TYPE_SK_STORAGE, flags=BPF_F_NO_PREALLOC)
+# IPv6 connects (connect6): a map of its own, so that TP_STATS keeps its size (pins of an
+# earlier version stay valid).
+TP6_COUNTERS = 2
+TP6_STATS = MapSpec("tp_stats6", 4, 8, TP_MAX * TP6_COUNTERS, "Stats", owned=False,
+                    map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
+TP6_STAT_NAMES = ("ipv6_direct", "ipv6_refused")
 TP_STAT_NAMES = ("connects", "intercepted", "excluded", "other_netns", "no_proxy",
                  "track_full", "answered", "unanswered")
 
@@ -121,15 +134,15 @@ IC_STATS = MapSpec("ic_stats", 4, 8, IC_MAX * IC_COUNTERS, "Stats", owned=False,
                    map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
 IC_HOST = MapSpec("ic_host", 64, 16, 256, "Intercept", owned=False)
 IC_STAT_NAMES = ("new", "redirected", "dropped", "passed", "unmatched", "flow", "assigned",
-                 "no_listener", "assign_error")
+                 "no_listener", "assign_error", "fragment")
 
 # Tables of entries (read, diffed, written); STATS, SOCKETS, PS_STATS, TP_STATS and IC_STATS
 # are only created (and read as counters or by the data path); TP_CONNS is read for map
 # pressure; IC_HOST is read and written by the host plumbing alone.
-ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, LEARNED, PROXY, STEER,
-                                   TP_CONFIG, TP_RULES, IC_RULES)
-PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS, SOCKETS, PS_STATS, TP_CONNS, TP_STATS,
-                               IC_SYN, IC_STATS, IC_HOST)
+ALL_TABLES: tuple[MapSpec, ...] = (TUNNEL, DECAP, VERIFY, ENCAP, REPLY, NEXT_KEY_TABLE, LEARNED,
+                                   PROXY, STEER, TP_CONFIG, TP_RULES, IC_RULES)
+PINNED: tuple[MapSpec, ...] = (*ALL_TABLES, STATS, FRESH, SOCKETS, PS_STATS, TP_CONNS, TP_STATS,
+                               TP6_STATS, IC_SYN, IC_STATS, IC_HOST)
 CREATED_BY_BCC: tuple[MapSpec, ...] = (TP_ORIG,)
 OWNED_TABLES: tuple[MapSpec, ...] = tuple(t for t in ALL_TABLES if t.owned)
 BY_NAME: dict[str, MapSpec] = {t.name: t for t in (*PINNED, *CREATED_BY_BCC)}
@@ -139,7 +152,8 @@ STAT_NAMES: tuple[str, ...] = (
     "pass", "encap", "decap", "ping", "dnat", "reply_nat", "fib_redirect",
     "drop_no_tunnel", "drop_no_remote", "drop_no_service", "drop_bad_key",
     "drop_bad_version", "drop_bad_header", "drop_malformed", "drop_fragment", "drop_error",
-    "ping_bad_key", "ping_fixed",
+    "ping_bad_key", "ping_fixed", "ping_stale", "ping_replay", "drop_bad_source",
+    "drop_bad_inner",
 )
 
 _EP = struct.Struct("!4sHBx")
@@ -194,10 +208,12 @@ def verify_value(key: bytes, secret: Secret, backend: bytes) -> bytes:
 
 
 def tunnel_value(key: bytes, local: tuple[str, int], remote: tuple[str, int] | None,
-                 secret: Secret | None = None, ping_interval_ms: int | None = None) -> bytes:
+                 secret: Secret | None = None, ping_interval_ms: int | None = None,
+                 send_next: bool = False) -> bytes:
     flags = ((TUNNEL_FLAG_LEARN if remote is None else 0)
              | (TUNNEL_FLAG_PING if ping_interval_ms else 0)
-             | (TUNNEL_FLAG_KEYED if secret is not None else 0))
+             | (TUNNEL_FLAG_KEYED if secret is not None else 0)
+             | (TUNNEL_FLAG_SEND_NEXT if send_next else 0))
     raddr, rport = remote if remote else ("0.0.0.0", 0)
     return _stamped(key, _TUNNEL.pack(
         socket.inet_aton(local[0]), socket.inet_aton(raddr), local[1], rport, flags,
@@ -207,6 +223,15 @@ def tunnel_value(key: bytes, local: tuple[str, int], remote: tuple[str, int] | N
 def reply_value(key: bytes, proxy: bytes, tunnel_id: int, group_id: int, service_id: int,
                 secret: Secret) -> bytes:
     return _stamped(key, _REPLY.pack(proxy, tunnel_id, group_id, service_id, secret.value))
+
+
+def next_key(kind: int, ident: bytes) -> bytes:
+    """TI_NEXT key: kind (NEXT_TUNNEL, NEXT_SERVICE) and the tunnel key or sid key bytes."""
+    return _U32.pack(kind) + ident
+
+
+def next_value(key: bytes, secret: Secret) -> bytes:
+    return _stamped(key, secret.value)
 
 
 def decap_value(key: bytes) -> bytes:
@@ -251,10 +276,11 @@ def tp_rule_value(key: bytes, tp_id: int) -> bytes:
 
 
 def tp_config_value(key: bytes, slot: int, fail_open: bool, netns_cookie: int,
-                    cgroups: list[tuple[int, int]]) -> bytes:
+                    cgroups: list[tuple[int, int]], refuse_ipv6: bool = False) -> bytes:
     """cgroups: (id, level) of the cgroups never intercepted (at most TP_EXCLUDE_CGROUPS)."""
     padded = (cgroups + [(0, 0)] * TP_EXCLUDE_CGROUPS)[:TP_EXCLUDE_CGROUPS]
-    return _stamped(key, _TP_CONFIG.pack(slot, TP_FLAG_FAIL_OPEN if fail_open else 0,
+    flags = (TP_FLAG_FAIL_OPEN if fail_open else 0) | (TP_FLAG_REFUSE_IPV6 if refuse_ipv6 else 0)
+    return _stamped(key, _TP_CONFIG.pack(slot, flags,
                                          netns_cookie, *(c for c, _ in padded),
                                          *(lv for _, lv in padded)))
 
@@ -312,8 +338,14 @@ def decode_key(table: str, raw: bytes) -> dict[str, Any]:
                 "prefix": f"{socket.inet_ntoa(addr)}/{plen - _STEER_PREFIX_BITS}"}
     if table == PROXY.name:
         return {"slot": _SLOT.unpack(raw)[0]}
-    if table in (TUNNEL.name, LEARNED.name):
+    if table in (TUNNEL.name, LEARNED.name, FRESH.name):
         return {"id": _U32.unpack(raw)[0]}
+    if table == NEXT_KEY_TABLE.name:
+        (kind,) = _U32.unpack_from(raw)
+        if kind == NEXT_TUNNEL:
+            return {"nextKeyOf": "tunnel", "id": _U32.unpack_from(raw, 4)[0]}
+        g, s = _SID.unpack_from(raw, 4)
+        return {"nextKeyOf": "service", "groupId": g, "serviceId": s}
     if table == VERIFY.name:
         g, s = _SID.unpack(raw)
         return {"groupId": g, "serviceId": s}
@@ -341,6 +373,7 @@ def decode_value(table: str, raw: bytes) -> dict[str, Any]:
         f = _TP_CONFIG.unpack_from(raw)
         ids, levels = f[3:3 + TP_EXCLUDE_CGROUPS], f[3 + TP_EXCLUDE_CGROUPS:]
         return {"proxySlot": f[0], "failOpen": bool(f[1] & TP_FLAG_FAIL_OPEN),
+                "ipv6": "refuse" if f[1] & TP_FLAG_REFUSE_IPV6 else "direct",
                 "netnsCookie": f[2],
                 "excludedCgroups": [{"id": i, "level": lv} for i, lv in zip(ids, levels,
                                                                            strict=True) if i]}
@@ -372,6 +405,8 @@ def decode_value(table: str, raw: bytes) -> dict[str, Any]:
         ep = decode_endpoint(proxy)
         return {"proxy": f"{ep['address']}:{ep['port']}", "tunnelId": tid, "groupId": g,
                 "serviceId": s, "key": Secret(secret)}
+    if table == NEXT_KEY_TABLE.name:
+        return {"nextKey": Secret(raw[:KEY_LEN])}
     if table == LEARNED.name:
         addr, port = _LEARNED.unpack_from(raw)
         (updated_ns,) = _NS.unpack_from(raw, _LEARNED.size)
@@ -392,6 +427,10 @@ def describe_key(table: str, raw: bytes) -> str:
         return f"{k['prefix']} port {k['port']}/{k['protocol']}"
     if table == PROXY.name:
         return f"slot {k['slot']}"
+    if table == NEXT_KEY_TABLE.name:
+        what = (f"tunnel {k['id']}" if "id" in k else
+                f"group {k['groupId']} service {k['serviceId']}")
+        return f"next key of {what}"
     if "id" in k:
         return f"tunnel {k['id']}"
     if "groupId" in k:

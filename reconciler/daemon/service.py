@@ -536,11 +536,14 @@ class Daemon:
             stats, tracked = engine.read_tproxy(self.config.pin_root)
         except (BpfsyncError, OSError):
             stats, tracked = {}, 0
-        zero = dict.fromkeys(t.TP_STAT_NAMES, 0)
+        zero = dict.fromkeys((*t.TP_STAT_NAMES, *t.TP6_STAT_NAMES), 0)
         return {"tracking": {"entries": tracked, "capacity": t.TP_CONNS.max_entries},
                 "unanswered": stats.get(0, zero)["unanswered"],
                 "resources": [{"name": tp.name, "id": tp.id, "cgroup": tp.cgroup,
-                               "proxy": tp.proxy, "counters": stats.get(tp.id, zero)}
+                               "proxy": tp.proxy,
+                               "ipv6": "refuse" if tp.refuse_ipv6 else "direct",
+                               "whenProxyDown": "direct" if tp.fail_open else "refuse",
+                               "counters": stats.get(tp.id, zero)}
                               for tp in sorted(declared.values(), key=lambda x: x.id)]}
 
     def _datapath_report(self, error: str | None,

@@ -21,9 +21,10 @@ from reconciler.kernel import libbpf, netns
 from reconciler.state import DesiredState
 
 SO_NETNS_COOKIE = 71
-BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_SOCK_OPS, BPF_CGROUP_GETSOCKOPT = 10, 3, 21
-ATTACH_TYPES = {"connect4": BPF_CGROUP_INET4_CONNECT, "sock_ops": BPF_CGROUP_SOCK_OPS,
-                "getsockopt": BPF_CGROUP_GETSOCKOPT}
+BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT = 10, 11
+BPF_CGROUP_SOCK_OPS, BPF_CGROUP_GETSOCKOPT = 3, 21
+ATTACH_TYPES = {"connect4": BPF_CGROUP_INET4_CONNECT, "connect6": BPF_CGROUP_INET6_CONNECT,
+                "sock_ops": BPF_CGROUP_SOCK_OPS, "getsockopt": BPF_CGROUP_GETSOCKOPT}
 
 
 def hierarchy() -> Path:

@@ -28,7 +28,8 @@ INTERCEPT_SOURCE = BPF_DIR / "intercept.c"
 BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36  # expected attach type
 # cgroup programs of transparent proxies: hook -> (program type, expected attach type)
-CGROUP_PROGRAM_TYPES = {"connect4": (18, 10), "sock_ops": (13, None), "getsockopt": (25, 21)}
+CGROUP_PROGRAM_TYPES = {"connect4": (18, 10), "connect6": (18, 11), "sock_ops": (13, None),
+                        "getsockopt": (25, 21)}
 _LD_IMM64 = 0x18
 _PSEUDO_MAP_FD, _PSEUDO_MAP_VALUE = 1, 2
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +65,15 @@ def pin_root() -> Iterator[Path]:
         yield root
     finally:
         owned.remove_pin_root(root)
+
+
+@pytest.fixture
+def gue(tmp_path: Path) -> Iterator[Any]:
+    """Two ends of a GUE tunnel in namespaces of their own (tests/kernel/guekit.py)."""
+    from tests.kernel.guekit import gue_ends  # it imports this module
+
+    with gue_ends(tmp_path) as g:
+        yield g
 
 
 @pytest.fixture(scope="session")

@@ -22,3 +22,10 @@ def test_hostile_error_path_benchmark_runs() -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "valid:" in r.stdout and "errors:" in r.stdout
+
+
+def test_ping_verification_benchmark_runs() -> None:
+    r = subprocess.run([sys.executable, str(BENCH / "bench_ping.py"), "--smoke"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| ping (1 key) |" in r.stdout and "| forged (2 keys) |" in r.stdout

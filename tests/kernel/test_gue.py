@@ -4,20 +4,24 @@ configured only by YAML, in three network namespaces (tests/kernel/topology.py).
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from reconciler import tables as t
+from reconciler.pinger import ping_payload
+from reconciler.secrets import Secret
+from reconciler.siphash import siphash24
 from reconciler.supervisor import read_datapath_status
-from tests.kernel import owned
-from tests.kernel.conftest import bpfsync, bpftool_percpu_counters
+from tests.kernel.conftest import bpfsync
 from tests.kernel.daemonkit import wait_for as wait_until
+from tests.kernel.guekit import (
+    SERVICE_KEY,
+    TUNNEL_KEY,
+    UDP_SERVICE,
+    Gue,
+    MiB,
+    frames,
+)
 from tests.kernel.topology import (
     BACKEND,
     CLIENT,
@@ -27,105 +31,10 @@ from tests.kernel.topology import (
     PROXY,
     Net,
     datapath,
-    gue_topology,
-    service_doc,
     sh,
     write_gateway,
     write_node,
 )
-
-MiB = 1 << 20
-SERVICE_KEY = KEYS["BPFSYNC_SERVICE_KEY"].encode().ljust(16, b"\0")
-TUNNEL_KEY = KEYS["BPFSYNC_TUNNEL_KEY"].encode().ljust(16, b"\0")
-
-
-class Gue:
-    def __init__(self, net: Net, tmp: Path) -> None:
-        self.net = net
-        self.tmp = tmp
-        self.gw_root = owned.pin_root("gw")
-        self.node_root = owned.pin_root("node")
-
-    def apply(self, directory: Path, root: Path) -> str:
-        r = bpfsync("apply", str(directory), pin_root=root, env=KEYS)
-        assert r.returncode == 0, r.stdout + r.stderr
-        return r.stdout
-
-    def stats(self, root: Path) -> dict[str, int]:
-        """The programs' counters read with bpftool (per-CPU slots summed), not with
-        bpfsync's reader; slot i is the enum entry test_layout checks against STAT_NAMES."""
-        return bpftool_percpu_counters(root / "maps" / t.STATS.name, t.STAT_NAMES)
-
-    def cli_stats(self, root: Path) -> dict[str, int]:
-        r = bpfsync("get", "stats", "-o", "json", pin_root=root)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    def learned(self) -> Any:
-        r = bpfsync("get", "tunnels", "-o", "json", pin_root=self.gw_root)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)[0]["status"].get("learned")
-
-    def capture(self, ns: str, dev: str) -> Any:
-        """Frames on dev from now until frames() stops the capture (120 s at most)."""
-        p = self.net.traffic(ns, "capture", dev, 120)
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        return p
-
-
-@pytest.fixture
-def gue(tmp_path: Path) -> Iterator[Gue]:
-    with gue_topology() as net:
-        g = Gue(net, tmp_path)
-        try:
-            yield g
-        finally:
-            for root in (g.gw_root, g.node_root):
-                owned.remove_pin_root(root)  # with a killed data path's status
-
-
-def _csum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def parse_gue(hex_frame: str) -> dict[str, Any] | None:
-    """Decode a captured Ethernet frame carrying GUE, checking the outer header as we go."""
-    f = bytes.fromhex(hex_frame)
-    ip = f[14:34]
-    if f[23] != 17:
-        return None
-    udp = f[34:42]
-    sport, dport, _, ucsum = struct.unpack("!HHHH", udp)
-    underlay = {GW_TUNNEL[0], NODE_TUNNEL[0]}
-    if {socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])} != underlay or len(f) < 66:
-        return None
-    gue = f[42:]
-    out: dict[str, Any] = {
-        "ihl": ip[0] & 0xF, "df": bool(struct.unpack("!H", ip[6:8])[0] & 0x4000),
-        "ip_csum_ok": _csum(ip) == 0xFFFF, "src": socket.inet_ntoa(ip[12:16]),
-        "dst": socket.inet_ntoa(ip[16:20]), "sport": sport, "dport": dport, "udp_csum": ucsum,
-        "version": gue[0] >> 6, "c": (gue[0] >> 5) & 1, "hlen": gue[0] & 0x1F,
-        "proto": gue[1], "flags": struct.unpack("!H", gue[2:4])[0]}
-    if out["c"]:
-        out["tunnel"], out["key"] = struct.unpack("!I16s", gue[4:24])
-    else:
-        out["tunnel"], out["group"], out["service"], out["key"] = struct.unpack(
-            "!IHH16s", gue[4:28])
-        inner = gue[28:48]
-        out["inner_version"] = inner[0] >> 4
-        out["inner_src"], out["inner_dst"] = socket.inet_ntoa(inner[12:16]), socket.inet_ntoa(
-            inner[16:20])
-    return out
-
-
-def frames(p: Any) -> list[dict[str, Any]]:
-    """Stop a capture (what it saw until now, queued frames included) and decode it."""
-    p.send_signal(signal.SIGTERM)
-    out, _ = p.communicate(timeout=60)
-    return [g for g in map(parse_gue, out.split()) if g]
 
 
 def test_standard_mode_learned_tunnel_carries_tcp_with_documented_gue_header(gue: Gue) -> None:
@@ -165,7 +74,11 @@ def test_standard_mode_learned_tunnel_carries_tcp_with_documented_gue_header(gue
     assert len({g["sport"] for g in to_node}) == 1  # one flow, one hashed source port
     for p in pings:
         assert (p["version"], p["hlen"], p["proto"], p["flags"]) == (0, 5, 1, 0)
-        assert (p["tunnel"], p["key"], p["sport"]) == (100, TUNNEL_KEY, 6080)
+        assert (p["tunnel"], p["sport"]) == (100, 6080)
+        # signed, not carrying the key: the MAC of the first 16 GUE bytes under the key
+        head = struct.pack("!BBHIQ", 0x20 | 5, 1, 0, 100, p["timestamp"])
+        assert p["mac"] == siphash24(TUNNEL_KEY, head).to_bytes(8, "little")
+    assert len({p["timestamp"] for p in pings}) == len(pings)  # every ping is new
 
     gw, node = gue.stats(gue.gw_root), gue.stats(gue.node_root)
     assert gw["encap"] > 0 and gw["decap"] > 0 and gw["ping"] > 0
@@ -222,7 +135,7 @@ def test_no_remote_and_wrong_key_are_dropped_and_counted(gue: Gue) -> None:
 
 
 def _ping(tunnel_id: int, key: bytes) -> str:
-    return struct.pack("!BBHI16s", 0x20 | 5, 1, 0, tunnel_id, key.ljust(16, b"\0")).hex()
+    return ping_payload(tunnel_id, Secret(key.ljust(16, b"\0"))).hex()
 
 
 def test_pings_are_authenticated_and_follow_nat_rebinding(gue: Gue) -> None:
@@ -302,9 +215,6 @@ def test_foreign_filter_in_bpfsyncs_place_is_refused_untouched(gue: Gue) -> None
     assert "bytecode" in _filters(net, "egress") and "bpfsync" not in _filters(net, "egress")
     assert "bpfsync" not in _filters(net, "ingress")
     assert bpfsync("get", "services", "-o", "json", pin_root=gue.gw_root).stdout.strip() == "[]"
-
-
-UDP_SERVICE = service_doc("dns", sid=2, protocol="udp", proxy_port=53, backend_port=5353)
 
 
 def _link_stats(net: Net, ns: str, dev: str) -> dict[str, int]:

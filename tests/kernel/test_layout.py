@@ -23,6 +23,8 @@ BPF_HASH(ti_tunnel, __be32, struct ti_tunnel, 4);
 BPF_HASH(ti_decap, struct ti_endpoint, struct ti_decap, 4);
 BPF_HASH(ti_learned, __be32, struct ti_learned, 4);
 BPF_HASH(ti_reply, struct ti_endpoint, struct ti_reply, 4);
+BPF_HASH(ti_next, struct ti_next_key, struct ti_next, 4);
+BPF_HASH(ti_fresh, __be32, struct ti_fresh, 4);
 BPF_ARRAY(ti_stats, u64, TI_STATS_SLOTS);
 BPF_HASH(gue_data, struct ti_gue_hdr, struct ti_gue_data, 1);
 BPF_HASH(gue_ping, u32, struct ti_gue_ping, 1);
@@ -57,8 +59,12 @@ def test_header_matches_python_layout() -> None:
         assert f"#define TI_TUNNEL_LEARN 0x{t.TUNNEL_FLAG_LEARN:x}" in text
         assert f"#define TI_TUNNEL_PING 0x{t.TUNNEL_FLAG_PING:x}" in text
         assert f"#define TI_TUNNEL_KEYED 0x{t.TUNNEL_FLAG_KEYED:x}" in text
+        assert f"#define TI_TUNNEL_SEND_NEXT 0x{t.TUNNEL_FLAG_SEND_NEXT:x}" in text
         assert f"#define TI_STATS_SLOTS {t.STATS_SLOTS}" in text
         assert f"#define TI_GUE_CTYPE_PING {t.GUE_CTYPE_PING}" in text
+        assert f"#define TI_NEXT_TUNNEL {t.NEXT_TUNNEL}" in text
+        assert f"#define TI_NEXT_SERVICE {t.NEXT_SERVICE}" in text
+        assert f"#define TI_PING_WINDOW_NS ({t.PING_WINDOW_S}ULL * 1000000000ULL)" in text
         # Counter names follow the enum's order.
         enum = text[text.index("enum ti_stat {"):text.index("TI_STAT_MAX,")]
         names = [line.split()[0].rstrip(",").removeprefix("TI_STAT_").lower()

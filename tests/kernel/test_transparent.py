@@ -52,6 +52,8 @@ class Env:
     pin_root: Path
     directory: Path
     log: Path
+    device: str  # the clients' end of the veth
+    peer: str  # the servers' end
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     daemon: RunningDaemon | None = None
 
@@ -73,9 +75,10 @@ class Env:
         return self.daemon
 
     def client(self, port: int, msg: str = "hello", cgroup: str | None = None,
-               mode: str = "client", *more: str, timeout: float = 60) -> dict[str, Any]:
+               mode: str = "client", *more: str, timeout: float = 60,
+               host: str = SERVER) -> dict[str, Any]:
         """Run a client in the namespace, placed in cgroup first (None: the test's own)."""
-        run = f"ip netns exec {self.ns} {sys.executable} {TPKIT} {mode} {SERVER} {port} " + \
+        run = f"ip netns exec {self.ns} {sys.executable} {TPKIT} {mode} {host} {port} " + \
               " ".join([msg, *more])
         if cgroup is not None:  # join before `ip netns exec` remounts /sys
             procs = cgroups.fs_path(cgroup) / "cgroup.procs"
@@ -115,10 +118,9 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
     tag = owned.tag()[:6]
     base = owned.name("tp")
     e = Env(f"{base}-c", f"{base}-s", f"/{base}", pin_root, tmp_path / "desired",
-            tmp_path / "daemon.log")
+            tmp_path / "daemon.log", f"btp{tag}c", f"btp{tag}s")
     try:
-        veth_pair(e.ns, e.server_ns, f"btp{tag}c", f"btp{tag}s", "203.0.113.1/24",
-                  f"{SERVER}/24")
+        veth_pair(e.ns, e.server_ns, e.device, e.peer, "203.0.113.1/24", f"{SERVER}/24")
         cgroups.fs_path(e.apps).mkdir(parents=True)
         e.procs.append(start_server(e.server_ns, SERVER, 80, 81))
         yield e
@@ -136,7 +138,7 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
 def test_cgroup_processes_are_intercepted_others_not(env: Env) -> None:
     env.write()
     env.start()
-    assert env.attached(env.apps) == ["tp_sock_ops", "tp_connect4_3"]
+    assert env.attached(env.apps) == ["tp_sock_ops", "tp_connect4_3", "tp_connect6_3"]
 
     inside = env.client(80, cgroup=env.apps)
     assert intercepted(inside), inside
@@ -214,12 +216,12 @@ def test_restart_keeps_and_removal_ends_interception(env: Env, foreign_link: str
     env.write(ports="80")
     daemon = env.start()
     assert sorted(env.attached(env.apps)) == sorted(
-        [foreign_link, "tp_sock_ops", "tp_connect4_3"])
+        [foreign_link, "tp_sock_ops", "tp_connect4_3", "tp_connect6_3"])
     assert intercepted(env.client(80, cgroup=env.apps))
     assert daemon.stop() == 0
     # Nothing torn down: the links stay; with no listener the connect is refused (fail
     # closed, whenProxyDown: refuse), never silently direct.
-    assert len(env.attached(env.apps)) == 3
+    assert len(env.attached(env.apps)) == 4
     refused = env.client(80, cgroup=env.apps)
     assert refused["errno"] == 1, refused  # EPERM from the connect4 program
     env.start()
@@ -290,6 +292,47 @@ def test_excluded_cgroup_goes_direct_and_a_later_cgroup_is_waited_for(env: Env) 
     waiting = " ".join(s["waiting"] + [r for o in s["outOfSync"] for r in o["reasons"]])
     assert later in waiting and "not found" in waiting, s
     cgroups.fs_path(later).mkdir()  # appears: the next resync (1 s) attaches there
-    wait_for(lambda: env.attached(later) == ["tp_sock_ops", "tp_connect4_3"], 60)
+    wait_for(lambda: env.attached(later) == ["tp_sock_ops", "tp_connect4_3", "tp_connect6_3"], 60)
     assert intercepted(env.client(80, cgroup=later))
     wait_for(lambda: not env.daemon.status()["waiting"], 60)
+
+
+SERVER6 = "2001:db8::2"
+
+
+def test_ipv6_sockets_cannot_walk_around_interception(env: Env) -> None:
+    """An unprivileged process in the cgroup opens an AF_INET6 socket: to an IPv4-mapped
+    address it is intercepted exactly like IPv4 (the server sees the proxy); to a native
+    IPv6 address it goes direct or is refused, as `ipv6` says, and is counted either way."""
+    sh(f"ip -n {env.ns} -6 addr add 2001:db8::1/64 dev {env.device} nodad")
+    sh(f"ip -n {env.server_ns} -6 addr add {SERVER6}/64 dev {env.peer} nodad")
+    env.procs.append(start_server(env.server_ns, SERVER6, 80))
+    env.write()
+    daemon = env.start()
+    assert env.attached(env.apps) == ["tp_sock_ops", "tp_connect4_3", "tp_connect6_3"]
+
+    mapped = env.client(80, cgroup=env.apps, mode="client6", host=f"::ffff:{SERVER}")
+    assert intercepted(mapped), mapped  # the server saw the proxy's connection
+    assert mapped["local"].startswith("127.0.0.1:")  # connected to the proxy's listener
+    env.proxy_counters(originalDestination=1, noOriginalDestination=0)
+    excluded = env.client(81, cgroup=env.apps, mode="client6", host=f"::ffff:{SERVER}")
+    assert not intercepted(excluded), excluded  # exclude rules hold for mapped ones too
+
+    native = env.client(80, cgroup=env.apps, mode="client6", host=SERVER6)
+    assert native["error"] is None and native["reply"].startswith("2001:db8::1:"), native
+    tp = wait_for(lambda: (r := daemon.status()["transparentProxies"]["resources"][0])
+                  and r["counters"]["ipv6_direct"] == 1 and r)
+    assert tp["ipv6"] == "direct" and tp["counters"]["intercepted"] == 1, tp
+
+    events = daemon.events()
+    env.write(extra="  ipv6: refuse\n")
+    daemon.settled(events)
+    refused = env.client(80, cgroup=env.apps, mode="client6", host=SERVER6)
+    assert refused["errno"] == 1, refused  # EPERM: the connect never left
+    tp = wait_for(lambda: (r := daemon.status()["transparentProxies"]["resources"][0])
+                  and r["counters"]["ipv6_refused"] == 1 and r)
+    assert tp["ipv6"] == "refuse", tp
+    still = env.client(80, cgroup=env.apps, mode="client6", host=f"::ffff:{SERVER}")
+    assert intercepted(still), still  # IPv4, mapped or not, is not refused
+    outside = env.client(80, mode="client6", host=SERVER6)  # another cgroup: untouched
+    assert outside["error"] is None, outside

@@ -29,7 +29,7 @@ import time
 
 
 def _serve(host: str, port: int) -> None:
-    srv = socket.socket()
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, port))
     srv.listen(1024)
@@ -124,11 +124,17 @@ def _udp(host: str, port: int, msg: str) -> dict[str, object]:
             return {"reply": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _one(host: str, port: int, msg: str) -> dict[str, object]:
+def _one(host: str, port: int, msg: str, family: int = socket.AF_INET) -> dict[str, object]:
+    """One line to the server and its reply. AF_INET6: host is an IPv6 or IPv4-mapped
+    address (local shown without the ::ffff: of a mapped one, as the server sees it)."""
     try:
-        with socket.create_connection((host, port), timeout=TIMEOUT,
-                                      source_address=("0.0.0.0", SPORT)) as s:
-            local = "{}:{}".format(*s.getsockname())
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(TIMEOUT)
+            if family == socket.AF_INET:
+                s.bind(("0.0.0.0", SPORT))
+            s.connect((host, port))
+            addr, lport = s.getsockname()[:2]
+            local = f"{addr.removeprefix('::ffff:')}:{lport}"
             s.sendall(msg.encode() + b"\n")
             reply = b""
             while chunk := s.recv(4096):
@@ -157,6 +163,8 @@ def main() -> None:
         print(json.dumps(_udp(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
     elif mode == "client":
         print(json.dumps(_one(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+    elif mode == "client6":
+        print(json.dumps(_one(sys.argv[2], int(sys.argv[3]), sys.argv[4], socket.AF_INET6)))
     elif mode == "hold":
         print(json.dumps(_hold(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
     elif mode == "many":

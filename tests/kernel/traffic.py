@@ -116,7 +116,9 @@ def udp_send(addr: str, port: int, count: int, rate: float, stop: str = "") -> N
     print(json.dumps({"sent": sent}), flush=True)
 
 
-def capture(dev: str, seconds: float) -> None:
+def capture(dev: str, seconds: float, proto: int = 17) -> None:
+    """IPv4 frames of one protocol (UDP unless told) on dev, one hex line each, until SIGTERM
+    or `seconds`."""
     stopped = []
     signal.signal(signal.SIGTERM, lambda *_: stopped.append(True))
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
@@ -130,26 +132,33 @@ def capture(dev: str, seconds: float) -> None:
             frame = s.recv(65535)
         except (TimeoutError, InterruptedError):
             continue
-        _show(frame)
+        _show(frame, proto)
     s.setblocking(False)
     with_queued = True
     while with_queued:  # what arrived before the stop is printed too
         try:
-            _show(s.recv(65535))
+            _show(s.recv(65535), proto)
         except BlockingIOError:
             with_queued = False
 
 
-def _show(frame: bytes) -> None:
-    if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+def _show(frame: bytes, proto: int) -> None:
+    if frame[12:14] == b"\x08\x00" and frame[23] == proto:
         print(frame[:200].hex(), flush=True)
 
 
 def inject(dev: str, frames: list[str]) -> None:
+    """Send raw frames out of dev. A frame that a TC egress program drops fails its send
+    (ENOBUFS, EPERM): that is an outcome, not an error; the count is printed."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     s.bind((dev, 0))
+    refused = 0
     for f in frames:
-        s.send(bytes.fromhex(f))
+        try:
+            s.send(bytes.fromhex(f))
+        except OSError:
+            refused += 1
+    print(json.dumps({"sent": len(frames) - refused, "refused": refused}), flush=True)
 
 
 def udp_payload(src: str, sport: int, dst: str, dport: int, payload: str) -> None:
@@ -171,7 +180,7 @@ if __name__ == "__main__":
     elif mode == "udp-send":
         udp_send(a[0], int(a[1]), int(a[2]), float(a[3]), *a[4:5])
     elif mode == "capture":
-        capture(a[0], float(a[1]))
+        capture(a[0], float(a[1]), *map(int, a[2:3]))
     elif mode == "inject":
         inject(a[0], a[1:])
     elif mode == "udp-payload":

@@ -150,7 +150,8 @@ CASES: list[tuple[str, dict[str, str | bytes], str, str | None]] = [
      "a.yaml:4:9"),
     ("unknown-top-field", {"a.yaml": T + "specs: {}\n"}, "unknown field 'specs'", "a.yaml:9:1"),
     ("unknown-spec-field", {"a.yaml": T + "  remoteAddr: 1.2.3.4\n"},
-     "unknown field 'remoteAddr'; known fields: id, key, keyFrom, local, ping, remote", "a.yaml:9:3"),
+     "unknown field 'remoteAddr'; known fields: id, key, keyFrom, local, nextKey, nextKeyFrom, "
+     "ping, remote", "a.yaml:9:3"),
     ("spec-null", {"a.yaml": sub(T, "spec:\n  id: 100\n  local: {address: 192.0.2.1, port: 6080}\n"
                                     "  remote: {address: 198.51.100.2, port: 6080}\n", "spec:\n")},
      "None is not of type 'object'", "a.yaml:5:6"),

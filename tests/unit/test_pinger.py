@@ -5,8 +5,9 @@ from __future__ import annotations
 import struct
 
 from reconciler import tables as t
-from reconciler.pinger import Schedule, ping_payload, targets
+from reconciler.pinger import Schedule, ping_clock_ns, ping_payload, targets
 from reconciler.secrets import Secret
+from reconciler.siphash import siphash24
 
 KEY = Secret(b"tunnel-key-0001".ljust(16, b"\0"))
 
@@ -30,10 +31,32 @@ def test_only_ping_tunnels_are_targets() -> None:
 
 
 def test_payload_is_the_documented_gue_control_message() -> None:
-    raw = ping_payload(100, KEY)
-    vch, ctype, flags, tid, key = struct.unpack("!BBHI16s", raw)
+    raw = ping_payload(100, KEY, timestamp_ns=0x0102030405060708)
+    vch, ctype, flags, tid, ts, mac = struct.unpack("!BBHIQ8s", raw)
     assert (vch >> 6, (vch >> 5) & 1, vch & 0x1F) == (0, 1, 5)  # version 0, C, Hlen 5
-    assert (ctype, flags, tid, key) == (1, 0, 100, KEY.value) and len(raw) == 4 + 4 * 5
+    assert (ctype, flags, tid, ts) == (1, 0, 100, 0x0102030405060708) and len(raw) == 4 + 4 * 5
+    # The MAC covers the first 16 bytes, under the tunnel key, which is nowhere in the bytes.
+    assert mac == siphash24(KEY.value, raw[:16]).to_bytes(8, "little")
+    assert KEY.value[:8] not in raw and KEY.value[8:] not in raw
+    assert ping_payload(100, KEY, 1)[16:] != ping_payload(100, KEY, 2)[16:]
+    assert ping_payload(100, Secret(b"other".ljust(16, b"\0")), 1)[16:] != ping_payload(
+        100, KEY, 1)[16:]
+
+
+def test_default_timestamp_is_clock_tai_now() -> None:
+    before = ping_clock_ns()
+    (ts,) = struct.unpack_from("!Q", ping_payload(100, KEY), 8)
+    assert before <= ts <= ping_clock_ns()
+
+
+def test_siphash_reference_vectors() -> None:
+    """From the SipHash paper's reference implementation (vectors.h): key 00..0f, message
+    00..(n-1)."""
+    key = bytes(range(16))
+    assert siphash24(key, b"") == 0x726FDB47DD0E0E31
+    assert siphash24(key, bytes(range(8))) == 0x93F5F5799A932462
+    assert siphash24(key, bytes(range(15))) == 0xA129CA6149BE45E5
+    assert siphash24(key, bytes(range(16))) == 0x3F2ACC7F57C29BDB
 
 
 def test_schedule_pings_new_tunnels_at_once_then_by_interval() -> None:

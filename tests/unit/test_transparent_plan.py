@@ -65,7 +65,7 @@ def test_compiled_entries(tmp_path: Path) -> None:
     config = out.entries[t.TP_CONFIG.name]
     assert list(config) == [t.slot_key(2)]
     value = t.decode_value(t.TP_CONFIG.name, config[t.slot_key(2)])
-    assert value == {"proxySlot": 5, "failOpen": True, "netnsCookie": 4242,
+    assert value == {"proxySlot": 5, "failOpen": True, "ipv6": "direct", "netnsCookie": 4242,
                      "excludedCgroups": [{"id": 77, "level": level(mine)},
                                          {"id": 11, "level": 3}]}
     rules = sorted(t.describe_key(t.TP_RULES.name, k) for k in out.entries[t.TP_RULES.name])
@@ -96,7 +96,7 @@ def test_cgroup_plan(tmp_path: Path) -> None:
     app, mine = "/system.slice/app.service", datapath_cgroup(PIN)
     assert [(w.hook.cgroup, w.hook.hook, w.program) for w in want] == [
         (mine, "getsockopt", "tp_getsockopt"), (app, "sock_ops", "tp_sock_ops"),
-        (app, "connect4", "tp_connect4_2")]
+        (app, "connect4", "tp_connect4_2"), (app, "connect6", "tp_connect6_2")]
     tags = {w.program: frozenset({"tag-" + w.program}) for w in want}
     exists = {app: True, mine: True}
 
@@ -104,11 +104,11 @@ def test_cgroup_plan(tmp_path: Path) -> None:
     ops = compute_cgroup_plan(want, [], exists, tags, plan)
     assert [(o.action, o.hook.hook) for o in ops] == [
         (AttachAction.ATTACH, "getsockopt"), (AttachAction.ATTACH, "sock_ops"),
-        (AttachAction.ATTACH, "connect4")]
+        (AttachAction.ATTACH, "connect4"), (AttachAction.ATTACH, "connect6")]
 
     seen = [_seen(w.hook, w.program) for w in want]
     plan = AttachPlan()
-    assert compute_cgroup_plan(want, seen, exists, tags, plan) == [] and plan.in_place == 3
+    assert compute_cgroup_plan(want, seen, exists, tags, plan) == [] and plan.in_place == 4
 
     changed = {**tags, "tp_connect4_2": frozenset({"new"})}
     ops = compute_cgroup_plan(want, seen, exists, changed, AttachPlan())
@@ -118,14 +118,15 @@ def test_cgroup_plan(tmp_path: Path) -> None:
     dead = [_seen(w.hook, w.program, alive=w.hook.cgroup != app) for w in want]
     ops = compute_cgroup_plan(want, dead, exists, tags, AttachPlan())
     assert [(o.action, o.hook.hook) for o in ops] == [
-        (AttachAction.DETACH, "connect4"), (AttachAction.DETACH, "sock_ops"),
-        (AttachAction.ATTACH, "sock_ops"), (AttachAction.ATTACH, "connect4")]
+        (AttachAction.DETACH, "connect6"), (AttachAction.DETACH, "connect4"),
+        (AttachAction.DETACH, "sock_ops"), (AttachAction.ATTACH, "sock_ops"),
+        (AttachAction.ATTACH, "connect4"), (AttachAction.ATTACH, "connect6")]
 
-    # The resource removed: connect4 goes first, so no socket is redirected untracked.
+    # The resource removed: the connect hooks go first, so no socket is redirected untracked.
     ops = compute_cgroup_plan([], seen, {}, None, AttachPlan())
     assert [(o.action, o.hook.hook) for o in ops] == [
-        (AttachAction.DETACH, "connect4"), (AttachAction.DETACH, "sock_ops"),
-        (AttachAction.DETACH, "getsockopt")]
+        (AttachAction.DETACH, "connect6"), (AttachAction.DETACH, "connect4"),
+        (AttachAction.DETACH, "sock_ops"), (AttachAction.DETACH, "getsockopt")]
 
     # A cgroup that does not exist yet is waited for, not an error.
     plan = AttachPlan()

@@ -1,0 +1,129 @@
+"""The GUE test kit: two ends of a tunnel (tests/kernel/topology.py) with their own pin
+roots, their counters read with bpftool, and captured GUE frames decoded. The `gue` fixture
+(conftest.py) gives one per test."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from reconciler import tables as t
+from tests.kernel import owned
+from tests.kernel.conftest import bpfsync, bpftool_percpu_counters
+from tests.kernel.topology import GW_TUNNEL, KEYS, NODE_TUNNEL, Net, gue_topology, service_doc
+
+MiB = 1 << 20
+SERVICE_KEY = KEYS["BPFSYNC_SERVICE_KEY"].encode().ljust(16, b"\0")
+TUNNEL_KEY = KEYS["BPFSYNC_TUNNEL_KEY"].encode().ljust(16, b"\0")
+
+
+class Gue:
+    def __init__(self, net: Net, tmp: Path) -> None:
+        self.net = net
+        self.tmp = tmp
+        self.gw_root = owned.pin_root("gw")
+        self.node_root = owned.pin_root("node")
+
+    def apply(self, directory: Path, root: Path) -> str:
+        r = bpfsync("apply", str(directory), pin_root=root, env=KEYS)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    def stats(self, root: Path) -> dict[str, int]:
+        """The programs' counters read with bpftool (per-CPU slots summed), not with
+        bpfsync's reader; slot i is the enum entry test_layout checks against STAT_NAMES."""
+        return bpftool_percpu_counters(root / "maps" / t.STATS.name, t.STAT_NAMES)
+
+    def cli_stats(self, root: Path) -> dict[str, int]:
+        r = bpfsync("get", "stats", "-o", "json", pin_root=root)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def learned(self) -> Any:
+        r = bpfsync("get", "tunnels", "-o", "json", pin_root=self.gw_root)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)[0]["status"].get("learned")
+
+    def capture(self, ns: str, dev: str) -> Any:
+        """Frames on dev from now until frames() stops the capture (120 s at most)."""
+        p = self.net.traffic(ns, "capture", dev, 120)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        return p
+
+
+@contextmanager
+def gue_ends(tmp_path: Path) -> Iterator[Gue]:
+    """Both ends in fresh namespaces; their pin roots, data paths and namespaces removed."""
+    with gue_topology() as net:
+        g = Gue(net, tmp_path)
+        try:
+            yield g
+        finally:
+            for root in (g.gw_root, g.node_root):
+                owned.remove_pin_root(root)  # with a killed data path's status
+
+
+def ipv4_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """An IPv4/UDP packet with DF, a correct header checksum and UDP checksum 0."""
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0x4000, 64, 17, 0,
+                       socket.inet_aton(src), socket.inet_aton(dst))
+    head = head[:10] + struct.pack("!H", ip_checksum(head)) + head[12:]
+    return head + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def ip_checksum(header: bytes) -> int:
+    """The IPv4 header checksum of header (its checksum field zero)."""
+    return ~_csum(header) & 0xFFFF
+
+
+def _csum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def parse_gue(hex_frame: str) -> dict[str, Any] | None:
+    """Decode a captured Ethernet frame carrying GUE, checking the outer header as we go."""
+    f = bytes.fromhex(hex_frame)
+    ip = f[14:34]
+    if f[23] != 17:
+        return None
+    udp = f[34:42]
+    sport, dport, _, ucsum = struct.unpack("!HHHH", udp)
+    underlay = {GW_TUNNEL[0], NODE_TUNNEL[0]}
+    if {socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])} != underlay or len(f) < 66:
+        return None
+    gue = f[42:]
+    out: dict[str, Any] = {
+        "ihl": ip[0] & 0xF, "df": bool(struct.unpack("!H", ip[6:8])[0] & 0x4000),
+        "ip_csum_ok": _csum(ip) == 0xFFFF, "src": socket.inet_ntoa(ip[12:16]),
+        "dst": socket.inet_ntoa(ip[16:20]), "sport": sport, "dport": dport, "udp_csum": ucsum,
+        "version": gue[0] >> 6, "c": (gue[0] >> 5) & 1, "hlen": gue[0] & 0x1F,
+        "proto": gue[1], "flags": struct.unpack("!H", gue[2:4])[0]}
+    if out["c"]:
+        out["tunnel"], out["timestamp"], out["mac"] = struct.unpack("!IQ8s", gue[4:24])
+    else:
+        out["tunnel"], out["group"], out["service"], out["key"] = struct.unpack(
+            "!IHH16s", gue[4:28])
+        inner = gue[28:48]
+        out["inner_version"] = inner[0] >> 4
+        out["inner_src"], out["inner_dst"] = socket.inet_ntoa(inner[12:16]), socket.inet_ntoa(
+            inner[16:20])
+    return out
+
+
+def frames(p: Any) -> list[dict[str, Any]]:
+    """Stop a capture (what it saw until now, queued frames included) and decode it."""
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    return [g for g in map(parse_gue, out.split()) if g]
+
+
+UDP_SERVICE = service_doc("dns", sid=2, protocol="udp", proxy_port=53, backend_port=5353)
