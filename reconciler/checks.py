@@ -7,6 +7,7 @@ from operator import attrgetter
 from typing import Any
 
 from reconciler import proxyconf
+from reconciler.errors import Severity
 from reconciler.findings import Finding
 from reconciler.intercept import compile_intercept, entry_count
 from reconciler.locate import PathItem
@@ -109,6 +110,19 @@ def _ports(proxy: Proxy) -> set[int]:
     return out
 
 
+# The data path's descriptor limit the systemd unit grants (LimitNOFILE; the worker raises its
+# soft limit to it), and what a worker holds besides its connections (listeners, maps, health
+# checks, the resolver, Python itself).
+DESCRIPTOR_LIMIT = 1048576
+DESCRIPTOR_RESERVE = 1024
+
+
+def descriptors_needed(proxies: Iterable[Proxy]) -> int:
+    """Descriptors the data path needs with every Proxy at maxConnections: two per connection
+    (client and backend)."""
+    return 2 * sum(p.max_connections for p in proxies) + DESCRIPTOR_RESERVE
+
+
 def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
     out = _unique(proxies, lambda p: p.id, ("spec", "id"), lambda p: f"proxy id {p.id}")
     if proxies:
@@ -134,6 +148,14 @@ def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
                                f"ports {sample} on overlapping destinations are also steered by "
                                f"{b.ref}: a connection could belong to either", a.ref,
                                related=((b.origin, ("spec", "ports")),) if b.origin else ()))
+    need = descriptors_needed(proxies)
+    if proxies and need > DESCRIPTOR_LIMIT:
+        big = max(proxies, key=lambda p: p.max_connections)
+        out.append(Finding(big.origin, ("spec", "maxConnections"),
+                           f"the Proxies' maxConnections add up to {need:,} file descriptors "
+                           f"(two per connection), more than the {DESCRIPTOR_LIMIT:,} the "
+                           f"bpfsync unit grants (LimitNOFILE): at that point new clients wait "
+                           f"in the listen queue", big.ref, Severity.WARNING))
     total = 0
     for p in proxies:
         size = len(proxyconf.encode(p))

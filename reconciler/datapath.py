@@ -22,7 +22,8 @@ from typing import Any
 
 from reconciler import pinger, proxyconf, relay, supervisor
 from reconciler import tables as t
-from reconciler.kernel import netns
+from reconciler.fdgate import DescriptorGate
+from reconciler.kernel import fdlimit, netns
 from reconciler.kernel.maps import read_pin
 from reconciler.proxyserver import ProxyServer
 
@@ -108,6 +109,7 @@ class Worker:
         self.generation = generation
         self.pinger = Pinger(pin_root)
         self.buffers = relay.BufferPool()
+        self.gate = DescriptorGate(fdlimit.raise_to_hard(), fdlimit.open_count())
         self.listeners: dict[int, socket.socket] = {}
         self.servers: dict[int, ProxyServer] = {}
         self.configs: dict[int, bytes] = {}
@@ -181,7 +183,7 @@ class Worker:
             server = self.servers.get(slot)
             if server is None:
                 server = self.servers[slot] = ProxyServer(self.listeners[slot], config,
-                                                          self.buffers)
+                                                          self.buffers, self.gate)
                 server.start()
             else:
                 server.update(config)
@@ -224,6 +226,9 @@ class Worker:
     def status(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "generation": self.generation, "time": time.time(),
                 "pingsSent": self.pinger.sent, "pinging": sorted(self.pinger.current),
+                "descriptors": {"limit": self.gate.limit, "open": fdlimit.open_count(),
+                                "exhausted": self.gate.pauses, "episodes": self.gate.episodes,
+                                "paused": self.gate.paused},
                 "proxies": {s.config.name: s.status() for s in self.servers.values()}}
 
     async def _status_loop(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler import relay
 from reconciler.balancer import Pool, Target
+from reconciler.fdgate import EXHAUSTED, DescriptorGate
 from reconciler.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")
@@ -29,7 +30,8 @@ _SOCKADDR_IN = struct.Struct("!2xH4s8x")
 @dataclass
 class Counters:
     accepted: int = 0
-    accept_errors: int = 0
+    accept_errors: int = 0  # failed accepts other than for want of descriptors
+    fd_exhausted: int = 0  # accepts that found no file descriptor free (then paused)
     proxied: int = 0  # connected to a backend
     no_backend: int = 0  # closed at once: every backend down
     original: int = 0  # sent to their original destination (intercepted, no backends)
@@ -89,11 +91,12 @@ def original_destination(sock: socket.socket,
 
 class ProxyServer:
     def __init__(self, listener: socket.socket, config: RuntimeConfig,
-                 pool: relay.BufferPool) -> None:
+                 pool: relay.BufferPool, gate: DescriptorGate | None = None) -> None:
         self.listener = listener
         self.listener.setblocking(False)
         self.config = config
         self.buffers = pool
+        self.gate = gate or DescriptorGate()
         self.pool = Pool(config.health)
         self.counters = Counters()
         self.conns: set[Conn] = set()
@@ -196,7 +199,13 @@ class ProxyServer:
         while True:
             h = self.config.health
             ok = True
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:  # out of descriptors: says nothing of the backend
+                if exc.errno not in EXHAUSTED:
+                    raise
+                await asyncio.sleep(h.interval_ms / 1000)
+                continue
             sock.setblocking(False)
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, (target.address, target.port)),
@@ -215,17 +224,27 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         while True:
             await self._room.wait()
+            if not self.gate.room():  # two more descriptors would not fit
+                self.counters.fd_exhausted += 1
+                await self.gate.pause(self.config.name, "two per connection")
+                continue
             try:
                 client, _ = await loop.sock_accept(self.listener)
-            except OSError as exc:  # EMFILE, ENOBUFS, an aborted handshake: never stop
-                self.counters.accept_errors += 1
+            except OSError as exc:  # never stop accepting
+                if exc.errno in EXHAUSTED:  # wait for a connection to end, no spinning
+                    self.counters.fd_exhausted += 1
+                    await self.gate.pause(self.config.name, exc.strerror or "EMFILE")
+                    continue
+                self.counters.accept_errors += 1  # ENOBUFS, an aborted handshake
                 log.warning("proxy %s: accept failed: %s", self.config.name, exc)
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
+            self.gate.resume()
             self._admit(client)
 
     def _admit(self, client: socket.socket) -> None:
         self.counters.accepted += 1
+        self.gate.opened()
         client.setblocking(False)
         conn = Conn(client)
         self.conns.add(conn)
@@ -248,8 +267,19 @@ class ProxyServer:
         return taken
 
     async def _dial(self, address: tuple[str, int]) -> socket.socket | None:
-        """A connected socket to address, or None (counted) after an error or the timeout."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        """A connected socket to address, or None (counted) after an error or the timeout.
+        Out of descriptors, it waits for a connection to end (within the connect timeout)."""
+        deadline = time.monotonic() + self.config.connect_timeout
+        while True:
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                break
+            except OSError as exc:
+                if exc.errno not in EXHAUSTED or time.monotonic() >= deadline:
+                    self.counters.connect_failed += 1
+                    return None
+                self.counters.fd_exhausted += 1
+                await self.gate.pause(self.config.name, exc.strerror or "EMFILE")
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.mark is not None:  # never intercepted again (Intercept proxyMark)
@@ -335,6 +365,7 @@ class ProxyServer:
             if conn.target is not None:
                 conn.target.active -= 1
             self.conns.discard(conn)
+            self.gate.released()
             if len(self.conns) < self.config.max_connections:
                 self._room.set()
 
@@ -370,7 +401,7 @@ class ProxyServer:
         c = self.counters
         return {
             "slot": self.config.slot, "active": len(self.conns), "accepted": c.accepted,
-            "acceptErrors": c.accept_errors,
+            "acceptErrors": c.accept_errors, "fdExhausted": c.fd_exhausted,
             "proxied": c.proxied, "noBackend": c.no_backend, "connectFailed": c.connect_failed,
             "originalDestination": c.original, "noOriginalDestination": c.no_original,
             "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,

@@ -58,6 +58,17 @@ def _families(r: dict[str, Any], kernel: dict[str, int]) -> Iterator[Metric]:
                             value=1 if dp.get("state") == "running" else 0)
     yield CounterMetricFamily(f"{NS}_gue_pings_sent", "GUE pings sent by the data path",
                               value=dp.get("pingsSent", 0))
+    fds = dp.get("descriptors") or {}
+    yield CounterMetricFamily(f"{NS}_datapath_fd_exhausted", "Accepts and dials of the data "
+                              "path that waited for a free file descriptor",
+                              value=fds.get("exhausted", 0))
+    descriptors = GaugeMetricFamily(f"{NS}_datapath_descriptors", "File descriptors of the "
+                                    "data-path worker: its limit, held now, needed with every "
+                                    "Proxy at maxConnections", labels=["kind"])
+    for kind in ("limit", "open", "needed"):
+        if isinstance(fds.get(kind), int):
+            descriptors.add_metric([kind], fds[kind])
+    yield descriptors
     learned = [t for t in r.get("tunnels", []) if t.get("learned")]
     yield GaugeMetricFamily(f"{NS}_tunnels_learned", "Tunnels whose remote was learned",
                             value=len(learned))

@@ -25,6 +25,7 @@ from typing import Any
 
 from reconciler import drift, engine, inventory
 from reconciler import tables as t
+from reconciler.checks import descriptors_needed
 from reconciler.daemon import gitrev
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.gitpull import GitFollower
@@ -559,6 +560,16 @@ class Daemon:
         report = {"state": state, "netns": sup.netns, **s, "error": error}
         if worker_report:
             report["pingsSent"] = worker_report.get("pingsSent", 0)
+            fds = worker_report.get("descriptors")
+            if fds:
+                proxies = self.good.proxies.values() if self.good else ()
+                need = descriptors_needed(proxies)
+                report["descriptors"] = {**fds, "needed": need}
+                if fds.get("limit") and need > fds["limit"]:
+                    report["descriptors"]["warning"] = (
+                        f"the Proxies' maxConnections need up to {need:,} file descriptors "
+                        f"(two per connection); the data path may hold {fds['limit']:,}: raise "
+                        f"LimitNOFILE or lower maxConnections")
         return report
 
     def _tunnel_health(self) -> list[dict[str, Any]]:

@@ -223,6 +223,28 @@ def cmd_idle(host: str, port: int, limit: float) -> dict:
     return {"how": how, "seconds": round(time.monotonic() - started, 3)}
 
 
+def cmd_crowd(host: str, port: int, count: int) -> dict:
+    """count idle connections (connect started, nothing sent), printed as {"opened": n} once
+    every connect was issued; all kept until a line on stdin, then closed."""
+    import resource
+
+    want = count + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < want:  # root: this client must not be the one to run out
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        socks.append(s)
+    print(json.dumps({"opened": len(socks)}), flush=True)
+    sys.stdin.readline()
+    for s in socks:
+        s.close()
+    return {"closed": len(socks)}
+
+
 def main() -> None:
     mode, *a = sys.argv[1:]
     if mode == "serve":
@@ -244,6 +266,8 @@ def main() -> None:
         out = cmd_hold(a[0], int(a[1]))
     elif mode == "idle":
         out = cmd_idle(a[0], int(a[1]), float(a[2]))
+    elif mode == "crowd":
+        out = cmd_crowd(a[0], int(a[1]), int(a[2]))
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out), flush=True)

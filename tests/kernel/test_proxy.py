@@ -108,9 +108,11 @@ class ProxyNet:
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout
 
-    def start_datapath(self) -> None:
+    def start_datapath(self, nofile: int | None = None) -> None:
+        """nofile: a descriptor limit (soft and hard) for the data path and its worker."""
         log = open(self.tmp / "datapath.log", "ab")  # noqa: SIM115 - the child owns it
-        self.dp = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root",
+        limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
+        self.dp = subprocess.Popen([*limit, sys.executable, "-m", "reconciler", "--pin-root",
                                     str(self.root), "datapath", "--netns", self.ns],
                                    stdout=log, stderr=log, start_new_session=True)
         log.close()
@@ -518,3 +520,52 @@ def test_hostname_backends_are_resolved_again(pn: ProxyNet, tmp_path: Path) -> N
                    seconds=60)
     assert pn.client("who", VIP, 80, 3)["names"] == {"b3": 3}
     assert "app.bpfsync.test resolves to" in (tmp_path / "datapath.log").read_text()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_descriptor_exhaustion_pauses_accepting_and_serves_once_connections_end(
+        pn: ProxyNet) -> None:
+    """A worker with 256 descriptors and 2,000 idle clients: it runs out, stops accepting
+    without spinning (logged once, counted), keeps its backends healthy, and serves a new
+    client as soon as the idle ones go."""
+    pn.write(proxy_doc(ports="[80]"))
+    pn.apply()
+    pn.start_datapath(nofile=256)
+    crowd = pn.spawn("crowd", VIP, 80, 2000, stdin=subprocess.PIPE)
+    assert crowd.stdout is not None and json.loads(crowd.stdout.readline())["opened"] == 2000
+    try:
+        status = wait_until(lambda: (s := read_datapath_status(pn.root)) and s["descriptors"][
+            "paused"] and s, 120)
+    except AssertionError:
+        raise AssertionError(f"{read_datapath_status(pn.root)}\n"
+                             + (pn.tmp / "datapath.log").read_text()[-3000:]) from None
+    assert status["descriptors"]["limit"] == 256 and status["descriptors"]["exhausted"] >= 1
+    newcomer = pn.spawn("who", VIP, 80, 1, timeout=120)
+
+    pid = pn.worker_pid()
+    assert pid is not None
+    before, started = _cpu_seconds(pid), time.monotonic()
+    while time.monotonic() - started < 3:  # a measuring window, not a wait for a state
+        time.sleep(0.5)
+    used = _cpu_seconds(pid) - before
+    assert used < 0.5 * (time.monotonic() - started), f"{used:.2f}s of CPU while paused"
+    assert newcomer.poll() is None  # still waiting in the listen queue, not refused
+    assert all(pn.healthy().values())  # health checks never blamed the backends
+
+    crowd.communicate("\n", timeout=60)  # the idle clients go
+    out, _ = newcomer.communicate(timeout=120)
+    result = json.loads(out)
+    assert result["errors"] == [] and sum(result["names"].values()) == 1, result
+    report = pn.wait_report(lambda r: r["fdExhausted"] > 0 and r["acceptErrors"] == 0)
+    assert report["fdExhausted"] > 0
+    # the queued clients drained, the episode is over: one warning for each
+    final = wait_until(lambda: (s := read_datapath_status(pn.root)) and not s["descriptors"][
+        "paused"] and s, 120)
+    log = (pn.tmp / "datapath.log").read_text()
+    episodes = final["descriptors"]["episodes"]
+    assert log.count("out of file descriptors") == episodes >= 1, log[-2000:]
+    assert "descriptors free again: accepting" in log
