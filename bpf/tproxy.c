@@ -70,20 +70,16 @@ static __always_inline int tp_rule_hit(u32 id, u8 kind, u32 addr, u16 port) {
     return tp_rules.lookup(&key) != 0;
 }
 
-/* Excluded from interception: another namespace than the Proxy's, or an excluded cgroup. */
-static __always_inline int tp_excluded_socket(struct bpf_sock_addr *ctx, u32 id,
-                                              struct tp_config *cfg) {
-    if (bpf_get_netns_cookie(ctx) != cfg->netns_cookie) {
-        tp_count(id, TP_STAT_OTHER_NETNS);
-        return 1;
-    }
+/* Never intercepted: a socket of another namespace than the Proxy's (TP_STAT_OTHER_NETNS),
+ * or of an excluded cgroup (TP_STAT_EXCLUDED); 0 otherwise. */
+static __always_inline int tp_excluded_socket(struct bpf_sock_addr *ctx, struct tp_config *cfg) {
+    if (bpf_get_netns_cookie(ctx) != cfg->netns_cookie)
+        return TP_STAT_OTHER_NETNS;
 #pragma unroll
     for (int i = 0; i < TP_EXCLUDE_CGROUPS; i++) {
         if (cfg->cgroup_id[i] &&
-            bpf_get_current_ancestor_cgroup_id(cfg->cgroup_level[i]) == cfg->cgroup_id[i]) {
-            tp_count(id, TP_STAT_EXCLUDED);
-            return 1;
-        }
+            bpf_get_current_ancestor_cgroup_id(cfg->cgroup_level[i]) == cfg->cgroup_id[i])
+            return TP_STAT_EXCLUDED;
     }
     return 0;
 }
@@ -95,8 +91,11 @@ static __always_inline int tp_decide(struct bpf_sock_addr *ctx, u32 id, u32 *add
     if (!cfg)
         return 1;
     tp_count(id, TP_STAT_CONNECTS);
-    if (tp_excluded_socket(ctx, id, cfg))
+    int excluded = tp_excluded_socket(ctx, cfg);
+    if (excluded) {
+        tp_count(id, excluded);
         return 1;
+    }
     if (tp_rule_hit(id, TP_KIND_EXCLUDE, *addr, *port)) {
         tp_count(id, TP_STAT_EXCLUDED);
         return 1;
@@ -156,7 +155,7 @@ static __always_inline int tp_connect6(struct bpf_sock_addr *ctx, u32 id) {
         return verdict != 0;
     }
     struct tp_config *cfg = tp_config.lookup(&id);
-    if (!cfg || tp_excluded_socket(ctx, id, cfg))
+    if (!cfg || tp_excluded_socket(ctx, cfg))  /* native IPv6: not in the IPv4 counters */
         return 1;
     if (cfg->flags & TP_FLAG_REFUSE_IPV6) {
         tp6_count(id, TP6_STAT_REFUSED);

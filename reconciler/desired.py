@@ -145,11 +145,14 @@ def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
                    facts: HostFacts | None = None, pin_root: Path | None = None) -> DesiredTables:
     """facts and pin_root are needed when the state has TransparentProxies."""
     out = DesiredTables()
+    tunnel_seconds: list[tuple[bytes, Secret, str]] = []  # TI_NEXT entries of Tunnels
     for tunnel in sorted(state.tunnels.values(), key=lambda x: x.name):
         key = t.tunnel_key(tunnel.id)
         remote = (tunnel.remote.address, tunnel.remote.port) if tunnel.remote else None
         first, second = (accepted_slots(tunnel.key, tunnel.next_key) if tunnel.key is not None
                          else (None, None))
+        if second is not None:
+            tunnel_seconds.append((t.next_key(t.NEXT_TUNNEL, key), second, tunnel.ref))
         out.put(t.TUNNEL, key, t.tunnel_value(
             key, (tunnel.local.address, tunnel.local.port), remote, first,
             tunnel.ping_interval_ms, send_next=second is not None and second == tunnel.key),
@@ -167,16 +170,11 @@ def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
             ref = svc.ref
             for spec, key, value in _service_entries(svc, tunnel_ids[svc.tunnel], node):
                 out.put(spec, key, value, ref)
-    rotating = [x for x in state.tunnels.values()
-                if x.key is not None and accepted_slots(x.key, x.next_key)[1] is not None]
-    if rotating:  # the Service half may be the memo's own dicts: write into copies
+    if tunnel_seconds:  # the Service half may be the memo's own dicts: write into copies
         name = t.NEXT_KEY_TABLE.name
         out.entries[name], out.owners[name] = dict(out.entries[name]), dict(out.owners[name])
-        for tunnel in sorted(rotating, key=lambda x: x.name):
-            nkey = t.next_key(t.NEXT_TUNNEL, t.tunnel_key(tunnel.id))
-            second = accepted_slots(tunnel.key, tunnel.next_key)[1]  # type: ignore[arg-type]
-            assert second is not None
-            out.put(t.NEXT_KEY_TABLE, nkey, t.next_value(nkey, second), tunnel.ref)
+        for nkey, second, ref in tunnel_seconds:
+            out.put(t.NEXT_KEY_TABLE, nkey, t.next_value(nkey, second), ref)
     marks = proxy_marks(state)
     for proxy in sorted(state.proxies.values(), key=lambda x: x.id):
         skey = t.slot_key(proxy.id)

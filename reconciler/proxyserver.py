@@ -31,7 +31,7 @@ _SOCKADDR_IN = struct.Struct("!2xH4s8x")
 class Counters:
     accepted: int = 0
     accept_errors: int = 0  # failed accepts other than for want of descriptors
-    fd_exhausted: int = 0  # accepts that found no file descriptor free (then paused)
+    fd_exhausted: int = 0  # accepts and dials that waited for a free file descriptor
     proxied: int = 0  # connected to a backend
     no_backend: int = 0  # closed at once: every backend down
     original: int = 0  # sent to their original destination (intercepted, no backends)
