@@ -88,41 +88,58 @@ def scan(root: Path) -> tuple[list[Path], list[Problem]]:
     not into kernel filesystems or /proc, /sys, /dev; a *.yaml that is not a regular file (a
     FIFO, a device, a symlink to /dev/null) is an error, never silently skipped (its
     resources would be pruned). Bounded by MAX_FILES, MAX_ENTRIES and MAX_TOTAL_BYTES."""
-    problems: list[Problem] = []
-    files: list[Path] = []
     if not root.is_dir():
         return [], [Problem(Location(str(root)), "not a directory")]
-    seen_dirs: set[tuple[int, int]] = set()
-    root_dev, real_root = root.stat().st_dev, os.path.realpath(root)
-    budget = {"entries": MAX_ENTRIES, "bytes": MAX_TOTAL_BYTES}
+    walker = _Walk(root)
+    walker.walk(root)
+    return walker.files, walker.problems
 
-    def over(what: str, limit: int) -> None:
-        problems.append(Problem(Location(str(root)), f"more than {limit:,} {what} under this "
-                                                     "directory (limit); nothing is loaded"))
-        budget["entries"] = -1  # stop walking
 
-    def walk(directory: Path) -> None:
+class _Walk:
+    """One scan: what it found, what went wrong, and what is left of its budget. Once a
+    bound is passed it stops (`stopped`): nothing of such a directory is loaded."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root_dev, self.real_root = root.stat().st_dev, os.path.realpath(root)
+        self.files: list[Path] = []
+        self.problems: list[Problem] = []
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.entries = 0
+        self.bytes = 0
+        self.stopped = False
+
+    def _problem(self, path: Path, message: str, **kw: Any) -> None:
+        self.problems.append(Problem(Location(str(path)), message, **kw))
+
+    def _over(self, what: str, limit: int) -> None:
+        self._problem(self.root, f"more than {limit:,} {what} under this directory (limit); "
+                                 "nothing is loaded")
+        self.stopped = True
+
+    def walk(self, directory: Path) -> None:
         try:
             st = directory.stat()
         except OSError as exc:
-            problems.append(Problem(Location(str(directory)), f"cannot read: {exc.strerror}"))
+            self._problem(directory, f"cannot read: {exc.strerror}")
             return
         ident = (st.st_dev, st.st_ino)
-        if ident in seen_dirs:
-            problems.append(Problem(Location(str(directory)), "symlink loop: directory seen before"))
+        if ident in self.seen_dirs:
+            self._problem(directory, "symlink loop: directory seen before")
             return
-        seen_dirs.add(ident)
+        self.seen_dirs.add(ident)
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as exc:
-            problems.append(Problem(Location(str(directory)), f"cannot list: {exc.strerror}"))
+            self._problem(directory, f"cannot list: {exc.strerror}")
             return
         stems: dict[str, Path] = {}
         for entry in entries:
-            budget["entries"] -= 1
-            if budget["entries"] < 0:
-                if budget["entries"] == -1:
-                    over("directory entries", MAX_ENTRIES)
+            if self.stopped:  # a bound was passed further down: stop here too
+                return
+            self.entries += 1
+            if self.entries > MAX_ENTRIES:
+                self._over("directory entries", MAX_ENTRIES)
                 return
             if is_ignored(entry.name):
                 continue
@@ -131,42 +148,35 @@ def scan(root: Path) -> tuple[list[Path], list[Problem]]:
                 sub = os.stat(path)
             except OSError as exc:
                 if entry.name.endswith(YAML_SUFFIXES) or entry.is_symlink():
-                    problems.append(Problem(Location(str(path)), f"cannot read: {exc.strerror}"))
+                    self._problem(path, f"cannot read: {exc.strerror}")
                 continue
             if stat.S_ISDIR(sub.st_mode):
-                why = (_foreign_tree(path, real_root, root_dev, sub) if entry.is_symlink()
-                       else None)
+                why = (_foreign_tree(path, self.real_root, self.root_dev, sub)
+                       if entry.is_symlink() else None)
                 if why:
-                    problems.append(Problem(Location(str(path)), f"symlinked directory {why}"))
+                    self._problem(path, f"symlinked directory {why}")
                     continue
-                walk(path)
-                if budget["entries"] < 0:
-                    return
+                self.walk(path)
             elif entry.name.endswith(YAML_SUFFIXES):
-                if not stat.S_ISREG(sub.st_mode):
-                    problems.append(Problem(Location(str(path)), f"is {_not_regular(sub.st_mode)}"
-                                            "; a desired-state file must be a regular file"))
-                    continue
-                stem = entry.name.rsplit(".", 1)[0]
-                if stem in stems:
-                    problems.append(Problem(
-                        Location(str(path)),
-                        f"both {stems[stem].name} and {entry.name} exist; keep one",
-                        related=(Location(str(stems[stem])),),
-                    ))
-                    continue
-                stems[stem] = path
-                files.append(path)
-                budget["bytes"] -= sub.st_size
-                if len(files) > MAX_FILES:
-                    over("YAML files", MAX_FILES)
-                    return
-                if budget["bytes"] < 0:
-                    over("bytes of YAML", MAX_TOTAL_BYTES)
-                    return
+                self._file(path, entry.name, sub, stems)
 
-    walk(root)
-    return files, problems
+    def _file(self, path: Path, name: str, sub: os.stat_result, stems: dict[str, Path]) -> None:
+        if not stat.S_ISREG(sub.st_mode):
+            self._problem(path, f"is {_not_regular(sub.st_mode)}; a desired-state file must be "
+                                "a regular file")
+            return
+        stem = name.rsplit(".", 1)[0]
+        if stem in stems:
+            self._problem(path, f"both {stems[stem].name} and {name} exist; keep one",
+                          related=(Location(str(stems[stem])),))
+            return
+        stems[stem] = path
+        self.files.append(path)
+        self.bytes += sub.st_size
+        if len(self.files) > MAX_FILES:
+            self._over("YAML files", MAX_FILES)
+        elif self.bytes > MAX_TOTAL_BYTES:
+            self._over("bytes of YAML", MAX_TOTAL_BYTES)
 
 
 def read(path: Path, shown_as: str | None = None) -> tuple[SourceFile | None, Problem | None]:

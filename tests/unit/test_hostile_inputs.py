@@ -265,3 +265,28 @@ def test_the_cli_resolves_the_pin_root() -> None:
 
     given = Namespace(pin_root="/sys/fs/bpf/bpfsync-x-y/../bpfsync-x")
     assert _pin_root(given) == Path("/sys/fs/bpf/bpfsync-x")
+
+
+def test_each_directory_bound_stops_the_walk_with_one_error(tmp_path: Path,
+                                                             monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The scan's caps, lowered so that a test reaches them: past each, one error at the
+    directory and nothing loaded (the real caps are in the README's Limits)."""
+    from reconciler import source
+
+    tree = tmp_path / "d"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    for i in range(6):
+        (tree / "sub" / "deeper" / f"f{i}.yaml").write_text("x: 1\n")
+    (tree / "a.yaml").write_text("x: " + "1" * 100 + "\n")
+    for name, value, what in (("MAX_FILES", 3, "YAML files"), ("MAX_ENTRIES", 4,
+                                                                "directory entries"),
+                              ("MAX_TOTAL_BYTES", 50, "bytes of YAML")):
+        with monkeypatch.context() as m:
+            m.setattr(source, name, value)
+            files, problems = source.scan(tree)
+        messages = [p.message for p in problems]
+        assert messages == [f"more than {value:,} {what} under this directory (limit); "
+                            "nothing is loaded"], (name, messages)
+        assert problems[0].location.file == str(tree)
+    files, problems = source.scan(tree)
+    assert len(files) == 7 and problems == []
