@@ -165,6 +165,11 @@ def test_writers_ansible_editor_and_partial_never_apply_half_a_file(env: Env) ->
 
 
 def test_git_checkout_of_1000_files_is_one_or_few_reconciles(env: Env) -> None:
+    """1,000 changed files arrive as a few reconciles, never one per file, none of them on a
+    broken state. How few depends on how fast git writes against the debounce: unloaded it
+    is one; under load (the issue-17 soak saw 4 with a 0.2 s debounce) git pauses longer
+    than the quiet period between batches, so the bound is generous and only reconciles of
+    file events are counted."""
     repo = env.dir
     repo.mkdir()
     git = ["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c", "user.name=t"]
@@ -182,15 +187,19 @@ def test_git_checkout_of_1000_files_is_one_or_few_reconciles(env: Env) -> None:
                               text=True).stdout.strip()
     subprocess.run([*git, "checkout", "-q", "a"], check=True)
 
-    d = env.daemon("--debounce", "0.2").start()
+    d = env.daemon("--debounce", "0.5").start()
     assert backend_of(env.root, 999) == "198.51.100.20:8080"
-    before = d.reconciles()
+    reconciles = d.status()["metrics"]["reconciles"]
+    before, failed = d.by_trigger("files"), reconciles.get("invalid", 0) + reconciles.get(
+        "failed", 0)
     subprocess.run([*git, "checkout", "-q", "b"], check=True)
     wait_for(lambda: all(backend_of(env.root, i) == "198.51.100.20:9090" for i in (0, 500, 999)),
              30)
     s = d.quiet()  # every event taken and every reconcile finished before counting
-    bursts = sum(s["metrics"]["reconciles"].values()) - before
-    assert 1 <= bursts <= 3, (bursts, d.log())
+    bursts = s["metrics"]["byTrigger"].get("files", 0) - before
+    assert 1 <= bursts <= 20, (bursts, d.log())  # 1,000 file events: coalesced
+    after = s["metrics"]["reconciles"]
+    assert after.get("invalid", 0) + after.get("failed", 0) == failed  # none on a broken state
     assert s["lastApplied"]["revision"] == {"commit": commit_b, "dirty": False}
     verify = bpftool_dump(env.root / "maps" / t.VERIFY.name)
     assert len(verify) == 1000
