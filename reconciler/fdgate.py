@@ -8,7 +8,7 @@ those too. When no room is left — or an accept fails with EMFILE/ENFILE anyway
 being used elsewhere — accepting pauses instead of retrying (the listener stays readable, so
 retrying would spin) and resumes as soon as a proxied connection ends, or after PAUSE_MAX_S.
 Clients wait in the listen queue meanwhile, never refused. Logged once per episode (from the
-first wait until use falls to half the limit), counted always.
+first wait until connections hold half the descriptors left for them), counted always.
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ class DescriptorGate:
             await asyncio.wait_for(self._freed.wait(), PAUSE_MAX_S)
 
     def resume(self) -> None:
-        """An accept succeeded or a connection ended. The episode ends (logged) once use has
-        fallen to half the limit: at the edge, and while a backlog of queued clients drains,
-        every connection that ends lets one more in, which is not worth a log line each."""
-        if self.paused and (self.limit is None or
-                            self.base + 2 * self.conns + HEADROOM <= self.limit // 2):
+        """An accept succeeded or a connection ended. The episode ends (logged) once the
+        connections hold at most half the descriptors left for them: at the edge, and while a
+        backlog of queued clients drains, every connection that ends lets one more in, which
+        is not worth a log line each."""
+        if self.paused and (self.limit is None or 2 * self.conns <= max(
+                0, self.limit - self.base - HEADROOM) // 2):
             self.paused = False
             log.info("descriptors free again: accepting (%d waits so far)", self.pauses)

@@ -37,11 +37,11 @@ def test_a_pause_ends_when_a_connection_ends_and_logs_once_per_episode(caplog) -
         await asyncio.sleep(0)
         gate.released()  # wakes both, long before PAUSE_MAX_S
         await asyncio.wait_for(asyncio.gather(waiting, second), 0.5)
-        gate.resume()  # one connection fewer: still above half the limit, the episode goes on
+        gate.resume()  # one connection fewer: still above half its share, the episode goes on
         assert gate.paused
         while gate.conns > 0:
             gate.released()
-        gate.resume()  # 0 x 2 + HEADROOM is half the limit: over
+        gate.resume()  # under half the descriptors left for connections: over
         return gate
 
     gate = asyncio.run(run())
