@@ -20,7 +20,7 @@ from reconciler.secrets import Secret
 from reconciler.siphash import siphash24
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync
-from tests.kernel.daemonkit import RunningDaemon, wait_for
+from tests.kernel.daemonkit import RunningDaemon
 from tests.kernel.daemonkit import wait_for as wait_until
 from tests.kernel.guekit import (
     SERVICE_KEY,
@@ -47,7 +47,7 @@ from tests.kernel.topology import (
 
 ATTACKER = "192.0.2.3"  # a second address on the node's side of the underlay
 SPOOFED = "192.0.2.66"  # an address nobody has: only raw frames carry it
-SECOND = 60 * 10**9 + 10**9  # just outside the 60 s ping window
+OUTSIDE_WINDOW_NS = 61 * 10**9  # just outside the ±60 s ping window
 
 
 def gue_data(inner: bytes, sid: int = 1, key: bytes = SERVICE_KEY, tunnel: int = 100) -> bytes:
@@ -115,7 +115,7 @@ def test_captured_ping_replayed_stale_or_forged_never_moves_the_tunnel(gue: Gue)
     attacker.raises("ping_replay", lambda: attacker.spoof(SPOOFED, ping))
     # 2. signed with the right key but outside the clock window, either way
     now = ping_clock_ns()
-    for ts in (now - SECOND, now + SECOND):
+    for ts in (now - OUTSIDE_WINDOW_NS, now + OUTSIDE_WINDOW_NS):
         attacker.raises("ping_stale", lambda t=ts: attacker.send(
             ATTACKER, ping_payload(100, Secret(TUNNEL_KEY), t)))
     # 3. forged: a fresh timestamp under a guessed key; the former format (key in clear);
@@ -353,16 +353,16 @@ def test_tiny_and_overlapping_fragments_never_carry_a_syn_past_a_drop_rule(
         mac = sh(f"ip netns exec {server_ns} cat /sys/class/net/{peer}/address").stdout
         eth = bytes.fromhex(mac.strip().replace(":", "")) + bytes(6) + b"\x08\x00"
         syn = _syn(82)
-        MF = 0x2000
-        attack = [_ipv4(0x1111, MF, syn[:8]),        # RFC 1858: 8 bytes, ports only
+        more = 0x2000  # IP flag MF: more fragments follow
+        attack = [_ipv4(0x1111, more, syn[:8]),        # RFC 1858: 8 bytes, ports only
                   _ipv4(0x1111, 1, syn[8:]),         # its second half at offset 8: flags
-                  _ipv4(0x2222, MF, syn[:16]),       # 16 bytes: a header cut short
+                  _ipv4(0x2222, more, syn[:16]),       # 16 bytes: a header cut short
                   _ipv4(0x2222, 2, syn[16:] + bytes(12))]  # the rest at offset 16: passes
-        control = [_ipv4(0x3333, MF, syn + bytes(8)),  # whole header: the drop rule decides
-                   _ipv4(0x4444, MF, _syn(81) + bytes(8))]  # no rule: passes
+        control = [_ipv4(0x3333, more, syn + bytes(8)),  # whole header: the drop rule decides
+                   _ipv4(0x4444, more, _syn(81) + bytes(8))]  # no rule: passes
         sh(f"ip netns exec {ns} /usr/bin/python3 {TRAFFIC} inject {dev} "
            + " ".join((eth + f).hex() for f in attack + control))
-        wait_for(lambda: _ic_counter(pin_root, 1, "fragment") == 3
+        wait_until(lambda: _ic_counter(pin_root, 1, "fragment") == 3
                  and _ic_counter(pin_root, 1, "dropped") == 1)
         seen = []
         for line in iter(cap.stdout.readline, ""):
