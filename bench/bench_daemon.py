@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from reconciler import tables as t  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
 from reconciler.supervisor import run_dir  # noqa: E402
-from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
+from tests.kernel.daemonkit import RunningDaemon, cpu_seconds, wait_for  # noqa: E402
 from tests.kernel.desired import KEY_ENV, PER_FILE, service_doc, write_services  # noqa: E402
 
 BPFFS = Path("/sys/fs/bpf")
@@ -74,12 +74,6 @@ def measure(directory: Path, root: Path, edits: int, apply_each: bool, size: int
                            capture_output=True)
         wait_for(lambda i=i: backend_port(root, i) == 8080, 60, 0.001)
     return sorted(out)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:

@@ -18,6 +18,13 @@ from reconciler.supervisor import run_dir
 from tests.kernel import owned
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for(check: Callable[[], Any], seconds: float = 60, every: float = 0.05) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

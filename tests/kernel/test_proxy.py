@@ -23,6 +23,7 @@ import pytest
 from reconciler.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.conftest import bpffs_entries, bpfsync, bpftool_dump
+from tests.kernel.daemonkit import cpu_seconds
 from tests.kernel.daemonkit import wait_for as wait_until
 from tests.kernel.topology import sh
 
@@ -522,11 +523,6 @@ def test_hostname_backends_are_resolved_again(pn: ProxyNet, tmp_path: Path) -> N
     assert "app.bpfsync.test resolves to" in (tmp_path / "datapath.log").read_text()
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_descriptor_exhaustion_pauses_accepting_and_serves_once_connections_end(
         pn: ProxyNet) -> None:
     """A worker with 256 descriptors and 2,000 idle clients: it runs out, stops accepting
@@ -548,10 +544,10 @@ def test_descriptor_exhaustion_pauses_accepting_and_serves_once_connections_end(
 
     pid = pn.worker_pid()
     assert pid is not None
-    before, started = _cpu_seconds(pid), time.monotonic()
+    before, started = cpu_seconds(pid), time.monotonic()
     while time.monotonic() - started < 3:  # a measuring window, not a wait for a state
         time.sleep(0.5)
-    used = _cpu_seconds(pid) - before
+    used = cpu_seconds(pid) - before
     assert used < 0.5 * (time.monotonic() - started), f"{used:.2f}s of CPU while paused"
     assert newcomer.poll() is None  # still waiting in the listen queue, not refused
     assert all(pn.healthy().values())  # health checks never blamed the backends
