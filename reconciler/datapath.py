@@ -52,10 +52,7 @@ class Pinger:
                          self.pin_root / "maps" / t.TUNNEL.name)
                 self._missing_logged = True
             return {}
-        rotating = any(len(v) == t.TUNNEL.value_size and t.decode_value(t.TUNNEL.name, v)[
-            "flags"] & t.TUNNEL_FLAG_SEND_NEXT for v in raw.values())
-        nexts = (read_pin(self.pin_root, t.NEXT_KEY_TABLE) or {}) if rotating else {}
-        return pinger.targets(raw, nexts)
+        return pinger.targets(raw, lambda: read_pin(self.pin_root, t.NEXT_KEY_TABLE) or {})
 
     def _socket(self, local: tuple[str, int]) -> socket.socket:
         sock = self.sockets.get(local)

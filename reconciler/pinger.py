@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler import tables as t
@@ -37,10 +38,12 @@ class PingTarget:
 
 
 def targets(tunnel_table: dict[bytes, bytes],
-            next_table: dict[bytes, bytes] | None = None) -> dict[int, PingTarget]:
+            read_next: Callable[[], dict[bytes, bytes]] | None = None) -> dict[int, PingTarget]:
     """Tunnels with the ping flag, from raw TI_TUNNEL entries, each with the key to sign with:
-    the TI_NEXT key when the tunnel says so (a rotation's second half)."""
+    the TI_NEXT key when the tunnel says so (a rotation's second half). read_next gives the
+    TI_NEXT entries; it is called at most once, and only when a tunnel needs them."""
     out = {}
+    next_table: dict[bytes, bytes] | None = None
     for key, value in tunnel_table.items():
         if len(value) != t.TUNNEL.value_size:
             continue
@@ -48,7 +51,9 @@ def targets(tunnel_table: dict[bytes, bytes],
         if not v["flags"] & t.TUNNEL_FLAG_PING or "key" not in v or v["remote"] == "learn":
             continue
         if v["flags"] & t.TUNNEL_FLAG_SEND_NEXT:
-            raw = (next_table or {}).get(t.next_key(t.NEXT_TUNNEL, key))
+            if next_table is None:
+                next_table = read_next() if read_next else {}
+            raw = next_table.get(t.next_key(t.NEXT_TUNNEL, key))
             if raw is None or len(raw) != t.NEXT_KEY_TABLE.value_size:
                 continue  # not written yet: the plan writes TI_NEXT first, so only briefly
             v["key"] = t.decode_value(t.NEXT_KEY_TABLE.name, raw)["nextKey"]

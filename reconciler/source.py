@@ -96,8 +96,8 @@ def scan(root: Path) -> tuple[list[Path], list[Problem]]:
 
 
 class _Walk:
-    """One scan: what it found, what went wrong, and what is left of its budget. Once a
-    bound is passed it stops (`stopped`): nothing of such a directory is loaded."""
+    """One scan: what it found, what went wrong, and what it has counted against the bounds.
+    Once a bound is passed it stops (`stopped`): nothing of such a directory is loaded."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

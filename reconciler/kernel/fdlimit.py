@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 import resource
 
-# What packaging/systemd/bpfsync.service sets (LimitNOFILE) and `validate` checks against.
-UNIT_NOFILE = 1048576
-
 
 def raise_to_hard() -> int:
     """Soft RLIMIT_NOFILE := hard; the soft limit in force afterwards (children inherit it)."""

@@ -96,11 +96,10 @@ class PinnedTables:
     def tp_stats(self) -> dict[int, dict[str, int]]:
         """TP_STATS by TransparentProxy id (0: questions nothing answered), by counter name;
         ids never counted are left out."""
-        rows = self._counter_rows(t.TP_STATS, t.TP_STAT_NAMES, set())
-        for tp, six in self._counter_rows(t.TP6_STATS, t.TP6_STAT_NAMES, set()).items():
-            rows.setdefault(tp, dict.fromkeys(t.TP_STAT_NAMES, 0)).update(six)
-        zero6 = dict.fromkeys(t.TP6_STAT_NAMES, 0)
-        return {tp: {**zero6, **row} for tp, row in rows.items()}
+        four = self._counter_rows(t.TP_STATS, t.TP_STAT_NAMES, set())
+        six = self._counter_rows(t.TP6_STATS, t.TP6_STAT_NAMES, set())
+        zero4, zero6 = dict.fromkeys(t.TP_STAT_NAMES, 0), dict.fromkeys(t.TP6_STAT_NAMES, 0)
+        return {tp: {**four.get(tp, zero4), **six.get(tp, zero6)} for tp in four.keys() | six}
 
     def ic_stats(self) -> dict[int, dict[str, int]]:
         """IC_STATS by Intercept id, by counter name; only ids with a non-zero counter."""

@@ -67,13 +67,13 @@ def test_each_rotation_step_writes_only_what_it_must_and_never_moves_a_key_in_us
 def test_pings_are_signed_with_the_key_that_is_sent() -> None:
     for key, nxt in ((OLD, None), (OLD, NEW), (NEW, OLD), (NEW, None)):
         obs = observed(state(key, nxt))
-        got = targets(obs[t.TUNNEL.name], obs[t.NEXT_KEY_TABLE.name])
+        got = targets(obs[t.TUNNEL.name], lambda o=obs: o[t.NEXT_KEY_TABLE.name])
         assert got[100].key == key
 
 
 def test_a_send_next_tunnel_without_its_next_entry_pings_nothing_yet() -> None:
     obs = observed(state(NEW, OLD) if NEW.value > OLD.value else state(OLD, NEW))
-    assert targets(obs[t.TUNNEL.name], {}) == {}
+    assert targets(obs[t.TUNNEL.name], dict) == {}
 
 
 TUNNEL_YAML = """\
