@@ -34,9 +34,14 @@ class DescriptorGate:
         self.paused = False
         self._freed = asyncio.Event()
 
+    @property
+    def held(self) -> int:
+        """Descriptors held as the gate counts them: the start's, and two per connection."""
+        return self.base + 2 * self.conns
+
     def room(self) -> bool:
         """Two more descriptors fit, with the housekeeping headroom left."""
-        return self.limit is None or self.base + 2 * (self.conns + 1) + HEADROOM <= self.limit
+        return self.limit is None or self.held + 2 + HEADROOM <= self.limit
 
     def opened(self) -> None:
         self.conns += 1
