@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler.desired import compile_tables  # noqa: E402
+from reconciler.core.desired import compile_tables  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
 from reconciler.kernel.maps import open_tables  # noqa: E402
-from reconciler.load import load_directory  # noqa: E402
+from reconciler.load.directory import load_directory  # noqa: E402
 from tests.kernel.desired import KEY_ENV, PER_FILE, write_services  # noqa: E402
 
 PARSE_FLOOR = """
@@ -99,9 +99,11 @@ def kernel_floor(pin_root: Path, desired: dict[str, dict[bytes, bytes]]) -> floa
 
 def phases(directory: Path, pin_root: Path) -> dict[str, float]:
     """In-process split of a no-op diff, to show what share is parsing."""
-    from reconciler import checks, load, source
-    from reconciler.plan import compute_plan
-    from reconciler.schema import Schemas
+    from reconciler.core import checks
+    from reconciler.core.plan import compute_plan
+    from reconciler.load import directory as load
+    from reconciler.load import source
+    from reconciler.load.schema import Schemas
 
     out: dict[str, float] = {}
     schemas = Schemas()

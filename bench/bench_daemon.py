@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler import tables as t  # noqa: E402
+from reconciler.core import tables as t  # noqa: E402
+from reconciler.datapath.supervisor import run_dir  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
-from reconciler.supervisor import run_dir  # noqa: E402
 from tests.kernel.daemonkit import RunningDaemon, cpu_seconds, wait_for  # noqa: E402
 from tests.kernel.desired import KEY_ENV, PER_FILE, service_doc, write_services  # noqa: E402
 

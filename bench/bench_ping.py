@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_intercept import test_run  # noqa: E402
+from reconciler.datapath.pinger import ping_payload  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
-from reconciler.pinger import ping_payload  # noqa: E402
-from reconciler.secrets import Secret  # noqa: E402
+from reconciler.load.secrets import Secret  # noqa: E402
 from tests.kernel.guekit import ipv4_udp  # noqa: E402
 
 KEY, NEXT = "tunnel-key-0001", "tunnel-key-0002"

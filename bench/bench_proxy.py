@@ -164,7 +164,7 @@ spec:
         time.sleep(2.0)
 
     def worker_pid(self) -> int:
-        from reconciler.supervisor import run_dir
+        from reconciler.datapath.supervisor import run_dir
 
         return json.loads((run_dir(self.root) / "supervisor.json").read_text())["workerPid"]
 
@@ -207,7 +207,7 @@ spec:
         sh(f"ip netns del {self.ns}", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
-        from reconciler.supervisor import run_dir
+        from reconciler.datapath.supervisor import run_dir
 
         shutil.rmtree(run_dir(self.root), ignore_errors=True)
 

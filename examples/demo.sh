@@ -32,7 +32,7 @@ cleanup() {
   for root in "$BPFSYNC_PIN_ROOT" "$gw_root" "$node_root" "$proxy_root" "$run_root"; do
     # the run directory bpfsync keeps for a pin root (status of the daemon and data path)
     rm -rf "$("$here/.venv/bin/python" -c 'import sys; from pathlib import Path
-from reconciler.supervisor import run_dir; print(run_dir(Path(sys.argv[1])))' "$root")"
+from reconciler.datapath.supervisor import run_dir; print(run_dir(Path(sys.argv[1])))' "$root")"
     rm -rf "$root"
   done
   rm -rf "$work" "/tmp/bpfsync-demo-$$-"*

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from reconciler.model import Intercept, Interface
-from reconciler.tables import GUE_OVERHEAD
+from reconciler.core.model import Intercept, Interface
+from reconciler.core.tables import GUE_OVERHEAD
 
 if TYPE_CHECKING:
     from reconciler.cgroups import CgroupOperation

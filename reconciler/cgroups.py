@@ -19,8 +19,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from reconciler.attach import AttachAction, AttachPlan
-from reconciler.naming import escape_path
-from reconciler.state import DesiredState
+from reconciler.core.naming import escape_path
+from reconciler.core.state import DesiredState
 
 LINK_PREFIX = "cg:"
 HOOKS = ("getsockopt", "sock_ops", "connect4", "connect6")  # attach order; detach in reverse

@@ -19,14 +19,14 @@ from typing import Any
 import yaml
 
 from reconciler import engine, inventory, render
-from reconciler import tables as t
-from reconciler.candidate import check_candidate
-from reconciler.drift import ENFORCE, POLICIES
-from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
+from reconciler.core import tables as t
+from reconciler.core.drift import ENFORCE, POLICIES
+from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
+from reconciler.core.plan import PrunePolicy, proxy_names
+from reconciler.core.state import DesiredState
 from reconciler.kernel.maps import DEFAULT_PIN_ROOT
-from reconciler.load import load_directory
-from reconciler.plan import PrunePolicy, proxy_names
-from reconciler.state import DesiredState
+from reconciler.load.candidate import check_candidate
+from reconciler.load.directory import load_directory
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -248,7 +248,7 @@ def _get_interfaces(args: argparse.Namespace) -> int:
 
 
 def _get_proxies(args: argparse.Namespace) -> int:
-    from reconciler.supervisor import read_datapath_status
+    from reconciler.datapath.supervisor import read_datapath_status
 
     root = _pin_root(args)
     docs = inventory.proxies(engine.read_observed(root, (t.PROXY, t.STEER)),
@@ -302,8 +302,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_datapath(args: argparse.Namespace) -> int:
-    from reconciler import datapath
     from reconciler.daemon import logs
+    from reconciler.datapath import worker as datapath
 
     logs.setup(os.environ.get("BPFSYNC_LOG_FORMAT", "text"))
     if args.worker:
@@ -421,7 +421,7 @@ def _status_text(doc: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from reconciler.daemon import status
-    from reconciler.supervisor import run_dir
+    from reconciler.datapath.supervisor import run_dir
 
     try:
         doc = status.query(run_dir(_pin_root(args)))

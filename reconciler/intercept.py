@@ -17,8 +17,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from reconciler import tables as t
-from reconciler.model import Intercept, InterceptRule, PortRange
+from reconciler.core import tables as t
+from reconciler.core.model import Intercept, InterceptRule, PortRange
 
 Net = ipaddress.IPv4Network
 ACTIONS = {"pass": t.IC_ACTION_PASS, "drop": t.IC_ACTION_DROP, "redirect": t.IC_ACTION_REDIRECT}

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler import tables as t
-from reconciler.plan import Observed
-from reconciler.secrets import Secret
+from reconciler.core import tables as t
+from reconciler.core.plan import Observed
+from reconciler.load.secrets import Secret
 
 KINDS = ("Tunnel", "Service")
 

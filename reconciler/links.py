@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reconciler.attach import AttachAction, AttachPlan, escape_pin, unescape_pin
-from reconciler.state import DesiredState
+from reconciler.core.state import DesiredState
 
 LINK_PREFIX = "sk_lookup:"
 ORPHAN_OWNER = "Proxy/(steering link)"

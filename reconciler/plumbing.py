@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reconciler import tables as t
 from reconciler.attach import AttachAction
-from reconciler.model import Intercept, Routing
+from reconciler.core import tables as t
+from reconciler.core.model import Intercept, Routing
 
 if TYPE_CHECKING:
     from reconciler.attach import AttachPlan

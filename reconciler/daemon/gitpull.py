@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import BpfsyncError
+from reconciler.core.errors import BpfsyncError
 
 log = logging.getLogger("bpfsync.git")
 

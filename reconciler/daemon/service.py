@@ -23,9 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler import drift, engine, inventory
-from reconciler import tables as t
-from reconciler.checks import descriptors_needed
+from reconciler import engine, inventory
+from reconciler.core import drift
+from reconciler.core import tables as t
+from reconciler.core.checks import descriptors_needed
+from reconciler.core.desired import CompileMemo
+from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
+from reconciler.core.plan import Action, Plan, PrunePolicy
+from reconciler.core.state import DesiredState
 from reconciler.daemon import gitrev
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.gitpull import GitFollower
@@ -33,14 +38,10 @@ from reconciler.daemon.heartbeat import Heartbeat
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
-from reconciler.desired import CompileMemo
-from reconciler.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
-from reconciler.filecache import FileCache
-from reconciler.load import load_directory
-from reconciler.plan import Action, Plan, PrunePolicy
-from reconciler.schema import Schemas
-from reconciler.state import DesiredState
-from reconciler.supervisor import Supervisor, read_datapath_status, run_dir
+from reconciler.datapath.supervisor import Supervisor, read_datapath_status, run_dir
+from reconciler.load.directory import load_directory
+from reconciler.load.filecache import FileCache
+from reconciler.load.schema import Schemas
 
 log = logging.getLogger("bpfsync.daemon")
 

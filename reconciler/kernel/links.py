@@ -6,7 +6,7 @@ import os
 from contextlib import suppress
 from pathlib import Path
 
-from reconciler.errors import KernelStateError
+from reconciler.core.errors import KernelStateError
 from reconciler.kernel import libbpf
 from reconciler.kernel.netns import NETNS_DIR
 from reconciler.kernel.programs import BPF_SK_LOOKUP

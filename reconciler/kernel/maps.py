@@ -16,10 +16,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import tables as t
-from reconciler.errors import KernelStateError
+from reconciler.core import tables as t
+from reconciler.core.errors import KernelStateError
+from reconciler.core.plan import Observed, Plan
 from reconciler.kernel import libbpf
-from reconciler.plan import Observed, Plan
 
 BPF_FS_MAGIC = 0xCAFE4A11
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/bpfsync")

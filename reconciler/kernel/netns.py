@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from reconciler.errors import KernelStateError
+from reconciler.core.errors import KernelStateError
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reconciler import tables as t
 from reconciler.attach import AttachAction
-from reconciler.errors import KernelStateError
+from reconciler.core import tables as t
+from reconciler.core.errors import KernelStateError
 from reconciler.kernel import libbpf, netns
 from reconciler.kernel.cgroups import netns_cookie
 from reconciler.kernel.tc import rtnl

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.attach import Config, InterceptProgram, ProgramConfig, function_of
+from reconciler.core.errors import KernelStateError
 from reconciler.data import data_dir
-from reconciler.errors import KernelStateError
 from reconciler.kernel.bcc_env import ensure_kernel_source
 
 BPF_DIR = data_dir("bpf")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.attach import FILTER_HANDLE, FILTER_PREFIX, Filter, Hook, Seen
-from reconciler.errors import KernelStateError
+from reconciler.core.errors import KernelStateError
 from reconciler.kernel import libbpf
 
 PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # TC_H_CLSACT with MIN_INGRESS/EGRESS

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.daemon import status as daemon_status
-from reconciler.supervisor import run_dir
+from reconciler.datapath.supervisor import run_dir
 from tests.kernel import owned
 
 

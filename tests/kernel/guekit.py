@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reconciler import tables as t
+from reconciler.core import tables as t
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync, bpftool_percpu_counters
 from tests.kernel.topology import GW_TUNNEL, KEYS, NODE_TUNNEL, Net, gue_topology, service_doc

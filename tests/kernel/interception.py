@@ -10,7 +10,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from reconciler.supervisor import read_datapath_status
+from reconciler.datapath.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 

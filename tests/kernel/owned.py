@@ -7,7 +7,7 @@ anything else on the host (a real bpfsync installation, another tool, another te
     namespaces      /run/netns/bpfsync-test-*
     cgroups         /bpfsync-test-*   (a test's own clients)
     derived         the run directory and data-path cgroup bpfsync derives from a test pin
-                    root (reconciler.supervisor.run_dir, reconciler.cgroups.datapath_cgroup)
+                    root (reconciler.datapath.supervisor.run_dir, reconciler.cgroups.datapath_cgroup)
 
 A test removes what it made when it ends. A run that was killed (CI's timeout, ^C twice, a
 crash) leaves its objects behind; the next session sweeps them at its start — but only when
@@ -28,7 +28,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from reconciler.cgroups import DATAPATH_PARENT, datapath_cgroup
-from reconciler.supervisor import run_dir
+from reconciler.datapath.supervisor import run_dir
 
 PREFIX = "bpfsync-test-"
 BPFFS = Path("/sys/fs/bpf")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import tables as t
+from reconciler.core import tables as t
 from reconciler.daemon import status as daemon_status
-from reconciler.supervisor import run_dir
+from reconciler.datapath.supervisor import run_dir
 from tests.kernel import owned
 from tests.kernel.conftest import bpftool_dump
 from tests.kernel.daemonkit import wait_for

@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from reconciler.pinger import ping_clock_ns, ping_payload
-from reconciler.secrets import Secret
+from reconciler.datapath.pinger import ping_clock_ns, ping_payload
+from reconciler.load.secrets import Secret
 from reconciler.siphash import siphash24
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync
@@ -310,7 +310,7 @@ def _syn(dport: int, sport: int = 40000) -> bytes:
 
 def _ic_counter(pin_root: Path, ic: int, name: str) -> int:
     """One Intercept counter, summed over CPUs, read with bpftool (not bpfsync's reader)."""
-    from reconciler import tables as t
+    from reconciler.core import tables as t
 
     index = ic * t.IC_COUNTERS + t.IC_STAT_NAMES.index(name)
     out = subprocess.run(["bpftool", "-j", "map", "lookup", "pinned",

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import tables as t
+from reconciler.core import tables as t
+from reconciler.datapath.supervisor import read_datapath_status
 from reconciler.kernel import libbpf
-from reconciler.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync, bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
@@ -433,7 +433,7 @@ def test_systemd_notify_and_metrics(env: Env) -> None:
 def test_status_socket_is_root_only_and_a_second_daemon_is_refused(env: Env) -> None:
     write_services(env.dir, 1)
     d = env.daemon().start()
-    from reconciler.supervisor import run_dir
+    from reconciler.datapath.supervisor import run_dir
 
     path = run_dir(env.root) / "daemon.sock"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -596,7 +596,7 @@ def test_a_key_never_shows_in_any_output(env: Env) -> None:
         outputs.append(urllib.request.urlopen(f"http://{where}/metrics", timeout=60).read()
                        .decode())
         outputs.append(d.log())
-        from reconciler.supervisor import run_dir
+        from reconciler.datapath.supervisor import run_dir
 
         for f in run_dir(env.root).rglob("*"):
             if f.is_file() and not f.is_socket():

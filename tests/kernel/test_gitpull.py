@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import tables as t
+from reconciler.core import tables as t
 from tests.kernel import owned
 from tests.kernel.conftest import bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for

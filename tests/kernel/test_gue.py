@@ -8,10 +8,10 @@ import socket
 import struct
 from pathlib import Path
 
-from reconciler.pinger import ping_payload
-from reconciler.secrets import Secret
+from reconciler.datapath.pinger import ping_payload
+from reconciler.datapath.supervisor import read_datapath_status
+from reconciler.load.secrets import Secret
 from reconciler.siphash import siphash24
-from reconciler.supervisor import read_datapath_status
 from tests.kernel.conftest import bpfsync
 from tests.kernel.daemonkit import wait_for as wait_until
 from tests.kernel.guekit import (

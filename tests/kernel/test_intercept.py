@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.supervisor import read_datapath_status
+from reconciler.datapath.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.interception import (

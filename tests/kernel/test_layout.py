@@ -1,4 +1,4 @@
-"""bpf/trueingress.h and reconciler/tables.py must describe the same bytes: compile the header
+"""bpf/trueingress.h and reconciler/core/tables.py must describe the same bytes: compile the header
 with BCC (as the data-path programs will be) and compare sizes and field offsets."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from reconciler import tables as t
+from reconciler.core import tables as t
 from reconciler.kernel.bcc_env import ensure_kernel_source
-from reconciler.secrets import Secret
+from reconciler.load.secrets import Secret
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "trueingress.h"
 STEER_HEADER = HEADER.with_name("steer.h")

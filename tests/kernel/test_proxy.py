@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.supervisor import read_datapath_status
+from reconciler.datapath.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.conftest import bpffs_entries, bpfsync, bpftool_dump
 from tests.kernel.daemonkit import cpu_seconds
@@ -180,7 +180,7 @@ class ProxyNet:
 
 
 def run_dir(root: Path) -> Path:
-    from reconciler.supervisor import run_dir as rd
+    from reconciler.datapath.supervisor import run_dir as rd
 
     return rd(root)
 

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from reconciler.cgroups import datapath_cgroup
+from reconciler.datapath.supervisor import read_datapath_status
 from reconciler.kernel import cgroups
-from reconciler.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.interception import (

@@ -12,8 +12,8 @@ from reconciler.attach import (
     compute_attach_plan,
     wanted,
 )
+from reconciler.core.model import Interface
 from reconciler.kernel.programs import program_tags
-from reconciler.model import Interface
 
 GW = ProgramConfig("gateway", True, False)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import InvalidDesiredState, Severity
-from reconciler.load import load_directory
-from reconciler.schema import Schemas
-from reconciler.source import Document, SourceFile, parse
+from reconciler.core.errors import InvalidDesiredState, Severity
+from reconciler.load.directory import load_directory
+from reconciler.load.schema import Schemas
+from reconciler.load.source import Document, SourceFile, parse
 from tests.unit.helpers import service, tunnel, write_tree
 
 T, S = tunnel(), service()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.candidate import check_candidate
 from reconciler.cli import main
+from reconciler.load.candidate import check_candidate
 from tests.unit.helpers import service, tunnel, write_tree
 
 

@@ -18,16 +18,16 @@ from watchdog.events import (
     FileMovedEvent,
 )
 
-from reconciler import drift
+from reconciler.core import drift
+from reconciler.core.desired import compile_tables
+from reconciler.core.model import Endpoint
+from reconciler.core.plan import Action, compute_plan
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.watch import relevant
-from reconciler.desired import compile_tables
-from reconciler.filecache import FileCache
-from reconciler.load import load_directory, load_files
-from reconciler.model import Endpoint
-from reconciler.plan import Action, compute_plan
-from reconciler.schema import Schemas
+from reconciler.load.directory import load_directory, load_files
+from reconciler.load.filecache import FileCache
+from reconciler.load.schema import Schemas
 from tests.unit.helpers import service, tunnel, write_tree
 from tests.unit.test_plan import observed_from, state
 
@@ -175,7 +175,7 @@ def test_detaching_what_no_resource_wants_is_a_change_not_drift() -> None:
 
 
 def test_compile_memo_updates_by_difference_and_matches_a_full_compile() -> None:
-    from reconciler.desired import CompileMemo
+    from reconciler.core.desired import CompileMemo
 
     memo = CompileMemo()
     s = state(5)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import MAX_MESSAGE, InvalidDesiredState, Severity
-from reconciler.load import load_directory
+from reconciler.core.errors import MAX_MESSAGE, InvalidDesiredState, Severity
+from reconciler.load.directory import load_directory
 from tests.unit.helpers import service, tunnel, write_tree
 
 SECRET = "8675309123456789"
@@ -247,7 +247,7 @@ def test_cli_refuses_within_limits(tmp_path: Path, make: Callable[[Path], Path |
 
 def test_pin_roots_never_share_a_run_directory_or_cgroup() -> None:
     from reconciler.cgroups import datapath_cgroup
-    from reconciler.supervisor import run_dir
+    from reconciler.datapath.supervisor import run_dir
 
     roots = ["/sys/fs/bpf/A/B", "/sys/fs/bpf/A-B", "/sys/fs/bpf/A\\x2dB", "/sys/fs/bpf/A_B",
              "/sys/fs/bpf/a b", "/sys/fs/bpf/a.b", "/", "/sys/fs/bpf/bpfsync"]
@@ -271,7 +271,7 @@ def test_each_directory_bound_stops_the_walk_with_one_error(tmp_path: Path,
                                                              monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The scan's caps, lowered so that a test reaches them: past each, one error at the
     directory and nothing loaded (the real caps are in the README's Limits)."""
-    from reconciler import source
+    from reconciler.load import source
 
     tree = tmp_path / "d"
     (tree / "sub" / "deeper").mkdir(parents=True)

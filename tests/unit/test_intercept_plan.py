@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import tables as t
 from reconciler.attach import AttachAction, AttachPlan
-from reconciler.checks import proxy_slots
-from reconciler.errors import InvalidDesiredState
+from reconciler.core import tables as t
+from reconciler.core.checks import proxy_slots
+from reconciler.core.errors import InvalidDesiredState
+from reconciler.core.model import Intercept, Routing
+from reconciler.core.state import DesiredState
 from reconciler.intercept import compile_intercept
-from reconciler.load import load_directory
-from reconciler.model import Intercept, Routing
+from reconciler.load.directory import load_directory
 from reconciler.plumbing import (
     PolicyRule,
     Record,
@@ -23,7 +24,6 @@ from reconciler.plumbing import (
     compute_plumbing_plan,
     forget,
 )
-from reconciler.state import DesiredState
 from tests.unit.helpers import write_tree
 
 PROXY = "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\nspec: {id: 5}\n"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import InvalidDesiredState, Severity
-from reconciler.load import load_directory
-from reconciler.model import Endpoint
+from reconciler.core.errors import InvalidDesiredState, Severity
+from reconciler.core.model import Endpoint
+from reconciler.load.directory import load_directory
 from tests.unit.helpers import service, tunnel, write_tree
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -80,7 +80,7 @@ def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
 
 
 def test_yaml_merge_keys_may_be_overridden_but_own_duplicates_are_refused() -> None:
-    from reconciler.source import SourceFile, parse
+    from reconciler.load.source import SourceFile, parse
 
     ok = "base: &b {address: 192.0.2.1, port: 6080}\nx:\n  <<: *b\n  port: 7000\n"
     docs, problems = parse(SourceFile(Path("a.yaml"), "a.yaml", ok))

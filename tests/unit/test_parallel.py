@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import parallel
-from reconciler.errors import InvalidDesiredState
-from reconciler.load import load_directory
+from reconciler.core.errors import InvalidDesiredState
+from reconciler.load import parallel
+from reconciler.load.directory import load_directory
 from tests.unit.helpers import service, tunnel, write_tree
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from reconciler import tables as t
-from reconciler.pinger import Schedule, ping_clock_ns, ping_payload, targets
-from reconciler.secrets import Secret
+from reconciler.core import tables as t
+from reconciler.datapath.pinger import Schedule, ping_clock_ns, ping_payload, targets
+from reconciler.load.secrets import Secret
 from reconciler.siphash import siphash24
 
 KEY = Secret(b"tunnel-key-0001".ljust(16, b"\0"))

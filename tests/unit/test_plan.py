@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import json
 
-from reconciler import tables as t
-from reconciler.desired import compile_tables
-from reconciler.model import Endpoint, KeySource, Origin, Service, Tunnel
-from reconciler.plan import Action, PrunePolicy, compute_plan
+from reconciler.core import tables as t
+from reconciler.core.desired import compile_tables
+from reconciler.core.model import Endpoint, KeySource, Origin, Service, Tunnel
+from reconciler.core.plan import Action, PrunePolicy, compute_plan
+from reconciler.core.state import DesiredState
+from reconciler.load.secrets import Secret, decode_key
 from reconciler.render import plan_json, plan_text
-from reconciler.secrets import Secret, decode_key
-from reconciler.state import DesiredState
 
 SECRET = "SUPERSECRETKEY12"
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler import proxyconf
-from reconciler import tables as t
 from reconciler.attach import AttachAction, AttachPlan
-from reconciler.desired import compile_tables
+from reconciler.core import tables as t
+from reconciler.core.desired import compile_tables
+from reconciler.core.plan import Action, compute_plan
+from reconciler.core.state import DesiredState
 from reconciler.inventory import _port_ranges, proxies
 from reconciler.links import SeenLink, compute_link_plan, netns_of, pin_name
-from reconciler.load import load_directory
-from reconciler.plan import Action, compute_plan
-from reconciler.state import DesiredState
+from reconciler.load.directory import load_directory
 from tests.unit.helpers import write_tree
 
 PROXY = """\

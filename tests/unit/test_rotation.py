@@ -7,16 +7,16 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from reconciler import tables as t
-from reconciler.desired import accepted_slots, compile_tables
-from reconciler.errors import InvalidDesiredState
-from reconciler.load import load_directory
-from reconciler.model import Endpoint, KeySource, Origin, Service, Tunnel
-from reconciler.pinger import targets
-from reconciler.plan import Action, compute_plan
+from reconciler.core import tables as t
+from reconciler.core.desired import accepted_slots, compile_tables
+from reconciler.core.errors import InvalidDesiredState
+from reconciler.core.model import Endpoint, KeySource, Origin, Service, Tunnel
+from reconciler.core.plan import Action, compute_plan
+from reconciler.core.state import DesiredState
+from reconciler.datapath.pinger import targets
+from reconciler.load.directory import load_directory
+from reconciler.load.secrets import Secret
 from reconciler.render import plan_text
-from reconciler.secrets import Secret
-from reconciler.state import DesiredState
 from tests.unit.helpers import write_tree
 
 OLD, NEW = Secret(b"old-key".ljust(16, b"\0")), Secret(b"new-key".ljust(16, b"\0"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler import tables as t
 from reconciler.attach import AttachAction, AttachPlan
 from reconciler.cgroups import (
     CgroupHook,
@@ -14,9 +13,10 @@ from reconciler.cgroups import (
     level,
     wanted,
 )
-from reconciler.desired import compile_tables
+from reconciler.core import tables as t
+from reconciler.core.desired import compile_tables
 from reconciler.kernel.cgroups import HostFacts
-from reconciler.load import load_directory
+from reconciler.load.directory import load_directory
 from tests.unit.helpers import write_tree
 
 PIN = Path("/sys/fs/bpf/bpfsync-unit")

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.errors import InvalidDesiredState, Location, Problem, Severity
-from reconciler.load import FileResult, check_results, load_files, load_paths
-from reconciler.schema import Schemas
-from reconciler.source import YAML_SUFFIXES, is_ignored, scan
-from reconciler.state import DesiredState
+from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity
+from reconciler.core.state import DesiredState
+from reconciler.load.directory import FileResult, check_results, load_files, load_paths
+from reconciler.load.schema import Schemas
+from reconciler.load.source import YAML_SUFFIXES, is_ignored, scan
 
 
 @dataclass

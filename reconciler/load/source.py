@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.errors import Location, Problem, shown
+from reconciler.core.errors import Location, Problem, shown
 
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 32 * 1024 * 1024

@@ -7,11 +7,9 @@ from operator import attrgetter
 from typing import Any
 
 from reconciler import proxyconf
-from reconciler.errors import Severity
-from reconciler.findings import Finding
-from reconciler.intercept import compile_intercept, entry_count
-from reconciler.locate import PathItem
-from reconciler.model import (
+from reconciler.core.errors import Severity
+from reconciler.core.findings import Finding
+from reconciler.core.model import (
     Intercept,
     PortRange,
     Proxy,
@@ -19,8 +17,8 @@ from reconciler.model import (
     TrafficMatch,
     destination_port_count,
 )
-from reconciler.state import DesiredState
-from reconciler.tables import (
+from reconciler.core.state import DesiredState
+from reconciler.core.tables import (
     IC_CHAIN,
     IC_MAX_ENTRIES,
     MAX_SERVICES,
@@ -29,6 +27,8 @@ from reconciler.tables import (
     PROXY_CONFIG_SIZE,
     TP_MAX_RULES,
 )
+from reconciler.intercept import compile_intercept, entry_count
+from reconciler.load.locate import PathItem
 
 
 def _unique(resources: Iterable[Resource], key: Callable[[Any], Hashable],

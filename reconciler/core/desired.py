@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from reconciler import proxyconf
-from reconciler import tables as t
 from reconciler.cgroups import datapath_cgroup, level
-from reconciler.checks import proxy_slots
+from reconciler.core import tables as t
+from reconciler.core.checks import proxy_slots
+from reconciler.core.model import Service, TrafficMatch, TransparentProxy, destination_ports
+from reconciler.core.state import DesiredState
 from reconciler.intercept import compile_intercept
-from reconciler.model import Service, TrafficMatch, TransparentProxy, destination_ports
-from reconciler.secrets import Secret
-from reconciler.state import DesiredState
+from reconciler.load.secrets import Secret
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.errors import Severity
-from reconciler.locate import PathItem
-from reconciler.model import Origin
+from reconciler.core.errors import Severity
+from reconciler.core.model import Origin
+from reconciler.load.locate import PathItem
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler import tables as t
-from reconciler.secrets import Secret
+from reconciler.core import tables as t
+from reconciler.load.secrets import Secret
 from reconciler.siphash import siphash24
 
 _SIGNED = struct.Struct("!BBHIQ")  # GUE base header, tunnel id, timestamp: what the MAC covers

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.secrets import KEY_LEN, Secret
+from reconciler.load.secrets import KEY_LEN, Secret
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_PERCPU_ARRAY = 6

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reconciler.model import HealthCheck
+from reconciler.core.model import HealthCheck
 
 
 @dataclass(eq=False)

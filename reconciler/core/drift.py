@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.attach import AttachAction, AttachPlan
-from reconciler.plan import Action, Plan
-from reconciler.state import DesiredState
+from reconciler.core.plan import Action, Plan
+from reconciler.core.state import DesiredState
 
 ENFORCE, WARN, OFF = "enforce", "warn", "off"
 POLICIES = (ENFORCE, WARN, OFF)

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import yaml
 
-from reconciler.errors import Location
+from reconciler.core.errors import Location
 
 PathItem = str | int
 

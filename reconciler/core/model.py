@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from reconciler.secrets import Secret
+from reconciler.load.secrets import Secret
 
 DEFAULT_GUE_PORT = 6080
 PROTOCOLS: dict[str, int] = {"tcp": 6, "udp": 17}

@@ -15,8 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from reconciler import load
-from reconciler.model import (
+from reconciler.core.model import (
     Endpoint,
     Interface,
     KeySource,
@@ -27,8 +26,9 @@ from reconciler.model import (
     TransparentProxy,
     Tunnel,
 )
-from reconciler.schema import Schemas
-from reconciler.secrets import Secret
+from reconciler.load import directory as load
+from reconciler.load.schema import Schemas
+from reconciler.load.secrets import Secret
 
 MIN_FILES = 16
 MIN_BYTES = 2 * 1024 * 1024

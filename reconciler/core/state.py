@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reconciler.errors import Problem
-from reconciler.model import Intercept, Interface, Proxy, Service, TransparentProxy, Tunnel
+from reconciler.core.errors import Problem
+from reconciler.core.model import Intercept, Interface, Proxy, Service, TransparentProxy, Tunnel
 
 
 @dataclass

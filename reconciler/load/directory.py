@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler import checks, parallel
-from reconciler.drift import POLICIES
-from reconciler.errors import InvalidDesiredState, Location, Problem, Severity, shown
-from reconciler.filecache import FileCache
-from reconciler.findings import Finding
-from reconciler.locate import PathItem, locate
-from reconciler.model import (
+from reconciler.core import checks
+from reconciler.core.drift import POLICIES
+from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity, shown
+from reconciler.core.findings import Finding
+from reconciler.core.model import (
     DEFAULT_GUE_PORT,
     PROTOCOLS,
     Endpoint,
@@ -39,8 +37,12 @@ from reconciler.model import (
     Tunnel,
     unicast_problem,
 )
-from reconciler.schema import MAX_EXPLAINED, Schemas
-from reconciler.secrets import (
+from reconciler.core.state import DesiredState
+from reconciler.load import parallel
+from reconciler.load.filecache import FileCache
+from reconciler.load.locate import PathItem, locate
+from reconciler.load.schema import MAX_EXPLAINED, Schemas
+from reconciler.load.secrets import (
     KEY_LEN,
     KeyUnavailable,
     Secret,
@@ -48,8 +50,7 @@ from reconciler.secrets import (
     read_key_env,
     read_key_file,
 )
-from reconciler.source import Document, parse, read, scan
-from reconciler.state import DesiredState
+from reconciler.load.source import Document, parse, read, scan
 
 MAX_WARNINGS_LOCATED = 20
 MAX_LOCATED = 100  # errors given a line and column; the rest are counted

@@ -16,9 +16,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import relay
-from reconciler.balancer import Pool, Target
-from reconciler.fdgate import EXHAUSTED, DescriptorGate
+from reconciler.datapath import relay
+from reconciler.datapath.balancer import Pool, Target
+from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
 from reconciler.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from reconciler import tables as t
 from reconciler.attach import AttachPlan
-from reconciler.desired import DesiredTables, Entries
+from reconciler.core import tables as t
+from reconciler.core.desired import DesiredTables, Entries
 
 Observed = dict[str, Entries]
 

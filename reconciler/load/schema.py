@@ -18,8 +18,8 @@ from typing import Any
 
 import fastjsonschema
 
+from reconciler.core.errors import shown
 from reconciler.data import data_dir
-from reconciler.errors import shown
 
 SCHEMA_DIR = data_dir("schema")
 # Documents with errors explained field by field in one load (jsonschema costs ~1 ms each);
