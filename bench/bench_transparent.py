@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler.cgroups import DATAPATH_PARENT, datapath_cgroup  # noqa: E402
 from reconciler.datapath.supervisor import read_datapath_status  # noqa: E402
 from reconciler.kernel import cgroups  # noqa: E402
+from reconciler.tproxy.cgroups import DATAPATH_PARENT, datapath_cgroup  # noqa: E402
 from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
 
 TPKIT = str(ROOT / "tests" / "kernel" / "tpkit.py")

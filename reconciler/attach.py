@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from reconciler.core.model import Intercept, Interface
 from reconciler.core.tables import GUE_OVERHEAD
+from reconciler.gue.model import Interface
+from reconciler.intercept.model import Intercept
 
 if TYPE_CHECKING:
-    from reconciler.cgroups import CgroupOperation
-    from reconciler.links import LinkOperation
-    from reconciler.plumbing import PlumbingOperation
+    from reconciler.intercept.plumbing import PlumbingOperation
+    from reconciler.steering.links import LinkOperation
+    from reconciler.tproxy.cgroups import CgroupOperation
 
 FILTER_HANDLE = 0xB5F
 FILTER_PREFIX = "bpfsync:"

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler import attach as at
-from reconciler import cgroups as cg
-from reconciler import links as lk
-from reconciler import plumbing as pl
 from reconciler.core import tables as t
 from reconciler.core.desired import CompileMemo, compile_tables
 from reconciler.core.errors import KernelStateError, UnsafePlan
 from reconciler.core.plan import Observed, Plan, PrunePolicy, compute_plan
 from reconciler.core.state import DesiredState
+from reconciler.intercept import plumbing as pl
 from reconciler.kernel import cgroups as kernel_cgroups
 from reconciler.kernel import links as kernel_links
 from reconciler.kernel import plumbing as kernel_plumbing
@@ -29,6 +27,8 @@ from reconciler.kernel.maps import PinnedTables, locked, open_tables
 from reconciler.kernel.programs import Programs
 from reconciler.load.directory import load_directory
 from reconciler.load.schema import Schemas
+from reconciler.steering import links as lk
+from reconciler.tproxy import cgroups as cg
 
 
 @dataclass(frozen=True)

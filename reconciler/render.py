@@ -8,13 +8,13 @@ from collections import Counter
 from typing import Any
 
 from reconciler.attach import AttachAction, AttachOperation
-from reconciler.cgroups import CgroupOperation
 from reconciler.core import tables as t
 from reconciler.core.plan import Action, Operation, Plan
 from reconciler.core.state import DesiredState
-from reconciler.links import LinkOperation
+from reconciler.intercept.plumbing import SYSCTL, PlumbingOperation
 from reconciler.load.secrets import Secret
-from reconciler.plumbing import SYSCTL, PlumbingOperation
+from reconciler.steering.links import LinkOperation
+from reconciler.tproxy.cgroups import CgroupOperation
 
 SENSITIVE = "(sensitive)"
 EXPANDED = (t.STEER.name, t.TP_RULES.name, t.IC_RULES.name)  # destinations x ports

@@ -6,17 +6,9 @@ from collections.abc import Callable, Hashable, Iterable
 from operator import attrgetter
 from typing import Any
 
-from reconciler import proxyconf
 from reconciler.core.errors import Severity
 from reconciler.core.findings import Finding
-from reconciler.core.model import (
-    Intercept,
-    PortRange,
-    Proxy,
-    Resource,
-    TrafficMatch,
-    destination_port_count,
-)
+from reconciler.core.model import PortRange, Resource, destination_port_count
 from reconciler.core.state import DesiredState
 from reconciler.core.tables import (
     IC_CHAIN,
@@ -27,8 +19,12 @@ from reconciler.core.tables import (
     PROXY_CONFIG_SIZE,
     TP_MAX_RULES,
 )
-from reconciler.intercept import compile_intercept, entry_count
+from reconciler.intercept.compile import compile_intercept, entry_count
+from reconciler.intercept.model import Intercept
 from reconciler.load.locate import PathItem
+from reconciler.steering import proxyconf
+from reconciler.steering.model import Proxy
+from reconciler.tproxy.model import TrafficMatch
 
 
 def _unique(resources: Iterable[Resource], key: Callable[[Any], Hashable],

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reconciler import proxyconf
-from reconciler.cgroups import datapath_cgroup, level
 from reconciler.core import tables as t
 from reconciler.core.checks import proxy_slots
-from reconciler.core.model import Service, TrafficMatch, TransparentProxy, destination_ports
+from reconciler.core.model import destination_ports
 from reconciler.core.state import DesiredState
-from reconciler.intercept import compile_intercept
+from reconciler.gue.model import Service
+from reconciler.intercept.compile import compile_intercept
 from reconciler.load.secrets import Secret
+from reconciler.steering import proxyconf
+from reconciler.tproxy.cgroups import datapath_cgroup, level
+from reconciler.tproxy.model import TrafficMatch, TransparentProxy
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.core.errors import Problem
-from reconciler.core.model import Intercept, Interface, Proxy, Service, TransparentProxy, Tunnel
+from reconciler.gue.model import Interface, Service, Tunnel
+from reconciler.intercept.model import Intercept
+from reconciler.steering.model import Proxy
+from reconciler.tproxy.model import TransparentProxy
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reconciler.core.model import HealthCheck
+from reconciler.steering.model import HealthCheck
 
 
 @dataclass(eq=False)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler.core import tables as t
+from reconciler.gue.siphash import siphash24
 from reconciler.load.secrets import Secret
-from reconciler.siphash import siphash24
 
 _SIGNED = struct.Struct("!BBHIQ")  # GUE base header, tunnel id, timestamp: what the MAC covers
 _MAC = struct.Struct("<Q")

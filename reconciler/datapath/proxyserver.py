@@ -19,7 +19,7 @@ from typing import Any
 from reconciler.datapath import relay
 from reconciler.datapath.balancer import Pool, Target
 from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
-from reconciler.proxyconf import RuntimeConfig
+from reconciler.steering.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")
 ACCEPT_BACKOFF = 0.1  # seconds after a failed accept (out of file descriptors, say)

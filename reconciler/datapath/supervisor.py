@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.cgroups import datapath_cgroup
 from reconciler.core import tables as t
 from reconciler.core.errors import KernelStateError
 from reconciler.core.naming import escape_path
 from reconciler.kernel import cgroups, libbpf, netns
 from reconciler.kernel.maps import read_pin
+from reconciler.tproxy.cgroups import datapath_cgroup
 
 log = logging.getLogger("bpfsync.supervisor")
 

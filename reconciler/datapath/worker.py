@@ -20,13 +20,13 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from reconciler import proxyconf
 from reconciler.core import tables as t
 from reconciler.datapath import pinger, relay, supervisor
 from reconciler.datapath.fdgate import DescriptorGate
 from reconciler.datapath.proxyserver import ProxyServer
 from reconciler.kernel import fdlimit, netns
 from reconciler.kernel.maps import read_pin
+from reconciler.steering import proxyconf
 
 IP_FREEBIND = 15
 MAX_SLEEP = 1.0  # table changes are noticed within this

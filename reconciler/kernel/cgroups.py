@@ -15,10 +15,10 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.cgroups import LINK_PREFIX, CgroupHook, SeenCgroup, datapath_cgroup
 from reconciler.core.errors import KernelStateError
 from reconciler.core.state import DesiredState
 from reconciler.kernel import libbpf, netns
+from reconciler.tproxy.cgroups import LINK_PREFIX, CgroupHook, SeenCgroup, datapath_cgroup
 
 SO_NETNS_COOKIE = 71
 BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT = 10, 11

@@ -10,7 +10,7 @@ from reconciler.core.errors import KernelStateError
 from reconciler.kernel import libbpf
 from reconciler.kernel.netns import NETNS_DIR
 from reconciler.kernel.programs import BPF_SK_LOOKUP
-from reconciler.links import LINK_PREFIX, SeenLink, netns_of, pin_name
+from reconciler.steering.links import LINK_PREFIX, SeenLink, netns_of, pin_name
 
 
 def links_dir(pin_root: Path) -> Path:

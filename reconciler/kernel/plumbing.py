@@ -17,16 +17,16 @@ from typing import Any
 from reconciler.attach import AttachAction
 from reconciler.core import tables as t
 from reconciler.core.errors import KernelStateError
-from reconciler.kernel import libbpf, netns
-from reconciler.kernel.cgroups import netns_cookie
-from reconciler.kernel.tc import rtnl
-from reconciler.plumbing import (
+from reconciler.intercept.plumbing import (
     RTPROT_BPFSYNC,
     PlumbingOperation,
     PolicyRule,
     Record,
     SeenPlumbing,
 )
+from reconciler.kernel import libbpf, netns
+from reconciler.kernel.cgroups import netns_cookie
+from reconciler.kernel.tc import rtnl
 
 ACCEPT_LOCAL = "/proc/sys/net/ipv4/conf/lo/accept_local"
 RTN_LOCAL = 2

@@ -17,27 +17,10 @@ from reconciler.core import checks
 from reconciler.core.drift import POLICIES
 from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity, shown
 from reconciler.core.findings import Finding
-from reconciler.core.model import (
-    DEFAULT_GUE_PORT,
-    PROTOCOLS,
-    Endpoint,
-    HealthCheck,
-    Intercept,
-    InterceptRule,
-    Interface,
-    KeySource,
-    Origin,
-    PortRange,
-    Proxy,
-    Resource,
-    Routing,
-    Service,
-    TrafficMatch,
-    TransparentProxy,
-    Tunnel,
-    unicast_problem,
-)
+from reconciler.core.model import PROTOCOLS, Endpoint, Origin, PortRange, Resource, unicast_problem
 from reconciler.core.state import DesiredState
+from reconciler.gue.model import DEFAULT_GUE_PORT, Interface, KeySource, Service, Tunnel
+from reconciler.intercept.model import Intercept, InterceptRule, Routing
 from reconciler.load import parallel
 from reconciler.load.filecache import FileCache
 from reconciler.load.locate import PathItem, locate
@@ -51,6 +34,8 @@ from reconciler.load.secrets import (
     read_key_file,
 )
 from reconciler.load.source import Document, parse, read, scan
+from reconciler.steering.model import HealthCheck, Proxy
+from reconciler.tproxy.model import TrafficMatch, TransparentProxy
 
 MAX_WARNINGS_LOCATED = 20
 MAX_LOCATED = 100  # errors given a line and column; the rest are counted

@@ -15,20 +15,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.model import (
-    Endpoint,
-    Interface,
-    KeySource,
-    Origin,
-    Proxy,
-    Resource,
-    Service,
-    TransparentProxy,
-    Tunnel,
-)
+from reconciler.core.model import Endpoint, Origin, Resource
+from reconciler.gue.model import Interface, KeySource, Service, Tunnel
 from reconciler.load import directory as load
 from reconciler.load.schema import Schemas
 from reconciler.load.secrets import Secret
+from reconciler.steering.model import Proxy
+from reconciler.tproxy.model import TransparentProxy
 
 MIN_FILES = 16
 MIN_BYTES = 2 * 1024 * 1024

@@ -27,8 +27,8 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 
-from reconciler.cgroups import DATAPATH_PARENT, datapath_cgroup
 from reconciler.datapath.supervisor import run_dir
+from reconciler.tproxy.cgroups import DATAPATH_PARENT, datapath_cgroup
 
 PREFIX = "bpfsync-test-"
 BPFFS = Path("/sys/fs/bpf")

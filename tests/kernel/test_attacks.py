@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.datapath.pinger import ping_clock_ns, ping_payload
+from reconciler.gue.siphash import siphash24
 from reconciler.load.secrets import Secret
-from reconciler.siphash import siphash24
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync
 from tests.kernel.daemonkit import RunningDaemon

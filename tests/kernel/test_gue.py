@@ -10,8 +10,8 @@ from pathlib import Path
 
 from reconciler.datapath.pinger import ping_payload
 from reconciler.datapath.supervisor import read_datapath_status
+from reconciler.gue.siphash import siphash24
 from reconciler.load.secrets import Secret
-from reconciler.siphash import siphash24
 from tests.kernel.conftest import bpfsync
 from tests.kernel.daemonkit import wait_for as wait_until
 from tests.kernel.guekit import (

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.cgroups import datapath_cgroup
 from reconciler.datapath.supervisor import read_datapath_status
 from reconciler.kernel import cgroups
+from reconciler.tproxy.cgroups import datapath_cgroup
 from tests.kernel import owned
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.interception import (

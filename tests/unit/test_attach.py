@@ -12,7 +12,7 @@ from reconciler.attach import (
     compute_attach_plan,
     wanted,
 )
-from reconciler.core.model import Interface
+from reconciler.gue.model import Interface
 from reconciler.kernel.programs import program_tags
 
 GW = ProgramConfig("gateway", True, False)

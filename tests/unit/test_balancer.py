@@ -1,7 +1,7 @@
 from collections import Counter
 
-from reconciler.core.model import HealthCheck
 from reconciler.datapath.balancer import Pool
+from reconciler.steering.model import HealthCheck
 
 A, B, C = ("a", 1, "192.0.2.1"), ("b", 1, "192.0.2.2"), ("c", 1, "192.0.2.3")
 

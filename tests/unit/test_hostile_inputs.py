@@ -246,8 +246,8 @@ def test_cli_refuses_within_limits(tmp_path: Path, make: Callable[[Path], Path |
 
 
 def test_pin_roots_never_share_a_run_directory_or_cgroup() -> None:
-    from reconciler.cgroups import datapath_cgroup
     from reconciler.datapath.supervisor import run_dir
+    from reconciler.tproxy.cgroups import datapath_cgroup
 
     roots = ["/sys/fs/bpf/A/B", "/sys/fs/bpf/A-B", "/sys/fs/bpf/A\\x2dB", "/sys/fs/bpf/A_B",
              "/sys/fs/bpf/a b", "/sys/fs/bpf/a.b", "/", "/sys/fs/bpf/bpfsync"]

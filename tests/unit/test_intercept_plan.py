@@ -12,11 +12,10 @@ from reconciler.attach import AttachAction, AttachPlan
 from reconciler.core import tables as t
 from reconciler.core.checks import proxy_slots
 from reconciler.core.errors import InvalidDesiredState
-from reconciler.core.model import Intercept, Routing
 from reconciler.core.state import DesiredState
-from reconciler.intercept import compile_intercept
-from reconciler.load.directory import load_directory
-from reconciler.plumbing import (
+from reconciler.intercept.compile import compile_intercept
+from reconciler.intercept.model import Intercept, Routing
+from reconciler.intercept.plumbing import (
     PolicyRule,
     Record,
     SeenPlumbing,
@@ -24,6 +23,7 @@ from reconciler.plumbing import (
     compute_plumbing_plan,
     forget,
 )
+from reconciler.load.directory import load_directory
 from tests.unit.helpers import write_tree
 
 PROXY = "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: egress}\nspec: {id: 5}\n"

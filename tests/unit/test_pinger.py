@@ -6,8 +6,8 @@ import struct
 
 from reconciler.core import tables as t
 from reconciler.datapath.pinger import Schedule, ping_clock_ns, ping_payload, targets
+from reconciler.gue.siphash import siphash24
 from reconciler.load.secrets import Secret
-from reconciler.siphash import siphash24
 
 KEY = Secret(b"tunnel-key-0001".ljust(16, b"\0"))
 

@@ -4,9 +4,10 @@ import json
 
 from reconciler.core import tables as t
 from reconciler.core.desired import compile_tables
-from reconciler.core.model import Endpoint, KeySource, Origin, Service, Tunnel
+from reconciler.core.model import Endpoint, Origin
 from reconciler.core.plan import Action, PrunePolicy, compute_plan
 from reconciler.core.state import DesiredState
+from reconciler.gue.model import KeySource, Service, Tunnel
 from reconciler.load.secrets import Secret, decode_key
 from reconciler.render import plan_json, plan_text
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler import proxyconf
 from reconciler.attach import AttachAction, AttachPlan
 from reconciler.core import tables as t
 from reconciler.core.desired import compile_tables
 from reconciler.core.plan import Action, compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.inventory import _port_ranges, proxies
-from reconciler.links import SeenLink, compute_link_plan, netns_of, pin_name
 from reconciler.load.directory import load_directory
+from reconciler.steering import proxyconf
+from reconciler.steering.links import SeenLink, compute_link_plan, netns_of, pin_name
 from tests.unit.helpers import write_tree
 
 PROXY = """\

@@ -10,10 +10,11 @@ from pathlib import Path
 from reconciler.core import tables as t
 from reconciler.core.desired import accepted_slots, compile_tables
 from reconciler.core.errors import InvalidDesiredState
-from reconciler.core.model import Endpoint, KeySource, Origin, Service, Tunnel
+from reconciler.core.model import Endpoint, Origin
 from reconciler.core.plan import Action, compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.datapath.pinger import targets
+from reconciler.gue.model import KeySource, Service, Tunnel
 from reconciler.load.directory import load_directory
 from reconciler.load.secrets import Secret
 from reconciler.render import plan_text

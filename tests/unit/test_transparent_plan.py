@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler.attach import AttachAction, AttachPlan
-from reconciler.cgroups import (
+from reconciler.core import tables as t
+from reconciler.core.desired import compile_tables
+from reconciler.kernel.cgroups import HostFacts
+from reconciler.load.directory import load_directory
+from reconciler.tproxy.cgroups import (
     CgroupHook,
     SeenCgroup,
     compute_cgroup_plan,
@@ -13,10 +17,6 @@ from reconciler.cgroups import (
     level,
     wanted,
 )
-from reconciler.core import tables as t
-from reconciler.core.desired import compile_tables
-from reconciler.kernel.cgroups import HostFacts
-from reconciler.load.directory import load_directory
 from tests.unit.helpers import write_tree
 
 PIN = Path("/sys/fs/bpf/bpfsync-unit")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.attach import AttachAction
 from reconciler.core import tables as t
-from reconciler.core.model import Intercept, Routing
+from reconciler.intercept.model import Intercept, Routing
 
 if TYPE_CHECKING:
     from reconciler.attach import AttachPlan

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.core.model import HealthCheck, Proxy
+from reconciler.steering.model import HealthCheck, Proxy
 
 FORMAT = 1
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from reconciler.core import tables as t
-from reconciler.core.model import Intercept, InterceptRule, PortRange
+from reconciler.core.model import PortRange
+from reconciler.intercept.model import Intercept, InterceptRule
 
 Net = ipaddress.IPv4Network
 ACTIONS = {"pass": t.IC_ACTION_PASS, "drop": t.IC_ACTION_DROP, "redirect": t.IC_ACTION_REDIRECT}
