@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler.core.desired import compile_tables  # noqa: E402
+from reconciler.core.compile import compile_tables  # noqa: E402
+from reconciler.engine import open_pinned  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
-from reconciler.kernel.maps import open_tables  # noqa: E402
 from reconciler.load.directory import load_directory  # noqa: E402
 from tests.kernel.desired import KEY_ENV, PER_FILE, write_services  # noqa: E402
 
@@ -72,7 +72,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int]:
 
 def bpftool_loop(pin_root: Path, entries: list[tuple[str, bytes, bytes]], sample: int) -> float:
     """Seconds per entry of one `bpftool map update` process per entry (the seeds' CLIs)."""
-    tables = open_tables(pin_root, create=True)
+    tables = open_pinned(pin_root, create=True)
     tables.close()
     chosen = entries[:sample]
     started = time.perf_counter()
@@ -85,7 +85,7 @@ def bpftool_loop(pin_root: Path, entries: list[tuple[str, bytes, bytes]], sample
 
 def kernel_floor(pin_root: Path, desired: dict[str, dict[bytes, bytes]]) -> float:
     """Seconds for one libbpf batch update per table of the already-encoded entries."""
-    tables = open_tables(pin_root, create=True)
+    tables = open_pinned(pin_root, create=True)
     try:
         buffers = [(tables.fds[name], b"".join(e), b"".join(e.values()), len(e))
                    for name, e in desired.items() if e]
@@ -99,7 +99,7 @@ def kernel_floor(pin_root: Path, desired: dict[str, dict[bytes, bytes]]) -> floa
 
 def phases(directory: Path, pin_root: Path) -> dict[str, float]:
     """In-process split of a no-op diff, to show what share is parsing."""
-    from reconciler.core import checks
+    from reconciler.core import registry
     from reconciler.core.plan import compute_plan
     from reconciler.load import directory as load
     from reconciler.load import source
@@ -115,15 +115,15 @@ def phases(directory: Path, pin_root: Path) -> dict[str, float]:
         parsed, _ = source.parse(src)
         docs += parsed
     t1 = time.perf_counter()
-    keys: load.KeyCache = {}
+    keys = load.KeyCache()
     results = [load.FileResult("", [], [load.check_document(d, schemas, keys) for d in docs])]
     state, invalid, _ = load.assemble(results)
-    checks.cross_check(state, invalid)
+    load.cross_check(state, invalid)
     t2 = time.perf_counter()
     desired = compile_tables(state)
     t3 = time.perf_counter()
-    tables = open_tables(pin_root, create=False)
-    observed = tables.read()
+    tables = open_pinned(pin_root, create=False)
+    observed = tables.read(registry.ENTRY_TABLES)
     tables.close()
     t4 = time.perf_counter()
     compute_plan(desired, observed)

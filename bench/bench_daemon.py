@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler.core import tables as t  # noqa: E402
+from reconciler.core import registry  # noqa: E402
 from reconciler.datapath.supervisor import run_dir  # noqa: E402
+from reconciler.gue import tables as gt  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
 from tests.kernel.daemonkit import RunningDaemon, cpu_seconds, wait_for  # noqa: E402
 from tests.kernel.desired import KEY_ENV, PER_FILE, service_doc, write_services  # noqa: E402
@@ -34,12 +35,12 @@ BPFFS = Path("/sys/fs/bpf")
 
 
 def backend_port(root: Path, i: int) -> int | None:
-    fd = libbpf.obj_get(str(root / "maps" / t.VERIFY.name))
+    fd = libbpf.obj_get(str(root / "maps" / gt.VERIFY.name))
     try:
-        raw = libbpf.lookup_elem(fd, t.sid_key(*divmod(i, 65536)), t.VERIFY.value_size)
+        raw = libbpf.lookup_elem(fd, gt.sid_key(*divmod(i, 65536)), gt.VERIFY.value_size)
     finally:
         os.close(fd)
-    return None if raw is None else int(t.decode_value(t.VERIFY.name, raw)["backend"].split(":")[1])
+    return None if raw is None else int(registry.decode_value(gt.VERIFY.name, raw)["backend"].split(":")[1])
 
 
 def edit(directory: Path, i: int, port: int) -> None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from reconciler.core.tables import GUE_OVERHEAD
 from reconciler.gue.model import Interface
+from reconciler.gue.tables import GUE_OVERHEAD
 from reconciler.intercept.model import Intercept
 
 if TYPE_CHECKING:

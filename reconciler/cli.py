@@ -19,14 +19,17 @@ from typing import Any
 import yaml
 
 from reconciler import engine, inventory, render
-from reconciler.core import tables as t
+from reconciler.core import registry
 from reconciler.core.drift import ENFORCE, POLICIES
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
-from reconciler.core.plan import PrunePolicy, proxy_names
+from reconciler.core.plan import PrunePolicy
 from reconciler.core.state import DesiredState
+from reconciler.gue.model import Interface
 from reconciler.kernel.maps import DEFAULT_PIN_ROOT
 from reconciler.load.candidate import check_candidate
 from reconciler.load.directory import load_directory
+from reconciler.steering import tables as steering_tables
+from reconciler.steering.tables import proxy_names
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -48,14 +51,9 @@ def _prune(args: argparse.Namespace) -> PrunePolicy:
 
 
 def _counts(state: DesiredState) -> str:
-    counts = [f"{len(state.tunnels)} tunnels", f"{len(state.services)} services",
-              f"{len(state.interfaces)} interfaces"]
-    for n, what in ((len(state.proxies), "proxies"),
-                    (len(state.transparent), "transparent proxies"),
-                    (len(state.intercepts), "intercepts")):
-        if n:
-            counts.append(f"{n} {what}")
-    return f"{', '.join(counts)} in {state.files} files"
+    counts = [f"{state.count(kind.name)} {kind.plural}" for kind in registry.KINDS.values()
+              if state.count(kind.name)]
+    return f"{', '.join(counts) or 'no resources'} in {state.files} files"
 
 
 def _directories(patterns: Sequence[str]) -> list[Path]:
@@ -81,7 +79,7 @@ def _validate_directory(directory: Path, args: argparse.Namespace) -> bool:
         print(f"{directory}: invalid ({n} error{'s' if n != 1 else ''})", file=sys.stderr)
         return False
     _print_problems(state.warnings)
-    if state.interfaces and os.geteuid() == 0:
+    if state.of(Interface) and os.geteuid() == 0:
         try:
             for w in engine.host_warnings(state, _pin_root(args)):
                 print(f"warning: on this host: {w}", file=sys.stderr)
@@ -215,7 +213,7 @@ def _get_stats(args: argparse.Namespace) -> int:
     stats = engine.read_stats(root)
     steer = engine.read_steer_stats(root)
     if any(steer.get(0, {}).values()) or len(steer) > 1:
-        names = proxy_names(engine.read_observed(root, (t.PROXY,)))
+        names = proxy_names(engine.read_observed(root, (steering_tables.PROXY,)))
         for slot, counters in sorted(steer.items()):
             who = "steering" if slot == 0 else f"proxy/{names.get(slot, f'slot-{slot}')}"
             for name, value in counters.items():
@@ -251,7 +249,7 @@ def _get_proxies(args: argparse.Namespace) -> int:
     from reconciler.datapath.supervisor import read_datapath_status
 
     root = _pin_root(args)
-    docs = inventory.proxies(engine.read_observed(root, (t.PROXY, t.STEER)),
+    docs = inventory.proxies(engine.read_observed(root, (steering_tables.PROXY, steering_tables.STEER)),
                              engine.read_steer_stats(root),
                              read_datapath_status(root))
 
@@ -468,7 +466,7 @@ def parser() -> argparse.ArgumentParser:
     def prune_flags(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--no-prune", action="store_true",
                         help="never delete entries that are no longer in YAML")
-        sp.add_argument("--keep", action="append", choices=["Tunnel", "Service"],
+        sp.add_argument("--keep", action="append", choices=registry.ENTRY_KINDS,
                         metavar="KIND", help="do not prune entries of this kind (repeatable)")
 
     d = sub.add_parser("diff", help="show the plan (exit 0 in sync, 2 changes, 1 error)")

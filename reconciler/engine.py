@@ -11,14 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from reconciler import attach as at
-from reconciler.core import tables as t
-from reconciler.core.desired import CompileMemo, compile_tables
+from reconciler.core import registry
+from reconciler.core.compile import compile_tables
+from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import KernelStateError, UnsafePlan
 from reconciler.core.plan import Observed, Plan, PrunePolicy, compute_plan
 from reconciler.core.state import DesiredState
+from reconciler.core.tables import MapSpec
+from reconciler.gue.counters import gue_counters
+from reconciler.gue.model import Interface
 from reconciler.intercept import plumbing as pl
+from reconciler.intercept.counters import intercept_counters
+from reconciler.intercept.model import Intercept
 from reconciler.kernel import cgroups as kernel_cgroups
 from reconciler.kernel import links as kernel_links
 from reconciler.kernel import plumbing as kernel_plumbing
@@ -28,7 +35,12 @@ from reconciler.kernel.programs import Programs
 from reconciler.load.directory import load_directory
 from reconciler.load.schema import Schemas
 from reconciler.steering import links as lk
+from reconciler.steering.counters import steering_counters
+from reconciler.steering.model import Proxy, proxy_netns
 from reconciler.tproxy import cgroups as cg
+from reconciler.tproxy import tables as tpt
+from reconciler.tproxy.counters import tproxy_counters, tracked
+from reconciler.tproxy.model import TransparentProxy
 
 
 @dataclass(frozen=True)
@@ -40,58 +52,52 @@ class Result:
 
 
 Select = Callable[[Plan], Plan]
+T = TypeVar("T")
 
 
-def read_observed(pin_root: Path, specs: tuple[t.MapSpec, ...] = t.ALL_TABLES) -> Observed:
-    tables = open_tables(pin_root, create=False)
+def open_pinned(pin_root: Path, create: bool) -> PinnedTables:
+    """Every pinned map of every data path in the registry."""
+    return open_tables(pin_root, create, registry.PINNED, registry.CREATED_BY_BCC)
+
+
+def _reading(pin_root: Path, read: Callable[[PinnedTables], T]) -> T:
+    tables = open_pinned(pin_root, create=False)
     try:
-        return tables.read(specs)
+        return read(tables)
     finally:
         tables.close()
+
+
+def read_observed(pin_root: Path, specs: tuple[MapSpec, ...] = registry.ENTRY_TABLES) -> Observed:
+    return _reading(pin_root, lambda tables: tables.read(specs))
 
 
 def read_stats(pin_root: Path) -> dict[str, int]:
-    tables = open_tables(pin_root, create=False)
-    try:
-        return tables.stats()
-    finally:
-        tables.close()
+    return _reading(pin_root, gue_counters)
 
 
 def read_steer_stats(pin_root: Path) -> dict[int, dict[str, int]]:
-    tables = open_tables(pin_root, create=False)
-    try:
-        return tables.steer_stats()
-    finally:
-        tables.close()
+    return _reading(pin_root, steering_counters)
 
 
 def read_tproxy(pin_root: Path) -> tuple[dict[int, dict[str, int]], int]:
     """Transparent-proxy counters by id, and how many connections tp_conns tracks now."""
-    tables = open_tables(pin_root, create=False)
-    try:
-        return tables.tp_stats(), len(tables.tracked())
-    finally:
-        tables.close()
+    return _reading(pin_root, lambda tables: (tproxy_counters(tables), tracked(tables)))
 
 
 def read_intercept_stats(pin_root: Path) -> dict[int, dict[str, int]]:
     """Intercept counters by id."""
-    tables = open_tables(pin_root, create=False)
-    try:
-        return tables.ic_stats()
-    finally:
-        tables.close()
+    return _reading(pin_root, intercept_counters)
 
 
 def _tproxy_ids(state: DesiredState) -> tuple[int, ...]:
-    return tuple(sorted(tp.id for tp in state.transparent.values()))
+    return tuple(sorted(tp.id for tp in state.of(TransparentProxy).values()))
 
 
 def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
                  facts: kernel_cgroups.HostFacts, plan: at.AttachPlan) -> None:
     seen = kernel_cgroups.observe(pin_root)
-    if not state.transparent and not seen:
+    if not state.of(TransparentProxy) and not seen:
         return
     want = cg.wanted(state, pin_root)
     # the data path's cgroup is created by apply before anything is attached
@@ -99,19 +105,19 @@ def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
               or w.hook.cgroup == cg.datapath_cgroup(pin_root) for w in want}
     tags = None
     # BCC creates tp_orig at the first compilation: diff must not, so it compiles only then
-    if (programs is not None and state.transparent
-            and (pin_root / "maps" / t.TP_ORIG.name).exists()):
+    if (programs is not None and state.of(TransparentProxy)
+            and (pin_root / "maps" / tpt.TP_ORIG.name).exists()):
         tags = programs.tproxy_tags(_tproxy_ids(state), sorted({w.program for w in want}))
-    if state.transparent and facts.netns_cookie is None:
-        owner = f"TransparentProxy/{min(state.transparent)}"
-        plan.waiting.append(f"{owner}: network namespace {state.proxy_netns} of the Proxies "
+    if state.of(TransparentProxy) and facts.netns_cookie is None:
+        owner = f"TransparentProxy/{min(state.of(TransparentProxy))}"
+        plan.waiting.append(f"{owner}: network namespace {proxy_netns(state)} of the Proxies "
                             f"not found; nothing is intercepted until it exists")
     plan.cgroups = cg.compute_cgroup_plan(want, seen, exists, tags, plan)
 
 
 def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
                  facts: kernel_cgroups.HostFacts | None = None) -> at.AttachPlan:
-    want = at.wanted(state.interfaces) + at.wanted_intercepts(state.intercepts)
+    want = at.wanted(state.of(Interface)) + at.wanted_intercepts(state.of(Intercept))
     seen = tc.observe(pin_root, [w.hook for w in want])
     plan = at.AttachPlan()
     if want or seen:
@@ -121,12 +127,12 @@ def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
                     for w in want}
         plan = at.compute_attach_plan(want, seen, tags)
     seen_links = kernel_links.observe(pin_root)
-    if state.proxies or seen_links:
-        steer_tags = programs.steer_tags() if programs is not None and state.proxies else None
+    if state.of(Proxy) or seen_links:
+        steer_tags = programs.steer_tags() if programs is not None and state.of(Proxy) else None
         plan.links = lk.compute_link_plan(state, seen_links, steer_tags,
-                                          kernel_links.netns_exists(state.proxy_netns), plan)
+                                          kernel_links.netns_exists(proxy_netns(state)), plan)
     _cgroup_plan(state, pin_root, programs, facts or kernel_cgroups.HostFacts(), plan)
-    want_plumbing = pl.wanted(state.intercepts)
+    want_plumbing = pl.wanted(state.of(Intercept))
     seen_plumbing = kernel_plumbing.observe(pin_root, want_plumbing)
     plan.plumbing = pl.compute_plumbing_plan(want_plumbing, seen_plumbing, plan)
     plan.forget_hosts = pl.forget(seen_plumbing, want_plumbing)
@@ -135,7 +141,7 @@ def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
 
 def host_warnings(state: DesiredState, pin_root: Path) -> list[str]:
     """MTU warnings for declared devices that exist on this host (for `validate`)."""
-    want = at.wanted(state.interfaces)
+    want = at.wanted(state.of(Interface))
     if not want:
         return []
     seen = tc.observe(pin_root, [w.hook for w in want])
@@ -151,13 +157,13 @@ def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
          schemas: Schemas | None = None) -> Result:
     state = load_directory(directory, schemas)
     facts = kernel_cgroups.facts(state, pin_root, create=False)
-    tables = open_tables(pin_root, create=False)
+    tables = open_pinned(pin_root, create=False)
     programs = (_programs_if_possible(tables, pin_root)
-                if state.interfaces or state.proxies or state.transparent or state.intercepts
+                if state.of(Interface) or state.of(Proxy) or state.of(TransparentProxy) or state.of(Intercept)
                 else None)
     try:
         plan = compute_plan(compile_tables(state, facts=facts, pin_root=pin_root),
-                            tables.read(), prune)
+                            tables.read(registry.ENTRY_TABLES), prune)
         plan.attachments = _attach_plan(state, pin_root, programs, facts)
     finally:
         tables.close()
@@ -179,11 +185,11 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     (the daemon's drift policies). The plan is computed under the pin root's lock."""
     facts = kernel_cgroups.facts(state, pin_root, create=True)
     desired = compile_tables(state, memo, facts, pin_root)
-    tables: PinnedTables = open_tables(pin_root, create=True)
+    tables: PinnedTables = open_pinned(pin_root, create=True)
     programs = Programs(pin_root)
     try:
         with locked(pin_root):
-            full = compute_plan(desired, tables.read(), prune)
+            full = compute_plan(desired, tables.read(registry.ENTRY_TABLES), prune)
             full.attachments = _attach_plan(state, pin_root, programs, facts)
             plan = select(full) if select else full
             if plan.empties_everything() and not allow_empty:

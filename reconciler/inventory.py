@@ -13,9 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.core import registry
 from reconciler.core import tables as t
 from reconciler.core.plan import Observed
+from reconciler.gue import tables as gt
 from reconciler.load.secrets import Secret
+from reconciler.steering import tables as st
 
 KINDS = ("Tunnel", "Service")
 
@@ -35,19 +38,19 @@ def _doc(kind: str, name: str, spec: dict[str, Any], status: dict[str, Any]) -> 
 def tunnels(observed: Observed, keys_dir: Path | None = None,
             now_ns: int | None = None) -> list[dict[str, Any]]:
     now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
-    learned = observed.get(t.LEARNED.name, {})
-    nexts = observed.get(t.NEXT_KEY_TABLE.name, {})
+    learned = observed.get(gt.LEARNED.name, {})
+    nexts = observed.get(gt.NEXT_KEY_TABLE.name, {})
     out = []
-    for key, value in sorted(observed.get(t.TUNNEL.name, {}).items()):
-        tid = t.decode_key(t.TUNNEL.name, key)["id"]
-        v = t.decode_value(t.TUNNEL.name, value)
+    for key, value in sorted(observed.get(gt.TUNNEL.name, {}).items()):
+        tid = registry.decode_key(gt.TUNNEL.name, key)["id"]
+        v = registry.decode_value(gt.TUNNEL.name, value)
         spec: dict[str, Any] = {"id": tid, "local": _ep(v["local"]),
                                 "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
-        nxt = nexts.get(t.next_key(t.NEXT_TUNNEL, key))
-        second = t.decode_value(t.NEXT_KEY_TABLE.name, nxt)["nextKey"] if nxt else None
+        nxt = nexts.get(gt.next_key(gt.NEXT_TUNNEL, key))
+        second = registry.decode_value(gt.NEXT_KEY_TABLE.name, nxt)["nextKey"] if nxt else None
         if "key" in v:
             sent, other = v["key"], second  # the key pings are signed with, and the other
-            if second is not None and v["flags"] & t.TUNNEL_FLAG_SEND_NEXT:
+            if second is not None and v["flags"] & gt.TUNNEL_FLAG_SEND_NEXT:
                 sent, other = second, v["key"]
             spec["keyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}", sent)}
             if other is not None:
@@ -56,7 +59,7 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
             spec["ping"] = {"intervalSeconds": v["pingIntervalMs"] / 1000}
         status: dict[str, Any] = {"managed": t.stamp_ok(key, value)}
         if key in learned:
-            lv = t.decode_value(t.LEARNED.name, learned[key])
+            lv = registry.decode_value(gt.LEARNED.name, learned[key])
             status["learned"] = {**_ep(lv["remote"]),
                                  "ageSeconds": round(max(0, now_ns - lv["updatedNs"]) / 1e9, 1)}
         elif spec["remote"] == "learn":
@@ -66,14 +69,15 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
 
 
 def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str, Any]]:
-    verify = {k: t.decode_value(t.VERIFY.name, v) for k, v in observed.get(t.VERIFY.name, {}).items()}
+    verify = {k: registry.decode_value(gt.VERIFY.name, v)
+              for k, v in observed.get(gt.VERIFY.name, {}).items()}
     out = []
     seen: set[bytes] = set()
-    encap = observed.get(t.ENCAP.name, {})
+    encap = observed.get(gt.ENCAP.name, {})
     for key, value in sorted(encap.items(), key=lambda kv: (kv[1][4:8], kv[0])):
-        proxy = t.decode_endpoint(key)
-        e = t.decode_value(t.ENCAP.name, value)
-        sid = t.sid_key(e["groupId"], e["serviceId"])
+        proxy = gt.decode_endpoint(key)
+        e = registry.decode_value(gt.ENCAP.name, value)
+        sid = gt.sid_key(e["groupId"], e["serviceId"])
         seen.add(sid)
         ver = verify.get(sid)
         name = f"svc-{e['groupId']}-{e['serviceId']}"
@@ -84,10 +88,10 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
             "tunnel": f"tunnel-{e['tunnelId']}",
             "keyFrom": {"file": _export_key(keys_dir, name, e["key"])},
         }
-        nxt = observed.get(t.NEXT_KEY_TABLE.name, {}).get(t.next_key(t.NEXT_SERVICE, sid))
+        nxt = observed.get(gt.NEXT_KEY_TABLE.name, {}).get(gt.next_key(gt.NEXT_SERVICE, sid))
         accepted = [ver["key"]] if ver else []
         if nxt is not None:
-            accepted.append(t.decode_value(t.NEXT_KEY_TABLE.name, nxt)["nextKey"])
+            accepted.append(registry.decode_value(gt.NEXT_KEY_TABLE.name, nxt)["nextKey"])
         others = [k for k in accepted if k != e["key"]]
         if len(accepted) == 2 and others:  # rotating: the accepted key that is not sent
             spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"{name}-next", others[0])}
@@ -97,7 +101,7 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
         out.append(_doc("Service", name, spec, status))
     for sid, ver in sorted(verify.items()):
         if sid not in seen:
-            k = t.decode_key(t.VERIFY.name, sid)
+            k = registry.decode_key(gt.VERIFY.name, sid)
             out.append(_doc("Service", f"svc-{k['groupId']}-{k['serviceId']}",
                             {"groupId": k["groupId"], "serviceId": k["serviceId"],
                              "backend": _ep(ver["backend"])},
@@ -146,18 +150,18 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]],
     for this pin root, its view (connections, backend health)."""
     by_slot: dict[int, tuple[set[int], set[str]]] = {}
     entries: dict[int, int] = {}
-    for key, value in observed.get(t.STEER.name, {}).items():
-        k, slot = t.decode_key(t.STEER.name, key), t.decode_value(t.STEER.name, value)["slot"]
+    for key, value in observed.get(st.STEER.name, {}).items():
+        k, slot = registry.decode_key(st.STEER.name, key), registry.decode_value(st.STEER.name, value)["slot"]
         entries[slot] = entries.get(slot, 0) + 1
         ports, prefixes = by_slot.setdefault(slot, (set(), set()))
         ports.add(0 if k["port"] == "*" else k["port"])
         prefixes.add(k["prefix"])
     live = (datapath or {}).get("proxies", {})
     out = []
-    for key, value in sorted(observed.get(t.PROXY.name, {}).items()):
-        slot = t.decode_key(t.PROXY.name, key)["slot"]
+    for key, value in sorted(observed.get(st.PROXY.name, {}).items()):
+        slot = registry.decode_key(st.PROXY.name, key)["slot"]
         try:
-            c = t.decode_value(t.PROXY.name, value)
+            c = registry.decode_value(st.PROXY.name, value)
         except ValueError:
             continue
         ports, prefixes = by_slot.get(slot, (set(), set()))
@@ -173,7 +177,7 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]],
             "maxConnections": c["maxConnections"], "resolveSeconds": c["resolveMs"] / 1000}
         if c.get("drainTimeoutMs") is not None:
             spec["drainTimeoutSeconds"] = c["drainTimeoutMs"] / 1000
-        counters = steer_stats.get(slot, dict.fromkeys(t.PS_STAT_NAMES, 0))
+        counters = steer_stats.get(slot, dict.fromkeys(st.PS_STAT_NAMES, 0))
         status: dict[str, Any] = {
             "managed": t.stamp_ok(key, value),
             "steering": {"entries": entries.get(slot, 0)},

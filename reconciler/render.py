@@ -8,16 +8,19 @@ from collections import Counter
 from typing import Any
 
 from reconciler.attach import AttachAction, AttachOperation
-from reconciler.core import tables as t
+from reconciler.core import registry
 from reconciler.core.plan import Action, Operation, Plan
 from reconciler.core.state import DesiredState
+from reconciler.intercept import tables as ict
 from reconciler.intercept.plumbing import SYSCTL, PlumbingOperation
 from reconciler.load.secrets import Secret
+from reconciler.steering import tables as st
 from reconciler.steering.links import LinkOperation
+from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import CgroupOperation
 
 SENSITIVE = "(sensitive)"
-EXPANDED = (t.STEER.name, t.TP_RULES.name, t.IC_RULES.name)  # destinations x ports
+EXPANDED = (st.STEER.name, tpt.TP_RULES.name, ict.IC_RULES.name)  # destinations x ports
 SENSITIVE_CHANGED = "(sensitive value changed)"
 JSON_FORMAT_VERSION = 1
 MAX_STEER_LINES = 20  # steering entries shown per resource in text diffs
@@ -27,7 +30,7 @@ def _fields(table: str, value: bytes | None) -> dict[str, Any] | None:
     if value is None:
         return None
     try:
-        return t.decode_value(table, value)
+        return registry.decode_value(table, value)
     except Exception:  # a foreign entry of another size: show its length, not its bytes
         return {"undecodable": f"{len(value)} bytes"}
 
@@ -79,7 +82,7 @@ def _summary(plan: Plan) -> str:
 
 
 def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
-    entry = t.describe_key(op.table, op.key)
+    entry = registry.describe_key(op.table, op.key)
     head = f"  {op.action.sign} {op.table} {entry}"
     if show_resource:
         head += f"  [{op.resource}]"
@@ -163,9 +166,7 @@ def _origins(state: DesiredState | None) -> dict[str, str]:
     if state is None:
         return {}
     out = {}
-    for r in (*state.tunnels.values(), *state.services.values(), *state.interfaces.values(),
-              *state.proxies.values(), *state.transparent.values(),
-              *state.intercepts.values()):
+    for r in (r for by_name in state.resources.values() for r in by_name.values()):
         if r.origin:
             out[r.ref] = r.origin.file
     return out
@@ -176,8 +177,8 @@ def _op_json(op: Operation) -> dict[str, Any]:
         "action": op.action.value,
         "resource": op.resource,
         "table": op.table,
-        "entry": t.describe_key(op.table, op.key),
-        "key": t.decode_key(op.table, op.key),
+        "entry": registry.describe_key(op.table, op.key),
+        "key": registry.decode_key(op.table, op.key),
         "before": _public(_fields(op.table, op.old)),
         "after": _public(_fields(op.table, op.value)),
         "changes": changes(op) if op.action is Action.UPDATE else [],

@@ -27,10 +27,7 @@ POLICIES = (ENFORCE, WARN, OFF)
 
 def _lookup(state: DesiredState, ref: str) -> Any:
     kind, _, name = ref.partition("/")
-    group = {"Tunnel": state.tunnels, "Service": state.services,
-             "Interface": state.interfaces, "Proxy": state.proxies,
-             "TransparentProxy": state.transparent, "Intercept": state.intercepts}.get(kind)
-    return None if group is None else group.get(name)
+    return state.resources.get(kind, {}).get(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,8 @@
 """Plans: the ordered list of entry operations that turns observed tables into desired ones.
 
 Pure: computed from two sets of bytes, printed by `diff`, executed as-is by `apply`.
-Order: tunnel and decap entries are written before the services that use them; service
-entries are deleted before the tunnels they used. A proxy's configuration is written before
-its steering entries and deleted after them.
+Order: upserts before deletes; upserts in registry order (data paths in their list, each in
+its own order), deletes in reverse (core/registry.py UPSERT_ORDER, DELETE_ORDER).
 """
 
 from __future__ import annotations
@@ -13,19 +12,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from reconciler.attach import AttachPlan
+from reconciler.core import registry
 from reconciler.core import tables as t
 from reconciler.core.desired import DesiredTables, Entries
 
 Observed = dict[str, Entries]
-
-# A second accepted key is written before the slot it may move out of (desired.py keeps the
-# two accepted keys in a fixed order, so a rotation never drops a key still in use), and
-# upserts all come before deletes.
-UPSERT_ORDER = (t.NEXT_KEY_TABLE, t.TUNNEL, t.DECAP, t.VERIFY, t.ENCAP, t.REPLY, t.PROXY, t.STEER,
-                t.TP_CONFIG, t.TP_RULES, t.IC_RULES)
-DELETE_ORDER = (t.IC_RULES, t.TP_RULES, t.TP_CONFIG, t.STEER, t.PROXY, t.REPLY, t.ENCAP,
-                t.NEXT_KEY_TABLE, t.VERIFY, t.TUNNEL, t.DECAP)
-
 
 class Action(Enum):
     CREATE = "create"
@@ -110,72 +101,15 @@ class Plan:
             yield group[0].table, group[0].action is Action.DELETE, group
 
 
-def proxy_names(observed: Observed) -> dict[int, str]:
-    """slot -> Proxy name, from the configurations the kernel holds."""
-    out = {}
-    for key, value in observed.get(t.PROXY.name, {}).items():
-        try:
-            out[t.decode_key(t.PROXY.name, key)["slot"]] = t.decode_value(
-                t.PROXY.name, value)["name"]
-        except Exception:  # a foreign or damaged entry names nothing
-            continue
-    return out
-
-
-def synthetic_owner(table: str, key: bytes, value: bytes,
-                    proxy_names: dict[int, str] | None = None) -> str:
-    """Name under which `get` shows an entry that no YAML resource claims."""
-    if table == t.IC_RULES.name:
-        try:
-            return f"Intercept/(id {t.decode_key(table, key)['id']})"
-        except Exception:  # a foreign entry of the wrong size
-            return "Intercept/(unknown)"
-    if table in (t.TP_CONFIG.name, t.TP_RULES.name):
-        try:
-            return f"TransparentProxy/(id {t.decode_key(table, key)['id']})"
-        except Exception:  # a foreign entry of the wrong size
-            return "TransparentProxy/(unknown)"
-    try:
-        if table == t.STEER.name:
-            slot = t.decode_value(table, value)["slot"]
-            name = (proxy_names or {}).get(slot)
-            return f"Proxy/{name}" if name else f"Proxy/(slot {slot})"
-        if table == t.PROXY.name:
-            return f"Proxy/{t.decode_value(table, value)['name']}"
-    except Exception:  # a foreign entry of the wrong size or content; still show it
-        return "Proxy/(unknown)"
-    if table == t.NEXT_KEY_TABLE.name:
-        try:
-            k = t.decode_key(table, key)
-        except Exception:  # a foreign entry of the wrong size
-            return "Service/(unknown)"
-        if k["nextKeyOf"] == "tunnel":
-            return f"Tunnel/tunnel-{k['id']}"
-        return f"Service/svc-{k['groupId']}-{k['serviceId']}"
-    if table in (t.TUNNEL.name, t.DECAP.name):
-        if table == t.DECAP.name:
-            ep = t.decode_endpoint(key)
-            return f"Tunnel/(decap {ep['address']}:{ep['port']})"
-        return f"Tunnel/tunnel-{t.decode_key(table, key)['id']}"
-    if table == t.VERIFY.name:
-        k = t.decode_key(table, key)
-        return f"Service/svc-{k['groupId']}-{k['serviceId']}"
-    try:
-        v = t.decode_value(table, value)
-        return f"Service/svc-{v['groupId']}-{v['serviceId']}"
-    except Exception:  # a foreign entry of the wrong size; still show it
-        return "Service/(unknown)"
-
-
 def compute_plan(desired: DesiredTables, observed: Observed,
                  prune: PrunePolicy | None = None) -> Plan:
     prune = prune or PrunePolicy()
-    counts = {s.name: len(observed.get(s.name, {})) for s in t.OWNED_TABLES}
+    counts = {s.name: len(observed.get(s.name, {})) for s in registry.OWNED_TABLES}
     plan = Plan(desired_total=desired.total, observed_counts=counts)
     # dict equality runs in C: the common case of a table nothing touched costs little
-    same = {s.name for s in t.OWNED_TABLES
+    same = {s.name for s in registry.OWNED_TABLES
             if desired.entries[s.name] == observed.get(s.name, {})}
-    for spec in UPSERT_ORDER:
+    for spec in registry.UPSERT_ORDER:
         if spec.name in same:
             continue
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
@@ -193,16 +127,19 @@ def compute_plan(desired: DesiredTables, observed: Observed,
             reason = "changed outside bpfsync" if drift else "changed in YAML"
             plan.operations.append(Operation(
                 Action.UPDATE, spec.name, key, want[key], old, owners[key], reason, drift))
-    names = proxy_names(observed) if observed.get(t.STEER.name) else {}
-    for spec in DELETE_ORDER:
+    for spec in registry.DELETE_ORDER:
         if spec.name in same:
             continue
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
-        for key in sorted(have.keys() - want.keys()):
+        gone = sorted(have.keys() - want.keys())
+        if not gone:
+            continue
+        owner = registry.owners(spec.name, observed)
+        for key in gone:
             old = have[key]
             drift = not t.stamp_ok(key, old)
             reason = "added outside bpfsync" if drift else "no longer in YAML"
             op = Operation(Action.DELETE, spec.name, key, None, old,
-                           synthetic_owner(spec.name, key, old, names), reason, drift)
+                           owner(key, old), reason, drift)
             (plan.operations if prune.allows(spec.kind) else plan.kept).append(op)
     return plan

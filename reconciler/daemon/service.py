@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import engine, inventory
-from reconciler.core import drift
-from reconciler.core import tables as t
-from reconciler.core.checks import descriptors_needed
+from reconciler.core import drift, registry
 from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.core.plan import Action, Plan, PrunePolicy
@@ -39,9 +37,17 @@ from reconciler.daemon.notify import Notifier
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
 from reconciler.datapath.supervisor import Supervisor, read_datapath_status, run_dir
+from reconciler.gue import tables as gt
+from reconciler.gue.model import Interface, Tunnel
+from reconciler.intercept import tables as ict
+from reconciler.intercept.model import Intercept
 from reconciler.load.directory import load_directory
 from reconciler.load.filecache import FileCache
 from reconciler.load.schema import Schemas
+from reconciler.steering.checks import descriptors_needed
+from reconciler.steering.model import Proxy, proxy_netns
+from reconciler.tproxy import tables as tpt
+from reconciler.tproxy.model import TransparentProxy
 
 log = logging.getLogger("bpfsync.daemon")
 
@@ -102,9 +108,7 @@ class Record:
 
 
 def _kind_counts(state: DesiredState) -> dict[str, int]:
-    return {"Tunnel": len(state.tunnels), "Service": len(state.services),
-            "Interface": len(state.interfaces), "Proxy": len(state.proxies),
-            "TransparentProxy": len(state.transparent), "Intercept": len(state.intercepts)}
+    return {kind: state.count(kind) for kind in registry.KINDS}
 
 
 def _operation_counts(plan: Plan) -> Counter[str]:
@@ -416,9 +420,9 @@ class Daemon:
     def _datapath_netns(self, state: DesiredState) -> str | None:
         if self.config.datapath_netns:
             return self.config.datapath_netns
-        if state.proxies:
-            return state.proxy_netns
-        spaces = {i.netns for i in state.interfaces.values()}
+        if state.of(Proxy):
+            return proxy_netns(state)
+        spaces = {i.netns for i in state.of(Interface).values()}
         return spaces.pop() if len(spaces) == 1 else None
 
     def _supervise(self, now: float) -> None:
@@ -478,7 +482,7 @@ class Daemon:
                 "metrics": {"reconciles": dict(r.results), "byTrigger": dict(r.triggers),
                             "operations": dict(r.operations),
                             "reconcileSeconds": r.seconds, "lastReconcileSeconds": r.last_seconds},
-                "maps": {name: {"entries": n, "capacity": t.BY_NAME[name].max_entries}
+                "maps": {name: {"entries": n, "capacity": registry.BY_NAME[name].max_entries}
                          for name, n in r.maps.items()},
             }
             if self.watcher is not None:
@@ -516,14 +520,14 @@ class Daemon:
     def _intercept_health(self) -> list[dict[str, Any]]:
         """Counters per Intercept (new connections by outcome, SYNs assigned or dropped for
         want of a listener)."""
-        declared = self.good.intercepts if self.good else {}
+        declared = self.good.of(Intercept) if self.good else {}
         if not declared:
             return []
         try:
             stats = engine.read_intercept_stats(self.config.pin_root)
         except (BpfsyncError, OSError):
             stats = {}
-        zero = dict.fromkeys(t.IC_STAT_NAMES, 0)
+        zero = dict.fromkeys(ict.IC_STAT_NAMES, 0)
         return [{"name": ic.name, "id": ic.id, "device": ic.place, "rules": len(ic.rules),
                  "counters": stats.get(ic.id, zero)}
                 for ic in sorted(declared.values(), key=lambda x: x.id)]
@@ -531,15 +535,15 @@ class Daemon:
     def _transparent_health(self) -> dict[str, Any]:
         """Counters per TransparentProxy and tracking-map pressure (a full tp_conns means
         intercepted connections whose destination the proxy cannot learn)."""
-        declared = self.good.transparent if self.good else {}
+        declared = self.good.of(TransparentProxy) if self.good else {}
         if not declared:
             return {}
         try:
             stats, tracked = engine.read_tproxy(self.config.pin_root)
         except (BpfsyncError, OSError):
             stats, tracked = {}, 0
-        zero = dict.fromkeys((*t.TP_STAT_NAMES, *t.TP6_STAT_NAMES), 0)
-        return {"tracking": {"entries": tracked, "capacity": t.TP_CONNS.max_entries},
+        zero = dict.fromkeys((*tpt.TP_STAT_NAMES, *tpt.TP6_STAT_NAMES), 0)
+        return {"tracking": {"entries": tracked, "capacity": tpt.TP_CONNS.max_entries},
                 "unanswered": stats.get(0, zero)["unanswered"],
                 "resources": [{"name": tp.name, "id": tp.id, "cgroup": tp.cgroup,
                                "proxy": tp.proxy,
@@ -563,7 +567,7 @@ class Daemon:
             report["pingsSent"] = worker_report.get("pingsSent", 0)
             fds = worker_report.get("descriptors")
             if fds:
-                proxies = self.good.proxies.values() if self.good else ()
+                proxies = self.good.of(Proxy).values() if self.good else ()
                 need = descriptors_needed(proxies)
                 report["descriptors"] = {**fds, "needed": need}
                 if fds.get("limit") and need > fds["limit"]:
@@ -575,10 +579,10 @@ class Daemon:
 
     def _tunnel_health(self) -> list[dict[str, Any]]:
         try:
-            observed = engine.read_observed(self.config.pin_root, (t.TUNNEL, t.LEARNED))
+            observed = engine.read_observed(self.config.pin_root, (gt.TUNNEL, gt.LEARNED))
         except (BpfsyncError, OSError):
             observed = {}
-        tunnel_names = {x.id: x.name for x in (self.good.tunnels.values() if self.good else ())}
+        tunnel_names = {x.id: x.name for x in (self.good.of(Tunnel).values() if self.good else ())}
         tunnels = []
         for doc in inventory.tunnels(observed):
             learned = doc["status"].get("learned")
@@ -590,7 +594,7 @@ class Daemon:
         return tunnels
 
     def _proxy_health(self, worker_report: dict[str, Any]) -> list[dict[str, Any]]:
-        declared = self.good.proxies if self.good else {}
+        declared = self.good.of(Proxy) if self.good else {}
         proxies = []
         for name, p in sorted(worker_report.get("proxies", {}).items()):
             backends = p.get("backends", [])

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from reconciler.core import tables as t
+from reconciler.core import registry
+from reconciler.gue import tables as gt
 from reconciler.gue.siphash import siphash24
 from reconciler.load.secrets import Secret
 
@@ -45,19 +46,19 @@ def targets(tunnel_table: dict[bytes, bytes],
     out = {}
     next_table: dict[bytes, bytes] | None = None
     for key, value in tunnel_table.items():
-        if len(value) != t.TUNNEL.value_size:
+        if len(value) != gt.TUNNEL.value_size:
             continue
-        v = t.decode_value(t.TUNNEL.name, value)
-        if not v["flags"] & t.TUNNEL_FLAG_PING or "key" not in v or v["remote"] == "learn":
+        v = registry.decode_value(gt.TUNNEL.name, value)
+        if not v["flags"] & gt.TUNNEL_FLAG_PING or "key" not in v or v["remote"] == "learn":
             continue
-        if v["flags"] & t.TUNNEL_FLAG_SEND_NEXT:
+        if v["flags"] & gt.TUNNEL_FLAG_SEND_NEXT:
             if next_table is None:
                 next_table = read_next() if read_next else {}
-            raw = next_table.get(t.next_key(t.NEXT_TUNNEL, key))
-            if raw is None or len(raw) != t.NEXT_KEY_TABLE.value_size:
+            raw = next_table.get(gt.next_key(gt.NEXT_TUNNEL, key))
+            if raw is None or len(raw) != gt.NEXT_KEY_TABLE.value_size:
                 continue  # not written yet: the plan writes TI_NEXT first, so only briefly
-            v["key"] = t.decode_value(t.NEXT_KEY_TABLE.name, raw)["nextKey"]
-        tid = t.decode_key(t.TUNNEL.name, key)["id"]
+            v["key"] = registry.decode_value(gt.NEXT_KEY_TABLE.name, raw)["nextKey"]
+        tid = registry.decode_key(gt.TUNNEL.name, key)["id"]
         laddr, lport = v["local"].rsplit(":", 1)
         raddr, rport = v["remote"].rsplit(":", 1)
         out[tid] = PingTarget(tid, (laddr, int(lport)), (raddr, int(rport)),
@@ -73,9 +74,9 @@ def ping_clock_ns() -> int:
 
 def ping_payload(tunnel_id: int, key: Secret, timestamp_ns: int | None = None) -> bytes:
     """The GUE payload of a ping, signed with key; timestamp_ns defaults to now."""
-    vch = 0x20 | t.GUE_PING_HLEN  # version 0, C=1, Hlen 5 words
+    vch = 0x20 | gt.GUE_PING_HLEN  # version 0, C=1, Hlen 5 words
     ts = ping_clock_ns() if timestamp_ns is None else timestamp_ns
-    signed = _SIGNED.pack(vch, t.GUE_CTYPE_PING, 0, tunnel_id, ts)
+    signed = _SIGNED.pack(vch, gt.GUE_CTYPE_PING, 0, tunnel_id, ts)
     return signed + _MAC.pack(siphash24(key.value, signed))
 
 

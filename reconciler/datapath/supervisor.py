@@ -32,6 +32,8 @@ from reconciler.core.errors import KernelStateError
 from reconciler.core.naming import escape_path
 from reconciler.kernel import cgroups, libbpf, netns
 from reconciler.kernel.maps import read_pin
+from reconciler.steering import tables as st
+from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import datapath_cgroup
 
 log = logging.getLogger("bpfsync.supervisor")
@@ -70,7 +72,7 @@ def socket_cookie(sock: socket.socket) -> int:
 
 def registered_cookies(pin_root: Path, slots: list[int]) -> dict[int, int | None]:
     """slot -> cookie of the socket steering hands that slot's connections to."""
-    fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / t.SOCKETS.name))
+    fd = libbpf.obj_get_if_pinned(str(pin_root / "maps" / st.SOCKETS.name))
     if fd is None:
         return dict.fromkeys(slots)
     try:
@@ -86,16 +88,16 @@ def registered_cookies(pin_root: Path, slots: list[int]) -> dict[int, int | None
 def read_proxy_slots(pin_root: Path) -> dict[int, bytes]:
     """slot -> configuration bytes of every Proxy in the pinned ps_proxy table."""
     out = {}
-    for key, value in (read_pin(pin_root, t.PROXY) or {}).items():
+    for key, value in (read_pin(pin_root, st.PROXY) or {}).items():
         slot = struct.unpack("=I", key)[0]
-        if 0 < slot < t.MAX_PROXIES and t.stamp_ok(key, value):
-            out[slot] = t.proxy_config(value)
+        if 0 < slot < st.MAX_PROXIES and t.stamp_ok(key, value):
+            out[slot] = st.proxy_config(value)
     return out
 
 
 def transparent_declared(pin_root: Path) -> bool:
     """True when a TransparentProxy is configured (tp_config holds an entry)."""
-    return bool(read_pin(pin_root, t.TP_CONFIG))
+    return bool(read_pin(pin_root, tpt.TP_CONFIG))
 
 
 class Listeners:
@@ -149,7 +151,7 @@ class Listeners:
             sock.close()
 
     def _register(self) -> None:
-        fd = libbpf.obj_get_if_pinned(str(self.pin_root / "maps" / t.SOCKETS.name))
+        fd = libbpf.obj_get_if_pinned(str(self.pin_root / "maps" / st.SOCKETS.name))
         if fd is None:
             return
         try:
@@ -302,7 +304,7 @@ class Supervisor:
             try:
                 slots = set(read_proxy_slots(self.pin_root))
             except OSError as exc:
-                log.warning("reading %s failed: %s", t.PROXY.name, exc)
+                log.warning("reading %s failed: %s", st.PROXY.name, exc)
                 slots = set(self.listeners.socks)
             if self.listeners.sync(slots) or reopened:
                 self._send_listeners()

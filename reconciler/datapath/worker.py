@@ -20,13 +20,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from reconciler.core import tables as t
 from reconciler.datapath import pinger, relay, supervisor
 from reconciler.datapath.fdgate import DescriptorGate
 from reconciler.datapath.proxyserver import ProxyServer
+from reconciler.gue import tables as gt
 from reconciler.kernel import fdlimit, netns
 from reconciler.kernel.maps import read_pin
 from reconciler.steering import proxyconf
+from reconciler.steering import tables as st
 
 IP_FREEBIND = 15
 MAX_SLEEP = 1.0  # table changes are noticed within this
@@ -46,14 +47,14 @@ class Pinger:
         self._errors_logged: set[tuple[int, int]] = set()
 
     def read(self) -> dict[int, pinger.PingTarget]:
-        raw = read_pin(self.pin_root, t.TUNNEL)
+        raw = read_pin(self.pin_root, gt.TUNNEL)
         if raw is None:
             if not self._missing_logged:
                 log.info("waiting for %s (created by the first bpfsync apply)",
-                         self.pin_root / "maps" / t.TUNNEL.name)
+                         self.pin_root / "maps" / gt.TUNNEL.name)
                 self._missing_logged = True
             return {}
-        return pinger.targets(raw, lambda: read_pin(self.pin_root, t.NEXT_KEY_TABLE) or {})
+        return pinger.targets(raw, lambda: read_pin(self.pin_root, gt.NEXT_KEY_TABLE) or {})
 
     def _socket(self, local: tuple[str, int]) -> socket.socket:
         sock = self.sockets.get(local)
@@ -206,7 +207,7 @@ class Worker:
                 try:
                     self._retire_taken_over()
                 except OSError as exc:
-                    log.warning("reading %s failed: %s", t.SOCKETS.name, exc)
+                    log.warning("reading %s failed: %s", st.SOCKETS.name, exc)
             try:
                 configs = supervisor.read_proxy_slots(self.pin_root)
             except OSError as exc:

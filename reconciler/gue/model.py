@@ -4,20 +4,15 @@ programs run on."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.core.state import DesiredState
 
 from reconciler.core.model import Endpoint, Named, Origin
-from reconciler.load.secrets import Secret
+from reconciler.load.secrets import KeySource, Secret
 
 DEFAULT_GUE_PORT = 6080
-
-
-@dataclass(frozen=True, slots=True)
-class KeySource:
-    """How a Service's key is given; resolved to a Secret when loading."""
-
-    kind: Literal["inline", "file", "env"]
-    ref: str | None = None  # file path or env name; None for inline
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +72,8 @@ class Interface(Named):
         return f"{self.device}@{self.netns}" if self.netns else self.device
 
 
+
+
+def has_node_role(state: DesiredState) -> bool:
+    """A node decapsulates to backends and reverse-NATs their replies (TI_REPLY)."""
+    return any(i.role == "node" for i in state.of(Interface).values())

@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from reconciler.core import tables as t
+from reconciler.core.desired import CompileContext, DesiredTables
 from reconciler.core.model import PortRange
+from reconciler.core.state import DesiredState
+from reconciler.intercept import tables as ict
 from reconciler.intercept.model import Intercept, InterceptRule
+from reconciler.steering.model import Proxy
 
 Net = ipaddress.IPv4Network
-ACTIONS = {"pass": t.IC_ACTION_PASS, "drop": t.IC_ACTION_DROP, "redirect": t.IC_ACTION_REDIRECT}
+ACTIONS = {"pass": ict.IC_ACTION_PASS, "drop": ict.IC_ACTION_DROP, "redirect": ict.IC_ACTION_REDIRECT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +122,7 @@ def _port_entries(ic: Intercept, proto: int, port: int, rules: list[InterceptRul
                 for r in by_prefix.get(p.supernet(new_prefix=k), ())]
         here.sort(key=lambda r: r.priority)
         chain, deciding = _chain(list(dict.fromkeys(here)), slots)
-        if len(chain) > t.IC_CHAIN:
+        if len(chain) > ict.IC_CHAIN:
             out.too_long.append(f"{p} port {port or '*'}/{t.PROTO_NAMES[proto]}: "
                                 f"{len(chain)} candidates")
             continue
@@ -126,8 +130,8 @@ def _port_entries(ic: Intercept, proto: int, port: int, rules: list[InterceptRul
             coverage = coverage or _Coverage(set(by_prefix))
             if not coverage.region_empty(p):
                 out.reachable |= deciding
-        key = t.ic_key(ic.id, proto, port, str(p.network_address), p.prefixlen)
-        out.entries[key] = t.ic_rule_value(key, [
+        key = ict.ic_key(ic.id, proto, port, str(p.network_address), p.prefixlen)
+        out.entries[key] = ict.ic_rule_value(key, [
             (c.sport_first, c.sport_last, c.action, c.slot, c.priority) for c in chain])
 
 
@@ -150,7 +154,7 @@ def compile_intercept(ic: Intercept, slots: tuple[tuple[str, int], ...]) -> Comp
                             key=lambda r: r.priority)
             _port_entries(ic, proto, port, merged, by_name, out)
         if anywhere:
-            _port_entries(ic, proto, t.IC_PORT_ANY, anywhere, by_name, out)
+            _port_entries(ic, proto, ict.IC_PORT_ANY, anywhere, by_name, out)
     return out
 
 
@@ -167,3 +171,15 @@ def entry_count(ic: Intercept) -> int:
                                for p in r.ports))
         total += anywhere * (1 + named)
     return total
+
+
+def proxy_slots(state: DesiredState, ic: Intercept) -> tuple[tuple[str, int], ...]:
+    """(name, listener slot) of the Proxies ic's redirect rules name and the state declares."""
+    names = sorted({r.proxy for r in ic.rules if r.proxy and r.proxy in state.of(Proxy)})
+    return tuple((n, state.of(Proxy)[n].id) for n in names)
+
+
+def compile_intercepts(out: DesiredTables, state: DesiredState, _context: CompileContext) -> None:
+    for ic in sorted(state.of(Intercept).values(), key=lambda x: x.id):
+        for key, value in compile_intercept(ic, proxy_slots(state, ic)).entries.items():
+            out.put(ict.IC_RULES, key, value, ic.ref)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from reconciler.attach import AttachAction
-from reconciler.core import tables as t
+from reconciler.intercept import tables as ict
 from reconciler.intercept.model import Intercept, Routing
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def _remove(seen: SeenPlumbing, ops: list[PlumbingOperation], reason: str) -> No
         ops.append(PlumbingOperation(AttachAction.DETACH, seen.netns, "route", table=tbl,
                                      reason=reason))
     record = seen.current_record
-    if record is not None and record.accept_local_before != t.IC_SYSCTL_UNTOUCHED and (
+    if record is not None and record.accept_local_before != ict.IC_SYSCTL_UNTOUCHED and (
             seen.accept_local == 1):
         ops.append(PlumbingOperation(AttachAction.DETACH, seen.netns, "sysctl",
                                      value=record.accept_local_before,

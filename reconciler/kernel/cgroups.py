@@ -18,7 +18,9 @@ from pathlib import Path
 from reconciler.core.errors import KernelStateError
 from reconciler.core.state import DesiredState
 from reconciler.kernel import libbpf, netns
+from reconciler.steering.model import proxy_netns
 from reconciler.tproxy.cgroups import LINK_PREFIX, CgroupHook, SeenCgroup, datapath_cgroup
+from reconciler.tproxy.model import TransparentProxy
 
 SO_NETNS_COOKIE = 71
 BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT = 10, 11
@@ -89,18 +91,18 @@ class HostFacts:
 
 def facts(state: DesiredState, pin_root: Path, create: bool) -> HostFacts:
     """With create, the data path's cgroup is made first (apply); diff creates nothing."""
-    if not state.transparent:
+    if not state.of(TransparentProxy):
         return HostFacts()
     root = hierarchy()
     mine = datapath_cgroup(pin_root)
     if create:
         fs_path(mine, root).mkdir(parents=True, exist_ok=True)
     paths = {mine}
-    for tp in state.transparent.values():
+    for tp in state.of(TransparentProxy).values():
         paths.add(tp.cgroup)
         paths.update(tp.exclude_cgroups)
     ids = {p: i for p in sorted(paths) if (i := cgroup_id(p, root)) is not None}
-    return HostFacts(netns_cookie(state.proxy_netns), ids)
+    return HostFacts(netns_cookie(proxy_netns(state)), ids)
 
 
 def links_dir(pin_root: Path) -> Path:

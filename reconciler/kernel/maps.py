@@ -1,6 +1,7 @@
-"""Pinned TrueIngress maps under a pin root: open, check, create, read, write.
+"""Pinned maps under a pin root: open, check, create, read, write.
 
-The only module (with libbpf.py) that touches the kernel for maps. A pin whose type, key size,
+The only module (with libbpf.py) that touches the kernel for maps. Generic: which maps there
+are is the caller's (the registry's) list of specs. A pin whose type, key size,
 value size, max entries or flags differ from the spec is refused, never reused: BPF programs
 would silently read garbage.
 """
@@ -16,9 +17,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.core import tables as t
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Observed, Plan
+from reconciler.core.tables import MapSpec
 from reconciler.kernel import libbpf
 
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -36,9 +37,10 @@ def fs_magic(path: Path) -> int:
 
 @dataclass
 class PinnedTables:
-    """Open file descriptors of the TrueIngress maps (None: not created yet)."""
+    """Open file descriptors of the maps of specs (None: not created yet)."""
 
     root: Path
+    specs: dict[str, MapSpec]
     fds: dict[str, int | None]
 
     def close(self) -> None:
@@ -47,8 +49,9 @@ class PinnedTables:
                 with suppress(OSError):
                     os.close(fd)
 
-    def read(self, specs: tuple[t.MapSpec, ...] = t.ALL_TABLES) -> Observed:
-        """Current content of every map (or of specs), read with batch lookups."""
+    def read(self, specs: tuple[MapSpec, ...]) -> Observed:
+        """Current content of the maps of specs, read with batch lookups where the map type
+        has them."""
         out: Observed = {}
         for spec in specs:
             fd = self.fds.get(spec.name)
@@ -64,23 +67,21 @@ class PinnedTables:
     def complete(self) -> bool:
         return all(fd is not None for fd in self.fds.values())
 
-    def stats(self) -> dict[str, int]:
-        """TI_STATS summed over CPUs, by counter name ({} before the first apply)."""
-        fd = self.fds.get(t.STATS.name)
+    def counters(self, spec: MapSpec, slots: int | None = None) -> list[int]:
+        """A per-CPU counter array summed over CPUs ([] before it exists)."""
+        fd = self.fds.get(spec.name)
         if fd is None:
-            return {}
-        per_slot = libbpf.percpu_array_sums(fd, t.STATS_SLOTS)
-        return {name: per_slot[i] for i, name in enumerate(t.STAT_NAMES)}
+            return []
+        return libbpf.percpu_array_sums(fd, slots or spec.max_entries)
 
-    def _counter_rows(self, spec: t.MapSpec, names: tuple[str, ...], keep: set[int],
-                      width: int | None = None) -> dict[int, dict[str, int]]:
+    def counter_rows(self, spec: MapSpec, names: tuple[str, ...], keep: set[int],
+                     width: int | None = None) -> dict[int, dict[str, int]]:
         """A per-CPU counter array laid out as rows of width (default len(names)) counters,
         the first len(names) named: row -> name -> sum over CPUs; rows never counted are
         left out unless kept."""
-        fd = self.fds.get(spec.name)
-        if fd is None:
+        raw = self.counters(spec)
+        if not raw:
             return {}
-        raw = libbpf.percpu_array_sums(fd, spec.max_entries)
         width = width or len(names)
         out: dict[int, dict[str, int]] = {}
         for row in range(spec.max_entries // width):
@@ -88,30 +89,6 @@ class PinnedTables:
             if any(values) or row in keep:
                 out[row] = dict(zip(names, values, strict=True))
         return out
-
-    def steer_stats(self) -> dict[int, dict[str, int]]:
-        """PS_STATS by slot (0: every lookup) and counter name; slots never hit are left out."""
-        return self._counter_rows(t.PS_STATS, t.PS_STAT_NAMES, {0})
-
-    def tp_stats(self) -> dict[int, dict[str, int]]:
-        """TP_STATS by TransparentProxy id (0: questions nothing answered), by counter name;
-        ids never counted are left out."""
-        four = self._counter_rows(t.TP_STATS, t.TP_STAT_NAMES, set())
-        six = self._counter_rows(t.TP6_STATS, t.TP6_STAT_NAMES, set())
-        zero4, zero6 = dict.fromkeys(t.TP_STAT_NAMES, 0), dict.fromkeys(t.TP6_STAT_NAMES, 0)
-        return {tp: {**four.get(tp, zero4), **six.get(tp, zero6)} for tp in four.keys() | six}
-
-    def ic_stats(self) -> dict[int, dict[str, int]]:
-        """IC_STATS by Intercept id, by counter name; only ids with a non-zero counter."""
-        return self._counter_rows(t.IC_STATS, t.IC_STAT_NAMES, set(), t.IC_COUNTERS)
-
-    def tracked(self) -> dict[bytes, bytes]:
-        """Intercepted connections the programs track now (tp_conns): map pressure."""
-        fd = self.fds.get(t.TP_CONNS.name)
-        if fd is None:
-            return {}
-        return libbpf.lookup_all(fd, t.TP_CONNS.key_size, t.TP_CONNS.value_size,
-                                 t.TP_CONNS.max_entries)
 
     def apply(self, plan: Plan, deletes: bool | None = None) -> int:
         """Execute the plan's entry operations (only upserts or only deletes when asked) with
@@ -124,7 +101,7 @@ class PinnedTables:
             if fd is None:
                 raise KernelStateError(f"map {table} is not open for writing")
             keys = b"".join(op.key for op in ops)
-            if not t.BY_NAME[table].batch:
+            if not self.specs[table].batch:
                 for op in ops:
                     if is_delete:
                         libbpf.delete_elem(fd, op.key)
@@ -138,7 +115,7 @@ class PinnedTables:
         return written
 
 
-def read_pin(root: Path, spec: t.MapSpec) -> dict[bytes, bytes] | None:
+def read_pin(root: Path, spec: MapSpec) -> dict[bytes, bytes] | None:
     """Every entry of one pinned hash map, or None when it is not pinned (yet): for the
     data path, which reads a table or two without opening them all."""
     fd = libbpf.obj_get_if_pinned(str(root / "maps" / spec.name))
@@ -150,7 +127,7 @@ def read_pin(root: Path, spec: t.MapSpec) -> dict[bytes, bytes] | None:
         os.close(fd)
 
 
-def _mismatch(spec: t.MapSpec, info: libbpf.BpfMapInfo) -> list[str]:
+def _mismatch(spec: MapSpec, info: libbpf.BpfMapInfo) -> list[str]:
     checks = (("type", info.type, spec.map_type), ("key size", info.key_size, spec.key_size),
               ("value size", info.value_size, spec.value_size),
               ("max entries", info.max_entries, spec.max_entries),
@@ -172,24 +149,26 @@ def _check_root(root: Path, create: bool) -> bool:
     return root.exists()
 
 
-def open_tables(root: Path, create: bool) -> PinnedTables:
-    """Open every table under root; with create, create and pin the missing ones.
+def open_tables(root: Path, create: bool, specs: tuple[MapSpec, ...],
+                checked: tuple[MapSpec, ...] = ()) -> PinnedTables:
+    """Open the maps of specs under root; with create, create and pin the missing ones.
+    checked: maps created by someone else (BCC) whose pins are checked when they exist.
 
     Every existing pin is checked before anything is created, so a mismatch leaves the pin
     root exactly as it was.
     """
-    tables = PinnedTables(root, {spec.name: None for spec in t.PINNED})
+    tables = PinnedTables(root, {s.name: s for s in specs}, {s.name: None for s in specs})
     if not _check_root(root, create):
         return tables
     problems: list[str] = []
     try:
-        for spec in (*t.PINNED, *t.CREATED_BY_BCC):
+        for spec in (*specs, *checked):
             path = root / "maps" / spec.name
             if not path.exists():
                 continue
             fd = libbpf.obj_get(str(path))
             diff = _mismatch(spec, libbpf.map_info(fd))
-            if spec in t.CREATED_BY_BCC:
+            if spec in checked:
                 os.close(fd)  # only checked: BCC's compilation opens it by its pin
             else:
                 tables.fds[spec.name] = fd
@@ -201,7 +180,7 @@ def open_tables(root: Path, create: bool) -> PinnedTables:
                 "untouched:\n  " + "\n  ".join(problems) +
                 "\nmigrate or remove them (bpfsync never reuses a mismatched map)")
         if create:
-            for spec in t.PINNED:
+            for spec in specs:
                 if tables.fds[spec.name] is None:
                     tables.fds[spec.name] = _create(root / "maps" / spec.name, spec)
     except BaseException:
@@ -210,7 +189,7 @@ def open_tables(root: Path, create: bool) -> PinnedTables:
     return tables
 
 
-def _create(path: Path, spec: t.MapSpec) -> int:
+def _create(path: Path, spec: MapSpec) -> int:
     fd = libbpf.map_create(spec.map_type, spec.name, spec.key_size, spec.value_size,
                            spec.max_entries, spec.flags)
     try:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.attach import AttachAction
-from reconciler.core import tables as t
 from reconciler.core.errors import KernelStateError
+from reconciler.intercept import tables as ict
 from reconciler.intercept.plumbing import (
     RTPROT_BPFSYNC,
     PlumbingOperation,
@@ -37,7 +37,7 @@ TYPES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachab
 
 
 def _host_map(pin_root: Path) -> int | None:
-    path = pin_root / "maps" / t.IC_HOST.name
+    path = pin_root / "maps" / ict.IC_HOST.name
     return libbpf.obj_get(str(path)) if path.exists() else None
 
 
@@ -46,12 +46,12 @@ def records(pin_root: Path) -> dict[str | None, Record]:
     if fd is None:
         return {}
     try:
-        rows = libbpf.lookup_each(fd, t.IC_HOST.key_size, t.IC_HOST.value_size)
+        rows = libbpf.lookup_each(fd, ict.IC_HOST.key_size, ict.IC_HOST.value_size)
     finally:
         os.close(fd)
     out = {}
     for key, value in rows.items():
-        name, cookie, before = t.decode_ic_host(key, value)
+        name, cookie, before = ict.decode_ic_host(key, value)
         out[name] = Record(cookie, before)
     return out
 
@@ -101,13 +101,13 @@ def observe(pin_root: Path, names: Iterable[str | None]) -> dict[str | None, See
 def _set_record(pin_root: Path, name: str | None, record: Record | None) -> None:
     fd = _host_map(pin_root)
     if fd is None:
-        raise KernelStateError(f"{pin_root}/maps/{t.IC_HOST.name} is missing")
+        raise KernelStateError(f"{pin_root}/maps/{ict.IC_HOST.name} is missing")
     try:
-        key = t.ic_host_key(name)
+        key = ict.ic_host_key(name)
         if record is None:
             libbpf.delete_elem(fd, key)
         else:
-            libbpf.update_elem(fd, key, t.ic_host_value(record.cookie,
+            libbpf.update_elem(fd, key, ict.ic_host_value(record.cookie,
                                                         record.accept_local_before))
     finally:
         os.close(fd)
@@ -142,7 +142,7 @@ def execute(pin_root: Path, ops: list[PlumbingOperation], forget: list[str | Non
                 sysctl = next((o for o in ops if o.netns == op.netns and o.item == "sysctl"
                                and o.action is not AttachAction.DETACH), None)
                 before = sysctl.before if sysctl and sysctl.before is not None else (
-                    t.IC_SYSCTL_UNTOUCHED)
+                    ict.IC_SYSCTL_UNTOUCHED)
                 _set_record(pin_root, op.netns, Record(cookie, before))
             recorded.add(op.netns)
         try:

@@ -15,13 +15,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.model import Endpoint, Origin, Resource
-from reconciler.gue.model import Interface, KeySource, Service, Tunnel
+from reconciler.core import registry
+from reconciler.core.model import Origin, Resource
 from reconciler.load import directory as load
 from reconciler.load.schema import Schemas
-from reconciler.load.secrets import Secret
-from reconciler.steering.model import Proxy
-from reconciler.tproxy.model import TransparentProxy
 
 MIN_FILES = 16
 MIN_BYTES = 2 * 1024 * 1024
@@ -49,41 +46,23 @@ def worth_it(files: list[Path]) -> bool:
 
 
 def _row(r: Resource | None) -> tuple[Any, ...] | None:
-    if isinstance(r, Proxy | TransparentProxy):  # rare: pickled whole
-        return ("P", dataclasses.replace(r, origin=None))
-    if isinstance(r, Tunnel):
-        remote = (r.remote.address, r.remote.port) if r.remote else None
-        key = (r.key.value, r.key_source.kind, r.key_source.ref) if (
-            r.key is not None and r.key_source is not None) else None
-        return ("T", r.name, r.id, r.local.address, r.local.port, remote, key, r.ping_interval_ms,
-                r.next_key.value if r.next_key is not None else None)
-    if isinstance(r, Interface):
-        return ("I", r.name, r.device, r.netns, r.role, r.replies_tunnel, r.ingress, r.egress,
-                r.fib_lookup, r.priority)
-    if isinstance(r, Service):
-        return ("S", r.name, r.group_id, r.service_id, r.protocol, r.proxy.address, r.proxy.port,
-                r.backend.address, r.backend.port, r.tunnel, r.key.value, r.key_source.kind,
-                r.key_source.ref, r.next_key.value if r.next_key is not None else None)
-    return None
+    """A resource as a tuple that pickles fast: (kind, its row) for kinds with a row encoding
+    (the numerous ones), (kind, the resource without its origin) for the others."""
+    if r is None:
+        return None
+    kind = registry.KINDS[r.kind]
+    if kind.row is None:
+        return (r.kind, None, dataclasses.replace(r, origin=None))  # type: ignore[type-var]
+    return (r.kind, kind.row(r))
 
 
 def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Resource | None:
     if row is None:
         return None
-    if row[0] == "P":
-        return dataclasses.replace(row[1], origin=origin)
-    if row[0] == "T":
-        _, name, tid, laddr, lport, remote, key, ping_ms, nxt = row
-        return Tunnel(name, tid, Endpoint(laddr, lport),
-                      Endpoint(*remote) if remote else None, origin,
-                      Secret(key[0]) if key else None, KeySource(key[1], key[2]) if key else None,
-                      ping_ms, Secret(nxt) if nxt is not None else None)
-    if row[0] == "I":
-        return Interface(*row[1:], origin=origin)
-    (_, name, group, sid, proto, paddr, pport, baddr, bport, tunnel, key, kkind, kref, nxt) = row
-    return Service(name, group, sid, proto, Endpoint(paddr, pport), Endpoint(baddr, bport), tunnel,
-                   Secret(key), KeySource(kkind, kref), origin,
-                   Secret(nxt) if nxt is not None else None)
+    kind = registry.KINDS[row[0]]
+    if kind.unrow is None:
+        return dataclasses.replace(row[2], origin=origin)  # type: ignore[no-any-return]
+    return kind.unrow(row[1], origin)
 
 
 def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:

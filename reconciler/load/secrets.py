@@ -6,6 +6,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 KEY_LEN = 16
 # The longest key file: "hex:" and 32 hex digits, a newline (CRLF, a BOM: still refused by
@@ -82,3 +83,11 @@ def read_key_env(name: str, environ: dict[str, str] | None = None) -> Secret:
     if name not in env:
         raise KeyUnavailable(f"environment variable {name} is not set")
     return decode_key(env[name])
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """How a Service's key is given; resolved to a Secret when loading."""
+
+    kind: Literal["inline", "file", "env"]
+    ref: str | None = None  # file path or env name; None for inline

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from reconciler.attach import AttachAction, AttachPlan, escape_pin, unescape_pin
 from reconciler.core.state import DesiredState
+from reconciler.steering.model import Proxy, proxy_netns
 
 LINK_PREFIX = "sk_lookup:"
 ORPHAN_OWNER = "Proxy/(steering link)"
@@ -49,9 +50,9 @@ def compute_link_plan(state: DesiredState, seen: list[SeenLink], tags: frozenset
                       netns_exists: bool, plan: AttachPlan) -> list[LinkOperation]:
     """tags: acceptable program tags, None when the program cannot be compiled yet."""
     ops: list[LinkOperation] = []
-    steering = sorted(p.name for p in state.proxies.values() if p.ports)
+    steering = sorted(p.name for p in state.of(Proxy).values() if p.ports)
     want = bool(steering)  # Proxies that only receive intercepted connections steer nothing
-    netns = state.proxy_netns
+    netns = proxy_netns(state)
     owner = f"Proxy/{steering[0]}" if want else ORPHAN_OWNER
     current = None
     for link in seen:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.core.state import DesiredState
 
 from reconciler.core.model import Named, Origin, PortRange
 
@@ -40,3 +44,9 @@ class Proxy(Named):
     kind = "Proxy"
 
 
+
+
+def proxy_netns(state: DesiredState) -> str | None:
+    """The namespace of the steering link (checks ensure all Proxies share one)."""
+    proxies = state.of(Proxy)
+    return next(iter(proxies.values())).netns if proxies else None

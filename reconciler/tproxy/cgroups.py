@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 from reconciler.attach import AttachAction, AttachPlan
 from reconciler.core.naming import escape_path
 from reconciler.core.state import DesiredState
+from reconciler.tproxy.model import TransparentProxy
 
 LINK_PREFIX = "cg:"
 HOOKS = ("getsockopt", "sock_ops", "connect4", "connect6")  # attach order; detach in reverse
@@ -101,12 +102,12 @@ class CgroupOperation:
 
 def wanted(state: DesiredState, pin_root: Path) -> list[WantedCgroup]:
     out = []
-    for tp in sorted(state.transparent.values(), key=lambda x: x.id):
+    for tp in sorted(state.of(TransparentProxy).values(), key=lambda x: x.id):
         out.append(WantedCgroup(CgroupHook(tp.cgroup, "sock_ops"), program("sock_ops"), tp.ref))
         for hook in CONNECT_HOOKS:
             out.append(WantedCgroup(CgroupHook(tp.cgroup, hook), program(hook, tp.id), tp.ref))
-    if state.transparent:
-        owner = f"TransparentProxy/{min(state.transparent)}"
+    if state.of(TransparentProxy):
+        owner = f"TransparentProxy/{min(state.of(TransparentProxy))}"
         out.insert(0, WantedCgroup(CgroupHook(datapath_cgroup(pin_root), "getsockopt"),
                                    program("getsockopt"), owner))
     return out

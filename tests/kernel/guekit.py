@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reconciler.core import tables as t
+from reconciler.gue import tables as gt
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync, bpftool_percpu_counters
 from tests.kernel.topology import GW_TUNNEL, KEYS, NODE_TUNNEL, Net, gue_topology, service_doc
@@ -38,7 +38,7 @@ class Gue:
     def stats(self, root: Path) -> dict[str, int]:
         """The programs' counters read with bpftool (per-CPU slots summed), not with
         bpfsync's reader; slot i is the enum entry test_layout checks against STAT_NAMES."""
-        return bpftool_percpu_counters(root / "maps" / t.STATS.name, t.STAT_NAMES)
+        return bpftool_percpu_counters(root / "maps" / gt.STATS.name, gt.STAT_NAMES)
 
     def cli_stats(self, root: Path) -> dict[str, int]:
         r = bpfsync("get", "stats", "-o", "json", pin_root=root)

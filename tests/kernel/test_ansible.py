@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core import tables as t
 from reconciler.daemon import status as daemon_status
 from reconciler.datapath.supervisor import run_dir
+from reconciler.gue import tables as gt
 from tests.kernel import owned
 from tests.kernel.conftest import bpftool_dump
 from tests.kernel.daemonkit import wait_for
@@ -143,7 +143,7 @@ class Host:
             return None
 
     def tunnels(self) -> dict[bytes, bytes]:
-        return bpftool_dump(self.pin_root / "maps" / t.TUNNEL.name)
+        return bpftool_dump(self.pin_root / "maps" / gt.TUNNEL.name)
 
     def cleanup(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -198,7 +198,7 @@ def test_role_installs_drops_files_refuses_broken_ones_and_is_idempotent(host: H
     for name in ("tunnels.yaml", "services.yaml"):
         assert f"changed: [localhost] => (item={name})" in second.stdout
     assert len(host.tunnels()) == 1
-    assert len(bpftool_dump(host.pin_root / "maps" / t.ENCAP.name)) == 1
+    assert len(bpftool_dump(host.pin_root / "maps" / gt.ENCAP.name)) == 1
     status = host.status()
     assert status and not status["errors"] and status["resources"]["Service"]["Synced"] == 1
     # applied on the files' arrival (Ansible renames them in from its temp directory), not by

@@ -310,11 +310,11 @@ def _syn(dport: int, sport: int = 40000) -> bytes:
 
 def _ic_counter(pin_root: Path, ic: int, name: str) -> int:
     """One Intercept counter, summed over CPUs, read with bpftool (not bpfsync's reader)."""
-    from reconciler.core import tables as t
+    from reconciler.intercept import tables as ict
 
-    index = ic * t.IC_COUNTERS + t.IC_STAT_NAMES.index(name)
+    index = ic * ict.IC_COUNTERS + ict.IC_STAT_NAMES.index(name)
     out = subprocess.run(["bpftool", "-j", "map", "lookup", "pinned",
-                          str(pin_root / "maps" / t.IC_STATS.name), "key",
+                          str(pin_root / "maps" / ict.IC_STATS.name), "key",
                           *map(str, index.to_bytes(4, "little"))],
                          capture_output=True, text=True, check=True, timeout=60).stdout
     return sum(int(v["value"]) if isinstance(v["value"], int) else int.from_bytes(

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core import tables as t
+from reconciler.core import registry
 from reconciler.datapath.supervisor import read_datapath_status
+from reconciler.gue import tables as gt
 from reconciler.kernel import libbpf
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync, bpftool_dump
@@ -70,13 +71,13 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def backend_of(root: Path, i: int) -> str | None:
     """Service i's backend as the kernel's ti_verify holds it (None: no entry)."""
-    fd = libbpf.obj_get(str(root / "maps" / t.VERIFY.name))
+    fd = libbpf.obj_get(str(root / "maps" / gt.VERIFY.name))
     try:
         group, sid = divmod(i, 65536)
-        raw = libbpf.lookup_elem(fd, t.sid_key(group, sid), t.VERIFY.value_size)
+        raw = libbpf.lookup_elem(fd, gt.sid_key(group, sid), gt.VERIFY.value_size)
     finally:
         os.close(fd)
-    return None if raw is None else t.decode_value(t.VERIFY.name, raw)["backend"]
+    return None if raw is None else registry.decode_value(gt.VERIFY.name, raw)["backend"]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -109,7 +110,7 @@ def test_every_save_of_a_series_reaches_the_kernel(env: Env) -> None:
         wait_for(lambda p=port: backend_of(env.root, 3) == f"198.51.100.20:{p}", 60, 0.01)
     s = d.status()
     assert not s["errors"] and s["lastReconcile"]["result"] in ("applied", "in-sync")
-    assert bpftool_dump(env.root / "maps" / t.ENCAP.name).__len__() == 10
+    assert bpftool_dump(env.root / "maps" / gt.ENCAP.name).__len__() == 10
     assert in_sync(env.root, env.dir)
 
 
@@ -201,7 +202,7 @@ def test_git_checkout_of_1000_files_is_one_or_few_reconciles(env: Env) -> None:
     after = s["metrics"]["reconciles"]
     assert after.get("invalid", 0) + after.get("failed", 0) == failed  # none on a broken state
     assert s["lastApplied"]["revision"] == {"commit": commit_b, "dirty": False}
-    verify = bpftool_dump(env.root / "maps" / t.VERIFY.name)
+    verify = bpftool_dump(env.root / "maps" / gt.VERIFY.name)
     assert len(verify) == 1000
     assert in_sync(env.root, env.dir)
 
@@ -212,7 +213,7 @@ def test_directory_deleted_keeps_state_and_recreated_is_applied(env: Env) -> Non
     shutil.rmtree(env.dir)
     s = wait_for(lambda: (x := d.status())["errors"] and x)
     assert "not a directory" in s["errors"][0]
-    assert len(bpftool_dump(env.root / "maps" / t.VERIFY.name)) == 5  # last good state kept
+    assert len(bpftool_dump(env.root / "maps" / gt.VERIFY.name)) == 5  # last good state kept
     staging = env.tmp / "staging"
     write_services(staging, 2, {0: 7070})
     os.rename(staging, env.dir)  # recreated in one step, as a deploy would
@@ -227,7 +228,7 @@ def test_directory_deleted_keeps_state_and_recreated_is_applied(env: Env) -> Non
 def test_bad_file_keeps_last_good_state_and_fix_recovers(env: Env) -> None:
     write_services(env.dir, 3)
     d = env.daemon().start()
-    good = bpftool_dump(env.root / "maps" / t.VERIFY.name)
+    good = bpftool_dump(env.root / "maps" / gt.VERIFY.name)
     atomic_write(env.dir / "services-00000.yaml",
                  services_text(3, 8080).replace("port: 8080", "port: 99999", 1))
     (env.dir / "broken.yaml").write_text("kind: Service\nmetadata: [\n")
@@ -236,7 +237,7 @@ def test_bad_file_keeps_last_good_state_and_fix_recovers(env: Env) -> None:
     assert "services-00000.yaml:" in errs and "broken.yaml:" in errs  # every file, with lines
     assert all(e.split(":")[1].isdigit() for e in s["errors"]), errs
     assert d.status()["lastReconcile"]["result"] == "invalid"
-    assert bpftool_dump(env.root / "maps" / t.VERIFY.name) == good
+    assert bpftool_dump(env.root / "maps" / gt.VERIFY.name) == good
     r = subprocess.run([sys.executable, "-m", "reconciler", "--pin-root", str(env.root),
                         "status"], capture_output=True, text=True)
     assert r.returncode == 2 and "broken.yaml" in r.stdout
@@ -271,7 +272,7 @@ def test_drift_by_bpftool_and_tc_is_corrected_within_a_resync(env: Env) -> None:
     (env.dir / "iface.yaml").write_text(_interface_doc(ns))
     d = env.daemon("--resync", "1").start()
     assert "bpfsync:ti_ingress" in _filters(ns)
-    verify = env.root / "maps" / t.VERIFY.name
+    verify = env.root / "maps" / gt.VERIFY.name
     good = bpftool_dump(verify)
     key = sorted(good)[0]
     subprocess.run(["bpftool", "map", "delete", "pinned", str(verify), "key", "hex",
@@ -300,7 +301,7 @@ def test_drift_warn_reports_and_leaves_the_kernel_alone(env: Env) -> None:
     assert "bpfsync" not in _filters(ns)
     assert d.log().count("drift not corrected (policy warn): Interface/gw") == 1
     # the global policy applies to everything without an annotation
-    verify = env.root / "maps" / t.VERIFY.name
+    verify = env.root / "maps" / gt.VERIFY.name
     good = bpftool_dump(verify)
     d.stop()
     d2 = env.daemon("--resync", "1", "--drift", "warn").start()  # first reconcile applies
@@ -323,7 +324,7 @@ def test_sigterm_leaves_everything_and_restart_adopts_with_zero_writes(env: Env,
     write_services(env.dir, 200)
     (env.dir / "iface.yaml").write_text(_interface_doc(ns))
     d = env.daemon().start()
-    maps = {m: bpftool_dump(env.root / "maps" / m) for m in (t.VERIFY.name, t.ENCAP.name)}
+    maps = {m: bpftool_dump(env.root / "maps" / m) for m in (gt.VERIFY.name, gt.ENCAP.name)}
     filters = _filters(ns)
     assert d.stop() == 0
     assert "left in place" in d.log()
@@ -339,7 +340,7 @@ def test_sigterm_leaves_everything_and_restart_adopts_with_zero_writes(env: Env,
 def test_kill_9_during_a_50k_apply_converges_after_restart(env: Env) -> None:
     write_services(env.dir, 50_000)
     d = env.daemon().start(wait=False)
-    tunnel = env.root / "maps" / t.TUNNEL.name
+    tunnel = env.root / "maps" / gt.TUNNEL.name
 
     def writing_began() -> bool:
         try:
@@ -347,21 +348,21 @@ def test_kill_9_during_a_50k_apply_converges_after_restart(env: Env) -> None:
         except OSError:
             return False
         try:
-            return libbpf.lookup_elem(fd, t.tunnel_key(100), t.TUNNEL.value_size) is not None
+            return libbpf.lookup_elem(fd, gt.tunnel_key(100), gt.TUNNEL.value_size) is not None
         finally:
             os.close(fd)
 
     # tunnels are written first, then ti_verify, ti_encap (50k each): kill at the first entry
     wait_for(writing_began, 180, 0.0005)
     d.kill9()
-    encap = env.root / "maps" / t.ENCAP.name
+    encap = env.root / "maps" / gt.ENCAP.name
     partial = len(bpftool_dump(encap)) if encap.exists() else 0
     print(f"killed with {partial} of 50000 ti_encap entries written")
     d2 = env.daemon().start()
     s = d2.status()
     assert s["lastReconcile"]["result"] == "applied" and not s["errors"]
-    assert len(bpftool_dump(env.root / "maps" / t.ENCAP.name)) == 50_000
-    assert len(bpftool_dump(env.root / "maps" / t.VERIFY.name)) == 50_000
+    assert len(bpftool_dump(env.root / "maps" / gt.ENCAP.name)) == 50_000
+    assert len(bpftool_dump(env.root / "maps" / gt.VERIFY.name)) == 50_000
     assert in_sync(env.root, env.dir)
 
 
@@ -530,7 +531,7 @@ def test_hostile_saves_leave_the_daemon_running_and_the_kernel_as_it_was(env: En
     chosen = list(cases) if os.environ.get("BPFSYNC_HOSTILE_ALL") == "1" else HOSTILE
     write_services(env.dir, 3)
     d = env.daemon("--log-format", "json").start()
-    maps = (t.VERIFY.name, t.ENCAP.name, t.TUNNEL.name)
+    maps = (gt.VERIFY.name, gt.ENCAP.name, gt.TUNNEL.name)
     good = {m: bpftool_dump(env.root / "maps" / m) for m in maps}
     for case in chosen:
         make, fragment, where = cases[case]

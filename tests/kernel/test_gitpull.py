@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core import tables as t
+from reconciler.gue import tables as gt
 from tests.kernel import owned
 from tests.kernel.conftest import bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
@@ -66,7 +66,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Repos, Path, list[RunningDaemon]]]:
 
 
 def tunnels(root: Path) -> int:
-    return len(bpftool_dump(root / "maps" / t.TUNNEL.name))
+    return len(bpftool_dump(root / "maps" / gt.TUNNEL.name))
 
 
 def applied(d: RunningDaemon, commit: str) -> dict | None:

@@ -8,9 +8,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from reconciler.core import registry
 from reconciler.core import tables as t
+from reconciler.gue import tables as gt
+from reconciler.intercept import tables as ict
 from reconciler.kernel.bcc_env import ensure_kernel_source
 from reconciler.load.secrets import Secret
+from reconciler.steering import tables as st
+from reconciler.tproxy import tables as tpt
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "trueingress.h"
 STEER_HEADER = HEADER.with_name("steer.h")
@@ -38,9 +43,9 @@ def test_header_matches_python_layout() -> None:
 
     bpf = BPF(text=PROGRAM.encode())
     try:
-        for spec in (x for x in t.PINNED if x.name.startswith("ti_")):
+        for spec in (x for x in registry.PINNED if x.name.startswith("ti_")):
             table = bpf[spec.name.encode()]
-            if spec is t.STATS:
+            if spec is gt.STATS:
                 assert ctypes.sizeof(table.Leaf) == spec.value_size
                 assert table.max_entries == spec.max_entries
                 continue
@@ -49,27 +54,27 @@ def test_header_matches_python_layout() -> None:
         _encoders_fill_the_c_structs(bpf)
         # GUE wire structs: 4-byte base header, 24-byte data and 20-byte ping private data.
         assert ctypes.sizeof(bpf[b"gue_data"].Key) == 4
-        assert ctypes.sizeof(bpf[b"gue_data"].Leaf) == 4 * t.GUE_DATA_HLEN
-        assert ctypes.sizeof(bpf[b"gue_ping"].Leaf) == 4 * t.GUE_PING_HLEN
-        assert bpf[b"stat_max"].max_entries == len(t.STAT_NAMES) <= t.STATS_SLOTS
+        assert ctypes.sizeof(bpf[b"gue_data"].Leaf) == 4 * gt.GUE_DATA_HLEN
+        assert ctypes.sizeof(bpf[b"gue_ping"].Leaf) == 4 * gt.GUE_PING_HLEN
+        assert bpf[b"stat_max"].max_entries == len(gt.STAT_NAMES) <= gt.STATS_SLOTS
         # Same capacities in C and Python.
         text = HEADER.read_text()
-        assert f"#define TI_MAX_SERVICES {t.MAX_SERVICES}" in text
-        assert f"#define TI_MAX_TUNNELS {t.MAX_TUNNELS}" in text
-        assert f"#define TI_TUNNEL_LEARN 0x{t.TUNNEL_FLAG_LEARN:x}" in text
-        assert f"#define TI_TUNNEL_PING 0x{t.TUNNEL_FLAG_PING:x}" in text
-        assert f"#define TI_TUNNEL_KEYED 0x{t.TUNNEL_FLAG_KEYED:x}" in text
-        assert f"#define TI_TUNNEL_SEND_NEXT 0x{t.TUNNEL_FLAG_SEND_NEXT:x}" in text
-        assert f"#define TI_STATS_SLOTS {t.STATS_SLOTS}" in text
-        assert f"#define TI_GUE_CTYPE_PING {t.GUE_CTYPE_PING}" in text
-        assert f"#define TI_NEXT_TUNNEL {t.NEXT_TUNNEL}" in text
-        assert f"#define TI_NEXT_SERVICE {t.NEXT_SERVICE}" in text
-        assert f"#define TI_PING_WINDOW_NS ({t.PING_WINDOW_S}ULL * 1000000000ULL)" in text
+        assert f"#define TI_MAX_SERVICES {gt.MAX_SERVICES}" in text
+        assert f"#define TI_MAX_TUNNELS {gt.MAX_TUNNELS}" in text
+        assert f"#define TI_TUNNEL_LEARN 0x{gt.TUNNEL_FLAG_LEARN:x}" in text
+        assert f"#define TI_TUNNEL_PING 0x{gt.TUNNEL_FLAG_PING:x}" in text
+        assert f"#define TI_TUNNEL_KEYED 0x{gt.TUNNEL_FLAG_KEYED:x}" in text
+        assert f"#define TI_TUNNEL_SEND_NEXT 0x{gt.TUNNEL_FLAG_SEND_NEXT:x}" in text
+        assert f"#define TI_STATS_SLOTS {gt.STATS_SLOTS}" in text
+        assert f"#define TI_GUE_CTYPE_PING {gt.GUE_CTYPE_PING}" in text
+        assert f"#define TI_NEXT_TUNNEL {gt.NEXT_TUNNEL}" in text
+        assert f"#define TI_NEXT_SERVICE {gt.NEXT_SERVICE}" in text
+        assert f"#define TI_PING_WINDOW_NS ({gt.PING_WINDOW_S}ULL * 1000000000ULL)" in text
         # Counter names follow the enum's order.
         enum = text[text.index("enum ti_stat {"):text.index("TI_STAT_MAX,")]
         names = [line.split()[0].rstrip(",").removeprefix("TI_STAT_").lower()
                  for line in enum.splitlines()[1:] if line.strip().startswith("TI_STAT_")]
-        assert names == list(t.STAT_NAMES)
+        assert names == list(gt.STAT_NAMES)
     finally:
         bpf.cleanup()
 
@@ -89,18 +94,18 @@ def test_steering_header_matches_python_layout() -> None:
     bpf = BPF(text=STEER_PROGRAM.encode())
     try:
         table = bpf[b"ps_dest"]
-        assert ctypes.sizeof(table.Key) == t.STEER.key_size
-        assert ctypes.sizeof(table.Leaf) == t.STEER.value_size
+        assert ctypes.sizeof(table.Key) == st.STEER.key_size
+        assert ctypes.sizeof(table.Leaf) == st.STEER.value_size
         assert {n: getattr(table.Key, n).offset for n, *_ in table.Key._fields_} == {
             "prefixlen": 0, "proto": 4, "pad": 5, "port": 6, "addr": 8}
         # The trie key Python writes: a /24 on port 8080 counts 32 + 24 bits.
-        key = table.Key.from_buffer_copy(t.steer_key(8080, "203.0.113.0", 24))
+        key = table.Key.from_buffer_copy(st.steer_key(8080, "203.0.113.0", 24))
         assert (key.prefixlen, key.proto, key.port, key.addr) == (
             56, 6, 0x901F, 0x007100CB)  # port and address big-endian in memory
-        assert bpf[b"counters"].max_entries == t.PS_COUNTERS == len(t.PS_STAT_NAMES)
+        assert bpf[b"counters"].max_entries == st.PS_COUNTERS == len(st.PS_STAT_NAMES)
         text = STEER_HEADER.read_text()
-        assert f"#define PS_MAX_DEST {t.MAX_STEER}" in text
-        assert f"#define PS_MAX_PROXIES {t.MAX_PROXIES}" in text
+        assert f"#define PS_MAX_DEST {st.MAX_STEER}" in text
+        assert f"#define PS_MAX_PROXIES {st.MAX_PROXIES}" in text
     finally:
         bpf.cleanup()
 
@@ -121,37 +126,37 @@ def test_tproxy_header_matches_python_layout() -> None:
 
     bpf = BPF(text=TPROXY_PROGRAM.encode())
     try:
-        for spec in (t.TP_RULES, t.TP_CONFIG, t.TP_CONNS):
+        for spec in (tpt.TP_RULES, tpt.TP_CONFIG, tpt.TP_CONNS):
             table = bpf[spec.name.encode()]
             assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
             assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
-        assert ctypes.sizeof(bpf[b"tp_conns"].Leaf) == t.TP_ORIG.value_size
+        assert ctypes.sizeof(bpf[b"tp_conns"].Leaf) == tpt.TP_ORIG.value_size
         config = bpf[b"tp_config"].Leaf
         assert {n: getattr(config, n).offset for n, *_ in config._fields_} == {
             "slot": 0, "flags": 4, "netns_cookie": 8, "cgroup_id": 16, "cgroup_level": 48,
             "pad": 64, "stamp": 68}
-        value = config.from_buffer_copy(t.tp_config_value(b"\1\0\0\0", 7, True, 99, [(5, 2)]))
-        assert (value.slot, value.flags, value.netns_cookie) == (7, t.TP_FLAG_FAIL_OPEN, 99)
+        value = config.from_buffer_copy(tpt.tp_config_value(b"\1\0\0\0", 7, True, 99, [(5, 2)]))
+        assert (value.slot, value.flags, value.netns_cookie) == (7, tpt.TP_FLAG_FAIL_OPEN, 99)
         assert (value.cgroup_id[0], value.cgroup_level[0], value.cgroup_id[1]) == (5, 2, 0)
         key = bpf[b"tp_rules"].Key.from_buffer_copy(
-            t.tp_rule_key(3, t.TP_KIND_EXCLUDE, 443, "198.51.100.0", 24))
+            tpt.tp_rule_key(3, tpt.TP_KIND_EXCLUDE, 443, "198.51.100.0", 24))
         assert (key.prefixlen, key.kind, key.tp, key.port, key.addr) == (
-            56, t.TP_KIND_EXCLUDE, 3, 0xBB01, 0x006433C6)
+            56, tpt.TP_KIND_EXCLUDE, 3, 0xBB01, 0x006433C6)
         conn = bpf[b"tp_conns"]
         assert {n: getattr(conn.Key, n).offset for n, *_ in conn.Key._fields_} == {
             "client_ip": 0, "proxy_ip": 4, "client_port": 8, "proxy_port": 10}
         text = TPROXY_HEADER.read_text()
-        for name, value in (("TP_MAX", t.TP_MAX), ("TP_MAX_RULES", t.TP_MAX_RULES),
-                            ("TP_MAX_CONNS", t.TP_MAX_CONNS), ("TP_COUNTERS", t.TP_COUNTERS),
-                            ("TP_EXCLUDE_CGROUPS", t.TP_EXCLUDE_CGROUPS),
-                            ("TP_KIND_INTERCEPT", t.TP_KIND_INTERCEPT),
-                            ("TP_KIND_EXCLUDE", t.TP_KIND_EXCLUDE),
-                            ("TP_FLAG_FAIL_OPEN", t.TP_FLAG_FAIL_OPEN)):
+        for name, value in (("TP_MAX", tpt.TP_MAX), ("TP_MAX_RULES", tpt.TP_MAX_RULES),
+                            ("TP_MAX_CONNS", tpt.TP_MAX_CONNS), ("TP_COUNTERS", tpt.TP_COUNTERS),
+                            ("TP_EXCLUDE_CGROUPS", tpt.TP_EXCLUDE_CGROUPS),
+                            ("TP_KIND_INTERCEPT", tpt.TP_KIND_INTERCEPT),
+                            ("TP_KIND_EXCLUDE", tpt.TP_KIND_EXCLUDE),
+                            ("TP_FLAG_FAIL_OPEN", tpt.TP_FLAG_FAIL_OPEN)):
             assert f"#define {name} {value} " in text or f"#define {name} {value}\n" in text
         enum = text[text.index("enum tp_stat {"):]
         names = [line.split()[0].removeprefix("TP_STAT_").lower()
                  for line in enum.splitlines()[1:] if line.strip().startswith("TP_STAT_")]
-        assert names == list(t.TP_STAT_NAMES)
+        assert names == list(tpt.TP_STAT_NAMES)
     finally:
         bpf.cleanup()
 
@@ -172,36 +177,36 @@ def test_intercept_header_matches_python_layout() -> None:
 
     bpf = BPF(text=INTERCEPT_PROGRAM.encode())
     try:
-        for spec in (t.IC_RULES, t.IC_SYN, t.IC_HOST):
+        for spec in (ict.IC_RULES, ict.IC_SYN, ict.IC_HOST):
             table = bpf[spec.name.encode()]
             assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
             assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
-        key = bpf[b"ic_rules"].Key.from_buffer_copy(t.ic_key(7, 6, 443, "198.51.100.0", 24))
+        key = bpf[b"ic_rules"].Key.from_buffer_copy(ict.ic_key(7, 6, 443, "198.51.100.0", 24))
         assert (key.prefixlen, key.ic, key.proto, key.port, key.addr) == (
             56, 7, 6, 0xBB01, 0x006433C6)
-        raw = t.ic_rule_value(bytes(12), [(1000, 1999, t.IC_ACTION_DROP, 0, 30),
-                                          (0, 0, t.IC_ACTION_REDIRECT, 5, 40)])
+        raw = ict.ic_rule_value(bytes(12), [(1000, 1999, ict.IC_ACTION_DROP, 0, 30),
+                                          (0, 0, ict.IC_ACTION_REDIRECT, 5, 40)])
         rule = bpf[b"ic_rules"].Leaf.from_buffer_copy(raw)
         assert rule.count == 2
         c0, c1 = rule.c[0], rule.c[1]
         assert (c0.sport_first, c0.sport_last, c0.action, c0.slot, c0.priority) == (
-            1000, 1999, t.IC_ACTION_DROP, 0, 30)
-        assert (c1.action, c1.slot, c1.priority) == (t.IC_ACTION_REDIRECT, 5, 40)
-        host = bpf[b"ic_host"].Leaf.from_buffer_copy(t.ic_host_value(99, 0))
+            1000, 1999, ict.IC_ACTION_DROP, 0, 30)
+        assert (c1.action, c1.slot, c1.priority) == (ict.IC_ACTION_REDIRECT, 5, 40)
+        host = bpf[b"ic_host"].Leaf.from_buffer_copy(ict.ic_host_value(99, 0))
         assert (host.netns_cookie, host.accept_local_before) == (99, 0)
         text = INTERCEPT_HEADER.read_text()
-        for name, value in (("IC_MAX", t.IC_MAX), ("IC_MAX_ENTRIES", t.IC_MAX_ENTRIES),
-                            ("IC_CHAIN", t.IC_CHAIN), ("IC_MAX_SYN", t.IC_MAX_SYN),
-                            ("IC_COUNTERS", t.IC_COUNTERS), ("IC_PORT_ANY", t.IC_PORT_ANY),
-                            ("IC_ACTION_PASS", t.IC_ACTION_PASS),
-                            ("IC_ACTION_DROP", t.IC_ACTION_DROP),
-                            ("IC_ACTION_REDIRECT", t.IC_ACTION_REDIRECT),
-                            ("IC_SYSCTL_UNTOUCHED", hex(t.IC_SYSCTL_UNTOUCHED))):
+        for name, value in (("IC_MAX", ict.IC_MAX), ("IC_MAX_ENTRIES", ict.IC_MAX_ENTRIES),
+                            ("IC_CHAIN", ict.IC_CHAIN), ("IC_MAX_SYN", ict.IC_MAX_SYN),
+                            ("IC_COUNTERS", ict.IC_COUNTERS), ("IC_PORT_ANY", ict.IC_PORT_ANY),
+                            ("IC_ACTION_PASS", ict.IC_ACTION_PASS),
+                            ("IC_ACTION_DROP", ict.IC_ACTION_DROP),
+                            ("IC_ACTION_REDIRECT", ict.IC_ACTION_REDIRECT),
+                            ("IC_SYSCTL_UNTOUCHED", hex(ict.IC_SYSCTL_UNTOUCHED))):
             assert f"#define {name} {value} " in text or f"#define {name} {value}\n" in text, name
         enum = text[text.index("enum ic_stat {"):]
         names = [line.split()[0].removeprefix("IC_STAT_").lower()
                  for line in enum.splitlines()[1:] if line.strip().startswith("IC_STAT_")]
-        assert names == list(t.IC_STAT_NAMES)
+        assert names == list(ict.IC_STAT_NAMES)
     finally:
         bpf.cleanup()
 
@@ -223,43 +228,43 @@ def _encoders_fill_the_c_structs(bpf: Any) -> None:
     """Bytes from tables.py's encoders, read through the structs BCC compiled from
     trueingress.h: every field lands where the C programs read it."""
     key = Secret(bytes(range(1, 17)))
-    ep = t.endpoint_key("203.0.113.10", 80, 6)
+    ep = gt.endpoint_key("203.0.113.10", 80, 6)
     _endpoint(bpf[b"ti_encap"].Key.from_buffer_copy(ep), "203.0.113.10", 80, 6)
-    v = bpf[b"ti_encap"].Leaf.from_buffer_copy(t.encap_value(ep, 100, 1, 2, key))
+    v = bpf[b"ti_encap"].Leaf.from_buffer_copy(gt.encap_value(ep, 100, 1, 2, key))
     assert (v.tunnel_id, v.sid.group_id, v.sid.service_id) == (_be(100, 4), _be(1, 2), _be(2, 2))
     assert (bytes(v.key), v.reserved) == (key.value, 0)
-    assert t.stamp_ok(ep, t.encap_value(ep, 100, 1, 2, key))
+    assert t.stamp_ok(ep, gt.encap_value(ep, 100, 1, 2, key))
 
-    sid = t.sid_key(1, 2)
+    sid = gt.sid_key(1, 2)
     k = bpf[b"ti_verify"].Key.from_buffer_copy(sid)
     assert (k.group_id, k.service_id) == (_be(1, 2), _be(2, 2))
-    backend = t.endpoint_key("198.51.100.20", 8080, 17)
-    v = bpf[b"ti_verify"].Leaf.from_buffer_copy(t.verify_value(sid, key, backend))
+    backend = gt.endpoint_key("198.51.100.20", 8080, 17)
+    v = bpf[b"ti_verify"].Leaf.from_buffer_copy(gt.verify_value(sid, key, backend))
     assert bytes(v.key) == key.value and v.reserved == 0
     _endpoint(v.backend, "198.51.100.20", 8080, 17)
 
-    tk = t.tunnel_key(100)
+    tk = gt.tunnel_key(100)
     assert bpf[b"ti_tunnel"].Key.from_buffer_copy(tk).value == _be(100, 4)
     v = bpf[b"ti_tunnel"].Leaf.from_buffer_copy(
-        t.tunnel_value(tk, ("192.0.2.1", 6080), ("198.51.100.2", 6081), key, 500))
+        gt.tunnel_value(tk, ("192.0.2.1", 6080), ("198.51.100.2", 6081), key, 500))
     assert (v.local_addr, v.remote_addr, v.local_port, v.remote_port) == (
         _addr("192.0.2.1"), _addr("198.51.100.2"), _be(6080, 2), _be(6081, 2))
-    assert v.flags == _be(t.TUNNEL_FLAG_PING | t.TUNNEL_FLAG_KEYED, 4)
+    assert v.flags == _be(gt.TUNNEL_FLAG_PING | gt.TUNNEL_FLAG_KEYED, 4)
     assert (v.ping_interval_ms, bytes(v.key)) == (_be(500, 4), key.value)
-    learn = bpf[b"ti_tunnel"].Leaf.from_buffer_copy(t.tunnel_value(tk, ("192.0.2.1", 6080), None))
+    learn = bpf[b"ti_tunnel"].Leaf.from_buffer_copy(gt.tunnel_value(tk, ("192.0.2.1", 6080), None))
     assert (learn.remote_addr, learn.remote_port, learn.flags) == (
-        0, 0, _be(t.TUNNEL_FLAG_LEARN, 4))
+        0, 0, _be(gt.TUNNEL_FLAG_LEARN, 4))
 
-    v = bpf[b"ti_reply"].Leaf.from_buffer_copy(t.reply_value(backend, ep, 100, 1, 2, key))
+    v = bpf[b"ti_reply"].Leaf.from_buffer_copy(gt.reply_value(backend, ep, 100, 1, 2, key))
     _endpoint(v.proxy, "203.0.113.10", 80, 6)
     assert (v.tunnel_id, v.sid.group_id, v.sid.service_id, bytes(v.key)) == (
         _be(100, 4), _be(1, 2), _be(2, 2), key.value)
-    dk = t.endpoint_key("192.0.2.1", 6080, 17)
-    assert bytes(bpf[b"ti_decap"].Leaf.from_buffer_copy(t.decap_value(dk))) == t.decap_value(dk)
+    dk = gt.endpoint_key("192.0.2.1", 6080, 17)
+    assert bytes(bpf[b"ti_decap"].Leaf.from_buffer_copy(gt.decap_value(dk))) == gt.decap_value(dk)
 
     # the other way: ti_learned is written by the programs and decoded by Python
     learned = bpf[b"ti_learned"].Leaf()
     learned.remote_addr, learned.remote_port = _addr("198.51.100.7"), _be(7000, 2)
     learned.updated_ns = 123_456_789
-    out = t.decode_value(t.LEARNED.name, bytes(learned))
+    out = registry.decode_value(gt.LEARNED.name, bytes(learned))
     assert out == {"remote": "198.51.100.7:7000", "updatedNs": 123_456_789}, out

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
+from reconciler.gue.model import Service
 from reconciler.load.candidate import check_candidate
 from tests.unit.helpers import service, tunnel, write_tree
 
@@ -31,14 +32,14 @@ def test_new_file_with_relative_key_resolved_where_it_will_live(directory: Path,
     result = check_candidate(directory, file, "api.yaml")
     assert result.errors == [] and result.existing == []
     assert result.destination == directory / "api.yaml" and not result.replaces
-    assert result.state is not None and set(result.state.services) == {"web", "api"}
+    assert result.state is not None and set(result.state.of(Service)) == {"web", "api"}
 
 
 def test_update_of_an_existing_file_is_not_a_duplicate(directory: Path, tmp_path: Path) -> None:
     file = candidate(tmp_path, service(port=8080))
     result = check_candidate(directory, file, "services.yaml")
     assert result.errors == [] and result.replaces
-    assert result.state is not None and result.state.services["web"].proxy.port == 8080
+    assert result.state is not None and result.state.of(Service)["web"].proxy.port == 8080
 
 
 def test_without_as_the_file_declaring_the_same_resources_is_replaced(directory: Path,

@@ -19,12 +19,13 @@ from watchdog.events import (
 )
 
 from reconciler.core import drift
-from reconciler.core.desired import compile_tables
+from reconciler.core.compile import compile_tables
 from reconciler.core.model import Endpoint
 from reconciler.core.plan import Action, compute_plan
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.watch import relevant
+from reconciler.gue.model import Service, Tunnel
 from reconciler.load.directory import load_directory, load_files
 from reconciler.load.filecache import FileCache
 from reconciler.load.schema import Schemas
@@ -68,7 +69,7 @@ def test_drift_is_corrected_held_or_applied_as_a_change() -> None:
     # an edit in YAML is a change, whatever the policy
     edited = state(3)
     name = owner.split("/")[1]
-    edited.services[name] = dataclasses.replace(edited.services[name],
+    edited.of(Service)[name] = dataclasses.replace(edited.of(Service)[name],
                                                 backend=Endpoint("198.51.100.21", 8080))
     plan2 = compute_plan(compile_tables(edited), observed_from(s))
     held = drift.split(plan2, edited, base, drift.OFF)
@@ -94,29 +95,29 @@ def test_file_cache_reparses_only_changed_files_and_sees_key_changes(tmp_path: P
     cache = FileCache(clock=lambda: clock[0])
     schemas = Schemas()
     first = load_directory(root, schemas, cache)
-    assert cache.last.parsed == 6 and len(first.services) == 5
+    assert cache.last.parsed == 6 and len(first.of(Service)) == 5
     load_directory(root, schemas, cache)
     assert (cache.last.parsed, cache.last.reused) == (0, 6)
     (root / "s2.yaml").write_text(service("web2", sid=2, port=92))
     clock[0] = time.time() + 10
     again = load_directory(root, schemas, cache)
-    assert cache.last.parsed == 1 and again.services["web2"].proxy.port == 92
+    assert cache.last.parsed == 1 and again.of(Service)["web2"].proxy.port == 92
     # same size, same mtime (a racy rewrite within one tick): a recent file is hashed
     st = (root / "s3.yaml").stat()
     (root / "s3.yaml").write_text(service("web3", sid=3, port=73))  # 83 -> 73, same length
     os.utime(root / "s3.yaml", ns=(st.st_atime_ns, st.st_mtime_ns))
     clock[0] = time.time()
-    assert load_directory(root, schemas, cache).services["web3"].proxy.port == 73
+    assert load_directory(root, schemas, cache).of(Service)["web3"].proxy.port == 73
     # a key file every Service reads changes: all of them are checked again
     clock[0] = time.time() + 10
     load_directory(root, schemas, cache)
     (root / "web.key").write_text("hex:ffeeddccbbaa99887766554433221100")
     clock[0] = time.time() + 10
     s = load_directory(root, schemas, cache)
-    assert cache.last.parsed == 5 and s.services["web0"].key.value.startswith(b"\xff\xee")
+    assert cache.last.parsed == 5 and s.of(Service)["web0"].key.value.startswith(b"\xff\xee")
     # a removed file is forgotten
     (root / "s4.yaml").unlink()
-    assert "web4" not in load_directory(root, schemas, cache).services
+    assert "web4" not in load_directory(root, schemas, cache).of(Service)
 
 
 def test_cached_results_equal_fresh_ones(tmp_path: Path) -> None:
@@ -180,14 +181,14 @@ def test_compile_memo_updates_by_difference_and_matches_a_full_compile() -> None
     memo = CompileMemo()
     s = state(5)
     assert compile_tables(s, memo).entries == compile_tables(s).entries
-    s.services["svc1"] = dataclasses.replace(s.services["svc1"],
+    s.of(Service)["svc1"] = dataclasses.replace(s.of(Service)["svc1"],
                                              backend=Endpoint("198.51.100.21", 8080))
-    del s.services["svc3"]
-    s.services["svc9"] = dataclasses.replace(s.services["svc4"], name="svc9", service_id=9,
+    del s.of(Service)["svc3"]
+    s.of(Service)["svc9"] = dataclasses.replace(s.of(Service)["svc4"], name="svc9", service_id=9,
                                              proxy=Endpoint("203.0.113.10", 1009))
     got = compile_tables(s, memo)
     assert got.entries == compile_tables(s).entries and got.owners == compile_tables(s).owners
-    s.tunnels["t1"] = dataclasses.replace(s.tunnels["t1"], id=200)  # every service's tunnel id
+    s.of(Tunnel)["t1"] = dataclasses.replace(s.of(Tunnel)["t1"], id=200)  # every service's tunnel id
     assert compile_tables(s, memo).entries == compile_tables(s).entries
 
 

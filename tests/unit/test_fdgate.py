@@ -6,9 +6,9 @@ import asyncio
 import errno
 from pathlib import Path
 
-from reconciler.core.checks import DESCRIPTOR_LIMIT, descriptors_needed
 from reconciler.datapath.fdgate import EXHAUSTED, HEADROOM, DescriptorGate
 from reconciler.load.directory import load_directory
+from reconciler.steering.checks import DESCRIPTOR_LIMIT, descriptors_needed
 from tests.unit.helpers import write_tree
 
 

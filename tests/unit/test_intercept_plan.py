@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from reconciler.attach import AttachAction, AttachPlan
+from reconciler.core import registry
 from reconciler.core import tables as t
-from reconciler.core.checks import proxy_slots
 from reconciler.core.errors import InvalidDesiredState
 from reconciler.core.state import DesiredState
-from reconciler.intercept.compile import compile_intercept
+from reconciler.intercept import tables as ict
+from reconciler.intercept.compile import compile_intercept, proxy_slots
 from reconciler.intercept.model import Intercept, Routing
 from reconciler.intercept.plumbing import (
     PolicyRule,
@@ -34,7 +35,7 @@ def intercept(rules: str, tmp_path: Path) -> tuple[DesiredState, Intercept]:
                           "metadata: {name: wan}\nspec:\n  id: 7\n  device: eth0\n  rules:\n"
                           + rules})
     state = load_directory(tmp_path)
-    return state, state.intercepts["wan"]
+    return state, state.of(Intercept)["wan"]
 
 
 def decide(entries: dict[bytes, bytes], ic_id: int, proto: int, daddr: str, dport: int,
@@ -42,10 +43,10 @@ def decide(entries: dict[bytes, bytes], ic_id: int, proto: int, daddr: str, dpor
     """What ic_egress decides: longest prefix on the exact port, then on any port, then the
     first candidate whose source ports match. (action, priority) or None (no rule)."""
     addr = int(ipaddress.IPv4Address(daddr))
-    for port in (dport, t.IC_PORT_ANY):
+    for port in (dport, ict.IC_PORT_ANY):
         best = None
         for key, value in entries.items():
-            k = t.decode_key(t.IC_RULES.name, key)
+            k = registry.decode_key(ict.IC_RULES.name, key)
             net = ipaddress.IPv4Network(k["prefix"])
             if (k["id"] == ic_id and t.PROTO_NUMBERS[k["protocol"]] == proto
                     and ((k["port"] == "*" and port == 0) or k["port"] == port)
@@ -54,7 +55,7 @@ def decide(entries: dict[bytes, bytes], ic_id: int, proto: int, daddr: str, dpor
                 best = (net.prefixlen, value)
         if best is None:
             continue
-        for c in t.decode_value(t.IC_RULES.name, best[1])["rules"]:
+        for c in registry.decode_value(ict.IC_RULES.name, best[1])["rules"]:
             sp = c.get("sourcePorts")
             if sp is None or (isinstance(sp, int) and sp == sport) or (
                     isinstance(sp, str) and int(sp.split("-")[0]) <= sport <= int(
@@ -87,12 +88,12 @@ def test_first_match_by_priority_not_by_prefix_length(tmp_path: Path) -> None:
     assert decide(e, 7, 6, "203.0.113.200", 22, 2500) is None
     assert decide(e, 7, 17, "192.0.2.53", 53, 5353) == ("drop", 50)
     assert decide(e, 7, 17, "203.0.113.9", 443, 40000) is None  # tcp rules only
-    redirect = [c for v in e.values() for c in t.decode_value(t.IC_RULES.name, v)["rules"]
+    redirect = [c for v in e.values() for c in registry.decode_value(ict.IC_RULES.name, v)["rules"]
                 if c["action"] == "redirect"]
     assert redirect and all(c["proxySlot"] == 5 for c in redirect)
     assert compiled.shadowed(ic) == []
     # every key a value of the right size, stamped as bpfsync's
-    assert all(len(k) == t.IC_RULES.key_size and len(v) == t.IC_RULES.value_size
+    assert all(len(k) == ict.IC_RULES.key_size and len(v) == ict.IC_RULES.value_size
                and t.stamp_ok(k, v) for k, v in e.items())
 
 
@@ -161,7 +162,7 @@ def test_plumbing_plan_creates_restores_and_reverts_exactly() -> None:
     assert forget({"blue": done}, {}) == ["blue"]
     # accept_local was already 1 before bpfsync: left as it is
     untouched = SeenPlumbing("blue", True, cookie=9, rules=[rule], routes=[100],
-                             accept_local=1, record=Record(9, t.IC_SYSCTL_UNTOUCHED))
+                             accept_local=1, record=Record(9, ict.IC_SYSCTL_UNTOUCHED))
     ops = compute_plumbing_plan({}, {"blue": untouched}, AttachPlan())
     assert [o.item for o in ops] == ["rule", "route"]
     # a record of an earlier namespace of the same name (other cookie) restores nothing

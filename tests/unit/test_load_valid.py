@@ -7,6 +7,7 @@ import pytest
 
 from reconciler.core.errors import InvalidDesiredState, Severity
 from reconciler.core.model import Endpoint
+from reconciler.gue.model import Service, Tunnel
 from reconciler.load.directory import load_directory
 from tests.unit.helpers import service, tunnel, write_tree
 
@@ -19,10 +20,10 @@ def test_quickstart_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyP
     key = EXAMPLES / "quickstart" / "keys" / "web.key"
     os.chmod(key, 0o600)  # git does not keep modes; the demo does the same
     state = load_directory(EXAMPLES / "quickstart")
-    assert set(state.tunnels) == {"node-a", "node-b"}
-    assert state.tunnels["node-b"].remote is None
-    assert state.tunnels["node-b"].local == Endpoint("192.0.2.1", 6080)  # default port
-    assert state.services["dns"].protocol == "udp"
+    assert set(state.of(Tunnel)) == {"node-a", "node-b"}
+    assert state.of(Tunnel)["node-b"].remote is None
+    assert state.of(Tunnel)["node-b"].local == Endpoint("192.0.2.1", 6080)  # default port
+    assert state.of(Service)["dns"].protocol == "udp"
 
 
 def test_multi_document_files_recursive_and_ignored_files(tmp_path: Path) -> None:
@@ -38,13 +39,13 @@ def test_multi_document_files_recursive_and_ignored_files(tmp_path: Path) -> Non
         ".git/config.yaml": "junk: [",
     })
     state = load_directory(root)
-    assert sorted(state.services) == ["api", "web"]
+    assert sorted(state.of(Service)) == ["api", "web"]
     assert state.files == 2
 
 
 def test_trailing_document_separator_is_fine(tmp_path: Path) -> None:
     state = load_directory(write_tree(tmp_path, {"a.yaml": "---\n" + tunnel() + "---\n"}))
-    assert list(state.tunnels) == ["t1"]
+    assert list(state.of(Tunnel)) == ["t1"]
 
 
 def test_inline_key_warns_but_is_valid(tmp_path: Path) -> None:
@@ -61,8 +62,8 @@ def test_hex_key_and_env_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("K", "hex:00ff")
     text = service().replace("keyFrom: {file: web.key}", "keyFrom: {env: K}")
     state = load_directory(write_tree(tmp_path, {"a.yaml": tunnel() + "---\n" + text}))
-    assert state.services["web"].key.value == b"\x00\xff" + b"\0" * 14
-    assert "ff" not in repr(state.services["web"])
+    assert state.of(Service)["web"].key.value == b"\x00\xff" + b"\0" * 14
+    assert "ff" not in repr(state.of(Service)["web"])
 
 
 def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:

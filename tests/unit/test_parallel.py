@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.errors import InvalidDesiredState
+from reconciler.gue.model import Interface, Service, Tunnel
 from reconciler.load import parallel
 from reconciler.load.directory import load_directory
 from tests.unit.helpers import service, tunnel, write_tree
@@ -47,10 +48,10 @@ def test_parallel_and_serial_loads_agree(tmp_path: Path, monkeypatch: pytest.Mon
     serial, _ = _load(root, monkeypatch, False)
     par, _ = _load(root, monkeypatch, True)
     assert serial is not None and par is not None
-    assert serial.services == par.services and serial.tunnels == par.tunnels
-    assert serial.interfaces == par.interfaces and par.interfaces["up"].priority == 7
-    assert par.tunnels["t3"].key is not None and par.tunnels["t4"].ping_interval_ms == 2500
-    assert list(serial.services) == list(par.services)
+    assert serial.of(Service) == par.of(Service) and serial.of(Tunnel) == par.of(Tunnel)
+    assert serial.of(Interface) == par.of(Interface) and par.of(Interface)["up"].priority == 7
+    assert par.of(Tunnel)["t3"].key is not None and par.of(Tunnel)["t4"].ping_interval_ms == 2500
+    assert list(serial.of(Service)) == list(par.of(Service))
 
 
 def test_parallel_errors_are_located_like_serial(tmp_path: Path,

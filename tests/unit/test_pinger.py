@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from reconciler.core import tables as t
 from reconciler.datapath.pinger import Schedule, ping_clock_ns, ping_payload, targets
+from reconciler.gue import tables as gt
 from reconciler.gue.siphash import siphash24
 from reconciler.load.secrets import Secret
 
@@ -18,8 +18,8 @@ def table(**over) -> dict[bytes, bytes]:
             (1, ("192.0.2.9", 6080), 500, KEY),    # pings
             (2, None, None, KEY),                   # learns: never pings
             (3, ("192.0.2.9", 7000), None, None)):  # fixed, no ping
-        k = t.tunnel_key(tid)
-        out[k] = t.tunnel_value(k, ("192.0.2.1", 6080), remote, key, ping_ms)
+        k = gt.tunnel_key(tid)
+        out[k] = gt.tunnel_value(k, ("192.0.2.1", 6080), remote, key, ping_ms)
     return out
 
 

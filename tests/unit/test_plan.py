@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 
+from reconciler.core import registry
 from reconciler.core import tables as t
-from reconciler.core.desired import compile_tables
+from reconciler.core.compile import compile_tables
 from reconciler.core.model import Endpoint, Origin
 from reconciler.core.plan import Action, PrunePolicy, compute_plan
 from reconciler.core.state import DesiredState
+from reconciler.gue import tables as gt
 from reconciler.gue.model import KeySource, Service, Tunnel
 from reconciler.load.secrets import Secret, decode_key
 from reconciler.render import plan_json, plan_text
@@ -16,11 +18,11 @@ SECRET = "SUPERSECRETKEY12"
 
 def state(n_services: int = 2, backend_port: int = 8080, key: str = SECRET) -> DesiredState:
     s = DesiredState()
-    s.tunnels["t1"] = Tunnel("t1", 100, Endpoint("192.0.2.1", 6080), None, Origin("a.yaml", 0))
-    s.tunnels["t2"] = Tunnel("t2", 101, Endpoint("192.0.2.1", 6080),
+    s.of(Tunnel)["t1"] = Tunnel("t1", 100, Endpoint("192.0.2.1", 6080), None, Origin("a.yaml", 0))
+    s.of(Tunnel)["t2"] = Tunnel("t2", 101, Endpoint("192.0.2.1", 6080),
                              Endpoint("198.51.100.2", 6080), Origin("a.yaml", 1))
     for i in range(n_services):
-        s.services[f"svc{i}"] = Service(
+        s.of(Service)[f"svc{i}"] = Service(
             f"svc{i}", 1, i, "tcp", Endpoint("203.0.113.10", 1000 + i),
             Endpoint("198.51.100.20", backend_port), "t1", decode_key(key), KeySource("inline"),
             Origin("b.yaml", i))
@@ -32,18 +34,18 @@ def observed_from(s: DesiredState) -> dict[str, dict[bytes, bytes]]:
 
 
 def test_codec_round_trip_and_stamp() -> None:
-    key = t.endpoint_key("203.0.113.10", 80, 6)
-    value = t.encap_value(key, 100, 1, 2, Secret(b"k" * 16))
-    assert len(key) == t.ENCAP.key_size and len(value) == t.ENCAP.value_size
-    assert t.decode_key(t.ENCAP.name, key) == {"address": "203.0.113.10", "port": 80,
+    key = gt.endpoint_key("203.0.113.10", 80, 6)
+    value = gt.encap_value(key, 100, 1, 2, Secret(b"k" * 16))
+    assert len(key) == gt.ENCAP.key_size and len(value) == gt.ENCAP.value_size
+    assert registry.decode_key(gt.ENCAP.name, key) == {"address": "203.0.113.10", "port": 80,
                                                "protocol": "tcp"}
-    assert t.decode_value(t.ENCAP.name, value)["tunnelId"] == 100
+    assert registry.decode_value(gt.ENCAP.name, value)["tunnelId"] == 100
     assert key[:4] == bytes([203, 0, 113, 10]) and key[4:6] == (80).to_bytes(2, "big")
     assert t.stamp_ok(key, value)
     assert not t.stamp_ok(key, value[:5] + b"\xff" + value[6:])
-    for spec, value in ((t.TUNNEL, t.tunnel_value(t.tunnel_key(1), ("192.0.2.1", 6080), None)),
-                        (t.DECAP, t.decap_value(key)),
-                        (t.VERIFY, t.verify_value(t.sid_key(1, 2), Secret(b"x" * 16), key))):
+    for spec, value in ((gt.TUNNEL, gt.tunnel_value(gt.tunnel_key(1), ("192.0.2.1", 6080), None)),
+                        (gt.DECAP, gt.decap_value(key)),
+                        (gt.VERIFY, gt.verify_value(gt.sid_key(1, 2), Secret(b"x" * 16), key))):
         assert len(value) == spec.value_size
 
 
@@ -88,11 +90,11 @@ def test_removed_resource_is_pruned_after_services_and_kept_when_disabled() -> N
 def test_foreign_entries_are_drift() -> None:
     s = state()
     observed = observed_from(s)
-    tkey = t.tunnel_key(101)
+    tkey = gt.tunnel_key(101)
     tampered = bytearray(observed["ti_tunnel"][tkey])
     tampered[4:8] = bytes([198, 51, 100, 9])
     observed["ti_tunnel"][tkey] = bytes(tampered)
-    observed["ti_encap"][t.endpoint_key("203.0.113.99", 80, 6)] = b"\0" * 32
+    observed["ti_encap"][gt.endpoint_key("203.0.113.99", 80, 6)] = b"\0" * 32
     plan = compute_plan(compile_tables(s), observed)
     assert [(op.action, op.drift, op.reason) for op in plan.operations] == [
         (Action.UPDATE, True, "changed outside bpfsync"),
@@ -116,7 +118,7 @@ def test_secrets_never_rendered() -> None:
     before, after = state(key=SECRET), state(key="OTHERSECRETKEY99", backend_port=9)
     plan = compute_plan(compile_tables(after), observed_from(before))
     text, js = plan_text(plan, "dir", after), plan_json(plan, after)
-    for out in (text, js, repr(plan.operations), repr(after.services["svc0"])):
+    for out in (text, js, repr(plan.operations), repr(after.of(Service)["svc0"])):
         assert "SUPERSECRET" not in out and "OTHERSECRET" not in out
     assert "key: (sensitive value changed)" in text
     assert "backend: 198.51.100.20:8080 → 198.51.100.20:9" in text
@@ -131,7 +133,7 @@ def test_secrets_never_rendered() -> None:
 def test_json_shape_is_stable() -> None:
     s = state(1)
     observed = observed_from(s)
-    observed["ti_encap"][t.endpoint_key("203.0.113.99", 80, 6)] = b"\1" * 32
+    observed["ti_encap"][gt.endpoint_key("203.0.113.99", 80, 6)] = b"\1" * 32
     doc = json.loads(plan_json(compute_plan(compile_tables(state(2)), observed), s))
     assert list(doc) == ["formatVersion", "inSync", "summary", "resources", "drift", "kept",
                          "errors", "warnings"]

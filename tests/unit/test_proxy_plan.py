@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler.attach import AttachAction, AttachPlan
+from reconciler.core import registry
 from reconciler.core import tables as t
-from reconciler.core.desired import compile_tables
+from reconciler.core.compile import compile_tables
 from reconciler.core.plan import Action, compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.inventory import _port_ranges, proxies
 from reconciler.load.directory import load_directory
 from reconciler.steering import proxyconf
+from reconciler.steering import tables as st
 from reconciler.steering.links import SeenLink, compute_link_plan, netns_of, pin_name
+from reconciler.steering.model import Proxy
 from tests.unit.helpers import write_tree
 
 PROXY = """\
@@ -39,18 +42,18 @@ def doc(name: str = "web", pid: int = 1, ports: str = '[80, "8000-8002", "*"]',
 
 def test_entries_per_port_and_prefix_with_wildcard(tmp_path: Path) -> None:
     state = load(tmp_path, web=doc())
-    p = state.proxies["web"]
+    p = state.of(Proxy)["web"]
     assert [str(r) for r in p.ports] == ["*", "80", "8000-8002"]
     desired = compile_tables(state)
-    steer = desired.entries[t.STEER.name]
+    steer = desired.entries[st.STEER.name]
     assert len(steer) == 5 * 2  # (wildcard + 4 ports) x 2 prefixes
-    key = t.steer_key(0, "198.51.100.7", 32)
-    assert key in steer and t.decode_key(t.STEER.name, key) == {
+    key = st.steer_key(0, "198.51.100.7", 32)
+    assert key in steer and registry.decode_key(st.STEER.name, key) == {
         "port": "*", "protocol": "tcp", "prefix": "198.51.100.7/32"}
-    assert t.decode_value(t.STEER.name, steer[key]) == {"slot": 1}
-    config = desired.entries[t.PROXY.name][t.slot_key(1)]
-    assert len(config) == t.PROXY_CONFIG_SIZE and t.stamp_ok(t.slot_key(1), config)
-    rc = proxyconf.decode(1, t.proxy_config(config))
+    assert registry.decode_value(st.STEER.name, steer[key]) == {"slot": 1}
+    config = desired.entries[st.PROXY.name][t.slot_key(1)]
+    assert len(config) == st.PROXY_CONFIG_SIZE and t.stamp_ok(t.slot_key(1), config)
+    rc = proxyconf.decode(1, st.proxy_config(config))
     assert rc.backends == (("192.0.2.10", 8080), ("app.internal", 8080))
     assert (rc.connect_timeout, rc.max_connections, rc.drain_timeout) == (5.0, 10000, None)
 
@@ -60,18 +63,18 @@ def test_backend_change_is_one_write_and_ports_change_only_their_entries(tmp_pat
     observed = {name: dict(entries) for name, entries in before.entries.items()}
     after = compile_tables(load(tmp_path / "b", web=doc(backends='"192.0.2.11:8080"')))
     plan = compute_plan(after, observed)
-    assert [(op.action, op.table) for op in plan.operations] == [(Action.UPDATE, t.PROXY.name)]
+    assert [(op.action, op.table) for op in plan.operations] == [(Action.UPDATE, st.PROXY.name)]
     after = compile_tables(load(tmp_path / "c", web=doc(ports='[80, "8000-8003", "*"]')))
     plan = compute_plan(after, observed)
     assert [(op.action, op.table) for op in plan.operations] == [
-        (Action.CREATE, t.STEER.name)] * 2
+        (Action.CREATE, st.STEER.name)] * 2
 
 
 def test_removal_deletes_steering_before_the_configuration(tmp_path: Path) -> None:
     observed = {n: dict(e) for n, e in compile_tables(load(tmp_path, web=doc())).entries.items()}
     plan = compute_plan(compile_tables(DesiredState()), observed)
     tables = [op.table for op in plan.operations]
-    assert tables.index(t.PROXY.name) > max(i for i, x in enumerate(tables) if x == t.STEER.name)
+    assert tables.index(st.PROXY.name) > max(i for i, x in enumerate(tables) if x == st.STEER.name)
     assert {op.resource for op in plan.operations} == {"Proxy/web"}
 
 

@@ -7,13 +7,14 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from reconciler.core import tables as t
-from reconciler.core.desired import accepted_slots, compile_tables
+from reconciler.core.compile import compile_tables
 from reconciler.core.errors import InvalidDesiredState
 from reconciler.core.model import Endpoint, Origin
 from reconciler.core.plan import Action, compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.datapath.pinger import targets
+from reconciler.gue import tables as gt
+from reconciler.gue.compile import accepted_slots
 from reconciler.gue.model import KeySource, Service, Tunnel
 from reconciler.load.directory import load_directory
 from reconciler.load.secrets import Secret
@@ -25,10 +26,10 @@ OLD, NEW = Secret(b"old-key".ljust(16, b"\0")), Secret(b"new-key".ljust(16, b"\0
 
 def state(key: Secret, next_key: Secret | None) -> DesiredState:
     s = DesiredState()
-    s.tunnels["t1"] = Tunnel("t1", 100, Endpoint("192.0.2.2", 6080),
+    s.of(Tunnel)["t1"] = Tunnel("t1", 100, Endpoint("192.0.2.2", 6080),
                              Endpoint("192.0.2.1", 6080), Origin("a.yaml", 0), key,
                              KeySource("env", "K"), 200, next_key)
-    s.services["web"] = Service("web", 1, 1, "tcp", Endpoint("203.0.113.10", 80),
+    s.of(Service)["web"] = Service("web", 1, 1, "tcp", Endpoint("203.0.113.10", 80),
                                 Endpoint("198.51.100.20", 8080), "t1", key,
                                 KeySource("env", "K"), Origin("b.yaml", 0), next_key)
     return s
@@ -51,13 +52,13 @@ def test_each_rotation_step_writes_only_what_it_must_and_never_moves_a_key_in_us
         plan = compute_plan(compile_tables(after), observed(before))
         tables = [op.table for op in plan.operations]
         if after is steps[2]:  # the swap: the senders change, the accepted keys stay put
-            assert t.VERIFY.name not in tables and t.NEXT_KEY_TABLE.name not in tables
-            assert set(tables) == {t.TUNNEL.name, t.ENCAP.name}
+            assert gt.VERIFY.name not in tables and gt.NEXT_KEY_TABLE.name not in tables
+            assert set(tables) == {gt.TUNNEL.name, gt.ENCAP.name}
         # an accepted key is written to TI_NEXT before TI_VERIFY can lose it
-        if t.NEXT_KEY_TABLE.name in tables and t.VERIFY.name in tables:
-            writes = [x for x in tables if x in (t.NEXT_KEY_TABLE.name, t.VERIFY.name)]
-            first_next = writes.index(t.NEXT_KEY_TABLE.name)
-            deletes_next = any(op.action is Action.DELETE and op.table == t.NEXT_KEY_TABLE.name
+        if gt.NEXT_KEY_TABLE.name in tables and gt.VERIFY.name in tables:
+            writes = [x for x in tables if x in (gt.NEXT_KEY_TABLE.name, gt.VERIFY.name)]
+            first_next = writes.index(gt.NEXT_KEY_TABLE.name)
+            deletes_next = any(op.action is Action.DELETE and op.table == gt.NEXT_KEY_TABLE.name
                                for op in plan.operations)
             assert deletes_next or first_next == 0
         shown = plan_text(plan, Path("."))
@@ -68,13 +69,13 @@ def test_each_rotation_step_writes_only_what_it_must_and_never_moves_a_key_in_us
 def test_pings_are_signed_with_the_key_that_is_sent() -> None:
     for key, nxt in ((OLD, None), (OLD, NEW), (NEW, OLD), (NEW, None)):
         obs = observed(state(key, nxt))
-        got = targets(obs[t.TUNNEL.name], lambda o=obs: o[t.NEXT_KEY_TABLE.name])
+        got = targets(obs[gt.TUNNEL.name], lambda o=obs: o[gt.NEXT_KEY_TABLE.name])
         assert got[100].key == key
 
 
 def test_a_send_next_tunnel_without_its_next_entry_pings_nothing_yet() -> None:
     obs = observed(state(NEW, OLD) if NEW.value > OLD.value else state(OLD, NEW))
-    assert targets(obs[t.TUNNEL.name], dict) == {}
+    assert targets(obs[gt.TUNNEL.name], dict) == {}
 
 
 TUNNEL_YAML = """\
@@ -94,8 +95,8 @@ def test_next_key_yaml(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-
     write_tree(good, {"t.yaml": TUNNEL_YAML + "  keyFrom: {file: web.key}\n"
                       "  nextKeyFrom: {env: K_NEXT}\n"})
     s = load_directory(good)
-    assert s.tunnels["t1"].next_key == Secret(b"next-key".ljust(16, b"\0"))
-    assert dataclasses.replace(s.tunnels["t1"], next_key=None).next_key is None
+    assert s.of(Tunnel)["t1"].next_key == Secret(b"next-key".ljust(16, b"\0"))
+    assert dataclasses.replace(s.of(Tunnel)["t1"], next_key=None).next_key is None
 
 
 def test_next_key_mistakes_are_located(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

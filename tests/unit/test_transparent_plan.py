@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler.attach import AttachAction, AttachPlan
+from reconciler.core import registry
 from reconciler.core import tables as t
-from reconciler.core.desired import compile_tables
+from reconciler.core.compile import compile_tables
 from reconciler.kernel.cgroups import HostFacts
 from reconciler.load.directory import load_directory
+from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import (
     CgroupHook,
     SeenCgroup,
@@ -17,6 +19,7 @@ from reconciler.tproxy.cgroups import (
     level,
     wanted,
 )
+from reconciler.tproxy.model import TransparentProxy
 from tests.unit.helpers import write_tree
 
 PIN = Path("/sys/fs/bpf/bpfsync-unit")
@@ -48,7 +51,7 @@ def _state(tmp_path: Path):
 
 
 def test_loaded_resource(tmp_path: Path) -> None:
-    tp = _state(tmp_path).transparent["apps"]
+    tp = _state(tmp_path).of(TransparentProxy)["apps"]
     assert (tp.id, tp.cgroup, tp.proxy, tp.fail_open) == (2, "/system.slice/app.service",
                                                           "egress", True)
     assert [str(n) for n in tp.intercept[0].destinations] == ["198.51.100.0/24",
@@ -62,19 +65,19 @@ def test_compiled_entries(tmp_path: Path) -> None:
     facts = HostFacts(netns_cookie=4242, cgroup_ids={mine: 77, "/system.slice/app.service": 9,
                                                      "/system.slice/app.service/agent": 11})
     out = compile_tables(state, facts=facts, pin_root=PIN)
-    config = out.entries[t.TP_CONFIG.name]
+    config = out.entries[tpt.TP_CONFIG.name]
     assert list(config) == [t.slot_key(2)]
-    value = t.decode_value(t.TP_CONFIG.name, config[t.slot_key(2)])
+    value = registry.decode_value(tpt.TP_CONFIG.name, config[t.slot_key(2)])
     assert value == {"proxySlot": 5, "failOpen": True, "ipv6": "direct", "netnsCookie": 4242,
                      "excludedCgroups": [{"id": 77, "level": level(mine)},
                                          {"id": 11, "level": 3}]}
-    rules = sorted(t.describe_key(t.TP_RULES.name, k) for k in out.entries[t.TP_RULES.name])
+    rules = sorted(registry.describe_key(tpt.TP_RULES.name, k) for k in out.entries[tpt.TP_RULES.name])
     assert len(rules) == 2 * 3 + 1  # 2 prefixes x 3 ports, 1 exclude
     assert "exclude 198.51.100.9/32 port *" in rules
     assert "intercept 203.0.113.0/24 port 8001" in rules
-    assert all(o == "TransparentProxy/apps" for o in out.owners[t.TP_RULES.name].values())
+    assert all(o == "TransparentProxy/apps" for o in out.owners[tpt.TP_RULES.name].values())
     # Without the Proxies' namespace nothing is written (the plan says it waits).
-    assert not compile_tables(state, facts=HostFacts(), pin_root=PIN).entries[t.TP_CONFIG.name]
+    assert not compile_tables(state, facts=HostFacts(), pin_root=PIN).entries[tpt.TP_CONFIG.name]
 
 
 def test_pin_names_round_trip() -> None:

@@ -1,0 +1,68 @@
+"""What a data path contributes to the control plane: one Capability per package
+(reconciler/gue, steering, tproxy, intercept), listed by core/registry.py. Everything that
+iterates kinds or tables (loading, checks, compiling, plans, get, --keep, counts) goes
+through the registry, so adding a data path is its own folder plus one registry line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from reconciler.core.tables import Codec, MapSpec
+
+if TYPE_CHECKING:
+    from reconciler.core.desired import CompileContext, DesiredTables
+    from reconciler.core.findings import Finding
+    from reconciler.core.model import Resource
+    from reconciler.core.state import DesiredState
+    from reconciler.load.build import Spec
+
+Build = Callable[["Spec"], "Resource | None"]
+Row = Callable[["Resource"], tuple[Any, ...]]
+Unrow = Callable[[tuple[Any, ...], Any], "Resource"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One resource kind: its name (the YAML `kind`), its typed model, and how a schema-valid
+    document becomes one (build reports field problems through the Spec and returns None
+    when there were any). row/unrow: a compact encoding for the parallel loader (plain
+    tuples pickle far faster than dataclasses); None: pickled whole (kinds that are few)."""
+
+    name: str
+    plural: str  # as counts and `get` say it: "tunnels", "transparent proxies"
+    model: type
+    build: Build
+    row: Row | None = None
+    unrow: Unrow | None = None
+
+
+@dataclass(frozen=True)
+class Capability:
+    """A data path as the control plane sees it.
+
+    Contract of each part:
+    - kinds: the resource kinds it owns (their schema is schema/<kind lowercased>.json).
+    - entries: its pinned tables of entries (read and diffed; owned ones written and pruned),
+      maps: the others it creates (counters, data-path state), created_by_bcc: maps BCC
+      creates at the first compilation (checked, never created by open_tables).
+    - upserts / deletes: its owned tables in the order entries are written / deleted. Across
+      data paths, upserts run in registry order and deletes in reverse registry order.
+    - codecs: how each of its tables reads back (core/tables.Codec).
+    - cross_check(state, invalid): problems across resources that a schema cannot express;
+      invalid holds the refs of resources that failed on their own (no consequential errors).
+    - compile(out, state, context): the entries its resources want, put into out; pure.
+    """
+
+    name: str
+    kinds: tuple[Kind, ...]
+    entries: tuple[MapSpec, ...]
+    upserts: tuple[MapSpec, ...]
+    deletes: tuple[MapSpec, ...]
+    codecs: Mapping[str, Codec]
+    cross_check: Callable[[DesiredState, set[str]], list[Finding]]
+    compile: Callable[[DesiredTables, DesiredState, CompileContext], None]
+    maps: tuple[MapSpec, ...] = ()
+    created_by_bcc: tuple[MapSpec, ...] = field(default=())

@@ -1,0 +1,25 @@
+"""Compiling a desired state into table entries: every data path's compile, in registry order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from reconciler.core import registry
+from reconciler.core.desired import CompileContext, CompileMemo, DesiredTables
+from reconciler.core.state import DesiredState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from reconciler.kernel.cgroups import HostFacts
+
+
+def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
+                   facts: HostFacts | None = None, pin_root: Path | None = None) -> DesiredTables:
+    """The entries state wants in every owned table (each present, if empty). memo: the
+    daemon's, kept between reconciles; facts and pin_root are needed by TransparentProxies."""
+    out = DesiredTables.empty(registry.OWNED_TABLES)
+    context = CompileContext(memo, facts, pin_root)
+    for capability in registry.CAPABILITIES:
+        capability.compile(out, state, context)
+    return out

@@ -1,0 +1,38 @@
+"""The GUE data path (TrueIngress): tunnels, services, the interfaces its TC programs run on."""
+
+from __future__ import annotations
+
+from reconciler.core.capability import Capability, Kind
+from reconciler.gue import tables as gt
+from reconciler.gue.build import (
+    build_interface,
+    build_service,
+    build_tunnel,
+    interface_row,
+    interface_unrow,
+    service_row,
+    service_unrow,
+    tunnel_row,
+    tunnel_unrow,
+)
+from reconciler.gue.checks import cross_check
+from reconciler.gue.compile import compile_gue
+from reconciler.gue.model import Interface, Service, Tunnel
+
+GUE = Capability(
+    name="gue",
+    kinds=(Kind("Tunnel", "tunnels", Tunnel, build_tunnel, tunnel_row, tunnel_unrow),
+           Kind("Service", "services", Service, build_service, service_row, service_unrow),
+           Kind("Interface", "interfaces", Interface, build_interface, interface_row,
+                interface_unrow)),
+    entries=(gt.TUNNEL, gt.DECAP, gt.VERIFY, gt.ENCAP, gt.REPLY, gt.NEXT_KEY_TABLE, gt.LEARNED),
+    maps=(gt.STATS, gt.FRESH),
+    # A second accepted key is written before the slot it may move out of (compile.py keeps
+    # the two accepted keys in a fixed order, so a rotation never drops a key still in use);
+    # tunnels and decap entries before the services that use them, and deleted after them.
+    upserts=(gt.NEXT_KEY_TABLE, gt.TUNNEL, gt.DECAP, gt.VERIFY, gt.ENCAP, gt.REPLY),
+    deletes=(gt.REPLY, gt.ENCAP, gt.NEXT_KEY_TABLE, gt.VERIFY, gt.TUNNEL, gt.DECAP),
+    codecs=gt.CODECS,
+    cross_check=cross_check,
+    compile=compile_gue,
+)

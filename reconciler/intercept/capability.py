@@ -1,0 +1,22 @@
+"""The TC interception data path (ebpf_tproxy's): first-match rules on a device's egress."""
+
+from __future__ import annotations
+
+from reconciler.core.capability import Capability, Kind
+from reconciler.intercept import tables as ict
+from reconciler.intercept.build import build_intercept
+from reconciler.intercept.checks import cross_check
+from reconciler.intercept.compile import compile_intercepts
+from reconciler.intercept.model import Intercept
+
+INTERCEPT = Capability(
+    name="intercept",
+    kinds=(Kind("Intercept", "intercepts", Intercept, build_intercept),),
+    entries=(ict.IC_RULES,),
+    maps=(ict.IC_SYN, ict.IC_STATS, ict.IC_HOST),
+    upserts=(ict.IC_RULES,),
+    deletes=(ict.IC_RULES,),
+    codecs=ict.CODECS,
+    cross_check=cross_check,
+    compile=compile_intercepts,
+)

@@ -1,0 +1,23 @@
+"""The port-steering data path (proxify): sk_lookup steering of ports to a Proxy's listener."""
+
+from __future__ import annotations
+
+from reconciler.core.capability import Capability, Kind
+from reconciler.steering import tables as st
+from reconciler.steering.build import build_proxy
+from reconciler.steering.checks import cross_check
+from reconciler.steering.compile import compile_steering
+from reconciler.steering.model import Proxy
+
+STEERING = Capability(
+    name="steering",
+    kinds=(Kind("Proxy", "proxies", Proxy, build_proxy),),
+    entries=(st.PROXY, st.STEER),
+    maps=(st.SOCKETS, st.PS_STATS),
+    # a proxy's configuration is written before its steering entries and deleted after them
+    upserts=(st.PROXY, st.STEER),
+    deletes=(st.STEER, st.PROXY),
+    codecs=st.CODECS,
+    cross_check=cross_check,
+    compile=compile_steering,
+)

@@ -1,0 +1,23 @@
+"""The cgroup transparent-proxy data path (Pipy's): connect() of a cgroup sent to a Proxy."""
+
+from __future__ import annotations
+
+from reconciler.core.capability import Capability, Kind
+from reconciler.tproxy import tables as tpt
+from reconciler.tproxy.build import build_transparent
+from reconciler.tproxy.checks import cross_check
+from reconciler.tproxy.compile import compile_tproxy
+from reconciler.tproxy.model import TransparentProxy
+
+TPROXY = Capability(
+    name="tproxy",
+    kinds=(Kind("TransparentProxy", "transparent proxies", TransparentProxy, build_transparent),),
+    entries=(tpt.TP_CONFIG, tpt.TP_RULES),
+    maps=(tpt.TP_CONNS, tpt.TP_STATS, tpt.TP6_STATS),
+    created_by_bcc=(tpt.TP_ORIG,),
+    upserts=(tpt.TP_CONFIG, tpt.TP_RULES),
+    deletes=(tpt.TP_RULES, tpt.TP_CONFIG),
+    codecs=tpt.CODECS,
+    cross_check=cross_check,
+    compile=compile_tproxy,
+)
