@@ -266,3 +266,10 @@ def applied_text(plan: Plan, written: int, attached: int = 0) -> str:
     if plan.drift:
         text += f", {len(plan.drift)} drift reverted"
     return text + ")."
+
+
+def columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns, two spaces apart (the first row is the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)

@@ -261,7 +261,7 @@ def test_pin_roots_never_share_a_run_directory_or_cgroup() -> None:
 def test_the_cli_resolves_the_pin_root() -> None:
     from argparse import Namespace
 
-    from reconciler.cli import _pin_root
+    from reconciler.cli.common import pin_root as _pin_root
 
     given = Namespace(pin_root="/sys/fs/bpf/bpfsync-x-y/../bpfsync-x")
     assert _pin_root(given) == Path("/sys/fs/bpf/bpfsync-x")

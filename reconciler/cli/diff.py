@@ -1,0 +1,43 @@
+"""`bpfsync diff`: the plan, without touching anything (exit 0 in sync, 2 changes)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from reconciler import engine, render
+from reconciler.cli import common
+from reconciler.cli.common import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_OK,
+    pin_root,
+    print_problems,
+    prune_policy,
+)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    result = engine.diff(Path(args.directory), pin_root(args), prune_policy(args))
+    print_problems(result.state.warnings)
+    for line in render.notices(result.plan):
+        print(line, file=sys.stderr)
+    if args.output == "json":
+        print(render.plan_json(result.plan, result.state))
+    else:
+        print(render.plan_text(result.plan, args.directory, result.state))
+    if result.plan.attachments.conflicts:
+        return EXIT_ERROR
+    return EXIT_OK if result.plan.in_sync else EXIT_CHANGES
+
+
+def add(sub: Any) -> None:
+    """The parser of diff DIR."""
+    d = sub.add_parser("diff", help="show the plan (exit 0 in sync, 2 changes, 1 error)")
+    d.add_argument("directory")
+    d.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    common.prune_flags(d)
+    d.set_defaults(func=cmd_diff)
+

@@ -1,0 +1,154 @@
+"""`bpfsync get`: what the kernel holds, as resources."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler import engine, inventory
+from reconciler.cli.common import (
+    EXIT_OK,
+    columns,
+    emit,
+    pin_root,
+)
+from reconciler.steering import tables as steering_tables
+from reconciler.steering.tables import proxy_names
+
+
+def _table(docs: list[dict]) -> str:
+    rows: list[tuple[str, ...]] = [
+        ("KIND", "NAME", "ID", "LOCAL/PROXY", "REMOTE/BACKEND", "TUNNEL", "STATUS")]
+    for d in docs:
+        s, st = d["spec"], d.get("status", {})
+        if d["kind"] == "Tunnel":
+            remote = s["remote"]
+            if remote == "learn":
+                learned = st.get("learned")
+                remote = (f"learn → {learned['address']}:{learned['port']} "
+                          f"({learned['ageSeconds']}s ago)" if learned else "learn (not yet)")
+            else:
+                remote = f"{remote['address']}:{remote['port']}"
+            rows.append(("Tunnel", d["metadata"]["name"], str(s["id"]),
+                         f"{s['local']['address']}:{s['local']['port']}", remote, "",
+                         "" if st.get("managed", True) else "not written by bpfsync"))
+        else:
+            proxy = s.get("proxy")
+            backend = s.get("backend")
+            notes = [n for n, bad in (("no verify entry", not st.get("verifyEntry", True)),
+                                      ("keys differ", st.get("verifyEntry") and
+                                       not st.get("keysAgree", True)),
+                                      ("not written by bpfsync", not st.get("managed", True)))
+                     if bad]
+            rows.append(("Service", d["metadata"]["name"], f"{s['groupId']}/{s['serviceId']}",
+                         f"{proxy['address']}:{proxy['port']}/{s['protocol']}" if proxy else "-",
+                         f"{backend['address']}:{backend['port']}" if backend else "-",
+                         s.get("tunnel", "-"), ", ".join(notes)))
+    return columns(rows)
+
+
+def _get_stats(args: argparse.Namespace) -> int:
+    root = pin_root(args)
+    stats = engine.read_stats(root)
+    steer = engine.read_steer_stats(root)
+    if any(steer.get(0, {}).values()) or len(steer) > 1:
+        names = proxy_names(engine.read_observed(root, (steering_tables.PROXY,)))
+        for slot, counters in sorted(steer.items()):
+            who = "steering" if slot == 0 else f"proxy/{names.get(slot, f'slot-{slot}')}"
+            for name, value in counters.items():
+                if slot or name == "lookups":
+                    stats[f"{who}/{name}"] = value
+    return emit(args, stats, f"No counters in {pin_root(args)} (nothing applied yet).",
+                 lambda: [("COUNTER", "COUNT"), *((k, str(v)) for k, v in stats.items())])
+
+
+def _get_interfaces(args: argparse.Namespace) -> int:
+    from reconciler.kernel import tc
+
+    seen = tc.observe(pin_root(args), [])
+    docs = []
+    for hook, s in sorted(seen.items()):
+        ours = s.ours
+        state = ("attached" if ours and ours[0].prog_id == s.pinned_id else
+                 "device gone" if not s.device_present else
+                 "filter missing" if not ours else "attached program is not the pinned one")
+        docs.append({"device": hook.device, "netns": hook.netns, "direction": hook.direction,
+                     "priority": ours[0].priority if ours else None,
+                     "program": ours[0].name.removeprefix("bpfsync:") if ours else None,
+                     "programId": ours[0].prog_id if ours else None,
+                     "tag": ours[0].tag if ours else None, "mtu": s.mtu, "state": state})
+    return emit(args, docs, f"No tc attachments in {pin_root(args)}.", lambda: [
+        ("DEVICE", "NETNS", "DIRECTION", "PRIO", "PROGRAM", "ID", "TAG", "STATE"),
+        *((d["device"], d["netns"] or "-", d["direction"], str(d["priority"] or "-"),
+           d["program"] or "-", str(d["programId"] or "-"), d["tag"] or "-", d["state"])
+          for d in docs)])
+
+
+def _get_proxies(args: argparse.Namespace) -> int:
+    from reconciler.datapath.supervisor import read_datapath_status
+
+    root = pin_root(args)
+    docs = inventory.proxies(engine.read_observed(root, (steering_tables.PROXY, steering_tables.STEER)),
+                             engine.read_steer_stats(root),
+                             read_datapath_status(root))
+
+    def rows() -> list[tuple[str, ...]]:
+        out = [("NAME", "ID", "PORTS", "DESTINATIONS", "BACKENDS", "STEERED", "ACTIVE",
+                "DATA PATH")]
+        for d in docs:
+            s, st = d["spec"], d["status"]
+            healthy = [b for b in st.get("backends", []) if b["healthy"]]
+            backends = (f"{len(healthy)}/{len(st['backends'])} healthy" if "backends" in st
+                        else f"{len(s['backends'])} declared")
+            out.append((d["metadata"]["name"], str(s["id"]), ",".join(map(str, s["ports"])),
+                        ",".join(s["destinations"]), backends,
+                        str(st["counters"]["steered"]), str(st.get("active", "-")),
+                        st["dataPath"]))
+        return out
+
+    return emit(args, docs, f"No proxies in {root}.", rows)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    kind = args.kind.lower()
+    if kind == "stats":
+        return _get_stats(args)
+    if kind in ("proxy", "proxies"):
+        return _get_proxies(args)
+    if kind in ("interface", "interfaces"):
+        return _get_interfaces(args)
+    observed = engine.read_observed(pin_root(args))
+    keys_dir = Path(args.keys_dir) if args.keys_dir else None
+    docs: list[dict] = []
+    if kind in ("all", "tunnel", "tunnels"):
+        docs += inventory.tunnels(observed, keys_dir)
+    if kind in ("all", "service", "services"):
+        docs += inventory.services(observed, keys_dir)
+    if args.output == "json":
+        print(json.dumps(docs, indent=2))
+    elif args.output == "yaml":
+        if any("keyFrom" in d["spec"] for d in docs) and keys_dir is None:
+            print("# keys are not printed; pass --keys-dir DIR to write them as 0600 files",
+                  file=sys.stderr)
+        print(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True), end="")
+    elif docs:
+        print(_table(docs))
+    else:
+        print(f"No resources in {pin_root(args)}.")
+    return EXIT_OK
+
+
+def add(sub: Any) -> None:
+    """The parser of get KIND."""
+    g = sub.add_parser("get", help="show what the kernel holds, as resources")
+    g.add_argument("kind", choices=["all", "tunnel", "tunnels", "service", "services",
+                                    "interface", "interfaces", "proxy", "proxies", "stats"],
+                   type=str.lower)
+    g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    g.add_argument("--keys-dir", help="write Service keys here as 0600 files (-o yaml/json)")
+    g.set_defaults(func=cmd_get)
