@@ -60,7 +60,8 @@ def open_pinned(pin_root: Path, create: bool) -> PinnedTables:
     return open_tables(pin_root, create, registry.PINNED, registry.CREATED_BY_BCC)
 
 
-def _reading(pin_root: Path, read: Callable[[PinnedTables], T]) -> T:
+def read_pinned(pin_root: Path, read: Callable[[PinnedTables], T]) -> T:
+    """read(tables) on every pinned map, opened for the call (never created)."""
     tables = open_pinned(pin_root, create=False)
     try:
         return read(tables)
@@ -69,25 +70,25 @@ def _reading(pin_root: Path, read: Callable[[PinnedTables], T]) -> T:
 
 
 def read_observed(pin_root: Path, specs: tuple[MapSpec, ...] = registry.ENTRY_TABLES) -> Observed:
-    return _reading(pin_root, lambda tables: tables.read(specs))
+    return read_pinned(pin_root, lambda tables: tables.read(specs))
 
 
 def read_stats(pin_root: Path) -> dict[str, int]:
-    return _reading(pin_root, gue_counters)
+    return read_pinned(pin_root, gue_counters)
 
 
 def read_steer_stats(pin_root: Path) -> dict[int, dict[str, int]]:
-    return _reading(pin_root, steering_counters)
+    return read_pinned(pin_root, steering_counters)
 
 
 def read_tproxy(pin_root: Path) -> tuple[dict[int, dict[str, int]], int]:
     """Transparent-proxy counters by id, and how many connections tp_conns tracks now."""
-    return _reading(pin_root, lambda tables: (tproxy_counters(tables), tracked(tables)))
+    return read_pinned(pin_root, lambda tables: (tproxy_counters(tables), tracked(tables)))
 
 
 def read_intercept_stats(pin_root: Path) -> dict[int, dict[str, int]]:
     """Intercept counters by id."""
-    return _reading(pin_root, intercept_counters)
+    return read_pinned(pin_root, intercept_counters)
 
 
 def _tproxy_ids(state: DesiredState) -> tuple[int, ...]:

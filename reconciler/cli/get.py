@@ -17,7 +17,10 @@ from reconciler.cli.common import (
     emit,
     pin_root,
 )
+from reconciler.core import registry
+from reconciler.core.capability import Kind
 from reconciler.steering import tables as steering_tables
+from reconciler.steering.inventory import proxies
 from reconciler.steering.tables import proxy_names
 
 
@@ -37,6 +40,15 @@ def _table(docs: list[dict]) -> str:
             rows.append(("Tunnel", d["metadata"]["name"], str(s["id"]),
                          f"{s['local']['address']}:{s['local']['port']}", remote, "",
                          "" if st.get("managed", True) else "not written by bpfsync"))
+        elif d["kind"] == "Proxy":
+            rows.append(("Proxy", d["metadata"]["name"], str(s["id"]),
+                         "ports " + ",".join(map(str, s["ports"])), ",".join(s["backends"]), "",
+                         "" if st.get("managed", True) else "not written by bpfsync"))
+        elif d["kind"] != "Service":  # a kind shown as its entries
+            n = sum(st.get("entries", {}).values())
+            rows.append((d["kind"], d["metadata"]["name"], "-", "-", "-", "",
+                         f"{n} entr{'y' if n == 1 else 'ies'}"
+                         + ("" if st.get("managed", True) else ", not written by bpfsync")))
         else:
             proxy = s.get("proxy")
             backend = s.get("backend")
@@ -93,7 +105,7 @@ def _get_proxies(args: argparse.Namespace) -> int:
     from reconciler.datapath.supervisor import read_datapath_status
 
     root = pin_root(args)
-    docs = inventory.proxies(engine.read_observed(root, (steering_tables.PROXY, steering_tables.STEER)),
+    docs = proxies(engine.read_observed(root, (steering_tables.PROXY, steering_tables.STEER)),
                              engine.read_steer_stats(root),
                              read_datapath_status(root))
 
@@ -114,24 +126,37 @@ def _get_proxies(args: argparse.Namespace) -> int:
     return emit(args, docs, f"No proxies in {root}.", rows)
 
 
+def _kinds(word: str) -> list[Kind]:
+    """The kinds a `get` argument names: "all" is every kind with entries (an Interface is
+    a TC attachment, shown by `get interfaces`)."""
+    if word == "all":
+        return [k for k in registry.KINDS.values() if k.name in registry.ENTRY_KINDS]
+    return [k for k in registry.KINDS.values() if word in _words(k)]
+
+
+def _words(kind: Kind) -> tuple[str, str]:
+    return kind.name.lower(), kind.plural.replace(" ", "")
+
+
 def cmd_get(args: argparse.Namespace) -> int:
-    kind = args.kind.lower()
-    if kind == "stats":
+    word = args.kind.lower()
+    if word == "stats":
         return _get_stats(args)
-    if kind in ("proxy", "proxies"):
+    if word in ("proxy", "proxies"):  # with live counters and the data path's view
         return _get_proxies(args)
-    if kind in ("interface", "interfaces"):
+    if word in ("interface", "interfaces"):
         return _get_interfaces(args)
     observed = engine.read_observed(pin_root(args))
     keys_dir = Path(args.keys_dir) if args.keys_dir else None
-    docs: list[dict] = []
-    if kind in ("all", "tunnel", "tunnels"):
-        docs += inventory.tunnels(observed, keys_dir)
-    if kind in ("all", "service", "services"):
-        docs += inventory.services(observed, keys_dir)
+    docs = [d for kind in _kinds(word) for d in inventory.documents(kind, observed, keys_dir)]
     if args.output == "json":
         print(json.dumps(docs, indent=2))
     elif args.output == "yaml":
+        partial = sorted({d["kind"] for d in docs if registry.KINDS[d["kind"]].inventory is None})
+        if partial:  # YAML output is for adopting: only what can be applied back
+            docs = [d for d in docs if d["kind"] not in partial]
+            print(f"# {', '.join(partial)}: left out; their entries cannot be turned back into "
+                  f"the YAML that made them (-o json or the table shows them)", file=sys.stderr)
         if any("keyFrom" in d["spec"] for d in docs) and keys_dir is None:
             print("# keys are not printed; pass --keys-dir DIR to write them as 0600 files",
                   file=sys.stderr)
@@ -146,9 +171,11 @@ def cmd_get(args: argparse.Namespace) -> int:
 def add(sub: Any) -> None:
     """The parser of get KIND."""
     g = sub.add_parser("get", help="show what the kernel holds, as resources")
-    g.add_argument("kind", choices=["all", "tunnel", "tunnels", "service", "services",
-                                    "interface", "interfaces", "proxy", "proxies", "stats"],
-                   type=str.lower)
+    g.add_argument("kind", type=str.lower, metavar="KIND",
+                   choices=["all", "stats", *(w for k in registry.KINDS.values()
+                                              for w in _words(k))],
+                   help="all, stats, or a kind (singular or plural, lower case): "
+                        + ", ".join(_words(k)[1] for k in registry.KINDS.values()))
     g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     g.add_argument("--keys-dir", help="write Service keys here as 0600 files (-o yaml/json)")
     g.set_defaults(func=cmd_get)

@@ -13,15 +13,20 @@ from typing import TYPE_CHECKING, Any
 from reconciler.core.tables import Codec, MapSpec
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from reconciler.core.desired import CompileContext, DesiredTables
     from reconciler.core.findings import Finding
     from reconciler.core.model import Resource
     from reconciler.core.state import DesiredState
+    from reconciler.kernel.maps import PinnedTables
     from reconciler.load.build import Spec
 
 Build = Callable[["Spec"], "Resource | None"]
 Row = Callable[["Resource"], tuple[Any, ...]]
 Unrow = Callable[[tuple[Any, ...], Any], "Resource"]
+# observed entries (and a directory to export keys to) -> resource documents, for `get`
+Inventory = Callable[[Mapping[str, Mapping[bytes, bytes]], Any], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,9 @@ class Kind:
     """One resource kind: its name (the YAML `kind`), its typed model, and how a schema-valid
     document becomes one (build reports field problems through the Spec and returns None
     when there were any). row/unrow: a compact encoding for the parallel loader (plain
-    tuples pickle far faster than dataclasses); None: pickled whole (kinds that are few)."""
+    tuples pickle far faster than dataclasses); None: pickled whole (kinds that are few).
+    inventory: the kind as `get` shows it from the kernel; None: its entries grouped by
+    owner (reconciler/inventory.py)."""
 
     name: str
     plural: str  # as counts and `get` say it: "tunnels", "transparent proxies"
@@ -37,6 +44,22 @@ class Kind:
     build: Build
     row: Row | None = None
     unrow: Unrow | None = None
+    inventory: Inventory | None = None
+
+
+@dataclass(frozen=True)
+class StatusContext:
+    """What a data path's part of the daemon's status is made of: the last good state (None
+    before the first), the data path's last report ({} when none) and the pinned maps, read
+    through read(reader) (which raises BpfsyncError or OSError when they cannot be opened)."""
+
+    state: DesiredState | None
+    pin_root: Path
+    worker: Mapping[str, Any]
+    read: Callable[[Callable[[PinnedTables], Any]], Any]
+
+    def declared(self, model: type) -> dict[str, Any]:
+        return self.state.of(model) if self.state is not None else {}
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,9 @@ class Capability:
     - cross_check(state, invalid): problems across resources that a schema cannot express;
       invalid holds the refs of resources that failed on their own (no consequential errors).
     - compile(out, state, context): the entries its resources want, put into out; pure.
+    - status(context): its sections of the daemon's status document (key -> value); the
+      kernel is read through context.read, and a section says what it could not read
+      rather than failing the document.
     """
 
     name: str
@@ -66,3 +92,4 @@ class Capability:
     compile: Callable[[DesiredTables, DesiredState, CompileContext], None]
     maps: tuple[MapSpec, ...] = ()
     created_by_bcc: tuple[MapSpec, ...] = field(default=())
+    status: Callable[[StatusContext], dict[str, Any]] | None = None

@@ -23,41 +23,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler import engine, inventory
+from reconciler import engine
 from reconciler.core import drift, registry
 from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.core.plan import Action, Plan, PrunePolicy
 from reconciler.core.state import DesiredState
 from reconciler.daemon import gitrev
+from reconciler.daemon import report as status_report
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.gitpull import GitFollower
 from reconciler.daemon.heartbeat import Heartbeat
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
-from reconciler.datapath.supervisor import Supervisor, read_datapath_status, run_dir
-from reconciler.gue import tables as gt
-from reconciler.gue.model import Interface, Tunnel
-from reconciler.intercept import tables as ict
-from reconciler.intercept.model import Intercept
+from reconciler.datapath.supervisor import Supervisor, run_dir
+from reconciler.gue.model import Interface
 from reconciler.load.directory import load_directory
 from reconciler.load.filecache import FileCache
 from reconciler.load.schema import Schemas
-from reconciler.steering.checks import descriptors_needed
 from reconciler.steering.model import Proxy, proxy_netns
-from reconciler.tproxy import tables as tpt
-from reconciler.tproxy.model import TransparentProxy
 
 log = logging.getLogger("bpfsync.daemon")
 
 SUPERVISE_EVERY = 0.25
 SLOTS_EVERY = 5.0  # the supervisor re-reads ps_proxy this often (and after each reconcile)
 RETRY_FIRST, RETRY_CAP = 1.0, 60.0
-STALE_TUNNEL = 60.0  # seconds without a ping after which a learned remote is not fresh
-MAX_LISTED = 100  # out-of-sync entries listed in status
-MAX_LOGGED_ERRORS = 50  # new errors logged per reconcile (status keeps MAX_STATUS_ERRORS)
-MAX_STATUS_ERRORS = 1000
+MAX_LOGGED_ERRORS = 50  # new errors logged per reconcile (status keeps status_report.MAX_STATUS_ERRORS)
 RECENT = 20
 
 
@@ -449,159 +441,11 @@ class Daemon:
             self.record.datapath_error = error
 
     # ----- reporting
+
     def summary(self) -> str:
-        with self.lock:
-            r = self.record
-            if r.errors:
-                return f"{r.last['result'] if r.last else 'error'}: {len(r.errors)} errors"
-            if r.last_applied:
-                rev = r.last_applied.get("revision")
-                at = f" at {rev['commit'][:12]}" if rev else ""
-                return (f"in sync{at}: " + ", ".join(f"{n} {k.lower()}s"
-                                                     for k, n in r.counts.items() if n))
-            return "starting"
+        """One line for systemd's STATUS=."""
+        return status_report.summary(self)
 
     def report(self) -> dict[str, Any]:
         """The status document (`bpfsync status -o json`). Built in the caller's thread."""
-        with self.lock:
-            r = self.record
-            held = list(r.held)
-            doc: dict[str, Any] = {
-                "daemon": {"pid": os.getpid(), "directory": str(self.config.directory),
-                           "pinRoot": str(self.config.pin_root), "startedAt": r.started,
-                           "resyncSeconds": self.config.resync, "drift": self.config.drift,
-                           "metrics": self.metrics_address},
-                "reconciling": dict(r.reconciling) if r.reconciling else None,
-                "lastReconcile": r.last, "lastApplied": r.last_applied,
-                "errors": r.errors[:MAX_STATUS_ERRORS], "errorCount": len(r.errors),
-                "warnings": list(r.warnings),
-                "waiting": list(r.waiting),
-                "drift": {"correctedOperations": r.corrected_total,
-                          "recentCorrections": list(r.corrections),
-                          "pending": sum(1 for h in held if h.policy == drift.WARN)},
-                "metrics": {"reconciles": dict(r.results), "byTrigger": dict(r.triggers),
-                            "operations": dict(r.operations),
-                            "reconcileSeconds": r.seconds, "lastReconcileSeconds": r.last_seconds},
-                "maps": {name: {"entries": n, "capacity": registry.BY_NAME[name].max_entries}
-                         for name, n in r.maps.items()},
-            }
-            if self.watcher is not None:
-                doc["watch"] = {**self.watcher.counts(),
-                                "pending": self.debouncer.due() is not None}
-            counts, error_refs, waiting, dp_error = (dict(r.counts), set(r.error_refs),
-                                                     list(r.waiting), r.datapath_error)
-        out_of_sync: dict[str, list[str]] = {}
-        for h in held:
-            if h.policy == drift.WARN:
-                out_of_sync.setdefault(h.owner, []).append(f"drift: {h.what}")
-        for w in waiting:
-            out_of_sync.setdefault(w.split(":", 1)[0], []).append(w.split(":", 1)[-1].strip())
-        resources: dict[str, dict[str, int]] = {}
-        for kind, n in counts.items():
-            bad = sum(1 for ref in out_of_sync if ref.startswith(kind + "/"))
-            err = sum(1 for ref in error_refs if ref.startswith(kind + "/"))
-            if n or err:
-                resources[kind] = {"Synced": max(0, n - bad - err), "OutOfSync": bad,
-                                   "Error": err}
-        doc["resources"] = resources
-        doc["outOfSync"] = [{"resource": ref, "reasons": why}
-                            for ref, why in sorted(out_of_sync.items())][:MAX_LISTED]
-        doc["errorResources"] = sorted(error_refs)[:MAX_LISTED]
-        worker_report = read_datapath_status(self.config.pin_root) or {}
-        doc["dataPath"] = self._datapath_report(dp_error, worker_report)
-        doc["tunnels"] = self._tunnel_health()
-        doc["proxies"] = self._proxy_health(worker_report)
-        doc["transparentProxies"] = self._transparent_health()
-        doc["intercepts"] = self._intercept_health()
-        if self.git is not None:
-            doc["git"] = self.git.report()
-        return doc
-
-    def _intercept_health(self) -> list[dict[str, Any]]:
-        """Counters per Intercept (new connections by outcome, SYNs assigned or dropped for
-        want of a listener)."""
-        declared = self.good.of(Intercept) if self.good else {}
-        if not declared:
-            return []
-        try:
-            stats = engine.read_intercept_stats(self.config.pin_root)
-        except (BpfsyncError, OSError):
-            stats = {}
-        zero = dict.fromkeys(ict.IC_STAT_NAMES, 0)
-        return [{"name": ic.name, "id": ic.id, "device": ic.place, "rules": len(ic.rules),
-                 "counters": stats.get(ic.id, zero)}
-                for ic in sorted(declared.values(), key=lambda x: x.id)]
-
-    def _transparent_health(self) -> dict[str, Any]:
-        """Counters per TransparentProxy and tracking-map pressure (a full tp_conns means
-        intercepted connections whose destination the proxy cannot learn)."""
-        declared = self.good.of(TransparentProxy) if self.good else {}
-        if not declared:
-            return {}
-        try:
-            stats, tracked = engine.read_tproxy(self.config.pin_root)
-        except (BpfsyncError, OSError):
-            stats, tracked = {}, 0
-        zero = dict.fromkeys((*tpt.TP_STAT_NAMES, *tpt.TP6_STAT_NAMES), 0)
-        return {"tracking": {"entries": tracked, "capacity": tpt.TP_CONNS.max_entries},
-                "unanswered": stats.get(0, zero)["unanswered"],
-                "resources": [{"name": tp.name, "id": tp.id, "cgroup": tp.cgroup,
-                               "proxy": tp.proxy,
-                               "ipv6": "refuse" if tp.refuse_ipv6 else "direct",
-                               "whenProxyDown": "direct" if tp.fail_open else "refuse",
-                               "counters": stats.get(tp.id, zero)}
-                              for tp in sorted(declared.values(), key=lambda x: x.id)]}
-
-    def _datapath_report(self, error: str | None,
-                         worker_report: dict[str, Any]) -> dict[str, Any]:
-        if not self.config.datapath:
-            return {"state": "disabled"}
-        sup = self.supervisor
-        if sup is None:
-            return {"state": "not started", "error": error}
-        s = sup.status()
-        worker = s["workerPid"]
-        state = ("running" if worker else "crashLoop" if s["crashLoop"] else "restarting")
-        report = {"state": state, "netns": sup.netns, **s, "error": error}
-        if worker_report:
-            report["pingsSent"] = worker_report.get("pingsSent", 0)
-            fds = worker_report.get("descriptors")
-            if fds:
-                proxies = self.good.of(Proxy).values() if self.good else ()
-                need = descriptors_needed(proxies)
-                report["descriptors"] = {**fds, "needed": need}
-                if fds.get("limit") and need > fds["limit"]:
-                    report["descriptors"]["warning"] = (
-                        f"the Proxies' maxConnections need up to {need:,} file descriptors "
-                        f"(two per connection); the data path may hold {fds['limit']:,}: raise "
-                        f"LimitNOFILE or lower maxConnections")
-        return report
-
-    def _tunnel_health(self) -> list[dict[str, Any]]:
-        try:
-            observed = engine.read_observed(self.config.pin_root, (gt.TUNNEL, gt.LEARNED))
-        except (BpfsyncError, OSError):
-            observed = {}
-        tunnel_names = {x.id: x.name for x in (self.good.of(Tunnel).values() if self.good else ())}
-        tunnels = []
-        for doc in inventory.tunnels(observed):
-            learned = doc["status"].get("learned")
-            remote = doc["spec"]["remote"]
-            healthy = remote != "learn" or bool(learned and learned["ageSeconds"] < STALE_TUNNEL)
-            tunnels.append({"name": tunnel_names.get(doc["spec"]["id"], doc["metadata"]["name"]),
-                            "id": doc["spec"]["id"],
-                            "remote": remote, "learned": learned, "healthy": healthy})
-        return tunnels
-
-    def _proxy_health(self, worker_report: dict[str, Any]) -> list[dict[str, Any]]:
-        declared = self.good.of(Proxy) if self.good else {}
-        proxies = []
-        for name, p in sorted(worker_report.get("proxies", {}).items()):
-            backends = p.get("backends", [])
-            proxies.append({"name": name, "slot": p.get("slot"), "active": p.get("active", 0),
-                            "backends": backends,
-                            "originalDestinations": name in declared and not declared[
-                                name].backends,
-                            "healthy": sum(1 for b in backends if b["healthy"]),
-                            "declared": name in declared})
-        return proxies
+        return status_report.status_document(self)

@@ -17,12 +17,15 @@ from reconciler.gue.build import (
 )
 from reconciler.gue.checks import cross_check
 from reconciler.gue.compile import compile_gue
+from reconciler.gue.inventory import services, tunnels
 from reconciler.gue.model import Interface, Service, Tunnel
+from reconciler.gue.status import gue_status
 
 GUE = Capability(
     name="gue",
-    kinds=(Kind("Tunnel", "tunnels", Tunnel, build_tunnel, tunnel_row, tunnel_unrow),
-           Kind("Service", "services", Service, build_service, service_row, service_unrow),
+    kinds=(Kind("Tunnel", "tunnels", Tunnel, build_tunnel, tunnel_row, tunnel_unrow, tunnels),
+           Kind("Service", "services", Service, build_service, service_row, service_unrow,
+                services),
            Kind("Interface", "interfaces", Interface, build_interface, interface_row,
                 interface_unrow)),
     entries=(gt.TUNNEL, gt.DECAP, gt.VERIFY, gt.ENCAP, gt.REPLY, gt.NEXT_KEY_TABLE, gt.LEARNED),
@@ -34,5 +37,6 @@ GUE = Capability(
     deletes=(gt.REPLY, gt.ENCAP, gt.NEXT_KEY_TABLE, gt.VERIFY, gt.TUNNEL, gt.DECAP),
     codecs=gt.CODECS,
     cross_check=cross_check,
+    status=gue_status,
     compile=compile_gue,
 )

@@ -8,6 +8,7 @@ from reconciler.intercept.build import build_intercept
 from reconciler.intercept.checks import cross_check
 from reconciler.intercept.compile import compile_intercepts
 from reconciler.intercept.model import Intercept
+from reconciler.intercept.status import intercept_status
 
 INTERCEPT = Capability(
     name="intercept",
@@ -18,5 +19,6 @@ INTERCEPT = Capability(
     deletes=(ict.IC_RULES,),
     codecs=ict.CODECS,
     cross_check=cross_check,
+    status=intercept_status,
     compile=compile_intercepts,
 )

@@ -18,6 +18,7 @@ from typing import Any
 
 import fastjsonschema
 
+from reconciler.core.document import API_VERSION
 from reconciler.core.errors import shown
 from reconciler.data import data_dir
 
@@ -26,7 +27,6 @@ SCHEMA_DIR = data_dir("schema")
 # the rest are counted as invalid. A directory with 100k broken documents is refused about
 # as fast as a valid one is loaded.
 MAX_EXPLAINED = 1000
-API_VERSION = "bpfsync/v1"
 
 
 @dataclass(frozen=True, slots=True)

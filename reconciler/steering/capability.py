@@ -7,11 +7,14 @@ from reconciler.steering import tables as st
 from reconciler.steering.build import build_proxy
 from reconciler.steering.checks import cross_check
 from reconciler.steering.compile import compile_steering
+from reconciler.steering.inventory import proxies
 from reconciler.steering.model import Proxy
+from reconciler.steering.status import steering_status
 
 STEERING = Capability(
     name="steering",
-    kinds=(Kind("Proxy", "proxies", Proxy, build_proxy),),
+    kinds=(Kind("Proxy", "proxies", Proxy, build_proxy,
+                inventory=lambda observed, _keys_dir: proxies(observed)),),
     entries=(st.PROXY, st.STEER),
     maps=(st.SOCKETS, st.PS_STATS),
     # a proxy's configuration is written before its steering entries and deleted after them
@@ -19,5 +22,6 @@ STEERING = Capability(
     deletes=(st.STEER, st.PROXY),
     codecs=st.CODECS,
     cross_check=cross_check,
+    status=steering_status,
     compile=compile_steering,
 )

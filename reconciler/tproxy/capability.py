@@ -8,6 +8,7 @@ from reconciler.tproxy.build import build_transparent
 from reconciler.tproxy.checks import cross_check
 from reconciler.tproxy.compile import compile_tproxy
 from reconciler.tproxy.model import TransparentProxy
+from reconciler.tproxy.status import tproxy_status
 
 TPROXY = Capability(
     name="tproxy",
@@ -19,5 +20,6 @@ TPROXY = Capability(
     deletes=(tpt.TP_RULES, tpt.TP_CONFIG),
     codecs=tpt.CODECS,
     cross_check=cross_check,
+    status=tproxy_status,
     compile=compile_tproxy,
 )

@@ -18,7 +18,17 @@ def _tree(root: Path, broken: bool) -> Path:
                        + tunnel("t4", 103) + "  key: abc\n  ping: {intervalSeconds: 2.5}\n",
              "v.yaml": "apiVersion: bpfsync/v1\nkind: Interface\nmetadata: {name: up}\nspec:\n"
                        "  device: eth0.100\n  netns: edge\n  role: gateway\n  ingress: false\n"
-                       "  fibLookup: true\n  priority: 7\n"}
+                       "  fibLookup: true\n  priority: 7\n",
+             # every kind crosses the process boundary (an Intercept once did not: it was
+             # dropped from the state as if invalid, and its entries pruned)
+             "w.yaml": "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\nspec:\n"
+                       "  id: 1\n  ports: [80]\n  backends: ['192.0.2.10:8080']\n---\n"
+                       "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: tp}\n"
+                       "spec:\n  id: 1\n  cgroup: /app\n  proxy: web\n"
+                       "  intercept: [{ports: [443]}]\n---\n"
+                       "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: ic}\nspec:\n"
+                       "  id: 1\n  device: eth1\n"
+                       "  rules: [{priority: 1, action: redirect, proxy: web, ports: [25]}]\n"}
     for i in range(40):
         files[f"s{i:02d}.yaml"] = service(f"svc{i}", sid=i, port=1000 + i)
     if broken:
@@ -52,6 +62,7 @@ def test_parallel_and_serial_loads_agree(tmp_path: Path, monkeypatch: pytest.Mon
     assert serial.of(Interface) == par.of(Interface) and par.of(Interface)["up"].priority == 7
     assert par.of(Tunnel)["t3"].key is not None and par.of(Tunnel)["t4"].ping_interval_ms == 2500
     assert list(serial.of(Service)) == list(par.of(Service))
+    assert serial.resources == par.resources and par.count("Intercept") == 1
 
 
 def test_parallel_errors_are_located_like_serial(tmp_path: Path,

@@ -10,10 +10,11 @@ from reconciler.core import tables as t
 from reconciler.core.compile import compile_tables
 from reconciler.core.plan import Action, compute_plan
 from reconciler.core.state import DesiredState
-from reconciler.inventory import _port_ranges, proxies
 from reconciler.load.directory import load_directory
 from reconciler.steering import proxyconf
 from reconciler.steering import tables as st
+from reconciler.steering.inventory import port_ranges as _port_ranges
+from reconciler.steering.inventory import proxies
 from reconciler.steering.links import SeenLink, compute_link_plan, netns_of, pin_name
 from reconciler.steering.model import Proxy
 from tests.unit.helpers import write_tree

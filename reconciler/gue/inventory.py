@@ -1,0 +1,120 @@
+"""Tunnels and Services decoded back from the kernel into resource documents, for `get`.
+
+The kernel holds no names, so resources are named after their ids (tunnel-<id>,
+svc-<group>-<service>). Keys are never printed: a key is referenced with keyFrom, and written
+to a 0600 file only when a keys directory is given.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.core import registry
+from reconciler.core.document import document
+from reconciler.core.plan import Observed
+from reconciler.core.tables import stamp_ok
+from reconciler.gue import tables as gt
+from reconciler.load.secrets import Secret
+
+
+def _ep(text: str) -> dict[str, Any]:
+    address, port = text.rsplit(":", 1)
+    return {"address": address, "port": int(port)}
+
+
+def tunnels(observed: Observed, keys_dir: Path | None = None,
+            now_ns: int | None = None) -> list[dict[str, Any]]:
+    now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
+    learned = observed.get(gt.LEARNED.name, {})
+    nexts = observed.get(gt.NEXT_KEY_TABLE.name, {})
+    out = []
+    for key, value in sorted(observed.get(gt.TUNNEL.name, {}).items()):
+        tid = registry.decode_key(gt.TUNNEL.name, key)["id"]
+        v = registry.decode_value(gt.TUNNEL.name, value)
+        spec: dict[str, Any] = {"id": tid, "local": _ep(v["local"]),
+                                "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
+        nxt = nexts.get(gt.next_key(gt.NEXT_TUNNEL, key))
+        second = registry.decode_value(gt.NEXT_KEY_TABLE.name, nxt)["nextKey"] if nxt else None
+        if "key" in v:
+            sent, other = v["key"], second  # the key pings are signed with, and the other
+            if second is not None and v["flags"] & gt.TUNNEL_FLAG_SEND_NEXT:
+                sent, other = second, v["key"]
+            spec["keyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}", sent)}
+            if other is not None:
+                spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}-next", other)}
+        if "pingIntervalMs" in v:
+            spec["ping"] = {"intervalSeconds": v["pingIntervalMs"] / 1000}
+        status: dict[str, Any] = {"managed": stamp_ok(key, value)}
+        if key in learned:
+            lv = registry.decode_value(gt.LEARNED.name, learned[key])
+            status["learned"] = {**_ep(lv["remote"]),
+                                 "ageSeconds": round(max(0, now_ns - lv["updatedNs"]) / 1e9, 1)}
+        elif spec["remote"] == "learn":
+            status["learned"] = None
+        out.append(document("Tunnel", f"tunnel-{tid}", spec, status))
+    return out
+
+
+def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str, Any]]:
+    verify = {k: registry.decode_value(gt.VERIFY.name, v)
+              for k, v in observed.get(gt.VERIFY.name, {}).items()}
+    out = []
+    seen: set[bytes] = set()
+    encap = observed.get(gt.ENCAP.name, {})
+    for key, value in sorted(encap.items(), key=lambda kv: (kv[1][4:8], kv[0])):
+        proxy = gt.decode_endpoint(key)
+        e = registry.decode_value(gt.ENCAP.name, value)
+        sid = gt.sid_key(e["groupId"], e["serviceId"])
+        seen.add(sid)
+        ver = verify.get(sid)
+        name = f"svc-{e['groupId']}-{e['serviceId']}"
+        spec: dict[str, Any] = {
+            "groupId": e["groupId"], "serviceId": e["serviceId"], "protocol": proxy["protocol"],
+            "proxy": {"address": proxy["address"], "port": proxy["port"]},
+            "backend": _ep(ver["backend"]) if ver else None,
+            "tunnel": f"tunnel-{e['tunnelId']}",
+            "keyFrom": {"file": _export_key(keys_dir, name, e["key"])},
+        }
+        nxt = observed.get(gt.NEXT_KEY_TABLE.name, {}).get(gt.next_key(gt.NEXT_SERVICE, sid))
+        accepted = [ver["key"]] if ver else []
+        if nxt is not None:
+            accepted.append(registry.decode_value(gt.NEXT_KEY_TABLE.name, nxt)["nextKey"])
+        others = [k for k in accepted if k != e["key"]]
+        if len(accepted) == 2 and others:  # rotating: the accepted key that is not sent
+            spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"{name}-next", others[0])}
+        status = {"managed": stamp_ok(key, value),
+                  "verifyEntry": ver is not None,
+                  "keysAgree": e["key"] in accepted}
+        out.append(document("Service", name, spec, status))
+    for sid, ver in sorted(verify.items()):
+        if sid not in seen:
+            k = registry.decode_key(gt.VERIFY.name, sid)
+            out.append(document("Service", f"svc-{k['groupId']}-{k['serviceId']}",
+                            {"groupId": k["groupId"], "serviceId": k["serviceId"],
+                             "backend": _ep(ver["backend"])},
+                            {"verifyEntry": True, "encapEntry": False}))
+    return out
+
+
+def _export_key(keys_dir: Path | None, name: str, key: Secret) -> str:
+    if keys_dir is None:
+        return f"keys/{name}.key"
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = keys_dir / f"{name}.key"
+    raw = key.value.rstrip(b"\0")
+    try:
+        text = raw.decode("ascii")
+        if not text.isprintable() or text.startswith("hex:"):
+            raise ValueError
+    except ValueError:
+        text = "hex:" + raw.hex()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, 0o600)
+    return str(path.resolve())
+
+

@@ -1,0 +1,32 @@
+"""TransparentProxies in the daemon's status: counters per TransparentProxy and
+tracking-map pressure (a full tp_conns means intercepted connections whose destination the
+proxy cannot learn)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.core.capability import StatusContext
+from reconciler.core.errors import BpfsyncError
+from reconciler.tproxy import tables as tpt
+from reconciler.tproxy.counters import tproxy_counters, tracked
+from reconciler.tproxy.model import TransparentProxy
+
+
+def tproxy_status(context: StatusContext) -> dict[str, Any]:
+    declared = context.declared(TransparentProxy)
+    if not declared:
+        return {"transparentProxies": {}}
+    try:
+        stats, n = context.read(lambda tables: (tproxy_counters(tables), tracked(tables)))
+    except (BpfsyncError, OSError):
+        stats, n = {}, 0
+    zero = dict.fromkeys((*tpt.TP_STAT_NAMES, *tpt.TP6_STAT_NAMES), 0)
+    return {"transparentProxies": {
+        "tracking": {"entries": n, "capacity": tpt.TP_CONNS.max_entries},
+        "unanswered": stats.get(0, zero)["unanswered"],
+        "resources": [{"name": tp.name, "id": tp.id, "cgroup": tp.cgroup, "proxy": tp.proxy,
+                       "ipv6": "refuse" if tp.refuse_ipv6 else "direct",
+                       "whenProxyDown": "direct" if tp.fail_open else "refuse",
+                       "counters": stats.get(tp.id, zero)}
+                      for tp in sorted(declared.values(), key=lambda x: x.id)]}}
