@@ -100,8 +100,9 @@ def kernel_floor(pin_root: Path, desired: dict[str, dict[bytes, bytes]]) -> floa
 def phases(directory: Path, pin_root: Path) -> dict[str, float]:
     """In-process split of a no-op diff, to show what share is parsing."""
     from reconciler.core import registry
-    from reconciler.core.plan import compute_plan
+    from reconciler.core.planning import compute_plan
     from reconciler.load import directory as load
+    from reconciler.load import files as per_file
     from reconciler.load import source
     from reconciler.load.schema import Schemas
 
@@ -115,8 +116,9 @@ def phases(directory: Path, pin_root: Path) -> dict[str, float]:
         parsed, _ = source.parse(src)
         docs += parsed
     t1 = time.perf_counter()
-    keys = load.KeyCache()
-    results = [load.FileResult("", [], [load.check_document(d, schemas, keys) for d in docs])]
+    keys = per_file.KeyCache()
+    results = [per_file.FileResult("", [], [per_file.check_document(d, schemas, keys)
+                                             for d in docs])]
     state, invalid, _ = load.assemble(results)
     load.cross_check(state, invalid)
     t2 = time.perf_counter()

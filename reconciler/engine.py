@@ -15,12 +15,14 @@ from typing import TypeVar
 
 from reconciler import attach as at
 from reconciler.core import registry
+from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.compile import compile_tables
 from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import KernelStateError, UnsafePlan
-from reconciler.core.plan import Observed, Plan, PrunePolicy, compute_plan
+from reconciler.core.plan import Plan, PrunePolicy
+from reconciler.core.planning import compute_plan
 from reconciler.core.state import DesiredState
-from reconciler.core.tables import MapSpec
+from reconciler.core.tables import MapSpec, Observed
 from reconciler.gue.counters import gue_counters
 from reconciler.gue.model import Interface
 from reconciler.intercept import plumbing as pl
@@ -96,7 +98,7 @@ def _tproxy_ids(state: DesiredState) -> tuple[int, ...]:
 
 
 def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
-                 facts: kernel_cgroups.HostFacts, plan: at.AttachPlan) -> None:
+                 facts: kernel_cgroups.HostFacts, plan: AttachPlan) -> None:
     seen = kernel_cgroups.observe(pin_root)
     if not state.of(TransparentProxy) and not seen:
         return
@@ -117,10 +119,10 @@ def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
 
 
 def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
-                 facts: kernel_cgroups.HostFacts | None = None) -> at.AttachPlan:
+                 facts: kernel_cgroups.HostFacts | None = None) -> AttachPlan:
     want = at.wanted(state.of(Interface)) + at.wanted_intercepts(state.of(Intercept))
     seen = tc.observe(pin_root, [w.hook for w in want])
-    plan = at.AttachPlan()
+    plan = AttachPlan()
     if want or seen:
         tags = None
         if programs is not None:
@@ -211,36 +213,36 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     return Result(state, plan, written, attached)
 
 
-def _execute_attachments(plan: at.AttachPlan, pin_root: Path, programs: Programs,
+def _execute_attachments(plan: AttachPlan, pin_root: Path, programs: Programs,
                          tproxy_ids: tuple[int, ...]) -> int:
-    up = [op for op in plan.plumbing if op.action is not at.AttachAction.DETACH]
+    up = [op for op in plan.plumbing if op.action is not AttachAction.DETACH]
     kernel_plumbing.execute(pin_root, up, [])
     for link in plan.links:
-        if link.action is at.AttachAction.DETACH:
+        if link.action is AttachAction.DETACH:
             kernel_links.remove(pin_root, link.netns)
-        elif link.action is at.AttachAction.ATTACH:
+        elif link.action is AttachAction.ATTACH:
             kernel_links.create(pin_root, link.netns, programs.load_steer())
         else:
             kernel_links.update(pin_root, link.netns, programs.load_steer())
     for op in plan.operations:
-        if op.action is at.AttachAction.DETACH:
+        if op.action is AttachAction.DETACH:
             tc.detach(pin_root, op.hook, op.priority)
         else:
             assert op.config is not None
             fd = programs.load(op.config, op.hook.direction)
             tc.attach(pin_root, op.hook, op.priority, fd,
-                      replace=op.action is at.AttachAction.REPLACE,
+                      replace=op.action is AttachAction.REPLACE,
                       function=at.function_of(op.config, op.hook.direction))
     for cop in plan.cgroups:
-        if cop.action is at.AttachAction.DETACH:
+        if cop.action is AttachAction.DETACH:
             kernel_cgroups.remove(pin_root, cop.hook)
             continue
         assert cop.program is not None
         fd = programs.load_tproxy(tproxy_ids, cop.hook.hook, cop.program)
-        if cop.action is at.AttachAction.ATTACH:
+        if cop.action is AttachAction.ATTACH:
             kernel_cgroups.create(pin_root, cop.hook, fd)
         else:
             kernel_cgroups.update(pin_root, cop.hook, fd)
-    down = [op for op in plan.plumbing if op.action is at.AttachAction.DETACH]
+    down = [op for op in plan.plumbing if op.action is AttachAction.DETACH]
     kernel_plumbing.execute(pin_root, down, plan.forget_hosts)
     return len(plan.changes())

@@ -11,8 +11,7 @@ from typing import Any
 from reconciler.core import registry
 from reconciler.core.capability import Kind
 from reconciler.core.document import document
-from reconciler.core.plan import Observed
-from reconciler.core.tables import stamp_ok
+from reconciler.core.tables import Observed, stamp_ok
 from reconciler.load.secrets import Secret
 
 

@@ -7,8 +7,9 @@ import json
 from collections import Counter
 from typing import Any
 
-from reconciler.attach import AttachAction, AttachOperation
+from reconciler.attach import AttachOperation
 from reconciler.core import registry
+from reconciler.core.attachments import AttachAction
 from reconciler.core.plan import Action, Operation, Plan
 from reconciler.core.state import DesiredState
 from reconciler.intercept import tables as ict

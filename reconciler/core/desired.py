@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from reconciler.core.tables import MapSpec
+from reconciler.core.tables import Entries, MapSpec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
     from reconciler.kernel.cgroups import HostFacts
 
-Entries = dict[bytes, bytes]
 M = TypeVar("M")
 
 

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.attach import AttachAction, AttachPlan
+from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.plan import Action, Plan
 from reconciler.core.state import DesiredState
 

@@ -11,12 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from reconciler.attach import AttachPlan
-from reconciler.core import registry
-from reconciler.core import tables as t
-from reconciler.core.desired import DesiredTables, Entries
+from reconciler.core.attachments import AttachPlan
 
-Observed = dict[str, Entries]
 
 class Action(Enum):
     CREATE = "create"
@@ -99,47 +95,3 @@ class Plan:
             group.append(op)
         if group:
             yield group[0].table, group[0].action is Action.DELETE, group
-
-
-def compute_plan(desired: DesiredTables, observed: Observed,
-                 prune: PrunePolicy | None = None) -> Plan:
-    prune = prune or PrunePolicy()
-    counts = {s.name: len(observed.get(s.name, {})) for s in registry.OWNED_TABLES}
-    plan = Plan(desired_total=desired.total, observed_counts=counts)
-    # dict equality runs in C: the common case of a table nothing touched costs little
-    same = {s.name for s in registry.OWNED_TABLES
-            if desired.entries[s.name] == observed.get(s.name, {})}
-    for spec in registry.UPSERT_ORDER:
-        if spec.name in same:
-            continue
-        want, have = desired.entries[spec.name], observed.get(spec.name, {})
-        owners = desired.owners[spec.name]
-        # set difference of the item views runs in C too; the few differences are sorted
-        creates, updates = [], []
-        for key, _ in want.items() - have.items():
-            (updates if key in have else creates).append(key)
-        for key in sorted(creates):
-            plan.operations.append(Operation(
-                Action.CREATE, spec.name, key, want[key], None, owners[key], "declared in YAML"))
-        for key in sorted(updates):
-            old = have[key]
-            drift = not t.stamp_ok(key, old)
-            reason = "changed outside bpfsync" if drift else "changed in YAML"
-            plan.operations.append(Operation(
-                Action.UPDATE, spec.name, key, want[key], old, owners[key], reason, drift))
-    for spec in registry.DELETE_ORDER:
-        if spec.name in same:
-            continue
-        want, have = desired.entries[spec.name], observed.get(spec.name, {})
-        gone = sorted(have.keys() - want.keys())
-        if not gone:
-            continue
-        owner = registry.owners(spec.name, observed)
-        for key in gone:
-            old = have[key]
-            drift = not t.stamp_ok(key, old)
-            reason = "added outside bpfsync" if drift else "no longer in YAML"
-            op = Operation(Action.DELETE, spec.name, key, None, old,
-                           owner(key, old), reason, drift)
-            (plan.operations if prune.allows(spec.kind) else plan.kept).append(op)
-    return plan

@@ -46,6 +46,8 @@ class MapSpec:
     batch: bool = True  # the map type supports batch lookup/update/delete (LPM tries do not)
 
 
+Entries = dict[bytes, bytes]  # one table's content: key -> value
+Observed = dict[str, Entries]  # tables by name, as read from the kernel
 Decoded = dict[str, Any]
 Owners = Callable[[bytes, bytes], str]  # (key, value) -> "Kind/name" of an unclaimed entry
 

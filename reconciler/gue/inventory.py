@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.core import registry
 from reconciler.core.document import document
-from reconciler.core.plan import Observed
-from reconciler.core.tables import stamp_ok
+from reconciler.core.tables import Observed, stamp_ok
 from reconciler.gue import tables as gt
 from reconciler.load.secrets import Secret
 
@@ -32,12 +30,12 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
     nexts = observed.get(gt.NEXT_KEY_TABLE.name, {})
     out = []
     for key, value in sorted(observed.get(gt.TUNNEL.name, {}).items()):
-        tid = registry.decode_key(gt.TUNNEL.name, key)["id"]
-        v = registry.decode_value(gt.TUNNEL.name, value)
+        tid = gt.CODECS[gt.TUNNEL.name].decode_key(key)["id"]
+        v = gt.CODECS[gt.TUNNEL.name].decode_value(value)
         spec: dict[str, Any] = {"id": tid, "local": _ep(v["local"]),
                                 "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
         nxt = nexts.get(gt.next_key(gt.NEXT_TUNNEL, key))
-        second = registry.decode_value(gt.NEXT_KEY_TABLE.name, nxt)["nextKey"] if nxt else None
+        second = gt.CODECS[gt.NEXT_KEY_TABLE.name].decode_value(nxt)["nextKey"] if nxt else None
         if "key" in v:
             sent, other = v["key"], second  # the key pings are signed with, and the other
             if second is not None and v["flags"] & gt.TUNNEL_FLAG_SEND_NEXT:
@@ -49,7 +47,7 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
             spec["ping"] = {"intervalSeconds": v["pingIntervalMs"] / 1000}
         status: dict[str, Any] = {"managed": stamp_ok(key, value)}
         if key in learned:
-            lv = registry.decode_value(gt.LEARNED.name, learned[key])
+            lv = gt.CODECS[gt.LEARNED.name].decode_value(learned[key])
             status["learned"] = {**_ep(lv["remote"]),
                                  "ageSeconds": round(max(0, now_ns - lv["updatedNs"]) / 1e9, 1)}
         elif spec["remote"] == "learn":
@@ -59,14 +57,14 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
 
 
 def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str, Any]]:
-    verify = {k: registry.decode_value(gt.VERIFY.name, v)
+    verify = {k: gt.CODECS[gt.VERIFY.name].decode_value(v)
               for k, v in observed.get(gt.VERIFY.name, {}).items()}
     out = []
     seen: set[bytes] = set()
     encap = observed.get(gt.ENCAP.name, {})
     for key, value in sorted(encap.items(), key=lambda kv: (kv[1][4:8], kv[0])):
         proxy = gt.decode_endpoint(key)
-        e = registry.decode_value(gt.ENCAP.name, value)
+        e = gt.CODECS[gt.ENCAP.name].decode_value(value)
         sid = gt.sid_key(e["groupId"], e["serviceId"])
         seen.add(sid)
         ver = verify.get(sid)
@@ -81,7 +79,7 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
         nxt = observed.get(gt.NEXT_KEY_TABLE.name, {}).get(gt.next_key(gt.NEXT_SERVICE, sid))
         accepted = [ver["key"]] if ver else []
         if nxt is not None:
-            accepted.append(registry.decode_value(gt.NEXT_KEY_TABLE.name, nxt)["nextKey"])
+            accepted.append(gt.CODECS[gt.NEXT_KEY_TABLE.name].decode_value(nxt)["nextKey"])
         others = [k for k in accepted if k != e["key"]]
         if len(accepted) == 2 and others:  # rotating: the accepted key that is not sent
             spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"{name}-next", others[0])}
@@ -91,7 +89,7 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
         out.append(document("Service", name, spec, status))
     for sid, ver in sorted(verify.items()):
         if sid not in seen:
-            k = registry.decode_key(gt.VERIFY.name, sid)
+            k = gt.CODECS[gt.VERIFY.name].decode_key(sid)
             out.append(document("Service", f"svc-{k['groupId']}-{k['serviceId']}",
                             {"groupId": k["groupId"], "serviceId": k["serviceId"],
                              "backend": _ep(ver["backend"])},

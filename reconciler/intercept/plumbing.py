@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reconciler.attach import AttachAction
+from reconciler.core.attachments import AttachAction
 from reconciler.intercept import tables as ict
 from reconciler.intercept.model import Intercept, Routing
 
 if TYPE_CHECKING:
-    from reconciler.attach import AttachPlan
+    from reconciler.core.attachments import AttachPlan
 
 RTPROT_BPFSYNC = 181
 SYSCTL = "net.ipv4.conf.lo.accept_local"

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.errors import KernelStateError
-from reconciler.core.plan import Observed, Plan
-from reconciler.core.tables import MapSpec
+from reconciler.core.plan import Plan
+from reconciler.core.tables import MapSpec, Observed
 from reconciler.kernel import libbpf
 
 BPF_FS_MAGIC = 0xCAFE4A11

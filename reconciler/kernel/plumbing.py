@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from reconciler.attach import AttachAction
+from reconciler.core.attachments import AttachAction
 from reconciler.core.errors import KernelStateError
 from reconciler.intercept import tables as ict
 from reconciler.intercept.plumbing import (

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from reconciler.attach import FILTER_HANDLE, FILTER_PREFIX, Filter, Hook, Seen
+from reconciler.core.attachments import FILTER_HANDLE, FILTER_PREFIX, Filter, Hook, Seen
 from reconciler.core.errors import KernelStateError
 from reconciler.kernel import libbpf
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity
 from reconciler.core.state import DesiredState
-from reconciler.load.directory import FileResult, check_results, load_files, load_paths
+from reconciler.load.directory import check_results, load_paths
+from reconciler.load.files import FileResult, load_files
 from reconciler.load.schema import Schemas
 from reconciler.load.source import YAML_SUFFIXES, is_ignored, scan
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from reconciler.load.directory import FileResult
+    from reconciler.load.files import FileResult
 
 RACY_SECONDS = 2.0
 Signature = tuple[int, int, int, int] | None  # ino, size, mtime_ns, ctime_ns; None: missing

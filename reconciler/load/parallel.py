@@ -17,7 +17,7 @@ from typing import Any
 
 from reconciler.core import registry
 from reconciler.core.model import Origin, Resource
-from reconciler.load import directory as load
+from reconciler.load import files as load
 from reconciler.load.schema import Schemas
 
 MIN_FILES = 16

@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.core import registry
 from reconciler.core.document import document
-from reconciler.core.plan import Observed
-from reconciler.core.tables import stamp_ok
+from reconciler.core.tables import Observed, stamp_ok
 from reconciler.steering import tables as st
 
 
@@ -36,7 +34,8 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]] | None = 
     by_slot: dict[int, tuple[set[int], set[str]]] = {}
     entries: dict[int, int] = {}
     for key, value in observed.get(st.STEER.name, {}).items():
-        k, slot = registry.decode_key(st.STEER.name, key), registry.decode_value(st.STEER.name, value)["slot"]
+        codec = st.CODECS[st.STEER.name]
+        k, slot = codec.decode_key(key), codec.decode_value(value)["slot"]
         entries[slot] = entries.get(slot, 0) + 1
         ports, prefixes = by_slot.setdefault(slot, (set(), set()))
         ports.add(0 if k["port"] == "*" else k["port"])
@@ -44,9 +43,9 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]] | None = 
     live = (datapath or {}).get("proxies", {})
     out = []
     for key, value in sorted(observed.get(st.PROXY.name, {}).items()):
-        slot = registry.decode_key(st.PROXY.name, key)["slot"]
+        slot = st.CODECS[st.PROXY.name].decode_key(key)["slot"]
         try:
-            c = registry.decode_value(st.PROXY.name, value)
+            c = st.CODECS[st.PROXY.name].decode_value(value)
         except ValueError:
             continue
         ports, prefixes = by_slot.get(slot, (set(), set()))

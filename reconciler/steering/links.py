@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.attach import AttachAction, AttachPlan, escape_pin, unescape_pin
+from reconciler.core.attachments import AttachAction, AttachPlan, escape_pin, unescape_pin
 from reconciler.core.state import DesiredState
 from reconciler.steering.model import Proxy, proxy_netns
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from reconciler.attach import AttachAction, AttachPlan
+from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.naming import escape_path
 from reconciler.core.state import DesiredState
 from reconciler.tproxy.model import TransparentProxy

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from reconciler.attach import (
-    FILTER_HANDLE,
-    AttachAction,
-    Filter,
-    Hook,
-    ProgramConfig,
-    Seen,
-    compute_attach_plan,
-    wanted,
-)
+from reconciler.attach import ProgramConfig, compute_attach_plan, wanted
+from reconciler.core.attachments import FILTER_HANDLE, AttachAction, Filter, Hook, Seen
 from reconciler.gue.model import Interface
 from reconciler.kernel.programs import program_tags
 

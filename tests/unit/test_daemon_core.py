@@ -21,13 +21,15 @@ from watchdog.events import (
 from reconciler.core import drift
 from reconciler.core.compile import compile_tables
 from reconciler.core.model import Endpoint
-from reconciler.core.plan import Action, compute_plan
+from reconciler.core.plan import Action
+from reconciler.core.planning import compute_plan
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.watch import relevant
 from reconciler.gue.model import Service, Tunnel
-from reconciler.load.directory import load_directory, load_files
+from reconciler.load.directory import load_directory
 from reconciler.load.filecache import FileCache
+from reconciler.load.files import load_files
 from reconciler.load.schema import Schemas
 from tests.unit.helpers import service, tunnel, write_tree
 from tests.unit.test_plan import observed_from, state
@@ -163,7 +165,8 @@ def test_notify_speaks_the_systemd_protocol(tmp_path: Path) -> None:
 
 
 def test_detaching_what_no_resource_wants_is_a_change_not_drift() -> None:
-    from reconciler.attach import AttachAction, AttachOperation, AttachPlan, Hook
+    from reconciler.attach import AttachOperation
+    from reconciler.core.attachments import AttachAction, AttachPlan, Hook
 
     s = state(1)
     plan = compute_plan(compile_tables(s), observed_from(s))

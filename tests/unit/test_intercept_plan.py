@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.attach import AttachAction, AttachPlan
 from reconciler.core import registry
 from reconciler.core import tables as t
+from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.errors import InvalidDesiredState
 from reconciler.core.state import DesiredState
 from reconciler.intercept import tables as ict

@@ -6,7 +6,8 @@ from reconciler.core import registry
 from reconciler.core import tables as t
 from reconciler.core.compile import compile_tables
 from reconciler.core.model import Endpoint, Origin
-from reconciler.core.plan import Action, PrunePolicy, compute_plan
+from reconciler.core.plan import Action, PrunePolicy
+from reconciler.core.planning import compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.gue import tables as gt
 from reconciler.gue.model import KeySource, Service, Tunnel

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.attach import AttachAction, AttachPlan
 from reconciler.core import registry
 from reconciler.core import tables as t
+from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.compile import compile_tables
-from reconciler.core.plan import Action, compute_plan
+from reconciler.core.plan import Action
+from reconciler.core.planning import compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.load.directory import load_directory
 from reconciler.steering import proxyconf

@@ -10,7 +10,8 @@ from pathlib import Path
 from reconciler.core.compile import compile_tables
 from reconciler.core.errors import InvalidDesiredState
 from reconciler.core.model import Endpoint, Origin
-from reconciler.core.plan import Action, compute_plan
+from reconciler.core.plan import Action
+from reconciler.core.planning import compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.datapath.pinger import targets
 from reconciler.gue import tables as gt

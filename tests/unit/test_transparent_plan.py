@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.attach import AttachAction, AttachPlan
 from reconciler.core import registry
 from reconciler.core import tables as t
+from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.compile import compile_tables
 from reconciler.kernel.cgroups import HostFacts
 from reconciler.load.directory import load_directory
