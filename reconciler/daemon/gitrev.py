@@ -35,3 +35,13 @@ def revision(directory: Path) -> Revision | None:
         return None
     status = _git(directory, "status", "--porcelain", "--untracked-files=normal", "--", ".")
     return Revision(commit.strip(), bool(status and status.strip()))
+
+
+def busy(directory: Path) -> bool:
+    """A git operation holds the index lock of directory's repository (a checkout, a merge
+    or a commit is under way): files and HEAD are changing, and HEAD moves last."""
+    lock = _git(directory, "rev-parse", "--git-path", "index.lock")
+    if not lock:
+        return False
+    path = Path(lock.strip())
+    return (path if path.is_absolute() else directory / path).exists()

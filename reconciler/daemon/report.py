@@ -61,7 +61,9 @@ def status_document(d: Daemon) -> dict[str, Any]:
         }
         if d.watcher is not None:
             doc["watch"] = {**d.watcher.counts(),
-                            "pending": d.debouncer.due() is not None}
+                            # file events waiting, or a revision to read again
+                            "pending": d.debouncer.due() is not None
+                            or d.revision_at is not None}
         counts, error_refs, waiting, dp_error = (dict(r.counts), set(r.error_refs),
                                                  list(r.waiting), r.datapath_error)
     out_of_sync: dict[str, list[str]] = {}

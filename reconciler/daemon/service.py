@@ -49,6 +49,9 @@ log = logging.getLogger("bpfsync.daemon")
 SUPERVISE_EVERY = 0.25
 SLOTS_EVERY = 5.0  # the supervisor re-reads ps_proxy this often (and after each reconcile)
 RETRY_FIRST, RETRY_CAP = 1.0, 60.0
+# A revision read while git was changing the tree is looked at again this much later (a
+# checkout writes the files first and moves HEAD last, which no file event reports).
+REVISION_RECHECK = 1.0
 MAX_LOGGED_ERRORS = 50  # new errors logged per reconcile (status keeps status_report.MAX_STATUS_ERRORS)
 RECENT = 20
 
@@ -124,6 +127,7 @@ class Daemon:
         self.lock = threading.Lock()
         self.supervisor: Supervisor | None = None
         self.retry_at: float | None = None
+        self.revision_at: float | None = None  # when to read a provisional revision again
         self.retry_delay = RETRY_FIRST
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
@@ -218,7 +222,7 @@ class Daemon:
         next_watchdog = now if watchdog else None
         while not self._stop:
             deadlines = [next_resync, next_supervise, self.retry_at, self.debouncer.due(),
-                         next_watchdog]
+                         next_watchdog, self.revision_at]
             timeout = max(0.0, min(d for d in deadlines if d is not None) - time.monotonic())
             select.select([self._wake_r], [], [], timeout)
             with suppress(BlockingIOError):
@@ -244,6 +248,8 @@ class Daemon:
                 trigger = "resync"
             if trigger is None and self.retry_at is not None and now >= self.retry_at:
                 trigger = "retry"
+            if trigger is None and self.revision_at is not None and now >= self.revision_at:
+                trigger = "revision"
             if trigger is not None:
                 self.reconcile(trigger, events)
                 next_resync = time.monotonic() + cfg.resync
@@ -286,6 +292,16 @@ class Daemon:
             return
         self._alive()  # a cold load of 100k entries takes seconds: tell systemd we progress
         fields["parsed"] = self.cache.last.parsed
+        self.revision_at = None
+        if self.git is None and revision is not None:
+            # The files were read after the revision: if git changed the tree meanwhile (or
+            # still is), the pair may not match; the content is applied now and the
+            # revision read again once git is done.
+            after = gitrev.revision(directory)
+            if after != revision or gitrev.busy(directory):
+                self.revision_at = time.monotonic() + REVISION_RECHECK
+            revision = after
+            fields["revision"] = str(revision) if revision else None
         holder: dict[str, drift.Split] = {}
 
         def select_plan(plan: Plan) -> Plan:
