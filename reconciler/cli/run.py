@@ -29,7 +29,8 @@ def cmd_datapath(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.daemon import logs
-    from reconciler.daemon.service import Daemon, DaemonConfig
+    from reconciler.daemon.record import DaemonConfig
+    from reconciler.daemon.service import Daemon
 
     logs.setup(args.log_format, args.log_level)
     if args.log_format == "json":  # the data-path processes log the same way
