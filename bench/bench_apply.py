@@ -104,12 +104,13 @@ def phases(directory: Path, pin_root: Path) -> dict[str, float]:
     from reconciler.load import directory as load
     from reconciler.load import files as per_file
     from reconciler.load import source
+    from reconciler.load.scan import scan
     from reconciler.load.schema import Schemas
 
     out: dict[str, float] = {}
     schemas = Schemas()
     t0 = time.perf_counter()
-    files, _ = source.scan(directory)
+    files, _ = scan(directory)
     docs = []
     for f in files:
         src, _ = source.read(f)

@@ -100,7 +100,7 @@ def _datapath_report(d: Daemon, error: str | None,
                      worker_report: dict[str, Any]) -> dict[str, Any]:
     if not d.config.datapath:
         return {"state": "disabled"}
-    sup = d.supervisor
+    sup = d.datapath.supervisor
     if sup is None:
         return {"state": "not started", "error": error}
     s = sup.status()

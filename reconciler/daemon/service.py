@@ -32,21 +32,19 @@ from reconciler.daemon import report as status_report
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.gitpull import GitFollower
 from reconciler.daemon.heartbeat import Heartbeat
+from reconciler.daemon.keeper import DataPathKeeper
 from reconciler.daemon.notify import Notifier
 from reconciler.daemon.record import DaemonConfig, Record
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
-from reconciler.datapath.supervisor import Supervisor, run_dir
-from reconciler.gue.model import Interface
+from reconciler.datapath.supervisor import run_dir
 from reconciler.load.directory import load_directory
 from reconciler.load.filecache import FileCache
 from reconciler.load.schema import Schemas
-from reconciler.steering.model import Proxy, proxy_netns
 
 log = logging.getLogger("bpfsync.daemon")
 
 SUPERVISE_EVERY = 0.25
-SLOTS_EVERY = 5.0  # the supervisor re-reads ps_proxy this often (and after each reconcile)
 RETRY_FIRST, RETRY_CAP = 1.0, 60.0
 # A revision read while git was changing the tree is looked at again this much later (a
 # checkout writes the files first and moves HEAD last, which no file event reports).
@@ -82,7 +80,7 @@ class Daemon:
         self.good: DesiredState | None = None  # last applied; also the baseline for drift
         self.record = Record()
         self.lock = threading.Lock()
-        self.supervisor: Supervisor | None = None
+        self.datapath = DataPathKeeper(config)
         self.retry_at: float | None = None
         self.revision_at: float | None = None  # when to read a provisional revision again
         self.retry_delay = RETRY_FIRST
@@ -163,8 +161,7 @@ class Daemon:
                 self.watcher.stop()
             if self.git is not None:
                 self.git.stop()
-            if self.supervisor is not None:
-                self.supervisor.shutdown()
+            self.datapath.shutdown()
             status.stop()
             signal.set_wakeup_fd(-1)
             log.info("stopped; pinned maps, programs, links and filters left in place")
@@ -211,8 +208,7 @@ class Daemon:
                 self.reconcile(trigger, events)
                 next_resync = time.monotonic() + cfg.resync
                 self.notifier.send(STATUS=self.summary())
-                if self.supervisor is not None:
-                    self.supervisor.slots_due = 0.0  # Proxies may have come or gone
+                self.datapath.proxies_changed()
             if now >= next_supervise:
                 self._supervise(now)
                 next_supervise = now + SUPERVISE_EVERY
@@ -382,32 +378,10 @@ class Daemon:
             self.git.applied(revision.commit)
 
     # ----- the data path
-    def _datapath_netns(self, state: DesiredState) -> str | None:
-        if self.config.datapath_netns:
-            return self.config.datapath_netns
-        if state.of(Proxy):
-            return proxy_netns(state)
-        spaces = {i.netns for i in state.of(Interface).values()}
-        return spaces.pop() if len(spaces) == 1 else None
-
     def _supervise(self, now: float) -> None:
         if not self.config.datapath or self.good is None:
             return
-        want = self._datapath_netns(self.good)
-        sup = self.supervisor
-        if sup is not None and sup.netns != want:
-            log.info("data path moves from netns %s to %s", sup.netns or "(host)",
-                     want or "(host)")
-            sup.shutdown()
-            sup = self.supervisor = None
-        if sup is None:
-            sup = self.supervisor = Supervisor(self.config.pin_root, want,
-                                               self.config.worker_cmd, slots_every=SLOTS_EVERY)
-        try:
-            sup.tick(now)
-            error = None
-        except (BpfsyncError, OSError) as exc:
-            error = str(exc)
+        error = self.datapath.tick(now, self.good)
         with self.lock:
             if error and error != self.record.datapath_error:
                 log.error("data path: %s", error)

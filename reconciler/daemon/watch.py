@@ -33,7 +33,7 @@ from watchdog.events import (
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-from reconciler.load.source import is_ignored
+from reconciler.load.scan import is_ignored
 
 log = logging.getLogger("bpfsync.watch")
 

@@ -10,21 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.datapath import relay
+from reconciler.datapath.addresses import addresses, is_address, original_destination
 from reconciler.datapath.balancer import Pool, Target
 from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
 from reconciler.steering.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")
 ACCEPT_BACKOFF = 0.1  # seconds after a failed accept (out of file descriptors, say)
-SO_ORIGINAL_DST = 80
-_SOCKADDR_IN = struct.Struct("!2xH4s8x")
 
 
 @dataclass
@@ -56,37 +54,6 @@ class Conn:
 
     def idle_for(self, now: float) -> float:
         return now - max(self.up.last, self.down.last)
-
-
-def _addresses(infos: list[Any]) -> list[str]:
-    return list(dict.fromkeys(info[4][0] for info in infos))
-
-
-def _is_address(host: str) -> bool:
-    try:
-        socket.inet_aton(host)
-    except OSError:
-        return False
-    return host.count(".") == 3
-
-
-def original_destination(sock: socket.socket,
-                         listener: tuple[str, int]) -> tuple[str, int] | None:
-    """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST) when a
-    TransparentProxy rewrote its connect(); its own local address when an Intercept had it
-    assigned to the (transparent) listener by TC; None when it came to the listener itself."""
-    try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
-    except OSError:
-        raw = b""
-    if len(raw) >= 8:
-        port, addr = _SOCKADDR_IN.unpack(raw.ljust(_SOCKADDR_IN.size, b"\0"))
-        return socket.inet_ntoa(addr), port
-    try:
-        local = sock.getsockname()
-    except OSError:
-        return None
-    return None if tuple(local) == tuple(listener) else (local[0], local[1])
 
 
 class ProxyServer:
@@ -153,13 +120,13 @@ class ProxyServer:
     async def _resolve_all(self) -> None:
         loop = asyncio.get_running_loop()
         for host, port in self.config.backends:
-            if _is_address(host):
+            if is_address(host):
                 self.resolved[(host, port)] = [host]
                 continue
             try:
                 infos = await loop.getaddrinfo(host, port, family=socket.AF_INET,
                                                type=socket.SOCK_STREAM)
-                addrs = _addresses(infos)
+                addrs = addresses(infos)
                 if addrs != self.resolved.get((host, port)):
                     log.info("proxy %s: %s resolves to %s", self.config.name, host,
                              ", ".join(addrs))
@@ -191,7 +158,7 @@ class ProxyServer:
     async def _resolve_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.resolve_interval)
-            if any(not _is_address(h) for h, _ in self.config.backends):
+            if any(not is_address(h) for h, _ in self.config.backends):
                 await self._re_resolve()
 
     async def _check_loop(self, target: Target) -> None:

@@ -16,8 +16,8 @@ from reconciler.core.errors import InvalidDesiredState, Location, Problem, Sever
 from reconciler.core.state import DesiredState
 from reconciler.load.directory import check_results, load_paths
 from reconciler.load.files import FileResult, load_files
+from reconciler.load.scan import YAML_SUFFIXES, is_ignored, scan
 from reconciler.load.schema import Schemas
-from reconciler.load.source import YAML_SUFFIXES, is_ignored, scan
 
 
 @dataclass

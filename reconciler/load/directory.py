@@ -18,8 +18,8 @@ from reconciler.load import parallel
 from reconciler.load.filecache import FileCache
 from reconciler.load.files import FileResult, load_files
 from reconciler.load.locate import PathItem, locate
+from reconciler.load.scan import scan
 from reconciler.load.schema import Schemas
-from reconciler.load.source import scan
 
 MAX_WARNINGS_LOCATED = 20
 MAX_LOCATED = 100  # errors given a line and column; the rest are counted

@@ -271,7 +271,7 @@ def test_each_directory_bound_stops_the_walk_with_one_error(tmp_path: Path,
                                                              monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The scan's caps, lowered so that a test reaches them: past each, one error at the
     directory and nothing loaded (the real caps are in the README's Limits)."""
-    from reconciler.load import source
+    from reconciler.load import scan as source
 
     tree = tmp_path / "d"
     (tree / "sub" / "deeper").mkdir(parents=True)

@@ -1,0 +1,42 @@
+"""Addresses as the proxy server meets them: resolver results, literal IPv4 addresses, and
+where an intercepted connection was going."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+SO_ORIGINAL_DST = 80
+_SOCKADDR_IN = struct.Struct("!2xH4s8x")
+
+
+def addresses(infos: list[Any]) -> list[str]:
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def is_address(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return host.count(".") == 3
+
+
+def original_destination(sock: socket.socket,
+                         listener: tuple[str, int]) -> tuple[str, int] | None:
+    """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST) when a
+    TransparentProxy rewrote its connect(); its own local address when an Intercept had it
+    assigned to the (transparent) listener by TC; None when it came to the listener itself."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
+    except OSError:
+        raw = b""
+    if len(raw) >= 8:
+        port, addr = _SOCKADDR_IN.unpack(raw.ljust(_SOCKADDR_IN.size, b"\0"))
+        return socket.inet_ntoa(addr), port
+    try:
+        local = sock.getsockname()
+    except OSError:
+        return None
+    return None if tuple(local) == tuple(listener) else (local[0], local[1])
