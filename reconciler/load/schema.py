@@ -122,13 +122,37 @@ def _explain(err: Any) -> Iterator[SchemaError]:
     yield SchemaError(path, _message(err))
 
 
+COMMON = "common.json"
+_COMMON_REF = COMMON + "#/$defs/"
+
+
+def inline_common(node: Any, defs: dict[str, Any]) -> Any:
+    """node with every {"$ref": "common.json#/$defs/NAME", ...} replaced by a copy of that
+    definition, the keys beside the $ref (a description) overriding its own: both validators
+    then see one self-contained schema per kind, and report errors exactly as if the
+    definitions were written out in each file."""
+    if isinstance(node, list):
+        return [inline_common(v, defs) for v in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_COMMON_REF):
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        return {**inline_common(defs[ref[len(_COMMON_REF):]], defs), **siblings}
+    return {k: inline_common(v, defs) for k, v in node.items()}
+
+
 class Schemas:
-    """The schema of every kind, loaded once."""
+    """The schema of every kind (schema/<kind>.json, with common.json's definitions
+    inlined), loaded once."""
 
     def __init__(self, directory: Path = SCHEMA_DIR) -> None:
         self.kinds: dict[str, KindSchema] = {}
+        defs = json.loads((directory / COMMON).read_text())["$defs"]
         for file in sorted(directory.glob("*.json")):
-            schema = json.loads(file.read_text())
+            if file.name == COMMON:
+                continue
+            schema = inline_common(json.loads(file.read_text()), defs)
             kind = schema["properties"]["kind"]["const"]
             self.kinds[kind] = KindSchema(kind, schema)
 
