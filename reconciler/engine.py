@@ -19,15 +19,17 @@ from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.compile import compile_tables
 from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import KernelStateError, UnsafePlan
-from reconciler.core.plan import Plan, PrunePolicy
+from reconciler.core.plan import Operation, Plan, PrunePolicy
 from reconciler.core.planning import compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.core.tables import MapSpec, Observed
+from reconciler.execute import execute
 from reconciler.gue.counters import gue_counters
 from reconciler.gue.model import Interface
 from reconciler.intercept import plumbing as pl
 from reconciler.intercept.counters import intercept_counters
 from reconciler.intercept.model import Intercept
+from reconciler.intercept.plumbing import PlumbingOperation
 from reconciler.kernel import cgroups as kernel_cgroups
 from reconciler.kernel import links as kernel_links
 from reconciler.kernel import plumbing as kernel_plumbing
@@ -38,9 +40,11 @@ from reconciler.load.directory import load_directory
 from reconciler.load.schema import Schemas
 from reconciler.steering import links as lk
 from reconciler.steering.counters import steering_counters
+from reconciler.steering.links import LinkOperation
 from reconciler.steering.model import Proxy, proxy_netns
 from reconciler.tproxy import cgroups as cg
 from reconciler.tproxy import tables as tpt
+from reconciler.tproxy.cgroups import CgroupOperation
 from reconciler.tproxy.counters import tproxy_counters, tracked
 from reconciler.tproxy.model import TransparentProxy
 
@@ -203,46 +207,54 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
             if plan.attachments.conflicts:
                 raise KernelStateError("nothing applied:\n  " +
                                        "\n  ".join(plan.attachments.conflicts))
-            written = tables.apply(plan, deletes=False)
-            attached = _execute_attachments(plan.attachments, pin_root, programs,
-                                            _tproxy_ids(state))
-            written += tables.apply(plan, deletes=True)
+            written, attached = execute(plan, KernelExecutor(pin_root, tables, programs,
+                                                             _tproxy_ids(state)))
     finally:
         tables.close()
         programs.close()
     return Result(state, plan, written, attached)
 
 
-def _execute_attachments(plan: AttachPlan, pin_root: Path, programs: Programs,
-                         tproxy_ids: tuple[int, ...]) -> int:
-    up = [op for op in plan.plumbing if op.action is not AttachAction.DETACH]
-    kernel_plumbing.execute(pin_root, up, [])
-    for link in plan.links:
-        if link.action is AttachAction.DETACH:
-            kernel_links.remove(pin_root, link.netns)
-        elif link.action is AttachAction.ATTACH:
-            kernel_links.create(pin_root, link.netns, programs.load_steer())
-        else:
-            kernel_links.update(pin_root, link.netns, programs.load_steer())
-    for op in plan.operations:
+class KernelExecutor:
+    """execute()'s steps on the real kernel (see Executor)."""
+
+    def __init__(self, pin_root: Path, tables: PinnedTables, programs: Programs,
+                 tproxy_ids: tuple[int, ...]) -> None:
+        self.pin_root, self.tables, self.programs = pin_root, tables, programs
+        self.tproxy_ids = tproxy_ids
+
+    def write(self, table: str, ops: list[Operation], delete: bool) -> None:
+        self.tables.write(table, ops, delete)
+
+    def plumbing(self, ops: list[PlumbingOperation], forget: list[str | None]) -> None:
+        if ops or forget:
+            kernel_plumbing.execute(self.pin_root, ops, forget)
+
+    def link(self, op: LinkOperation) -> None:
         if op.action is AttachAction.DETACH:
-            tc.detach(pin_root, op.hook, op.priority)
+            kernel_links.remove(self.pin_root, op.netns)
+        elif op.action is AttachAction.ATTACH:
+            kernel_links.create(self.pin_root, op.netns, self.programs.load_steer())
         else:
-            assert op.config is not None
-            fd = programs.load(op.config, op.hook.direction)
-            tc.attach(pin_root, op.hook, op.priority, fd,
-                      replace=op.action is AttachAction.REPLACE,
-                      function=at.function_of(op.config, op.hook.direction))
-    for cop in plan.cgroups:
-        if cop.action is AttachAction.DETACH:
-            kernel_cgroups.remove(pin_root, cop.hook)
-            continue
-        assert cop.program is not None
-        fd = programs.load_tproxy(tproxy_ids, cop.hook.hook, cop.program)
-        if cop.action is AttachAction.ATTACH:
-            kernel_cgroups.create(pin_root, cop.hook, fd)
+            kernel_links.update(self.pin_root, op.netns, self.programs.load_steer())
+
+    def filter(self, op: at.AttachOperation) -> None:
+        if op.action is AttachAction.DETACH:
+            tc.detach(self.pin_root, op.hook, op.priority)
+            return
+        assert op.config is not None
+        fd = self.programs.load(op.config, op.hook.direction)
+        tc.attach(self.pin_root, op.hook, op.priority, fd,
+                  replace=op.action is AttachAction.REPLACE,
+                  function=at.function_of(op.config, op.hook.direction))
+
+    def cgroup(self, op: CgroupOperation) -> None:
+        if op.action is AttachAction.DETACH:
+            kernel_cgroups.remove(self.pin_root, op.hook)
+            return
+        assert op.program is not None
+        fd = self.programs.load_tproxy(self.tproxy_ids, op.hook.hook, op.program)
+        if op.action is AttachAction.ATTACH:
+            kernel_cgroups.create(self.pin_root, op.hook, fd)
         else:
-            kernel_cgroups.update(pin_root, cop.hook, fd)
-    down = [op for op in plan.plumbing if op.action is AttachAction.DETACH]
-    kernel_plumbing.execute(pin_root, down, plan.forget_hosts)
-    return len(plan.changes())
+            kernel_cgroups.update(self.pin_root, op.hook, fd)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.errors import KernelStateError
-from reconciler.core.plan import Plan
+from reconciler.core.plan import Operation
 from reconciler.core.tables import MapSpec, Observed
 from reconciler.kernel import libbpf
 
@@ -90,29 +90,23 @@ class PinnedTables:
                 out[row] = dict(zip(names, values, strict=True))
         return out
 
-    def apply(self, plan: Plan, deletes: bool | None = None) -> int:
-        """Execute the plan's entry operations (only upserts or only deletes when asked) with
-        one batch syscall per run of same-table operations."""
-        written = 0
-        for table, is_delete, ops in plan.batches():
-            if deletes is not None and is_delete != deletes:
-                continue
-            fd = self.fds[table]
-            if fd is None:
-                raise KernelStateError(f"map {table} is not open for writing")
-            keys = b"".join(op.key for op in ops)
-            if not self.specs[table].batch:
-                for op in ops:
-                    if is_delete:
-                        libbpf.delete_elem(fd, op.key)
-                    else:
-                        libbpf.update_elem(fd, op.key, op.value or b"")
-            elif is_delete:
-                libbpf.delete_batch(fd, keys, len(ops))
-            else:
-                libbpf.update_batch(fd, keys, b"".join(op.value or b"" for op in ops), len(ops))
-            written += len(ops)
-        return written
+    def write(self, table: str, ops: list[Operation], delete: bool) -> None:
+        """Upsert (or delete) the entries of ops in one table: one batch syscall where the
+        map type has them, else one per entry."""
+        fd = self.fds[table]
+        if fd is None:
+            raise KernelStateError(f"map {table} is not open for writing")
+        if not self.specs[table].batch:
+            for op in ops:
+                if delete:
+                    libbpf.delete_elem(fd, op.key)
+                else:
+                    libbpf.update_elem(fd, op.key, op.value or b"")
+        elif delete:
+            libbpf.delete_batch(fd, b"".join(op.key for op in ops), len(ops))
+        else:
+            libbpf.update_batch(fd, b"".join(op.key for op in ops),
+                                b"".join(op.value or b"" for op in ops), len(ops))
 
 
 def read_pin(root: Path, spec: MapSpec) -> dict[bytes, bytes] | None:
