@@ -29,3 +29,10 @@ def test_ping_verification_benchmark_runs() -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "| ping (1 key) |" in r.stdout and "| forged (2 keys) |" in r.stdout
+
+
+def test_versions_benchmark_runs() -> None:
+    r = subprocess.run([sys.executable, str(BENCH / "bench_versions.py"), "--smoke"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| 200 | (b) no-op diff |" in r.stdout
