@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.core.attachments import FILTER_HANDLE, FILTER_PREFIX, AttachAction, AttachPlan, Hook, Seen
+from reconciler.core.attachments import (
+    CONFLICT,
+    FILTER_HANDLE,
+    FILTER_PREFIX,
+    WAITING,
+    WARNING,
+    AttachAction,
+    AttachPlan,
+    Condition,
+    Hook,
+    Seen,
+)
 from reconciler.gue.model import Interface
 from reconciler.gue.tables import GUE_OVERHEAD
 from reconciler.intercept.model import Intercept
@@ -129,24 +140,25 @@ def compute_attach_plan(want: list[Wanted], seen: dict[Hook, Seen],
     for w in want:
         s = seen.get(w.hook) or Seen(w.hook, device_present=False)
         if not s.device_present:
-            plan.waiting.append(f"{w.owner}: device {w.hook.device} not found"
-                                + (f" in netns {w.hook.netns}" if w.hook.netns else "")
-                                + f"; {w.hook.direction} program not attached")
+            plan.waiting.append(Condition(
+                w.owner, f"device {w.hook.device} not found"
+                + (f" in netns {w.hook.netns}" if w.hook.netns else "")
+                + f"; {w.hook.direction} program not attached", WAITING))
             continue
         blocking = [f for f in s.filters if not f.ours and f.priority == w.priority
                     and f.handle == FILTER_HANDLE]
         if blocking:
-            plan.conflicts.append(
-                f"{w.owner}: {w.hook} prio {w.priority} handle {FILTER_HANDLE:#x} holds a filter "
+            plan.conflicts.append(Condition(
+                w.owner, f"{w.hook} prio {w.priority} handle {FILTER_HANDLE:#x} holds a filter "
                 f"bpfsync did not create ({blocking[0].describe()}); left untouched. Choose "
-                f"another spec.priority or remove that filter")
+                f"another spec.priority or remove that filter", CONFLICT))
             continue
         if w.encapsulates and s.mtu and s.others_mtu and s.mtu < s.others_mtu + GUE_OVERHEAD:
-            plan.warnings.append(
-                f"{w.owner}: {w.hook.device} MTU {s.mtu} leaves no room for the {GUE_OVERHEAD}-byte "
+            plan.warnings.append(Condition(
+                w.owner, f"{w.hook.device} MTU {s.mtu} leaves no room for the {GUE_OVERHEAD}-byte "
                 f"GUE overhead: full-size packets from the other devices (MTU {s.others_mtu}) "
                 f"would become {s.others_mtu + GUE_OVERHEAD} bytes; raise the MTU to "
-                f"{s.others_mtu + GUE_OVERHEAD} or lower the route MTU / clamp TCP MSS")
+                f"{s.others_mtu + GUE_OVERHEAD} or lower the route MTU / clamp TCP MSS", WARNING))
         ours = s.ours
         here = [f for f in ours if f.priority == w.priority]
         want_tags = None if tags is None else tags.get((w.config, w.hook.direction))

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from reconciler import attach as at
 from reconciler.core import registry
-from reconciler.core.attachments import AttachAction, AttachPlan
+from reconciler.core.attachments import WAITING, AttachAction, AttachPlan, Condition
 from reconciler.core.compile import compile_tables
 from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import KernelStateError, UnsafePlan
@@ -117,8 +117,9 @@ def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
         tags = programs.tproxy_tags(_tproxy_ids(state), sorted({w.program for w in want}))
     if state.of(TransparentProxy) and facts.netns_cookie is None:
         owner = f"TransparentProxy/{min(state.of(TransparentProxy))}"
-        plan.waiting.append(f"{owner}: network namespace {proxy_netns(state)} of the Proxies "
-                            f"not found; nothing is intercepted until it exists")
+        plan.waiting.append(Condition(owner, f"network namespace {proxy_netns(state)} of the "
+                                             f"Proxies not found; nothing is intercepted until "
+                                             f"it exists", WAITING))
     plan.cgroups = cg.compute_cgroup_plan(want, seen, exists, tags, plan)
 
 

@@ -16,6 +16,29 @@ if TYPE_CHECKING:
     from reconciler.steering.links import LinkOperation
     from reconciler.tproxy.cgroups import CgroupOperation
 
+WAITING, CONFLICT, WARNING = "waiting", "conflict", "warning"
+
+
+class Condition(str):
+    """Something planning found about a resource's attachments: WAITING (a device, namespace
+    or cgroup that does not exist yet), CONFLICT (something bpfsync did not create holds its
+    place; nothing is applied) or WARNING. It reads as "Kind/name: message", which is how
+    every list of them is printed; owner, kind and message are there for whoever needs them
+    apart (the daemon's per-resource status)."""
+
+    owner: str
+    kind: str
+    message: str
+
+    def __new__(cls, owner: str, message: str, kind: str) -> Condition:
+        self = super().__new__(cls, f"{owner}: {message}")
+        self.owner, self.kind, self.message = owner, kind, message
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # type: ignore[override]
+        return self.owner, self.message, self.kind
+
+
 FILTER_HANDLE = 0xB5F
 FILTER_PREFIX = "bpfsync:"
 DIRECTIONS = ("ingress", "egress")
@@ -103,9 +126,9 @@ class AttachAction(Enum):
 @dataclass
 class AttachPlan:
     operations: list[AttachOperation] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)  # foreign filters in bpfsync's place
-    warnings: list[str] = field(default_factory=list)
-    waiting: list[str] = field(default_factory=list)  # declared devices that do not exist
+    conflicts: list[Condition] = field(default_factory=list)  # foreign things in our place
+    warnings: list[Condition] = field(default_factory=list)
+    waiting: list[Condition] = field(default_factory=list)  # what does not exist yet
     in_place: int = 0  # attachments already right
     links: list[LinkOperation] = field(default_factory=list)  # the sk_lookup link
     cgroups: list[CgroupOperation] = field(default_factory=list)  # transparent proxies' links

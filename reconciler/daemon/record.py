@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core import drift
+from reconciler.core.attachments import Condition
 from reconciler.core.plan import PrunePolicy
 
 
@@ -42,7 +43,7 @@ class Record:
     error_refs: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
     held: list[drift.Held] = field(default_factory=list)
-    waiting: list[str] = field(default_factory=list)
+    waiting: list[Condition] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # resources per kind, last good state
     results: Counter[str] = field(default_factory=Counter)
     triggers: Counter[str] = field(default_factory=Counter)  # finished reconciles by trigger

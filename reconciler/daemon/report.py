@@ -71,7 +71,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
         if h.policy == drift.WARN:
             out_of_sync.setdefault(h.owner, []).append(f"drift: {h.what}")
     for w in waiting:
-        out_of_sync.setdefault(w.split(":", 1)[0], []).append(w.split(":", 1)[-1].strip())
+        out_of_sync.setdefault(w.owner, []).append(w.message)
     resources: dict[str, dict[str, int]] = {}
     for kind, n in counts.items():
         bad = sum(1 for ref in out_of_sync if ref.startswith(kind + "/"))

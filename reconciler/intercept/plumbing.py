@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reconciler.core.attachments import AttachAction
+from reconciler.core.attachments import CONFLICT, WAITING, AttachAction, Condition
 from reconciler.intercept import tables as ict
 from reconciler.intercept.model import Intercept, Routing
 
@@ -141,10 +141,10 @@ def _add(seen: SeenPlumbing, w: WantedPlumbing, plan: AttachPlan,
     elif table in seen.other_defaults:
         what = seen.other_defaults[table]
         if what != "local dev lo":
-            plan.conflicts.append(
-                f"{w.owner}: table {table} ({'netns ' + w.netns if w.netns else 'host'}) "
+            plan.conflicts.append(Condition(
+                w.owner, f"table {table} ({'netns ' + w.netns if w.netns else 'host'}) "
                 f"already has a default route bpfsync did not create ({what}); left "
-                f"untouched. Choose another spec.routing.table")
+                f"untouched. Choose another spec.routing.table", CONFLICT))
         else:
             plan.in_place += 1  # someone's own `local default dev lo`: it does the job
     else:
@@ -188,8 +188,9 @@ def compute_plumbing_plan(want: dict[str | None, WantedPlumbing],
     for netns, w in sorted(want.items(), key=lambda kv: kv[0] or ""):
         s = seen.get(netns) or SeenPlumbing(netns, exists=False)
         if not s.exists:
-            plan.waiting.append(f"{w.owner}: network namespace {netns} not found; routing "
-                                f"for redirected connections not set up until it exists")
+            plan.waiting.append(Condition(
+                w.owner, f"network namespace {netns} not found; routing for redirected "
+                f"connections not set up until it exists", WAITING))
             continue
         _add(s, w, plan, ops)
     for netns, s in sorted(seen.items(), key=lambda kv: kv[0] or ""):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.core.attachments import AttachAction, AttachPlan, escape_pin, unescape_pin
+from reconciler.core.attachments import WAITING, AttachAction, AttachPlan, Condition, escape_pin, unescape_pin
 from reconciler.core.state import DesiredState
 from reconciler.steering.model import Proxy, proxy_netns
 
@@ -64,8 +64,8 @@ def compute_link_plan(state: DesiredState, seen: list[SeenLink], tags: frozenset
             ops.append(LinkOperation(AttachAction.DETACH, link.netns, ORPHAN_OWNER
                                      if not want else owner, why))
     if want and not netns_exists:
-        plan.waiting.append(f"{owner}: network namespace {netns} not found; steering not "
-                            f"attached")
+        plan.waiting.append(Condition(owner, f"network namespace {netns} not found; steering "
+                                             f"not attached", WAITING))
         return ops
     # Detaches come first: a dead link may hold the pin name the new one takes.
     if want and current is None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from reconciler.core.attachments import AttachAction, AttachPlan
+from reconciler.core.attachments import WAITING, AttachAction, AttachPlan, Condition
 from reconciler.core.naming import escape_path
 from reconciler.core.state import DesiredState
 from reconciler.tproxy.model import TransparentProxy
@@ -132,8 +132,9 @@ def compute_cgroup_plan(want: list[WantedCgroup], seen: list[SeenCgroup],
         if not exists.get(w.hook.cgroup, False):
             if w.hook.cgroup not in waiting:
                 waiting.add(w.hook.cgroup)
-                plan.waiting.append(f"{w.owner}: cgroup {w.hook.cgroup} not found; "
-                                    f"interception not attached there until it exists")
+                plan.waiting.append(Condition(
+                    w.owner, f"cgroup {w.hook.cgroup} not found; interception not attached "
+                    f"there until it exists", WAITING))
             continue
         s = by_hook.get(w.hook)
         if s is None or not s.alive:
