@@ -30,7 +30,6 @@ from reconciler.intercept import plumbing as pl
 from reconciler.intercept.counters import intercept_counters
 from reconciler.intercept.model import Intercept
 from reconciler.intercept.plumbing import PlumbingOperation
-from reconciler.kernel import cgroups as kernel_cgroups
 from reconciler.kernel import links as kernel_links
 from reconciler.kernel import plumbing as kernel_plumbing
 from reconciler.kernel import tc
@@ -38,11 +37,13 @@ from reconciler.kernel.maps import PinnedTables, locked, open_tables
 from reconciler.kernel.programs import Programs
 from reconciler.load.directory import load_directory
 from reconciler.load.schema import Schemas
+from reconciler.steering import host as steering_host
 from reconciler.steering import links as lk
 from reconciler.steering.counters import steering_counters
 from reconciler.steering.links import LinkOperation
 from reconciler.steering.model import Proxy, proxy_netns
 from reconciler.tproxy import cgroups as cg
+from reconciler.tproxy import host as tproxy_host
 from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import CgroupOperation
 from reconciler.tproxy.counters import tproxy_counters, tracked
@@ -102,8 +103,8 @@ def _tproxy_ids(state: DesiredState) -> tuple[int, ...]:
 
 
 def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
-                 facts: kernel_cgroups.HostFacts, plan: AttachPlan) -> None:
-    seen = kernel_cgroups.observe(pin_root)
+                 facts: tproxy_host.HostFacts, plan: AttachPlan) -> None:
+    seen = tproxy_host.observe(pin_root)
     if not state.of(TransparentProxy) and not seen:
         return
     want = cg.wanted(state, pin_root)
@@ -124,7 +125,7 @@ def _cgroup_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
 
 
 def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
-                 facts: kernel_cgroups.HostFacts | None = None) -> AttachPlan:
+                 facts: tproxy_host.HostFacts | None = None) -> AttachPlan:
     want = at.wanted(state.of(Interface)) + at.wanted_intercepts(state.of(Intercept))
     seen = tc.observe(pin_root, [w.hook for w in want])
     plan = AttachPlan()
@@ -134,12 +135,12 @@ def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
             tags = {(w.config, w.hook.direction): programs.tags(w.config, w.hook.direction)
                     for w in want}
         plan = at.compute_attach_plan(want, seen, tags)
-    seen_links = kernel_links.observe(pin_root)
+    seen_links = steering_host.observe(pin_root)
     if state.of(Proxy) or seen_links:
         steer_tags = programs.steer_tags() if programs is not None and state.of(Proxy) else None
         plan.links = lk.compute_link_plan(state, seen_links, steer_tags,
                                           kernel_links.netns_exists(proxy_netns(state)), plan)
-    _cgroup_plan(state, pin_root, programs, facts or kernel_cgroups.HostFacts(), plan)
+    _cgroup_plan(state, pin_root, programs, facts or tproxy_host.HostFacts(), plan)
     want_plumbing = pl.wanted(state.of(Intercept))
     seen_plumbing = kernel_plumbing.observe(pin_root, want_plumbing)
     plan.plumbing = pl.compute_plumbing_plan(want_plumbing, seen_plumbing, plan)
@@ -164,7 +165,7 @@ def _programs_if_possible(tables: PinnedTables, pin_root: Path) -> Programs | No
 def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
          schemas: Schemas | None = None) -> Result:
     state = load_directory(directory, schemas)
-    facts = kernel_cgroups.facts(state, pin_root, create=False)
+    facts = tproxy_host.facts(state, pin_root, create=False)
     tables = open_pinned(pin_root, create=False)
     programs = (_programs_if_possible(tables, pin_root)
                 if state.of(Interface) or state.of(Proxy) or state.of(TransparentProxy) or state.of(Intercept)
@@ -191,7 +192,7 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
                 where: str = "the desired state", memo: CompileMemo | None = None) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock."""
-    facts = kernel_cgroups.facts(state, pin_root, create=True)
+    facts = tproxy_host.facts(state, pin_root, create=True)
     desired = compile_tables(state, memo, facts, pin_root)
     tables: PinnedTables = open_pinned(pin_root, create=True)
     programs = Programs(pin_root)
@@ -233,11 +234,11 @@ class KernelExecutor:
 
     def link(self, op: LinkOperation) -> None:
         if op.action is AttachAction.DETACH:
-            kernel_links.remove(self.pin_root, op.netns)
+            steering_host.remove(self.pin_root, op.netns)
         elif op.action is AttachAction.ATTACH:
-            kernel_links.create(self.pin_root, op.netns, self.programs.load_steer())
+            steering_host.create(self.pin_root, op.netns, self.programs.load_steer())
         else:
-            kernel_links.update(self.pin_root, op.netns, self.programs.load_steer())
+            steering_host.update(self.pin_root, op.netns, self.programs.load_steer())
 
     def filter(self, op: at.AttachOperation) -> None:
         if op.action is AttachAction.DETACH:
@@ -251,11 +252,11 @@ class KernelExecutor:
 
     def cgroup(self, op: CgroupOperation) -> None:
         if op.action is AttachAction.DETACH:
-            kernel_cgroups.remove(self.pin_root, op.hook)
+            tproxy_host.remove(self.pin_root, op.hook)
             return
         assert op.program is not None
         fd = self.programs.load_tproxy(self.tproxy_ids, op.hook.hook, op.program)
         if op.action is AttachAction.ATTACH:
-            kernel_cgroups.create(self.pin_root, op.hook, fd)
+            tproxy_host.create(self.pin_root, op.hook, fd)
         else:
-            kernel_cgroups.update(self.pin_root, op.hook, fd)
+            tproxy_host.update(self.pin_root, op.hook, fd)

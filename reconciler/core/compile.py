@@ -11,7 +11,7 @@ from reconciler.core.state import DesiredState
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from reconciler.kernel.cgroups import HostFacts
+    from reconciler.tproxy.host import HostFacts
 
 
 def compile_tables(state: DesiredState, memo: CompileMemo | None = None,

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from reconciler.kernel.cgroups import HostFacts
+    from reconciler.tproxy.host import HostFacts
 
 M = TypeVar("M")
 

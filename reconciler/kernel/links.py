@@ -1,77 +1,98 @@
-"""The pinned sk_lookup link: observe, create, update, remove (libbpf through ctypes)."""
+"""Pinned BPF links under <pin root>/links/: observe, create, update, remove (libbpf through
+ctypes). Generic: a link attaches a program to a target — a network namespace (sk_lookup)
+or a cgroup (connect4, sock_ops, ...) — and is pinned under a name its data path chooses, so
+that the attachment outlives every process. Replacing the program of a pinned link
+(BPF_LINK_UPDATE) leaves no moment without one."""
 
 from __future__ import annotations
 
 import os
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.errors import KernelStateError
 from reconciler.kernel import libbpf
 from reconciler.kernel.netns import NETNS_DIR
-from reconciler.kernel.programs import BPF_SK_LOOKUP
-from reconciler.steering.links import LINK_PREFIX, SeenLink, netns_of, pin_name
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedLink:
+    name: str  # its pin's file name
+    link_id: int
+    prog_name: str | None
+    tag: str | None  # of the program the link runs
+    target: int  # netns inode or cgroup id the link is attached to (0: detached)
 
 
 def links_dir(pin_root: Path) -> Path:
     return pin_root / "links"
 
 
-def _netns_path(netns: str | None) -> Path:
+def netns_path(netns: str | None) -> Path:
+    """A named namespace's file, or this process's (None)."""
     return NETNS_DIR / netns if netns else Path("/proc/self/ns/net")
 
 
 def netns_exists(netns: str | None) -> bool:
-    return _netns_path(netns).exists()
+    return netns_path(netns).exists()
 
 
-def observe(pin_root: Path) -> list[SeenLink]:
+def netns_inode(netns: str | None) -> int | None:
+    try:
+        return os.stat(netns_path(netns)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def observe(pin_root: Path, prefix: str, cgroup: bool) -> list[PinnedLink]:
+    """The links pinned under names starting with prefix (a half-made "~new" pin aside);
+    cgroup: they are cgroup links (else netns links)."""
     d = links_dir(pin_root)
     if not d.is_dir():
         return []
     out = []
     for name in sorted(os.listdir(d)):
-        if not name.startswith(LINK_PREFIX) or name.endswith("~new"):
+        if not name.startswith(prefix) or name.endswith("~new"):
             continue
-        netns = netns_of(name)
         fd = libbpf.obj_get(str(d / name))
         try:
-            info = libbpf.link_info(fd)
+            info = libbpf.cgroup_link_info(fd) if cgroup else libbpf.link_info(fd)
         finally:
             os.close(fd)
-        try:
-            ino = os.stat(_netns_path(netns)).st_ino
-        except FileNotFoundError:
-            ino = None
-        out.append(SeenLink(netns, info.id, libbpf.prog_name_tag(info.prog_id)[1],
-                            info.netns_ino != 0 and info.netns_ino == ino))
+        prog_name, tag = libbpf.prog_name_tag(info.prog_id)
+        target = info.cgroup_id if cgroup else info.netns_ino
+        out.append(PinnedLink(name, info.id, prog_name, tag, target))
     return out
 
 
-def create(pin_root: Path, netns: str | None, prog_fd: int) -> None:
+def create(pin_root: Path, name: str, target: Path, prog_fd: int, attach_type: int,
+           what: str) -> None:
+    """Attach prog_fd to target (a netns file or a cgroup directory) and pin the link as
+    name, replacing a pin of that name; what names the target in errors."""
     try:
-        ns_fd = os.open(_netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+        target_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KernelStateError(f"network namespace {netns} disappeared while applying") from None
+        raise KernelStateError(f"{what} disappeared while applying") from None
     try:
-        link_fd = libbpf.link_create(prog_fd, ns_fd, BPF_SK_LOOKUP)
+        link_fd = libbpf.link_create(prog_fd, target_fd, attach_type)
     finally:
-        os.close(ns_fd)
+        os.close(target_fd)
     try:
-        libbpf.pin_replacing(link_fd, links_dir(pin_root) / pin_name(netns))
+        libbpf.pin_replacing(link_fd, links_dir(pin_root) / name)
     finally:
         os.close(link_fd)
 
 
-def update(pin_root: Path, netns: str | None, prog_fd: int) -> None:
-    fd = libbpf.obj_get(str(links_dir(pin_root) / pin_name(netns)))
+def update(pin_root: Path, name: str, prog_fd: int) -> None:
+    fd = libbpf.obj_get(str(links_dir(pin_root) / name))
     try:
         libbpf.link_update(fd, prog_fd)
     finally:
         os.close(fd)
 
 
-def remove(pin_root: Path, netns: str | None) -> None:
+def remove(pin_root: Path, name: str) -> None:
     """Unpin: the kernel detaches the program when nothing else holds the link."""
     with suppress(FileNotFoundError):
-        (links_dir(pin_root) / pin_name(netns)).unlink()
+        (links_dir(pin_root) / name).unlink()

@@ -17,7 +17,7 @@ from reconciler.tproxy.model import TrafficMatch, TransparentProxy
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from reconciler.kernel.cgroups import HostFacts
+    from reconciler.tproxy.host import HostFacts
 
 
 def _rule_entries(out: DesiredTables, tp: TransparentProxy, kind: int,

@@ -12,9 +12,9 @@ from reconciler.core.compile import compile_tables
 from reconciler.core.planning import compute_plan
 from reconciler.core.tables import stamp_ok
 from reconciler.inventory import by_owner, documents
-from reconciler.kernel.cgroups import HostFacts
 from reconciler.load.directory import load_directory
 from reconciler.load.schema import SCHEMA_DIR
+from reconciler.tproxy.host import HostFacts
 from tests.unit.helpers import service, tunnel, write_tree
 
 PIN = Path("/sys/fs/bpf/test-registry")

@@ -8,7 +8,6 @@ from reconciler.core import registry
 from reconciler.core import tables as t
 from reconciler.core.attachments import AttachAction, AttachPlan
 from reconciler.core.compile import compile_tables
-from reconciler.kernel.cgroups import HostFacts
 from reconciler.load.directory import load_directory
 from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import (
@@ -19,6 +18,7 @@ from reconciler.tproxy.cgroups import (
     level,
     wanted,
 )
+from reconciler.tproxy.host import HostFacts
 from reconciler.tproxy.model import TransparentProxy
 from tests.unit.helpers import write_tree
 

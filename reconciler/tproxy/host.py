@@ -1,0 +1,66 @@
+"""The cgroup transparent proxy on this host: the facts its entries are made of (the
+Proxies' namespace cookie, cgroup ids) and its pinned cgroup links, observed and changed
+through the kernel shell's generic cgroups and links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.core.state import DesiredState
+from reconciler.kernel import links
+from reconciler.kernel.cgroups import ATTACH_TYPES, cgroup_id, fs_path, hierarchy, netns_cookie
+from reconciler.steering.model import proxy_netns
+from reconciler.tproxy.cgroups import LINK_PREFIX, CgroupHook, SeenCgroup, datapath_cgroup
+from reconciler.tproxy.model import TransparentProxy
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Kernel facts the desired tables of transparent proxies depend on."""
+
+    netns_cookie: int | None = None  # of the Proxies' namespace; None: it does not exist
+    cgroup_ids: dict[str, int] = field(default_factory=dict)  # existing cgroups only
+
+
+def facts(state: DesiredState, pin_root: Path, create: bool) -> HostFacts:
+    """With create, the data path's cgroup is made first (apply); diff creates nothing."""
+    if not state.of(TransparentProxy):
+        return HostFacts()
+    root = hierarchy()
+    mine = datapath_cgroup(pin_root)
+    if create:
+        fs_path(mine, root).mkdir(parents=True, exist_ok=True)
+    paths = {mine}
+    for tp in state.of(TransparentProxy).values():
+        paths.add(tp.cgroup)
+        paths.update(tp.exclude_cgroups)
+    ids = {p: i for p in sorted(paths) if (i := cgroup_id(p, root)) is not None}
+    return HostFacts(netns_cookie(proxy_netns(state)), ids)
+
+
+def observe(pin_root: Path) -> list[SeenCgroup]:
+    root = None
+    out = []
+    for link in links.observe(pin_root, LINK_PREFIX, cgroup=True):
+        hook = CgroupHook.from_pin_name(link.name)
+        if hook is None:
+            continue
+        root = root or hierarchy()
+        here = cgroup_id(hook.cgroup, root)
+        out.append(SeenCgroup(hook, link.link_id, link.prog_name, link.tag,
+                              link.target != 0 and link.target == here))
+    return out
+
+
+def create(pin_root: Path, hook: CgroupHook, prog_fd: int) -> None:
+    links.create(pin_root, hook.pin_name, fs_path(hook.cgroup), prog_fd, ATTACH_TYPES[hook.hook],
+                 f"cgroup {hook.cgroup}")
+
+
+def update(pin_root: Path, hook: CgroupHook, prog_fd: int) -> None:
+    links.update(pin_root, hook.pin_name, prog_fd)
+
+
+def remove(pin_root: Path, hook: CgroupHook) -> None:
+    links.remove(pin_root, hook.pin_name)
