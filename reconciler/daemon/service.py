@@ -49,6 +49,10 @@ RETRY_FIRST, RETRY_CAP = 1.0, 60.0
 # A revision read while git was changing the tree is looked at again this much later (a
 # checkout writes the files first and moves HEAD last, which no file event reports).
 REVISION_RECHECK = 1.0
+# While git holds its index lock (a checkout, merge or commit under way), the directory is
+# half old, half new: a reconcile waits for git, checking this often, for GIT_BUSY_MAX at most
+# (a git that crashed leaves the lock behind; the directory is then loaded anyway).
+GIT_BUSY_EVERY, GIT_BUSY_MAX = 0.25, 30.0
 MAX_LOGGED_ERRORS = 50  # new errors logged per reconcile (status keeps status_report.MAX_STATUS_ERRORS)
 RECENT = 20
 
@@ -83,6 +87,8 @@ class Daemon:
         self.datapath = DataPathKeeper(config)
         self.retry_at: float | None = None
         self.revision_at: float | None = None  # when to read a provisional revision again
+        self.git_busy_since: float | None = None  # git held the index lock since then
+        self.deferred: str | None = None  # the trigger of a reconcile put off while git works
         self.retry_delay = RETRY_FIRST
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = False
@@ -203,7 +209,7 @@ class Daemon:
             if trigger is None and self.retry_at is not None and now >= self.retry_at:
                 trigger = "retry"
             if trigger is None and self.revision_at is not None and now >= self.revision_at:
-                trigger = "revision"
+                trigger = self.deferred or "revision"
             if trigger is not None:
                 self.reconcile(trigger, events)
                 next_resync = time.monotonic() + cfg.resync
@@ -217,7 +223,30 @@ class Daemon:
                 next_watchdog = now + watchdog
 
     # ----- reconciling
+    def _git_busy(self, directory: Path) -> bool:
+        """True (and a look again scheduled) while git changes the directory's work tree."""
+        if self.git is not None or not gitrev.busy(directory):
+            self.git_busy_since = None
+            return False
+        now = time.monotonic()
+        self.git_busy_since = self.git_busy_since or now
+        if now - self.git_busy_since < GIT_BUSY_MAX:
+            self.revision_at = now + GIT_BUSY_EVERY
+            return True
+        log.warning("git has held the index lock of %s for %.0f s; loading it anyway (a git "
+                    "that crashed leaves .git/index.lock behind: remove it)", directory,
+                    now - self.git_busy_since)
+        return False
+
     def reconcile(self, trigger: str, events: int = 0) -> None:
+        if self._git_busy(self.config.directory):
+            # half a checkout is not a state to load; the loop comes back shortly, with the
+            # trigger that was put off
+            self.deferred = self.deferred or trigger
+            with self.lock:
+                self.record.reconciling = None
+            return
+        self.deferred = None
         started = time.monotonic()
         with self.lock:
             self.record.reconciling = {"since": time.time(), "trigger": trigger}

@@ -281,9 +281,10 @@ def test_drift_by_bpftool_and_tc_is_corrected_within_a_resync(env: Env) -> None:
     assert "bpfsync" not in _filters(ns)
     wait_for(lambda: bpftool_dump(verify) == good, 60)
     wait_for(lambda: "bpfsync:ti_ingress" in _filters(ns), 60)
-    s = d.status()
-    assert s["drift"]["correctedOperations"] >= 2
-    assert "drift corrected: Interface/gw" in d.log() and "drift corrected: Service/s" in d.log()
+    # the kernel is right before the daemon records it: wait for the record, not a moment
+    wait_for(lambda: d.status()["drift"]["correctedOperations"] >= 2, 60)
+    wait_for(lambda: "drift corrected: Interface/gw" in (log := d.log())
+             and "drift corrected: Service/s" in log, 60)
 
 
 def test_drift_warn_reports_and_leaves_the_kernel_alone(env: Env) -> None:

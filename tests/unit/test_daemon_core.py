@@ -209,3 +209,21 @@ def test_json_logs_carry_the_reconcile_fields() -> None:
     assert doc["time"].endswith("Z")
     assert TextFormatter().format(record).endswith("reconcile result=applied create=2 "
                                                     "duration_ms=12.5")
+
+
+def test_git_is_busy_while_it_holds_the_index_lock(tmp_path: Path) -> None:
+    """A directory is not loaded while git changes it (a checkout holds .git/index.lock);
+    a subdirectory of the work tree counts too."""
+    import subprocess
+
+    from reconciler.daemon import gitrev
+
+    sub = tmp_path / "repo" / "desired"
+    sub.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    assert not gitrev.busy(sub) and not gitrev.busy(tmp_path)  # (not a repository)
+    lock = tmp_path / "repo" / ".git" / "index.lock"
+    lock.write_text("")
+    assert gitrev.busy(sub) and gitrev.busy(tmp_path / "repo")
+    lock.unlink()
+    assert not gitrev.busy(sub)
