@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 GIT_TIMEOUT = 5.0
+# While git holds its index lock (a checkout, merge or commit under way), the directory is
+# half old, half new: a reconcile waits for git, checking this often, for GIT_BUSY_MAX at most
+# (a git that crashed leaves the lock behind; the directory is then loaded anyway).
+GIT_BUSY_EVERY, GIT_BUSY_MAX = 0.25, 30.0
+log = logging.getLogger("bpfsync.daemon")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +52,24 @@ def busy(directory: Path) -> bool:
         return False
     path = Path(lock.strip())
     return (path if path.is_absolute() else directory / path).exists()
+
+
+class GitWait:
+    """Whether a load is put off because git is changing the directory's work tree."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # git has held the index lock since then
+
+    def busy(self, directory: Path) -> bool:
+        """True while git holds the index lock, for GIT_BUSY_MAX at most."""
+        if not busy(directory):
+            self.since = None
+            return False
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since < GIT_BUSY_MAX:
+            return True
+        log.warning("git has held the index lock of %s for %.0f s; loading it anyway (a git "
+                    "that crashed leaves .git/index.lock behind: remove it)", directory,
+                    now - self.since)
+        return False

@@ -3,15 +3,19 @@ status and metrics threads under the daemon's lock)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.core import drift
+from reconciler.core import drift, registry
 from reconciler.core.attachments import Condition
-from reconciler.core.plan import PrunePolicy
+from reconciler.core.errors import BpfsyncError
+from reconciler.core.plan import Action, Plan, PrunePolicy
+from reconciler.core.state import DesiredState
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,32 @@ class Record:
     corrections: list[dict[str, Any]] = field(default_factory=list)
     maps: dict[str, int] = field(default_factory=dict)
     datapath_error: str | None = None
+
+
+class AlreadyRunning(BpfsyncError):
+    pass
+
+
+def take_lock(run_dir: Path, pin_root: Path) -> int:
+    """The daemon's lock on its run directory (one `bpfsync run` per pin root); its fd."""
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(f"another `bpfsync run` manages pin root {pin_root}"
+                             f" (lock {run_dir / 'daemon.lock'})") from None
+    return fd
+
+
+def kind_counts(state: DesiredState) -> dict[str, int]:
+    return {kind: state.count(kind) for kind in registry.KINDS}
+
+
+def operation_counts(plan: Plan) -> Counter[str]:
+    """Entry and attachment operations of a plan, by action."""
+    out: Counter[str] = Counter({a.value: plan.count(a) for a in Action})
+    for op in plan.attachments.changes():
+        out[op.action.value] += 1
+    return +out

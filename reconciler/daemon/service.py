@@ -9,7 +9,6 @@ the last good state; the next valid save recovers.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import os
@@ -17,15 +16,14 @@ import select
 import signal
 import threading
 import time
-from collections import Counter
 from contextlib import suppress
 from typing import Any
 
 from reconciler import engine
-from reconciler.core import drift, registry
+from reconciler.core import drift
 from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
-from reconciler.core.plan import Action, Plan
+from reconciler.core.plan import Plan
 from reconciler.core.state import DesiredState
 from reconciler.daemon import gitrev
 from reconciler.daemon import report as status_report
@@ -34,7 +32,13 @@ from reconciler.daemon.gitpull import GitFollower
 from reconciler.daemon.heartbeat import Heartbeat
 from reconciler.daemon.keeper import DataPathKeeper
 from reconciler.daemon.notify import Notifier
-from reconciler.daemon.record import DaemonConfig, Record
+from reconciler.daemon.record import (
+    DaemonConfig,
+    Record,
+    kind_counts,
+    operation_counts,
+    take_lock,
+)
 from reconciler.daemon.status import StatusServer
 from reconciler.daemon.watch import DirectoryWatcher
 from reconciler.datapath.supervisor import run_dir
@@ -49,27 +53,8 @@ RETRY_FIRST, RETRY_CAP = 1.0, 60.0
 # A revision read while git was changing the tree is looked at again this much later (a
 # checkout writes the files first and moves HEAD last, which no file event reports).
 REVISION_RECHECK = 1.0
-# While git holds its index lock (a checkout, merge or commit under way), the directory is
-# half old, half new: a reconcile waits for git, checking this often, for GIT_BUSY_MAX at most
-# (a git that crashed leaves the lock behind; the directory is then loaded anyway).
-GIT_BUSY_EVERY, GIT_BUSY_MAX = 0.25, 30.0
 MAX_LOGGED_ERRORS = 50  # new errors logged per reconcile (status keeps status_report.MAX_STATUS_ERRORS)
 RECENT = 20
-
-
-class AlreadyRunning(BpfsyncError):
-    pass
-
-
-def _kind_counts(state: DesiredState) -> dict[str, int]:
-    return {kind: state.count(kind) for kind in registry.KINDS}
-
-
-def _operation_counts(plan: Plan) -> Counter[str]:
-    out: Counter[str] = Counter({a.value: plan.count(a) for a in Action})
-    for op in plan.attachments.changes():
-        out[op.action.value] += 1
-    return +out
 
 
 class Daemon:
@@ -87,7 +72,7 @@ class Daemon:
         self.datapath = DataPathKeeper(config)
         self.retry_at: float | None = None
         self.revision_at: float | None = None  # when to read a provisional revision again
-        self.git_busy_since: float | None = None  # git held the index lock since then
+        self.git_wait = gitrev.GitWait()
         self.deferred: str | None = None  # the trigger of a reconcile put off while git works
         self.retry_delay = RETRY_FIRST
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -124,19 +109,8 @@ class Daemon:
             self._stop = True
 
     # ----- life cycle
-    def _take_lock(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.run_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(f"another `bpfsync run` manages pin root {self.config.pin_root}"
-                                 f" (lock {self.run_dir / 'daemon.lock'})") from None
-        self._lock_fd = fd
-
     def run(self) -> int:
-        self._take_lock()
+        self._lock_fd = take_lock(self.run_dir, self.config.pin_root)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -223,23 +197,9 @@ class Daemon:
                 next_watchdog = now + watchdog
 
     # ----- reconciling
-    def _git_busy(self, directory: Path) -> bool:
-        """True (and a look again scheduled) while git changes the directory's work tree."""
-        if self.git is not None or not gitrev.busy(directory):
-            self.git_busy_since = None
-            return False
-        now = time.monotonic()
-        self.git_busy_since = self.git_busy_since or now
-        if now - self.git_busy_since < GIT_BUSY_MAX:
-            self.revision_at = now + GIT_BUSY_EVERY
-            return True
-        log.warning("git has held the index lock of %s for %.0f s; loading it anyway (a git "
-                    "that crashed leaves .git/index.lock behind: remove it)", directory,
-                    now - self.git_busy_since)
-        return False
-
     def reconcile(self, trigger: str, events: int = 0) -> None:
-        if self._git_busy(self.config.directory):
+        if self.git is None and self.git_wait.busy(self.config.directory):
+            self.revision_at = time.monotonic() + gitrev.GIT_BUSY_EVERY
             # half a checkout is not a state to load; the loop comes back shortly, with the
             # trigger that was put off
             self.deferred = self.deferred or trigger
@@ -364,7 +324,7 @@ class Daemon:
             log.info("desired state valid again")
         self._logged_errors = frozenset()
         plan = result.plan
-        ops = _operation_counts(plan)
+        ops = operation_counts(plan)
         corrected = sum(split.corrected.values())
         fields.update({k: v for k, v in ops.items()})
         fields["drift_corrected"] = corrected or None
@@ -391,7 +351,7 @@ class Daemon:
                           + plan.attachments.conflicts)
             r.held = split.held
             r.waiting = plan.attachments.waiting
-            r.counts = _kind_counts(state)
+            r.counts = kind_counts(state)
             r.operations.update(ops)
             r.corrected_total += corrected
             if split.corrected:
