@@ -26,17 +26,17 @@ from reconciler.core.tables import MapSpec, Observed
 from reconciler.execute import execute
 from reconciler.gue.counters import gue_counters
 from reconciler.gue.model import Interface
+from reconciler.intercept import host as intercept_host
 from reconciler.intercept import plumbing as pl
 from reconciler.intercept.counters import intercept_counters
 from reconciler.intercept.model import Intercept
 from reconciler.intercept.plumbing import PlumbingOperation
 from reconciler.kernel import links as kernel_links
-from reconciler.kernel import plumbing as kernel_plumbing
 from reconciler.kernel import tc
 from reconciler.kernel.maps import PinnedTables, locked, open_tables
-from reconciler.kernel.programs import Programs
 from reconciler.load.directory import load_directory
 from reconciler.load.schema import Schemas
+from reconciler.programs import Programs
 from reconciler.steering import host as steering_host
 from reconciler.steering import links as lk
 from reconciler.steering.counters import steering_counters
@@ -142,7 +142,7 @@ def _attach_plan(state: DesiredState, pin_root: Path, programs: Programs | None,
                                           kernel_links.netns_exists(proxy_netns(state)), plan)
     _cgroup_plan(state, pin_root, programs, facts or tproxy_host.HostFacts(), plan)
     want_plumbing = pl.wanted(state.of(Intercept))
-    seen_plumbing = kernel_plumbing.observe(pin_root, want_plumbing)
+    seen_plumbing = intercept_host.observe(pin_root, want_plumbing)
     plan.plumbing = pl.compute_plumbing_plan(want_plumbing, seen_plumbing, plan)
     plan.forget_hosts = pl.forget(seen_plumbing, want_plumbing)
     return plan
@@ -230,7 +230,7 @@ class KernelExecutor:
 
     def plumbing(self, ops: list[PlumbingOperation], forget: list[str | None]) -> None:
         if ops or forget:
-            kernel_plumbing.execute(self.pin_root, ops, forget)
+            intercept_host.execute(self.pin_root, ops, forget)
 
     def link(self, op: LinkOperation) -> None:
         if op.action is AttachAction.DETACH:

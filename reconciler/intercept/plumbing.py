@@ -1,5 +1,5 @@
 """Host plumbing of redirecting Intercepts, as declared state: what a namespace needs, what
-it has, and the operations between them. Pure; kernel/plumbing.py observes and executes.
+it has, and the operations between them. Pure; intercept/host.py observes and executes.
 
 Per namespace with an Intercept: the policy rule `fwmark MARK/MARK lookup TABLE`,
 the route `local default dev lo table TABLE`, and net.ipv4.conf.lo.accept_local=1 (the seed's

@@ -1,5 +1,6 @@
-"""The BPF programs (TrueIngress TC programs, the sk_lookup steering program): compiled with
-BCC against the pinned tables, tagged, loaded.
+"""BPF programs compiled with BCC against the pinned tables, tagged, loaded. Generic: which
+source, with which flags, and which of its functions is each data path's (their
+programs.py; reconciler/programs.py puts them together for the engine).
 
 A program's tag is computed from its instructions before loading (as the kernel does:
 SHA-256 since 6.18, SHA-1 before, over the instructions with map references zeroed), so an
@@ -11,25 +12,16 @@ from __future__ import annotations
 import hashlib
 import struct
 from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
-from reconciler.attach import Config, InterceptProgram, ProgramConfig, function_of
 from reconciler.core.errors import KernelStateError
 from reconciler.data import data_dir
 from reconciler.kernel.bcc_env import ensure_kernel_source
 
 BPF_DIR = data_dir("bpf")
-SOURCE = BPF_DIR / "trueingress.c"
-STEER_SOURCE = BPF_DIR / "steer.c"
-STEER_FUNCTION = "ps_dispatch"
-TPROXY_SOURCE = BPF_DIR / "tproxy.c"
-INTERCEPT_SOURCE = BPF_DIR / "intercept.c"
+BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_SK_LOOKUP = 30
-BPF_SK_LOOKUP = 36  # expected attach type
-# cgroup programs of transparent proxies: hook -> (program type, expected attach type)
-CGROUP_PROGRAM_TYPES = {"connect4": (18, 10), "connect6": (18, 11), "sock_ops": (13, None),
-                        "getsockopt": (25, 21)}
+BPF_SK_LOOKUP = 36  # its expected attach type
 _LD_IMM64 = 0x18
 _PSEUDO_MAP_FD, _PSEUDO_MAP_VALUE = 1, 2
 
@@ -53,23 +45,15 @@ def program_tags(insns: bytes) -> frozenset[str]:
     return frozenset((hashlib.sha256(data).hexdigest()[:16], hashlib.sha1(data).hexdigest()[:16]))
 
 
-def cflags(pin_root: Path, config: ProgramConfig) -> list[str]:
-    return [f"-I{BPF_DIR}", f'-DTI_PIN_DIR="{pin_root}/maps/"',
-            f"-DTI_ROLE_NODE={int(config.role == 'node')}",
-            f"-DTI_REPLIES_TUNNEL={int(config.replies_tunnel)}",
-            f"-DTI_FIB={int(config.fib_lookup)}"]
+class Compiler:
+    """BCC compilations by key, kept until close(): the loaded programs' fds belong to them.
+    The tables must exist: BCC would otherwise create them, without bpfsync's layout checks."""
 
+    def __init__(self) -> None:
+        self._compiled: dict[Any, Any] = {}
 
-class Programs:
-    """BCC compilations by configuration, kept until close(). The tables must exist: BCC would
-    otherwise create them, without bpfsync's layout checks."""
-
-    def __init__(self, pin_root: Path) -> None:
-        self.pin_root = pin_root
-        self._compiled: dict[Config | str, Any] = {}
-
-    def _compile(self, key: Config | str, source: Path, flags: list[str],
-                 what: str) -> Any:
+    def compile(self, key: Any, source: str, flags: list[str], what: str) -> Any:
+        """bpf/<source> compiled with flags (once per key)."""
         if key not in self._compiled:
             ensure_kernel_source()
             try:
@@ -78,70 +62,29 @@ class Programs:
                 raise KernelStateError(
                     "BCC is not importable (Debian package python3-bpfcc); run "
                     "packaging/install.sh") from exc
+            path = BPF_DIR / source
             try:
-                self._compiled[key] = BPF(src_file=str(source).encode(), cflags=flags)
+                self._compiled[key] = BPF(src_file=str(path).encode(),
+                                          cflags=[f"-I{BPF_DIR}", *flags])
             except Exception as exc:
-                raise KernelStateError(f"compiling {source} ({what}) failed: {exc}") from exc
+                raise KernelStateError(f"compiling {path} ({what}) failed: {exc}") from exc
         return self._compiled[key]
 
-    def _bpf(self, config: Config) -> Any:
-        if isinstance(config, InterceptProgram):
-            return self._compile(config, INTERCEPT_SOURCE, [
-                f"-I{BPF_DIR}", f'-DIC_PIN_DIR="{self.pin_root}/maps/"',
-                f'-DPS_PIN_DIR="{self.pin_root}/maps/"', f"-DIC_ID={config.ic_id}",
-                f"-DIC_MARK={config.mark:#x}", f"-DIC_PROXY_MARK={config.proxy_mark:#x}"],
-                config.describe())
-        return self._compile(config, SOURCE, cflags(self.pin_root, config), config.describe())
+    @staticmethod
+    def tags(bpf: Any, function: str) -> frozenset[str]:
+        return program_tags(bpf.dump_func(function.encode()))
 
-    def _steer(self) -> Any:
-        return self._compile("steer", STEER_SOURCE, [
-            f"-I{BPF_DIR}", f'-DPS_PIN_DIR="{self.pin_root}/maps/"'], "sk_lookup")
-
-    def steer_tags(self) -> frozenset[str]:
-        return program_tags(self._steer().dump_func(STEER_FUNCTION.encode()))
-
-    def load_steer(self) -> int:
-        """The loaded sk_lookup program's fd, owned by the compilation."""
+    @staticmethod
+    def load(bpf: Any, function: str, prog_type: int, attach_type: int | None = None,
+             what: str = "") -> int:
+        """The loaded function's fd, owned by the compilation (closed by close())."""
         try:
-            return self._steer().load_func(STEER_FUNCTION.encode(), BPF_PROG_TYPE_SK_LOOKUP,
-                                           attach_type=BPF_SK_LOOKUP).fd
-        except Exception as exc:
-            raise KernelStateError(f"loading {STEER_FUNCTION} failed: {exc}") from exc
-
-    def _tproxy(self, ids: tuple[int, ...]) -> Any:
-        entries = " ".join(f"TP_CONNECT4({i})" for i in ids)
-        return self._compile(f"tproxy{ids}", TPROXY_SOURCE, [
-            f"-I{BPF_DIR}", f'-DTP_PIN_DIR="{self.pin_root}/maps/"',
-            f'-DPS_PIN_DIR="{self.pin_root}/maps/"', f"-DTP_IDS={entries}"],
-            "transparent proxy")
-
-    def tproxy_tags(self, ids: tuple[int, ...], names: list[str]) -> dict[str, frozenset[str]]:
-        """Acceptable tags of the named cgroup programs, compiled for TransparentProxy ids."""
-        bpf = self._tproxy(ids)
-        return {name: program_tags(bpf.dump_func(name.encode())) for name in names}
-
-    def load_tproxy(self, ids: tuple[int, ...], hook: str, name: str) -> int:
-        prog_type, attach_type = CGROUP_PROGRAM_TYPES[hook]
-        try:
-            fn = self._tproxy(ids).load_func(name.encode(), prog_type, **(
+            fn = bpf.load_func(function.encode(), prog_type, **(
                 {"attach_type": attach_type} if attach_type is not None else {}))
         except Exception as exc:
-            raise KernelStateError(f"loading {name} failed: {exc}") from exc
-        return fn.fd
-
-    def tags(self, config: Config, direction: str) -> frozenset[str]:
-        return program_tags(self._bpf(config).dump_func(function_of(config, direction).encode()))
-
-    def load(self, config: Config, direction: str) -> int:
-        """A loaded TC program's fd, owned by the compilation (closed by close())."""
-        from bcc import BPF
-
-        function = function_of(config, direction)
-        try:
-            return self._bpf(config).load_func(function.encode(), BPF.SCHED_CLS).fd
-        except Exception as exc:
-            raise KernelStateError(f"loading {function} ({config.describe()}) "
+            raise KernelStateError(f"loading {function}{f' ({what})' if what else ''} "
                                    f"failed: {exc}") from exc
+        return fn.fd
 
     def close(self) -> None:
         for bpf in self._compiled.values():

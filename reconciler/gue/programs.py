@@ -1,0 +1,33 @@
+"""The GUE data path's TC programs (bpf/trueingress.c): one compilation per Interface
+configuration (the seed's TABLE-CONFIG as compile-time flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reconciler.attach import FUNCTIONS, ProgramConfig
+from reconciler.kernel.programs import BPF_PROG_TYPE_SCHED_CLS, Compiler
+
+SOURCE = "trueingress.c"
+
+
+def cflags(pin_root: Path, config: ProgramConfig) -> list[str]:
+    return [f'-DTI_PIN_DIR="{pin_root}/maps/"',
+            f"-DTI_ROLE_NODE={int(config.role == 'node')}",
+            f"-DTI_REPLIES_TUNNEL={int(config.replies_tunnel)}",
+            f"-DTI_FIB={int(config.fib_lookup)}"]
+
+
+def compiled(compiler: Compiler, pin_root: Path, config: ProgramConfig) -> Any:
+    return compiler.compile(config, SOURCE, cflags(pin_root, config), config.describe())
+
+
+def tags(compiler: Compiler, pin_root: Path, config: ProgramConfig,
+         direction: str) -> frozenset[str]:
+    return compiler.tags(compiled(compiler, pin_root, config), FUNCTIONS[direction])
+
+
+def load(compiler: Compiler, pin_root: Path, config: ProgramConfig, direction: str) -> int:
+    return compiler.load(compiled(compiler, pin_root, config), FUNCTIONS[direction],
+                         BPF_PROG_TYPE_SCHED_CLS, what=config.describe())
