@@ -41,7 +41,9 @@ def revision(directory: Path) -> Revision | None:
     if not commit:
         return None
     status = _git(directory, "status", "--porcelain", "--untracked-files=normal", "--", ".")
-    return Revision(commit.strip(), bool(status and status.strip()))
+    if status is None:  # failed or timed out (git busy, a loaded host): not known, not clean
+        return None
+    return Revision(commit.strip(), bool(status.strip()))
 
 
 def busy(directory: Path) -> bool:

@@ -72,6 +72,7 @@ class Daemon:
         self.datapath = DataPathKeeper(config)
         self.retry_at: float | None = None
         self.revision_at: float | None = None  # when to read a provisional revision again
+        self.applied_revision: gitrev.Revision | None = None  # recorded by the last apply
         self.git_wait = gitrev.GitWait()
         self.deferred: str | None = None  # the trigger of a reconcile put off while git works
         self.retry_delay = RETRY_FIRST
@@ -235,12 +236,15 @@ class Daemon:
         self._alive()  # a cold load of 100k entries takes seconds: tell systemd we progress
         fields["parsed"] = self.cache.last.parsed
         self.revision_at = None
-        if self.git is None and revision is not None:
+        if self.git is None:
             # The files were read after the revision: if git changed the tree meanwhile (or
             # still is), the pair may not match; the content is applied now and the
-            # revision read again once git is done.
-            after = gitrev.revision(directory)
-            if after != revision or gitrev.busy(directory):
+            # revision read again a second later. So it is when the revision is not the one
+            # applied last: a checkout moves HEAD after the files (no event says when), and
+            # git status may fail or time out on a loaded host.
+            after = gitrev.revision(directory) if directory.is_dir() else None
+            if (after != revision or gitrev.busy(directory) or (
+                    self.applied_revision is not None and after != self.applied_revision)):
                 self.revision_at = time.monotonic() + REVISION_RECHECK
             revision = after
             fields["revision"] = str(revision) if revision else None
@@ -307,6 +311,7 @@ class Daemon:
                      logging.WARNING if new else logging.DEBUG)
 
     def _failed(self, message: str, fields: dict[str, Any], started: float) -> None:
+        self.revision_at = None  # the retry reads the revision again, at the retry's pace
         self.retry_at = time.monotonic() + self.retry_delay
         fields["retry_in_s"] = self.retry_delay
         self.retry_delay = min(RETRY_CAP, self.retry_delay * 2)
@@ -363,6 +368,7 @@ class Daemon:
         with self.lock:
             self.record.last_applied = {**last, "revision": (
                 {"commit": revision.commit, "dirty": revision.dirty} if revision else None)}
+        self.applied_revision = revision
         if self.git is not None and revision is not None:
             self.git.applied(revision.commit)
 

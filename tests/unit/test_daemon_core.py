@@ -227,3 +227,24 @@ def test_git_is_busy_while_it_holds_the_index_lock(tmp_path: Path) -> None:
     assert gitrev.busy(sub) and gitrev.busy(tmp_path / "repo")
     lock.unlink()
     assert not gitrev.busy(sub)
+
+
+def test_a_revision_whose_status_fails_is_unknown_not_clean(tmp_path: Path,
+                                                            monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """git status failing or timing out (a loaded host, git at work) says nothing about the
+    tree: the revision is unknown (and the daemon looks again), never "clean"."""
+    import subprocess
+
+    from reconciler.daemon import gitrev
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "a.yaml").write_text("x: 1\n")
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c",
+                    "user.name=t", "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.invalid", "-c",
+                    "user.name=t", "commit", "-qm", "a"], check=True)
+    assert gitrev.revision(repo) is not None and not gitrev.revision(repo).dirty
+    real = gitrev._git
+    monkeypatch.setattr(gitrev, "_git", lambda d, *a: None if a[0] == "status" else real(d, *a))
+    assert gitrev.revision(repo) is None
