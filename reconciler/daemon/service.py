@@ -208,6 +208,7 @@ class Daemon:
                 self.record.reconciling = None
             return
         self.deferred = None
+        self.revision_at = None  # this reconcile reads the revision; it may ask again below
         started = time.monotonic()
         with self.lock:
             self.record.reconciling = {"since": time.time(), "trigger": trigger}
@@ -235,7 +236,6 @@ class Daemon:
             return
         self._alive()  # a cold load of 100k entries takes seconds: tell systemd we progress
         fields["parsed"] = self.cache.last.parsed
-        self.revision_at = None
         if self.git is None:
             # The files were read after the revision: if git changed the tree meanwhile (or
             # still is), the pair may not match; the content is applied now and the

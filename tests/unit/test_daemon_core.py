@@ -248,3 +248,17 @@ def test_a_revision_whose_status_fails_is_unknown_not_clean(tmp_path: Path,
     real = gitrev._git
     monkeypatch.setattr(gitrev, "_git", lambda d, *a: None if a[0] == "status" else real(d, *a))
     assert gitrev.revision(repo) is None
+
+
+def test_an_invalid_reconcile_leaves_no_second_look_pending(tmp_path: Path) -> None:
+    """A second look at the revision that came due must not outlive a reconcile that found
+    the directory invalid: the loop would run reconcile after reconcile, as fast as it can,
+    until the directory is fixed."""
+    from reconciler.daemon.record import DaemonConfig
+    from reconciler.daemon.service import Daemon
+
+    directory = write_tree(tmp_path / "d", {"bad.yaml": "kind: [\n"})
+    daemon = Daemon(DaemonConfig(directory, tmp_path / "pins"))
+    daemon.revision_at = time.monotonic() - 1  # due: the loop is about to reconcile for it
+    daemon.reconcile("revision")
+    assert daemon.record.errors and daemon.revision_at is None
