@@ -46,7 +46,6 @@ from reconciler.tproxy import cgroups as cg
 from reconciler.tproxy import host as tproxy_host
 from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import CgroupOperation
-from reconciler.tproxy.counters import tproxy_counters, tracked
 from reconciler.tproxy.model import TransparentProxy
 
 
@@ -86,11 +85,6 @@ def read_stats(pin_root: Path) -> dict[str, int]:
 
 def read_steer_stats(pin_root: Path) -> dict[int, dict[str, int]]:
     return read_pinned(pin_root, steering_counters)
-
-
-def read_tproxy(pin_root: Path) -> tuple[dict[int, dict[str, int]], int]:
-    """Transparent-proxy counters by id, and how many connections tp_conns tracks now."""
-    return read_pinned(pin_root, lambda tables: (tproxy_counters(tables), tracked(tables)))
 
 
 def read_intercept_stats(pin_root: Path) -> dict[int, dict[str, int]]:

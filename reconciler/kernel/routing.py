@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from reconciler.core.errors import KernelStateError
 from reconciler.kernel import netns
@@ -80,14 +82,14 @@ def default_routes(name: str | None) -> list[DefaultRoute]:
     return out
 
 
-def _change(name: str | None, add: bool, what: str, change: object) -> None:
+def _change(name: str | None, add: bool, what: str, change: Callable[[Any], object]) -> None:
     from pyroute2.netlink.exceptions import NetlinkError
 
     try:
         with rtnl(name) as ipr:
             if ipr is None:
                 raise KernelStateError(f"network namespace {name} disappeared")
-            change(ipr)  # type: ignore[operator]
+            change(ipr)
     except NetlinkError as exc:
         if not (exc.code == errno.EEXIST and add) and not (
                 exc.code in (errno.ENOENT, errno.ESRCH) and not add):
