@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reconciler import engine  # noqa: E402
+from reconciler.intercept.counters import intercept_counters  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
 
 SENDER = """
@@ -134,7 +135,7 @@ def run(ns: str, device: str, work: Path, pin_root: Path, n: int, repeat: int,
 
 
 def stats_dropped(pin_root: Path) -> int:
-    return engine.read_intercept_stats(pin_root).get(1, {}).get("dropped", 0)
+    return engine.read_pinned(pin_root, intercept_counters).get(1, {}).get("dropped", 0)
 
 
 def main() -> int:

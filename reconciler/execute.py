@@ -2,8 +2,10 @@
 KernelExecutor) or the in-memory fake (reconciler/testing/fake_kernel.py).
 
 1. Upserts, in plan order (the registry's order of tables), one batch per run of a table.
-2. Attachments: host plumbing set up, sk_lookup links, TC filters, cgroup links, plumbing
-   taken down — so a program attached here finds its entries written in 1.
+2. Attachments, in the plan's order (core/attachments.AttachPlan): host state the programs
+   need set up (plumbing), programs attached, replaced or detached (TC filters, sk_lookup
+   links, cgroup links), host state taken down — so a program attached here finds its
+   entries written in 1.
 3. Deletes, in plan order — after the programs that used the entries are gone.
 
 Nothing is rolled back: the first step that fails raises, and every step before it stays
@@ -13,27 +15,21 @@ apply goes the rest of the way without doing anything twice (README "How a plan 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from reconciler.core.attachments import AttachAction
+from reconciler.core.attachments import Step
 from reconciler.core.plan import Operation, Plan
-
-if TYPE_CHECKING:
-    from reconciler.attach import AttachOperation
-    from reconciler.intercept.plumbing import PlumbingOperation
-    from reconciler.steering.links import LinkOperation
-    from reconciler.tproxy.cgroups import CgroupOperation
 
 
 class Executor(Protocol):
-    """One kind of step each; every method is idempotent (writing an entry that is there,
-    detaching what is gone are no-ops) and raises on failure."""
+    """Every method is idempotent (writing an entry that is there, detaching what is gone
+    are no-ops) and raises on failure."""
 
     def write(self, table: str, ops: list[Operation], delete: bool) -> None: ...
-    def plumbing(self, ops: list[PlumbingOperation], forget: list[str | None]) -> None: ...
-    def link(self, op: LinkOperation) -> None: ...
-    def filter(self, op: AttachOperation) -> None: ...
-    def cgroup(self, op: CgroupOperation) -> None: ...
+
+    def attach(self, steps: list[Step]) -> None:
+        """Run the steps in order (each by the part it belongs to)."""
+        ...
 
 
 def execute(plan: Plan, executor: Executor) -> tuple[int, int]:
@@ -43,18 +39,11 @@ def execute(plan: Plan, executor: Executor) -> tuple[int, int]:
         if not is_delete:
             executor.write(table, ops, delete=False)
             written += len(ops)
-    a = plan.attachments
-    executor.plumbing([op for op in a.plumbing if op.action is not AttachAction.DETACH], [])
-    for link in a.links:
-        executor.link(link)
-    for op in a.operations:
-        executor.filter(op)
-    for cop in a.cgroups:
-        executor.cgroup(cop)
-    executor.plumbing([op for op in a.plumbing if op.action is AttachAction.DETACH],
-                      a.forget_hosts)
+    steps = plan.attachments.changes()
+    if steps:
+        executor.attach(steps)
     for table, is_delete, ops in plan.batches():
         if is_delete:
             executor.write(table, ops, delete=True)
             written += len(ops)
-    return written, len(a.changes())
+    return written, len(steps)

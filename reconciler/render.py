@@ -7,18 +7,14 @@ import json
 from collections import Counter
 from typing import Any
 
-from reconciler.attach import AttachOperation
 from reconciler.core import registry
-from reconciler.core.attachments import AttachAction
+from reconciler.core.attachments import AttachAction, Step
 from reconciler.core.plan import Action, Operation, Plan
 from reconciler.core.state import DesiredState
 from reconciler.intercept import tables as ict
-from reconciler.intercept.plumbing import SYSCTL, PlumbingOperation
 from reconciler.load.secrets import Secret
 from reconciler.steering import tables as st
-from reconciler.steering.links import LinkOperation
 from reconciler.tproxy import tables as tpt
-from reconciler.tproxy.cgroups import CgroupOperation
 
 SENSITIVE = "(sensitive)"
 EXPANDED = (st.STEER.name, tpt.TP_RULES.name, ict.IC_RULES.name)  # destinations x ports
@@ -102,14 +98,11 @@ def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
     return lines
 
 
-AnyAttach = AttachOperation | LinkOperation | CgroupOperation | PlumbingOperation
-
-
-def _attach_ops(plan: Plan) -> list[AnyAttach]:
+def _attach_ops(plan: Plan) -> list[Step]:
     return plan.attachments.changes()
 
 
-def _attach_line(op: AnyAttach) -> str:
+def _attach_line(op: Step) -> str:
     line = f"  {op.action.sign} {op.describe()}"
     return line if op.action is AttachAction.ATTACH else f"{line}  ({op.reason})"
 
@@ -188,35 +181,9 @@ def _op_json(op: Operation) -> dict[str, Any]:
     }
 
 
-def _attach_json(op: AnyAttach) -> dict[str, Any]:
-    if isinstance(op, PlumbingOperation):
-        item: dict[str, Any] = {"type": op.item, "netns": op.netns}
-        if op.rule is not None:
-            item.update(priority=op.rule.priority, fwmark=op.rule.mark, mask=op.rule.mask,
-                        table=op.rule.table)
-        elif op.item == "route":
-            item.update(route="local default dev lo", table=op.table)
-        else:
-            item.update(sysctl=SYSCTL, value=op.value)
-        return {"action": op.action.value, "resource": op.owner, "plumbing": item,
-                "reason": op.reason, "drift": op.drift}
-    if isinstance(op, CgroupOperation):
-        return {"action": op.action.value, "resource": op.owner,
-                "link": {"type": "cgroup", "cgroup": op.hook.cgroup, "hook": op.hook.hook},
-                "program": op.program, "reason": op.reason, "drift": op.drift}
-    if isinstance(op, LinkOperation):
-        return {"action": op.action.value, "resource": op.owner,
-                "link": {"type": "sk_lookup", "netns": op.netns}, "program": "ps_dispatch",
-                "reason": op.reason, "drift": op.drift}
-    return {
-        "action": op.action.value,
-        "resource": op.owner,
-        "hook": {"device": op.hook.device, "netns": op.hook.netns,
-                 "direction": op.hook.direction, "priority": op.priority},
-        "program": op.describe().split(": ", 1)[1],
-        "reason": op.reason,
-        "drift": op.drift,
-    }
+def _attach_json(op: Step) -> dict[str, Any]:
+    return {"action": op.action.value, "resource": op.owner, **op.target.to_json(),
+            "reason": op.reason, "drift": op.drift}
 
 
 def plan_json(plan: Plan, state: DesiredState | None = None) -> str:

@@ -19,6 +19,7 @@ from reconciler.cli.common import (
 )
 from reconciler.core import registry
 from reconciler.core.capability import Kind
+from reconciler.counters import read_stats, read_steer_stats
 from reconciler.steering import tables as steering_tables
 from reconciler.steering.inventory import proxies
 from reconciler.steering.tables import proxy_names
@@ -66,8 +67,8 @@ def _table(docs: list[dict]) -> str:
 
 def _get_stats(args: argparse.Namespace) -> int:
     root = pin_root(args)
-    stats = engine.read_stats(root)
-    steer = engine.read_steer_stats(root)
+    stats = read_stats(root)
+    steer = read_steer_stats(root)
     if any(steer.get(0, {}).values()) or len(steer) > 1:
         names = proxy_names(engine.read_observed(root, (steering_tables.PROXY,)))
         for slot, counters in sorted(steer.items()):
@@ -106,7 +107,7 @@ def _get_proxies(args: argparse.Namespace) -> int:
 
     root = pin_root(args)
     docs = proxies(engine.read_observed(root, (steering_tables.PROXY, steering_tables.STEER)),
-                             engine.read_steer_stats(root),
+                             read_steer_stats(root),
                              read_datapath_status(root))
 
     def rows() -> list[tuple[str, ...]]:

@@ -1,20 +1,28 @@
-"""What attaching programs shares, whatever the data path: a TC hook and what the kernel
-holds there, the actions, and the attachment part of a plan (TC filters, sk_lookup links,
-cgroup links, host plumbing). A filter is bpfsync's when it sits at bpfsync's handle with a
-name starting with FILTER_PREFIX; anything else is foreign and never touched.
+"""The one protocol every attachment follows, whatever the data path: TC filters, sk_lookup
+links, cgroup links and host plumbing are each an attachment *part* that observes what the
+kernel holds, plans Steps against what the desired state wants (pure), and executes them.
+
+A Step is an action on a Target; the Target (each part's own dataclass) says what and where,
+how it is shown, and in which Phase it runs. Planning returns conditions (waiting, conflict,
+warning) beside the steps instead of writing into a shared plan.
+
+Also here: a TC hook and what the kernel holds there. A filter is bpfsync's when it sits at
+bpfsync's handle with a name starting with FILTER_PREFIX; anything else is foreign and never
+touched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING
+from enum import Enum, IntEnum
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from reconciler.attach import AttachOperation
-    from reconciler.intercept.plumbing import PlumbingOperation
-    from reconciler.steering.links import LinkOperation
-    from reconciler.tproxy.cgroups import CgroupOperation
+    from pathlib import Path
+
+    from reconciler.core.state import DesiredState
+    from reconciler.kernel.programs import Compiler
 
 WAITING, CONFLICT, WARNING = "waiting", "conflict", "warning"
 
@@ -123,24 +131,154 @@ class AttachAction(Enum):
         return {"attach": "+", "replace": "~", "detach": "-"}[self.value]
 
 
+class Phase(IntEnum):
+    """When a step runs within the attachments of an apply (execute.py): host state the
+    programs need is set up before any program and taken down after them."""
+
+    SETUP = 0
+    PROGRAMS = 1
+    TEARDOWN = 2
+
+
+class Target(Protocol):
+    """What a step acts on: a part's own frozen dataclass."""
+
+    def describe(self) -> str:
+        """One line, without values that could hold secrets: as diff shows it."""
+        ...
+
+    def to_json(self) -> dict[str, Any]:
+        """Its fields in the JSON plan (e.g. {"hook": {...}, "program": ...})."""
+        ...
+
+    @property
+    def place(self) -> str:
+        """What it attaches to, the same whatever the action and program: the in-memory
+        kernel (reconciler/testing) keys what is attached on it."""
+        ...
+
+    def phase(self, action: AttachAction) -> Phase: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One attachment change: action on target, for owner ("Kind/name"; made up for what no
+    resource claims), with the reason diff prints. drift: the kernel was changed outside
+    bpfsync (the daemon's drift policy decides), rather than the YAML."""
+
+    action: AttachAction
+    target: Any  # a Target
+    owner: str
+    reason: str
+    drift: bool = False
+
+    def describe(self) -> str:
+        return str(self.target.describe())
+
+    @property
+    def phase(self) -> Phase:
+        return Phase(self.target.phase(self.action))
+
+    @property
+    def is_change(self) -> bool | None:
+        """Drift or change as far as the step itself tells: drift when it repairs what was
+        altered outside bpfsync; a change when it removes what no resource wants (its owner
+        is gone); None: the owner's history decides (core/drift.py)."""
+        if self.drift:
+            return False
+        return True if self.action is AttachAction.DETACH else None
+
+
+@dataclass
+class Planned:
+    """What one part's planning found: the steps in its own order, the conditions of the
+    resources it could not (yet) attach, and how many attachments were already right."""
+
+    steps: list[Step] = field(default_factory=list)
+    conditions: list[Condition] = field(default_factory=list)
+    in_place: int = 0
+
+    def condition(self, owner: str, message: str, kind: str) -> None:
+        self.conditions.append(Condition(owner, message, kind))
+
+
 @dataclass
 class AttachPlan:
-    operations: list[AttachOperation] = field(default_factory=list)
-    conflicts: list[Condition] = field(default_factory=list)  # foreign things in our place
-    warnings: list[Condition] = field(default_factory=list)
-    waiting: list[Condition] = field(default_factory=list)  # what does not exist yet
+    """The attachment half of a plan: every part's steps, in execution order (by phase, then
+    the parts' order, then each part's own), and their conditions."""
+
+    steps: list[Step] = field(default_factory=list)
+    conditions: list[Condition] = field(default_factory=list)
     in_place: int = 0  # attachments already right
-    links: list[LinkOperation] = field(default_factory=list)  # the sk_lookup link
-    cgroups: list[CgroupOperation] = field(default_factory=list)  # transparent proxies' links
-    plumbing: list[PlumbingOperation] = field(default_factory=list)  # Intercepts' routing
-    forget_hosts: list[str | None] = field(default_factory=list)  # ic_host records to drop
 
-    def changes(self) -> list[AttachOperation | LinkOperation | CgroupOperation
-                              | PlumbingOperation]:
-        """Every attachment operation, in execution order: routing is set up before the
-        programs that need it and taken down after them."""
-        up = [op for op in self.plumbing if op.action is not AttachAction.DETACH]
-        down = [op for op in self.plumbing if op.action is AttachAction.DETACH]
-        return [*up, *self.links, *self.operations, *self.cgroups, *down]
+    @classmethod
+    def of(cls, parts: list[Planned]) -> AttachPlan:
+        steps = [s for p in parts for s in p.steps]
+        steps.sort(key=lambda s: s.phase)  # stable: within a phase, the parts' order
+        return cls(steps, [c for p in parts for c in p.conditions],
+                   sum(p.in_place for p in parts))
+
+    def _kind(self, kind: str) -> list[Condition]:
+        return [c for c in self.conditions if c.kind == kind]
+
+    @property
+    def conflicts(self) -> list[Condition]:
+        """Foreign things in bpfsync's place: nothing is applied while there is one."""
+        return self._kind(CONFLICT)
+
+    @property
+    def waiting(self) -> list[Condition]:
+        """What does not exist yet (devices, namespaces, cgroups)."""
+        return self._kind(WAITING)
+
+    @property
+    def warnings(self) -> list[Condition]:
+        return self._kind(WARNING)
+
+    def changes(self) -> list[Step]:
+        return list(self.steps)
 
 
+@dataclass(frozen=True)
+class AttachContext:
+    """What a part plans and executes with: the desired state, the pin root, the compiler
+    (None when programs cannot be compiled yet: the pinned tables they use do not exist, so
+    any attached program is taken as current) and each data path's host facts by
+    capability name (Capability.facts)."""
+
+    state: DesiredState
+    pin_root: Path
+    compiler: Compiler | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Attachments:
+    """An attachment part. plan(context): observe the kernel and return the steps from what
+    is to what context.state wants (the diff itself pure, in the part's planner module).
+    execute(context, steps): run a run of consecutive steps of this part, in order; each
+    idempotent (attaching what is there, detaching what is gone are no-ops); raises on
+    failure. targets: the Target types its steps carry (how a step finds its part)."""
+
+    name: str
+    targets: tuple[type, ...]
+    plan: Callable[[AttachContext], Planned]
+    execute: Callable[[AttachContext, list[Step]], None]
+
+
+def runs(steps: list[Step], part_of: Callable[[Step], Attachments]
+         ) -> Iterator[tuple[Attachments, list[Step]]]:
+    """Consecutive steps grouped by the part that executes them, in order."""
+    group: list[Step] = []
+    part: Attachments | None = None
+    for step in steps:
+        this = part_of(step)
+        if group and this is not part:
+            assert part is not None
+            yield part, group
+            group = []
+        part = this
+        group.append(step)
+    if group:
+        assert part is not None
+        yield part, group

@@ -15,11 +15,14 @@ from reconciler.core.tables import Codec, MapSpec
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from reconciler.core.attachments import Attachments
     from reconciler.core.desired import CompileContext, DesiredTables
+    from reconciler.core.filters import Wanted
     from reconciler.core.findings import Finding
     from reconciler.core.model import Resource
     from reconciler.core.state import DesiredState
     from reconciler.kernel.maps import PinnedTables
+    from reconciler.kernel.programs import Compiler
     from reconciler.load.build import Spec
 
 Build = Callable[["Spec"], "Resource | None"]
@@ -45,6 +48,22 @@ class Kind:
     row: Row | None = None
     unrow: Unrow | None = None
     inventory: Inventory | None = None
+
+
+@dataclass(frozen=True)
+class TcPrograms:
+    """A data path's TC programs, planned with every other data path's by one planner
+    (core/filters.py). wanted(state): the hooks its resources want, each with a
+    configuration of type config; tags / load (compiler, pin root, configuration,
+    direction): the acceptable tags of that program / a loaded fd of it. kind and functions:
+    whose a leftover filter is, told by the function its name carries."""
+
+    kind: str
+    config: type
+    functions: frozenset[str]
+    wanted: Callable[[DesiredState], list[Wanted]]
+    tags: Callable[[Compiler, Path, Any, str], frozenset[str]]
+    load: Callable[[Compiler, Path, Any, str], int]
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,11 @@ class Capability:
     - cross_check(state, invalid): problems across resources that a schema cannot express;
       invalid holds the refs of resources that failed on their own (no consequential errors).
     - compile(out, state, context): the entries its resources want, put into out; pure.
+    - facts(state, pin root, create): what this host holds that its entries and attachments
+      depend on (e.g. cgroup ids), read before compiling; with create (apply, not diff),
+      what must exist first is made. The engine hands it back by capability name.
+    - tc: its TC programs (planned with the others'); attachments: its other attachment
+      part (core/attachments.py: links, cgroup links, host plumbing), in registry order.
     - status(context): its sections of the daemon's status document (key -> value); the
       kernel is read through context.read, and a section says what it could not read
       rather than failing the document.
@@ -93,3 +117,6 @@ class Capability:
     maps: tuple[MapSpec, ...] = ()
     created_by_bcc: tuple[MapSpec, ...] = field(default=())
     status: Callable[[StatusContext], dict[str, Any]] | None = None
+    facts: Callable[[DesiredState, Path, bool], Any] | None = None
+    tc: TcPrograms | None = None
+    attachments: Attachments | None = None

@@ -9,15 +9,17 @@ from reconciler.core.desired import CompileContext, CompileMemo, DesiredTables
 from reconciler.core.state import DesiredState
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
-
-    from reconciler.tproxy.host import HostFacts
+    from typing import Any
 
 
 def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
-                   facts: HostFacts | None = None, pin_root: Path | None = None) -> DesiredTables:
+                   facts: Mapping[str, Any] | None = None,
+                   pin_root: Path | None = None) -> DesiredTables:
     """The entries state wants in every owned table (each present, if empty). memo: the
-    daemon's, kept between reconciles; facts and pin_root are needed by TransparentProxies."""
+    daemon's, kept between reconciles; facts (registry.host_facts) and pin_root: what the
+    entries of some data paths are made of (core/desired.CompileContext)."""
     out = DesiredTables.empty(registry.OWNED_TABLES)
     context = CompileContext(memo, facts, pin_root)
     for capability in registry.CAPABILITIES:

@@ -9,10 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from reconciler.core.tables import Entries, MapSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
     from pathlib import Path
-
-    from reconciler.tproxy.host import HostFacts
 
 M = TypeVar("M")
 
@@ -53,9 +51,9 @@ class CompileMemo:
 @dataclass(frozen=True)
 class CompileContext:
     """What compiling may need beyond the resources: the daemon's memo (None: compile from
-    scratch), the host facts and pin root a TransparentProxy's entries are made of (None:
-    not known, e.g. in unit tests without them; such entries are then not compiled)."""
+    scratch), each data path's host facts by capability name (Capability.facts) and the pin
+    root (None: not known, e.g. in unit tests; entries made of them are then not compiled)."""
 
     memo: CompileMemo | None = None
-    facts: HostFacts | None = None
+    facts: Mapping[str, Any] | None = None
     pin_root: Path | None = None

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.attachments import AttachAction, AttachPlan
+from reconciler.core.attachments import AttachPlan
 from reconciler.core.plan import Action, Plan
 from reconciler.core.state import DesiredState
 
@@ -100,23 +100,12 @@ def split(plan: Plan, state: DesiredState, before: DesiredState | None, default:
                 change=(not op.drift or c.before is None) if op.action is Action.DELETE
                 else None)]
     a = plan.attachments
+    # Step.is_change: removing what no resource wants is a change (its owner was removed),
+    # repairing what was altered outside bpfsync is drift (but without a baseline everything
+    # is a change); else the owner's history decides
     out.apply.attachments = AttachPlan(
-        # a program of ours at a hook no Interface wants any more: the Interface was removed
-        operations=[op for op in a.operations
-                    if keep(op.owner, f"{op.action.value} program at {op.hook}",
-                            True if op.action is AttachAction.DETACH else None)],
-        conflicts=a.conflicts, warnings=a.warnings, waiting=a.waiting, in_place=a.in_place,
-        links=[op for op in a.links
-               if keep(op.owner, f"{op.action.value} sk_lookup link"
-                                 f"{' in ' + op.netns if op.netns else ''}",
-                       True if op.action is AttachAction.DETACH else None)],
-        cgroups=[op for op in a.cgroups
-                 if keep(op.owner, f"{op.action.value} {op.hook} link",
-                         True if op.action is AttachAction.DETACH else None)],
-        # removing plumbing nobody declares is a change; restoring what was removed is drift
-        plumbing=[op for op in a.plumbing
-                  if keep(op.owner, f"{op.action.value} {op.describe()}",
-                          True if op.action is AttachAction.DETACH and not op.drift
-                          else (False if op.drift else None))],
-        forget_hosts=a.forget_hosts)
+        [op for op in a.steps
+         if keep(op.owner, f"{op.action.value} {op.describe()}",
+                 None if op.is_change is False and c.before is None else op.is_change)],
+        a.conditions, a.in_place)
     return out

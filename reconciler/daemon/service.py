@@ -25,6 +25,7 @@ from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.core.plan import Plan
 from reconciler.core.state import DesiredState
+from reconciler.counters import read_stats
 from reconciler.daemon import gitrev
 from reconciler.daemon import report as status_report
 from reconciler.daemon.debounce import Debouncer
@@ -121,7 +122,7 @@ class Daemon:
             from reconciler.daemon import metrics
 
             self.metrics_address = metrics.serve(self.config.metrics, self.report,
-                                                 lambda: engine.read_stats(self.config.pin_root))
+                                                 lambda: read_stats(self.config.pin_root))
         if self.git is not None:
             self.git.start()
             log.info("following %s of %s, directory %s (fetch every %gs, pin root %s)",

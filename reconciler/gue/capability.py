@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reconciler.core.capability import Capability, Kind
+from reconciler.core.capability import Capability, Kind, TcPrograms
+from reconciler.gue import hooks, programs
 from reconciler.gue import tables as gt
 from reconciler.gue.build import (
     build_interface,
@@ -39,4 +40,6 @@ GUE = Capability(
     cross_check=cross_check,
     status=gue_status,
     compile=compile_gue,
+    tc=TcPrograms("Interface", hooks.ProgramConfig, frozenset(hooks.FUNCTIONS.values()),
+                  hooks.wanted, programs.tags, programs.load),
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reconciler.attach import FUNCTIONS, ProgramConfig
+from reconciler.gue.hooks import ProgramConfig
 from reconciler.kernel.programs import BPF_PROG_TYPE_SCHED_CLS, Compiler
 
 SOURCE = "trueingress.c"
@@ -25,9 +25,9 @@ def compiled(compiler: Compiler, pin_root: Path, config: ProgramConfig) -> Any:
 
 def tags(compiler: Compiler, pin_root: Path, config: ProgramConfig,
          direction: str) -> frozenset[str]:
-    return compiler.tags(compiled(compiler, pin_root, config), FUNCTIONS[direction])
+    return compiler.tags(compiled(compiler, pin_root, config), config.function(direction))
 
 
 def load(compiler: Compiler, pin_root: Path, config: ProgramConfig, direction: str) -> int:
-    return compiler.load(compiled(compiler, pin_root, config), FUNCTIONS[direction],
+    return compiler.load(compiled(compiler, pin_root, config), config.function(direction),
                          BPF_PROG_TYPE_SCHED_CLS, what=config.describe())

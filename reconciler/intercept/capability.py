@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from reconciler.core.capability import Capability, Kind
+from reconciler.core.capability import Capability, Kind, TcPrograms
+from reconciler.intercept import hooks, programs
 from reconciler.intercept import tables as ict
+from reconciler.intercept.attach import PLUMBING
 from reconciler.intercept.build import build_intercept
 from reconciler.intercept.checks import cross_check
 from reconciler.intercept.compile import compile_intercepts
@@ -21,4 +23,7 @@ INTERCEPT = Capability(
     cross_check=cross_check,
     status=intercept_status,
     compile=compile_intercepts,
+    tc=TcPrograms("Intercept", hooks.InterceptProgram, hooks.FUNCTIONS, hooks.wanted,
+                  programs.tags, programs.load),
+    attachments=PLUMBING,
 )

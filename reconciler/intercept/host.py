@@ -10,12 +10,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from reconciler.core.attachments import AttachAction
+from reconciler.core.attachments import AttachAction, Step
 from reconciler.core.errors import KernelStateError
 from reconciler.intercept import tables as ict
 from reconciler.intercept.plumbing import (
     RTPROT_BPFSYNC,
-    PlumbingOperation,
+    Plumbing,
     PolicyRule,
     Record,
     SeenPlumbing,
@@ -83,44 +83,46 @@ def _set_record(pin_root: Path, name: str | None, record: Record | None) -> None
         os.close(fd)
 
 
-def _record_first(pin_root: Path, op: PlumbingOperation, ops: list[PlumbingOperation],
+def _record_first(pin_root: Path, netns: str | None, steps: list[Step],
                   seen: dict[str | None, Record]) -> None:
     """The namespace's record, written before its first change (with the sysctl's value
     before it, when a sysctl is among the changes)."""
-    cookie = netns_cookie(op.netns)
+    cookie = netns_cookie(netns)
     if cookie is None:
-        raise KernelStateError(f"network namespace {op.netns} disappeared while applying")
-    rec = seen.get(op.netns)
+        raise KernelStateError(f"network namespace {netns} disappeared while applying")
+    rec = seen.get(netns)
     if rec is None or rec.cookie != cookie:
-        sysctl = next((o for o in ops if o.netns == op.netns and o.item == "sysctl"
-                       and o.action is not AttachAction.DETACH), None)
+        sysctl = next((s.target for s in steps if s.target.netns == netns
+                       and s.target.item == "sysctl" and s.action is not AttachAction.DETACH),
+                      None)
         before = sysctl.before if sysctl and sysctl.before is not None else (
             ict.IC_SYSCTL_UNTOUCHED)
-        _set_record(pin_root, op.netns, Record(cookie, before))
+        _set_record(pin_root, netns, Record(cookie, before))
 
 
-def execute(pin_root: Path, ops: list[PlumbingOperation], forget: list[str | None]) -> None:
-    """Run the operations in order. Before the first change in a namespace its record is
-    written, so that an interrupted apply can still be undone exactly; records of
-    namespaces left behind are dropped at the end."""
+def execute(pin_root: Path, steps: list[Step]) -> None:
+    """Run the steps (their targets: Plumbing) in order. Before the first change in a
+    namespace its record is written, so that an interrupted apply can still be undone
+    exactly; a "record" step drops the record of a namespace left behind."""
     recorded: set[str | None] = set()
-    seen_records = records(pin_root) if ops else {}
-    for op in ops:
-        add = op.action is not AttachAction.DETACH
-        if add and op.netns not in recorded:
-            _record_first(pin_root, op, ops, seen_records)
-            recorded.add(op.netns)
-        if op.item == "sysctl":
+    seen_records = records(pin_root) if steps else {}
+    for step in steps:
+        p: Plumbing = step.target
+        add = step.action is not AttachAction.DETACH
+        if add and p.netns not in recorded:
+            _record_first(pin_root, p.netns, steps, seen_records)
+            recorded.add(p.netns)
+        if p.item == "record":
+            _set_record(pin_root, p.netns, None)
+        elif p.item == "sysctl":
             try:
-                routing.write_sysctl(op.netns, ACCEPT_LOCAL, op.value)
+                routing.write_sysctl(p.netns, ACCEPT_LOCAL, p.value)
             except OSError as exc:
-                raise KernelStateError(f"{op.describe()}: {exc}") from exc
-        elif op.item == "rule":
-            assert op.rule is not None
-            r = op.rule
-            routing.change_rule(op.netns, add, routing.Rule(r.priority, r.mark, r.mask, r.table),
-                                RTPROT_BPFSYNC, op.describe())
+                raise KernelStateError(f"{p.describe()}: {exc}") from exc
+        elif p.item == "rule":
+            assert p.rule is not None
+            r = p.rule
+            routing.change_rule(p.netns, add, routing.Rule(r.priority, r.mark, r.mask, r.table),
+                                RTPROT_BPFSYNC, p.describe())
         else:
-            routing.change_local_default(op.netns, add, op.table, RTPROT_BPFSYNC, op.describe())
-    for name in forget:
-        _set_record(pin_root, name, None)
+            routing.change_local_default(p.netns, add, p.table, RTPROT_BPFSYNC, p.describe())

@@ -1,5 +1,6 @@
 """Host plumbing of redirecting Intercepts, as declared state: what a namespace needs, what
-it has, and the operations between them. Pure; intercept/host.py observes and executes.
+it has, and the steps between them (core/attachments.py). Pure; intercept/attach.py
+observes and executes through intercept/host.py.
 
 Per namespace with an Intercept: the policy rule `fwmark MARK/MARK lookup TABLE`,
 the route `local default dev lo table TABLE`, and net.ipv4.conf.lo.accept_local=1 (the seed's
@@ -13,14 +14,11 @@ the last redirecting Intercept of the namespace goes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
-from reconciler.core.attachments import CONFLICT, WAITING, AttachAction, Condition
+from reconciler.core.attachments import CONFLICT, WAITING, AttachAction, Phase, Planned, Step
 from reconciler.intercept import tables as ict
 from reconciler.intercept.model import Intercept, Routing
-
-if TYPE_CHECKING:
-    from reconciler.core.attachments import AttachPlan
 
 RTPROT_BPFSYNC = 181
 SYSCTL = "net.ipv4.conf.lo.accept_local"
@@ -78,17 +76,17 @@ class SeenPlumbing:
 
 
 @dataclass(frozen=True, slots=True)
-class PlumbingOperation:
-    action: AttachAction
+class Plumbing:
+    """One piece of a namespace's plumbing (netns None: the host's): item "rule", "route",
+    "sysctl", or "record" (bpfsync's ic_host record of it, forgotten once the plumbing is
+    gone)."""
+
     netns: str | None
-    item: str  # "rule", "route" or "sysctl"
+    item: str
     rule: PolicyRule | None = None  # rule
     table: int = 0  # route
     value: int = 0  # sysctl: the value to write
     before: int | None = None  # sysctl: the value to remember (set) or restore (remove)
-    owner: str = ORPHAN_OWNER
-    reason: str = ""
-    drift: bool = False
 
     @property
     def where(self) -> str:
@@ -99,9 +97,32 @@ class PlumbingOperation:
             what = str(self.rule)
         elif self.item == "route":
             what = f"ip route local default dev lo table {self.table}"
-        else:
+        elif self.item == "sysctl":
             what = f"sysctl {SYSCTL}={self.value}"
+        else:
+            what = "bpfsync's record of its plumbing (ic_host)"
         return f"{what} ({self.where})"
+
+    @property
+    def place(self) -> str:
+        what = {"rule": str(self.rule), "route": f"route table {self.table}",
+                "sysctl": f"sysctl {SYSCTL}"}.get(self.item, "record")
+        return f"{what} ({self.where})"
+
+    def to_json(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"type": self.item, "netns": self.netns}
+        if self.rule is not None:
+            r = self.rule
+            item.update(priority=r.priority, fwmark=r.mark, mask=r.mask, table=r.table)
+        elif self.item == "route":
+            item.update(route="local default dev lo", table=self.table)
+        elif self.item == "sysctl":
+            item.update(sysctl=SYSCTL, value=self.value)
+        return {"plumbing": item}
+
+    def phase(self, action: AttachAction) -> Phase:
+        """Set up before the programs that need it, taken down after them."""
+        return Phase.TEARDOWN if action is AttachAction.DETACH else Phase.SETUP
 
 
 def wanted(intercepts: dict[str, Intercept]) -> dict[str | None, WantedPlumbing]:
@@ -115,88 +136,90 @@ def wanted(intercepts: dict[str, Intercept]) -> dict[str | None, WantedPlumbing]
     return out
 
 
-def _add(seen: SeenPlumbing, w: WantedPlumbing, plan: AttachPlan,
-         ops: list[PlumbingOperation]) -> None:
+def _step(out: Planned, action: AttachAction, target: Plumbing, owner: str, reason: str,
+          drift: bool = False) -> None:
+    out.steps.append(Step(action, target, owner, reason, drift))
+
+
+def _add(seen: SeenPlumbing, w: WantedPlumbing, out: Planned) -> None:
     # Drift, not news: bpfsync had made plumbing in this namespace and a part is gone.
     made = seen.current_record is not None
     rule = w.rule
+    gone = "removed outside bpfsync" if made else "redirected connections need it"
     for r in seen.rules:
         if r != rule:
-            ops.append(PlumbingOperation(AttachAction.DETACH, w.netns, "rule", rule=r,
-                                         owner=w.owner, reason="routing changed"))
+            _step(out, AttachAction.DETACH, Plumbing(w.netns, "rule", rule=r), w.owner,
+                  "routing changed")
     if rule in seen.rules:
-        plan.in_place += 1
+        out.in_place += 1
     else:
-        ops.append(PlumbingOperation(AttachAction.ATTACH, w.netns, "rule", rule=rule,
-                                     owner=w.owner, drift=made,
-                                     reason="removed outside bpfsync" if made else
-                                     "redirected connections need it"))
+        _step(out, AttachAction.ATTACH, Plumbing(w.netns, "rule", rule=rule), w.owner, gone,
+              made)
     table = w.routing.table
     for tbl in seen.routes:
         if tbl != table:
-            ops.append(PlumbingOperation(AttachAction.DETACH, w.netns, "route", table=tbl,
-                                         owner=w.owner, reason="routing changed"))
+            _step(out, AttachAction.DETACH, Plumbing(w.netns, "route", table=tbl), w.owner,
+                  "routing changed")
     if table in seen.routes:
-        plan.in_place += 1
+        out.in_place += 1
     elif table in seen.other_defaults:
         what = seen.other_defaults[table]
         if what != "local dev lo":
-            plan.conflicts.append(Condition(
+            out.condition(
                 w.owner, f"table {table} ({'netns ' + w.netns if w.netns else 'host'}) "
                 f"already has a default route bpfsync did not create ({what}); left "
-                f"untouched. Choose another spec.routing.table", CONFLICT))
+                f"untouched. Choose another spec.routing.table", CONFLICT)
         else:
-            plan.in_place += 1  # someone's own `local default dev lo`: it does the job
+            out.in_place += 1  # someone's own `local default dev lo`: it does the job
     else:
-        ops.append(PlumbingOperation(AttachAction.ATTACH, w.netns, "route", table=table,
-                                     owner=w.owner, drift=made,
-                                     reason="removed outside bpfsync" if made else
-                                     "redirected connections need it"))
+        _step(out, AttachAction.ATTACH, Plumbing(w.netns, "route", table=table), w.owner, gone,
+              made)
     if seen.accept_local == 1:
-        plan.in_place += 1
+        out.in_place += 1
     else:
         record = seen.current_record
         before = record.accept_local_before if record else seen.accept_local
-        ops.append(PlumbingOperation(AttachAction.REPLACE, w.netns, "sysctl", value=1,
-                                     before=before, owner=w.owner, drift=made,
-                                     reason=f"was {seen.accept_local}"
-                                     + (", changed outside bpfsync" if made else "")))
+        _step(out, AttachAction.REPLACE, Plumbing(w.netns, "sysctl", value=1, before=before),
+              w.owner, f"was {seen.accept_local}" + (", changed outside bpfsync" if made else ""),
+              made)
 
 
-def _remove(seen: SeenPlumbing, ops: list[PlumbingOperation], reason: str) -> None:
+def _remove(seen: SeenPlumbing, out: Planned, reason: str) -> None:
     for r in seen.rules:
-        ops.append(PlumbingOperation(AttachAction.DETACH, seen.netns, "rule", rule=r,
-                                     reason=reason))
+        _step(out, AttachAction.DETACH, Plumbing(seen.netns, "rule", rule=r), ORPHAN_OWNER,
+              reason)
     for tbl in seen.routes:
-        ops.append(PlumbingOperation(AttachAction.DETACH, seen.netns, "route", table=tbl,
-                                     reason=reason))
+        _step(out, AttachAction.DETACH, Plumbing(seen.netns, "route", table=tbl), ORPHAN_OWNER,
+              reason)
     record = seen.current_record
     if record is not None and record.accept_local_before != ict.IC_SYSCTL_UNTOUCHED and (
             seen.accept_local == 1):
-        ops.append(PlumbingOperation(AttachAction.DETACH, seen.netns, "sysctl",
-                                     value=record.accept_local_before,
-                                     before=record.accept_local_before,
-                                     reason=reason + f"; restoring {record.accept_local_before}"))
+        was = record.accept_local_before
+        _step(out, AttachAction.DETACH, Plumbing(seen.netns, "sysctl", value=was, before=was),
+              ORPHAN_OWNER, reason + f"; restoring {was}")
 
 
 def compute_plumbing_plan(want: dict[str | None, WantedPlumbing],
-                          seen: dict[str | None, SeenPlumbing],
-                          plan: AttachPlan) -> list[PlumbingOperation]:
+                          seen: dict[str | None, SeenPlumbing]) -> Planned:
     """seen: every wanted namespace and every namespace ic_host has a record of. Namespaces
-    that do not exist are waited for (wanted) or forgotten (not wanted)."""
-    ops: list[PlumbingOperation] = []
+    that do not exist are waited for (wanted) or forgotten (not wanted): the records of
+    namespaces left behind are dropped last, once their plumbing is removed."""
+    out = Planned()
     for netns, w in sorted(want.items(), key=lambda kv: kv[0] or ""):
         s = seen.get(netns) or SeenPlumbing(netns, exists=False)
         if not s.exists:
-            plan.waiting.append(Condition(
-                w.owner, f"network namespace {netns} not found; routing for redirected "
-                f"connections not set up until it exists", WAITING))
+            out.condition(w.owner, f"network namespace {netns} not found; routing for "
+                          f"redirected connections not set up until it exists", WAITING)
             continue
-        _add(s, w, plan, ops)
+        _add(s, w, out)
     for netns, s in sorted(seen.items(), key=lambda kv: kv[0] or ""):
         if netns not in want and s.exists:
-            _remove(s, ops, "no Intercept here any more")
-    return ops
+            _remove(s, out, "no Intercept here any more")
+    for netns in forget(seen, want):
+        gone = not seen[netns].exists
+        _step(out, AttachAction.DETACH, Plumbing(netns, "record"), ORPHAN_OWNER,
+              "its namespace is gone" if gone else "no Intercept here any more")
+    return out
 
 
 def forget(seen: dict[str | None, SeenPlumbing], want: dict[str | None, WantedPlumbing]

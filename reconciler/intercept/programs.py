@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reconciler.attach import InterceptProgram, function_of
+from reconciler.intercept.hooks import InterceptProgram
 from reconciler.kernel.programs import BPF_PROG_TYPE_SCHED_CLS, Compiler
 
 SOURCE = "intercept.c"
@@ -19,10 +19,11 @@ def compiled(compiler: Compiler, pin_root: Path, config: InterceptProgram) -> An
         f"-DIC_PROXY_MARK={config.proxy_mark:#x}"], config.describe())
 
 
-def tags(compiler: Compiler, pin_root: Path, config: InterceptProgram) -> frozenset[str]:
-    return compiler.tags(compiled(compiler, pin_root, config), function_of(config, "egress"))
+def tags(compiler: Compiler, pin_root: Path, config: InterceptProgram,
+         direction: str) -> frozenset[str]:
+    return compiler.tags(compiled(compiler, pin_root, config), config.function(direction))
 
 
-def load(compiler: Compiler, pin_root: Path, config: InterceptProgram) -> int:
-    return compiler.load(compiled(compiler, pin_root, config), function_of(config, "egress"),
+def load(compiler: Compiler, pin_root: Path, config: InterceptProgram, direction: str) -> int:
+    return compiler.load(compiled(compiler, pin_root, config), config.function(direction),
                          BPF_PROG_TYPE_SCHED_CLS, what=config.describe())

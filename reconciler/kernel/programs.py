@@ -1,6 +1,6 @@
 """BPF programs compiled with BCC against the pinned tables, tagged, loaded. Generic: which
 source, with which flags, and which of its functions is each data path's (their
-programs.py; reconciler/programs.py puts them together for the engine).
+programs.py, which the attachment parts call).
 
 A program's tag is computed from its instructions before loading (as the kernel does:
 SHA-256 since 6.18, SHA-1 before, over the instructions with map references zeroed), so an

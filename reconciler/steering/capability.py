@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from reconciler.core.capability import Capability, Kind
 from reconciler.steering import tables as st
+from reconciler.steering.attach import STEERING_LINK
 from reconciler.steering.build import build_proxy
 from reconciler.steering.checks import cross_check
 from reconciler.steering.compile import compile_steering
@@ -24,4 +25,5 @@ STEERING = Capability(
     cross_check=cross_check,
     status=steering_status,
     compile=compile_steering,
+    attachments=STEERING_LINK,
 )

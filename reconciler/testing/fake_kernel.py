@@ -5,18 +5,11 @@ behind get fast unit tests (the real-kernel tests stay as they are)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from reconciler.core.attachments import AttachAction
+from reconciler.core.attachments import AttachAction, Step
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Operation
 from reconciler.core.tables import Observed
-
-if TYPE_CHECKING:
-    from reconciler.attach import AttachOperation
-    from reconciler.intercept.plumbing import PlumbingOperation
-    from reconciler.steering.links import LinkOperation
-    from reconciler.tproxy.cgroups import CgroupOperation
 
 
 class InjectedFailure(KernelStateError):
@@ -26,12 +19,13 @@ class InjectedFailure(KernelStateError):
 @dataclass
 class FakeKernel:
     """tables: what the maps hold (read it back as the observed state of the next plan);
-    attached: the attachments in place, by what they attach to; steps: each step run, as
-    "write ti_tunnel", "delete ti_encap", "filter attach eth0 egress", ...; fail_at: the
-    1-based number of the step that raises InjectedFailure (counted over the kernel's life)."""
+    attached: the attachment steps in place, by what they attach to (Target.place); steps:
+    each step run, as "write ti_tunnel", "delete ti_encap", "attach tc eth0 egress prio 7",
+    ...; fail_at: the 1-based number of the step that raises InjectedFailure (counted over
+    the kernel's life)."""
 
     tables: Observed = field(default_factory=dict)
-    attached: dict[str, Any] = field(default_factory=dict)
+    attached: dict[str, Step] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
     fail_at: int | None = None
 
@@ -51,23 +45,11 @@ class FakeKernel:
                 assert op.value is not None
                 entries[op.key] = op.value
 
-    def _attachment(self, kind: str, where: str, op: Any) -> None:
-        self._step(f"{kind} {op.action.value} {where}")
-        key = f"{kind} {where}"
-        if op.action is AttachAction.DETACH:
-            self.attached.pop(key, None)
-        else:
-            self.attached[key] = op
-
-    def plumbing(self, ops: list[PlumbingOperation], forget: list[str | None]) -> None:
-        for op in ops:
-            self._attachment("plumbing", f"{op.item} {op.netns or '-'}", op)
-
-    def link(self, op: LinkOperation) -> None:
-        self._attachment("link", op.netns or "-", op)
-
-    def filter(self, op: AttachOperation) -> None:
-        self._attachment("filter", f"{op.hook} prio {op.priority}", op)
-
-    def cgroup(self, op: CgroupOperation) -> None:
-        self._attachment("cgroup", str(op.hook), op)
+    def attach(self, steps: list[Step]) -> None:
+        for step in steps:
+            place = step.target.place
+            self._step(f"{step.action.value} {place}")
+            if step.action is AttachAction.DETACH:
+                self.attached.pop(place, None)
+            else:
+                self.attached[place] = step

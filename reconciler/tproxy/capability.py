@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from reconciler.core.capability import Capability, Kind
+from reconciler.tproxy import host
 from reconciler.tproxy import tables as tpt
+from reconciler.tproxy.attach import CGROUP_LINKS
 from reconciler.tproxy.build import build_transparent
+from reconciler.tproxy.cgroups import NAME
 from reconciler.tproxy.checks import cross_check
 from reconciler.tproxy.compile import compile_tproxy
 from reconciler.tproxy.model import TransparentProxy
 from reconciler.tproxy.status import tproxy_status
 
 TPROXY = Capability(
-    name="tproxy",
+    name=NAME,
     kinds=(Kind("TransparentProxy", "transparent proxies", TransparentProxy, build_transparent),),
     entries=(tpt.TP_CONFIG, tpt.TP_RULES),
     maps=(tpt.TP_CONNS, tpt.TP_STATS, tpt.TP6_STATS),
@@ -22,4 +25,6 @@ TPROXY = Capability(
     cross_check=cross_check,
     status=tproxy_status,
     compile=compile_tproxy,
+    facts=host.facts,
+    attachments=CGROUP_LINKS,
 )

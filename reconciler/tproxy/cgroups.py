@@ -1,6 +1,6 @@
 """Cgroup attachments of transparent proxies: which programs should be linked to which
-cgroups, what is, and the operations between them. Pure, like attach.py and links.py;
-kernel/cgroups.py observes and executes.
+cgroups, what is, and the steps between them (core/attachments.py). Pure; tproxy/attach.py
+observes and executes through tproxy/host.py.
 
 Every attachment is a BPF link pinned at <pin root>/links/cg:<cgroup>:<hook>, so it outlives
 every process, and is multi-attach: programs others attached to the same cgroup run as
@@ -14,15 +14,18 @@ tp_getsockopt, attached there) and its outbound connections are never intercepte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
-from reconciler.core.attachments import WAITING, AttachAction, AttachPlan, Condition
+from reconciler.core.attachments import WAITING, AttachAction, Phase, Planned, Step
 from reconciler.core.naming import escape_path
 from reconciler.core.state import DesiredState
+from reconciler.steering.model import proxy_netns
 from reconciler.tproxy.model import TransparentProxy
 
+NAME = "tproxy"  # the capability's name: its host facts are handed back under it
 LINK_PREFIX = "cg:"
 HOOKS = ("getsockopt", "sock_ops", "connect4", "connect6")  # attach order; detach in reverse
 CONNECT_HOOKS = ("connect4", "connect6")  # one program per TransparentProxy
@@ -46,6 +49,15 @@ def program(hook: str, tp_id: int | None = None) -> str:
     """Name of the BPF function for a hook (connect4 and connect6 have one per
     TransparentProxy)."""
     return f"tp_{hook}_{tp_id}" if hook in CONNECT_HOOKS else f"tp_{hook}"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Host facts (tproxy/host.py reads them) that the desired tables of transparent proxies and
+    their cgroup links depend on."""
+
+    netns_cookie: int | None = None  # of the Proxies' namespace; None: it does not exist
+    cgroup_ids: dict[str, int] = field(default_factory=dict)  # existing cgroups only
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -88,16 +100,25 @@ class SeenCgroup:
 
 
 @dataclass(frozen=True, slots=True)
-class CgroupOperation:
-    action: AttachAction
+class CgroupLink:
+    """The pinned link at a cgroup hook, running program (None: detach)."""
+
     hook: CgroupHook
-    program: str | None  # None for detach
-    owner: str
-    reason: str
-    drift: bool = False
+    program: str | None = None
 
     def describe(self) -> str:
         return f"{self.hook}: {self.program or 'link'}"
+
+    @property
+    def place(self) -> str:
+        return str(self.hook)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"link": {"type": "cgroup", "cgroup": self.hook.cgroup, "hook": self.hook.hook},
+                "program": self.program}
+
+    def phase(self, action: AttachAction) -> Phase:
+        return Phase.PROGRAMS
 
 
 def wanted(state: DesiredState, pin_root: Path) -> list[WantedCgroup]:
@@ -114,11 +135,12 @@ def wanted(state: DesiredState, pin_root: Path) -> list[WantedCgroup]:
 
 
 def compute_cgroup_plan(want: list[WantedCgroup], seen: list[SeenCgroup],
-                        exists: dict[str, bool], tags: dict[str, frozenset[str]] | None,
-                        plan: AttachPlan) -> list[CgroupOperation]:
+                        exists: dict[str, bool], tags: dict[str, frozenset[str]] | None
+                        ) -> Planned:
     """exists: cgroup path -> present on this host; tags: acceptable tags by program, None
-    when programs cannot be compiled yet. Waiting cgroups are reported in plan.waiting."""
-    ops: list[CgroupOperation] = []
+    when programs cannot be compiled yet. Cgroups that do not exist are waited for."""
+    out = Planned()
+    steps: list[Step] = []
     by_hook = {s.hook: s for s in seen}
     wanted_hooks = {w.hook for w in want}
     for s in seen:
@@ -126,30 +148,50 @@ def compute_cgroup_plan(want: list[WantedCgroup], seen: list[SeenCgroup],
             why = ("the cgroup was removed or recreated" if not s.alive else
                    "no longer in YAML")
             owner = next((w.owner for w in want if w.hook == s.hook), ORPHAN_OWNER)
-            ops.append(CgroupOperation(AttachAction.DETACH, s.hook, None, owner, why))
+            steps.append(Step(AttachAction.DETACH, CgroupLink(s.hook), owner, why))
     waiting: set[str] = set()
     for w in want:
         if not exists.get(w.hook.cgroup, False):
             if w.hook.cgroup not in waiting:
                 waiting.add(w.hook.cgroup)
-                plan.waiting.append(Condition(
-                    w.owner, f"cgroup {w.hook.cgroup} not found; interception not attached "
-                    f"there until it exists", WAITING))
+                out.condition(w.owner, f"cgroup {w.hook.cgroup} not found; interception not "
+                              f"attached there until it exists", WAITING)
             continue
         s = by_hook.get(w.hook)
+        target = CgroupLink(w.hook, w.program)
         if s is None or not s.alive:
-            ops.append(CgroupOperation(AttachAction.ATTACH, w.hook, w.program, w.owner,
-                                       "declared in YAML"))
+            steps.append(Step(AttachAction.ATTACH, target, w.owner, "declared in YAML"))
         elif tags is not None and (s.program != w.program or s.tag not in tags.get(
                 w.program, frozenset())):
-            ops.append(CgroupOperation(AttachAction.REPLACE, w.hook, w.program, w.owner,
-                                       "program changed (swapped in the same link)"))
+            steps.append(Step(AttachAction.REPLACE, target, w.owner,
+                              "program changed (swapped in the same link)"))
         else:
-            plan.in_place += 1
+            out.in_place += 1
     order = {h: i for i, h in enumerate(HOOKS)}
-    detach = sorted((o for o in ops if o.action is AttachAction.DETACH),
-                    key=lambda o: -order[o.hook.hook])
-    rest = sorted((o for o in ops if o.action is not AttachAction.DETACH),
-                  key=lambda o: order[o.hook.hook])
+    detach = sorted((o for o in steps if o.action is AttachAction.DETACH),
+                    key=lambda o: -order[o.target.hook.hook])
+    rest = sorted((o for o in steps if o.action is not AttachAction.DETACH),
+                  key=lambda o: order[o.target.hook.hook])
     # Detaches first: a dead link may hold the pin name the new one takes.
-    return detach + rest
+    out.steps = detach + rest
+    return out
+
+
+def plan(state: DesiredState, pin_root: Path, seen: list[SeenCgroup], facts: HostFacts,
+         tags: dict[str, frozenset[str]] | None) -> Planned:
+    """The cgroup links state wants against those seen. The data path's own cgroup counts as
+    existing: apply creates it (Capability.facts) before anything is attached."""
+    tps = state.of(TransparentProxy)
+    if not tps and not seen:
+        return Planned()
+    want = wanted(state, pin_root)
+    exists = {w.hook.cgroup: w.hook.cgroup in facts.cgroup_ids
+              or w.hook.cgroup == datapath_cgroup(pin_root) for w in want}
+    out = Planned()
+    if tps and facts.netns_cookie is None:
+        out.condition(f"TransparentProxy/{min(tps)}", f"network namespace "
+                      f"{proxy_netns(state)} of the Proxies not found; nothing is "
+                      f"intercepted until it exists", WAITING)
+    found = compute_cgroup_plan(want, seen, exists, tags)
+    found.conditions[:0] = out.conditions
+    return found

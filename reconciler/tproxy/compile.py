@@ -11,13 +11,11 @@ from reconciler.core.state import DesiredState
 from reconciler.core.tables import slot_key
 from reconciler.steering.model import Proxy
 from reconciler.tproxy import tables as tpt
-from reconciler.tproxy.cgroups import datapath_cgroup, level
+from reconciler.tproxy.cgroups import NAME, HostFacts, datapath_cgroup, level
 from reconciler.tproxy.model import TrafficMatch, TransparentProxy
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from reconciler.tproxy.host import HostFacts
 
 
 def _rule_entries(out: DesiredTables, tp: TransparentProxy, kind: int,
@@ -49,5 +47,6 @@ def _transparent(out: DesiredTables, state: DesiredState, facts: HostFacts,
 
 def compile_tproxy(out: DesiredTables, state: DesiredState, context: CompileContext) -> None:
     """Needs the host facts and pin root (context); without them nothing is compiled."""
-    if state.of(TransparentProxy) and context.facts is not None and context.pin_root is not None:
-        _transparent(out, state, context.facts, context.pin_root)
+    facts = (context.facts or {}).get(NAME)
+    if state.of(TransparentProxy) and facts is not None and context.pin_root is not None:
+        _transparent(out, state, facts, context.pin_root)

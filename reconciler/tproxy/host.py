@@ -4,23 +4,20 @@ through the kernel shell's generic cgroups and links."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.core.state import DesiredState
 from reconciler.kernel import links
 from reconciler.kernel.cgroups import ATTACH_TYPES, cgroup_id, fs_path, hierarchy, netns_cookie
 from reconciler.steering.model import proxy_netns
-from reconciler.tproxy.cgroups import LINK_PREFIX, CgroupHook, SeenCgroup, datapath_cgroup
+from reconciler.tproxy.cgroups import (
+    LINK_PREFIX,
+    CgroupHook,
+    HostFacts,
+    SeenCgroup,
+    datapath_cgroup,
+)
 from reconciler.tproxy.model import TransparentProxy
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """Kernel facts the desired tables of transparent proxies depend on."""
-
-    netns_cookie: int | None = None  # of the Proxies' namespace; None: it does not exist
-    cgroup_ids: dict[str, int] = field(default_factory=dict)  # existing cgroups only
 
 
 def facts(state: DesiredState, pin_root: Path, create: bool) -> HostFacts:

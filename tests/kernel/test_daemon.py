@@ -295,7 +295,7 @@ def test_drift_warn_reports_and_leaves_the_kernel_alone(env: Env) -> None:
     sh(f"ip netns exec {ns} tc filter del dev d0 ingress pref 49152")
     s = wait_for(lambda: (x := d.status())["outOfSync"] and x, 60)
     assert s["outOfSync"][0]["resource"] == "Interface/gw"
-    assert "attach program at d0@" in s["outOfSync"][0]["reasons"][0]
+    assert "attach tc d0@" in s["outOfSync"][0]["reasons"][0]
     assert s["resources"]["Interface"] == {"Synced": 0, "OutOfSync": 1, "Error": 0}
     d.wait_reconciles_by("resync", d.by_trigger("resync") + 1)  # two more resyncs: still not
     # corrected, warned once

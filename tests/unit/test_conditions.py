@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import pickle
 
-from reconciler.attach import compute_attach_plan, wanted
-from reconciler.core.attachments import CONFLICT, WAITING, Condition
+from reconciler.core.attachments import CONFLICT, WAITING, AttachPlan, Condition
+from reconciler.core.filters import compute_filter_plan
+from reconciler.core.state import DesiredState
+from reconciler.gue.hooks import wanted
 from reconciler.gue.model import Interface
 
 
@@ -22,6 +24,8 @@ def test_a_condition_reads_as_before_and_keeps_its_parts() -> None:
 
 def test_planning_names_the_owner_of_what_it_waits_for() -> None:
     iface = Interface("up", "eth9", "edge", "gateway", True, True, True, False, 7)
-    plan = compute_attach_plan(wanted({"up": iface}), {}, None)
+    state = DesiredState()
+    state.add(iface)
+    plan = AttachPlan.of([compute_filter_plan(wanted(state), {}, None)])
     assert [(c.owner, c.kind) for c in plan.waiting] == [("Interface/up", WAITING)] * 2
     assert CONFLICT != WAITING and not plan.conflicts

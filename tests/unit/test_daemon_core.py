@@ -165,17 +165,17 @@ def test_notify_speaks_the_systemd_protocol(tmp_path: Path) -> None:
 
 
 def test_detaching_what_no_resource_wants_is_a_change_not_drift() -> None:
-    from reconciler.attach import AttachOperation
-    from reconciler.core.attachments import AttachAction, AttachPlan, Hook
+    from reconciler.core.attachments import AttachAction, AttachPlan, Hook, Step
+    from reconciler.core.filters import TcFilter
 
     s = state(1)
     plan = compute_plan(compile_tables(s), observed_from(s))
     hook = Hook("d0", "ns", "ingress")
-    plan.attachments = AttachPlan(operations=[
-        AttachOperation(AttachAction.DETACH, hook, 49152, None, f"Interface/({hook})",
-                        "no Interface wants it")])
+    plan.attachments = AttachPlan([
+        Step(AttachAction.DETACH, TcFilter(hook, 49152), f"Interface/({hook})",
+             "no Interface wants it")])
     out = drift.split(plan, s, s, drift.WARN)
-    assert len(out.apply.attachments.operations) == 1 and out.held == []
+    assert len(out.apply.attachments.steps) == 1 and out.held == []
 
 
 def test_compile_memo_updates_by_difference_and_matches_a_full_compile() -> None:

@@ -9,18 +9,22 @@ import dataclasses
 
 import pytest
 
-from reconciler.attach import AttachOperation, ProgramConfig
-from reconciler.core.attachments import AttachAction, AttachPlan, Hook
+from reconciler.core.attachments import AttachAction, AttachPlan, Hook, Planned, Step
 from reconciler.core.compile import compile_tables
+from reconciler.core.filters import TcFilter
 from reconciler.core.planning import compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.execute import execute
+from reconciler.gue.hooks import ProgramConfig
 from reconciler.gue.model import Service
+from reconciler.intercept.plumbing import Plumbing, PolicyRule
+from reconciler.steering.links import SkLookupLink
 from reconciler.testing import FakeKernel, InjectedFailure
 from tests.unit.test_plan import state
 
-FILTER = AttachOperation(AttachAction.ATTACH, Hook("eth0", None, "egress"), 7,
-                         ProgramConfig("gateway", True, False), "Interface/up", "declared")
+FILTER = Step(AttachAction.ATTACH, TcFilter(Hook("eth0", None, "egress"), 7,
+                                             ProgramConfig("gateway", True, False)),
+              "Interface/up", "declared")
 
 
 def _after() -> DesiredState:
@@ -42,7 +46,7 @@ def _kernel() -> FakeKernel:
 
 def _plan(kernel: FakeKernel, with_filter: bool = True):
     plan = compute_plan(compile_tables(_after()), kernel.tables)
-    plan.attachments = AttachPlan(operations=[FILTER] if with_filter else [])
+    plan.attachments = AttachPlan([FILTER] if with_filter else [])
     return plan
 
 
@@ -52,7 +56,7 @@ def test_upserts_then_attachments_then_deletes_in_registry_order() -> None:
     written, attached = execute(plan, kernel)
     assert written == len(plan.operations) and attached == 1
     kinds = [step.split()[0] for step in kernel.steps]
-    first_filter, first_delete = kinds.index("filter"), kinds.index("delete")
+    first_filter, first_delete = kinds.index("attach"), kinds.index("delete")
     assert set(kinds[:first_filter]) == {"write"} and set(kinds[first_delete:]) == {"delete"}
     assert first_filter < first_delete
     # within the upserts, the verify entry before the encap entry that relies on it
@@ -69,7 +73,25 @@ def _pending(plan, kernel: FakeKernel) -> set[tuple[str, bytes]]:
                 else held.get(op.table, {}).get(op.key) != op.value)}
 
 
-@pytest.mark.parametrize("fail_at", ["write", "filter", "delete"])
+def test_attachments_run_by_phase_then_in_the_parts_order() -> None:
+    """Routing the programs need is set up before any program and taken down after them,
+    whatever order the parts planned in."""
+    rule = PolicyRule(100, 1, 1, 100)
+    down = Step(AttachAction.DETACH, Plumbing("blue", "rule", rule=rule), "Intercept/x", "gone")
+    up = Step(AttachAction.ATTACH, Plumbing("red", "route", table=7), "Intercept/y", "new")
+    link = Step(AttachAction.ATTACH, SkLookupLink("blue"), "Proxy/web", "new")
+    plan = AttachPlan.of([Planned([down, up]), Planned([FILTER]), Planned([link])])
+    assert plan.steps == [up, FILTER, link, down]
+    kernel = FakeKernel()
+    p = compute_plan(compile_tables(DesiredState()), {})
+    p.attachments = plan
+    assert execute(p, kernel) == (0, 4)
+    assert kernel.steps == ["attach route table 7 (netns red)", "attach tc eth0 egress prio 7",
+                            "attach sk_lookup link in netns blue",
+                            f"detach {rule} (netns blue)"]
+
+
+@pytest.mark.parametrize("fail_at", ["write", "attach", "delete"])
 def test_a_failed_apply_keeps_what_ran_and_the_next_one_finishes(fail_at: str) -> None:
     kernel = _kernel()
     plan = _plan(kernel)
@@ -86,9 +108,9 @@ def test_a_failed_apply_keeps_what_ran_and_the_next_one_finishes(fail_at: str) -
     pending = _pending(plan, kernel)
     if fail_at != "delete":  # deletes run last: no entry a program may still use is gone
         assert deletes <= pending
-    if fail_at in ("filter", "delete"):  # every upsert is done before any attachment
+    if fail_at in ("attach", "delete"):  # every upsert is done before any attachment
         assert not upserts & pending
-    assert ("filter eth0 egress prio 7" in kernel.attached) == (fail_at == "delete")
+    assert ("tc eth0 egress prio 7" in kernel.attached) == (fail_at == "delete")
     if fail_at == "write":
         assert upserts & pending and upserts - pending  # some written, some not
     # the next plan, computed from what the kernel holds, is exactly what is left to do

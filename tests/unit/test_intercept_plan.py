@@ -10,7 +10,7 @@ import pytest
 
 from reconciler.core import registry
 from reconciler.core import tables as t
-from reconciler.core.attachments import AttachAction, AttachPlan
+from reconciler.core.attachments import AttachAction, AttachPlan, Phase
 from reconciler.core.errors import InvalidDesiredState
 from reconciler.core.state import DesiredState
 from reconciler.intercept import tables as ict
@@ -133,41 +133,50 @@ def test_shadowed_rules_are_found(tmp_path: Path) -> None:
     assert "rule 40 (" not in text and "rule 70 (" not in text
 
 
+def _items(planned) -> list[str]:
+    return [o.target.item for o in planned.steps]
+
+
 def test_plumbing_plan_creates_restores_and_reverts_exactly() -> None:
     routing = Routing()
     want = {"blue": WantedPlumbing("blue", routing, "Intercept/wan")}
     rule = PolicyRule(100, 1, 1, 100)
     fresh = SeenPlumbing("blue", True, cookie=9, accept_local=0)
-    plan = AttachPlan()
-    ops = compute_plumbing_plan(want, {"blue": fresh}, plan)
-    assert [(o.action, o.item) for o in ops] == [
+    ops = compute_plumbing_plan(want, {"blue": fresh}).steps
+    assert [(o.action, o.target.item) for o in ops] == [
         (AttachAction.ATTACH, "rule"), (AttachAction.ATTACH, "route"),
         (AttachAction.REPLACE, "sysctl")]
-    assert not any(o.drift for o in ops) and ops[2].before == 0
+    assert not any(o.drift for o in ops) and ops[2].target.before == 0
+    assert [o.phase for o in ops] == [Phase.SETUP] * 3
     # made before (record of this namespace): whatever is missing now is drift
     made = SeenPlumbing("blue", True, cookie=9, rules=[rule], routes=[],
                         accept_local=0, record=Record(9, 0))
-    ops = compute_plumbing_plan(want, {"blue": made}, AttachPlan())
-    assert [(o.item, o.drift) for o in ops] == [("route", True), ("sysctl", True)]
+    ops = compute_plumbing_plan(want, {"blue": made}).steps
+    assert [(o.target.item, o.drift) for o in ops] == [("route", True), ("sysctl", True)]
     # in place: nothing to do
     done = SeenPlumbing("blue", True, cookie=9, rules=[rule], routes=[100], accept_local=1,
                         record=Record(9, 0))
-    plan = AttachPlan()
-    assert compute_plumbing_plan(want, {"blue": done}, plan) == [] and plan.in_place == 3
-    # removed from YAML: rule, route, and accept_local back to 0; the record goes
-    ops = compute_plumbing_plan({}, {"blue": done}, AttachPlan())
-    assert [(o.action, o.item, o.value) for o in ops] == [
+    plan = compute_plumbing_plan(want, {"blue": done})
+    assert plan.steps == [] and plan.in_place == 3
+    # removed from YAML: rule, route, and accept_local back to 0; then the record goes
+    ops = compute_plumbing_plan({}, {"blue": done}).steps
+    assert [(o.action, o.target.item, o.target.value) for o in ops] == [
         (AttachAction.DETACH, "rule", 0), (AttachAction.DETACH, "route", 0),
-        (AttachAction.DETACH, "sysctl", 0)]
+        (AttachAction.DETACH, "sysctl", 0), (AttachAction.DETACH, "record", 0)]
+    assert {o.phase for o in ops} == {Phase.TEARDOWN}
     assert forget({"blue": done}, {}) == ["blue"]
     # accept_local was already 1 before bpfsync: left as it is
     untouched = SeenPlumbing("blue", True, cookie=9, rules=[rule], routes=[100],
                              accept_local=1, record=Record(9, ict.IC_SYSCTL_UNTOUCHED))
-    ops = compute_plumbing_plan({}, {"blue": untouched}, AttachPlan())
-    assert [o.item for o in ops] == ["rule", "route"]
-    # a record of an earlier namespace of the same name (other cookie) restores nothing
+    assert _items(compute_plumbing_plan({}, {"blue": untouched})) == ["rule", "route", "record"]
+    # a record of an earlier namespace of the same name (other cookie) restores nothing:
+    # only the record goes; as it does when the namespace is gone
     recreated = SeenPlumbing("blue", True, cookie=10, accept_local=1, record=Record(9, 0))
-    assert compute_plumbing_plan({}, {"blue": recreated}, AttachPlan()) == []
+    assert _items(compute_plumbing_plan({}, {"blue": recreated})) == ["record"]
+    [gone] = compute_plumbing_plan({}, {"blue": SeenPlumbing("blue", False,
+                                                             record=Record(9, 0))}).steps
+    assert (gone.target.item, gone.reason, gone.is_change) == (
+        "record", "its namespace is gone", True)
 
 
 def test_plumbing_conflicts_and_waits() -> None:
@@ -176,13 +185,11 @@ def test_plumbing_conflicts_and_waits() -> None:
     seen = {"blue": SeenPlumbing("blue", True, cookie=1, accept_local=1,
                                  other_defaults={200: "unicast"}),
             "gone": SeenPlumbing("gone", False)}
-    plan = AttachPlan()
-    ops = compute_plumbing_plan(want, seen, plan)
-    assert [o.item for o in ops] == ["rule"]
+    plan = AttachPlan.of([compute_plumbing_plan(want, seen)])
+    assert [o.target.item for o in plan.steps] == ["rule"]
     assert plan.conflicts and "table 200" in plan.conflicts[0]
     assert plan.waiting and "gone not found" in plan.waiting[0]
     # someone's own `local default dev lo` in the table does the job: not touched, not ours
     seen["blue"].other_defaults = {200: "local dev lo"}
-    plan = AttachPlan()
-    ops = compute_plumbing_plan({"blue": want["blue"]}, {"blue": seen["blue"]}, plan)
-    assert [o.item for o in ops] == ["rule"] and not plan.conflicts
+    plan = AttachPlan.of([compute_plumbing_plan({"blue": want["blue"]}, {"blue": seen["blue"]})])
+    assert [o.target.item for o in plan.steps] == ["rule"] and not plan.conflicts

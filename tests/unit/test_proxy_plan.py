@@ -6,7 +6,7 @@ from pathlib import Path
 
 from reconciler.core import registry
 from reconciler.core import tables as t
-from reconciler.core.attachments import AttachAction, AttachPlan
+from reconciler.core.attachments import AttachAction
 from reconciler.core.compile import compile_tables
 from reconciler.core.plan import Action
 from reconciler.core.planning import compute_plan
@@ -82,30 +82,29 @@ def test_removal_deletes_steering_before_the_configuration(tmp_path: Path) -> No
 
 def test_link_plan() -> None:
     state = DesiredState()
-    assert compute_link_plan(state, [], None, True, AttachPlan()) == []
+    assert compute_link_plan(state, [], None, True).steps == []
     gone = [SeenLink("blue", 7, "aa", True)]
-    [op] = compute_link_plan(state, gone, None, True, AttachPlan())
+    [op] = compute_link_plan(state, gone, None, True).steps
     assert (op.action, op.reason) == (AttachAction.DETACH, "no Proxy left")
 
 
 def test_link_plan_with_a_proxy(tmp_path: Path) -> None:
     state = load(tmp_path, web=doc())
-    [op] = compute_link_plan(state, [], frozenset({"aa"}), True, AttachPlan())
-    assert (op.action, op.netns, op.owner) == (AttachAction.ATTACH, "blue", "Proxy/web")
-    plan = AttachPlan()
-    assert compute_link_plan(state, [SeenLink("blue", 7, "aa", True)], frozenset({"aa"}), True,
-                             plan) == [] and plan.in_place == 1
-    [op] = compute_link_plan(state, [SeenLink("blue", 7, "bb", True)], frozenset({"aa"}), True,
-                             AttachPlan())
+    [op] = compute_link_plan(state, [], frozenset({"aa"}), True).steps
+    assert (op.action, op.target.netns, op.owner) == (AttachAction.ATTACH, "blue", "Proxy/web")
+    plan = compute_link_plan(state, [SeenLink("blue", 7, "aa", True)], frozenset({"aa"}), True)
+    assert plan.steps == [] and plan.in_place == 1
+    [op] = compute_link_plan(state, [SeenLink("blue", 7, "bb", True)], frozenset({"aa"}),
+                             True).steps
     assert op.action is AttachAction.REPLACE
     # The namespace was deleted and made again: the old link is dead, a new one is made
     # (after the dead one's pin, which has the same name, is removed).
-    ops = compute_link_plan(state, [SeenLink("blue", 7, "aa", False)], frozenset({"aa"}), True,
-                            AttachPlan())
+    ops = compute_link_plan(state, [SeenLink("blue", 7, "aa", False)], frozenset({"aa"}),
+                            True).steps
     assert [o.action for o in ops] == [AttachAction.DETACH, AttachAction.ATTACH]
-    plan = AttachPlan()
-    assert compute_link_plan(state, [], None, False, plan) == []
-    assert "network namespace blue not found" in plan.waiting[0]
+    plan = compute_link_plan(state, [], None, False)
+    assert plan.steps == []
+    assert "network namespace blue not found" in plan.conditions[0]
 
 
 def test_pin_names_escape_dots() -> None:

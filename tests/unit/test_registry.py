@@ -14,7 +14,7 @@ from reconciler.core.tables import stamp_ok
 from reconciler.inventory import by_owner, documents
 from reconciler.load.directory import load_directory
 from reconciler.load.schema import SCHEMA_DIR
-from reconciler.tproxy.host import HostFacts
+from reconciler.tproxy.cgroups import HostFacts
 from tests.unit.helpers import service, tunnel, write_tree
 
 PIN = Path("/sys/fs/bpf/test-registry")
@@ -61,7 +61,7 @@ def test_the_orders_are_those_of_before_the_registry() -> None:
 def test_every_entry_compiled_reads_back_and_is_named_after_its_owner(tmp_path: Path) -> None:
     state = _state(tmp_path)
     assert {k: state.count(k) for k in registry.KINDS} == dict.fromkeys(registry.KINDS, 1)
-    desired = compile_tables(state, facts=HostFacts(netns_cookie=7), pin_root=PIN)
+    desired = compile_tables(state, facts={"tproxy": HostFacts(netns_cookie=7)}, pin_root=PIN)
     for spec in registry.OWNED_TABLES:
         entries = desired.entries[spec.name]
         assert entries, f"{spec.name}: nothing compiled"
@@ -76,7 +76,7 @@ def test_every_entry_compiled_reads_back_and_is_named_after_its_owner(tmp_path: 
 
 
 def test_get_shows_every_kind_with_entries(tmp_path: Path) -> None:
-    observed = compile_tables(_state(tmp_path), facts=HostFacts(netns_cookie=7),
+    observed = compile_tables(_state(tmp_path), facts={"tproxy": HostFacts(netns_cookie=7)},
                               pin_root=PIN).entries
     shown = {d["kind"]: d for k in registry.KINDS.values()
              for d in documents(k, observed, tmp_path / "keys")}

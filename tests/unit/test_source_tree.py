@@ -26,14 +26,14 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+def _imports(path: Path, modules: dict[str, Path], typing: bool = False) -> set[str]:
     """Modules of the package that path imports when it is imported: top-level statements,
-    not `if TYPE_CHECKING:` blocks nor imports inside functions."""
+    not imports inside functions, nor `if TYPE_CHECKING:` blocks unless typing."""
     out: set[str] = set()
 
     def visit(stmts: list[ast.stmt]) -> None:
         for n in stmts:
-            if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
+            if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test) and not typing:
                 continue
             if isinstance(n, ast.If | ast.Try):
                 visit(n.body)
@@ -72,11 +72,9 @@ def test_no_import_cycles() -> None:
 
 
 def _specific(name: str) -> bool:
-    """A module that knows a data path: one of theirs, the registry that lists them, or the
-    TC planner that still serves two of them."""
+    """A module that knows a data path: one of theirs, or the registry that lists them."""
     parts = name.split(".")
-    return (len(parts) > 1 and parts[1] in DATA_PATHS) or name in (
-        "reconciler.core.registry", "reconciler.attach")
+    return (len(parts) > 1 and parts[1] in DATA_PATHS) or name == "reconciler.core.registry"
 
 
 def _knows(name: str, modules: dict[str, Path]) -> set[str]:
@@ -95,6 +93,22 @@ def test_the_kernel_shell_knows_no_data_path() -> None:
     for name in sorted(modules):
         if name.startswith("reconciler.kernel") and name not in KERNEL_PENDING:
             assert not _knows(name, modules), f"{name} imports {sorted(_knows(name, modules))}"
+
+
+GENERIC = ("reconciler.core.", "reconciler.load.", "reconciler.engine", "reconciler.execute",
+           "reconciler.attach")
+
+
+def test_generic_modules_reach_data_paths_only_through_the_registry() -> None:
+    """The core, the loader and the engine (planning and executing entries and attachments)
+    name no data path, not even in type annotations: what they do for one they do for
+    every Capability the registry lists."""
+    modules = _modules()
+    for name in sorted(modules):
+        if name.startswith(GENERIC) and name != "reconciler.core.registry":
+            direct = {m for m in _imports(modules[name], modules, typing=True)
+                      if m.split(".")[1:2] and m.split(".")[1] in DATA_PATHS}
+            assert not direct, f"{name} imports {sorted(direct)}"
 
 
 def test_modules_stay_readable() -> None:

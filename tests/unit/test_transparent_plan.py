@@ -6,19 +6,19 @@ from pathlib import Path
 
 from reconciler.core import registry
 from reconciler.core import tables as t
-from reconciler.core.attachments import AttachAction, AttachPlan
+from reconciler.core.attachments import AttachAction
 from reconciler.core.compile import compile_tables
 from reconciler.load.directory import load_directory
 from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import (
     CgroupHook,
+    HostFacts,
     SeenCgroup,
     compute_cgroup_plan,
     datapath_cgroup,
     level,
     wanted,
 )
-from reconciler.tproxy.host import HostFacts
 from reconciler.tproxy.model import TransparentProxy
 from tests.unit.helpers import write_tree
 
@@ -64,7 +64,7 @@ def test_compiled_entries(tmp_path: Path) -> None:
     mine = datapath_cgroup(PIN)
     facts = HostFacts(netns_cookie=4242, cgroup_ids={mine: 77, "/system.slice/app.service": 9,
                                                      "/system.slice/app.service/agent": 11})
-    out = compile_tables(state, facts=facts, pin_root=PIN)
+    out = compile_tables(state, facts={"tproxy": facts}, pin_root=PIN)
     config = out.entries[tpt.TP_CONFIG.name]
     assert list(config) == [t.slot_key(2)]
     value = registry.decode_value(tpt.TP_CONFIG.name, config[t.slot_key(2)])
@@ -77,7 +77,7 @@ def test_compiled_entries(tmp_path: Path) -> None:
     assert "intercept 203.0.113.0/24 port 8001" in rules
     assert all(o == "TransparentProxy/apps" for o in out.owners[tpt.TP_RULES.name].values())
     # Without the Proxies' namespace nothing is written (the plan says it waits).
-    assert not compile_tables(state, facts=HostFacts(), pin_root=PIN).entries[tpt.TP_CONFIG.name]
+    assert not compile_tables(state, facts={"tproxy": HostFacts()}, pin_root=PIN).entries[tpt.TP_CONFIG.name]
 
 
 def test_pin_names_round_trip() -> None:
@@ -103,37 +103,35 @@ def test_cgroup_plan(tmp_path: Path) -> None:
     tags = {w.program: frozenset({"tag-" + w.program}) for w in want}
     exists = {app: True, mine: True}
 
-    plan = AttachPlan()
-    ops = compute_cgroup_plan(want, [], exists, tags, plan)
-    assert [(o.action, o.hook.hook) for o in ops] == [
+    ops = compute_cgroup_plan(want, [], exists, tags).steps
+    assert [(o.action, o.target.hook.hook) for o in ops] == [
         (AttachAction.ATTACH, "getsockopt"), (AttachAction.ATTACH, "sock_ops"),
         (AttachAction.ATTACH, "connect4"), (AttachAction.ATTACH, "connect6")]
 
     seen = [_seen(w.hook, w.program) for w in want]
-    plan = AttachPlan()
-    assert compute_cgroup_plan(want, seen, exists, tags, plan) == [] and plan.in_place == 4
+    plan = compute_cgroup_plan(want, seen, exists, tags)
+    assert plan.steps == [] and plan.in_place == 4
 
     changed = {**tags, "tp_connect4_2": frozenset({"new"})}
-    ops = compute_cgroup_plan(want, seen, exists, changed, AttachPlan())
-    assert [(o.action, o.hook.hook) for o in ops] == [(AttachAction.REPLACE, "connect4")]
+    ops = compute_cgroup_plan(want, seen, exists, changed).steps
+    assert [(o.action, o.target.hook.hook) for o in ops] == [(AttachAction.REPLACE, "connect4")]
 
     # The cgroup was removed and made again: the dead links go, new ones come.
     dead = [_seen(w.hook, w.program, alive=w.hook.cgroup != app) for w in want]
-    ops = compute_cgroup_plan(want, dead, exists, tags, AttachPlan())
-    assert [(o.action, o.hook.hook) for o in ops] == [
+    ops = compute_cgroup_plan(want, dead, exists, tags).steps
+    assert [(o.action, o.target.hook.hook) for o in ops] == [
         (AttachAction.DETACH, "connect6"), (AttachAction.DETACH, "connect4"),
         (AttachAction.DETACH, "sock_ops"), (AttachAction.ATTACH, "sock_ops"),
         (AttachAction.ATTACH, "connect4"), (AttachAction.ATTACH, "connect6")]
 
     # The resource removed: the connect hooks go first, so no socket is redirected untracked.
-    ops = compute_cgroup_plan([], seen, {}, None, AttachPlan())
-    assert [(o.action, o.hook.hook) for o in ops] == [
+    ops = compute_cgroup_plan([], seen, {}, None).steps
+    assert [(o.action, o.target.hook.hook) for o in ops] == [
         (AttachAction.DETACH, "connect6"), (AttachAction.DETACH, "connect4"),
         (AttachAction.DETACH, "sock_ops"), (AttachAction.DETACH, "getsockopt")]
 
     # A cgroup that does not exist yet is waited for, not an error.
-    plan = AttachPlan()
-    ops = compute_cgroup_plan(want, [], {mine: True}, tags, plan)
-    assert [o.hook.hook for o in ops] == ["getsockopt"]
-    assert plan.waiting == [f"TransparentProxy/apps: cgroup {app} not found; interception "
+    plan = compute_cgroup_plan(want, [], {mine: True}, tags)
+    assert [o.target.hook.hook for o in plan.steps] == ["getsockopt"]
+    assert plan.conditions == [f"TransparentProxy/apps: cgroup {app} not found; interception "
                             f"not attached there until it exists"]
