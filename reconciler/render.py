@@ -11,13 +11,9 @@ from reconciler.core import registry
 from reconciler.core.attachments import AttachAction, Step
 from reconciler.core.plan import Action, Operation, Plan
 from reconciler.core.state import DesiredState
-from reconciler.intercept import tables as ict
 from reconciler.load.secrets import Secret
-from reconciler.steering import tables as st
-from reconciler.tproxy import tables as tpt
 
 SENSITIVE = "(sensitive)"
-EXPANDED = (st.STEER.name, tpt.TP_RULES.name, ict.IC_RULES.name)  # destinations x ports
 SENSITIVE_CHANGED = "(sensitive value changed)"
 JSON_FORMAT_VERSION = 1
 MAX_STEER_LINES = 20  # steering entries shown per resource in text diffs
@@ -131,7 +127,7 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> 
     for op in plan.operations:
         if op.drift:
             continue
-        if op.table in EXPANDED:  # a port range is thousands of entries: show a few
+        if op.table in registry.SUMMARIZED:  # a port range is thousands of entries
             n = expanded[(op.resource, op.table)] = expanded.get((op.resource, op.table), 0) + 1
             if n > MAX_STEER_LINES:
                 continue

@@ -92,7 +92,9 @@ class Capability:
       creates at the first compilation (checked, never created by open_tables).
     - upserts / deletes: its owned tables in the order entries are written / deleted. Across
       data paths, upserts run in registry order and deletes in reverse registry order.
-    - codecs: how each of its tables reads back (core/tables.Codec).
+    - codecs: how each of its tables reads back (core/tables.Codec). summarized: tables
+      whose entries are a product (destinations x ports: a port range is thousands of
+      entries), of which a text diff shows a few per resource.
     - cross_check(state, invalid): problems across resources that a schema cannot express;
       invalid holds the refs of resources that failed on their own (no consequential errors).
     - compile(out, state, context): the entries its resources want, put into out; pure.
@@ -103,7 +105,8 @@ class Capability:
       part (core/attachments.py: links, cgroup links, host plumbing), in registry order.
     - status(context): its sections of the daemon's status document (key -> value); the
       kernel is read through context.read, and a section says what it could not read
-      rather than failing the document.
+      rather than failing the document; status_lines(document): those sections as
+      `bpfsync status` prints them (indented lines).
     """
 
     name: str
@@ -116,7 +119,9 @@ class Capability:
     compile: Callable[[DesiredTables, DesiredState, CompileContext], None]
     maps: tuple[MapSpec, ...] = ()
     created_by_bcc: tuple[MapSpec, ...] = field(default=())
+    summarized: tuple[MapSpec, ...] = ()
     status: Callable[[StatusContext], dict[str, Any]] | None = None
+    status_lines: Callable[[Mapping[str, Any]], list[str]] | None = None
     facts: Callable[[DesiredState, Path, bool], Any] | None = None
     tc: TcPrograms | None = None
     attachments: Attachments | None = None

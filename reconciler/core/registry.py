@@ -31,6 +31,7 @@ BY_NAME: dict[str, MapSpec] = {s.name: s for s in (*PINNED, *CREATED_BY_BCC)}
 # configuration names its Proxy's slot), deletes in reverse; within a data path, its own order.
 UPSERT_ORDER: tuple[MapSpec, ...] = tuple(s for c in CAPABILITIES for s in c.upserts)
 DELETE_ORDER: tuple[MapSpec, ...] = tuple(s for c in reversed(CAPABILITIES) for s in c.deletes)
+SUMMARIZED: frozenset[str] = frozenset(s.name for c in CAPABILITIES for s in c.summarized)
 _CODECS: dict[str, Codec] = {name: codec for c in CAPABILITIES for name, codec in c.codecs.items()}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from reconciler.core import registry
 from reconciler.render import columns
 
 
@@ -68,32 +69,9 @@ def status_text(doc: dict[str, Any]) -> str:
     if dp.get("error"):
         line += f": {dp['error']}"
     lines.append(line)
-    for tun in doc["tunnels"]:
-        learned = tun["learned"]
-        how = ("fixed remote" if tun["remote"] != "learn" else
-               f"learned {learned['address']}:{learned['port']} {learned['ageSeconds']}s ago"
-               if learned else "remote not learned yet")
-        lines.append(f"  tunnel {tun['name']}: {how}"
-                     + ("" if tun["healthy"] else " (not fresh)"))
-    for p in doc["proxies"]:
-        to = ("to original destinations" if p.get("originalDestinations") else
-              f"{p['healthy']}/{len(p['backends'])} backends healthy")
-        lines.append(f"  proxy {p['name']}: {to}, {p['active']} connections")
-    tps = doc.get("transparentProxies") or {}
-    for tp in tps.get("resources", []):
-        c = tp["counters"]
-        lines.append(f"  transparent proxy {tp['name']} (cgroup {tp['cgroup']} -> proxy "
-                     f"{tp['proxy']}): {c['intercepted']} intercepted, {c['excluded']} excluded, "
-                     f"{c['no_proxy']} with no proxy, {c['track_full']} untracked")
-    if tps:
-        tr = tps["tracking"]
-        lines.append(f"  intercepted connections tracked: {tr['entries']}/{tr['capacity']}")
-    for ic in doc.get("intercepts") or []:
-        c = ic["counters"]
-        lines.append(f"  intercept {ic['name']} ({ic['device']}, {ic['rules']} rules): "
-                     f"{c['redirected']} redirected, {c['dropped']} dropped, {c['passed']} "
-                     f"passed, {c['unmatched']} unmatched; {c['assigned']} assigned, "
-                     f"{c['no_listener']} with no listener")
+    for capability in registry.CAPABILITIES:
+        if capability.status_lines is not None:
+            lines += capability.status_lines(doc)
     lines += [f"warning: {w}" for w in doc["warnings"]]
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ from reconciler.gue.checks import cross_check
 from reconciler.gue.compile import compile_gue
 from reconciler.gue.inventory import services, tunnels
 from reconciler.gue.model import Interface, Service, Tunnel
-from reconciler.gue.status import gue_status
+from reconciler.gue.status import gue_status, gue_status_lines
 
 GUE = Capability(
     name="gue",
@@ -39,6 +39,7 @@ GUE = Capability(
     codecs=gt.CODECS,
     cross_check=cross_check,
     status=gue_status,
+    status_lines=gue_status_lines,
     compile=compile_gue,
     tc=TcPrograms("Interface", hooks.ProgramConfig, frozenset(hooks.FUNCTIONS.values()),
                   hooks.wanted, programs.tags, programs.load),

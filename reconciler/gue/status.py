@@ -3,6 +3,7 @@ learned one is fresh."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from reconciler.core.capability import StatusContext
@@ -29,3 +30,16 @@ def gue_status(context: StatusContext) -> dict[str, Any]:
                     "id": doc["spec"]["id"], "remote": remote, "learned": learned,
                     "healthy": healthy})
     return {"tunnels": out}
+
+
+def gue_status_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Its sections of `bpfsync status`, from the status document."""
+    lines = []
+    for tun in doc.get("tunnels") or []:
+        learned = tun["learned"]
+        how = ("fixed remote" if tun["remote"] != "learn" else
+               f"learned {learned['address']}:{learned['port']} {learned['ageSeconds']}s ago"
+               if learned else "remote not learned yet")
+        lines.append(f"  tunnel {tun['name']}: {how}"
+                     + ("" if tun["healthy"] else " (not fresh)"))
+    return lines

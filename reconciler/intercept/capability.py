@@ -10,7 +10,7 @@ from reconciler.intercept.build import build_intercept
 from reconciler.intercept.checks import cross_check
 from reconciler.intercept.compile import compile_intercepts
 from reconciler.intercept.model import Intercept
-from reconciler.intercept.status import intercept_status
+from reconciler.intercept.status import intercept_status, intercept_status_lines
 
 INTERCEPT = Capability(
     name="intercept",
@@ -20,8 +20,10 @@ INTERCEPT = Capability(
     upserts=(ict.IC_RULES,),
     deletes=(ict.IC_RULES,),
     codecs=ict.CODECS,
+    summarized=(ict.IC_RULES,),
     cross_check=cross_check,
     status=intercept_status,
+    status_lines=intercept_status_lines,
     compile=compile_intercepts,
     tc=TcPrograms("Intercept", hooks.InterceptProgram, hooks.FUNCTIONS, hooks.wanted,
                   programs.tags, programs.load),

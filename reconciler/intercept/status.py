@@ -3,6 +3,7 @@ SYNs assigned or dropped for want of a listener)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from reconciler.core.capability import StatusContext
@@ -24,3 +25,15 @@ def intercept_status(context: StatusContext) -> dict[str, Any]:
     return {"intercepts": [{"name": ic.name, "id": ic.id, "device": ic.place,
                             "rules": len(ic.rules), "counters": stats.get(ic.id, zero)}
                            for ic in sorted(declared.values(), key=lambda x: x.id)]}
+
+
+def intercept_status_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Its sections of `bpfsync status`, from the status document."""
+    lines = []
+    for ic in doc.get("intercepts") or []:
+        c = ic["counters"]
+        lines.append(f"  intercept {ic['name']} ({ic['device']}, {ic['rules']} rules): "
+                     f"{c['redirected']} redirected, {c['dropped']} dropped, {c['passed']} "
+                     f"passed, {c['unmatched']} unmatched; {c['assigned']} assigned, "
+                     f"{c['no_listener']} with no listener")
+    return lines

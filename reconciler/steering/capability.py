@@ -10,7 +10,7 @@ from reconciler.steering.checks import cross_check
 from reconciler.steering.compile import compile_steering
 from reconciler.steering.inventory import proxies
 from reconciler.steering.model import Proxy
-from reconciler.steering.status import steering_status
+from reconciler.steering.status import steering_status, steering_status_lines
 
 STEERING = Capability(
     name="steering",
@@ -22,8 +22,10 @@ STEERING = Capability(
     upserts=(st.PROXY, st.STEER),
     deletes=(st.STEER, st.PROXY),
     codecs=st.CODECS,
+    summarized=(st.STEER,),
     cross_check=cross_check,
     status=steering_status,
+    status_lines=steering_status_lines,
     compile=compile_steering,
     attachments=STEERING_LINK,
 )

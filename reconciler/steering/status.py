@@ -3,6 +3,7 @@ backend health."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from reconciler.core.capability import StatusContext
@@ -21,3 +22,13 @@ def steering_status(context: StatusContext) -> dict[str, Any]:
                         "healthy": sum(1 for b in backends if b["healthy"]),
                         "declared": name in declared})
     return {"proxies": proxies}
+
+
+def steering_status_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Its sections of `bpfsync status`, from the status document."""
+    lines = []
+    for p in doc.get("proxies") or []:
+        to = ("to original destinations" if p.get("originalDestinations") else
+              f"{p['healthy']}/{len(p['backends'])} backends healthy")
+        lines.append(f"  proxy {p['name']}: {to}, {p['active']} connections")
+    return lines

@@ -11,7 +11,7 @@ from reconciler.tproxy.cgroups import NAME
 from reconciler.tproxy.checks import cross_check
 from reconciler.tproxy.compile import compile_tproxy
 from reconciler.tproxy.model import TransparentProxy
-from reconciler.tproxy.status import tproxy_status
+from reconciler.tproxy.status import tproxy_status, tproxy_status_lines
 
 TPROXY = Capability(
     name=NAME,
@@ -22,8 +22,10 @@ TPROXY = Capability(
     upserts=(tpt.TP_CONFIG, tpt.TP_RULES),
     deletes=(tpt.TP_RULES, tpt.TP_CONFIG),
     codecs=tpt.CODECS,
+    summarized=(tpt.TP_RULES,),
     cross_check=cross_check,
     status=tproxy_status,
+    status_lines=tproxy_status_lines,
     compile=compile_tproxy,
     facts=host.facts,
     attachments=CGROUP_LINKS,

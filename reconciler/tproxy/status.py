@@ -4,6 +4,7 @@ proxy cannot learn)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from reconciler.core.capability import StatusContext
@@ -30,3 +31,18 @@ def tproxy_status(context: StatusContext) -> dict[str, Any]:
                        "whenProxyDown": "direct" if tp.fail_open else "refuse",
                        "counters": stats.get(tp.id, zero)}
                       for tp in sorted(declared.values(), key=lambda x: x.id)]}}
+
+
+def tproxy_status_lines(doc: Mapping[str, Any]) -> list[str]:
+    """Its sections of `bpfsync status`, from the status document."""
+    lines = []
+    tps = doc.get("transparentProxies") or {}
+    for tp in tps.get("resources", []):
+        c = tp["counters"]
+        lines.append(f"  transparent proxy {tp['name']} (cgroup {tp['cgroup']} -> proxy "
+                     f"{tp['proxy']}): {c['intercepted']} intercepted, {c['excluded']} excluded, "
+                     f"{c['no_proxy']} with no proxy, {c['track_full']} untracked")
+    if tps:
+        tr = tps["tracking"]
+        lines.append(f"  intercepted connections tracked: {tr['entries']}/{tr['capacity']}")
+    return lines

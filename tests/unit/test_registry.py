@@ -94,3 +94,33 @@ def test_the_command_line_offers_every_kind() -> None:
     assert get.kind == "transparentproxies"
     for kind in registry.ENTRY_KINDS:
         assert parser().parse_args(["diff", "d", "--keep", kind]).keep == [kind]
+
+
+def test_status_text_prints_every_data_paths_sections() -> None:
+    from reconciler.daemon.statustext import status_text
+
+    doc = {
+        "daemon": {"pid": 1, "directory": "/etc/bpfsync", "pinRoot": "/sys/fs/bpf/x",
+                   "resyncSeconds": 30, "drift": "enforce"},
+        "lastReconcile": None, "lastApplied": None, "errors": [], "resources": {},
+        "outOfSync": [], "drift": {"correctedOperations": 0, "recentCorrections": []},
+        "dataPath": {"state": "running"}, "warnings": [],
+        "tunnels": [{"name": "up", "remote": "learn", "learned": None, "healthy": False}],
+        "proxies": [{"name": "web", "healthy": 1, "backends": [{}, {}], "active": 3}],
+        "transparentProxies": {
+            "resources": [{"name": "apps", "cgroup": "/a", "proxy": "web", "counters": {
+                "intercepted": 4, "excluded": 0, "no_proxy": 0, "track_full": 0}}],
+            "tracking": {"entries": 1, "capacity": 65536}},
+        "intercepts": [{"name": "wan", "device": "eth0", "rules": 2, "counters": {
+            "redirected": 5, "dropped": 1, "passed": 0, "unmatched": 0, "assigned": 5,
+            "no_listener": 0}}],
+    }
+    text = status_text(doc)
+    assert "  tunnel up: remote not learned yet (not fresh)" in text
+    assert "  proxy web: 1/2 backends healthy, 3 connections" in text
+    assert "  transparent proxy apps (cgroup /a -> proxy web): 4 intercepted" in text
+    assert "  intercepted connections tracked: 1/65536" in text
+    assert "  intercept wan (eth0, 2 rules): 5 redirected, 1 dropped" in text
+    lines = text.splitlines()
+    assert [i for i, line in enumerate(lines) if line.startswith("  tunnel")] < [
+        i for i, line in enumerate(lines) if line.startswith("  intercept ")]  # registry order

@@ -96,13 +96,14 @@ def test_the_kernel_shell_knows_no_data_path() -> None:
 
 
 GENERIC = ("reconciler.core.", "reconciler.load.", "reconciler.engine", "reconciler.execute",
-           "reconciler.attach")
+           "reconciler.attach", "reconciler.render", "reconciler.inventory",
+           "reconciler.testing", "reconciler.daemon.statustext", "reconciler.daemon.record")
 
 
 def test_generic_modules_reach_data_paths_only_through_the_registry() -> None:
-    """The core, the loader and the engine (planning and executing entries and attachments)
-    name no data path, not even in type annotations: what they do for one they do for
-    every Capability the registry lists."""
+    """The core, the loader, the engine (planning and executing entries and attachments),
+    the renderings of plans, inventories and status name no data path, not even in type
+    annotations: what they do for one they do for every Capability the registry lists."""
     modules = _modules()
     for name in sorted(modules):
         if name.startswith(GENERIC) and name != "reconciler.core.registry":
