@@ -78,7 +78,7 @@ def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
     entry = registry.describe_key(op.table, op.key)
     head = f"  {op.action.sign} {op.table} {entry}"
     if show_resource:
-        head += f"  [{op.resource}]"
+        head += f"  [{op.owner}]"
     if op.action is Action.CREATE:
         fields = _public(_fields(op.table, op.value)) or {}
         if not fields:
@@ -128,10 +128,10 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> 
         if op.drift:
             continue
         if op.table in registry.SUMMARIZED:  # a port range is thousands of entries
-            n = expanded[(op.resource, op.table)] = expanded.get((op.resource, op.table), 0) + 1
+            n = expanded[(op.owner, op.table)] = expanded.get((op.owner, op.table), 0) + 1
             if n > MAX_STEER_LINES:
                 continue
-        by_resource.setdefault(op.resource, []).extend(_op_line(op))
+        by_resource.setdefault(op.owner, []).extend(_op_line(op))
     for (resource, table), n in expanded.items():
         if n > MAX_STEER_LINES:
             by_resource[resource].append(
@@ -165,7 +165,7 @@ def _origins(state: DesiredState | None) -> dict[str, str]:
 def _op_json(op: Operation) -> dict[str, Any]:
     return {
         "action": op.action.value,
-        "resource": op.resource,
+        "resource": op.owner,
         "table": op.table,
         "entry": registry.describe_key(op.table, op.key),
         "key": registry.decode_key(op.table, op.key),
@@ -194,7 +194,7 @@ def plan_json(plan: Plan, state: DesiredState | None = None) -> str:
 
     for op in plan.operations:
         if not op.drift:
-            entry(op.resource)["actions"].append(_op_json(op))
+            entry(op.owner)["actions"].append(_op_json(op))
     for aop in _attach_ops(plan):
         entry(aop.owner)["actions"].append(_attach_json(aop))
     c = Counter(op.action.value for op in plan.operations)

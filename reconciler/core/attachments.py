@@ -181,9 +181,9 @@ class Step:
 
     @property
     def is_change(self) -> bool | None:
-        """Drift or change as far as the step itself tells: drift when it repairs what was
-        altered outside bpfsync; a change when it removes what no resource wants (its owner
-        is gone); None: the owner's history decides (core/drift.py)."""
+        """Drift or change as far as the step itself tells (core/plan.Change): drift when it
+        repairs what was altered outside bpfsync; a change when it removes what no resource
+        wants (its owner is gone); None: the owner's history decides (core/drift.py)."""
         if self.drift:
             return False
         return True if self.action is AttachAction.DETACH else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.core.attachments import AttachPlan
-from reconciler.core.plan import Action, Plan
+from reconciler.core.plan import Change, Plan
 from reconciler.core.state import DesiredState
 
 ENFORCE, WARN, OFF = "enforce", "warn", "off"
@@ -81,31 +81,24 @@ def split(plan: Plan, state: DesiredState, before: DesiredState | None, default:
     out = Split(Plan(kept=plan.kept, desired_total=plan.desired_total,
                      observed_counts=plan.observed_counts))
 
-    def keep(owner: str, what: str, change: bool | None = None) -> bool:
-        if change if change is not None else c.is_change(owner):
+    def keep(ch: Change) -> bool:
+        change = ch.is_change
+        if change is False and c.before is None:
+            change = None  # without a baseline everything is a change
+        if change if change is not None else c.is_change(ch.owner):
             return True
-        policy = c.policy(owner)
+        policy = c.policy(ch.owner)
         if policy == ENFORCE:
-            out.corrected[owner] = out.corrected.get(owner, 0) + 1
+            out.corrected[ch.owner] = out.corrected.get(ch.owner, 0) + 1
             return True
-        out.held.append(Held(owner, policy, what))
+        out.held.append(Held(ch.owner, policy, f"{ch.action.value} {ch.describe()} "
+                                               f"({ch.reason})"))
         return False
 
-    # An entry to delete has no YAML owner to compare (its name is made up from its content):
-    # one bpfsync wrote (stamped) belongs to a resource removed since, a change; one written
-    # by someone else is drift.
-    out.apply.operations = [
-        op for op in plan.operations
-        if keep(op.resource, f"{op.action.value} {op.table} entry ({op.reason})",
-                change=(not op.drift or c.before is None) if op.action is Action.DELETE
-                else None)]
+    # Change.is_change: removing what nobody declares is a change (its owner was removed),
+    # repairing what was altered outside bpfsync is drift; else the owner's history decides.
     a = plan.attachments
-    # Step.is_change: removing what no resource wants is a change (its owner was removed),
-    # repairing what was altered outside bpfsync is drift (but without a baseline everything
-    # is a change); else the owner's history decides
-    out.apply.attachments = AttachPlan(
-        [op for op in a.steps
-         if keep(op.owner, f"{op.action.value} {op.describe()}",
-                 None if op.is_change is False and c.before is None else op.is_change)],
-        a.conditions, a.in_place)
+    out.apply.operations = [op for op in plan.operations if keep(op)]
+    out.apply.attachments = AttachPlan([s for s in a.steps if keep(s)], a.conditions,
+                                       a.in_place)
     return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
-from reconciler.core.attachments import AttachPlan
+from reconciler.core.attachments import AttachAction, AttachPlan
 
 
 class Action(Enum):
@@ -24,6 +25,28 @@ class Action(Enum):
         return {"create": "+", "update": "~", "delete": "-"}[self.value]
 
 
+class Change(Protocol):
+    """What every change of a plan has, entry (Operation, below) or attachment
+    (core/attachments.Step), so that drift policy, status and counts treat them alike:
+    an action (its value and sign as printed), the "Kind/name" that owns it, why, whether
+    it repairs a change made outside bpfsync, a one-line description without values (values
+    may hold keys), and is_change: True when the change itself says it is one (it removes
+    what nobody declares), False when it says it is drift, None when the owner's history
+    decides (core/drift.py)."""
+
+    @property
+    def action(self) -> Action | AttachAction: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def drift(self) -> bool: ...
+    @property
+    def is_change(self) -> bool | None: ...
+    def describe(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     action: Action
@@ -32,9 +55,22 @@ class Operation:
     # Values may hold key material: kept out of repr so that no log or traceback shows them.
     value: bytes | None = field(repr=False)  # new value; None for delete
     old: bytes | None = field(repr=False)  # observed value; None for create
-    resource: str  # "Kind/name" that owns the entry (synthesised for entries not in YAML)
+    owner: str  # "Kind/name" that owns the entry (synthesised for entries not in YAML)
     reason: str
     drift: bool = False  # the kernel entry was changed or added outside bpfsync
+
+    def describe(self) -> str:
+        return f"{self.table} entry"
+
+    @property
+    def is_change(self) -> bool | None:
+        """Drift or change as far as the entry itself tells (see Change): deleting an entry
+        bpfsync wrote is a change (its owner was removed: nobody declares it); deleting one
+        someone else added is drift. A write is the owner's to decide: a value altered
+        outside bpfsync whose owner was also edited in YAML takes the YAML's."""
+        if self.action is Action.DELETE:
+            return not self.drift
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +114,10 @@ class Plan:
     @property
     def drift(self) -> list[Operation]:
         return [op for op in self.operations if op.drift]
+
+    def changes(self) -> list[Change]:
+        """Every change: entry operations, then attachment steps."""
+        return [*self.operations, *self.attachments.steps]
 
     def empties_everything(self) -> bool:
         """True when applying would leave every owned table empty although some are not."""

@@ -14,7 +14,7 @@ from typing import Any
 from reconciler.core import drift, registry
 from reconciler.core.attachments import Condition
 from reconciler.core.errors import BpfsyncError
-from reconciler.core.plan import Action, Plan, PrunePolicy
+from reconciler.core.plan import Plan, PrunePolicy
 from reconciler.core.state import DesiredState
 
 
@@ -83,8 +83,5 @@ def kind_counts(state: DesiredState) -> dict[str, int]:
 
 
 def operation_counts(plan: Plan) -> Counter[str]:
-    """Entry and attachment operations of a plan, by action."""
-    out: Counter[str] = Counter({a.value: plan.count(a) for a in Action})
-    for op in plan.attachments.changes():
-        out[op.action.value] += 1
-    return +out
+    """Entry and attachment changes of a plan, by action."""
+    return Counter(change.action.value for change in plan.changes())

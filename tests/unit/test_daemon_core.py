@@ -57,7 +57,7 @@ def test_drift_is_corrected_held_or_applied_as_a_change() -> None:
     observed["ti_verify"].pop(next(iter(observed["ti_verify"])))  # someone deleted an entry
     plan = compute_plan(compile_tables(s), observed)
     assert [op.action for op in plan.operations] == [Action.CREATE]
-    owner = plan.operations[0].resource
+    owner = plan.operations[0].owner
     base = s
     enforce = drift.split(plan, s, base, drift.ENFORCE)
     assert len(enforce.apply.operations) == 1 and enforce.corrected == {owner: 1}

@@ -80,7 +80,7 @@ def test_removed_resource_is_pruned_after_services_and_kept_when_disabled() -> N
     plan = compute_plan(compile_tables(after), observed_from(before))
     assert [(op.action, op.table) for op in plan.operations] == [
         (Action.DELETE, "ti_encap"), (Action.DELETE, "ti_verify")]
-    assert plan.operations[0].resource == "Service/svc-1-2"
+    assert plan.operations[0].owner == "Service/svc-1-2"
     kept = compute_plan(compile_tables(after), observed_from(before),
                         PrunePolicy(keep_kinds=frozenset({"Service"})))
     assert kept.in_sync and len(kept.kept) == 2

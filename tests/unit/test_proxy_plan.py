@@ -77,7 +77,7 @@ def test_removal_deletes_steering_before_the_configuration(tmp_path: Path) -> No
     plan = compute_plan(compile_tables(DesiredState()), observed)
     tables = [op.table for op in plan.operations]
     assert tables.index(st.PROXY.name) > max(i for i, x in enumerate(tables) if x == st.STEER.name)
-    assert {op.resource for op in plan.operations} == {"Proxy/web"}
+    assert {op.owner for op in plan.operations} == {"Proxy/web"}
 
 
 def test_link_plan() -> None:

@@ -72,7 +72,7 @@ def test_every_entry_compiled_reads_back_and_is_named_after_its_owner(tmp_path: 
     # deleting everything names each entry after a resource of the table's kind
     plan = compute_plan(compile_tables(type(state)()), desired.entries)
     for op in plan.operations:
-        assert op.resource.startswith(registry.BY_NAME[op.table].kind + "/"), op
+        assert op.owner.startswith(registry.BY_NAME[op.table].kind + "/"), op
 
 
 def test_get_shows_every_kind_with_entries(tmp_path: Path) -> None:
