@@ -110,6 +110,11 @@ def notices(plan: Plan) -> list[str]:
             + [f"warning: {w}" for w in a.warnings])
 
 
+def summary_text(plan: Plan, directory: str) -> str:
+    """The one line that sums a plan up (diff -q)."""
+    return plan_text(plan, directory).splitlines()[0] if plan.in_sync else _summary(plan)
+
+
 def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> str:
     if plan.in_sync:
         text = (f"No changes: the kernel is in sync with {directory} "

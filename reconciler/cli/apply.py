@@ -35,7 +35,6 @@ def add(sub: Any) -> None:
     a.add_argument("directory")
     a.add_argument("--allow-empty", action="store_true",
                    help="allow a plan that deletes every entry bpfsync manages")
-    a.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     common.prune_flags(a)
     a.set_defaults(func=cmd_apply)
 

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -21,6 +21,50 @@ from reconciler.kernel.maps import DEFAULT_PIN_ROOT
 from reconciler.render import columns
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+# A usage error (a mistyped flag, an unknown -o value) is an error like any other: never
+# argparse's own 2, which diff answers for "changes pending" and status for "degraded".
+EXIT_USAGE = EXIT_ERROR
+# Options that work before or after the subcommand (as kubectl's flags do), with their
+# defaults when given nowhere.
+GLOBAL_DEFAULTS: dict[str, Any] = {"pin_root": None, "quiet": False, "verbose": False,
+                                   "log_format": "text"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors exiting EXIT_USAGE."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def global_options() -> argparse.ArgumentParser:
+    """The options every subcommand takes, before or after its name: a parent parser whose
+    defaults are suppressed, so that a value given before the subcommand is not overwritten
+    by the subcommand's default (GLOBAL_DEFAULTS fills what was given nowhere)."""
+    g = argparse.ArgumentParser(add_help=False)
+    g.add_argument("--pin-root", default=argparse.SUPPRESS,
+                   help=f"bpffs directory of bpfsync's pins (env BPFSYNC_PIN_ROOT, default "
+                        f"{DEFAULT_PIN_ROOT})")
+    g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="apply, diff: print only the summary line (and problems)")
+    g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log debug messages (to stderr)")
+    g.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                   help="how log messages are written to stderr (default text)")
+    return g
+
+
+class Subcommands:
+    """The subparsers action, handing every subcommand the global options."""
+
+    def __init__(self, action: Any, parents: list[argparse.ArgumentParser]) -> None:
+        self.action, self.parents = action, parents
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.action.add_parser(
+            name, parents=self.parents, **kwargs)
+        return parser
 
 
 def print_problems(problems: Sequence[Problem]) -> None:
@@ -33,6 +77,18 @@ def pin_root(args: argparse.Namespace) -> Path:
     root, with one lock and one run directory."""
     given = args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT") or DEFAULT_PIN_ROOT
     return Path(os.path.realpath(given))
+
+
+def applied_pin_root(args: argparse.Namespace) -> Path | None:
+    """The pin root, which must exist: None when it is the default one and does not exist
+    (nothing was ever applied on this host: the caller says so); a BpfsyncError when it was
+    named (--pin-root, BPFSYNC_PIN_ROOT) and does not exist — a typo, not an empty host."""
+    root = pin_root(args)
+    if root.is_dir():
+        return root
+    if args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT"):
+        raise BpfsyncError(f"pin root {root} does not exist")
+    return None
 
 
 def prune_policy(args: argparse.Namespace) -> PrunePolicy:

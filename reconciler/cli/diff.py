@@ -26,6 +26,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if args.output == "json":
         print(render.plan_json(result.plan, result.state))
+    elif args.quiet:
+        print(render.summary_text(result.plan, args.directory))
     else:
         print(render.plan_text(result.plan, args.directory, result.state))
     if result.plan.attachments.conflicts:

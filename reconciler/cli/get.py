@@ -13,6 +13,7 @@ import yaml
 from reconciler import engine, inventory
 from reconciler.cli.common import (
     EXIT_OK,
+    applied_pin_root,
     columns,
     emit,
     pin_root,
@@ -140,6 +141,9 @@ def _words(kind: Kind) -> tuple[str, str]:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    if applied_pin_root(args) is None:
+        print(f"Nothing applied on this host yet ({pin_root(args)} does not exist).")
+        return EXIT_OK
     word = args.kind.lower()
     if word == "stats":
         return _get_stats(args)

@@ -2,7 +2,8 @@
 datapath, status).
 
 Exit codes: validate 0 valid / 1 invalid; diff 0 in sync / 2 changes pending / 1 error
-(Terraform's -detailed-exitcode); apply and get 0 / 1; status 0 healthy / 2 degraded / 1 no daemon.
+(Terraform's -detailed-exitcode); apply and get 0 / 1; status 0 healthy / 2 degraded / 1 no daemon;
+a usage error 1, never 2.
 """
 
 from __future__ import annotations
@@ -13,27 +14,57 @@ import sys
 from collections.abc import Sequence
 
 from reconciler.cli import apply, diff, get, run, status, validate
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, print_problems
+from reconciler.cli.common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    GLOBAL_DEFAULTS,
+    Parser,
+    Subcommands,
+    global_options,
+    print_problems,
+)
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Severity
-from reconciler.kernel.maps import DEFAULT_PIN_ROOT
 
 SUBCOMMANDS = (validate, diff, apply, run, status, get)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("bpfsync")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bpfsync",
-        description="Declarative control plane for eBPF proxy and tunnel data paths.")
-    p.add_argument("--pin-root", help=f"bpffs directory of bpfsync's pins (env BPFSYNC_PIN_ROOT, "
-                                      f"default {DEFAULT_PIN_ROOT})")
-    sub = p.add_subparsers(dest="command", required=True)
+    options = global_options()
+    p = Parser(prog="bpfsync", parents=[options],
+               description="Declarative control plane for eBPF proxy and tunnel data paths.")
+    p.add_argument("--version", action="version", version=f"bpfsync {version()}")
+    sub = Subcommands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+                      [options])
     for module in SUBCOMMANDS:
         module.add(sub)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The arguments, with the global options given nowhere set to their defaults."""
     args = parser().parse_args(argv)
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    if args.command != "run":  # the daemon sets its logging up itself (--log-level)
+        from reconciler.daemon import logs
+
+        logs.setup(args.log_format, "debug" if args.verbose else "warning")
     try:
         code = args.func(args)
     except InvalidDesiredState as exc:

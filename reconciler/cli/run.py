@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.daemon.record import DaemonConfig
     from reconciler.daemon.service import Daemon
 
-    logs.setup(args.log_format, args.log_level)
+    logs.setup(args.log_format, "debug" if args.verbose else args.log_level)
     if args.log_format == "json":  # the data-path processes log the same way
         os.environ["BPFSYNC_LOG_FORMAT"] = "json"
     if args.pull is not None and not args.pull > 0:
@@ -81,9 +81,8 @@ def add(sub: Any) -> None:
     r.add_argument("--pull", type=float, metavar="SECONDS",
                    help="DIRECTORY is in a git clone: fetch its upstream branch this often, "
                         "fast-forward, and apply only committed content")
-    r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   default="info")
+                   default="info", help="(default info; -v: debug)")
     common.prune_flags(r)
     r.set_defaults(func=cmd_run)
 

@@ -11,6 +11,7 @@ from reconciler.cli.common import (
     EXIT_CHANGES,
     EXIT_ERROR,
     EXIT_OK,
+    applied_pin_root,
     pin_root,
 )
 from reconciler.daemon.statustext import status_text
@@ -20,6 +21,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from reconciler.daemon import status
     from reconciler.datapath.supervisor import run_dir
 
+    if applied_pin_root(args) is None:
+        print(f"bpfsync: nothing applied on this host yet ({pin_root(args)} does not exist; "
+              f"no daemon manages it)", file=sys.stderr)
+        return EXIT_ERROR
     try:
         doc = status.query(run_dir(pin_root(args)))
     except status.DaemonNotRunning as exc:

@@ -87,12 +87,15 @@ class Problem:
         return text
 
     def to_json(self) -> dict[str, object]:
+        kind, _, name = (self.resource or "").partition("/")
         return {
             "file": self.location.file,
             "line": self.location.line,
             "column": self.location.column,
             "severity": self.severity.value,
             "resource": self.resource,
+            "kind": kind or None,
+            "name": name or None,
             "path": self.path,
             "message": self.message,
             "related": [str(r) for r in self.related],

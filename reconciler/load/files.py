@@ -4,6 +4,7 @@ process of the parallel loader runs."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,23 @@ from reconciler.load.schema import MAX_EXPLAINED, Schemas
 from reconciler.load.source import Document, parse, read
 
 DRIFT_ANNOTATION = "bpfsync.dev/drift"
+ANNOTATION_PREFIX = "bpfsync.dev/"
+ANNOTATIONS = (DRIFT_ANNOTATION,)  # every bpfsync.dev/ annotation bpfsync reads
+
+
+def _annotation_problems(annotations: dict[str, str], origin: Origin,
+                         ref: str | None) -> list[Finding]:
+    """bpfsync's own prefix is bpfsync's: an annotation under it that bpfsync does not read
+    is a typo (a mistyped drift policy would otherwise be ignored without a word)."""
+    out = []
+    for key in annotations:
+        if key.startswith(ANNOTATION_PREFIX) and key not in ANNOTATIONS:
+            near = difflib.get_close_matches(key, ANNOTATIONS, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]}?" if near else (
+                f" (bpfsync reads {', '.join(ANNOTATIONS)})")
+            out.append(Finding(origin, ("metadata", "annotations", key),
+                               f"unknown annotation {shown(key)}{hint}", ref, at_key=True))
+    return out
 
 
 def _build(doc: Document, origin: Origin, findings: list[Finding],
@@ -61,8 +79,9 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache,
     if errors:
         return DocResult(origin, ref, None, [
             Finding(origin, e.path, e.message, ref, at_key=e.at_key) for e in errors])
-    findings: list[Finding] = []
-    drift = data["metadata"].get("annotations", {}).get(DRIFT_ANNOTATION)
+    annotations = data["metadata"].get("annotations", {})
+    findings = _annotation_problems(annotations, origin, ref)
+    drift = annotations.get(DRIFT_ANNOTATION)
     if drift is not None and drift not in POLICIES:
         findings.append(Finding(origin, ("metadata", "annotations", DRIFT_ANNOTATION),
                                 f"{shown(drift)} is not a drift policy; use one of "

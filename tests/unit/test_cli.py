@@ -1,0 +1,147 @@
+"""The command line's edges: exit codes of usage errors, global options anywhere, pin roots
+that do not exist, --version. Run in-process (main(argv)), with the output captured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli.common import EXIT_CHANGES
+from reconciler.cli.main import SUBCOMMANDS, main, parse
+
+USAGE_ERRORS = [
+    ["--bogus", "validate", "x"],
+    ["validate"],  # a required argument missing
+    ["validate", "x", "--bogus"],
+    ["diff", "x", "-o", "yaml"],  # an unknown -o value
+    ["diff", "x", "--keep", "Nope"],
+    ["apply"],
+    ["apply", "x", "--bogus"],
+    ["get", "nothing"],
+    ["get", "all", "-o", "wide-ish"],
+    ["status", "-o", "yaml"],
+    ["run", "x", "--drift", "sometimes"],
+    ["run", "x", "--resync", "soon"],
+    ["datapath", "--netns"],
+    ["--log-format", "xml", "validate", "x"],
+    [],  # no subcommand
+    ["frobnicate"],
+]
+
+
+def _exit(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return int(exc.value.code or 0)
+
+
+@pytest.mark.parametrize("argv", USAGE_ERRORS, ids=lambda a: " ".join(a) or "(none)")
+def test_a_usage_error_exits_1_never_the_2_of_changes_pending(argv: list[str], capsys) -> None:
+    assert _exit(argv) == 1 != EXIT_CHANGES
+    err = capsys.readouterr().err
+    assert "usage: bpfsync" in err and "error:" in err
+
+
+def test_every_subcommand_is_in_the_table() -> None:
+    named = {argv[0] for argv in USAGE_ERRORS if argv and not argv[0].startswith("-")}
+    assert {m.__name__.rsplit(".", 1)[1] for m in SUBCOMMANDS} | {"datapath"} <= named
+
+
+@pytest.mark.parametrize("argv", [
+    ["--pin-root", "/sys/fs/bpf/a", "-q", "-v", "--log-format", "json", "diff", "d"],
+    ["diff", "d", "--pin-root", "/sys/fs/bpf/a", "-q", "-v", "--log-format", "json"],
+    ["-q", "--log-format", "json", "diff", "--pin-root", "/sys/fs/bpf/a", "-v", "d"],
+])
+def test_global_options_work_before_or_after_the_subcommand(argv: list[str]) -> None:
+    args = parse(argv)
+    assert (args.pin_root, args.quiet, args.verbose, args.log_format) == (
+        "/sys/fs/bpf/a", True, True, "json")
+
+
+def test_global_options_given_nowhere_take_their_defaults() -> None:
+    args = parse(["status"])
+    assert (args.pin_root, args.quiet, args.verbose, args.log_format) == (
+        None, False, False, "text")
+    # a value before the subcommand is not overwritten by the subcommand's default
+    assert parse(["--pin-root", "/sys/fs/bpf/b", "status"]).pin_root == "/sys/fs/bpf/b"
+
+
+def test_version(capsys) -> None:
+    assert _exit(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("bpfsync ")
+
+
+def test_a_named_pin_root_that_does_not_exist_is_an_error(tmp_path: Path, capsys,
+                                                          monkeypatch) -> None:
+    monkeypatch.delenv("BPFSYNC_PIN_ROOT", raising=False)
+    missing = tmp_path / "typo"
+    for argv in (["get", "all"], ["get", "tunnels", "-o", "json"], ["status"]):
+        assert _exit(["--pin-root", str(missing), *argv]) == 1
+        assert f"pin root {missing} does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("BPFSYNC_PIN_ROOT", str(missing))
+    assert _exit(["get", "all"]) == 1
+
+
+def test_the_default_pin_root_missing_means_nothing_applied_yet(tmp_path: Path, capsys,
+                                                               monkeypatch) -> None:
+    from reconciler.cli import common
+
+    monkeypatch.delenv("BPFSYNC_PIN_ROOT", raising=False)
+    monkeypatch.setattr(common, "DEFAULT_PIN_ROOT", str(tmp_path / "never"))
+    assert _exit(["get", "all"]) == 0
+    assert "Nothing applied on this host yet" in capsys.readouterr().out
+    assert _exit(["status"]) == 1  # no daemon either: said so
+    assert "nothing applied on this host yet" in capsys.readouterr().err
+
+
+def test_validate_json_gives_every_problem_as_an_object(tmp_path: Path, capsys) -> None:
+    import json
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "p.yaml").write_text("apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\n"
+                                "spec: {id: 5, ports: [99999]}\n")
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "p.yaml").write_text("apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\n"
+                                 "spec: {id: 5}\n")
+    assert _exit(["validate", "-o", "json", "--no-secrets", str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert captured.err == ""  # everything is in the document
+    assert doc["valid"] is False and [r["valid"] for r in doc["results"]] == [True, False]
+    assert doc["results"][0]["resources"] == {"Proxy": 1}
+    [problem] = doc["results"][1]["problems"]
+    assert {k: problem[k] for k in ("file", "line", "kind", "name", "severity")} == {
+        "file": str(bad / "p.yaml"), "line": 4, "kind": "Proxy", "name": "web",
+        "severity": "error"}
+    assert problem["column"] > 1 and problem["path"].startswith("spec.ports")
+    assert _exit(["validate", "-o", "json", "--no-secrets", str(good)]) == 0
+
+
+def test_a_mistyped_bpfsync_annotation_is_refused_with_a_suggestion(tmp_path: Path,
+                                                                    capsys) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata:\n  name: web\n  annotations:\n"
+        "    bpfsync.dev/drfit: warn\n    example.com/owner: team-a\nspec: {id: 5}\n")
+    assert _exit(["validate", "--no-secrets", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'p.yaml'}:6:5: error: Proxy/web: metadata.annotations.bpfsync.dev/drfit:"
+            f" unknown annotation 'bpfsync.dev/drfit'; did you mean bpfsync.dev/drift?") in err
+
+
+def test_an_unreadable_key_file_says_permission_denied(tmp_path: Path, monkeypatch) -> None:
+    from reconciler.load import secrets
+
+    key = tmp_path / "k"
+    key.write_text("hex:00112233445566778899aabbccddeeff\n")
+    key.chmod(0o600)
+
+    def denied(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(secrets, "open", denied, raising=False)
+    with pytest.raises(secrets.KeyUnavailable) as exc:
+        secrets.read_key_file(key)
+    assert str(exc.value) == f"key file {key}: Permission denied"
