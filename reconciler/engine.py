@@ -100,7 +100,10 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
                 allow_empty: bool = False, select: Select | None = None,
                 where: str = "the desired state", memo: CompileMemo | None = None) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
-    (the daemon's drift policies). The plan is computed under the pin root's lock."""
+    (the daemon's drift policies). The plan is computed under the pin root's lock. Nothing
+    is created (pins, cgroups) before what the plan needs is known to be here."""
+    if any(state.count(k.name) for k in registry.KINDS.values() if k.programs):
+        Compiler.check()
     facts = host_facts(state, pin_root, create=True)
     desired = compile_tables(state, memo, facts, pin_root)
     tables: PinnedTables = open_pinned(pin_root, create=True)

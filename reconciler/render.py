@@ -7,6 +7,8 @@ import json
 from collections import Counter
 from typing import Any
 
+import yaml
+
 from reconciler.core import registry
 from reconciler.core.attachments import AttachAction, Step
 from reconciler.core.plan import Action, Operation, Plan
@@ -33,6 +35,22 @@ def _public(fields: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {k: SENSITIVE if isinstance(v, Secret) else v for k, v in fields.items()
             if k != "flags"}
+
+
+_YAML_WORDS = frozenset({"null", "true", "false", "yes", "no", "on", "off", "y", "n"})
+
+
+def yaml_text(value: Any) -> str:
+    """A value as the YAML that declares it would write it (flow style: [a, b], {k: v},
+    null, true), never as a Python repr. Numbers and plain words take the fast path: a plan
+    of a port range prints thousands of them."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if (isinstance(value, str) and value[:1].isalpha() and value.lower() not in _YAML_WORDS
+            and value.replace("-", "").replace(".", "").isalnum()):
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 30)
+    return text.removesuffix("\n").removesuffix("\n...")
 
 
 def changes(op: Operation) -> list[dict[str, Any]]:
@@ -83,14 +101,15 @@ def _op_line(op: Operation, show_resource: bool = False) -> list[str]:
         fields = _public(_fields(op.table, op.value)) or {}
         if not fields:
             return [head]
-        return [head + ": " + " ".join(f"{k}={v}" for k, v in fields.items())]
+        return [head + ": " + " ".join(f"{k}={yaml_text(v)}" for k, v in fields.items())]
     lines = [f"{head}  ({op.reason})"]
     if op.action is Action.UPDATE:
         for ch in changes(op):
             if ch.get("sensitive"):
                 lines.append(f"      {ch['field']}: {SENSITIVE_CHANGED}")
             else:
-                lines.append(f"      {ch['field']}: {ch['from']} → {ch['to']}")
+                lines.append(f"      {ch['field']}: {yaml_text(ch['from'])} → "
+                             f"{yaml_text(ch['to'])}")
     return lines
 
 

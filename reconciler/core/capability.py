@@ -39,7 +39,8 @@ class Kind:
     when there were any). row/unrow: a compact encoding for the parallel loader (plain
     tuples pickle far faster than dataclasses); None: pickled whole (kinds that are few).
     inventory: the kind as `get` shows it from the kernel; None: its entries grouped by
-    owner (reconciler/inventory.py)."""
+    owner (reconciler/inventory.py). programs: its resources need compiled BPF programs
+    (an apply checks the compiler is there before it creates anything)."""
 
     name: str
     plural: str  # as counts and `get` say it: "tunnels", "transparent proxies"
@@ -48,6 +49,7 @@ class Kind:
     row: Row | None = None
     unrow: Unrow | None = None
     inventory: Inventory | None = None
+    programs: bool = False
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ GUE = Capability(
            Kind("Service", "services", Service, build_service, service_row, service_unrow,
                 services),
            Kind("Interface", "interfaces", Interface, build_interface, interface_row,
-                interface_unrow)),
+                interface_unrow, programs=True)),
     entries=(gt.TUNNEL, gt.DECAP, gt.VERIFY, gt.ENCAP, gt.REPLY, gt.NEXT_KEY_TABLE, gt.LEARNED),
     maps=(gt.STATS, gt.FRESH),
     # A second accepted key is written before the slot it may move out of (compile.py keeps

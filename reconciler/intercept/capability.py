@@ -14,7 +14,7 @@ from reconciler.intercept.status import intercept_status, intercept_status_lines
 
 INTERCEPT = Capability(
     name="intercept",
-    kinds=(Kind("Intercept", "intercepts", Intercept, build_intercept),),
+    kinds=(Kind("Intercept", "intercepts", Intercept, build_intercept, programs=True),),
     entries=(ict.IC_RULES,),
     maps=(ict.IC_SYN, ict.IC_STATS, ict.IC_HOST),
     upserts=(ict.IC_RULES,),

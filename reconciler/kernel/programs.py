@@ -52,16 +52,24 @@ class Compiler:
     def __init__(self) -> None:
         self._compiled: dict[Any, Any] = {}
 
+    @staticmethod
+    def check() -> None:
+        """Raise KernelStateError unless programs can be compiled here (BCC importable): an
+        apply checks this before it creates anything, rather than failing after the pins."""
+        ensure_kernel_source()
+        try:
+            import bcc  # noqa: F401
+        except ImportError as exc:
+            raise KernelStateError(
+                "BCC is not importable (Debian package python3-bpfcc); run "
+                "packaging/install.sh") from exc
+
     def compile(self, key: Any, source: str, flags: list[str], what: str) -> Any:
         """bpf/<source> compiled with flags (once per key)."""
         if key not in self._compiled:
-            ensure_kernel_source()
-            try:
-                from bcc import BPF
-            except ImportError as exc:
-                raise KernelStateError(
-                    "BCC is not importable (Debian package python3-bpfcc); run "
-                    "packaging/install.sh") from exc
+            self.check()
+            from bcc import BPF
+
             path = BPF_DIR / source
             try:
                 self._compiled[key] = BPF(src_file=str(path).encode(),

@@ -15,7 +15,8 @@ from reconciler.tproxy.status import tproxy_status, tproxy_status_lines
 
 TPROXY = Capability(
     name=NAME,
-    kinds=(Kind("TransparentProxy", "transparent proxies", TransparentProxy, build_transparent),),
+    kinds=(Kind("TransparentProxy", "transparent proxies", TransparentProxy,
+                build_transparent, programs=True),),
     entries=(tpt.TP_CONFIG, tpt.TP_RULES),
     maps=(tpt.TP_CONNS, tpt.TP_STATS, tpt.TP6_STATS),
     created_by_bcc=(tpt.TP_ORIG,),

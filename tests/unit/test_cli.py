@@ -145,3 +145,34 @@ def test_an_unreadable_key_file_says_permission_denied(tmp_path: Path, monkeypat
     with pytest.raises(secrets.KeyUnavailable) as exc:
         secrets.read_key_file(key)
     assert str(exc.value) == f"key file {key}: Permission denied"
+
+
+def test_plans_print_values_as_yaml_never_as_python_reprs() -> None:
+    from reconciler import render
+    from reconciler.core.compile import compile_tables
+    from reconciler.core.planning import compute_plan
+    from reconciler.load.directory import load_directory
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "proxy"
+    state = load_directory(root)
+    text = render.plan_text(compute_plan(compile_tables(state), {}), str(root), state)
+    line = next(x for x in text.splitlines() if "ps_proxy" in x)
+    assert "drainTimeoutMs=null" in line and "health={enabled: true, fall: 2" in line
+    assert "backends=['192.0.2.11:8080'" in line  # quoted as YAML quotes it
+    assert not any(word in line for word in ("None", "True", "False", "{'"))
+    assert [render.yaml_text(v) for v in ("null", "123", "eth0.100", [1, None])] == [
+        "'null'", "'123'", "eth0.100", "[1, null]"]
+
+
+def test_apply_without_bcc_creates_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bcc", None)  # `import bcc` raises ImportError
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "i.yaml").write_text("apiVersion: bpfsync/v1\nkind: Interface\nmetadata: {name: up}\n"
+                              "spec: {device: eth9, role: gateway}\n")
+    root = tmp_path / "pins"
+    assert _exit(["--pin-root", str(root), "apply", str(d)]) == 1
+    assert "BCC is not importable" in capsys.readouterr().err
+    assert not root.exists()
