@@ -24,7 +24,13 @@ from reconciler.core.planning import compute_plan
 from reconciler.core.state import DesiredState
 from reconciler.core.tables import MapSpec, Observed
 from reconciler.execute import execute
-from reconciler.kernel.maps import PinnedTables, locked, open_tables
+from reconciler.kernel.maps import (
+    PinnedTables,
+    locked,
+    open_tables,
+    remove_empty_dirs,
+    remove_pins,
+)
 from reconciler.kernel.programs import Compiler
 from reconciler.load.directory import load_directory
 from reconciler.load.schema import Schemas
@@ -71,9 +77,8 @@ def host_warnings(state: DesiredState, pin_root: Path) -> list[str]:
     return list(attach.host_warnings(state, pin_root))
 
 
-def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
-         schemas: Schemas | None = None) -> Result:
-    state = load_directory(directory, schemas)
+def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None) -> Result:
+    """The plan from what the kernel holds to state; nothing touched (not even created)."""
     facts = host_facts(state, pin_root, create=False)
     tables = open_pinned(pin_root, create=False)
     # programs compile against the pinned tables; before the first apply there are none
@@ -90,6 +95,11 @@ def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
     return Result(state, plan)
 
 
+def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
+         schemas: Schemas | None = None) -> Result:
+    return plan_state(load_directory(directory, schemas), pin_root, prune)
+
+
 def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
           allow_empty: bool = False, schemas: Schemas | None = None) -> Result:
     return apply_state(load_directory(directory, schemas), pin_root, prune, allow_empty,
@@ -98,15 +108,17 @@ def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
 
 def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,
                 allow_empty: bool = False, select: Select | None = None,
-                where: str = "the desired state", memo: CompileMemo | None = None) -> Result:
+                where: str = "the desired state", memo: CompileMemo | None = None,
+                create: bool = True) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock. Nothing
-    is created (pins, cgroups) before what the plan needs is known to be here."""
+    is created (pins, cgroups) before what the plan needs is known to be here; create=False
+    creates no map at all (destroy)."""
     if any(state.count(k.name) for k in registry.KINDS.values() if k.programs):
         Compiler.check()
     facts = host_facts(state, pin_root, create=True)
     desired = compile_tables(state, memo, facts, pin_root)
-    tables: PinnedTables = open_pinned(pin_root, create=True)
+    tables: PinnedTables = open_pinned(pin_root, create=create)
     compiler = Compiler()
     context = AttachContext(state, pin_root, compiler, facts)
     try:
@@ -127,6 +139,26 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
         tables.close()
         compiler.close()
     return Result(state, plan, written, attached)
+
+
+def destroy(pin_root: Path) -> tuple[Result, list[str]]:
+    """Undo everything bpfsync made for pin_root: the plan to an empty desired state (every
+    entry deleted, every attachment detached, host plumbing reverted exactly), executed as
+    apply runs it; then the pins and directories it made under pin_root, what each data
+    path made on the host for it (Capability.destroy), and pin_root when nothing else is
+    left there. Foreign objects stay where they are. Returns the executed plan and what was
+    removed (paths relative to pin_root, or absolute)."""
+    result = apply_state(DesiredState(), pin_root, PrunePolicy(), allow_empty=True,
+                         where="destroy", create=False)
+    removed = remove_pins(pin_root, (*registry.PINNED, *registry.CREATED_BY_BCC))
+    removed += remove_empty_dirs(pin_root, ("progs", "links"))
+    for capability in registry.CAPABILITIES:
+        if capability.destroy is not None:
+            removed += capability.destroy(pin_root)
+    if not any(pin_root.iterdir()):
+        pin_root.rmdir()
+        removed.append(str(pin_root))
+    return result, removed
 
 
 class KernelExecutor:

@@ -2,7 +2,8 @@
 datapath, status).
 
 Exit codes: validate 0 valid / 1 invalid; diff 0 in sync / 2 changes pending / 1 error
-(Terraform's -detailed-exitcode); apply and get 0 / 1; status 0 healthy / 2 degraded / 1 no daemon;
+(Terraform's -detailed-exitcode); apply, get and destroy 0 / 1; status 0 healthy / 2 degraded /
+1 no daemon;
 a usage error 1, never 2.
 """
 
@@ -13,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from reconciler.cli import apply, diff, get, run, status, validate
+from reconciler.cli import apply, destroy, diff, get, run, status, validate
 from reconciler.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -25,7 +26,7 @@ from reconciler.cli.common import (
 )
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Severity
 
-SUBCOMMANDS = (validate, diff, apply, run, status, get)
+SUBCOMMANDS = (validate, diff, apply, run, status, get, destroy)
 
 
 def version() -> str:

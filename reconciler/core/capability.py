@@ -105,6 +105,8 @@ class Capability:
       what must exist first is made. The engine hands it back by capability name.
     - tc: its TC programs (planned with the others'); attachments: its other attachment
       part (core/attachments.py: links, cgroup links, host plumbing), in registry order.
+    - destroy(pin root): remove what it made on the host for the pin root outside it (e.g.
+      a cgroup), once every entry and attachment is gone; what it removed.
     - status(context): its sections of the daemon's status document (key -> value); the
       kernel is read through context.read, and a section says what it could not read
       rather than failing the document; status_lines(document): those sections as
@@ -127,3 +129,4 @@ class Capability:
     facts: Callable[[DesiredState, Path, bool], Any] | None = None
     tc: TcPrograms | None = None
     attachments: Attachments | None = None
+    destroy: Callable[[Path], list[str]] | None = None

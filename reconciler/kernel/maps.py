@@ -212,3 +212,31 @@ def locked(root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def remove_pins(root: Path, specs: tuple[MapSpec, ...]) -> list[str]:
+    """Unlink the pins of specs under root/maps (the maps live on while a program or
+    process holds them), then the directory if it is empty; what was removed, relative to
+    root. Anything else pinned there is not bpfsync's and stays."""
+    removed = []
+    maps = root / "maps"
+    for spec in specs:
+        with suppress(FileNotFoundError):
+            (maps / spec.name).unlink()
+            removed.append(f"maps/{spec.name}")
+    return removed + remove_empty_dirs(root, ("maps",))
+
+
+def remove_empty_dirs(root: Path, names: tuple[str, ...]) -> list[str]:
+    """rmdir root/name for each name that exists and is empty; what was removed."""
+    out = []
+    for name in names:
+        try:
+            (root / name).rmdir()
+            out.append(f"{name}/")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+    return out

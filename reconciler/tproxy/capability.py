@@ -30,4 +30,5 @@ TPROXY = Capability(
     compile=compile_tproxy,
     facts=host.facts,
     attachments=CGROUP_LINKS,
+    destroy=host.destroy,
 )

@@ -4,13 +4,16 @@ through the kernel shell's generic cgroups and links."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+from reconciler.core.errors import KernelStateError
 from reconciler.core.state import DesiredState
 from reconciler.kernel import links
 from reconciler.kernel.cgroups import ATTACH_TYPES, cgroup_id, fs_path, hierarchy, netns_cookie
 from reconciler.steering.model import proxy_netns
 from reconciler.tproxy.cgroups import (
+    DATAPATH_PARENT,
     LINK_PREFIX,
     CgroupHook,
     HostFacts,
@@ -61,3 +64,24 @@ def update(pin_root: Path, hook: CgroupHook, prog_fd: int) -> None:
 
 def remove(pin_root: Path, hook: CgroupHook) -> None:
     links.remove(pin_root, hook.pin_name)
+
+
+def destroy(pin_root: Path) -> list[str]:
+    """The data path's cgroup of pin_root, and the parent all pin roots share once no other
+    is left in it: removed when empty (bpfsync made both; processes in them keep them)."""
+    try:
+        root = hierarchy()
+    except KernelStateError:
+        return []  # no cgroup v2: no cgroup was ever made
+    out = []
+    for path in (datapath_cgroup(pin_root), DATAPATH_PARENT):
+        try:
+            fs_path(path, root).rmdir()
+            out.append(f"cgroup {path}")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                break  # in use: left
+            raise
+    return out

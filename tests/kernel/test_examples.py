@@ -8,6 +8,7 @@ devices are veths made inside those namespaces). The YAML is otherwise the examp
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reconciler.kernel import cgroups
+from reconciler.tproxy.cgroups import datapath_cgroup
 from tests.kernel import owned
-from tests.kernel.conftest import bpfsync
+from tests.kernel.conftest import bpffs_entries, bpfsync
 from tests.kernel.desired import chmod_keys
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -34,6 +37,7 @@ class Host:
     def __init__(self) -> None:
         self.netns: dict[str, str] = {}
         self.cgroups: dict[str, str] = {}
+        self.devices: list[tuple[str, str]] = []  # (netns, device) of the veths made
         self.base = f"/{owned.name('example')}"
 
     def rename(self, text: str) -> str:
@@ -67,6 +71,29 @@ class Host:
                     subprocess.run(["ip", "-n", ns, "link", "add", device, "mtu", "1600",
                                     "type", "veth", "peer", "name", f"{device}p"], check=False)
                     subprocess.run(["ip", "-n", ns, "link", "set", device, "up"], check=True)
+                    self.devices.append((ns, device))
+
+    def add_foreign_filters(self) -> None:
+        """Someone else's cls_bpf filter (classic BPF, matching nothing) on every device."""
+        for ns, device in sorted(set(self.devices)):
+            tc = ["ip", "netns", "exec", ns, "tc"]
+            subprocess.run([*tc, "qdisc", "add", "dev", device, "clsact"], check=False)
+            subprocess.run([*tc, "filter", "add", "dev", device, "ingress", "prio", "7",
+                            "bpf", "bytecode", "1,6 0 0 0,"], check=True)
+
+    def filters(self) -> list[tuple[str, str, str, int, str]]:
+        """(netns, device, direction, priority, name) of every filter on the devices and
+        on lo of every namespace."""
+        out = []
+        for ns, device in sorted({*self.devices, *((ns, "lo") for ns in self.netns.values())}):
+            for direction in ("ingress", "egress"):
+                r = subprocess.run(["ip", "netns", "exec", ns, "tc", "-j", "filter", "show",
+                                    "dev", device, direction], capture_output=True, text=True)
+                for f in json.loads(r.stdout or "[]"):
+                    if "options" in f:
+                        name = f["options"].get("bpf_name", "")
+                        out.append((ns, device, direction, f["pref"], name))
+        return out
 
     def remove(self) -> None:
         from reconciler.kernel import cgroups
@@ -96,6 +123,10 @@ def test_example_validates_applies_and_is_in_sync(example: Path, tmp_path: Path,
         f.write_text(host.rename(f.read_text()))
     chmod_keys(copy)  # git does not keep file modes
     host.create(copy)
+    host.add_foreign_filters()
+    pin_root.mkdir()  # someone else's map pinned in the pin root before the first apply
+    subprocess.run(["bpftool", "map", "create", str(pin_root / "foreign"), "type", "hash",
+                    "key", "4", "value", "4", "entries", "1", "name", "foreign"], check=True)
     env = {**os.environ, **KEYS}
 
     def run(*args: str, counter=None) -> subprocess.CompletedProcess[str]:
@@ -110,6 +141,23 @@ def test_example_validates_applies_and_is_in_sync(example: Path, tmp_path: Path,
     assert d.returncode == 0, d.stdout + d.stderr  # everything attached, nothing pending
     again = run("apply", str(copy), counter=write_counter)
     assert again.returncode == 0 and write_counter.counts() == (0, 0), again.stdout
+    # destroy: everything bpfsync made goes, what others made stays
+    refused = run("destroy")  # stdin is not a terminal and no --yes: shows, asks, refuses
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr, refused.stderr
+    assert "Plan:" in refused.stdout and bpffs_entries(pin_root) != ["foreign"]
+    gone = run("destroy", "--yes")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert bpffs_entries(pin_root) == ["foreign"], gone.stdout  # as before the first apply
+    filters = host.filters()
+    assert not [f for f in filters if f[4].startswith("bpfsync:")], filters
+    assert {(ns, dev) for ns, dev, *_ in filters} == set(host.devices), filters
+    for ns in host.netns.values():
+        rules = subprocess.run(["ip", "-n", ns, "rule", "show"], capture_output=True,
+                               text=True, check=True).stdout
+        assert "proto 181" not in rules, rules
+    assert not cgroups.fs_path(datapath_cgroup(pin_root)).exists()
+    again = run("destroy", "--yes")
+    assert again.returncode == 0 and "Nothing of bpfsync's is left" in again.stdout
 
 
 def test_every_example_directory_is_covered() -> None:

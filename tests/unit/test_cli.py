@@ -24,6 +24,7 @@ USAGE_ERRORS = [
     ["run", "x", "--drift", "sometimes"],
     ["run", "x", "--resync", "soon"],
     ["datapath", "--netns"],
+    ["destroy", "--yes", "now"],
     ["--log-format", "xml", "validate", "x"],
     [],  # no subcommand
     ["frobnicate"],
