@@ -123,6 +123,7 @@ def _explain(err: Any) -> Iterator[SchemaError]:
 
 
 COMMON = "common.json"
+COMBINED = "bpfsync.json"  # every kind in one file, for editors (load/combined.py)
 _COMMON_REF = COMMON + "#/$defs/"
 
 
@@ -150,7 +151,7 @@ class Schemas:
         self.kinds: dict[str, KindSchema] = {}
         defs = json.loads((directory / COMMON).read_text())["$defs"]
         for file in sorted(directory.glob("*.json")):
-            if file.name == COMMON:
+            if file.name in (COMMON, COMBINED):
                 continue
             schema = inline_common(json.loads(file.read_text()), defs)
             kind = schema["properties"]["kind"]["const"]

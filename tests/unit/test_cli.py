@@ -25,6 +25,7 @@ USAGE_ERRORS = [
     ["run", "x", "--resync", "soon"],
     ["datapath", "--netns"],
     ["destroy", "--yes", "now"],
+    ["explain"],
     ["--log-format", "xml", "validate", "x"],
     [],  # no subcommand
     ["frobnicate"],
@@ -177,3 +178,45 @@ def test_apply_without_bcc_creates_nothing(tmp_path: Path, monkeypatch, capsys) 
     assert _exit(["--pin-root", str(root), "apply", str(d)]) == 1
     assert "BCC is not importable" in capsys.readouterr().err
     assert not root.exists()
+
+
+def test_explain_a_kind_and_a_nested_field(capsys) -> None:
+    assert _exit(["explain", "proxy"]) == 0
+    out = capsys.readouterr().out
+    assert "KIND:     Proxy" in out and "spec        object (required)" in out
+    assert _exit(["explain", "Proxy.spec.healthCheck.intervalSeconds"]) == 0
+    out = capsys.readouterr().out
+    assert "TYPE:     number" in out and "DEFAULT:  2" in out and "maximum 3600" in out
+    assert _exit(["explain", "intercept.spec.rules.ports"]) == 0  # into a list of objects
+    assert "list of integer or string" in capsys.readouterr().out
+    assert _exit(["explain", "tunnel.spec.keyFrom"]) == 0
+    out = capsys.readouterr().out
+    assert "FIELDS:" in out and "file" in out and "env" in out
+    assert _exit(["explain", "tunnel.spec.nope"]) == 1
+    assert "Tunnel.spec has no field 'nope'; its fields: id," in capsys.readouterr().err
+    assert _exit(["explain", "gadget"]) == 1
+
+
+def test_the_editor_schema_is_generated_and_every_example_points_at_it() -> None:
+    import json
+    import os
+
+    import jsonschema
+    import yaml
+
+    from reconciler.load import combined
+
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "schema" / "bpfsync.json").read_text() == combined.text(), (
+        "regenerate: python -m reconciler.load.combined > schema/bpfsync.json")
+    schema = json.loads((repo / "schema" / "bpfsync.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for f in sorted((repo / "examples").rglob("*.yaml")):
+        first = f.read_text().splitlines()[0]
+        rel = os.path.relpath(repo / "schema" / "bpfsync.json", f.parent)
+        assert first == f"# yaml-language-server: $schema={rel}", f
+        for doc in yaml.safe_load_all(f.read_text()):
+            assert not list(validator.iter_errors(doc)), (f, doc["metadata"])
+    bad = {"apiVersion": "bpfsync/v1", "kind": "Proxy", "metadata": {"name": "web"},
+           "spec": {"id": 99}}
+    assert any("99" in e.message for e in validator.iter_errors(bad))  # dispatched by kind
