@@ -69,6 +69,20 @@ extras=${BPFSYNC_EXTRAS-test}
 "$venv/bin/python" -m pip install -q -e "$here${extras:+[$extras]}"
 log "ready: $venv/bin/bpfsync"
 
+# Completion and the man page, made from the command line's own parser, under
+# BPFSYNC_SHARE (default /usr/local/share).
+share=${BPFSYNC_SHARE:-/usr/local/share}
+while read -r what dest; do
+  dest="$share/$dest"
+  install -d -m 0755 "$(dirname "$dest")"
+  "$venv/bin/bpfsync" completion "$what" > "$dest.tmp" && mv "$dest.tmp" "$dest"
+done <<'TARGETS'
+bash bash-completion/completions/bpfsync
+zsh zsh/site-functions/_bpfsync
+man man/man1/bpfsync.1
+TARGETS
+log "installed bash and zsh completion and bpfsync(1) under $share"
+
 # --systemd: install the unit (pointing at this virtualenv) and the watched directory.
 if [ "${1:-}" = "--systemd" ]; then
   install -d -m 0755 /etc/bpfsync/desired.d

@@ -14,7 +14,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from reconciler.cli import apply, destroy, diff, explain, get, run, status, validate
+from reconciler.cli import (
+    apply,
+    completion,
+    destroy,
+    diff,
+    explain,
+    get,
+    run,
+    status,
+    validate,
+)
 from reconciler.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -26,7 +36,7 @@ from reconciler.cli.common import (
 )
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Severity
 
-SUBCOMMANDS = (validate, diff, apply, run, status, get, destroy, explain)
+SUBCOMMANDS = (validate, diff, apply, run, status, get, destroy, explain, completion)
 
 
 def version() -> str:

@@ -106,6 +106,7 @@ class Host:
                              f"ansible_python_interpreter={shutil.which('python3', path='/usr/bin')}\n")
         extra = {"bpfsync_repo": f"file://{self.tmp / 'bpfsync-src'}",
                  "bpfsync_version": "main", "bpfsync_prefix": str(self.prefix),
+                 "bpfsync_share": str(self.tmp / "share"),
                  "bpfsync_desired_dir": str(self.desired), "bpfsync_pin_root": str(self.pin_root),
                  "bpfsync_service": self.service, "bpfsync_unit_dir": str(self.units),
                  "bpfsync_environment_dir": str(self.defaults), "bpfsync_wait_seconds": 60,

@@ -26,6 +26,7 @@ USAGE_ERRORS = [
     ["datapath", "--netns"],
     ["destroy", "--yes", "now"],
     ["explain"],
+    ["completion", "fish"],
     ["--log-format", "xml", "validate", "x"],
     [],  # no subcommand
     ["frobnicate"],
@@ -220,3 +221,45 @@ def test_the_editor_schema_is_generated_and_every_example_points_at_it() -> None
     bad = {"apiVersion": "bpfsync/v1", "kind": "Proxy", "metadata": {"name": "web"},
            "spec": {"id": 99}}
     assert any("99" in e.message for e in validator.iter_errors(bad))  # dispatched by kind
+
+
+def _completion(shell: str, capsys) -> str:
+    assert _exit(["completion", shell]) == 0
+    return capsys.readouterr().out
+
+
+def test_bash_completion_loads_and_completes_commands_kinds_and_flags(tmp_path: Path,
+                                                                      capsys) -> None:
+    import subprocess
+
+    script = tmp_path / "bpfsync.bash"
+    script.write_text(_completion("bash", capsys))
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        cmd = (f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+               f"COMP_LINE='{line}'; COMP_POINT={len(line)}; _shtab_bpfsync; "
+               f'printf "%s\\n" "${{COMPREPLY[@]}}"')
+        out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert complete("bpfsync", "de") == ["destroy"]
+    assert complete("bpfsync", "get", "inter") == ["interface", "interfaces", "intercept",
+                                                   "intercepts"]
+    assert complete("bpfsync", "diff", "--o") == ["--output"]
+    assert "#compdef bpfsync" in _completion("zsh", capsys)
+
+
+def test_the_man_page_documents_every_command_and_the_exit_codes(capsys) -> None:
+    import shutil
+    import subprocess
+
+    page = _completion("man", capsys)
+    assert page.startswith(".TH BPFSYNC 1")
+    for command in ("validate", "diff", "apply", "get", "status", "run", "destroy", "explain"):
+        assert f".SS {command}\n" in page, command
+    assert "\\-\\-pin\\-root" in page and ".SH EXIT STATUS" in page
+    if shutil.which("man"):
+        out = subprocess.run(["man", "-l", "-"], input=page, capture_output=True, text=True,
+                             env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin"})
+        assert "Never a usage error" in out.stdout, out.stderr
