@@ -21,6 +21,7 @@ from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import KernelStateError, UnsafePlan
 from reconciler.core.plan import Operation, Plan, PrunePolicy
 from reconciler.core.planning import compute_plan
+from reconciler.core.progress import QUIET, Progress
 from reconciler.core.state import DesiredState
 from reconciler.core.tables import MapSpec, Observed
 from reconciler.execute import execute
@@ -77,27 +78,41 @@ def host_warnings(state: DesiredState, pin_root: Path) -> list[str]:
     return list(attach.host_warnings(state, pin_root))
 
 
-def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None) -> Result:
+def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,
+               progress: Progress = QUIET) -> Result:
     """The plan from what the kernel holds to state; nothing touched (not even created)."""
     facts = host_facts(state, pin_root, create=False)
     tables = open_pinned(pin_root, create=False)
     # programs compile against the pinned tables; before the first apply there are none
     compiler = Compiler() if tables.complete() else None
     try:
-        plan = compute_plan(compile_tables(state, facts=facts, pin_root=pin_root),
-                            tables.read(registry.ENTRY_TABLES), prune)
-        plan.attachments = attach.plan_attachments(
-            AttachContext(state, pin_root, compiler, facts))
+        plan = _plan(state, pin_root, prune, tables, AttachContext(state, pin_root, compiler,
+                                                                     facts), None, progress)
     finally:
+        progress.end()
         tables.close()
         if compiler:
             compiler.close()
     return Result(state, plan)
 
 
+def _plan(state: DesiredState, pin_root: Path, prune: PrunePolicy | None, tables: PinnedTables,
+          context: AttachContext, memo: CompileMemo | None, progress: Progress) -> Plan:
+    progress.phase(f"compiling {state.resource_count:,} resources")
+    desired = compile_tables(state, memo, context.facts, pin_root)
+    progress.phase("reading the kernel's tables")
+    observed = tables.read(registry.ENTRY_TABLES)
+    progress.phase(f"planning {desired.total:,} entries against {sum(map(len, observed.values())):,}")
+    plan = compute_plan(desired, observed, prune)
+    progress.phase("reading attachments")
+    plan.attachments = attach.plan_attachments(context)
+    return plan
+
+
 def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
-         schemas: Schemas | None = None) -> Result:
-    return plan_state(load_directory(directory, schemas), pin_root, prune)
+         schemas: Schemas | None = None, progress: Progress = QUIET) -> Result:
+    return plan_state(load_directory(directory, schemas, progress=progress), pin_root, prune,
+                      progress)
 
 
 def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
@@ -109,22 +124,22 @@ def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
 def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,
                 allow_empty: bool = False, select: Select | None = None,
                 where: str = "the desired state", memo: CompileMemo | None = None,
-                create: bool = True) -> Result:
+                create: bool = True, progress: Progress = QUIET,
+                show: Callable[[Plan], None] | None = None) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock. Nothing
     is created (pins, cgroups) before what the plan needs is known to be here; create=False
-    creates no map at all (destroy)."""
+    creates no map at all (destroy). show(plan) is called with the plan to execute before
+    anything is executed (the command line prints it then)."""
     if any(state.count(k.name) for k in registry.KINDS.values() if k.programs):
         Compiler.check()
     facts = host_facts(state, pin_root, create=True)
-    desired = compile_tables(state, memo, facts, pin_root)
     tables: PinnedTables = open_pinned(pin_root, create=create)
     compiler = Compiler()
     context = AttachContext(state, pin_root, compiler, facts)
     try:
         with locked(pin_root):
-            full = compute_plan(desired, tables.read(registry.ENTRY_TABLES), prune)
-            full.attachments = attach.plan_attachments(context)
+            full = _plan(state, pin_root, prune, tables, context, memo, progress)
             plan = select(full) if select else full
             if plan.empties_everything() and not allow_empty:
                 raise UnsafePlan(
@@ -134,8 +149,14 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
             if plan.attachments.conflicts:
                 raise KernelStateError("nothing applied:\n  " +
                                        "\n  ".join(plan.attachments.conflicts))
-            written, attached = execute(plan, KernelExecutor(tables, context))
+            if show is not None:
+                progress.end()
+                show(plan)
+            writes = len(plan.operations)
+            progress.phase(f"writing {writes:,} entries", writes)
+            written, attached = execute(plan, KernelExecutor(tables, context, progress))
     finally:
+        progress.end()
         tables.close()
         compiler.close()
     return Result(state, plan, written, attached)
@@ -164,11 +185,13 @@ def destroy(pin_root: Path) -> tuple[Result, list[str]]:
 class KernelExecutor:
     """execute()'s steps on the real kernel (see Executor)."""
 
-    def __init__(self, tables: PinnedTables, context: AttachContext) -> None:
-        self.tables, self.context = tables, context
+    def __init__(self, tables: PinnedTables, context: AttachContext,
+                 progress: Progress = QUIET) -> None:
+        self.tables, self.context, self.progress = tables, context, progress
 
     def write(self, table: str, ops: list[Operation], delete: bool) -> None:
         self.tables.write(table, ops, delete)
+        self.progress.advance(len(ops))
 
     def attach(self, steps: list[Step]) -> None:
         for part, run in runs(steps, attach.part_of):

@@ -19,6 +19,8 @@ SENSITIVE = "(sensitive)"
 SENSITIVE_CHANGED = "(sensitive value changed)"
 JSON_FORMAT_VERSION = 1
 MAX_STEER_LINES = 20  # steering entries shown per resource in text diffs
+MAX_RESOURCES = 50  # a text plan of more resources is summarised (--full: every line)
+SHOWN_SUMMARISED = 20  # resources a summarised plan still shows line by line
 
 
 def _fields(table: str, value: bytes | None) -> dict[str, Any] | None:
@@ -78,17 +80,17 @@ def changes(op: Operation) -> list[dict[str, Any]]:
 
 def _summary(plan: Plan) -> str:
     c = Counter(op.action for op in plan.operations)
-    text = (f"Plan: {c[Action.CREATE]} to create, {c[Action.UPDATE]} to update, "
-            f"{c[Action.DELETE]} to delete")
+    text = (f"Plan: {c[Action.CREATE]:,} to create, {c[Action.UPDATE]:,} to update, "
+            f"{c[Action.DELETE]:,} to delete")
     a = Counter(op.action for op in _attach_ops(plan))
     if a:
-        text += (f"; {a[AttachAction.ATTACH]} to attach, {a[AttachAction.REPLACE]} to replace, "
-                 f"{a[AttachAction.DETACH]} to detach")
+        text += (f"; {a[AttachAction.ATTACH]:,} to attach, {a[AttachAction.REPLACE]:,} to "
+                 f"replace, {a[AttachAction.DETACH]:,} to detach")
     drift = len(plan.drift)
     if drift:
-        text += f" ({drift} of them revert drift)"
+        text += f" ({drift:,} of them revert drift)"
     if plan.kept:
-        text += f"; {len(plan.kept)} entries no longer in YAML kept (pruning disabled)"
+        text += f"; {len(plan.kept):,} entries no longer in YAML kept (pruning disabled)"
     return text + "."
 
 
@@ -134,10 +136,14 @@ def summary_text(plan: Plan, directory: str) -> str:
     return plan_text(plan, directory).splitlines()[0] if plan.in_sync else _summary(plan)
 
 
-def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> str:
+def plan_text(plan: Plan, directory: str, state: DesiredState | None = None,
+              full: bool = False) -> str:
+    """The plan as diff and apply print it, resource by resource. A plan of more than
+    MAX_RESOURCES resources is summarised unless full: the first SHOWN_SUMMARISED resources
+    line by line, then counts per kind (-o json lists every change)."""
     if plan.in_sync:
         text = (f"No changes: the kernel is in sync with {directory} "
-                f"({plan.desired_total} entries")
+                f"({plan.desired_total:,} entries")
         if plan.attachments.in_place:
             text += f", {plan.attachments.in_place} attachments"
         text += ")."
@@ -146,34 +152,71 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None) -> 
         return text
     files = _origins(state)
     lines: list[str] = []
-    by_resource: dict[str, list[str]] = {}
-    expanded: dict[tuple[str, str], int] = {}
+    ops_by: dict[str, list[Operation]] = {}
     for op in plan.operations:
-        if op.drift:
-            continue
-        if op.table in registry.SUMMARIZED:  # a port range is thousands of entries
-            n = expanded[(op.owner, op.table)] = expanded.get((op.owner, op.table), 0) + 1
-            if n > MAX_STEER_LINES:
-                continue
-        by_resource.setdefault(op.owner, []).extend(_op_line(op))
-    for (resource, table), n in expanded.items():
-        if n > MAX_STEER_LINES:
-            by_resource[resource].append(
-                f"  ... and {n - MAX_STEER_LINES} more {table} entries (-o json lists all)")
-    for aop in _attach_ops(plan):
-        by_resource.setdefault(aop.owner, []).append(_attach_line(aop))
-    for resource, op_lines in by_resource.items():
+        if not op.drift:
+            ops_by.setdefault(op.owner, []).append(op)
+    steps_by: dict[str, list[Step]] = {}
+    for step in _attach_ops(plan):
+        steps_by.setdefault(step.owner, []).append(step)
+    owners = list(dict.fromkeys([*ops_by, *steps_by]))
+    shown = owners if full or len(owners) <= MAX_RESOURCES else owners[:SHOWN_SUMMARISED]
+    for resource in shown:
         lines.append(f"{resource}" + (f"  ({files[resource]})" if resource in files else ""))
-        lines.extend(op_lines)
+        lines.extend(_resource_lines(ops_by.get(resource, []), steps_by.get(resource, [])))
+    rest = owners[len(shown):]
+    if rest:
+        lines.append(f"... and {len(rest):,} more resources (--full prints every one; -o json "
+                     f"lists every change):")
+        lines.extend(_kind_counts(rest, ops_by, steps_by))
     if plan.drift:
         if lines:
             lines.append("")
         lines.append("Drift (entries changed outside bpfsync; apply reverts them):")
-        for op in plan.drift:
+        drift = plan.drift if full else plan.drift[:MAX_RESOURCES]
+        for op in drift:
             lines.extend(_op_line(op, show_resource=True))
+        if len(plan.drift) > len(drift):
+            lines.append(f"  ... and {len(plan.drift) - len(drift):,} more (--full)")
     lines.append("")
     lines.append(_summary(plan))
     return "\n".join(lines)
+
+
+def _resource_lines(ops: list[Operation], steps: list[Step]) -> list[str]:
+    lines: list[str] = []
+    expanded: dict[str, int] = {}
+    for op in ops:
+        if op.table in registry.SUMMARIZED:  # a port range is thousands of entries
+            n = expanded[op.table] = expanded.get(op.table, 0) + 1
+            if n > MAX_STEER_LINES:
+                continue
+        lines.extend(_op_line(op))
+    for table, n in expanded.items():
+        if n > MAX_STEER_LINES:
+            lines.append(f"  ... and {n - MAX_STEER_LINES} more {table} entries (-o json "
+                         f"lists all)")
+    return lines + [_attach_line(step) for step in steps]
+
+
+def _kind_counts(owners: list[str], ops_by: dict[str, list[Operation]],
+                 steps_by: dict[str, list[Step]]) -> list[str]:
+    """One line per kind: how many resources, and their changes by action."""
+    resources: Counter[str] = Counter()
+    actions: dict[str, Counter[str]] = {}
+    for owner in owners:
+        kind = owner.partition("/")[0]
+        resources[kind] += 1
+        c = actions.setdefault(kind, Counter())
+        c.update(op.action.value for op in ops_by.get(owner, ()))
+        c.update(step.action.value for step in steps_by.get(owner, ()))
+    out = []
+    for kind, n in resources.items():
+        c = actions[kind]
+        parts = [f"{c[a.value]:,} entries to {a.value}" for a in Action if c[a.value]]
+        parts += [f"{c[a.value]:,} to {a.value}" for a in AttachAction if c[a.value]]
+        out.append(f"  {kind}: {n:,} resources; {', '.join(parts)}")
+    return out
 
 
 def _origins(state: DesiredState | None) -> dict[str, str]:
@@ -245,10 +288,10 @@ def applied_text(plan: Plan, written: int, attached: int = 0) -> str:
     if plan.in_sync:
         extra = (f" and {plan.attachments.in_place} attachments" if plan.attachments.in_place
                  else "")
-        return f"Nothing to do: {plan.desired_total} entries{extra} already in sync (0 writes)."
+        return f"Nothing to do: {plan.desired_total:,} entries{extra} already in sync (0 writes)."
     c = Counter(op.action for op in plan.operations)
-    text = (f"Applied: {c[Action.CREATE]} created, {c[Action.UPDATE]} updated, "
-            f"{c[Action.DELETE]} deleted ({written} map writes")
+    text = (f"Applied: {c[Action.CREATE]:,} created, {c[Action.UPDATE]:,} updated, "
+            f"{c[Action.DELETE]:,} deleted ({written:,} map writes")
     if attached:
         text += f", {attached} attachment changes"
     if plan.drift:

@@ -15,16 +15,30 @@ from reconciler.cli.common import (
     print_problems,
     prune_policy,
 )
+from reconciler.cli.progress import close, progress_for
+from reconciler.core.plan import Plan
+from reconciler.load.directory import load_directory
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    result = engine.apply(Path(args.directory), pin_root(args), prune_policy(args), args.allow_empty)
-    print_problems(result.state.warnings)
-    for line in render.notices(result.plan):
-        print(line, file=sys.stderr)
-    if not result.plan.in_sync and not args.quiet:
-        print(render.plan_text(result.plan, args.directory, result.state))
-        print()
+    """Load (problems printed at once), plan, print the plan, then execute it: the operator
+    sees what is about to happen while it happens, with progress on a terminal."""
+    progress = progress_for()
+    try:
+        state = load_directory(Path(args.directory), progress=progress)
+        print_problems(state.warnings)
+
+        def show(plan: Plan) -> None:
+            for line in render.notices(plan):
+                print(line, file=sys.stderr)
+            if not plan.in_sync and not args.quiet:
+                print(render.plan_text(plan, args.directory, state, full=args.full))
+                print(flush=True)
+
+        result = engine.apply_state(state, pin_root(args), prune_policy(args), args.allow_empty,
+                                    where=args.directory, progress=progress, show=show)
+    finally:
+        close(progress)
     print(render.applied_text(result.plan, result.written, result.attached))
     return EXIT_OK
 
@@ -36,5 +50,6 @@ def add(sub: Any) -> None:
     a.add_argument("--allow-empty", action="store_true",
                    help="allow a plan that deletes every entry bpfsync manages")
     common.prune_flags(a)
+    common.full_flag(a)
     a.set_defaults(func=cmd_apply)
 

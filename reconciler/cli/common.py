@@ -135,3 +135,8 @@ def prune_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--keep", action="append", choices=registry.ENTRY_KINDS,
                     metavar="KIND", help="do not prune entries of this kind (repeatable)")
 
+
+def full_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--full", action="store_true",
+                    help="print every line of a long plan (one of more than 50 resources is "
+                         "summarised per kind)")

@@ -17,10 +17,16 @@ from reconciler.cli.common import (
     print_problems,
     prune_policy,
 )
+from reconciler.cli.progress import close, progress_for
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    result = engine.diff(Path(args.directory), pin_root(args), prune_policy(args))
+    progress = progress_for()
+    try:
+        result = engine.diff(Path(args.directory), pin_root(args), prune_policy(args),
+                             progress=progress)
+    finally:
+        close(progress)
     print_problems(result.state.warnings)
     for line in render.notices(result.plan):
         print(line, file=sys.stderr)
@@ -29,7 +35,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     elif args.quiet:
         print(render.summary_text(result.plan, args.directory))
     else:
-        print(render.plan_text(result.plan, args.directory, result.state))
+        print(render.plan_text(result.plan, args.directory, result.state, full=args.full))
     if result.plan.attachments.conflicts:
         return EXIT_ERROR
     return EXIT_OK if result.plan.in_sync else EXIT_CHANGES
@@ -41,5 +47,6 @@ def add(sub: Any) -> None:
     d.add_argument("directory")
     d.add_argument("-o", "--output", choices=["text", "json"], default="text")
     common.prune_flags(d)
+    common.full_flag(d)
     d.set_defaults(func=cmd_diff)
 

@@ -20,8 +20,10 @@ from reconciler.cli.common import (
     pin_root,
     print_problems,
 )
+from reconciler.cli.progress import close, progress_for
 from reconciler.core import registry
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
+from reconciler.core.progress import QUIET
 from reconciler.core.state import DesiredState
 from reconciler.load.candidate import check_candidate
 from reconciler.load.directory import load_directory
@@ -57,14 +59,17 @@ def _kinds(state: DesiredState) -> dict[str, int]:
 
 
 def _validate_directory(directory: Path, args: argparse.Namespace, out: Report) -> None:
+    progress = progress_for() if not out.json_out else QUIET
     try:
-        state = load_directory(directory, read_keys=not args.no_secrets)
+        state = load_directory(directory, read_keys=not args.no_secrets, progress=progress)
     except InvalidDesiredState as exc:
         found = out.problems(exc.problems)
         n = sum(1 for p in exc.problems if p.severity is Severity.ERROR)
         out.line(f"{directory}: invalid ({n} error{'s' if n != 1 else ''})", error=True)
         out.results.append({"path": str(directory), "valid": False, "problems": found})
         return
+    finally:
+        close(progress)
     found = out.problems(state.warnings)
     host: list[str] = []
     if os.geteuid() == 0:  # TC hooks declared on devices of this host: MTU warnings

@@ -6,13 +6,14 @@ nothing). Line numbers are looked up only for the problems that are reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from reconciler.core import registry
 from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity
 from reconciler.core.findings import Finding
 from reconciler.core.model import Origin
+from reconciler.core.progress import QUIET, Progress
 from reconciler.core.state import DesiredState
 from reconciler.load import parallel
 from reconciler.load.filecache import FileCache
@@ -81,21 +82,29 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
     return [f for capability in registry.CAPABILITIES for f in capability.cross_check(state, invalid)]
 
 
-def load_paths(files: list[Path], schemas: Schemas, read_keys: bool = True) -> list[FileResult]:
-    return (parallel.load_files(files, schemas, read_keys) if parallel.worth_it(files)
-            else load_files(files, schemas, read_keys=read_keys))
+def load_paths(files: list[Path], schemas: Schemas, read_keys: bool = True,
+               loaded: Callable[[int], None] | None = None) -> list[FileResult]:
+    return (parallel.load_files(files, schemas, read_keys, loaded) if parallel.worth_it(files)
+            else load_files(files, schemas, read_keys=read_keys, loaded=loaded))
 
 
 def load_directory(root: Path, schemas: Schemas | None = None,
-                   cache: FileCache | None = None, read_keys: bool = True) -> DesiredState:
+                   cache: FileCache | None = None, read_keys: bool = True,
+                   progress: Progress = QUIET) -> DesiredState:
     """Load and check a whole directory; raises InvalidDesiredState listing every error.
     With a cache (the daemon's), only files whose content changed are parsed again;
     cross-checks always run over the whole directory."""
     schemas = schemas or Schemas()
+    progress.phase(f"reading {root}")
     files, scan_problems = scan(root)
+    progress.phase(f"loading {len(files):,} files", len(files))
     results = (cache.load(files, lambda todo: load_paths(todo, schemas, read_keys)) if cache
-               else load_paths(files, schemas, read_keys))
-    return check_results(root, results, scan_problems)
+               else load_paths(files, schemas, read_keys, progress.advance))
+    progress.phase(f"checking {sum(len(r.docs) for r in results):,} resources")
+    try:
+        return check_results(root, results, scan_problems)
+    finally:
+        progress.end()
 
 
 def check_results(root: Path, results: list[FileResult],

@@ -5,7 +5,7 @@ process of the parallel loader runs."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +90,12 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache,
 
 
 def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True,
-               shown_as: str | None = None, read_keys: bool = True) -> list[FileResult]:
+               shown_as: str | None = None, read_keys: bool = True,
+               loaded: Callable[[int], None] | None = None) -> list[FileResult]:
     """shown_as: the name problems and relative key files use instead of the path (a
     candidate file checked in place of the file it will become). read_keys=False: keyFrom
-    files and variables are not read (validation where the hosts' secrets are not)."""
+    files and variables are not read (validation where the hosts' secrets are not).
+    loaded(1) is called after each file (progress)."""
     keys = KeyCache(read_keys)
     out = []
     explained = 0  # invalid documents explained so far (schema.MAX_EXPLAINED at most)
@@ -113,6 +115,8 @@ def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True,
         out.append(FileResult(source.display, problems, checked,
                               source.text if keep_text else None,
                               tuple(sorted(p for kind, p in keys.touched if kind == "file"))))
+        if loaded is not None:
+            loaded(1)
     return out
 
 

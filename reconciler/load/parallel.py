@@ -11,6 +11,7 @@ import dataclasses
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ def _result(encoded: tuple[Any, ...]) -> load.FileResult:
     return load.FileResult(file, problems, results, key_files=key_files)
 
 
-def load_files(files: list[Path], schemas: Schemas, read_keys: bool = True) -> list[load.FileResult]:
+def load_files(files: list[Path], schemas: Schemas, read_keys: bool = True,
+               loaded: Callable[[int], None] | None = None) -> list[load.FileResult]:
+    """The files, the first chunk here and the others in worker processes; loaded(n) as
+    files are done (this process's one by one, a worker's chunk when it returns)."""
     n = cpus()
     size = -(-len(files) // n)
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
@@ -94,7 +98,9 @@ def load_files(files: list[Path], schemas: Schemas, read_keys: bool = True) -> l
     with ProcessPoolExecutor(len(chunks) - 1, mp_context=multiprocessing.get_context(method)) as pool:
         futures = [pool.submit(_load_chunk, [str(p) for p in chunk], read_keys)
                    for chunk in chunks[1:]]
-        results = load.load_files(chunks[0], schemas, read_keys=read_keys)
-        for future in futures:
+        results = load.load_files(chunks[0], schemas, read_keys=read_keys, loaded=loaded)
+        for future, chunk in zip(futures, chunks[1:], strict=True):
             results.extend(_result(e) for e in future.result())
+            if loaded is not None:
+                loaded(len(chunk))
     return results

@@ -263,3 +263,77 @@ def test_the_man_page_documents_every_command_and_the_exit_codes(capsys) -> None
         out = subprocess.run(["man", "-l", "-"], input=page, capture_output=True, text=True,
                              env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin"})
         assert "Never a usage error" in out.stdout, out.stderr
+
+
+def test_a_long_plan_is_summarised_per_kind_unless_full() -> None:
+    from reconciler import render
+    from reconciler.core.compile import compile_tables
+    from reconciler.core.planning import compute_plan
+    from tests.unit.test_plan import state
+
+    s = state(120)
+    plan = compute_plan(compile_tables(s), {})
+    short = render.plan_text(plan, "d", s)
+    assert short.count("\nService/") + short.startswith("Service/") <= render.SHOWN_SUMMARISED
+    # 120 services and 2 tunnels: 20 shown, the other 102 counted
+    assert "... and 102 more resources (--full prints every one" in short
+    assert "\n  Service: 102 resources; 204 entries to create\n" in short
+    assert short.rstrip().endswith(render._summary(plan))
+    full = render.plan_text(plan, "d", s, full=True)
+    assert "more resources" not in full
+    owners = {op.owner for op in plan.operations}
+    assert all(f"{o}  (" in full or f"{o}\n" in full for o in owners)
+
+
+def test_progress_shows_on_a_terminal_only_and_is_erased(monkeypatch) -> None:
+    import io
+    import time
+
+    from reconciler.cli import progress as p
+    from reconciler.core.progress import QUIET
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert p.progress_for(io.StringIO()) is QUIET  # piped: nothing, ever
+    monkeypatch.setattr(p, "SHOW_AFTER", 0.0)
+    monkeypatch.setattr(p, "EVERY", 0.01)
+    tty = Tty()
+    shown = p.progress_for(tty)
+    shown.phase("writing 300,000 entries", 300_000)
+    shown.advance(120_000)
+    deadline = time.monotonic() + 30
+    while "120,000 (40%)" not in tty.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "writing 300,000 entries: 120,000 (40%)" in tty.getvalue()
+    p.close(shown)
+    assert tty.getvalue().endswith("\r\x1b[K")  # the line is gone when the phase ends
+
+
+def test_apply_shows_the_plan_before_it_writes_anything(monkeypatch) -> None:
+    from contextlib import nullcontext
+
+    from reconciler import engine
+    from reconciler.core.attachments import AttachPlan
+    from tests.unit.test_plan import state
+
+    events: list[str] = []
+
+    class Tables:
+        def read(self, specs):
+            return {}
+
+        def write(self, table, ops, delete):
+            events.append("write")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(engine, "open_pinned", lambda root, create: Tables())
+    monkeypatch.setattr(engine, "host_facts", lambda state, root, create: {})
+    monkeypatch.setattr(engine, "locked", lambda root: nullcontext())
+    monkeypatch.setattr(engine.attach, "plan_attachments", lambda context: AttachPlan())
+    result = engine.apply_state(state(3), Path("/nonexistent"), show=lambda plan: events.append(
+        f"show {len(plan.operations)}"))
+    assert events[0] == f"show {len(result.plan.operations)}" and set(events[1:]) == {"write"}
