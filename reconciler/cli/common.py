@@ -117,7 +117,8 @@ def directories(patterns: Sequence[str]) -> list[Path]:
 
 def emit(args: argparse.Namespace, data: Any, empty: str,
           rows: Callable[[], list[tuple[str, ...]]]) -> int:
-    """Print data as JSON, YAML, or (default) columns; `empty` when there is nothing."""
+    """Print data as JSON, YAML, or (default, and wide) columns; `empty` when there is
+    nothing."""
     if args.output == "json":
         print(json.dumps(data, indent=2))
     elif args.output == "yaml":

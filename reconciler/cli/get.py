@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,26 @@ from reconciler.cli.common import (
 )
 from reconciler.core import registry
 from reconciler.core.capability import Kind
+from reconciler.core.errors import BpfsyncError
 from reconciler.counters import read_stats, read_steer_stats
 from reconciler.steering import tables as steering_tables
 from reconciler.steering.inventory import proxies
 from reconciler.steering.tables import proxy_names
 
 
-def _table(docs: list[dict]) -> str:
+def _table(docs: list[dict], wide: bool = False) -> str:
+    """One row per resource; wide adds the entries each holds, by table."""
+    text = _narrow(docs)
+    if not wide:
+        return text
+    extra = ["ENTRIES"] + [", ".join(f"{t} {n}" for t, n in sorted(
+        d.get("status", {}).get("entries", {}).items())) or "-" for d in docs]
+    width = max(map(len, text.splitlines()))
+    return "\n".join(f"{line:<{width}}  {e}" for line, e in zip(text.splitlines(), extra,
+                                                                 strict=True))
+
+
+def _narrow(docs: list[dict]) -> str:
     rows: list[tuple[str, ...]] = [
         ("KIND", "NAME", "ID", "LOCAL/PROXY", "REMOTE/BACKEND", "TUNNEL", "STATUS")]
     for d in docs:
@@ -107,9 +123,11 @@ def _get_proxies(args: argparse.Namespace) -> int:
     from reconciler.datapath.supervisor import read_datapath_status
 
     root = pin_root(args)
-    docs = proxies(engine.read_observed(root, (steering_tables.PROXY, steering_tables.STEER)),
-                             read_steer_stats(root),
-                             read_datapath_status(root))
+    docs = _named(args, proxies(engine.read_observed(root, (steering_tables.PROXY,
+                                                           steering_tables.STEER)),
+                                read_steer_stats(root), read_datapath_status(root)), "Proxy")
+    if args.output == "name":
+        return _names(docs)
 
     def rows() -> list[tuple[str, ...]]:
         out = [("NAME", "ID", "PORTS", "DESTINATIONS", "BACKENDS", "STEERED", "ACTIVE",
@@ -140,22 +158,39 @@ def _words(kind: Kind) -> tuple[str, str]:
     return kind.name.lower(), kind.plural.replace(" ", "")
 
 
-def cmd_get(args: argparse.Namespace) -> int:
-    if applied_pin_root(args) is None:
-        print(f"Nothing applied on this host yet ({pin_root(args)} does not exist).")
-        return EXIT_OK
+def _named(args: argparse.Namespace, docs: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """docs, or only the one NAME asks for (an error when there is none, as kubectl's)."""
+    if args.name is None:
+        return docs
+    found = [d for d in docs if d["metadata"]["name"] == args.name]
+    if not found:
+        raise BpfsyncError(f"no {what} named {args.name!r} in {pin_root(args)}")
+    return found
+
+
+def _names(docs: list[dict[str, Any]]) -> int:
+    for d in docs:
+        print(f"{d['kind']}/{d['metadata']['name']}")
+    return EXIT_OK
+
+
+def _get_once(args: argparse.Namespace) -> int:
     word = args.kind.lower()
-    if word == "stats":
-        return _get_stats(args)
+    if word in ("stats", "interface", "interfaces"):
+        if args.name is not None or args.output == "name":
+            raise BpfsyncError(f"get {word} lists {'counters' if word == 'stats' else 'TC filters'}"
+                               f", not resources: it takes no NAME and no -o name")
+        return _get_stats(args) if word == "stats" else _get_interfaces(args)
     if word in ("proxy", "proxies"):  # with live counters and the data path's view
         return _get_proxies(args)
-    if word in ("interface", "interfaces"):
-        return _get_interfaces(args)
     observed = engine.read_observed(pin_root(args))
     keys_dir = Path(args.keys_dir) if args.keys_dir else None
     docs = [d for kind in _kinds(word) for d in inventory.documents(kind, observed, keys_dir)]
+    docs = _named(args, docs, "resource" if word == "all" else _kinds(word)[0].name)
     if args.output == "json":
         print(json.dumps(docs, indent=2))
+    elif args.output == "name":
+        return _names(docs)
     elif args.output == "yaml":
         partial = sorted({d["kind"] for d in docs if registry.KINDS[d["kind"]].inventory is None})
         if partial:  # YAML output is for adopting: only what can be applied back
@@ -166,11 +201,47 @@ def cmd_get(args: argparse.Namespace) -> int:
             print("# keys are not printed; pass --keys-dir DIR to write them as 0600 files",
                   file=sys.stderr)
         print(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True), end="")
+    elif docs and args.output == "wide":
+        # every kind's entries by owner, for the kinds whose own view does not count them
+        held = {(d["kind"], d["metadata"]["name"]): d["status"]["entries"]
+                for kind in {registry.KINDS[d["kind"]] for d in docs}
+                for d in inventory.by_owner(kind.name, observed)}
+        for d in docs:
+            entries = held.get((d["kind"], d["metadata"]["name"]))
+            if entries and "entries" not in d.get("status", {}):
+                d.setdefault("status", {})["entries"] = entries
+        print(_table(docs, wide=True))
     elif docs:
         print(_table(docs))
     else:
         print(f"No resources in {pin_root(args)}.")
     return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Print, then print again whenever what get shows changes (polled every --interval
+    seconds), until interrupted — as `kubectl get --watch`."""
+    last = None
+    try:
+        while True:
+            buf = io.StringIO()
+            with redirect_stdout(buf):
+                _get_once(args)
+            if buf.getvalue() != last:
+                if last is not None:
+                    print(f"--- {time.strftime('%H:%M:%S')}")
+                print(buf.getvalue(), end="", flush=True)
+                last = buf.getvalue()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    if applied_pin_root(args) is None:
+        print(f"Nothing applied on this host yet ({pin_root(args)} does not exist).")
+        return EXIT_OK
+    return _watch(args) if args.watch else _get_once(args)
 
 
 def add(sub: Any) -> None:
@@ -181,6 +252,14 @@ def add(sub: Any) -> None:
                                               for w in _words(k))],
                    help="all, stats, or a kind (singular or plural, lower case): "
                         + ", ".join(_words(k)[1] for k in registry.KINDS.values()))
-    g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    g.add_argument("name", nargs="?", metavar="NAME", help="only this resource (exit 1 when "
+                                                            "there is none)")
+    g.add_argument("-o", "--output", choices=["table", "wide", "yaml", "json", "name"],
+                   default="table", help="wide: the table with each resource's entries; "
+                                         "name: Kind/name lines")
     g.add_argument("--keys-dir", help="write Service keys here as 0600 files (-o yaml/json)")
+    g.add_argument("-w", "--watch", action="store_true",
+                   help="print again whenever the output changes, until interrupted")
+    g.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                   help="with --watch: how often to look (default 2)")
     g.set_defaults(func=cmd_get)

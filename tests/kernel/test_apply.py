@@ -217,3 +217,46 @@ def test_a_second_writer_of_the_pin_root_is_refused(tmp_path: Path, pin_root: Pa
         os.close(fd)
     r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
     assert r.returncode == 0 and len(bpftool_dump(pin_root / "maps" / "ti_verify")) == 3
+
+
+def test_get_one_resource_names_wide_and_watch(tmp_path: Path, pin_root: Path) -> None:
+    import queue
+    import sys
+    import threading
+    import time
+
+    root = write_services(tmp_path / "d", 3)
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    one = bpfsync("get", "service", "svc-0-1", pin_root=pin_root)
+    assert one.returncode == 0 and "svc-0-1" in one.stdout and "svc-0-2" not in one.stdout
+    missing = bpfsync("get", "service", "nope", pin_root=pin_root)
+    assert missing.returncode == 1 and "no Service named 'nope'" in missing.stderr
+    names = bpfsync("get", "all", "-o", "name", pin_root=pin_root)
+    assert names.stdout.split() == ["Tunnel/tunnel-100", "Tunnel/tunnel-101", "Service/svc-0-0",
+                                    "Service/svc-0-1", "Service/svc-0-2"]
+    wide = bpfsync("get", "services", "-o", "wide", pin_root=pin_root)
+    assert "ENTRIES" in wide.stdout and "ti_encap 1, ti_verify 1" in wide.stdout
+    # --watch prints again when what it shows changes: here, a Service's backend port
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--pin-root", str(pin_root), "get", "service",
+         "svc-0-1", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout or ()],
+                     daemon=True).start()
+
+    def until(text: str) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any(text in x for x in got):
+            got.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        return got
+
+    try:
+        until("198.51.100.20:8080")
+        write_services(root, 3, changed={1: 9090})
+        assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+        changed = until("198.51.100.20:9090")
+        assert any(x.startswith("--- ") for x in changed), changed
+    finally:
+        watch.terminate()
+        watch.wait(30)
