@@ -80,7 +80,8 @@ def man_page(parser: argparse.ArgumentParser, version: str) -> str:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    from reconciler.cli.main import parser, version
+    from reconciler.cli.main import parser
+    from reconciler.version import version
 
     if args.shell == "man":
         sys.stdout.write(man_page(parser(), version()))

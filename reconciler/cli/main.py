@@ -35,18 +35,9 @@ from reconciler.cli.common import (
     print_problems,
 )
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Severity
+from reconciler.version import version
 
 SUBCOMMANDS = (validate, diff, apply, run, status, get, destroy, explain, completion)
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("bpfsync")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 def parser() -> argparse.ArgumentParser:

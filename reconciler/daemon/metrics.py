@@ -7,6 +7,7 @@ nothing runs between scrapes, and the registry is the daemon's own (no global st
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,12 +15,18 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from reconciler.version import version
+
 log = logging.getLogger("bpfsync.metrics")
 NS = "bpfsync"
 
 
 def _families(r: dict[str, Any], kernel: dict[str, int]) -> Iterator[Metric]:
     m = r["metrics"]
+    info = GaugeMetricFamily(f"{NS}_build_info", "Always 1; the version of bpfsync and of "
+                             "Python as labels", labels=["version", "python"])
+    info.add_metric([version(), platform.python_version()], 1)
+    yield info
     c = CounterMetricFamily(f"{NS}_reconciles", "Reconciles run, by result", labels=["result"])
     for result, n in sorted(m["reconciles"].items()):
         c.add_metric([result], n)

@@ -12,6 +12,7 @@ from reconciler.core.capability import StatusContext
 from reconciler.datapath.supervisor import read_datapath_status
 from reconciler.steering.checks import descriptors_needed
 from reconciler.steering.model import Proxy
+from reconciler.version import version
 
 if TYPE_CHECKING:
     from reconciler.daemon.service import Daemon
@@ -41,7 +42,8 @@ def status_document(d: Daemon) -> dict[str, Any]:
         r = d.record
         held = list(r.held)
         doc: dict[str, Any] = {
-            "daemon": {"pid": os.getpid(), "directory": str(d.config.directory),
+            "daemon": {"pid": os.getpid(), "version": version(),
+                       "directory": str(d.config.directory),
                        "pinRoot": str(d.config.pin_root), "startedAt": r.started,
                        "resyncSeconds": d.config.resync, "drift": d.config.drift,
                        "metrics": d.metrics_address},

@@ -414,6 +414,9 @@ def test_systemd_notify_and_metrics(env: Env) -> None:
         for name, kind in exposed.items():
             assert (kind == "counter") == name.endswith("_total"), (name, kind)
         assert 'bpfsync_reconciles_total{result="applied"} 1.0' in text
+        assert re.search(r'^bpfsync_build_info\{python="3\.[0-9.]+",version="[^"]+"\} 1\.0$',
+                         text, re.M), text
+        assert d.status()["daemon"]["version"] not in ("", None)
         assert 'bpfsync_map_entries{map="ti_verify"} 2.0' in text
         assert 'bpfsync_operations_total{operation="create"}' in text
         assert "bpfsync_datapath_restarts_total 0.0" in text
