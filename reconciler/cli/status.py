@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -11,7 +12,6 @@ from reconciler.cli.common import (
     EXIT_CHANGES,
     EXIT_ERROR,
     EXIT_OK,
-    applied_pin_root,
     pin_root,
 )
 from reconciler.daemon.statustext import status_text
@@ -21,9 +21,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from reconciler.daemon import status
     from reconciler.datapath.supervisor import run_dir
 
-    if applied_pin_root(args) is None:
-        print(f"bpfsync: nothing applied on this host yet ({pin_root(args)} does not exist; "
-              f"no daemon manages it)", file=sys.stderr)
+    root = pin_root(args)
+    if not root.is_dir():  # named: a typo, most likely; the default: a host never applied
+        named = args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT")
+        what = (f"pin root {root} does not exist" if named else
+                f"nothing applied on this host yet ({root} does not exist)")
+        print(f"bpfsync: {what}: no `bpfsync run` is managing it", file=sys.stderr)
         return EXIT_ERROR
     try:
         doc = status.query(run_dir(pin_root(args)))
