@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,10 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     if planned.in_sync and not pins:
         print(f"Nothing of bpfsync's is left in {root}.")
         return EXIT_OK
-    if not planned.in_sync:
+    if not planned.in_sync:  # every line's reason is the destroy, not "no longer in YAML"
+        planned.operations = [replace(op, reason="destroy") for op in planned.operations]
+        planned.attachments.steps = [replace(s, reason="destroy")
+                                     for s in planned.attachments.steps]
         print(render.plan_text(planned, "nothing"))
     print(f"Then unpinned: {len(pins)} maps of {root}/maps, and the directories and the data "
           f"path's cgroup bpfsync made, when nothing else is in them.")
