@@ -9,6 +9,7 @@ A plan's steps run by phase (core/attachments.Phase), then in this order.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from reconciler.core import registry
 from reconciler.core.attachments import (
@@ -26,6 +27,7 @@ from reconciler.core.capability import TcPrograms
 from reconciler.core.filters import TcFilter, Wanted, compute_filter_plan
 from reconciler.core.state import DesiredState
 from reconciler.kernel import tc
+from reconciler.kernel.programs import BPF_PROG_TYPE_SCHED_CLS
 
 TC_PROGRAMS: tuple[TcPrograms, ...] = tuple(c.tc for c in registry.CAPABILITIES if c.tc)
 _BY_CONFIG: dict[type, TcPrograms] = {p.config: p for p in TC_PROGRAMS}
@@ -50,9 +52,16 @@ def _plan_filters(context: AttachContext) -> Planned:
         return Planned()
     tags = None
     if context.compiler is not None:
-        tags = {(w.config, w.hook.direction): _BY_CONFIG[type(w.config)].tags(
-            context.compiler, context.pin_root, w.config, w.hook.direction) for w in want}
+        compiler = context.compiler
+        tags = {(w.config, w.hook.direction): compiler.tags(
+            _compiled(context, w.config), w.config.function(w.hook.direction)) for w in want}
     return compute_filter_plan(want, seen, tags, _leftover_owner)
+
+
+def _compiled(context: AttachContext, config: Any) -> Any:
+    """The compilation of a TC configuration, by the data path whose config type it is."""
+    assert context.compiler is not None
+    return _BY_CONFIG[type(config)].compiled(context.compiler, context.pin_root, config)
 
 
 def _execute_filters(context: AttachContext, steps: list[Step]) -> None:
@@ -62,8 +71,8 @@ def _execute_filters(context: AttachContext, steps: list[Step]) -> None:
             tc.detach(context.pin_root, f.hook, f.priority)
             continue
         assert context.compiler is not None
-        fd = _BY_CONFIG[type(f.config)].load(context.compiler, context.pin_root, f.config,
-                                             f.hook.direction)
+        fd = context.compiler.load(_compiled(context, f.config), f.program,
+                                   BPF_PROG_TYPE_SCHED_CLS, what=f.config.describe())
         tc.attach(context.pin_root, f.hook, f.priority, fd,
                   replace=step.action is AttachAction.REPLACE, function=f.program)
 
@@ -84,9 +93,8 @@ def plan_attachments(context: AttachContext) -> AttachPlan:
 
 
 def host_warnings(state: DesiredState, pin_root: Path) -> list[Condition]:
-    """Warnings about declared TC hooks that exist on this host (MTU; for `validate`)."""
-    want = tc_wanted(state)
-    if not want:
+    """Warnings about declared TC hooks that exist on this host (MTU; for `validate`):
+    the TC part planned without a compiler, nothing compiled, nothing changed."""
+    if not tc_wanted(state):
         return []
-    seen = tc.observe(pin_root, [w.hook for w in want])
-    return AttachPlan.of([compute_filter_plan(want, seen, None, _leftover_owner)]).warnings
+    return AttachPlan.of([_plan_filters(AttachContext(state, pin_root))]).warnings

@@ -56,16 +56,16 @@ class Kind:
 class TcPrograms:
     """A data path's TC programs, planned with every other data path's by one planner
     (core/filters.py). wanted(state): the hooks its resources want, each with a
-    configuration of type config; tags / load (compiler, pin root, configuration,
-    direction): the acceptable tags of that program / a loaded fd of it. kind and functions:
-    whose a leftover filter is, told by the function its name carries."""
+    configuration of type config; compiled(compiler, pin root, configuration): its BCC
+    compilation, whose function config.function(direction) runs at a hook (the TC part
+    tags and loads it). kind and functions: whose a leftover filter is, told by the function
+    its name carries."""
 
     kind: str
     config: type
     functions: frozenset[str]
     wanted: Callable[[DesiredState], list[Wanted]]
-    tags: Callable[[Compiler, Path, Any, str], frozenset[str]]
-    load: Callable[[Compiler, Path, Any, str], int]
+    compiled: Callable[[Compiler, Path, Any], Any]
 
 
 @dataclass(frozen=True)

@@ -42,5 +42,5 @@ GUE = Capability(
     status_lines=gue_status_lines,
     compile=compile_gue,
     tc=TcPrograms("Interface", hooks.ProgramConfig, frozenset(hooks.FUNCTIONS.values()),
-                  hooks.wanted, programs.tags, programs.load),
+                  hooks.wanted, programs.compiled),
 )

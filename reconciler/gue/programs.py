@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.gue.hooks import ProgramConfig
-from reconciler.kernel.programs import BPF_PROG_TYPE_SCHED_CLS, Compiler
+from reconciler.kernel.programs import Compiler
 
 SOURCE = "trueingress.c"
 
@@ -22,12 +22,3 @@ def cflags(pin_root: Path, config: ProgramConfig) -> list[str]:
 def compiled(compiler: Compiler, pin_root: Path, config: ProgramConfig) -> Any:
     return compiler.compile(config, SOURCE, cflags(pin_root, config), config.describe())
 
-
-def tags(compiler: Compiler, pin_root: Path, config: ProgramConfig,
-         direction: str) -> frozenset[str]:
-    return compiler.tags(compiled(compiler, pin_root, config), config.function(direction))
-
-
-def load(compiler: Compiler, pin_root: Path, config: ProgramConfig, direction: str) -> int:
-    return compiler.load(compiled(compiler, pin_root, config), config.function(direction),
-                         BPF_PROG_TYPE_SCHED_CLS, what=config.describe())

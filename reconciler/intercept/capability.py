@@ -26,6 +26,6 @@ INTERCEPT = Capability(
     status_lines=intercept_status_lines,
     compile=compile_intercepts,
     tc=TcPrograms("Intercept", hooks.InterceptProgram, hooks.FUNCTIONS, hooks.wanted,
-                  programs.tags, programs.load),
+                  programs.compiled),
     attachments=PLUMBING,
 )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.intercept.hooks import InterceptProgram
-from reconciler.kernel.programs import BPF_PROG_TYPE_SCHED_CLS, Compiler
+from reconciler.kernel.programs import Compiler
 
 SOURCE = "intercept.c"
 
@@ -18,12 +18,3 @@ def compiled(compiler: Compiler, pin_root: Path, config: InterceptProgram) -> An
         f"-DIC_ID={config.ic_id}", f"-DIC_MARK={config.mark:#x}",
         f"-DIC_PROXY_MARK={config.proxy_mark:#x}"], config.describe())
 
-
-def tags(compiler: Compiler, pin_root: Path, config: InterceptProgram,
-         direction: str) -> frozenset[str]:
-    return compiler.tags(compiled(compiler, pin_root, config), config.function(direction))
-
-
-def load(compiler: Compiler, pin_root: Path, config: InterceptProgram, direction: str) -> int:
-    return compiler.load(compiled(compiler, pin_root, config), config.function(direction),
-                         BPF_PROG_TYPE_SCHED_CLS, what=config.describe())
