@@ -115,12 +115,6 @@ def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
                       progress)
 
 
-def apply(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
-          allow_empty: bool = False, schemas: Schemas | None = None) -> Result:
-    return apply_state(load_directory(directory, schemas), pin_root, prune, allow_empty,
-                       where=str(directory))
-
-
 def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,
                 allow_empty: bool = False, select: Select | None = None,
                 where: str = "the desired state", memo: CompileMemo | None = None,

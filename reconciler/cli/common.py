@@ -79,6 +79,11 @@ def pin_root(args: argparse.Namespace) -> Path:
     return Path(os.path.realpath(given))
 
 
+def pin_root_named(args: argparse.Namespace) -> bool:
+    """The pin root was named (--pin-root, BPFSYNC_PIN_ROOT), not the default."""
+    return bool(args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT"))
+
+
 def applied_pin_root(args: argparse.Namespace) -> Path | None:
     """The pin root, which must exist: None when it is the default one and does not exist
     (nothing was ever applied on this host: the caller says so); a BpfsyncError when it was
@@ -86,7 +91,7 @@ def applied_pin_root(args: argparse.Namespace) -> Path | None:
     root = pin_root(args)
     if root.is_dir():
         return root
-    if args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT"):
+    if pin_root_named(args):
         raise BpfsyncError(f"pin root {root} does not exist")
     return None
 

@@ -4,8 +4,6 @@ and asking (or --yes). Foreign objects stay: pins, filters, rules bpfsync did no
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
 import shutil
 import sys
 from contextlib import suppress
@@ -20,25 +18,11 @@ from reconciler.core.errors import BpfsyncError
 from reconciler.core.state import DesiredState
 
 
-def _daemon_running(run: Path) -> bool:
-    """A `bpfsync run` holds the lock of the pin root's run directory."""
-    try:
-        fd = os.open(run / "daemon.lock", os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def _refuse_while_running(root: Path) -> None:
+    from reconciler.daemon.record import daemon_running
     from reconciler.datapath.supervisor import read_datapath_status, run_dir
 
-    if _daemon_running(run_dir(root)):
+    if daemon_running(run_dir(root)):
         raise BpfsyncError(f"a `bpfsync run` manages {root}: stop it first (e.g. systemctl "
                            f"stop bpfsync), or it would apply everything again")
     report = read_datapath_status(root)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -13,6 +12,7 @@ from reconciler.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
     pin_root,
+    pin_root_named,
 )
 from reconciler.daemon.statustext import status_text
 
@@ -23,8 +23,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     root = pin_root(args)
     if not root.is_dir():  # named: a typo, most likely; the default: a host never applied
-        named = args.pin_root or os.environ.get("BPFSYNC_PIN_ROOT")
-        what = (f"pin root {root} does not exist" if named else
+        what = (f"pin root {root} does not exist" if pin_root_named(args) else
                 f"nothing applied on this host yet ({root} does not exist)")
         print(f"bpfsync: {what}: no `bpfsync run` is managing it", file=sys.stderr)
         return EXIT_ERROR

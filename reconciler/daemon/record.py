@@ -78,6 +78,21 @@ def take_lock(run_dir: Path, pin_root: Path) -> int:
     return fd
 
 
+def daemon_running(run_dir: Path) -> bool:
+    """A `bpfsync run` holds the lock take_lock takes (probed without creating anything)."""
+    try:
+        fd = os.open(run_dir / "daemon.lock", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def kind_counts(state: DesiredState) -> dict[str, int]:
     return {kind: state.count(kind) for kind in registry.KINDS}
 
