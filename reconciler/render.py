@@ -153,8 +153,11 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None,
     files = _origins(state)
     lines: list[str] = []
     ops_by: dict[str, list[Operation]] = {}
+    drift: list[Operation] = []  # shown apart, with their owners
     for op in plan.operations:
-        if not op.drift:
+        if op.drift:
+            drift.append(op)
+        else:
             ops_by.setdefault(op.owner, []).append(op)
     steps_by: dict[str, list[Step]] = {}
     for step in _attach_ops(plan):
@@ -169,15 +172,15 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None,
         lines.append(f"... and {len(rest):,} more resources (--full prints every one; -o json "
                      f"lists every change):")
         lines.extend(_kind_counts(rest, ops_by, steps_by))
-    if plan.drift:
+    if drift:
         if lines:
             lines.append("")
         lines.append("Drift (entries changed outside bpfsync; apply reverts them):")
-        drift = plan.drift if full else plan.drift[:MAX_RESOURCES]
-        for op in drift:
+        shown_drift = drift if full else drift[:MAX_RESOURCES]
+        for op in shown_drift:
             lines.extend(_op_line(op, show_resource=True))
-        if len(plan.drift) > len(drift):
-            lines.append(f"  ... and {len(plan.drift) - len(drift):,} more (--full)")
+        if len(drift) > len(shown_drift):
+            lines.append(f"  ... and {len(drift) - len(shown_drift):,} more (--full)")
     lines.append("")
     lines.append(_summary(plan))
     return "\n".join(lines)

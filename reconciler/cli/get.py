@@ -30,19 +30,21 @@ from reconciler.steering.inventory import proxies
 from reconciler.steering.tables import proxy_names
 
 
-def _table(docs: list[dict], wide: bool = False) -> str:
-    """One row per resource; wide adds the entries each holds, by table."""
-    text = _narrow(docs)
-    if not wide:
-        return text
-    extra = ["ENTRIES"] + [", ".join(f"{t} {n}" for t, n in sorted(
-        d.get("status", {}).get("entries", {}).items())) or "-" for d in docs]
-    width = max(map(len, text.splitlines()))
-    return "\n".join(f"{line:<{width}}  {e}" for line, e in zip(text.splitlines(), extra,
-                                                                 strict=True))
+def _table(docs: list[dict], entries: dict[tuple[str, str], dict[str, int]] | None = None
+           ) -> str:
+    """One row per resource; with entries (-o wide: each resource's entries per table, by
+    kind and name, for the kinds whose own view does not count them), a column of them."""
+    rows = _rows(docs)
+    if entries is not None:
+        rows[0] += ("ENTRIES",)
+        for i, d in enumerate(docs, 1):
+            held = (d.get("status", {}).get("entries")
+                    or entries.get((d["kind"], d["metadata"]["name"]), {}))
+            rows[i] += (", ".join(f"{t} {n}" for t, n in sorted(held.items())) or "-",)
+    return columns(rows)
 
 
-def _narrow(docs: list[dict]) -> str:
+def _rows(docs: list[dict]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [
         ("KIND", "NAME", "ID", "LOCAL/PROXY", "REMOTE/BACKEND", "TUNNEL", "STATUS")]
     for d in docs:
@@ -79,7 +81,7 @@ def _narrow(docs: list[dict]) -> str:
                          f"{proxy['address']}:{proxy['port']}/{s['protocol']}" if proxy else "-",
                          f"{backend['address']}:{backend['port']}" if backend else "-",
                          s.get("tunnel", "-"), ", ".join(notes)))
-    return columns(rows)
+    return rows
 
 
 def _get_stats(args: argparse.Namespace) -> int:
@@ -202,15 +204,9 @@ def _get_once(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         print(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True), end="")
     elif docs and args.output == "wide":
-        # every kind's entries by owner, for the kinds whose own view does not count them
-        held = {(d["kind"], d["metadata"]["name"]): d["status"]["entries"]
-                for kind in {registry.KINDS[d["kind"]] for d in docs}
-                for d in inventory.by_owner(kind.name, observed)}
-        for d in docs:
-            entries = held.get((d["kind"], d["metadata"]["name"]))
-            if entries and "entries" not in d.get("status", {}):
-                d.setdefault("status", {})["entries"] = entries
-        print(_table(docs, wide=True))
+        print(_table(docs, {(d["kind"], d["metadata"]["name"]): d["status"]["entries"]
+                            for kind in {registry.KINDS[d["kind"]] for d in docs}
+                            for d in inventory.by_owner(kind.name, observed)}))
     elif docs:
         print(_table(docs))
     else:

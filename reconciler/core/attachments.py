@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from itertools import groupby
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -269,16 +270,5 @@ class Attachments:
 def runs(steps: list[Step], part_of: Callable[[Step], Attachments]
          ) -> Iterator[tuple[Attachments, list[Step]]]:
     """Consecutive steps grouped by the part that executes them, in order."""
-    group: list[Step] = []
-    part: Attachments | None = None
-    for step in steps:
-        this = part_of(step)
-        if group and this is not part:
-            assert part is not None
-            yield part, group
-            group = []
-        part = this
-        group.append(step)
-    if group:
-        assert part is not None
-        yield part, group
+    for part, group in groupby(steps, key=part_of):
+        yield part, list(group)

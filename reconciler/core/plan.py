@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import groupby
 from typing import Protocol
 
 from reconciler.core.attachments import AttachAction, AttachPlan
@@ -126,12 +127,6 @@ class Plan:
 
     def batches(self) -> Iterator[tuple[str, bool, list[Operation]]]:
         """Consecutive operations grouped by (table, is_delete), in plan order."""
-        group: list[Operation] = []
-        for op in self.operations:
-            if group and (op.table != group[0].table or (op.action is Action.DELETE) != (
-                    group[0].action is Action.DELETE)):
-                yield group[0].table, group[0].action is Action.DELETE, group
-                group = []
-            group.append(op)
-        if group:
-            yield group[0].table, group[0].action is Action.DELETE, group
+        for (table, delete), group in groupby(
+                self.operations, key=lambda op: (op.table, op.action is Action.DELETE)):
+            yield table, delete, list(group)

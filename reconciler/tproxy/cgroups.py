@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from reconciler.core.attachments import WAITING, AttachAction, Phase, Planned, Step
+from reconciler.core.attachments import WAITING, AttachAction, Condition, Phase, Planned, Step
 from reconciler.core.naming import escape_path
 from reconciler.core.state import DesiredState
 from reconciler.steering.model import proxy_netns
@@ -187,11 +187,9 @@ def plan(state: DesiredState, pin_root: Path, seen: list[SeenCgroup], facts: Hos
     want = wanted(state, pin_root)
     exists = {w.hook.cgroup: w.hook.cgroup in facts.cgroup_ids
               or w.hook.cgroup == datapath_cgroup(pin_root) for w in want}
-    out = Planned()
-    if tps and facts.netns_cookie is None:
-        out.condition(f"TransparentProxy/{min(tps)}", f"network namespace "
-                      f"{proxy_netns(state)} of the Proxies not found; nothing is "
-                      f"intercepted until it exists", WAITING)
-    found = compute_cgroup_plan(want, seen, exists, tags)
-    found.conditions[:0] = out.conditions
-    return found
+    out = compute_cgroup_plan(want, seen, exists, tags)
+    if tps and facts.netns_cookie is None:  # said first: nothing works without it
+        out.conditions.insert(0, Condition(
+            f"TransparentProxy/{min(tps)}", f"network namespace {proxy_netns(state)} of the "
+            f"Proxies not found; nothing is intercepted until it exists", WAITING))
+    return out
