@@ -33,8 +33,6 @@ from reconciler.kernel.maps import (
     remove_pins,
 )
 from reconciler.kernel.programs import Compiler
-from reconciler.load.directory import load_directory
-from reconciler.load.schema import Schemas
 
 
 @dataclass(frozen=True)
@@ -98,21 +96,15 @@ def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = 
 
 def _plan(state: DesiredState, pin_root: Path, prune: PrunePolicy | None, tables: PinnedTables,
           context: AttachContext, memo: CompileMemo | None, progress: Progress) -> Plan:
-    progress.phase(f"compiling {state.resource_count:,} resources")
-    desired = compile_tables(state, memo, context.facts, pin_root)
     progress.phase("reading the kernel's tables")
     observed = tables.read(registry.ENTRY_TABLES)
+    progress.phase(f"compiling {state.resource_count:,} resources")
+    desired = compile_tables(state, memo, context.facts, pin_root, observed)
     progress.phase(f"planning {desired.total:,} entries against {sum(map(len, observed.values())):,}")
     plan = compute_plan(desired, observed, prune)
     progress.phase("reading attachments")
     plan.attachments = attach.plan_attachments(context)
     return plan
-
-
-def diff(directory: Path, pin_root: Path, prune: PrunePolicy | None = None,
-         schemas: Schemas | None = None, progress: Progress = QUIET) -> Result:
-    return plan_state(load_directory(directory, schemas, progress=progress), pin_root, prune,
-                      progress)
 
 
 def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,

@@ -162,7 +162,11 @@ def plan_text(plan: Plan, directory: str, state: DesiredState | None = None,
     steps_by: dict[str, list[Step]] = {}
     for step in _attach_ops(plan):
         steps_by.setdefault(step.owner, []).append(step)
-    owners = list(dict.fromkeys([*ops_by, *steps_by]))
+    # resources in the order of their first data-path entry (the names table's, written
+    # first, are sorted by kernel ref: svc-0-10 before svc-0-2)
+    owners = list(dict.fromkeys([*(op.owner for op in plan.operations
+                                   if not op.drift and registry.BY_NAME[op.table].kind),
+                                 *ops_by, *steps_by]))
     shown = owners if full or len(owners) <= MAX_RESOURCES else owners[:SHOWN_SUMMARISED]
     for resource in shown:
         lines.append(f"{resource}" + (f"  ({files[resource]})" if resource in files else ""))

@@ -11,13 +11,13 @@ from reconciler import engine, render
 from reconciler.cli import common
 from reconciler.cli.common import (
     EXIT_OK,
+    load_state,
     pin_root,
     print_problems,
     prune_policy,
 )
 from reconciler.cli.progress import close, progress_for
 from reconciler.core.plan import Plan
-from reconciler.load.directory import load_directory
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     sees what is about to happen while it happens, with progress on a terminal."""
     progress = progress_for()
     try:
-        state = load_directory(Path(args.directory), progress=progress)
+        state = load_state(Path(args.directory), progress)
         print_problems(state.warnings)
 
         def show(plan: Plan) -> None:

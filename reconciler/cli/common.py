@@ -16,8 +16,10 @@ import yaml
 from reconciler.core import registry
 from reconciler.core.errors import BpfsyncError, Problem
 from reconciler.core.plan import PrunePolicy
+from reconciler.core.progress import Progress
 from reconciler.core.state import DesiredState
 from reconciler.kernel.maps import DEFAULT_PIN_ROOT
+from reconciler.load.directory import load_directory
 from reconciler.render import columns
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -146,3 +148,14 @@ def full_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--full", action="store_true",
                     help="print every line of a long plan (one of more than 50 resources is "
                          "summarised per kind)")
+
+
+def load_state(directory: Path, progress: Progress) -> DesiredState:
+    """The desired state of directory, with the git revision it is at (recorded in the names
+    table beside each resource that an apply writes)."""
+    from reconciler.daemon import gitrev
+
+    state = load_directory(directory, progress=progress)
+    revision = gitrev.revision(directory)
+    state.revision = revision.full if revision else None
+    return state

@@ -13,6 +13,7 @@ from reconciler.cli.common import (
     EXIT_CHANGES,
     EXIT_ERROR,
     EXIT_OK,
+    load_state,
     pin_root,
     print_problems,
     prune_policy,
@@ -23,8 +24,8 @@ from reconciler.cli.progress import close, progress_for
 def cmd_diff(args: argparse.Namespace) -> int:
     progress = progress_for()
     try:
-        result = engine.diff(Path(args.directory), pin_root(args), prune_policy(args),
-                             progress=progress)
+        state = load_state(Path(args.directory), progress)
+        result = engine.plan_state(state, pin_root(args), prune_policy(args), progress)
     finally:
         close(progress)
     print_problems(result.state.warnings)

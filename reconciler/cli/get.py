@@ -25,6 +25,7 @@ from reconciler.core import registry
 from reconciler.core.capability import Kind
 from reconciler.core.errors import BpfsyncError
 from reconciler.counters import read_stats, read_steer_stats
+from reconciler.names.tables import NAMES
 from reconciler.steering import tables as steering_tables
 from reconciler.steering.inventory import proxies
 from reconciler.steering.tables import proxy_names
@@ -33,15 +34,25 @@ from reconciler.steering.tables import proxy_names
 def _table(docs: list[dict], entries: dict[tuple[str, str], dict[str, int]] | None = None
            ) -> str:
     """One row per resource; with entries (-o wide: each resource's entries per table, by
-    kind and name, for the kinds whose own view does not count them), a column of them."""
+    kind and name, for the kinds whose own view does not count them), a column of them and
+    one of the file (and git revision) that last applied it."""
     rows = _rows(docs)
     if entries is not None:
-        rows[0] += ("ENTRIES",)
+        rows[0] += ("ENTRIES", "SOURCE")
         for i, d in enumerate(docs, 1):
             held = (d.get("status", {}).get("entries")
                     or entries.get((d["kind"], d["metadata"]["name"]), {}))
-            rows[i] += (", ".join(f"{t} {n}" for t, n in sorted(held.items())) or "-",)
+            rows[i] += (", ".join(f"{t} {n}" for t, n in sorted(held.items())) or "-",
+                        _source(d))
     return columns(rows)
+
+
+def _source(doc: dict[str, Any]) -> str:
+    """file@revision as the names table recorded it; "-" for what nobody named (drift)."""
+    source = doc.get("status", {}).get("source")
+    if not source:
+        return "-"
+    return source["file"] + (f"@{source['revision']}" if source.get("revision") else "")
 
 
 def _rows(docs: list[dict]) -> list[tuple[str, ...]]:
@@ -126,14 +137,15 @@ def _get_proxies(args: argparse.Namespace) -> int:
 
     root = pin_root(args)
     docs = _named(args, proxies(engine.read_observed(root, (steering_tables.PROXY,
-                                                           steering_tables.STEER)),
+                                                           steering_tables.STEER, NAMES)),
                                 read_steer_stats(root), read_datapath_status(root)), "Proxy")
     if args.output == "name":
         return _names(docs)
 
     def rows() -> list[tuple[str, ...]]:
+        wide = args.output == "wide"
         out = [("NAME", "ID", "PORTS", "DESTINATIONS", "BACKENDS", "STEERED", "ACTIVE",
-                "DATA PATH")]
+                "DATA PATH", *(("SOURCE",) if wide else ()))]
         for d in docs:
             s, st = d["spec"], d["status"]
             healthy = [b for b in st.get("backends", []) if b["healthy"]]
@@ -142,7 +154,7 @@ def _get_proxies(args: argparse.Namespace) -> int:
             out.append((d["metadata"]["name"], str(s["id"]), ",".join(map(str, s["ports"])),
                         ",".join(s["destinations"]), backends,
                         str(st["counters"]["steered"]), str(st.get("active", "-")),
-                        st["dataPath"]))
+                        st["dataPath"], *((_source(d),) if wide else ())))
         return out
 
     return emit(args, docs, f"No proxies in {root}.", rows)

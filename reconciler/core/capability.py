@@ -40,7 +40,10 @@ class Kind:
     tuples pickle far faster than dataclasses); None: pickled whole (kinds that are few).
     inventory: the kind as `get` shows it from the kernel; None: its entries grouped by
     owner (reconciler/inventory.py). programs: its resources need compiled BPF programs
-    (an apply checks the compiler is there before it creates anything)."""
+    (an apply checks the compiler is there before it creates anything). kernel_ref: the
+    "Kind/..." its entries are named by when nothing names them (what its codecs' owners
+    derive from ids); its resources then get a names table entry (reconciler/names), which
+    puts the declared name back; None: a kind without entries."""
 
     name: str
     plural: str  # as counts and `get` say it: "tunnels", "transparent proxies"
@@ -50,6 +53,7 @@ class Kind:
     unrow: Unrow | None = None
     inventory: Inventory | None = None
     programs: bool = False
+    kernel_ref: Callable[[Any], str] | None = None
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 
 def compile_tables(state: DesiredState, memo: CompileMemo | None = None,
                    facts: Mapping[str, Any] | None = None,
-                   pin_root: Path | None = None) -> DesiredTables:
+                   pin_root: Path | None = None,
+                   observed: Mapping[str, Mapping[bytes, bytes]] | None = None) -> DesiredTables:
     """The entries state wants in every owned table (each present, if empty). memo: the
     daemon's, kept between reconciles; facts (registry.host_facts) and pin_root: what the
-    entries of some data paths are made of (core/desired.CompileContext)."""
+    entries of some data paths are made of; observed: what the kernel holds, whose recorded
+    history (the names table) is kept (core/desired.CompileContext)."""
     out = DesiredTables.empty(registry.OWNED_TABLES)
-    context = CompileContext(memo, facts, pin_root)
+    context = CompileContext(memo, facts, pin_root, observed)
     for capability in registry.CAPABILITIES:
         capability.compile(out, state, context)
     return out

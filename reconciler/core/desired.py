@@ -17,10 +17,16 @@ M = TypeVar("M")
 
 @dataclass
 class DesiredTables:
-    """Entries per owned table (by name), and the "Kind/name" that owns each entry."""
+    """Entries per owned table (by name), and the "Kind/name" that owns each entry.
+
+    refresh: for a table whose entries record history (the names table's file and revision
+    that last wrote a resource), the value an entry takes when its resource is written in
+    the plan (by key); its entries hold what the kernel already records otherwise, so a new
+    commit that leaves a resource as it was writes nothing (core/planning.py)."""
 
     entries: dict[str, Entries] = field(default_factory=dict)
     owners: dict[str, dict[bytes, str]] = field(default_factory=dict)
+    refresh: dict[str, Callable[[bytes], bytes]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, tables: tuple[MapSpec, ...]) -> DesiredTables:
@@ -51,9 +57,11 @@ class CompileMemo:
 @dataclass(frozen=True)
 class CompileContext:
     """What compiling may need beyond the resources: the daemon's memo (None: compile from
-    scratch), each data path's host facts by capability name (Capability.facts) and the pin
-    root (None: not known, e.g. in unit tests; entries made of them are then not compiled)."""
+    scratch), each data path's host facts by capability name (Capability.facts), the pin
+    root (None: not known, e.g. in unit tests; entries made of them are then not compiled)
+    and the entries the kernel holds (None: not read; only history-recording tables look)."""
 
     memo: CompileMemo | None = None
     facts: Mapping[str, Any] | None = None
     pin_root: Path | None = None
+    observed: Mapping[str, Mapping[bytes, bytes]] | None = None

@@ -3,20 +3,28 @@ the registry's order (upserts, then deletes). Pure: two sets of bytes in, a Plan
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from reconciler.core import registry
 from reconciler.core.desired import DesiredTables
 from reconciler.core.plan import Action, Operation, Plan, PrunePolicy
 from reconciler.core.tables import Observed, stamp_ok
+from reconciler.names.tables import Names
 
 
 def compute_plan(desired: DesiredTables, observed: Observed,
                  prune: PrunePolicy | None = None) -> Plan:
+    """Entries that record history (desired.refresh: the names table's file and revision)
+    are written with fresh values when another entry of their resource is written; the
+    compiled ones keep what the kernel records, so a new commit that leaves a resource as
+    it was writes nothing for it."""
     prune = prune or PrunePolicy()
     counts = {s.name: len(observed.get(s.name, {})) for s in registry.OWNED_TABLES}
     plan = Plan(desired_total=desired.total, observed_counts=counts)
     # dict equality runs in C: the common case of a table nothing touched costs little
     same = {s.name for s in registry.OWNED_TABLES
             if desired.entries[s.name] == observed.get(s.name, {})}
+    upserts: dict[str, list[Operation]] = {}
     for spec in registry.UPSERT_ORDER:
         if spec.name in same:
             continue
@@ -26,15 +34,17 @@ def compute_plan(desired: DesiredTables, observed: Observed,
         creates, updates = [], []
         for key, _ in want.items() - have.items():
             (updates if key in have else creates).append(key)
-        for key in sorted(creates):
-            plan.operations.append(Operation(
-                Action.CREATE, spec.name, key, want[key], None, owners[key], "declared in YAML"))
+        ops = upserts[spec.name] = [
+            Operation(Action.CREATE, spec.name, key, want[key], None, owners[key],
+                      "declared in YAML") for key in sorted(creates)]
         for key in sorted(updates):
             old = have[key]
             drift = not stamp_ok(key, old)
             reason = "changed outside bpfsync" if drift else "changed in YAML"
-            plan.operations.append(Operation(
-                Action.UPDATE, spec.name, key, want[key], old, owners[key], reason, drift))
+            ops.append(Operation(Action.UPDATE, spec.name, key, want[key], old, owners[key],
+                                 reason, drift))
+    deletes: list[Operation] = []
+    names = Names(observed)
     for spec in registry.DELETE_ORDER:
         if spec.name in same:
             continue
@@ -42,12 +52,36 @@ def compute_plan(desired: DesiredTables, observed: Observed,
         gone = sorted(have.keys() - want.keys())
         if not gone:
             continue
-        owner = registry.owners(spec.name, observed)
+        owner = registry.owners(spec.name, observed, names)
         for key in gone:
             old = have[key]
             drift = not stamp_ok(key, old)
             reason = "added outside bpfsync" if drift else "no longer in YAML"
             op = Operation(Action.DELETE, spec.name, key, None, old,
                            owner(key, old), reason, drift)
-            (plan.operations if prune.allows(spec.kind) else plan.kept).append(op)
+            # a table of every kind's entries (the names table) is pruned by its owner's kind
+            kind = spec.kind or op.owner.partition("/")[0]
+            (deletes if prune.allows(kind) else plan.kept).append(op)
+    written = {op.owner for ops in upserts.values() for op in ops}
+    written.update(op.owner for op in deletes)
+    for table, fresh in desired.refresh.items():
+        if written:
+            _refresh(upserts.setdefault(table, []), table, fresh, desired, observed, written)
+    for spec in registry.UPSERT_ORDER:
+        plan.operations.extend(upserts.get(spec.name, ()))
+    plan.operations.extend(deletes)
     return plan
+
+
+def _refresh(ops: list[Operation], table: str, fresh: Callable[[bytes], bytes],
+             desired: DesiredTables, observed: Observed, written: set[str]) -> None:
+    """Updates of the history entries (of table) of the resources the plan writes, beside
+    the table's own operations."""
+    have = observed.get(table, {})
+    planned = {op.key for op in ops}
+    for key, owner in desired.owners[table].items():
+        if owner in written and key in have and key not in planned:
+            value = fresh(key)
+            if value != have[key]:
+                ops.append(Operation(Action.UPDATE, table, key, value, have[key], owner,
+                                     "changed in YAML"))

@@ -12,10 +12,15 @@ from reconciler.core.capability import Capability, Kind
 from reconciler.core.tables import Codec, Decoded, MapSpec, Owners
 from reconciler.gue.capability import GUE
 from reconciler.intercept.capability import INTERCEPT
+from reconciler.names.capability import names_capability
+from reconciler.names.tables import Names, resolved
 from reconciler.steering.capability import STEERING
 from reconciler.tproxy.capability import TPROXY
 
-CAPABILITIES: tuple[Capability, ...] = (GUE, STEERING, TPROXY, INTERCEPT)
+DATA_PATHS: tuple[Capability, ...] = (GUE, STEERING, TPROXY, INTERCEPT)
+# The names table goes first: its entries are written before and deleted after all others.
+CAPABILITIES: tuple[Capability, ...] = (
+    names_capability(k for c in DATA_PATHS for k in c.kinds), *DATA_PATHS)
 
 KINDS: dict[str, Kind] = {k.name: k for c in CAPABILITIES for k in c.kinds}
 # Tables of entries (read, diffed; the owned ones written and pruned); the other pinned maps
@@ -49,9 +54,12 @@ def describe_key(table: str, raw: bytes) -> str:
     return codec.describe(codec.decode_key(raw))
 
 
-def owners(table: str, observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
-    """Names for the entries of table that no YAML resource claims (see Codec.owners)."""
-    return _CODECS[table].owners(observed)
+def owners(table: str, observed: Mapping[str, Mapping[bytes, bytes]],
+           names: Names | None = None) -> Owners:
+    """Names for the entries of table that no YAML resource claims (see Codec.owners): the
+    declared names the names table holds, else names derived from ids. names: the names
+    table of observed, when the caller already has it."""
+    return resolved(_CODECS[table].owners, observed, names)
 
 
 def _check() -> None:

@@ -16,6 +16,8 @@ class DesiredState:
     warnings: list[Problem] = field(default_factory=list)
     files: int = 0
     drift: dict[str, str] = field(default_factory=dict)  # "Kind/name" -> annotated policy
+    directory: str | None = None  # what files are named relative to (the names table)
+    revision: str | None = None  # the directory's git commit ("-dirty" suffix), when known
 
     def of(self, model: type[R]) -> dict[str, R]:
         """The resources of one kind (model: its class, whose `kind` names it), by name; the

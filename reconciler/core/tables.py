@@ -59,7 +59,8 @@ class Codec:
 
     owners(observed) is called once per plan with every table's observed entries and returns
     the function that names an entry no YAML resource claims (a deletion, drift): the kernel
-    holds no names, so names are derived from ids, or from another table (a Proxy's slot)."""
+    holds no names, so names are derived from ids, or from another table (a Proxy's slot);
+    the names table (reconciler/names) then puts the declared ones in."""
 
     decode_key: Callable[[bytes], Decoded]
     decode_value: Callable[[bytes], Decoded]
@@ -82,10 +83,15 @@ def guarded(kind: str, name: Callable[[bytes, bytes], str]) -> Owners:
     return owner
 
 
+def id_ref(kind: str, ident: int) -> str:
+    """The name of a resource known by its id alone: "Kind/(id N)"."""
+    return f"{kind}/(id {ident})"
+
+
 def by_id(kind: str, decode_key: Callable[[bytes], Decoded]) -> Callable[
         [Mapping[str, Mapping[bytes, bytes]]], Owners]:
     """owners for a table keyed by a resource id: "Kind/(id N)"."""
-    return lambda _observed: guarded(kind, lambda key, _v: f"{kind}/(id {decode_key(key)['id']})")
+    return lambda _observed: guarded(kind, lambda key, _v: id_ref(kind, decode_key(key)["id"]))
 
 
 _U32 = struct.Struct("!I")

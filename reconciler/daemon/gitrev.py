@@ -24,6 +24,12 @@ class Revision:
     def __str__(self) -> str:
         return self.commit[:12] + ("-dirty" if self.dirty else "")
 
+    @property
+    def full(self) -> str:
+        """The whole commit, "-dirty" when the tree had uncommitted changes (as the names
+        table records it)."""
+        return self.commit + ("-dirty" if self.dirty else "")
+
 
 def _git(directory: Path, *args: str) -> str | None:
     try:

@@ -249,6 +249,7 @@ class Daemon:
                 self.revision_at = time.monotonic() + REVISION_RECHECK
             revision = after
             fields["revision"] = str(revision) if revision else None
+        state.revision = revision.full if revision else None
         holder: dict[str, drift.Split] = {}
 
         def select_plan(plan: Plan) -> Plan:

@@ -24,9 +24,10 @@ from reconciler.gue.status import gue_status, gue_status_lines
 
 GUE = Capability(
     name="gue",
-    kinds=(Kind("Tunnel", "tunnels", Tunnel, build_tunnel, tunnel_row, tunnel_unrow, tunnels),
+    kinds=(Kind("Tunnel", "tunnels", Tunnel, build_tunnel, tunnel_row, tunnel_unrow, tunnels,
+                kernel_ref=lambda t: gt.tunnel_ref(t.id)),
            Kind("Service", "services", Service, build_service, service_row, service_unrow,
-                services),
+                services, kernel_ref=lambda s: gt.service_ref(s.group_id, s.service_id)),
            Kind("Interface", "interfaces", Interface, build_interface, interface_row,
                 interface_unrow, programs=True)),
     entries=(gt.TUNNEL, gt.DECAP, gt.VERIFY, gt.ENCAP, gt.REPLY, gt.NEXT_KEY_TABLE, gt.LEARNED),

@@ -1,8 +1,9 @@
 """Tunnels and Services decoded back from the kernel into resource documents, for `get`.
 
-The kernel holds no names, so resources are named after their ids (tunnel-<id>,
-svc-<group>-<service>). Keys are never printed: a key is referenced with keyFrom, and written
-to a 0600 file only when a keys directory is given.
+Resources are named as declared, from the names table (reconciler/names), and after their
+ids (tunnel-<id>, svc-<group>-<service>) when nothing names them. Keys are never printed: a
+key is referenced with keyFrom, and written to a 0600 file (named after the ids, unique
+across kinds) only when a keys directory is given.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from reconciler.core.document import document
 from reconciler.core.tables import Observed, stamp_ok
 from reconciler.gue import tables as gt
 from reconciler.load.secrets import Secret
+from reconciler.names.tables import Names
 
 
 def _ep(text: str) -> dict[str, Any]:
@@ -23,9 +25,18 @@ def _ep(text: str) -> dict[str, Any]:
     return {"address": address, "port": int(port)}
 
 
+def _named(names: Names, ref: str, status: dict[str, Any]) -> str:
+    """The resource's declared name (its ref's if none); its source put into status."""
+    source = names.source(ref)
+    if source is not None:
+        status["source"] = source
+    return names.resolve(ref).partition("/")[2]
+
+
 def tunnels(observed: Observed, keys_dir: Path | None = None,
             now_ns: int | None = None) -> list[dict[str, Any]]:
     now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
+    names = Names(observed)
     learned = observed.get(gt.LEARNED.name, {})
     nexts = observed.get(gt.NEXT_KEY_TABLE.name, {})
     out = []
@@ -43,16 +54,17 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
             spec["keyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}", sent)}
             if other is not None:
                 spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"tunnel-{tid}-next", other)}
+        status: dict[str, Any] = {"managed": stamp_ok(key, value)}
+        name = _named(names, gt.tunnel_ref(tid), status)
         if "pingIntervalMs" in v:
             spec["ping"] = {"intervalSeconds": v["pingIntervalMs"] / 1000}
-        status: dict[str, Any] = {"managed": stamp_ok(key, value)}
         if key in learned:
             lv = gt.CODECS[gt.LEARNED.name].decode_value(learned[key])
             status["learned"] = {**_ep(lv["remote"]),
                                  "ageSeconds": round(max(0, now_ns - lv["updatedNs"]) / 1e9, 1)}
         elif spec["remote"] == "learn":
             status["learned"] = None
-        out.append(document("Tunnel", f"tunnel-{tid}", spec, status))
+        out.append(document("Tunnel", name, spec, status))
     return out
 
 
@@ -61,6 +73,7 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
               for k, v in observed.get(gt.VERIFY.name, {}).items()}
     out = []
     seen: set[bytes] = set()
+    names = Names(observed)
     encap = observed.get(gt.ENCAP.name, {})
     for key, value in sorted(encap.items(), key=lambda kv: (kv[1][4:8], kv[0])):
         proxy = gt.decode_endpoint(key)
@@ -68,12 +81,13 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
         sid = gt.sid_key(e["groupId"], e["serviceId"])
         seen.add(sid)
         ver = verify.get(sid)
-        name = f"svc-{e['groupId']}-{e['serviceId']}"
+        name = f"svc-{e['groupId']}-{e['serviceId']}"  # the key files' names
+        status: dict[str, Any] = {"managed": stamp_ok(key, value)}
         spec: dict[str, Any] = {
             "groupId": e["groupId"], "serviceId": e["serviceId"], "protocol": proxy["protocol"],
             "proxy": {"address": proxy["address"], "port": proxy["port"]},
             "backend": _ep(ver["backend"]) if ver else None,
-            "tunnel": f"tunnel-{e['tunnelId']}",
+            "tunnel": names.resolve(gt.tunnel_ref(e["tunnelId"])).partition("/")[2],
             "keyFrom": {"file": _export_key(keys_dir, name, e["key"])},
         }
         nxt = observed.get(gt.NEXT_KEY_TABLE.name, {}).get(gt.next_key(gt.NEXT_SERVICE, sid))
@@ -83,17 +97,18 @@ def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str,
         others = [k for k in accepted if k != e["key"]]
         if len(accepted) == 2 and others:  # rotating: the accepted key that is not sent
             spec["nextKeyFrom"] = {"file": _export_key(keys_dir, f"{name}-next", others[0])}
-        status = {"managed": stamp_ok(key, value),
-                  "verifyEntry": ver is not None,
-                  "keysAgree": e["key"] in accepted}
-        out.append(document("Service", name, spec, status))
+        status["verifyEntry"] = ver is not None
+        status["keysAgree"] = e["key"] in accepted
+        out.append(document("Service", _named(names, gt.service_ref(e["groupId"], e["serviceId"]),
+                                              status), spec, status))
     for sid, ver in sorted(verify.items()):
         if sid not in seen:
             k = gt.CODECS[gt.VERIFY.name].decode_key(sid)
-            out.append(document("Service", f"svc-{k['groupId']}-{k['serviceId']}",
-                            {"groupId": k["groupId"], "serviceId": k["serviceId"],
-                             "backend": _ep(ver["backend"])},
-                            {"verifyEntry": True, "encapEntry": False}))
+            status = {"verifyEntry": True, "encapEntry": False}
+            name = _named(names, gt.service_ref(k["groupId"], k["serviceId"]), status)
+            out.append(document("Service", name,
+                                {"groupId": k["groupId"], "serviceId": k["serviceId"],
+                                 "backend": _ep(ver["backend"])}, status))
     return out
 
 

@@ -200,12 +200,18 @@ def _describe_next(k: Decoded) -> str:
     return f"next key of {_describe_tunnel(k) if 'id' in k else _describe_sid(k)}"
 
 
-def _service_name(group: int, service: int) -> str:
+def service_ref(group: int, service: int) -> str:
+    """A Service's name when nothing names it: its ids."""
     return f"Service/svc-{group}-{service}"
 
 
+def tunnel_ref(tunnel_id: int) -> str:
+    """A Tunnel's name when nothing names it: its id."""
+    return f"Tunnel/tunnel-{tunnel_id}"
+
+
 def _tunnel_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
-    return guarded("Tunnel", lambda key, _v: f"Tunnel/tunnel-{_U32.unpack(key)[0]}")
+    return guarded("Tunnel", lambda key, _v: tunnel_ref(_U32.unpack(key)[0]))
 
 
 def _decap_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
@@ -216,7 +222,7 @@ def _decap_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
 
 
 def _verify_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
-    return guarded("Service", lambda key, _v: _service_name(*_SID.unpack(key)))
+    return guarded("Service", lambda key, _v: service_ref(*_SID.unpack(key)))
 
 
 def _value_owners(decode: Callable[[bytes], Decoded]) -> Callable[
@@ -225,7 +231,7 @@ def _value_owners(decode: Callable[[bytes], Decoded]) -> Callable[
     def owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
         def name(_key: bytes, value: bytes) -> str:
             v = decode(value)
-            return _service_name(v["groupId"], v["serviceId"])
+            return service_ref(v["groupId"], v["serviceId"])
         return guarded("Service", name)
     return owners
 
@@ -234,8 +240,8 @@ def _next_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
     def name(key: bytes, _value: bytes) -> str:
         k = _next_of(key)
         if k["nextKeyOf"] == "tunnel":
-            return f"Tunnel/tunnel-{k['id']}"
-        return _service_name(k["groupId"], k["serviceId"])
+            return tunnel_ref(k["id"])
+        return service_ref(k["groupId"], k["serviceId"])
     return guarded("Service", name)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reconciler.core.capability import Capability, Kind, TcPrograms
+from reconciler.core.tables import id_ref
 from reconciler.intercept import hooks, programs
 from reconciler.intercept import tables as ict
 from reconciler.intercept.attach import PLUMBING
@@ -14,7 +15,8 @@ from reconciler.intercept.status import intercept_status, intercept_status_lines
 
 INTERCEPT = Capability(
     name="intercept",
-    kinds=(Kind("Intercept", "intercepts", Intercept, build_intercept, programs=True),),
+    kinds=(Kind("Intercept", "intercepts", Intercept, build_intercept, programs=True,
+                kernel_ref=lambda ic: id_ref("Intercept", ic.id)),),
     entries=(ict.IC_RULES,),
     maps=(ict.IC_SYN, ict.IC_STATS, ict.IC_HOST),
     upserts=(ict.IC_RULES,),

@@ -119,6 +119,7 @@ def check_results(root: Path, results: list[FileResult],
             locator.texts[r.file] = r.text
     state, invalid, findings = assemble(results)
     state.files = len(results)
+    state.directory = str(root)
     findings.extend(cross_check(state, invalid))
     error_findings = [f for f in findings if f.severity is Severity.ERROR]
     errors = problems + [locator.problem(f) for f in error_findings[:MAX_LOCATED]]

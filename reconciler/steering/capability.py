@@ -15,7 +15,8 @@ from reconciler.steering.status import steering_status, steering_status_lines
 STEERING = Capability(
     name="steering",
     kinds=(Kind("Proxy", "proxies", Proxy, build_proxy,
-                inventory=lambda observed, _keys_dir: proxies(observed), programs=True),),
+                inventory=lambda observed, _keys_dir: proxies(observed), programs=True,
+                kernel_ref=lambda proxy: proxy.ref),),
     entries=(st.PROXY, st.STEER),
     maps=(st.SOCKETS, st.PS_STATS),
     # a proxy's configuration is written before its steering entries and deleted after them

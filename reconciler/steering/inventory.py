@@ -7,6 +7,7 @@ from typing import Any
 
 from reconciler.core.document import document
 from reconciler.core.tables import Observed, stamp_ok
+from reconciler.names.tables import Names
 from reconciler.steering import tables as st
 
 
@@ -41,6 +42,7 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]] | None = 
         ports.add(0 if k["port"] == "*" else k["port"])
         prefixes.add(k["prefix"])
     live = (datapath or {}).get("proxies", {})
+    names = Names(observed)
     out = []
     for key, value in sorted(observed.get(st.PROXY.name, {}).items()):
         slot = st.CODECS[st.PROXY.name].decode_key(key)["slot"]
@@ -69,6 +71,8 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]] | None = 
                          "noListener": counters["no_listener"],
                          "assignError": counters["assign_error"]},
             "dataPath": "running" if c["name"] in live else "not running"}
+        if (source := names.source(f"Proxy/{c['name']}")) is not None:
+            status["source"] = source
         if c["name"] in live:
             status.update(live[c["name"]])
             # the worker's part (connections, bytes, health) is its last report, written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reconciler.core.capability import Capability, Kind
+from reconciler.core.tables import id_ref
 from reconciler.tproxy import host
 from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.attach import CGROUP_LINKS
@@ -16,7 +17,8 @@ from reconciler.tproxy.status import tproxy_status, tproxy_status_lines
 TPROXY = Capability(
     name=NAME,
     kinds=(Kind("TransparentProxy", "transparent proxies", TransparentProxy,
-                build_transparent, programs=True),),
+                build_transparent, programs=True,
+                kernel_ref=lambda tp: id_ref("TransparentProxy", tp.id)),),
     entries=(tpt.TP_CONFIG, tpt.TP_RULES),
     maps=(tpt.TP_CONNS, tpt.TP_STATS, tpt.TP6_STATS),
     created_by_bcc=(tpt.TP_ORIG,),

@@ -29,8 +29,17 @@ def test_apply_writes_exact_entries_read_back_by_bpftool(tmp_path: Path, pin_roo
     root = write_services(tmp_path / "d", 2)
     r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
     assert r.returncode == 0, r.stderr
-    assert "Applied: 7 created, 0 updated, 0 deleted (7 map writes)" in r.stdout
+    # 2 tunnels, their shared decap entry, 2 x 2 service entries, and 4 names entries
+    assert "Applied: 11 created, 0 updated, 0 deleted (11 map writes)" in r.stdout
     maps = pin_root / "maps"
+
+    # the names table: each resource's declared name and file, by the ref its ids give it
+    names = bpftool_dump(maps / "bs_names")
+    nkey = b"Service/svc-0-1".ljust(48, b"\0")
+    body = b"s1".ljust(64, b"\0") + b"services-00000.yaml".ljust(128, b"\0") + bytes(24)
+    assert names[nkey] == _stamp(nkey, body)
+    assert {k.rstrip(b"\0") for k in names} == {
+        b"Tunnel/tunnel-100", b"Tunnel/tunnel-101", b"Service/svc-0-0", b"Service/svc-0-1"}
 
     tunnels = bpftool_dump(maps / "ti_tunnel")
     k100, k101 = struct.pack(">I", 100), struct.pack(">I", 101)
@@ -65,7 +74,7 @@ def test_in_sync_is_zero_writes_and_one_change_is_one_write(tmp_path: Path, pin_
     root = write_services(tmp_path / "d", 10_000)
     first = bpfsync("apply", "-q", str(root), pin_root=pin_root, env=KEY_ENV, counter=write_counter)
     assert first.returncode == 0, first.stderr
-    assert write_counter.counts() == (2 + 1 + 20_000, 0)
+    assert write_counter.counts() == (2 + 1 + 20_000 + 10_002, 0)  # + a name per resource
 
     second = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV, counter=write_counter)
     assert second.returncode == 0, second.stderr
@@ -134,7 +143,7 @@ def test_diff_creates_nothing_and_invalid_input_applies_nothing(tmp_path: Path,
                                                                 pin_root: Path) -> None:
     root = write_services(tmp_path / "d", 2)
     d = bpfsync("diff", str(root), pin_root=pin_root, env=KEY_ENV)
-    assert d.returncode == 2 and "Plan: 7 to create" in d.stdout
+    assert d.returncode == 2 and "Plan: 11 to create" in d.stdout
     assert not pin_root.exists()
     assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
     before = bpftool_dump(pin_root / "maps" / "ti_encap")
@@ -177,7 +186,7 @@ def test_get_yaml_round_trips_through_validate(tmp_path: Path, pin_root: Path) -
     d = bpfsync("diff", str(adopted), pin_root=pin_root)
     assert d.returncode == 0, d.stdout
     table = bpfsync("get", "services", pin_root=pin_root)
-    assert "svc-0-3" in table.stdout and "203.0.113.1:1027/tcp" in table.stdout
+    assert "s3 " in table.stdout and "203.0.113.1:1027/tcp" in table.stdout
 
 
 def test_keep_spares_a_kind_from_pruning(tmp_path: Path, pin_root: Path) -> None:
@@ -227,19 +236,20 @@ def test_get_one_resource_names_wide_and_watch(tmp_path: Path, pin_root: Path) -
 
     root = write_services(tmp_path / "d", 3)
     assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
-    one = bpfsync("get", "service", "svc-0-1", pin_root=pin_root)
-    assert one.returncode == 0 and "svc-0-1" in one.stdout and "svc-0-2" not in one.stdout
+    one = bpfsync("get", "service", "s1", pin_root=pin_root)
+    assert one.returncode == 0 and "s1 " in one.stdout and "s2 " not in one.stdout
     missing = bpfsync("get", "service", "nope", pin_root=pin_root)
     assert missing.returncode == 1 and "no Service named 'nope'" in missing.stderr
     names = bpfsync("get", "all", "-o", "name", pin_root=pin_root)
-    assert names.stdout.split() == ["Tunnel/tunnel-100", "Tunnel/tunnel-101", "Service/svc-0-0",
-                                    "Service/svc-0-1", "Service/svc-0-2"]
+    assert names.stdout.split() == ["Tunnel/t1", "Tunnel/t2", "Service/s0", "Service/s1",
+                                    "Service/s2"]
     wide = bpfsync("get", "services", "-o", "wide", pin_root=pin_root)
     assert "ENTRIES" in wide.stdout and "ti_encap 1, ti_verify 1" in wide.stdout
+    assert "SOURCE" in wide.stdout and "services-00000.yaml" in wide.stdout
     # --watch prints again when what it shows changes: here, a Service's backend port
     watch = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "--pin-root", str(pin_root), "get", "service",
-         "svc-0-1", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, text=True)
+         "s1", "--watch", "--interval", "0.2"], stdout=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout or ()],
                      daemon=True).start()
@@ -260,3 +270,52 @@ def test_get_one_resource_names_wide_and_watch(tmp_path: Path, pin_root: Path) -
     finally:
         watch.terminate()
         watch.wait(30)
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.com",
+                    *args], check=True, capture_output=True)
+
+
+def _revision(root: Path) -> str:
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_names_record_the_revision_that_last_wrote_each_resource(
+        tmp_path: Path, pin_root: Path, write_counter) -> None:
+    """A resource's names entry records the git commit that last wrote it: a commit that
+    leaves the data path as it was writes nothing (counted in the kernel); a change writes
+    its entry and its names entry, and the other resources keep their revision. Deletions
+    and `get` use the declared names, from another process (as after a daemon restart)."""
+    root = write_services(tmp_path / "d", 3)
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "three services")
+    first = _revision(root)
+    assert bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV).returncode == 0
+    (root / "README").write_text("not YAML\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "a readme")
+    r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV, counter=write_counter)
+    assert r.returncode == 0 and write_counter.counts() == (0, 0), r.stdout
+
+    write_services(root, 3, changed={1: 9090})
+    _git(root, "commit", "-qam", "s1 moves")
+    second = _revision(root)
+    r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV, counter=write_counter)
+    assert r.returncode == 0 and write_counter.counts() == (2, 0), r.stdout
+    assert f"revision: {first[:12]} → {second[:12]}" in r.stdout
+    wide = bpfsync("get", "services", "-o", "wide", pin_root=pin_root).stdout
+    rows = {line.split()[1]: line for line in wide.splitlines()[1:]}
+    assert rows["s1"].endswith(f"services-00000.yaml@{second[:12]}"), wide
+    assert rows["s0"].endswith(f"services-00000.yaml@{first[:12]}"), wide
+
+    # a deleted Service is named as declared, in diff and in apply
+    write_services(root, 2, changed={1: 9090})
+    d = bpfsync("diff", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert d.returncode == 2 and "Service/s2" in d.stdout and "svc-0-2" not in d.stdout.replace(
+        "bs_names Service/svc-0-2", ""), d.stdout
+    r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 0 and "Service/s2" in r.stdout
+    assert b"Service/svc-0-2".ljust(48, b"\0") not in bpftool_dump(pin_root / "maps" / "bs_names")

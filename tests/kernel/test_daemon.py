@@ -334,8 +334,11 @@ def test_sigterm_leaves_everything_and_restart_adopts_with_zero_writes(env: Env,
     d2 = env.daemon().start(counter=write_counter)
     s = d2.status()
     assert s["lastReconcile"]["result"] == "in-sync", s
-    assert write_counter.counts() == (0, 0)
+    assert write_counter.counts() == (0, 0)  # names included: kept, not written again
     assert _filters(ns) == filters
+    # the names table outlives the daemon: another process names every Service as declared
+    names = bpfsync("get", "services", "-o", "name", pin_root=env.root).stdout.split()
+    assert sorted(names) == sorted(f"Service/s{i}" for i in range(200))
 
 
 def test_kill_9_during_a_50k_apply_converges_after_restart(env: Env) -> None:

@@ -202,7 +202,7 @@ def test_fifty_steered_ports_reach_one_listener_and_backends(pn: ProxyNet) -> No
     assert direct.stdout is not None and direct.stdout.readline().strip() == "ready"
     pn.write(proxy_doc(ports='["8000-8049"]'))
     out = pn.apply()
-    assert "51 created" in out  # 1 configuration + 50 steering entries
+    assert "52 created" in out  # its name, 1 configuration + 50 steering entries
     pn.start_datapath()
     seen = pn.client("who", VIP, "8000-8049", 150)
     assert seen["errors"] == [] and sum(seen["names"].values()) == 150
@@ -354,7 +354,7 @@ def test_removing_the_proxy_removes_steering_listener_and_link(pn: ProxyNet) -> 
     assert links == [f"links/sk_lookup:{pn.ns}"]
     (pn.dir / "api.yaml").unlink()
     out = pn.apply()
-    assert "2 deleted" in out
+    assert "3 deleted" in out  # steering, configuration, name
     assert len(bpftool_dump(pn.root / "maps" / "ps_dest")) == 1
     # Port 81 is no longer steered: nothing listens there, so the connection is refused.
     wait_until(lambda: "api" not in {p["metadata"]["name"] for p in pn.proxies()})

@@ -275,9 +275,12 @@ def test_a_long_plan_is_summarised_per_kind_unless_full() -> None:
     plan = compute_plan(compile_tables(s), {})
     short = render.plan_text(plan, "d", s)
     assert short.count("\nService/") + short.startswith("Service/") <= render.SHOWN_SUMMARISED
-    # 120 services and 2 tunnels: 20 shown, the other 102 counted
+    # 120 services and 2 tunnels: 20 shown, the other 102 counted (3 entries per service:
+    # its name, verify and encap entries)
     assert "... and 102 more resources (--full prints every one" in short
-    assert "\n  Service: 102 resources; 204 entries to create\n" in short
+    assert "\n  Service: 102 resources; 306 entries to create\n" in short
+    # in the order of their data-path entries (tunnels first), not of the names table's keys
+    assert short.startswith("Tunnel/t1  (a.yaml)\n")
     assert short.rstrip().endswith(render._summary(plan))
     full = render.plan_text(plan, "d", s, full=True)
     assert "more resources" not in full

@@ -56,7 +56,9 @@ def test_first_plan_creates_tunnels_before_services() -> None:
     assert all(op.action is Action.CREATE for op in plan.operations)
     assert tables.index("ti_encap") > tables.index("ti_tunnel")
     assert tables.index("ti_encap") > tables.index("ti_decap")
-    assert len(plan.operations) == 2 + 1 + 2 * 2  # 2 tunnels, 1 shared decap, 2x2 service
+    # 2 tunnels, 1 shared decap, 2x2 service, and first the 4 resources' names
+    assert len(plan.operations) == 4 + 2 + 1 + 2 * 2
+    assert tables[:4] == ["bs_names"] * 4
     decap = [op for op in plan.operations if op.table == "ti_decap"]
     assert len(decap) == 1
 
@@ -79,11 +81,12 @@ def test_removed_resource_is_pruned_after_services_and_kept_when_disabled() -> N
     before, after = state(3), state(2)
     plan = compute_plan(compile_tables(after), observed_from(before))
     assert [(op.action, op.table) for op in plan.operations] == [
-        (Action.DELETE, "ti_encap"), (Action.DELETE, "ti_verify")]
-    assert plan.operations[0].owner == "Service/svc-1-2"
+        (Action.DELETE, "ti_encap"), (Action.DELETE, "ti_verify"), (Action.DELETE, "bs_names")]
+    # named as declared (the names table), not after its ids (Service/svc-1-2)
+    assert {op.owner for op in plan.operations} == {"Service/svc2"}
     kept = compute_plan(compile_tables(after), observed_from(before),
                         PrunePolicy(keep_kinds=frozenset({"Service"})))
-    assert kept.in_sync and len(kept.kept) == 2
+    assert kept.in_sync and len(kept.kept) == 3
     assert compute_plan(compile_tables(after), observed_from(before),
                         PrunePolicy(enabled=False)).in_sync
 
@@ -111,8 +114,8 @@ def test_emptying_everything_is_flagged() -> None:
 def test_batches_group_consecutive_same_table_operations() -> None:
     plan = compute_plan(compile_tables(state(5)), {})
     groups = [(table, is_delete, len(ops)) for table, is_delete, ops in plan.batches()]
-    assert groups == [("ti_tunnel", False, 2), ("ti_decap", False, 1), ("ti_verify", False, 5),
-                      ("ti_encap", False, 5)]
+    assert groups == [("bs_names", False, 7), ("ti_tunnel", False, 2), ("ti_decap", False, 1),
+                      ("ti_verify", False, 5), ("ti_encap", False, 5)]
 
 
 def test_secrets_never_rendered() -> None:
@@ -138,8 +141,8 @@ def test_json_shape_is_stable() -> None:
     doc = json.loads(plan_json(compute_plan(compile_tables(state(2)), observed), s))
     assert list(doc) == ["formatVersion", "inSync", "summary", "resources", "drift", "kept",
                          "errors", "warnings"]
-    assert doc["summary"] == {"create": 2, "update": 0, "delete": 1, "attach": 0, "detach": 0,
-                              "drift": 1, "kept": 0, "desiredEntries": 7, "observedEntries": 6}
+    assert doc["summary"] == {"create": 3, "update": 0, "delete": 1, "attach": 0, "detach": 0,
+                              "drift": 1, "kept": 0, "desiredEntries": 11, "observedEntries": 9}
     assert doc["resources"][0]["resource"] == "Service/svc1"
     assert set(doc["resources"][0]["actions"][0]) == {
         "action", "resource", "table", "entry", "key", "before", "after", "changes", "reason",

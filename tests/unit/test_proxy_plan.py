@@ -135,4 +135,4 @@ def test_text_diff_abbreviates_port_ranges(tmp_path: Path) -> None:
     text = plan_text(plan, "dir", state)
     assert text.count("+ ps_dest") == 20
     assert "... and 1980 more ps_dest entries (-o json lists all)" in text
-    assert "Plan: 2,001 to create" in text
+    assert "Plan: 2,002 to create" in text

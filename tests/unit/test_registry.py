@@ -49,11 +49,11 @@ def test_every_schema_has_a_kind_and_every_kind_a_schema() -> None:
 def test_the_orders_are_those_of_before_the_registry() -> None:
     """Behaviour unchanged by the restructuring: the very orders plan.py once listed."""
     assert [s.name for s in registry.UPSERT_ORDER] == [
-        "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_encap", "ti_reply", "ps_proxy",
+        "bs_names", "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_encap", "ti_reply", "ps_proxy",
         "ps_dest", "tp_config", "tp_rules", "ic_rules"]
     assert [s.name for s in registry.DELETE_ORDER] == [
         "ic_rules", "tp_rules", "tp_config", "ps_dest", "ps_proxy", "ti_reply", "ti_encap",
-        "ti_next", "ti_verify", "ti_tunnel", "ti_decap"]
+        "ti_next", "ti_verify", "ti_tunnel", "ti_decap", "bs_names"]
     assert registry.ENTRY_KINDS == ("Tunnel", "Service", "Proxy", "TransparentProxy",
                                     "Intercept")
 
@@ -69,10 +69,21 @@ def test_every_entry_compiled_reads_back_and_is_named_after_its_owner(tmp_path: 
             assert stamp_ok(key, value)
             registry.decode_value(spec.name, value)
             assert registry.describe_key(spec.name, key)
-    # deleting everything names each entry after a resource of the table's kind
+    # deleting everything names each entry after the resource that declared it (the names
+    # table), or without it after the kernel ref its kind derives from ids
+    declared = {r.ref: r for rs in state.resources.values() for r in rs.values()}
     plan = compute_plan(compile_tables(type(state)()), desired.entries)
-    for op in plan.operations:
-        assert op.owner.startswith(registry.BY_NAME[op.table].kind + "/"), op
+    # (a decap entry is shared by the tunnels of one local endpoint: named after it)
+    assert {op.owner for op in plan.operations if op.table != "ti_decap"} <= set(declared)
+    unnamed = {t: e for t, e in desired.entries.items() if t != "bs_names"}
+    refs = {registry.KINDS[r.kind].kernel_ref(r): ref for ref, r in declared.items()
+            if registry.KINDS[r.kind].kernel_ref}
+    for op in compute_plan(compile_tables(type(state)()), unnamed).operations:
+        kind = registry.BY_NAME[op.table].kind
+        assert op.owner.startswith(kind + "/"), op
+        assert op.owner in refs or op.table == "ti_decap", op  # decap: shared by tunnels
+        if op.owner in refs:
+            assert refs[op.owner] == desired.owners[op.table][op.key], op
 
 
 def test_get_shows_every_kind_with_entries(tmp_path: Path) -> None:
@@ -82,11 +93,14 @@ def test_get_shows_every_kind_with_entries(tmp_path: Path) -> None:
              for d in documents(k, observed, tmp_path / "keys")}
     assert set(shown) == set(registry.ENTRY_KINDS)
     tp = by_owner("TransparentProxy", observed)
-    assert [d["metadata"]["name"] for d in tp] == ["(id 3)"]
-    assert tp[0]["status"] == {"managed": True, "entries": {"tp_config": 1, "tp_rules": 1}}
+    assert [d["metadata"]["name"] for d in tp] == ["app"]  # as declared: the names table
+    assert tp[0]["status"] == {"managed": True, "entries": {"tp_config": 1, "tp_rules": 1},
+                               "source": {"file": "tp.yaml"}}
     assert tp[0]["spec"]["tp_rules"] == [{"id": 3, "rule": "intercept", "port": 443,
                                           "prefix": "0.0.0.0/0"}]
-    assert by_owner("Intercept", observed)[0]["metadata"]["name"] == "(id 2)"
+    assert by_owner("Intercept", observed)[0]["metadata"]["name"] == "mail"
+    unnamed = {t: e for t, e in observed.items() if t != "bs_names"}
+    assert [d["metadata"]["name"] for d in by_owner("Intercept", unnamed)] == ["(id 2)"]
 
 
 def test_the_command_line_offers_every_kind() -> None:
