@@ -1,8 +1,10 @@
 """Daemon benchmark: file-save -> kernel-updated latency of `bpfsync run` at 1k and 100k
 services, side by side with what a user without the daemon does (save, then run
-`bpfsync apply`), plus the daemon's idle CPU and RSS.
+`bpfsync apply`), plus the daemon's idle CPU and RSS, and the time and size of a /metrics
+scrape (the daemon runs with --metrics; its size must not grow with the number of Services).
 
     .venv/bin/python bench/bench_daemon.py [--sizes 1000,100000] [--edits 50] [--idle 60]
+    .venv/bin/python bench/bench_daemon.py --smoke     # 200 services, 3 edits (CI)
 
 Each edit rewrites one file of 100 services (temp file + rename, as Ansible does), changing
 one backend; latency is from the rename to the moment the new backend is read back from the
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,11 +91,23 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def scrape(where: str, rounds: int = 20) -> dict[str, float]:
+    """Median time of a /metrics scrape, and the size of the body (bytes)."""
+    times, size = [], 0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        body = urllib.request.urlopen(f"http://{where}/metrics", timeout=60).read()
+        times.append(time.perf_counter() - t0)
+        size = len(body)
+    return {"scrape_ms": statistics.median(times) * 1000, "metrics_bytes": size}
+
+
 def run(size: int, edits: int, idle: float) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     root = BPFFS / f"bpfsync-bench-daemon-{os.getpid()}-{size}"
     directory = write_services(work / "desired", size)
-    daemon = RunningDaemon(directory, root, work / "daemon.log", env=KEY_ENV)
+    daemon = RunningDaemon(directory, root, work / "daemon.log", "--metrics", "127.0.0.1:0",
+                           env=KEY_ENV)
     result: dict[str, float] = {}
     try:
         began = time.monotonic()
@@ -105,6 +120,7 @@ def run(size: int, edits: int, idle: float) -> dict[str, float]:
         pid = daemon.proc.pid
         worker = daemon.status()["dataPath"].get("workerPid")
         result["rss_mib"] = rss_mib(pid)
+        result.update(scrape(daemon.status()["daemon"]["metrics"]))
         c0, w0, t0 = cpu_seconds(pid), cpu_seconds(worker) if worker else 0.0, time.monotonic()
         time.sleep(idle)
         elapsed = time.monotonic() - t0
@@ -130,17 +146,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,100000")
     ap.add_argument("--edits", type=int, default=50)
     ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--smoke", action="store_true", help="200 services, 3 edits, 1 s idle")
     args = ap.parse_args()
+    if args.smoke:
+        args.sizes, args.edits, args.idle = "200", 3, 1.0
     print("| services | daemon p50 | daemon p99 | save + `bpfsync apply` p50 | ratio (p50) "
-          "| first reconcile | idle CPU (daemon / worker) | RSS (daemon / worker) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| first reconcile | idle CPU (daemon / worker) | RSS (daemon / worker) "
+          "| scrape p50 | /metrics |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
         r = run(size, args.edits, args.idle)
         print(f"| {size:,} | {r['daemon_p50'] * 1000:.0f} ms | {r['daemon_p99'] * 1000:.0f} ms "
               f"| {r['apply_p50'] * 1000:.0f} ms | {r['apply_p50'] / r['daemon_p50']:.1f}x "
               f"| {r['first_reconcile_s']:.1f} s "
               f"| {r['idle_cpu_pct']:.2f} % / {r.get('worker_idle_cpu_pct', 0):.2f} % "
-              f"| {r['rss_mib']:.0f} / {r.get('worker_rss_mib', 0):.0f} MiB |", flush=True)
+              f"| {r['rss_mib']:.0f} / {r.get('worker_rss_mib', 0):.0f} MiB "
+              f"| {r['scrape_ms']:.1f} ms | {r['metrics_bytes'] / 1024:.1f} KiB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,19 @@ extras=${BPFSYNC_EXTRAS-test}
 "$venv/bin/python" -m pip install -q -e "$here${extras:+[$extras]}"
 log "ready: $venv/bin/bpfsync"
 
+# promtool, Prometheus's own checker (metrics exposition, alert rules and their unit tests),
+# for the tests only: taken out of Debian's prometheus package into the virtualenv, without
+# installing the package, so no Prometheus server is set up or started on the host.
+if [[ ",$extras," == *",test,"* ]] && [ ! -x "$venv/bin/promtool" ]; then
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null ||
+                   { apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; } )
+  dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+  install -m 0755 "$tmp/usr/bin/promtool" "$venv/bin/promtool"
+  rm -rf "$tmp"
+  log "promtool: $venv/bin/promtool"
+fi
+
 # Completion and the man page, made from the command line's own parser, under
 # BPFSYNC_SHARE (default /usr/local/share).
 share=${BPFSYNC_SHARE:-/usr/local/share}

@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Histogram
+
 from reconciler.core import drift, registry
 from reconciler.core.attachments import Condition
 from reconciler.core.errors import BpfsyncError
 from reconciler.core.plan import Plan, PrunePolicy
 from reconciler.core.state import DesiredState
+from reconciler.daemon.metrics import reconcile_histogram
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Record:
     seconds: float = 0.0
     last_seconds: float = 0.0
     corrected_total: int = 0
+    corrected_by_kind: Counter[str] = field(default_factory=Counter)
+    durations: Histogram = field(default_factory=reconcile_histogram)  # by trigger
     corrections: list[dict[str, Any]] = field(default_factory=list)
     maps: dict[str, int] = field(default_factory=dict)
     datapath_error: str | None = None

@@ -53,6 +53,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
             "warnings": list(r.warnings),
             "waiting": list(r.waiting),
             "drift": {"correctedOperations": r.corrected_total,
+                      "correctedByKind": dict(r.corrected_by_kind),
                       "recentCorrections": list(r.corrections),
                       "pending": sum(1 for h in held if h.policy == drift.WARN)},
             "metrics": {"reconciles": dict(r.results), "byTrigger": dict(r.triggers),

@@ -122,7 +122,8 @@ class Daemon:
             from reconciler.daemon import metrics
 
             self.metrics_address = metrics.serve(self.config.metrics, self.report,
-                                                 lambda: read_stats(self.config.pin_root))
+                                                 lambda: read_stats(self.config.pin_root),
+                                                 self.record.durations)
         if self.git is not None:
             self.git.start()
             log.info("following %s of %s, directory %s (fetch every %gs, pin root %s)",
@@ -291,6 +292,7 @@ class Daemon:
             r.triggers[fields["trigger"]] += 1
             r.seconds += seconds
             r.last_seconds = seconds
+            r.durations.labels(fields["trigger"]).observe(seconds)
         log.log(level, "reconcile",
                 extra={"fields": {k: v for k, v in fields.items() if v is not None}})
         return last
@@ -361,6 +363,8 @@ class Daemon:
             r.counts = kind_counts(state)
             r.operations.update(ops)
             r.corrected_total += corrected
+            for owner, n in split.corrected.items():
+                r.corrected_by_kind[owner.partition("/")[0]] += n
             if split.corrected:
                 r.corrections = [*r.corrections, {"time": time.time(),
                                                   "resources": dict(split.corrected)}][-RECENT:]

@@ -16,6 +16,8 @@ def steering_status(context: StatusContext) -> dict[str, Any]:
     for name, p in sorted(context.worker.get("proxies", {}).items()):
         backends = p.get("backends", [])
         proxies.append({"name": name, "slot": p.get("slot"), "active": p.get("active", 0),
+                        "accepted": p.get("accepted", 0), "bytesIn": p.get("bytesIn", 0),
+                        "bytesOut": p.get("bytesOut", 0),
                         "backends": backends,
                         "originalDestinations": name in declared and not declared[
                             name].backends,

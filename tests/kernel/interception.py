@@ -3,9 +3,11 @@ an intercepted connection from a direct one, and tearing their processes and nam
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from reconciler.datapath.supervisor import read_datapath_status
 from tests.kernel import owned
 from tests.kernel.daemonkit import RunningDaemon, wait_for
+from tests.unit.test_monitoring import promtool
 
 
 def sh(cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -72,8 +75,20 @@ def egress_proxy(ns: str) -> str:
 
 
 def start_daemon(directory: Path, pin_root: Path, log: Path) -> RunningDaemon:
-    """`bpfsync run` with a 1 s resync, once its data path serves the egress Proxy."""
-    daemon = RunningDaemon(directory, pin_root, log, "--resync", "1")
+    """`bpfsync run` with a 1 s resync and metrics on a free port, once its data path serves
+    the egress Proxy."""
+    daemon = RunningDaemon(directory, pin_root, log, "--resync", "1", "--metrics", "127.0.0.1:0")
     daemon.start()
     wait_for(lambda: (s := read_datapath_status(pin_root)) and "egress" in s["proxies"], 60)
     return daemon
+
+
+def scrape(daemon: RunningDaemon) -> dict[str, float]:
+    """The daemon's /metrics, checked clean by promtool, as {sample with labels: value}."""
+    where = daemon.status()["daemon"]["metrics"]
+    text = urllib.request.urlopen(f"http://{where}/metrics", timeout=60).read().decode()
+    check = subprocess.run([promtool(), "check", "metrics"], input=text, text=True,
+                           capture_output=True, check=False)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^(\w+(?:\{[^}]*\})?) ([0-9.e+-]+)$", text, re.M)}

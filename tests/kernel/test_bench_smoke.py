@@ -36,3 +36,10 @@ def test_versions_benchmark_runs() -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "| 200 | (b) no-op diff |" in r.stdout
+
+
+def test_daemon_benchmark_runs() -> None:
+    r = subprocess.run([sys.executable, str(BENCH / "bench_daemon.py"), "--smoke"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| 200 |" in r.stdout and "KiB |" in r.stdout

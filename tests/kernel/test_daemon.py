@@ -28,6 +28,7 @@ from tests.kernel.conftest import bpfsync, bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.desired import KEY_ENV, TUNNELS, service_doc, write_services
 from tests.kernel.topology import sh
+from tests.unit.test_monitoring import exposed_names, promtool, used_metrics
 
 
 class Env:
@@ -413,9 +414,16 @@ def test_systemd_notify_and_metrics(env: Env) -> None:
         # every family the README lists is exposed with its type, and every family exposed
         # is listed (scraped from the daemon, not from the collector's code)
         exposed = dict(re.findall(r"^# TYPE (bpfsync_\w+) (\w+)$", text, re.M))
-        assert _documented_metrics() == set(exposed), exposed
+        assert _documented_metrics() == exposed, exposed
         for name, kind in exposed.items():
             assert (kind == "counter") == name.endswith("_total"), (name, kind)
+        assert re.search(r"^process_resident_memory_bytes [0-9.e+]+$", text, re.M)
+        # every metric the dashboard and the alert rules query is served (live, not by code)
+        assert used_metrics() <= exposed_names(text), used_metrics() - exposed_names(text)
+        # Prometheus's own checker finds nothing to say about the exposition
+        check = subprocess.run([promtool(), "check", "metrics"], input=text, text=True,
+                               capture_output=True, check=False)
+        assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check
         assert 'bpfsync_reconciles_total{result="applied"} 1.0' in text
         assert re.search(r'^bpfsync_build_info\{python="3\.[0-9.]+",version="[^"]+"\} 1\.0$',
                          text, re.M), text
@@ -424,14 +432,18 @@ def test_systemd_notify_and_metrics(env: Env) -> None:
         assert 'bpfsync_operations_total{operation="create"}' in text
         assert "bpfsync_datapath_restarts_total 0.0" in text
         for line in ("bpfsync_desired_state_errors 0.0", "bpfsync_drift_pending 0.0",
-                     "bpfsync_drift_corrected_total 0.0", "bpfsync_tunnels_learned 0.0",
+                     "bpfsync_tunnels_stale 1.0", "bpfsync_tunnels_learned 0.0",  # t2 learns
                      'bpfsync_map_capacity{map="ti_verify"} 131072.0',
                      'bpfsync_map_entries{map="ti_tunnel"} 2.0'):
             assert f"\n{line}\n" in text, line
         values = dict(re.findall(r"^(bpfsync_\w+) ([0-9.e+-]+)$", text, re.M))
-        assert float(values["bpfsync_reconcile_seconds_total"]) > 0
-        assert 0 < float(values["bpfsync_last_reconcile_seconds"]) <= float(
-            values["bpfsync_reconcile_seconds_total"])
+        spent = sum(map(float, re.findall(
+            r"^bpfsync_reconcile_duration_seconds_sum\{trigger=\"\w+\"\} ([0-9.e+-]+)$", text,
+            re.M)))
+        assert 0 < float(values["bpfsync_last_reconcile_duration_seconds"]) <= spent
+        assert float(values["bpfsync_last_successful_reconcile_timestamp_seconds"]) >= (
+            d.status()["daemon"]["startedAt"])
+        assert 'bpfsync_resources{kind="Service",state="Synced"} 2.0' in text
         d.stop()
         assert any("STOPPING=1" in sock.recv(4096).decode() for _ in range(50))
     finally:
@@ -514,12 +526,10 @@ def test_json_logs_datapath_netns_and_status_without_a_daemon(env: Env) -> None:
     assert stopped.returncode == 1 and "no `bpfsync run`" in stopped.stderr
 
 
-def _documented_metrics() -> set[str]:
-    """Metric names in the README's Metrics paragraph (counters with their _total)."""
+def _documented_metrics() -> dict[str, str]:
+    """Metric names and types in the README's Monitoring table (counters with _total)."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("- **Metrics.**"):]
-    section = section[:section.index("\n\n")]
-    return set(re.findall(r"`(bpfsync_\w+)", section))
+    return dict(re.findall(r"^\| `(bpfsync_\w+)` \| (\w+) \|", readme, re.M))
 
 
 HOSTILE = ("alias-bomb-labels", "deep-300k-crashes-libyaml", "octal-id", "float-port",

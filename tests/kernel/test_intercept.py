@@ -28,6 +28,7 @@ from tests.kernel.interception import (
     TPKIT,
     egress_proxy,
     intercepted,
+    scrape,
     sh,
     start_daemon,
     start_server,
@@ -143,6 +144,11 @@ def test_first_match_rules_redirect_pass_and_drop(env: Env) -> None:
     c = wait_for(lambda: (c := env.counters()) and c["assigned"] == 1 and c, 60)
     assert c["redirected"] == 1 and c["passed"] == 1 and c["unmatched"] == 1, c
     assert c["dropped"] >= 1 and c["no_listener"] == 0, c
+    assert env.daemon is not None  # and the same, scraped from /metrics (promtool-clean)
+    m = scrape(env.daemon)
+    ic = 'bpfsync_intercept_packets_total{intercept="wan",outcome="%s"}'
+    assert (m[ic % "redirected"], m[ic % "passed"], m[ic % "assigned"]) == (1, 1, 1), m
+    assert m['bpfsync_resources{kind="Intercept",state="Synced"}'] == 1
     # the compiled entries read back with bpftool: one per (prefix, port), priorities resolved
     dump = json.loads(sh(f"bpftool -j map dump pinned {env.pin_root}/maps/ic_rules").stdout)
     assert len(dump) == 3, dump

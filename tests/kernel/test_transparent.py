@@ -33,6 +33,7 @@ from tests.kernel.interception import (
     TPKIT,
     egress_proxy,
     intercepted,
+    scrape,
     sh,
     start_daemon,
     start_server,
@@ -159,6 +160,16 @@ def test_cgroup_processes_are_intercepted_others_not(env: Env) -> None:
     assert tps["tracking"] == {"entries": 0, "capacity": 65536}
     counters = tps["resources"][0]["counters"]
     assert (counters["intercepted"], counters["excluded"], counters["answered"]) == (1, 1, 1)
+    # the same, scraped from /metrics (promtool-clean), with the Proxy's traffic
+    m = scrape(env.daemon)
+    tp = 'bpfsync_transparent_proxy_connects_total{outcome="%s",transparent_proxy="apps"}'
+    assert (m[tp % "intercepted"], m[tp % "excluded"], m[tp % "answered"]) == (1, 1, 1)
+    assert m['bpfsync_resources{kind="TransparentProxy",state="Synced"}'] == 1
+    assert m['bpfsync_map_fill_ratio{map="tp_conns"}'] == 0
+    wait_for(lambda: scrape(env.daemon)['bpfsync_proxy_connections_total{proxy="egress"}'] >= 1)
+    m = scrape(env.daemon)
+    assert m['bpfsync_proxy_bytes_total{direction="in",proxy="egress"}'] > 0, m
+    assert m['bpfsync_proxy_bytes_total{direction="out",proxy="egress"}'] > 0, m
     bpfsync = [sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root)]
     diff = subprocess.run([*bpfsync, "diff", str(env.directory)], capture_output=True,
                           text=True, timeout=120)
