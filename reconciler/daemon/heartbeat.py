@@ -40,13 +40,16 @@ class Heartbeat:
         return self
 
     def _run(self) -> None:
-        deadline = time.monotonic() + self.limit
+        began = time.monotonic()
+        deadline = began + self.limit
         while not self._done.wait(self.every) and time.monotonic() < deadline:
             fields = {}
             if self.notifier.watchdog_interval is not None:
                 fields["WATCHDOG"] = "1"
-            if self.starting:  # ask for three more intervals of start-up time
+            if self.starting:  # ask for three more intervals of start-up time, and say why
                 fields["EXTEND_TIMEOUT_USEC"] = str(int(3 * self.every * 1e6))
+                fields["STATUS"] = (f"starting: first reconcile running for "
+                                    f"{time.monotonic() - began:.0f} s")
             self.notifier.send(**fields)
             self.sent += 1
 

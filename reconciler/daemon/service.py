@@ -135,8 +135,16 @@ class Daemon:
                      self.config.directory, self.config.pin_root, self.config.resync,
                      self.config.drift)
         try:
+            self.notifier.send(STATUS=f"starting: loading {self.config.directory}")
+            started = time.monotonic()
             self.reconcile("startup")
             self.notifier.send(READY="1", STATUS=self.summary())
+            with self.lock:
+                resources = sum(self.record.counts.values())
+            seconds = time.monotonic() - started
+            log.info("ready: %s (%d resources, first reconcile %.1f s)", self.summary(),
+                     resources, seconds, extra={"fields": {
+                         "resources": resources, "durationMs": round(seconds * 1000, 1)}})
             self._loop()
         finally:
             self.notifier.send(STOPPING="1")
@@ -274,6 +282,15 @@ class Daemon:
     def _shown(self, problem: Problem) -> str:
         return str(problem).replace(*self._paths) if self._paths else str(problem)
 
+    def _located(self, problem: Problem) -> dict[str, Any]:
+        """A problem's structured log fields: file, line, column, kind, name, path."""
+        doc = problem.to_json()
+        file = str(doc["file"])
+        if self._paths:
+            file = file.replace(*self._paths)
+        located = {"file": file, **{k: doc[k] for k in ("line", "column", "kind", "name", "path")}}
+        return {k: v for k, v in located.items() if v is not None}
+
     def _alive(self) -> None:
         if self.notifier.watchdog_interval is not None:
             self.notifier.send(WATCHDOG="1")
@@ -281,9 +298,9 @@ class Daemon:
     def _finish(self, result: str, fields: dict[str, Any], started: float,
                 level: int = logging.INFO) -> dict[str, Any]:
         seconds = time.monotonic() - started
-        fields = {"result": result, **fields, "duration_ms": round(seconds * 1000, 1)}
+        fields = {"result": result, **fields, "durationMs": round(seconds * 1000, 1)}
         last = {"time": time.time(), "trigger": fields["trigger"], "result": result,
-                "durationMs": fields["duration_ms"], "revision": fields.get("revision")}
+                "durationMs": fields["durationMs"], "revision": fields.get("revision")}
         with self.lock:
             r = self.record
             r.last = last
@@ -298,10 +315,11 @@ class Daemon:
         return last
 
     def _invalid(self, problems: list[Problem], fields: dict[str, Any], started: float) -> None:
-        errors = [self._shown(p) for p in problems if p.severity is Severity.ERROR]
-        new = [e for e in errors if e not in self._logged_errors]
-        for e in new[:MAX_LOGGED_ERRORS]:  # each distinct error once, not at every resync
-            log.error("invalid desired state: %s", e)
+        shown = [(self._shown(p), p) for p in problems if p.severity is Severity.ERROR]
+        errors = [e for e, _ in shown]
+        new = [(e, p) for e, p in shown if e not in self._logged_errors]
+        for e, p in new[:MAX_LOGGED_ERRORS]:  # each distinct error once, not at every resync
+            log.error("invalid desired state: %s", e, extra={"fields": self._located(p)})
         if len(new) > MAX_LOGGED_ERRORS:
             log.error("invalid desired state: ... and %d more errors (`bpfsync validate %s` "
                       "lists them all)", len(new) - MAX_LOGGED_ERRORS, self.config.directory)
@@ -317,7 +335,7 @@ class Daemon:
     def _failed(self, message: str, fields: dict[str, Any], started: float) -> None:
         self.revision_at = None  # the retry reads the revision again, at the retry's pace
         self.retry_at = time.monotonic() + self.retry_delay
-        fields["retry_in_s"] = self.retry_delay
+        fields["retryInSeconds"] = self.retry_delay
         self.retry_delay = min(RETRY_CAP, self.retry_delay * 2)
         log.error("apply failed: %s", message)
         with self.lock:
@@ -336,7 +354,7 @@ class Daemon:
         ops = operation_counts(plan)
         corrected = sum(split.corrected.values())
         fields.update({k: v for k, v in ops.items()})
-        fields["drift_corrected"] = corrected or None
+        fields["driftCorrected"] = corrected or None
         fields["drift_held"] = len(split.held) or None
         held_now = frozenset((h.owner, h.what) for h in split.held)
         for h in split.held:

@@ -513,13 +513,23 @@ def test_json_logs_datapath_netns_and_status_without_a_daemon(env: Env) -> None:
     wait_for(lambda: (r := read_datapath_status(env.root)) and r["pid"] == worker, 60)  # up
     assert os.stat(f"/proc/{worker}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino
     wait_for(lambda: "pinging tunnel 102" in d.log(), 60)  # the worker logs, as JSON too
+    # an invalid file: its error is logged with where it is, as fields
+    (env.dir / "broken.yaml").write_text("apiVersion: bpfsync/v1\nkind: Service\n"
+                                         "metadata: {name: bad}\nspec:\n  groupId: x\n")
+    wait_for(lambda: "invalid desired state" in d.log(), 60)
     assert d.stop() == 0
     lines = d.log().splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     reconcile = next(r for r in records if r["message"] == "reconcile")
     assert reconcile["trigger"] == "startup" and reconcile["result"] == "applied", reconcile
-    assert isinstance(reconcile["duration_ms"], float)
+    assert isinstance(reconcile["durationMs"], float)
+    ready = next(r for r in records if r["message"].startswith("ready: "))
+    assert ready["resources"] == 5 and "in sync" in ready["message"], ready
+    invalid = next(r for r in records if r["message"].startswith("invalid desired state"))
+    assert invalid["level"] == "error" and invalid["file"].endswith("broken.yaml"), invalid
+    assert (invalid["kind"], invalid["name"]) == ("Service", "bad"), invalid
+    assert isinstance(invalid["line"], int) and isinstance(invalid["column"], int), invalid
     assert any(r["logger"] == "bpfsync.datapath" and "pinging tunnel 102" in r["message"]
                for r in records)
     stopped = _status(env.root)  # stopped: no daemon again, and said so

@@ -202,13 +202,13 @@ def test_json_logs_carry_the_reconcile_fields() -> None:
     from reconciler.daemon.logs import JsonFormatter, TextFormatter
 
     record = logging.LogRecord("bpfsync.daemon", logging.INFO, __file__, 1, "reconcile", (), None)
-    record.fields = {"result": "applied", "create": 2, "duration_ms": 12.5}
+    record.fields = {"result": "applied", "create": 2, "durationMs": 12.5}
     doc = json.loads(JsonFormatter().format(record))
     assert doc["message"] == "reconcile" and doc["level"] == "info"
-    assert (doc["result"], doc["create"], doc["duration_ms"]) == ("applied", 2, 12.5)
+    assert (doc["result"], doc["create"], doc["durationMs"]) == ("applied", 2, 12.5)
     assert doc["time"].endswith("Z")
     assert TextFormatter().format(record).endswith("reconcile result=applied create=2 "
-                                                    "duration_ms=12.5")
+                                                    "durationMs=12.5")
 
 
 def test_git_is_busy_while_it_holds_the_index_lock(tmp_path: Path) -> None:
