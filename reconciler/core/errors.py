@@ -86,6 +86,13 @@ class Problem:
             text += f"\n  (see {other})"
         return text
 
+    def located(self) -> dict[str, Any]:
+        """Where it is, as structured log fields: file, line, column, kind, name, path
+        (those known)."""
+        doc = self.to_json()
+        return {k: doc[k] for k in ("file", "line", "column", "kind", "name", "path")
+                if doc[k] is not None}
+
     def to_json(self) -> dict[str, object]:
         kind, _, name = (self.resource or "").partition("/")
         return {

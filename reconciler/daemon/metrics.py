@@ -55,7 +55,7 @@ CATALOG: tuple[MetricDoc, ...] = (
     _m("bpfsync_reconciles_total", "counter", "result", "Reconciles run, by result "
        "(applied, in-sync, invalid, failed)"),
     _m("bpfsync_reconcile_duration_seconds", "histogram", "trigger", "Reconcile durations, "
-       "by what triggered them (files, resync, revision, signal, startup, pull)"),
+       "by what triggered them (startup, files, resync, retry, revision, commit, SIGHUP)"),
     _m("bpfsync_last_reconcile_duration_seconds", "gauge", "", "Duration of the last "
        "reconcile"),
     _m("bpfsync_last_successful_reconcile_timestamp_seconds", "gauge", "", "Unix time of "

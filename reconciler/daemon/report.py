@@ -3,6 +3,7 @@ its one-line summary for systemd. Each data path adds its sections (Capability.s
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from reconciler.version import version
 if TYPE_CHECKING:
     from reconciler.daemon.service import Daemon
 
+log = logging.getLogger("bpfsync.daemon")
 MAX_LISTED = 100  # out-of-sync entries listed in status
 MAX_STATUS_ERRORS = 1000
 
@@ -34,6 +36,15 @@ def summary(d: Daemon) -> str:
                                                  for k, n in r.counts.items() if n))
         return "starting"
 
+
+
+def log_ready(d: Daemon, seconds: float) -> None:
+    """The INFO line of a finished first reconcile: the sync state, resources, how long."""
+    with d.lock:
+        resources = sum(d.record.counts.values())
+    log.info("ready: %s (%d resources, first reconcile %.1f s)", summary(d), resources,
+             seconds, extra={"fields": {"resources": resources,
+                                        "durationMs": round(seconds * 1000, 1)}})
 
 
 def status_document(d: Daemon) -> dict[str, Any]:

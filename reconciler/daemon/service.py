@@ -33,6 +33,7 @@ from reconciler.daemon.gitpull import GitFollower
 from reconciler.daemon.heartbeat import Heartbeat
 from reconciler.daemon.keeper import DataPathKeeper
 from reconciler.daemon.notify import Notifier
+from reconciler.daemon.problemlog import log_new_errors
 from reconciler.daemon.record import (
     DaemonConfig,
     Record,
@@ -54,7 +55,6 @@ RETRY_FIRST, RETRY_CAP = 1.0, 60.0
 # A revision read while git was changing the tree is looked at again this much later (a
 # checkout writes the files first and moves HEAD last, which no file event reports).
 REVISION_RECHECK = 1.0
-MAX_LOGGED_ERRORS = 50  # new errors logged per reconcile (status keeps status_report.MAX_STATUS_ERRORS)
 RECENT = 20
 
 
@@ -139,12 +139,7 @@ class Daemon:
             started = time.monotonic()
             self.reconcile("startup")
             self.notifier.send(READY="1", STATUS=self.summary())
-            with self.lock:
-                resources = sum(self.record.counts.values())
-            seconds = time.monotonic() - started
-            log.info("ready: %s (%d resources, first reconcile %.1f s)", self.summary(),
-                     resources, seconds, extra={"fields": {
-                         "resources": resources, "durationMs": round(seconds * 1000, 1)}})
+            status_report.log_ready(self, time.monotonic() - started)
             self._loop()
         finally:
             self.notifier.send(STOPPING="1")
@@ -280,16 +275,10 @@ class Daemon:
         self._applied(state, result, holder["split"], revision, fields, started)
 
     def _shown(self, problem: Problem) -> str:
-        return str(problem).replace(*self._paths) if self._paths else str(problem)
+        return self._shown_text(str(problem))
 
-    def _located(self, problem: Problem) -> dict[str, Any]:
-        """A problem's structured log fields: file, line, column, kind, name, path."""
-        doc = problem.to_json()
-        file = str(doc["file"])
-        if self._paths:
-            file = file.replace(*self._paths)
-        located = {"file": file, **{k: doc[k] for k in ("line", "column", "kind", "name", "path")}}
-        return {k: v for k, v in located.items() if v is not None}
+    def _shown_text(self, text: str) -> str:
+        return text.replace(*self._paths) if self._paths else text
 
     def _alive(self) -> None:
         if self.notifier.watchdog_interval is not None:
@@ -315,14 +304,8 @@ class Daemon:
         return last
 
     def _invalid(self, problems: list[Problem], fields: dict[str, Any], started: float) -> None:
-        shown = [(self._shown(p), p) for p in problems if p.severity is Severity.ERROR]
-        errors = [e for e, _ in shown]
-        new = [(e, p) for e, p in shown if e not in self._logged_errors]
-        for e, p in new[:MAX_LOGGED_ERRORS]:  # each distinct error once, not at every resync
-            log.error("invalid desired state: %s", e, extra={"fields": self._located(p)})
-        if len(new) > MAX_LOGGED_ERRORS:
-            log.error("invalid desired state: ... and %d more errors (`bpfsync validate %s` "
-                      "lists them all)", len(new) - MAX_LOGGED_ERRORS, self.config.directory)
+        errors, new = log_new_errors(problems, self._shown_text, self._logged_errors,
+                                     self.config.directory)
         self._logged_errors = frozenset(errors)
         fields["errors"] = len(errors)
         with self.lock:
