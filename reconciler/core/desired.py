@@ -20,13 +20,16 @@ class DesiredTables:
     """Entries per owned table (by name), and the "Kind/name" that owns each entry.
 
     refresh: for a table whose entries record history (the names table's file and revision
-    that last wrote a resource), the value an entry takes when its resource is written in
-    the plan (by key); its entries hold what the kernel already records otherwise, so a new
-    commit that leaves a resource as it was writes nothing (core/planning.py)."""
+    that last wrote a resource), the values its entries take when their resources (the
+    "Kind/name"s given) are written in the plan; its entries hold what the kernel already
+    records otherwise, so a new commit that leaves a resource as it was writes nothing
+    (core/planning.py)."""
 
     entries: dict[str, Entries] = field(default_factory=dict)
     owners: dict[str, dict[bytes, str]] = field(default_factory=dict)
-    refresh: dict[str, Callable[[bytes], bytes]] = field(default_factory=dict)
+    refresh: dict[str, Callable[[set[str]], dict[bytes, bytes]]] = field(default_factory=dict)
+    # kept[table](key, old, new): the kernel's old value stands for new (history it records)
+    kept: dict[str, Callable[[bytes, bytes, bytes], bool]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, tables: tuple[MapSpec, ...]) -> DesiredTables:

@@ -30,6 +30,7 @@ def compute_plan(desired: DesiredTables, observed: Observed,
             continue
         want, have = desired.entries[spec.name], observed.get(spec.name, {})
         owners = desired.owners[spec.name]
+        kept = desired.kept.get(spec.name)
         # set difference of the item views runs in C too; the few differences are sorted
         creates, updates = [], []
         for key, _ in want.items() - have.items():
@@ -40,6 +41,8 @@ def compute_plan(desired: DesiredTables, observed: Observed,
         for key in sorted(updates):
             old = have[key]
             drift = not stamp_ok(key, old)
+            if kept is not None and not drift and kept(key, old, want[key]):
+                continue  # refreshed below if its resource is written
             reason = "changed outside bpfsync" if drift else "changed in YAML"
             ops.append(Operation(Action.UPDATE, spec.name, key, want[key], old, owners[key],
                                  reason, drift))
@@ -73,15 +76,14 @@ def compute_plan(desired: DesiredTables, observed: Observed,
     return plan
 
 
-def _refresh(ops: list[Operation], table: str, fresh: Callable[[bytes], bytes],
-             desired: DesiredTables, observed: Observed, written: set[str]) -> None:
+def _refresh(ops: list[Operation], table: str,
+             fresh: Callable[[set[str]], dict[bytes, bytes]], desired: DesiredTables,
+             observed: Observed, written: set[str]) -> None:
     """Updates of the history entries (of table) of the resources the plan writes, beside
     the table's own operations."""
     have = observed.get(table, {})
     planned = {op.key for op in ops}
-    for key, owner in desired.owners[table].items():
-        if owner in written and key in have and key not in planned:
-            value = fresh(key)
-            if value != have[key]:
-                ops.append(Operation(Action.UPDATE, table, key, value, have[key], owner,
-                                     "changed in YAML"))
+    for key, value in sorted(fresh(written).items()):
+        if key in have and key not in planned and value != have[key]:
+            ops.append(Operation(Action.UPDATE, table, key, value, have[key],
+                                 desired.owners[table][key], "changed in YAML"))

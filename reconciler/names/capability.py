@@ -12,9 +12,14 @@ from reconciler.core.desired import CompileContext, DesiredTables
 from reconciler.core.findings import Finding
 from reconciler.core.state import DesiredState
 from reconciler.core.tables import Entries
-from reconciler.names.tables import CODECS, NAMES, names_key, names_still, names_value
-
-Ref = tuple[str, str]  # (kind, name)
+from reconciler.names.tables import (
+    CODECS,
+    NAME_LEN,
+    NAMES,
+    names_key,
+    names_still,
+    names_value,
+)
 
 
 def _relative(file: str, directory: str | None) -> str:
@@ -31,38 +36,48 @@ class NamesMemo:
 
     def __init__(self, kinds: tuple[Kind, ...]) -> None:
         self.kinds = kinds
-        self.resources: dict[Ref, Any] = {}
-        self.keys: dict[Ref, bytes] = {}
+        self.resources: dict[str, dict[str, Any]] = {}  # kind -> name -> resource
+        self.keys: dict[str, bytes] = {}  # "Kind/name" -> key
         self.entries: Entries = {}
         self.owners: dict[bytes, str] = {}
 
     def update(self, state: DesiredState, have: Mapping[bytes, bytes]) -> None:
         """Each resource's entry: what the kernel records when that still names it (the
         file and revision that last wrote it are kept), else a fresh one."""
-        now = {(k.name, name): r for k in self.kinds
-               for name, r in state.resources.get(k.name, {}).items()}
-        for ref, resource in self.resources.items():  # removed or replaced
-            if now.get(ref) is not resource:
-                key = self.keys.pop(ref)
+        for kind in self.kinds:
+            now = state.resources.get(kind.name, {})
+            before = self.resources.get(kind.name, {})
+            # one pass in a comprehension; what left is looked for only when something did
+            changed = [name for name, r in now.items() if before.get(name) is not r]
+            gone = [name for name in changed if name in before]
+            if len(now) - len(changed) + len(gone) != len(before):
+                gone += [name for name in before if name not in now]
+            for name in gone:  # removed or replaced
+                key = self.keys.pop(before[name].ref)
                 self.entries.pop(key, None)
                 self.owners.pop(key, None)
-        by_kind = {k.name: k for k in self.kinds}
-        for ref, resource in now.items():
-            if self.resources.get(ref) is not resource:
-                ref_of = by_kind[ref[0]].kernel_ref
-                assert ref_of is not None
+            ref_of = kind.kernel_ref
+            assert ref_of is not None
+            for name in changed:
+                resource = now[name]
+                ref = resource.ref
                 key = self.keys[ref] = names_key(ref_of(resource))
                 old = have.get(key)
-                self.entries[key] = (old if old is not None and names_still(key, old, ref[1])
+                self.entries[key] = (old if old is not None and names_still(key, old, name)
                                      else fresh(state, key, resource))
-                self.owners[key] = resource.ref
-        self.resources = now
-        # what the kernel records now, where it still names the resource, is the history
-        # (another process may have applied since); compared in C, looked at where it differs
-        for key, _ in self.entries.items() - have.items():
-            old = have.get(key)
-            if old is not None and names_still(key, old, self.owners[key].partition("/")[2]):
-                self.entries[key] = old
+                self.owners[key] = ref
+            if changed or len(now) != len(before):
+                self.resources[kind.name] = dict(now)
+
+    def refreshed(self, state: DesiredState, written: set[str]) -> dict[bytes, bytes]:
+        """Fresh entries (this apply's file and revision) of the resources written."""
+        out = {}
+        for ref in written:
+            key = self.keys.get(ref)
+            if key is not None:
+                kind, _, name = ref.partition("/")
+                out[key] = fresh(state, key, state.resources[kind][name])
+        return out
 
 
 def fresh(state: DesiredState, key: bytes, resource: Any) -> bytes:
@@ -84,11 +99,11 @@ def names_capability(kinds: Iterable[Kind]) -> Capability:
         # the memo's own dicts: read-only for everyone else
         out.entries[NAMES.name], out.owners[NAMES.name] = memo.entries, memo.owners
 
-        def refresh(key: bytes) -> bytes:
-            kind, _, name = memo.owners[key].partition("/")
-            return fresh(state, key, state.resources[kind][name])
-
-        out.refresh[NAMES.name] = refresh
+        out.refresh[NAMES.name] = lambda written: memo.refreshed(state, written)
+        # where the kernel's entry differs from the memo's yet still names the resource
+        # (another process applied since), the kernel's history stands
+        out.kept[NAMES.name] = lambda key, old, new: names_still(
+            key, old, new[:NAME_LEN].rstrip(b"\0").decode())
 
     def no_findings(_state: DesiredState, _invalid: set[str]) -> list[Finding]:
         return []
