@@ -70,13 +70,15 @@ class NamesMemo:
                 self.resources[kind.name] = dict(now)
 
     def refreshed(self, state: DesiredState, written: set[str]) -> dict[bytes, bytes]:
-        """Fresh entries (this apply's file and revision) of the resources written."""
+        """Fresh entries (this apply's file and revision) of the resources written. The memo
+        takes them as its own: once written, the kernel and the memo agree again, and the
+        plan's comparison of the whole table stays the cheap one (equal)."""
         out = {}
         for ref in written:
             key = self.keys.get(ref)
             if key is not None:
                 kind, _, name = ref.partition("/")
-                out[key] = fresh(state, key, state.resources[kind][name])
+                out[key] = self.entries[key] = fresh(state, key, state.resources[kind][name])
         return out
 
 

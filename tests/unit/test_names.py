@@ -176,3 +176,23 @@ def test_the_daemons_memo_compiles_what_a_fresh_compile_does() -> None:
     observed["bs_names"][key] = nt.names_value(key, "svc0", "b.yaml", REV_B)
     assert compute_plan(compile_tables(after, memo, observed=observed), observed).operations == [
         op for op in plan.operations if op.key != key] != []
+
+
+def test_after_a_refresh_the_daemons_memo_and_the_kernel_agree() -> None:
+    """Once a written resource's names entry is refreshed (new revision), the memo holds
+    what was written: the next plan is in sync and finds the table equal at once."""
+    from reconciler.core.desired import CompileMemo
+
+    memo = CompileMemo()
+    observed = observed_from(_at(state(3), REV_A))
+    after = _at(state(3), REV_B)
+    compile_tables(after, memo, observed=observed)
+    svc = after.of(Service)["svc1"]
+    after.of(Service)["svc1"] = dataclasses.replace(svc, backend=dataclasses.replace(
+        svc.backend, port=9))
+    plan = compute_plan(compile_tables(after, memo, observed=observed), observed)
+    for op in plan.operations:  # executed
+        observed[op.table][op.key] = op.value
+    again = compile_tables(after, memo, observed=observed)
+    assert again.entries["bs_names"] == observed["bs_names"]
+    assert compute_plan(again, observed).in_sync
