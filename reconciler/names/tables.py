@@ -108,7 +108,7 @@ def decode_value(raw: bytes) -> Decoded:
 def names_still(key: bytes, old: bytes, name: str) -> bool:
     """The kernel's entry still names the resource right (bpfsync wrote it, with this name):
     it is kept with the file and revision that last wrote the resource, so a new commit, or
-    a resource moved to another file, writes nothing (core/desired.DesiredTables.refresh)."""
+    a resource moved to another file, writes nothing (core/desired.DesiredTables.kept)."""
     raw = name.encode()
     return (len(old) == NAMES.value_size and old[:len(raw)] == raw and old[len(raw)] == 0
             and stamp_ok(key, old))
@@ -123,6 +123,10 @@ class Names:
 
     def __init__(self, observed: Mapping[str, Mapping[bytes, bytes]]) -> None:
         self._table = observed.get(NAMES.name) or {}
+
+    @property
+    def empty(self) -> bool:
+        return not self._table
 
     def _decoded(self, ref: str) -> Decoded | None:
         if not self._table:
@@ -157,7 +161,7 @@ def resolved(owners: Callable[[Mapping[str, Mapping[bytes, bytes]]], Owners],
     """A codec's owners with declared names put in for the kernel refs they derive."""
     derive = owners(observed)
     names = names or Names(observed)
-    if not names._table:
+    if names.empty:
         return derive
     return lambda key, value: names.resolve(derive(key, value))
 
