@@ -67,9 +67,8 @@ def compute_plan(desired: DesiredTables, observed: Observed,
             (deletes if prune.allows(kind) else plan.kept).append(op)
     written = {op.owner for ops in upserts.values() for op in ops}
     written.update(op.owner for op in deletes)
-    for table, fresh in desired.refresh.items():
-        if written:
-            _refresh(upserts.setdefault(table, []), table, fresh, desired, observed, written)
+    for table, fresh in (desired.refresh.items() if written else ()):
+        _refresh(upserts.setdefault(table, []), table, fresh, desired, observed, written)
     for spec in registry.UPSERT_ORDER:
         plan.operations.extend(upserts.get(spec.name, ()))
     plan.operations.extend(deletes)
