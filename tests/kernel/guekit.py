@@ -65,6 +65,7 @@ def gue_ends(tmp_path: Path) -> Iterator[Gue]:
         try:
             yield g
         finally:
+            net.kill_datapaths()  # first: a running worker rewrites its status every 0.25 s
             for root in (g.gw_root, g.node_root):
                 owned.remove_pin_root(root)  # with a killed data path's status
 

@@ -95,11 +95,31 @@ def remove_pin_root(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def kill_process_group(pgid: int) -> None:
+def kill_process_group(pgid: int, seconds: float = 30) -> None:
     """Every process of a group a test started with start_new_session=True: a daemon, its
-    data-path worker (orphaned or not), nothing else."""
+    data-path worker (orphaned or not), nothing else. Returns once none of them runs any
+    more (zombies aside): a worker still finishing its last status write would otherwise
+    recreate the run directory the caller removes next."""
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + seconds
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process group {pgid} still runs {seconds} s after SIGKILL")
+        time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group pgid exists and is not a zombie."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError):
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
 
 
 def delete_netns(ns: str) -> None:

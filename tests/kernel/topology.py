@@ -72,6 +72,12 @@ class Net:
         return self.run(self.client, f"/usr/bin/python3 {TRAFFIC} tcp-client {PROXY[0]} {port} "
                                      f"{send} {reply} {timeout}", check=False)
 
+    def kill_datapaths(self) -> None:
+        """Every data path started with datapath() and its worker, should it outlive its
+        supervisor; returns once none runs."""
+        for group in self.groups:
+            owned.kill_process_group(group)
+
     def stop(self, p: subprocess.Popen) -> tuple[str, str]:
         with suppress(ProcessLookupError):
             p.send_signal(signal.SIGTERM)
@@ -109,8 +115,7 @@ def gue_topology() -> Iterator[Net]:
                 p.kill()
             with suppress(Exception):
                 p.communicate(timeout=5)
-        for group in net.groups:  # a data path's worker, should it outlive its supervisor
-            owned.kill_process_group(group)
+        net.kill_datapaths()
         for ns in (net.client, net.gw, net.node):
             owned.delete_netns(ns)
 
