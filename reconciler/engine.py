@@ -8,12 +8,16 @@ are no longer wanted are deleted (after the programs that used them are gone).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from reconciler import attach
+from reconciler.confirm import record as pending_record
+from reconciler.confirm import revert as pending
+from reconciler.confirm import store as pending_store
 from reconciler.core import registry
 from reconciler.core.attachments import AttachContext, Step, runs
 from reconciler.core.compile import compile_tables
@@ -24,6 +28,7 @@ from reconciler.core.planning import compute_plan
 from reconciler.core.progress import QUIET, Progress
 from reconciler.core.state import DesiredState
 from reconciler.core.tables import MapSpec, Observed
+from reconciler.core.verify import attachment_differences, entry_differences, summarise
 from reconciler.execute import execute
 from reconciler.kernel.maps import (
     PinnedTables,
@@ -41,6 +46,23 @@ class Result:
     plan: Plan  # what was executed (a selection may have held part of the whole back)
     written: int = 0
     attached: int = 0
+    pending: pending_record.Pending | None = None  # awaiting confirmation (Confirm given)
+    reverted: pending.Reverted | None = None  # an earlier change, reverted first (overdue)
+
+
+class ApplyNotVerified(KernelStateError):
+    """The plan was executed but reading the kernel back shows something else."""
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Confirm-or-revert for apply_state: the change reverts unless `bpfsync confirm` comes
+    within seconds after it is executed. guard(record) is called once the record is known,
+    before anything is executed: it starts whatever reverts the change should the applier
+    die, and returns that process (written into the record)."""
+
+    within: float
+    guard: Callable[[pending_record.Pending], pending_record.Process | None]
 
 
 Select = Callable[[Plan], Plan]
@@ -111,12 +133,17 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
                 allow_empty: bool = False, select: Select | None = None,
                 where: str = "the desired state", memo: CompileMemo | None = None,
                 create: bool = True, progress: Progress = QUIET,
-                show: Callable[[Plan], None] | None = None) -> Result:
+                show: Callable[[Plan], None] | None = None,
+                confirm: Confirm | None = None) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock. Nothing
     is created (pins, cgroups) before what the plan needs is known to be here; create=False
     creates no map at all (destroy). show(plan) is called with the plan to execute before
-    anything is executed (the command line prints it then)."""
+    anything is executed (the command line prints it then).
+
+    Every apply first settles a change awaiting confirmation (confirm/revert.py): reverted
+    when it is due, else PendingConfirmation. After executing, what was written is read
+    back; a difference raises ApplyNotVerified (and reverts at once under confirm)."""
     if any(state.count(k.name) for k in registry.KINDS.values() if k.programs):
         Compiler.check()
     facts = host_facts(state, pin_root, create=True)
@@ -125,6 +152,8 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     context = AttachContext(state, pin_root, compiler, facts)
     try:
         with locked(pin_root):
+            reverted = pending.settle_before_apply(
+                pin_root, tables, KernelExecutor(tables, context), time.time())
             full = _plan(state, pin_root, prune, tables, context, memo, progress)
             plan = select(full) if select else full
             if plan.empties_everything() and not allow_empty:
@@ -135,17 +164,95 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
             if plan.attachments.conflicts:
                 raise KernelStateError("nothing applied:\n  " +
                                        "\n  ".join(plan.attachments.conflicts))
+            record = _record(plan, confirm, state, where, pin_root)
             if show is not None:
                 progress.end()
                 show(plan)
             writes = len(plan.operations)
             progress.phase(f"writing {writes:,} entries", writes)
-            written, attached = execute(plan, KernelExecutor(tables, context, progress))
+            executor = KernelExecutor(tables, context, progress)
+            written, attached = execute(plan, executor)
+            progress.phase("reading back what was written")
+            differences = _verify(plan, tables, context)
+            if differences and record is not None:
+                pending.revert(pin_root, tables, executor, record, "the apply did not verify")
+            if differences:
+                raise ApplyNotVerified("applied, but the kernel does not hold what was "
+                                       "written:\n  " + summarise(differences))
+            if record is not None:
+                record = replace(record, deadline=time.time() + record.within)
+                pending_store.write(pending.run_directory(pin_root), record)
     finally:
         progress.end()
         tables.close()
         compiler.close()
-    return Result(state, plan, written, attached)
+    return Result(state, plan, written, attached, record, reverted)
+
+
+def _record(plan: Plan, confirm: Confirm | None, state: DesiredState, where: str,
+            pin_root: Path) -> pending_record.Pending | None:
+    """The pending-change record of plan, written before plan is executed (None: no
+    confirmation asked, or nothing to confirm)."""
+    if confirm is None or not plan.operations:
+        return None
+    if plan.attachments.changes():
+        raise UnsafePlan(
+            "--confirm-within reverts table entries exactly; this plan also changes "
+            "attachments or host plumbing, which it cannot undo yet:\n  " +
+            "\n  ".join(pending_record.irreversible(plan)) +
+            "\napply that part without --confirm-within first (e.g. the resource with the "
+            "rules it had), then the risky change with it")
+    source = str(Path(where).resolve()) if Path(where).is_dir() else where
+    record = pending_record.new(plan, confirm.within, source, state.revision or "",
+                                pending_store.this_process(), time.time())
+    record = replace(record, guard=confirm.guard(record))
+    pending_store.write(pending.run_directory(pin_root), record)
+    return record
+
+
+def _verify(plan: Plan, tables: PinnedTables, context: AttachContext) -> list[str]:
+    """Read back the tables the plan wrote, and re-plan the attachments when it changed
+    some: what the kernel holds now against what the plan meant (core/verify.py)."""
+    touched = {op.table for op in plan.operations}
+    specs = tuple(s for s in registry.ENTRY_TABLES if s.name in touched)
+    out = entry_differences(plan.operations, tables.read(specs)) if specs else []
+    if plan.attachments.changes():
+        again = attach.plan_attachments(context).changes()
+        out += attachment_differences([s for s in again if not s.drift])
+    return out
+
+
+def revert_pending(pin_root: Path, why: str, only: str | None = None,
+                   wait: float = 10) -> pending.Reverted | None:
+    """Revert the change awaiting confirmation under pin_root now (only: if its record id
+    is this one); None when there is none (confirmed, reverted, or another)."""
+    tables = open_pinned(pin_root, create=False)
+    try:
+        with locked(pin_root, wait):
+            record = pending_store.read(pending.run_directory(pin_root))
+            if record is None or not record.pending or (only and record.id != only):
+                return None
+            return pending.revert(pin_root, tables, KernelExecutor(tables, None), record, why)
+    finally:
+        tables.close()
+
+
+def confirm_pending(pin_root: Path, how: str, wait: float = 30
+                    ) -> pending_record.Pending | pending.Reverted:
+    """`bpfsync confirm`: keep the pending change (how: by what, for its record), or revert
+    it when it is already due."""
+    tables = open_pinned(pin_root, create=False)
+    try:
+        with locked(pin_root, wait):
+            return pending.confirm(pin_root, tables, KernelExecutor(tables, None), time.time(),
+                                   how)
+    finally:
+        tables.close()
+
+
+def read_pending(pin_root: Path) -> pending_record.Pending | None:
+    """The pending-change record of pin_root (pending or how it was settled), if any."""
+    return pending_store.read(pending.run_directory(pin_root))
 
 
 def destroy(pin_root: Path) -> tuple[Result, list[str]]:
@@ -171,7 +278,7 @@ def destroy(pin_root: Path) -> tuple[Result, list[str]]:
 class KernelExecutor:
     """execute()'s steps on the real kernel (see Executor)."""
 
-    def __init__(self, tables: PinnedTables, context: AttachContext,
+    def __init__(self, tables: PinnedTables, context: AttachContext | None,
                  progress: Progress = QUIET) -> None:
         self.tables, self.context, self.progress = tables, context, progress
 
@@ -180,5 +287,7 @@ class KernelExecutor:
         self.progress.advance(len(ops))
 
     def attach(self, steps: list[Step]) -> None:
+        if self.context is None:
+            raise KernelStateError("attachment steps given to an entries-only executor")
         for part, run in runs(steps, attach.part_of):
             part.execute(self.context, run)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import engine, render
-from reconciler.cli import common
+from reconciler.cli import common, confirming
 from reconciler.cli.common import (
     EXIT_OK,
     load_state,
@@ -16,13 +16,21 @@ from reconciler.cli.common import (
     print_problems,
     prune_policy,
 )
+from reconciler.cli.confirming import print_reverted
 from reconciler.cli.progress import close, progress_for
+from reconciler.confirm import guard
+from reconciler.core.errors import BpfsyncError
 from reconciler.core.plan import Plan
+
+MAX_CONFIRM_WITHIN = 86400
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Load (problems printed at once), plan, print the plan, then execute it: the operator
-    sees what is about to happen while it happens, with progress on a terminal."""
+    sees what is about to happen while it happens, with progress on a terminal. With
+    --confirm-within, then wait for confirmation (cli/confirming.py)."""
+    if args.probe and args.confirm_within is None:
+        raise BpfsyncError("--probe confirms a change applied with --confirm-within; give both")
     progress = progress_for()
     try:
         state = load_state(Path(args.directory), progress)
@@ -35,12 +43,36 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 print(render.plan_text(plan, args.directory, state, full=args.full))
                 print(flush=True)
 
-        result = engine.apply_state(state, pin_root(args), prune_policy(args), args.allow_empty,
-                                    where=args.directory, progress=progress, show=show)
+        root = pin_root(args)
+        confirm = None
+        if args.confirm_within is not None:
+            confirm = engine.Confirm(args.confirm_within,
+                                     lambda record: guard.spawn(root, record.id))
+        result = engine.apply_state(state, root, prune_policy(args), args.allow_empty,
+                                    where=args.directory, progress=progress, show=show,
+                                    confirm=confirm)
     finally:
         close(progress)
+    if result.reverted is not None:
+        print("An earlier change was not confirmed in time and was reverted first:",
+              file=sys.stderr)
+        print_reverted(result.reverted)
     print(render.applied_text(result.plan, result.written, result.attached))
+    if result.pending is not None:
+        return confirming.wait(args, root, result.pending)
+    if confirm is not None:
+        print("Nothing to confirm: nothing was written.")
     return EXIT_OK
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text[:20]!r}") from None
+    if not 1 <= value <= MAX_CONFIRM_WITHIN:
+        raise argparse.ArgumentTypeError(f"between 1 and {MAX_CONFIRM_WITHIN} seconds")
+    return value
 
 
 def add(sub: Any) -> None:
@@ -49,6 +81,12 @@ def add(sub: Any) -> None:
     a.add_argument("directory")
     a.add_argument("--allow-empty", action="store_true",
                    help="allow a plan that deletes every entry bpfsync manages")
+    a.add_argument("--confirm-within", type=_seconds, metavar="SECONDS",
+                   help="revert the change exactly unless `bpfsync confirm` (or Enter here, "
+                        "or --probe) confirms it within SECONDS; exit 3 if reverted")
+    a.add_argument("--probe", metavar="CMD",
+                   help="with --confirm-within: run CMD (sh -c) every second; its first exit "
+                        "0 confirms the change")
     common.prune_flags(a)
     common.full_flag(a)
     a.set_defaults(func=cmd_apply)

@@ -23,6 +23,7 @@ from reconciler.load.directory import load_directory
 from reconciler.render import columns
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_REVERTED = 3  # apply --confirm-within / confirm: applied, then reverted (not confirmed)
 # A usage error (a mistyped flag, an unknown -o value) is an error like any other: never
 # argparse's own 2, which diff answers for "changes pending" and status for "degraded".
 EXIT_USAGE = EXIT_ERROR

@@ -3,7 +3,7 @@ datapath, status).
 
 Exit codes: validate 0 valid / 1 invalid; diff 0 in sync / 2 changes pending / 1 error
 (Terraform's -detailed-exitcode); apply, get and destroy 0 / 1; status 0 healthy / 2 degraded /
-1 no daemon;
+1 no daemon; apply --confirm-within and confirm 3 when the change was reverted;
 a usage error 1, never 2.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from reconciler.cli import (
     apply,
     completion,
+    confirm,
     destroy,
     diff,
     explain,
@@ -37,7 +38,8 @@ from reconciler.cli.common import (
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Severity
 from reconciler.version import version
 
-SUBCOMMANDS = (validate, diff, apply, run, status, get, destroy, explain, completion)
+SUBCOMMANDS = (validate, diff, apply, confirm, run, status, get, destroy, explain,
+               completion)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ from reconciler.core.plan import Plan, PrunePolicy
 from reconciler.core.state import DesiredState
 from reconciler.daemon.metrics import reconcile_histogram
 
+RECENT = 20  # drift corrections kept in the status
+
 
 @dataclass(frozen=True)
 class DaemonConfig:
@@ -64,6 +66,24 @@ class Record:
     corrections: list[dict[str, Any]] = field(default_factory=list)
     maps: dict[str, int] = field(default_factory=dict)
     datapath_error: str | None = None
+    held_off: str | None = None  # why reconciling waits: a change awaits confirmation
+
+    def applied(self, plan: Plan, split: drift.Split, ops: dict[str, int],
+                counts: dict[str, int], warnings: list[str]) -> None:
+        """A reconcile that applied plan (split: what the drift policy held or corrected)."""
+        self.errors, self.error_refs, self.held_off = [], set(), None
+        self.warnings = warnings + plan.attachments.warnings + plan.attachments.conflicts
+        self.held = split.held
+        self.waiting = plan.attachments.waiting
+        self.counts = counts
+        self.operations.update(ops)
+        self.corrected_total += sum(split.corrected.values())
+        for owner, n in split.corrected.items():
+            self.corrected_by_kind[owner.partition("/")[0]] += n
+        if split.corrected:
+            self.corrections = [*self.corrections, {"time": time.time(), "resources": dict(
+                split.corrected)}][-RECENT:]
+        self.maps = plan.counts_after()
 
 
 class AlreadyRunning(BpfsyncError):

@@ -29,6 +29,8 @@ def summary(d: Daemon) -> str:
         r = d.record
         if r.errors:
             return f"{r.last['result'] if r.last else 'error'}: {len(r.errors)} errors"
+        if r.held_off:
+            return "held: a change awaits confirmation"
         if r.last_applied:
             rev = r.last_applied.get("revision")
             at = f" at {rev['commit'][:12]}" if rev else ""
@@ -61,6 +63,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
             "reconciling": dict(r.reconciling) if r.reconciling else None,
             "lastReconcile": r.last, "lastApplied": r.last_applied,
             "errors": r.errors[:MAX_STATUS_ERRORS], "errorCount": len(r.errors),
+            "heldOff": r.held_off,
             "warnings": list(r.warnings),
             "waiting": list(r.waiting),
             "drift": {"correctedOperations": r.corrected_total,

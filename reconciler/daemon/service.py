@@ -20,6 +20,7 @@ from contextlib import suppress
 from typing import Any
 
 from reconciler import engine
+from reconciler.confirm.revert import PendingConfirmation
 from reconciler.core import drift
 from reconciler.core.desired import CompileMemo
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
@@ -52,10 +53,10 @@ log = logging.getLogger("bpfsync.daemon")
 
 SUPERVISE_EVERY = 0.25
 RETRY_FIRST, RETRY_CAP = 1.0, 60.0
+HELD_RECHECK = 2.0  # seconds between looks while a change awaits confirmation
 # A revision read while git was changing the tree is looked at again this much later (a
 # checkout writes the files first and moves HEAD last, which no file event reports).
 REVISION_RECHECK = 1.0
-RECENT = 20
 
 
 class Daemon:
@@ -265,6 +266,9 @@ class Daemon:
                 result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
                                             select_plan, where=str(directory),
                                             memo=self.memo)
+        except PendingConfirmation as exc:
+            self._held_off(str(exc), fields, started)
+            return
         except (BpfsyncError, OSError) as exc:
             self._failed(str(exc), fields, started)
             return
@@ -323,8 +327,16 @@ class Daemon:
         log.error("apply failed: %s", message)
         with self.lock:
             self.record.errors = [message]
-            self.record.error_refs = set()
+            self.record.error_refs, self.record.held_off = set(), None
         self._finish("failed", fields, started, logging.ERROR)
+
+    def _held_off(self, message: str, fields: dict[str, Any], started: float) -> None:
+        """An `apply --confirm-within` awaits confirmation: applying over it would undo what
+        it tests, so the daemon looks again shortly (and reverts it itself once it is due)."""
+        self.retry_at = time.monotonic() + HELD_RECHECK
+        with self.lock:
+            new, self.record.held_off = self.record.held_off != message, message
+        self._finish("held", fields, started, logging.WARNING if new else logging.DEBUG)
 
     def _applied(self, state: DesiredState, result: engine.Result, split: drift.Split,
                  revision: gitrev.Revision | None, fields: dict[str, Any],
@@ -355,21 +367,8 @@ class Daemon:
         gc.freeze()
         changed = not plan.in_sync
         with self.lock:
-            r = self.record
-            r.errors, r.error_refs = [], set()
-            r.warnings = ([self._shown(w) for w in state.warnings] + plan.attachments.warnings
-                          + plan.attachments.conflicts)
-            r.held = split.held
-            r.waiting = plan.attachments.waiting
-            r.counts = kind_counts(state)
-            r.operations.update(ops)
-            r.corrected_total += corrected
-            for owner, n in split.corrected.items():
-                r.corrected_by_kind[owner.partition("/")[0]] += n
-            if split.corrected:
-                r.corrections = [*r.corrections, {"time": time.time(),
-                                                  "resources": dict(split.corrected)}][-RECENT:]
-            r.maps = plan.counts_after()
+            self.record.applied(plan, split, ops, kind_counts(state),
+                                [self._shown(w) for w in state.warnings])
         last = self._finish("applied" if changed else "in-sync", fields, started,
                             logging.INFO if changed or split.held else logging.DEBUG)
         with self.lock:

@@ -46,6 +46,8 @@ def status_text(doc: dict[str, Any]) -> str:
                  + (" (nothing is applied until they are fixed; the last good state stays)"
                     if doc["errors"] else ""))
     lines += [f"  {e}" for e in doc["errors"]]
+    if doc.get("heldOff"):
+        lines.append(f"held:            {doc['heldOff']}")
     if doc["resources"]:
         rows = [("  KIND", "SYNCED", "OUT OF SYNC", "ERROR")]
         rows += [(f"  {kind}", str(c["Synced"]), str(c["OutOfSync"]), str(c["Error"]))

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -200,15 +201,21 @@ def _create(path: Path, spec: MapSpec) -> int:
 
 
 @contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """Serialise writers of one pin root (two applies at once would interleave plans)."""
+def locked(root: Path, wait: float = 0) -> Iterator[None]:
+    """Serialise writers of one pin root (two applies at once would interleave plans); wait:
+    seconds to wait for another writer to finish (0: fail at once)."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    deadline = time.monotonic() + wait
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise KernelStateError(
-                f"another bpfsync is applying to {root}; try again when it is done") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KernelStateError(f"another bpfsync is applying to {root}; try "
+                                           f"again when it is done") from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)

@@ -18,6 +18,9 @@ USAGE_ERRORS = [
     ["diff", "x", "--keep", "Nope"],
     ["apply"],
     ["apply", "x", "--bogus"],
+    ["apply", "x", "--confirm-within", "0.5"],  # below a second
+    ["apply", "x", "--confirm-within", "soon"],
+    ["confirm", "--revert", "--show"],
     ["get", "nothing"],
     ["get", "all", "-o", "wide-ish"],
     ["status", "-o", "yaml"],
@@ -323,17 +326,27 @@ def test_apply_shows_the_plan_before_it_writes_anything(monkeypatch) -> None:
 
     events: list[str] = []
 
-    class Tables:
+    class Tables:  # holds what is written: the apply reads it back
+        def __init__(self) -> None:
+            self.content: dict[str, dict[bytes, bytes]] = {}
+
         def read(self, specs):
-            return {}
+            return {s.name: dict(self.content.get(s.name, {})) for s in specs}
 
         def write(self, table, ops, delete):
             events.append("write")
+            entries = self.content.setdefault(table, {})
+            for op in ops:
+                if delete:
+                    entries.pop(op.key, None)
+                else:
+                    entries[op.key] = op.value
 
         def close(self):
             pass
 
-    monkeypatch.setattr(engine, "open_pinned", lambda root, create: Tables())
+    tables = Tables()
+    monkeypatch.setattr(engine, "open_pinned", lambda root, create: tables)
     monkeypatch.setattr(engine, "host_facts", lambda state, root, create: {})
     monkeypatch.setattr(engine, "locked", lambda root: nullcontext())
     monkeypatch.setattr(engine.attach, "plan_attachments", lambda context: AttachPlan())

@@ -1,0 +1,1 @@
+"""Confirm-or-revert: an apply that undoes itself unless confirmed in time."""

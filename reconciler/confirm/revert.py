@@ -1,0 +1,110 @@
+"""Settling a pending change under the pin root's lock: revert it (exactly what the record
+holds, against the kernel as it is now), confirm it, or refuse to apply over it. Every
+caller holds locked(pin_root): the guard, the apply that recorded it, `bpfsync confirm`,
+and any later apply (CLI or daemon), which is how a change whose guard and applier both
+died is still reverted once its deadline passed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.confirm import store
+from reconciler.confirm.record import CONFIRMED, REVERTED, Pending, revert_plan
+from reconciler.core import registry
+from reconciler.core.errors import KernelStateError
+from reconciler.core.plan import Plan
+from reconciler.core.verify import entry_differences, summarise
+from reconciler.execute import Executor, execute
+from reconciler.kernel.maps import PinnedTables
+
+
+class PendingConfirmation(KernelStateError):
+    """An apply (CLI or daemon) refused: a change awaits confirmation."""
+
+
+class NothingPending(KernelStateError):
+    """`bpfsync confirm` with no change awaiting confirmation."""
+
+
+@dataclass(frozen=True)
+class Reverted:
+    record: Pending  # as resolved
+    plan: Plan  # what the revert executed
+    changed: list[str]  # entries changed since the apply, left alone
+
+
+def run_directory(pin_root: Path) -> Path:
+    from reconciler.datapath.supervisor import run_dir
+
+    return run_dir(pin_root)
+
+
+def due(record: Pending, now: float) -> str | None:
+    """Why record must be reverted now, or None while it may still be confirmed."""
+    if not record.pending:
+        return None
+    if record.expired(now):
+        return f"not confirmed within {record.within:g} s"
+    if record.deadline is None and not store.alive(record.applier):
+        return "its apply stopped before it was done"
+    return None
+
+
+def settle_before_apply(pin_root: Path, tables: PinnedTables, executor: Executor,
+                        now: float) -> Reverted | None:
+    """Before any apply: revert a change that is due; refuse while one awaits confirmation."""
+    record = store.read(run_directory(pin_root))
+    if record is None or not record.pending:
+        return None
+    why = due(record, now)
+    if why is not None:
+        return revert(pin_root, tables, executor, record, why)
+    left = record.reverts_in(now)
+    raise PendingConfirmation(
+        f"a change applied from {record.directory} awaits confirmation"
+        + (f" (it reverts in {left:.0f} s)" if left is not None else "")
+        + "; `bpfsync confirm` keeps it, `bpfsync confirm --revert` reverts it now")
+
+
+def revert(pin_root: Path, tables: PinnedTables, executor: Executor, record: Pending,
+           why: str) -> Reverted:
+    """Put back every entry record changed that still holds what the apply wrote; mark the
+    record reverted. Checked by reading back."""
+    names = {u.table for u in record.undo}
+    specs = tuple(s for s in registry.ENTRY_TABLES if s.name in names)
+    plan, changed = revert_plan(record.undo, tables.read(specs))
+    execute(plan, executor)
+    differences = entry_differences(plan.operations, tables.read(specs))
+    outcome = f"reverted: {why}; {_entries(len(plan.operations))} put back"
+    if changed:
+        outcome += f", {_entries(len(changed))} changed since and left alone"
+    if differences:
+        outcome += f", {_entries(len(differences))} not as recorded"
+    resolved = record.resolve(REVERTED, outcome, time.time())
+    store.write(run_directory(pin_root), resolved)
+    if differences:
+        raise KernelStateError("the revert was executed but the kernel does not hold what "
+                               "was recorded:\n  " + summarise(differences))
+    return Reverted(resolved, plan, changed)
+
+
+def _entries(n: int) -> str:
+    return f"{n:,} entr{'y' if n == 1 else 'ies'}"
+
+
+def confirm(pin_root: Path, tables: PinnedTables, executor: Executor, now: float,
+            how: str = "`bpfsync confirm`") -> Pending | Reverted:
+    """Keep the pending change (the resolved record), or, when it is already due, revert it
+    (Reverted: too late). NothingPending when no change awaits confirmation."""
+    record = store.read(run_directory(pin_root))
+    if record is None or not record.pending:
+        last = f" (the last one: {record.outcome})" if record else ""
+        raise NothingPending(f"no change awaits confirmation under {pin_root}{last}")
+    why = due(record, now)
+    if why is not None:
+        return revert(pin_root, tables, executor, record, why)
+    resolved = record.resolve(CONFIRMED, f"confirmed by {how}", now)
+    store.write(run_directory(pin_root), resolved)
+    return resolved

@@ -1,0 +1,197 @@
+"""Confirm-or-revert on a real kernel: an Intercept rule that locks out new "management"
+connections (port 81) is applied with --confirm-within; nothing confirms, and the change
+reverts by itself — with the apply alive, and with the apply killed by SIGKILL — leaving
+the pin root and the host plumbing exactly as before (bpftool, tc and ip read them). A
+confirmed change stays.
+
+    client netns 192.0.2.1 ──veth── 192.0.2.2 server netns (203.0.113.2: ports 81, 82)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.confirm import store
+from reconciler.confirm.revert import run_directory
+from reconciler.core import registry
+from tests.kernel import owned
+from tests.kernel.conftest import bpftool_dump
+from tests.kernel.daemonkit import wait_for
+from tests.kernel.interception import TPKIT, sh, start_server, teardown, veth_pair
+
+SERVER = "203.0.113.2"
+SAFE = """\
+    - priority: 10
+      action: drop
+      ports: [82]
+"""
+LOCKOUT = SAFE + """\
+    - priority: 20
+      action: drop
+      ports: [81]
+"""
+
+
+@dataclass
+class Env:
+    ns: str
+    device: str
+    pin_root: Path
+    directory: Path
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def write(self, rules: str) -> None:
+        self.directory.mkdir(exist_ok=True)
+        (self.directory / "intercept.yaml").write_text(
+            "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: wan}\nspec:\n"
+            f"  id: 1\n  device: {self.device}\n  netns: {self.ns}\n  rules:\n{rules}")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "reconciler", "--pin-root",
+                               str(self.pin_root), *args], capture_output=True, text=True,
+                              timeout=300)
+
+    def apply_confirming(self, seconds: int) -> subprocess.Popen[str]:
+        """`apply --confirm-within seconds`, once it is waiting for the confirmation."""
+        p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root",
+                              str(self.pin_root), "apply", str(self.directory),
+                              "--confirm-within", str(seconds)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        assert p.stdout is not None
+        for line in p.stdout:
+            if line.startswith("Awaiting confirmation"):
+                return p
+        raise AssertionError(f"no confirmation asked: {p.communicate(timeout=60)}")
+
+    def connect(self, timeout: float) -> dict[str, Any]:
+        """A new management connection: one line echoed through port 81."""
+        out = sh(f"TPKIT_TIMEOUT={timeout} ip netns exec {self.ns} {sys.executable} {TPKIT} "
+                 f"client {SERVER} 81 hello", check=False)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def hold(self) -> subprocess.Popen[str]:
+        """A management session opened before the change (kept until a line on stdin)."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, TPKIT, "hold",
+                              SERVER, "81", "stdin"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
+                             env={**os.environ, "TPKIT_TIMEOUT": "120"})
+        self.procs.append(p)
+        return p
+
+    def snapshot(self) -> dict[str, Any]:
+        """What bpfsync owns, read by other tools: every owned table (bpftool), the pins, the
+        TC filters with their program ids (tc), the policy rules, routes and sysctl (ip)."""
+        maps = self.pin_root / "maps"
+        owned_tables = {s.name for s in registry.OWNED_TABLES}
+        return {
+            "tables": {p.name: sorted(bpftool_dump(p).items()) for p in sorted(maps.iterdir())
+                       if p.name in owned_tables},
+            "pins": sorted(str(p.relative_to(self.pin_root)) for p in self.pin_root.rglob("*")),
+            "tc": [sh(f"ip netns exec {self.ns} tc -j filter show dev {dev} {d}").stdout
+                   for dev in (self.device, "lo") for d in ("ingress", "egress")],
+            "rules": sh(f"ip -n {self.ns} rule show").stdout,
+            "routes": sh(f"ip -n {self.ns} route show table all").stdout,
+            "sysctl": sh(f"ip netns exec {self.ns} sysctl -n net.ipv4.conf.lo.accept_local"
+                         ).stdout,
+        }
+
+    def record(self) -> Any:
+        return store.read(run_directory(self.pin_root))
+
+
+@pytest.fixture
+def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
+    tag, base = owned.tag()[:6], owned.name("cf")
+    e = Env(f"{base}-c", f"bcf{tag}c", pin_root, tmp_path / "desired")
+    server_ns = f"{base}-s"
+    try:
+        veth_pair(e.ns, server_ns, e.device, f"bcf{tag}s", "192.0.2.1/24", "192.0.2.2/24")
+        sh(f"ip -n {server_ns} addr add {SERVER}/32 dev lo")
+        sh(f"ip -n {e.ns} route add 203.0.113.0/24 via 192.0.2.2")
+        e.procs.append(start_server(server_ns, "0.0.0.0", 81, 82))
+        e.write(SAFE)
+        r = e.cli("apply", str(e.directory))
+        assert r.returncode == 0, r.stdout + r.stderr
+        yield e
+    finally:
+        record = e.record() if pin_root.is_dir() else None
+        if record is not None and store.alive(record.guard):  # its guard, never another
+            os.kill(record.guard.pid, signal.SIGKILL)
+            wait_for(lambda: not store.alive(record.guard), 30)
+        teardown(e.procs, (e.ns, server_ns))
+
+
+def test_an_unconfirmed_lockout_reverts_exactly_by_itself(env: Env) -> None:
+    session = env.hold()
+    assert session.stdout is not None
+    before = env.snapshot()
+    env.write(LOCKOUT)
+    apply = env.apply_confirming(10)
+    # locked out: a new session cannot be opened (so nobody can log in to confirm). The
+    # window is 10 s for a 1 s attempt: the record says it was still pending afterwards.
+    attempt = env.connect(timeout=1)
+    assert env.record().pending, "the 10 s window closed during a 1 s connect"
+    assert attempt["error"] is not None and "timed out" in attempt["error"], attempt
+    out, err = apply.communicate(timeout=120)
+    assert apply.returncode == 3, out + err  # applied, then reverted
+    assert "Reverted: not confirmed within 10 s; 1 entry put back." in out, out
+    assert "- ic_rules" in out, out  # the revert shown as a plan
+    assert env.snapshot() == before
+    assert env.connect(timeout=15)["error"] is None  # new sessions work again
+    result = json.loads(session.communicate("\n", timeout=60)[0])
+    assert result["error"] is None and result["echoed"] == result["sent"] > 5, result
+    assert env.cli("diff", str(env.directory)).returncode == 2  # the YAML still says lockout
+    # (a later apply is not refused: nothing is pending any more)
+    assert env.cli("confirm").returncode == 1
+
+
+def test_sigkill_of_the_apply_still_reverts(env: Env) -> None:
+    before = env.snapshot()
+    env.write(LOCKOUT)
+    apply = env.apply_confirming(10)
+    assert env.snapshot()["tables"] != before["tables"]
+    guard = env.record().guard
+    assert store.alive(guard)  # in a session of its own
+    apply.send_signal(signal.SIGKILL)
+    apply.wait(30)
+    # the guard reverts at the deadline, and exits
+    record = wait_for(lambda: (r := env.record()) and not r.pending and r, 120)
+    assert record.state == "reverted", record.outcome
+    assert record.outcome.startswith("reverted: not confirmed within 10 s"), record.outcome
+    wait_for(lambda: not store.alive(guard), 60)
+    assert env.snapshot() == before
+    assert env.connect(timeout=15)["error"] is None
+    log = (run_directory(env.pin_root) / "confirm.log").read_text()
+    assert "reverted the change applied from" in log, log
+
+
+def test_a_confirmed_change_stays_and_blocks_nothing_after(env: Env) -> None:
+    before = env.snapshot()
+    env.write(LOCKOUT)
+    apply = env.apply_confirming(60)
+    refused = env.cli("apply", str(env.directory))  # no apply over a pending change
+    assert refused.returncode == 1 and "awaits confirmation" in refused.stderr, refused
+    shown = env.cli("confirm", "--show")
+    assert "pending confirmation: 1 entry from" in shown.stdout, shown
+    confirmed = env.cli("confirm")
+    assert confirmed.returncode == 0 and "Confirmed" in confirmed.stdout, confirmed
+    out, err = apply.communicate(timeout=60)
+    assert apply.returncode == 0 and "Confirmed by `bpfsync confirm`." in out, out + err
+    record = env.record()
+    assert record.state == "confirmed"
+    wait_for(lambda: not store.alive(record.guard), 60)  # the guard is gone: nothing reverts
+    assert env.snapshot()["tables"] != before["tables"]
+    assert env.cli("diff", str(env.directory)).returncode == 0
+    assert env.connect(timeout=1)["error"] is not None  # the rule stands
