@@ -63,6 +63,7 @@ class Confirm:
 
     within: float
     guard: Callable[[pending_record.Pending], pending_record.Process | None]
+    wanted: Callable[[Plan], bool] = lambda plan: True  # does this plan need confirming
 
 
 Select = Callable[[Plan], Plan]
@@ -193,7 +194,7 @@ def _record(plan: Plan, confirm: Confirm | None, state: DesiredState, where: str
             pin_root: Path) -> pending_record.Pending | None:
     """The pending-change record of plan, written before plan is executed (None: no
     confirmation asked, or nothing to confirm)."""
-    if confirm is None or not plan.operations:
+    if confirm is None or not plan.operations or not confirm.wanted(plan):
         return None
     if plan.attachments.changes():
         raise UnsafePlan(

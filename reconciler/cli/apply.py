@@ -65,7 +65,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
+    """--confirm-within's value."""
     try:
         value = float(text)
     except ValueError:
@@ -81,7 +82,7 @@ def add(sub: Any) -> None:
     a.add_argument("directory")
     a.add_argument("--allow-empty", action="store_true",
                    help="allow a plan that deletes every entry bpfsync manages")
-    a.add_argument("--confirm-within", type=_seconds, metavar="SECONDS",
+    a.add_argument("--confirm-within", type=seconds, metavar="SECONDS",
                    help="revert the change exactly unless `bpfsync confirm` (or Enter here, "
                         "or --probe) confirms it within SECONDS; exit 3 if reverted")
     a.add_argument("--probe", metavar="CMD",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.cli import common
+from reconciler.cli.apply import seconds
 from reconciler.cli.common import (
     pin_root,
     prune_policy,
@@ -42,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = DaemonConfig(Path(args.directory).absolute(), pin_root(args), args.resync,
                           args.drift, args.debounce, args.max_delay, prune_policy(args),
                           args.allow_empty, not args.no_datapath, args.datapath_netns,
-                          args.metrics, pull=args.pull)
+                          args.metrics, pull=args.pull, confirm_within=args.confirm_within)
     return Daemon(config).run()
 
 
@@ -76,6 +77,9 @@ def add(sub: Any) -> None:
     r.add_argument("--datapath-netns", metavar="NAME",
                    help="netns of the data path (default: the Proxies', or the Interfaces' "
                         "when they share one)")
+    r.add_argument("--confirm-within", type=seconds, metavar="SECONDS",
+                   help="revert each change from the files or a commit exactly unless "
+                        "`bpfsync confirm` confirms it within SECONDS")
     r.add_argument("--metrics", metavar="[ADDR]:PORT",
                    help="serve Prometheus metrics (off by default; ADDR defaults to 127.0.0.1)")
     r.add_argument("--pull", type=float, metavar="SECONDS",

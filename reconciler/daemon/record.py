@@ -38,6 +38,7 @@ class DaemonConfig:
     metrics: str | None = None
     worker_cmd: list[str] | None = None
     pull: float | None = None  # seconds between fetches: follow the clone's upstream branch
+    confirm_within: float | None = None  # changes revert unless confirmed this soon
 
 
 

@@ -109,6 +109,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
             doc.update(capability.status(context))
     if d.git is not None:
         doc["git"] = d.git.report()
+    doc["confirmation"] = d.confirmations.report()
     return doc
 
 

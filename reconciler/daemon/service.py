@@ -29,6 +29,7 @@ from reconciler.core.state import DesiredState
 from reconciler.counters import read_stats
 from reconciler.daemon import gitrev
 from reconciler.daemon import report as status_report
+from reconciler.daemon.confirming import Confirmations
 from reconciler.daemon.debounce import Debouncer
 from reconciler.daemon.gitpull import GitFollower
 from reconciler.daemon.heartbeat import Heartbeat
@@ -72,6 +73,7 @@ class Daemon:
         self.record = Record()
         self.lock = threading.Lock()
         self.datapath = DataPathKeeper(config)
+        self.confirmations = Confirmations(config.confirm_within, config.pin_root)
         self.retry_at: float | None = None
         self.revision_at: float | None = None  # when to read a provisional revision again
         self.applied_revision: gitrev.Revision | None = None  # recorded by the last apply
@@ -259,13 +261,14 @@ class Daemon:
 
         def select_plan(plan: Plan) -> Plan:
             holder["split"] = drift.split(plan, state, self.good, cfg.drift)
-            return holder["split"].apply
+            return self.confirmations.hold_rejected(holder["split"].apply)
 
         try:
             with Heartbeat(self.notifier, starting=self.record.last is None):
                 result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
-                                            select_plan, where=str(directory),
-                                            memo=self.memo)
+                                            select_plan, where=str(directory), memo=self.memo,
+                                            confirm=self.confirmations.confirm())
+            self.confirmations.started(result.pending)
         except PendingConfirmation as exc:
             self._held_off(str(exc), fields, started)
             return
@@ -277,9 +280,6 @@ class Daemon:
             self._failed(f"internal error: {type(exc).__name__}: {exc}", fields, started)
             return
         self._applied(state, result, holder["split"], revision, fields, started)
-
-    def _shown(self, problem: Problem) -> str:
-        return self._shown_text(str(problem))
 
     def _shown_text(self, text: str) -> str:
         return text.replace(*self._paths) if self._paths else text
@@ -368,7 +368,7 @@ class Daemon:
         changed = not plan.in_sync
         with self.lock:
             self.record.applied(plan, split, ops, kind_counts(state),
-                                [self._shown(w) for w in state.warnings])
+                                [self._shown_text(str(w)) for w in state.warnings])
         last = self._finish("applied" if changed else "in-sync", fields, started,
                             logging.INFO if changed or split.held else logging.DEBUG)
         with self.lock:
@@ -380,6 +380,7 @@ class Daemon:
 
     # ----- the data path
     def _supervise(self, now: float) -> None:
+        self.confirmations.tick()
         if not self.config.datapath or self.good is None:
             return
         error = self.datapath.tick(now, self.good)
@@ -389,7 +390,6 @@ class Daemon:
             self.record.datapath_error = error
 
     # ----- reporting
-
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
         return status_report.summary(self)

@@ -48,6 +48,12 @@ def status_text(doc: dict[str, Any]) -> str:
     lines += [f"  {e}" for e in doc["errors"]]
     if doc.get("heldOff"):
         lines.append(f"held:            {doc['heldOff']}")
+    c = doc.get("confirmation")
+    if c:
+        lines.append(f"confirmation:    changes revert unless confirmed within "
+                     f"{c['withinSeconds']:g} s" + (f"; {c['pending']}" if c["pending"] else ""))
+        if c["rejected"]:
+            lines.append(f"  rejected: {c['rejected']}")
     if doc["resources"]:
         rows = [("  KIND", "SYNCED", "OUT OF SYNC", "ERROR")]
         rows += [(f"  {kind}", str(c["Synced"]), str(c["OutOfSync"]), str(c["Error"]))

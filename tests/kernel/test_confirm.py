@@ -26,7 +26,7 @@ from reconciler.confirm.revert import run_directory
 from reconciler.core import registry
 from tests.kernel import owned
 from tests.kernel.conftest import bpftool_dump
-from tests.kernel.daemonkit import wait_for
+from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.interception import TPKIT, sh, start_server, teardown, veth_pair
 
 SERVER = "203.0.113.2"
@@ -49,6 +49,7 @@ class Env:
     pin_root: Path
     directory: Path
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    daemons: list[RunningDaemon] = field(default_factory=list)
 
     def write(self, rules: str) -> None:
         self.directory.mkdir(exist_ok=True)
@@ -126,6 +127,8 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
         assert r.returncode == 0, r.stdout + r.stderr
         yield e
     finally:
+        for d in e.daemons:
+            d.cleanup()
         record = e.record() if pin_root.is_dir() else None
         if record is not None and store.alive(record.guard):  # its guard, never another
             os.kill(record.guard.pid, signal.SIGKILL)
@@ -195,3 +198,36 @@ def test_a_confirmed_change_stays_and_blocks_nothing_after(env: Env) -> None:
     assert env.snapshot()["tables"] != before["tables"]
     assert env.cli("diff", str(env.directory)).returncode == 0
     assert env.connect(timeout=1)["error"] is not None  # the rule stands
+
+
+def test_the_daemon_reverts_an_unconfirmed_change_holds_it_and_keeps_a_confirmed_one(
+        env: Env, tmp_path: Path) -> None:
+    daemon = RunningDaemon(env.directory, env.pin_root, tmp_path / "daemon.log",
+                           "--confirm-within", "15", "--no-datapath", "--debounce", "0.05")
+    env.daemons.append(daemon)
+    daemon.start()
+    before = env.snapshot()
+    assert daemon.status()["confirmation"]["pending"] is None  # in sync: nothing to confirm
+    env.write(LOCKOUT)
+    # nobody confirms: reverted by the daemon at the deadline, and held back after that
+    status = wait_for(lambda: (s := daemon.status())["confirmation"]["rejected"] and s, 120)
+    assert "reverted: not confirmed within 15 s; 1 entry put back" in status["confirmation"][
+        "rejected"], status["confirmation"]
+    assert env.snapshot() == before
+    assert env.connect(timeout=15)["error"] is None
+    seen = daemon.reconciles()
+    daemon.signal(signal.SIGHUP)  # a reconcile of the same YAML does not apply it again
+    status = daemon.wait_reconciles(seen)
+    assert status["confirmation"]["heldEntries"] == 1 and status["heldOff"] is None, status
+    assert env.snapshot() == before
+    assert "awaiting confirmation" in daemon.log()
+    # another change: pending, then confirmed from another process; it stays
+    env.write(LOCKOUT.replace("[81]", "[83]"))
+    wait_for(lambda: daemon.status()["confirmation"]["pending"], 60)
+    confirmed = env.cli("confirm")
+    assert confirmed.returncode == 0, confirmed
+    status = wait_for(lambda: (s := daemon.status())["confirmation"]["pending"] is None and s, 60)
+    assert status["confirmation"]["rejected"] is None  # the YAML moved on
+    assert env.record().state == "confirmed"
+    assert env.snapshot()["tables"] != before["tables"]
+    assert env.cli("diff", str(env.directory)).returncode == 0

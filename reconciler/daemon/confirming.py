@@ -1,0 +1,116 @@
+"""The daemon's `--confirm-within SECONDS`: every reconcile that applies a change from the
+files or a commit (drift corrections alone restore a confirmed state and need none) waits
+for `bpfsync confirm`, and is reverted exactly when none comes in time — by the daemon,
+or, should it die, by the guard it started (confirm/guard.py) or its next start.
+
+A reverted change is *rejected*: its entries (table, key, bytes) are held back from later
+reconciles — which would otherwise apply the same YAML again at once, the revert looking
+like drift — until the YAML asks for something else or the daemon restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import engine
+from reconciler.confirm import guard, store
+from reconciler.confirm.record import CONFIRMED, REVERTED, Pending
+from reconciler.confirm.revert import due, run_directory
+from reconciler.core.errors import KernelStateError
+from reconciler.core.plan import Operation, Plan
+
+log = logging.getLogger("bpfsync.daemon")
+
+
+@dataclass
+class Confirmations:
+    within: float | None
+    pin_root: Path
+    pending: Pending | None = None
+    rejected: frozenset[tuple[str, bytes, bytes | None]] = frozenset()
+    rejected_note: str | None = None
+    held: int = 0  # entries the last reconcile held back as rejected
+    _seen: tuple[int, int] | None = field(default=None, repr=False)
+    _last: Pending | None = field(default=None, repr=False)
+
+    def confirm(self) -> engine.Confirm | None:
+        """What apply_state is given: None without --confirm-within."""
+        if self.within is None:
+            return None
+        return engine.Confirm(self.within, lambda r: guard.spawn(self.pin_root, r.id),
+                              wanted=lambda plan: any(not op.drift for op in plan.operations))
+
+    def hold_rejected(self, plan: Plan) -> Plan:
+        """plan without the entries of the change reverted last; forgets that change once
+        no reconcile would write any of them (the YAML moved on)."""
+        if not self.rejected:
+            return plan
+        keep: list[Operation] = [op for op in plan.operations
+                                 if (op.table, op.key, op.value) not in self.rejected]
+        self.held = len(plan.operations) - len(keep)
+        if not self.held:
+            self.rejected, self.rejected_note = frozenset(), None
+        plan.operations = keep
+        return plan
+
+    def started(self, record: Pending | None) -> None:
+        if record is not None:
+            self.pending, self._seen, self._last = record, None, None
+            left = record.reverts_in(time.time())
+            log.warning("applied; awaiting confirmation (`bpfsync confirm`), reverts in %.0f s",
+                        left or 0, extra={"fields": {"confirmWithin": record.within}})
+
+    def tick(self) -> None:
+        """Follow the pending change: confirmed, reverted by someone, or due (reverted here)."""
+        if self.pending is None:
+            return
+        record = self._read()
+        if record is None or record.id != self.pending.id:
+            self.pending = None
+        elif record.state == CONFIRMED:
+            self.pending = None
+            log.info("change %s", record.outcome)
+        elif record.state == REVERTED:
+            self._reject(record)
+        elif (why := due(record, time.time())) is not None:
+            try:
+                reverted = engine.revert_pending(self.pin_root, why, only=record.id, wait=5)
+            except KernelStateError as exc:
+                log.error("reverting the unconfirmed change failed: %s", exc)
+                return
+            self._reject(reverted.record if reverted else self._read() or record)
+
+    def _read(self) -> Pending | None:
+        """The record file, read again only when it changed (it may be large)."""
+        path = store.path(run_directory(self.pin_root))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if (st.st_mtime_ns, st.st_size) != self._seen:
+            try:
+                self._last = store.read(run_directory(self.pin_root))
+                self._seen = (st.st_mtime_ns, st.st_size)
+            except KernelStateError as exc:
+                log.error("%s", exc)
+        return self._last
+
+    def _reject(self, record: Pending) -> None:
+        self.pending = None
+        self.rejected = frozenset((u.table, u.key, u.wrote) for u in record.undo)
+        self.rejected_note = (f"{record.outcome}; its entries are held back until the YAML "
+                              f"changes them or the daemon restarts")
+        log.warning("change %s", self.rejected_note)
+
+    def report(self) -> dict[str, Any] | None:
+        if self.within is None:
+            return None
+        p = self.pending
+        return {"withinSeconds": self.within,
+                "pending": p.describe(time.time()) if p and p.pending else None,
+                "rejected": self.rejected_note, "heldEntries": self.held if self.rejected else 0}
