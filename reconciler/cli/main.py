@@ -3,7 +3,8 @@ datapath, status).
 
 Exit codes: validate 0 valid / 1 invalid; diff 0 in sync / 2 changes pending / 1 error
 (Terraform's -detailed-exitcode); apply, get and destroy 0 / 1; status 0 healthy / 2 degraded /
-1 no daemon; apply --confirm-within and confirm 3 when the change was reverted;
+1 no daemon; apply --confirm-within and confirm 3 when the change was reverted; reconcile 0
+applied or in sync / 1 failed;
 a usage error 1, never 2.
 """
 
@@ -18,6 +19,7 @@ from reconciler.cli import (
     apply,
     completion,
     confirm,
+    control,
     destroy,
     diff,
     explain,
@@ -38,8 +40,8 @@ from reconciler.cli.common import (
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Severity
 from reconciler.version import version
 
-SUBCOMMANDS = (validate, diff, apply, confirm, run, status, get, destroy, explain,
-               completion)
+SUBCOMMANDS = (validate, diff, apply, confirm, run, status, control, get, destroy,
+               explain, completion)
 
 
 def parser() -> argparse.ArgumentParser:

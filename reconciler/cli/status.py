@@ -39,7 +39,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(status_text(doc))
     # health (a remote not learned yet, a backend down) is shown, not an exit code: those
     # come and go with the network; sync state and a crash-looping data path are ours to fix
-    degraded = doc["errors"] or doc["outOfSync"] or doc["dataPath"].get("crashLoop")
+    degraded = (doc["errors"] or doc["outOfSync"] or doc["dataPath"].get("crashLoop")
+                or doc.get("suspendedSince") or doc.get("heldOff"))
     return EXIT_CHANGES if degraded else EXIT_OK
 
 

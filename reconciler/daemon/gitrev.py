@@ -81,3 +81,16 @@ class GitWait:
                     "that crashed leaves .git/index.lock behind: remove it)", directory,
                     now - self.since)
         return False
+
+
+def after_load(directory: Path, before: Revision | None, applied: Revision | None
+               ) -> tuple[Revision | None, bool]:
+    """The revision of files read after `before` was read, and whether to read it again.
+
+    If git changed the tree meanwhile (or still is), the pair may not match; the content is
+    applied now and the revision read again a second later. So it is when the revision is
+    not the one applied last: a checkout moves HEAD after the files (no event says when),
+    and git status may fail or time out on a loaded host."""
+    after = revision(directory) if directory.is_dir() else None
+    again = after != before or busy(directory) or (applied is not None and after != applied)
+    return after, again

@@ -70,6 +70,10 @@ CATALOG: tuple[MetricDoc, ...] = (
        "by the kind of the resource they belong to"),
     _m("bpfsync_drift_pending", "gauge", "", "Drift reported but not corrected (policy "
        "warn or off)"),
+    _m("bpfsync_suspended", "gauge", "", "1 while `bpfsync suspend` holds every change "
+       "and drift correction back, else 0"),
+    _m("bpfsync_confirmation_pending", "gauge", "", "1 while a change awaits `bpfsync "
+       "confirm` (it reverts at its deadline), else 0"),
     _m("bpfsync_map_entries", "gauge", "map", "Entries per pinned map"),
     _m("bpfsync_map_capacity", "gauge", "map", "Capacity (max_entries) per pinned map"),
     _m("bpfsync_map_fill_ratio", "gauge", "map", "Entries / capacity per pinned map"),
@@ -145,6 +149,9 @@ def _families(r: dict[str, Any], kernel: dict[str, int]) -> Iterator[Metric]:
     for kind, n in sorted(r["drift"].get("correctedByKind", {}).items()):
         f.add("bpfsync_drift_corrections_total", [kind], n)
     f.add("bpfsync_drift_pending", [], r["drift"]["pending"])
+    f.add("bpfsync_suspended", [], 1 if r.get("suspendedSince") else 0)
+    f.add("bpfsync_confirmation_pending", [], 1 if (r.get("confirmation") or {}).get(
+        "pending") or r.get("heldOff") else 0)
     _maps(f, r)
     _datapath(f, r["dataPath"])
     for name, value in sorted(kernel.items()):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler import engine
 from reconciler.core import drift, registry
 from reconciler.core.capability import StatusContext
+from reconciler.daemon.gate import SUSPENDED
 from reconciler.datapath.supervisor import read_datapath_status
 from reconciler.steering.checks import descriptors_needed
 from reconciler.steering.model import Proxy
@@ -31,6 +32,8 @@ def summary(d: Daemon) -> str:
             return f"{r.last['result'] if r.last else 'error'}: {len(r.errors)} errors"
         if r.held_off:
             return "held: a change awaits confirmation"
+        if d.gate.suspended is not None:
+            return "suspended: reporting, not applying"
         if r.last_applied:
             rev = r.last_applied.get("revision")
             at = f" at {rev['commit'][:12]}" if rev else ""
@@ -69,7 +72,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
             "drift": {"correctedOperations": r.corrected_total,
                       "correctedByKind": dict(r.corrected_by_kind),
                       "recentCorrections": list(r.corrections),
-                      "pending": sum(1 for h in held if h.policy == drift.WARN)},
+                      "pending": sum(1 for h in held if h.policy in (drift.WARN, SUSPENDED))},
             "metrics": {"reconciles": dict(r.results), "byTrigger": dict(r.triggers),
                         "operations": dict(r.operations),
                         "reconcileSeconds": r.seconds, "lastReconcileSeconds": r.last_seconds},
@@ -85,8 +88,9 @@ def status_document(d: Daemon) -> dict[str, Any]:
                                                  list(r.waiting), r.datapath_error)
     out_of_sync: dict[str, list[str]] = {}
     for h in held:
-        if h.policy == drift.WARN:
-            out_of_sync.setdefault(h.owner, []).append(f"drift: {h.what}")
+        if h.policy in (drift.WARN, SUSPENDED):
+            why = "drift" if h.policy == drift.WARN else "not applied (suspended)"
+            out_of_sync.setdefault(h.owner, []).append(f"{why}: {h.what}")
     for w in waiting:
         out_of_sync.setdefault(w.owner, []).append(w.message)
     resources: dict[str, dict[str, int]] = {}
@@ -109,7 +113,7 @@ def status_document(d: Daemon) -> dict[str, Any]:
             doc.update(capability.status(context))
     if d.git is not None:
         doc["git"] = d.git.report()
-    doc["confirmation"] = d.confirmations.report()
+    doc.update(d.gate.report())
     return doc
 
 

@@ -29,8 +29,8 @@ from reconciler.core.state import DesiredState
 from reconciler.counters import read_stats
 from reconciler.daemon import gitrev
 from reconciler.daemon import report as status_report
-from reconciler.daemon.confirming import Confirmations
 from reconciler.daemon.debounce import Debouncer
+from reconciler.daemon.gate import ApplyGate
 from reconciler.daemon.gitpull import GitFollower
 from reconciler.daemon.heartbeat import Heartbeat
 from reconciler.daemon.keeper import DataPathKeeper
@@ -73,7 +73,7 @@ class Daemon:
         self.record = Record()
         self.lock = threading.Lock()
         self.datapath = DataPathKeeper(config)
-        self.confirmations = Confirmations(config.confirm_within, config.pin_root)
+        self.gate = ApplyGate(config.confirm_within, config.pin_root, self._wake)
         self.retry_at: float | None = None
         self.revision_at: float | None = None  # when to read a provisional revision again
         self.applied_revision: gitrev.Revision | None = None  # recorded by the last apply
@@ -119,7 +119,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        status = StatusServer(self.run_dir, self.report)
+        status = StatusServer(self.run_dir, self.report, self.gate.command)
         status.start()
         if self.config.metrics:
             from reconciler.daemon import metrics
@@ -187,6 +187,8 @@ class Daemon:
                     self.record.reconciling = {"since": time.time(), "trigger": "files"}
             if events and trigger is None:
                 trigger = "files"
+            if trigger is None and self.gate.take_request():
+                trigger = "request"
             if trigger is None and now >= next_resync:
                 trigger = "resync"
             if trigger is None and self.retry_at is not None and now >= self.retry_at:
@@ -245,30 +247,23 @@ class Daemon:
         self._alive()  # a cold load of 100k entries takes seconds: tell systemd we progress
         fields["parsed"] = self.cache.last.parsed
         if self.git is None:
-            # The files were read after the revision: if git changed the tree meanwhile (or
-            # still is), the pair may not match; the content is applied now and the
-            # revision read again a second later. So it is when the revision is not the one
-            # applied last: a checkout moves HEAD after the files (no event says when), and
-            # git status may fail or time out on a loaded host.
-            after = gitrev.revision(directory) if directory.is_dir() else None
-            if (after != revision or gitrev.busy(directory) or (
-                    self.applied_revision is not None and after != self.applied_revision)):
+            revision, again = gitrev.after_load(directory, revision, self.applied_revision)
+            if again:
                 self.revision_at = time.monotonic() + REVISION_RECHECK
-            revision = after
             fields["revision"] = str(revision) if revision else None
         state.revision = revision.full if revision else None
         holder: dict[str, drift.Split] = {}
 
         def select_plan(plan: Plan) -> Plan:
             holder["split"] = drift.split(plan, state, self.good, cfg.drift)
-            return self.confirmations.hold_rejected(holder["split"].apply)
+            return self.gate.select(holder["split"])
 
         try:
             with Heartbeat(self.notifier, starting=self.record.last is None):
                 result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
                                             select_plan, where=str(directory), memo=self.memo,
-                                            confirm=self.confirmations.confirm())
-            self.confirmations.started(result.pending)
+                                            confirm=self.gate.confirm())
+            self.gate.started(result.pending)
         except PendingConfirmation as exc:
             self._held_off(str(exc), fields, started)
             return
@@ -360,7 +355,8 @@ class Daemon:
             log.warning("drift corrected: %s (%d operation%s)", owner, n, "" if n == 1 else "s",
                         extra={"fields": {"resource": owner, "operations": n}})
         self._logged_held = held_now
-        self.good = state
+        if self.gate.suspended is None:  # edits made while suspended stay changes
+            self.good = state
         # The desired state lives until the next change: taking its (100k+) objects out of
         # the cyclic collector's sight keeps full collections from costing 100s of ms in
         # every later reconcile. Reference counting still frees them.
@@ -369,7 +365,8 @@ class Daemon:
         with self.lock:
             self.record.applied(plan, split, ops, kind_counts(state),
                                 [self._shown_text(str(w)) for w in state.warnings])
-        last = self._finish("applied" if changed else "in-sync", fields, started,
+        last = self._finish("suspended" if self.gate.suspended else "applied" if changed
+                            else "in-sync", fields, started,
                             logging.INFO if changed or split.held else logging.DEBUG)
         with self.lock:
             self.record.last_applied = {**last, "revision": (
@@ -380,7 +377,7 @@ class Daemon:
 
     # ----- the data path
     def _supervise(self, now: float) -> None:
-        self.confirmations.tick()
+        self.gate.tick()
         if not self.config.datapath or self.good is None:
             return
         error = self.datapath.tick(now, self.good)

@@ -1,7 +1,8 @@
 """`bpfsync status`: the daemon answers on a unix socket only root can reach.
 
 The socket lives in the pin root's run directory (mode 0700) with mode 0600, and the peer's
-credentials are checked as well. The protocol is one request line and one JSON reply.
+credentials are checked as well. The protocol is one request line ("status", or a verb:
+reconcile, suspend, resume) and one JSON reply.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ log = logging.getLogger("bpfsync.status")
 SOCKET_NAME = "daemon.sock"
 MAX_REPLY = 64 * 1024 * 1024
 CLIENT_TIMEOUT = 10.0
+VERBS = ("reconcile", "suspend", "resume")  # daemon/gate.py acts on them
 
 
 class DaemonNotRunning(Exception):
@@ -33,11 +35,14 @@ def socket_path(run_dir: Path) -> Path:
 
 
 class StatusServer:
-    """Serves report() (built in this server's thread) to each connecting root process."""
+    """Serves report() (built in this server's thread) to each connecting root process, and
+    passes the verbs of VERBS to command(verb), whose reply it sends back."""
 
-    def __init__(self, run_dir: Path, report: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, run_dir: Path, report: Callable[[], dict[str, Any]],
+                 command: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.path = socket_path(run_dir)
         self.report = report
+        self.command = command
         self.sock: socket.socket | None = None
         self.thread: threading.Thread | None = None
         self._stopping = False
@@ -79,10 +84,14 @@ class StatusServer:
             conn.sendall(b'{"error": "permission denied"}\n')
             return
         request = conn.recv(256).decode(errors="replace").strip()
-        if request != "status":
-            conn.sendall(json.dumps({"error": f"unknown request {request!r}"}).encode() + b"\n")
-            return
-        conn.sendall(json.dumps(self.report()).encode() + b"\n")
+        if request == "status":
+            reply = self.report()
+        elif request in VERBS and self.command is not None:
+            reply = self.command(request)
+            log.info("request %r from uid %d", request, uid)
+        else:
+            reply = {"error": f"unknown request {request[:40]!r}"}
+        conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def stop(self) -> None:
         self._stopping = True
@@ -96,7 +105,8 @@ class StatusServer:
             self.path.unlink()
 
 
-def query(run_dir: Path) -> dict[str, Any]:
+def query(run_dir: Path, request: str = "status") -> dict[str, Any]:
+    """The daemon's answer to request (status, or one of VERBS)."""
     path = socket_path(run_dir)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(CLIENT_TIMEOUT)
@@ -104,7 +114,7 @@ def query(run_dir: Path) -> dict[str, Any]:
             s.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise DaemonNotRunning(str(path)) from None
-        s.sendall(b"status\n")
+        s.sendall(request.encode() + b"\n")
         chunks = []
         total = 0
         while chunk := s.recv(1 << 16):

@@ -48,6 +48,9 @@ def status_text(doc: dict[str, Any]) -> str:
     lines += [f"  {e}" for e in doc["errors"]]
     if doc.get("heldOff"):
         lines.append(f"held:            {doc['heldOff']}")
+    if doc.get("suspendedSince"):
+        lines.append(f"suspended:       since {ago(doc['suspendedSince'])}: changes and drift "
+                     f"are reported, not applied (`bpfsync resume`)")
     c = doc.get("confirmation")
     if c:
         lines.append(f"confirmation:    changes revert unless confirmed within "

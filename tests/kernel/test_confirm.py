@@ -231,3 +231,36 @@ def test_the_daemon_reverts_an_unconfirmed_change_holds_it_and_keeps_a_confirmed
     assert env.record().state == "confirmed"
     assert env.snapshot()["tables"] != before["tables"]
     assert env.cli("diff", str(env.directory)).returncode == 0
+
+
+def test_suspend_reports_without_applying_and_resume_applies(env: Env, tmp_path: Path) -> None:
+    daemon = RunningDaemon(env.directory, env.pin_root, tmp_path / "daemon.log",
+                           "--no-datapath", "--debounce", "0.05")
+    env.daemons.append(daemon)
+    daemon.start()
+    before = env.snapshot()
+    r = env.cli("suspend")
+    assert r.returncode == 0 and "Suspended" in r.stdout, r
+    env.write(LOCKOUT)
+    # drift too: an entry removed behind bpfsync's back (bpftool)
+    rules = env.pin_root / "maps" / "ic_rules"
+    key = next(iter(bpftool_dump(rules)))
+    sh(f"bpftool map delete pinned {rules} key hex {key.hex(' ')}")
+    r = env.cli("reconcile")
+    assert r.returncode == 0 and r.stdout.startswith("reconcile suspended"), r
+    status = daemon.status()
+    reasons = [why for o in status["outOfSync"] for why in o["reasons"]]
+    # both held and reported: the new rule and the one deleted behind bpfsync's back
+    assert reasons == ["not applied (suspended): create ic_rules entry (declared in YAML)"
+                       ] * 2, reasons
+    assert status["suspendedSince"] is not None
+    assert env.cli("status").returncode == 2  # degraded while suspended
+    tables = env.snapshot()["tables"]
+    assert key not in dict(tables["ic_rules"]) and tables != before["tables"]
+    assert len(tables["ic_rules"]) == len(before["tables"]["ic_rules"]) - 1  # nothing written
+    r = env.cli("resume")
+    assert r.returncode == 0, r
+    wait_for(lambda: env.cli("diff", str(env.directory)).returncode == 0, 60)
+    status = daemon.quiet()
+    assert status["suspendedSince"] is None and status["outOfSync"] == [], status
+    assert env.connect(timeout=1)["error"] is not None  # the lockout applied on resume

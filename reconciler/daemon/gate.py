@@ -1,11 +1,18 @@
-"""The daemon's `--confirm-within SECONDS`: every reconcile that applies a change from the
-files or a commit (drift corrections alone restore a confirmed state and need none) waits
-for `bpfsync confirm`, and is reverted exactly when none comes in time — by the daemon,
-or, should it die, by the guard it started (confirm/guard.py) or its next start.
+"""What the daemon may apply, and the verbs that change it (over the status socket):
 
-A reverted change is *rejected*: its entries (table, key, bytes) are held back from later
-reconciles — which would otherwise apply the same YAML again at once, the revert looking
-like drift — until the YAML asks for something else or the daemon restarts.
+- `bpfsync suspend` / `resume`: while suspended, reconciles still run and report every
+  change and every drift (held, policy "suspended"), but nothing is applied and the
+  baseline stays where it was, so edits made meanwhile are still changes after `resume`.
+- `bpfsync reconcile`: reconcile now (trigger "request").
+- `--confirm-within SECONDS`: every reconcile that applies a change from the files or a
+  commit (drift corrections alone restore a confirmed state and need none) waits for
+  `bpfsync confirm`, and is reverted exactly when none comes in time — by the daemon, or,
+  should it die, by the guard it started (confirm/guard.py) or its next start. A reverted
+  change is *rejected*: its entries (table, key, bytes) are held back from later reconciles
+  — which would otherwise apply the same YAML again at once, the revert looking like
+  drift — until the YAML asks for something else or the daemon restarts.
+
+The verbs come from the status thread: they set flags the main loop reads (and wake it).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +29,24 @@ from reconciler import engine
 from reconciler.confirm import guard, store
 from reconciler.confirm.record import CONFIRMED, REVERTED, Pending
 from reconciler.confirm.revert import due, run_directory
+from reconciler.core import drift
+from reconciler.core.attachments import AttachPlan
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Operation, Plan
 
 log = logging.getLogger("bpfsync.daemon")
 
 
+SUSPENDED = "suspended"  # the policy of what a suspended daemon holds
+
+
 @dataclass
-class Confirmations:
+class ApplyGate:
     within: float | None
     pin_root: Path
+    wake: Callable[[], None] = lambda: None
+    suspended: float | None = None  # since when (time.time())
+    requested: bool = False  # a reconcile asked for with `bpfsync reconcile` or resume
     pending: Pending | None = None
     rejected: frozenset[tuple[str, bytes, bytes | None]] = frozenset()
     rejected_note: str | None = None
@@ -44,6 +60,38 @@ class Confirmations:
             return None
         return engine.Confirm(self.within, lambda r: guard.spawn(self.pin_root, r.id),
                               wanted=lambda plan: any(not op.drift for op in plan.operations))
+
+    def command(self, verb: str) -> dict[str, Any]:
+        """A verb from the status socket (its thread): the reply."""
+        if verb == "suspend" and self.suspended is None:
+            self.suspended = time.time()
+            log.warning("suspended by `bpfsync suspend`: changes and drift are reported, "
+                        "not applied, until `bpfsync resume`")
+        elif verb == "resume" and self.suspended is not None:
+            self.suspended = None
+            log.warning("resumed by `bpfsync resume`")
+        if verb in ("reconcile", "resume"):
+            self.requested = True
+            self.wake()
+        return {"ok": True, "suspended": self.suspended is not None}
+
+    def take_request(self) -> bool:
+        asked, self.requested = self.requested, False
+        return asked
+
+    def select(self, split: drift.Split) -> Plan:
+        """What a reconcile executes of split.apply: nothing while suspended (every change
+        held, for status), else all but a rejected change's entries."""
+        if self.suspended is None:
+            return self.hold_rejected(split.apply)
+        plan = split.apply
+        split.held += [drift.Held(ch.owner, SUSPENDED, f"{ch.action.value} {ch.describe()} "
+                                                      f"({ch.reason})") for ch in plan.changes()]
+        split.corrected.clear()
+        return Plan(kept=plan.kept, desired_total=plan.desired_total,
+                    observed_counts=plan.observed_counts,
+                    attachments=AttachPlan([], plan.attachments.conditions,
+                                           plan.attachments.in_place))
 
     def hold_rejected(self, plan: Plan) -> Plan:
         """plan without the entries of the change reverted last; forgets that change once
@@ -107,10 +155,11 @@ class Confirmations:
                               f"changes them or the daemon restarts")
         log.warning("change %s", self.rejected_note)
 
-    def report(self) -> dict[str, Any] | None:
-        if self.within is None:
-            return None
+    def report(self) -> dict[str, Any]:
         p = self.pending
-        return {"withinSeconds": self.within,
-                "pending": p.describe(time.time()) if p and p.pending else None,
-                "rejected": self.rejected_note, "heldEntries": self.held if self.rejected else 0}
+        return {"suspendedSince": self.suspended,
+                "confirmation": None if self.within is None else {
+                    "withinSeconds": self.within,
+                    "pending": p.describe(time.time()) if p and p.pending else None,
+                    "rejected": self.rejected_note,
+                    "heldEntries": self.held if self.rejected else 0}}
