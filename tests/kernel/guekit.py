@@ -16,7 +16,19 @@ from typing import Any
 from reconciler.gue import tables as gt
 from tests.kernel import owned
 from tests.kernel.conftest import bpfsync, bpftool_percpu_counters
-from tests.kernel.topology import GW_TUNNEL, KEYS, NODE_TUNNEL, Net, gue_topology, service_doc
+from tests.kernel.daemonkit import wait_for
+from tests.kernel.topology import (
+    BACKEND,
+    GW_TUNNEL,
+    KEYS,
+    NODE_TUNNEL,
+    PROXY,
+    Net,
+    gue_topology,
+    service_doc,
+    write_gateway,
+    write_node,
+)
 
 MiB = 1 << 20
 SERVICE_KEY = KEYS["BPFSYNC_SERVICE_KEY"].encode().ljust(16, b"\0")
@@ -128,3 +140,30 @@ def frames(p: Any) -> list[dict[str, Any]]:
 
 
 UDP_SERVICE = service_doc("dns", sid=2, protocol="udp", proxy_port=53, backend_port=5353)
+
+
+def udp_ends(gue: Gue) -> tuple[Path, Any]:
+    """Both ends applied with a fixed remote and the UDP Service, a sink listening on the
+    node: the gateway's directory and the sink."""
+    net = gue.net
+    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
+    ndir = write_node(gue.tmp / "node", net)
+    for d in (gdir, ndir):
+        (d / "dns.yaml").write_text(UDP_SERVICE)
+    gue.apply(gdir, gue.gw_root)
+    gue.apply(ndir, gue.node_root)
+    sink = net.traffic(net.node, "udp-sink", BACKEND[0], 5353, 2)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "listening"
+    return gdir, sink
+
+
+def udp_stream(gue: Gue, rate: int) -> tuple[Path, Any, Any, Path]:
+    """udp_ends, and a sender on the client at rate datagrams/s (100 s of them at most),
+    once 500 went through the gateway: the gateway's directory, the sink, the sender, and
+    the file whose existence stops it."""
+    gdir, sink = udp_ends(gue)
+    stop = gue.tmp / "stop-sending"
+    start = gue.stats(gue.gw_root)["encap"]
+    sender = gue.net.traffic(gue.net.client, "udp-send", PROXY[0], 53, 100 * rate, rate, stop)
+    wait_for(lambda: gue.stats(gue.gw_root)["encap"] >= start + 500, 60)
+    return gdir, sink, sender, stop

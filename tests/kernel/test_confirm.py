@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ from reconciler.core import registry
 from tests.kernel import owned
 from tests.kernel.conftest import bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
+from tests.kernel.guekit import udp_stream
 from tests.kernel.interception import TPKIT, sh, start_server, teardown, veth_pair
+from tests.kernel.topology import KEYS, PROXY, TRAFFIC
 
 SERVER = "203.0.113.2"
 SAFE = """\
@@ -264,3 +267,40 @@ def test_suspend_reports_without_applying_and_resume_applies(env: Env, tmp_path:
     status = daemon.quiet()
     assert status["suspendedSince"] is None and status["outOfSync"] == [], status
     assert env.connect(timeout=1)["error"] is not None  # the lockout applied on resume
+
+
+def test_a_wrong_tunnel_key_fails_its_probe_and_reverts_under_traffic(gue: Any) -> None:
+    """A GUE gateway carrying a steady UDP stream (1,000 datagrams/s) gets a wrong Service
+    key with --probe (a TCP transfer through the tunnel): the node drops what the wrong key
+    signs, the probe never passes, the deadline reverts the key. Datagrams are lost only
+    while the wrong key was in place: at most the window's length times the rate."""
+    net = gue.net
+    gdir, sink, sender, stop = udp_stream(gue, rate=RATE)
+    server = net.server()
+    probe = (f"ip netns exec {net.client} /usr/bin/python3 {TRAFFIC} tcp-client {PROXY[0]} "
+             f"{PROXY[1]} 1000 {1 << 20} 2")
+    assert sh(probe, check=False).returncode == 0  # the probe passes with the right key
+    bad_before = gue.stats(gue.node_root)["drop_bad_key"]
+    started = time.monotonic()
+    apply = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--pin-root", str(gue.gw_root), "apply",
+         str(gdir), "--confirm-within", "8", "--probe", probe],
+        env={**os.environ, **KEYS, "BPFSYNC_SERVICE_KEY": KEYS["BPFSYNC_OTHER_KEY"]},
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    window = time.monotonic() - started  # from before the apply to after its revert
+    assert apply.returncode == 3, apply.stdout + apply.stderr
+    assert "probe: exit" in apply.stderr, apply.stderr  # it ran, and failed
+    assert "Reverted: not confirmed within 8 s" in apply.stdout, apply.stdout
+    assert gue.stats(gue.node_root)["drop_bad_key"] > bad_before  # the wrong key was used
+    assert sh(probe, check=False).returncode == 0  # the tunnel carries traffic again
+    stop.touch()
+    sent = json.loads(sender.communicate(timeout=60)[0].splitlines()[-1])["sent"]
+    received = json.loads(sink.communicate(timeout=60)[0].splitlines()[-1])["received"]
+    lost = sent - received
+    print(f"\nwrong key for {window:.1f} s (apply, 8 s window, revert): {lost} of {sent} "
+          f"datagrams lost at {RATE}/s")
+    assert 0 < lost <= window * RATE, (lost, window)
+    net.stop(server)
+
+
+RATE = 1000

@@ -17,13 +17,12 @@ from tests.kernel.daemonkit import wait_for as wait_until
 from tests.kernel.guekit import (
     SERVICE_KEY,
     TUNNEL_KEY,
-    UDP_SERVICE,
     Gue,
     MiB,
     frames,
+    udp_ends,
 )
 from tests.kernel.topology import (
-    BACKEND,
     CLIENT,
     GW_TUNNEL,
     KEYS,
@@ -226,14 +225,7 @@ def _link_stats(net: Net, ns: str, dev: str) -> dict[str, int]:
 
 def test_program_upgrade_under_load_loses_nothing(gue: Gue) -> None:
     net = gue.net
-    gdir = write_gateway(gue.tmp / "gw", net, remote="{address: 192.0.2.2, port: 6080}")
-    ndir = write_node(gue.tmp / "node", net)
-    for d in (gdir, ndir):
-        (d / "dns.yaml").write_text(UDP_SERVICE)
-    gue.apply(gdir, gue.gw_root)
-    gue.apply(ndir, gue.node_root)
-    sink = net.traffic(net.node, "udp-sink", BACKEND[0], 5353, 2)
-    assert sink.stdout is not None and sink.stdout.readline().strip() == "listening"
+    gdir, sink = udp_ends(gue)
     # The two links' counters cannot be read at one instant, and a packet of the namespaces'
     # own (neighbour discovery) may pass between two reads. Read the receiving side first
     # before and last after: such a packet can then only add to n0's count, never hide a
