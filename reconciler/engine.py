@@ -64,6 +64,7 @@ class Confirm:
     within: float
     guard: Callable[[pending_record.Pending], pending_record.Process | None]
     wanted: Callable[[Plan], bool] = lambda plan: True  # does this plan need confirming
+    revert_due: bool = True  # revert an overdue change first (False: refuse; the daemon)
 
 
 Select = Callable[[Plan], Plan]
@@ -154,7 +155,8 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     try:
         with locked(pin_root):
             reverted = pending.settle_before_apply(
-                pin_root, tables, KernelExecutor(tables, context), time.time())
+                pin_root, tables, KernelExecutor(tables, context), time.time(),
+                confirm is None or confirm.revert_due)
             full = _plan(state, pin_root, prune, tables, context, memo, progress)
             plan = select(full) if select else full
             if plan.empties_everything() and not allow_empty:

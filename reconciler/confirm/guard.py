@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 from reconciler.confirm import store
-from reconciler.confirm.record import Pending, Process
-from reconciler.confirm.revert import due, run_directory
+from reconciler.confirm.record import Process
+from reconciler.confirm.revert import applier_reverts, due, run_directory
 from reconciler.core.errors import KernelStateError
 
 log = logging.getLogger("bpfsync.confirm")
 POLL = 0.1  # seconds between looks at the record: a revert starts this late at most
-GRACE = 2.0  # seconds after the deadline the guard leaves the revert to a living apply
 APPEAR = 120.0  # seconds the applier has to write the record before the guard gives up
 LOG = "confirm.log"  # in the run directory: what guards did
 
@@ -69,7 +68,7 @@ def watch(pin_root: Path, record_id: str) -> int:
                 return 0  # never written: the apply ended before it executed anything
         elif not record.pending:
             return 0
-        elif (why := due(record, time.time())) is not None and not _applier_reverts(record):
+        elif (why := due(record, time.time())) is not None and not applier_reverts(record, time.time()):
             try:
                 reverted = engine.revert_pending(pin_root, why, only=record_id, wait=60)
             except KernelStateError as exc:
@@ -80,13 +79,6 @@ def watch(pin_root: Path, record_id: str) -> int:
                             reverted.record.outcome)
             return 0
         time.sleep(POLL)
-
-
-def _applier_reverts(record: Pending) -> bool:
-    """The apply that is still waiting reverts its own change (and shows the revert as a
-    plan); the guard steps in GRACE seconds after the deadline, or when the apply is gone."""
-    return (record.deadline is not None and time.time() < record.deadline + GRACE
-            and store.alive(record.applier))
 
 
 def main(argv: list[str]) -> int:

@@ -19,6 +19,8 @@ from reconciler.core.verify import entry_differences, summarise
 from reconciler.execute import Executor, execute
 from reconciler.kernel.maps import PinnedTables
 
+GRACE = 2.0  # seconds after the deadline others leave the revert to a living apply
+
 
 class PendingConfirmation(KernelStateError):
     """An apply (CLI or daemon) refused: a change awaits confirmation."""
@@ -52,15 +54,28 @@ def due(record: Pending, now: float) -> str | None:
     return None
 
 
+def applier_reverts(record: Pending, now: float) -> bool:
+    """The apply that is still waiting reverts its own change (and shows the revert as a
+    plan): a guard or daemon steps in GRACE seconds after the deadline, or when the apply
+    is gone."""
+    return (record.deadline is not None and now < record.deadline + GRACE
+            and store.alive(record.applier))
+
+
 def settle_before_apply(pin_root: Path, tables: PinnedTables, executor: Executor,
-                        now: float) -> Reverted | None:
-    """Before any apply: revert a change that is due; refuse while one awaits confirmation."""
+                        now: float, revert_due: bool = True) -> Reverted | None:
+    """Before any apply: revert a change that is due (unless not revert_due: the daemon
+    reverts in its own time, and holds the reverted change back); refuse while one awaits
+    confirmation."""
     record = store.read(run_directory(pin_root))
     if record is None or not record.pending:
         return None
     why = due(record, now)
-    if why is not None:
+    if why is not None and revert_due:
         return revert(pin_root, tables, executor, record, why)
+    if why is not None:
+        raise PendingConfirmation(f"a change applied from {record.directory} is due to be "
+                                  f"reverted ({why})")
     left = record.reverts_in(now)
     raise PendingConfirmation(
         f"a change applied from {record.directory} awaits confirmation"

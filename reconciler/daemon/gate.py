@@ -28,7 +28,7 @@ from typing import Any
 from reconciler import engine
 from reconciler.confirm import guard, store
 from reconciler.confirm.record import CONFIRMED, REVERTED, Pending
-from reconciler.confirm.revert import due, run_directory
+from reconciler.confirm.revert import applier_reverts, due, run_directory
 from reconciler.core import drift
 from reconciler.core.attachments import AttachPlan
 from reconciler.core.errors import KernelStateError
@@ -59,7 +59,8 @@ class ApplyGate:
         if self.within is None:
             return None
         return engine.Confirm(self.within, lambda r: guard.spawn(self.pin_root, r.id),
-                              wanted=lambda plan: any(not op.drift for op in plan.operations))
+                              wanted=lambda plan: any(not op.drift for op in plan.operations),
+                              revert_due=False)
 
     def command(self, verb: str) -> dict[str, Any]:
         """A verb from the status socket (its thread): the reply."""
@@ -113,6 +114,13 @@ class ApplyGate:
             log.warning("applied; awaiting confirmation (`bpfsync confirm`), reverts in %.0f s",
                         left or 0, extra={"fields": {"confirmWithin": record.within}})
 
+    def adopt(self) -> None:
+        """Follow the change an apply was refused for (another apply's, or this daemon's
+        before a restart): it is reverted here once due, and held back like our own."""
+        record = self._read()
+        if record is not None and record.pending:
+            self.pending = record
+
     def tick(self) -> None:
         """Follow the pending change: confirmed, reverted by someone, or due (reverted here)."""
         if self.pending is None:
@@ -125,7 +133,8 @@ class ApplyGate:
             log.info("change %s", record.outcome)
         elif record.state == REVERTED:
             self._reject(record)
-        elif (why := due(record, time.time())) is not None:
+        elif (why := due(record, time.time())) is not None and (
+                record.applier.pid == os.getpid() or not applier_reverts(record, time.time())):
             try:
                 reverted = engine.revert_pending(self.pin_root, why, only=record.id, wait=5)
             except KernelStateError as exc:

@@ -265,6 +265,7 @@ class Daemon:
                                             confirm=self.gate.confirm())
             self.gate.started(result.pending)
         except PendingConfirmation as exc:
+            self.gate.adopt()
             self._held_off(str(exc), fields, started)
             return
         except (BpfsyncError, OSError) as exc:

@@ -233,3 +233,50 @@ class _Target:
 
     def phase(self, action):
         return 1
+
+
+def test_the_daemon_refuses_rather_than_reverts_an_overdue_change(fake, tmp_path: Path) -> None:
+    """The daemon reverts in its own time (and then holds the change back): an apply of
+    its own finding an overdue change is refused, not reverted on the way."""
+    kernel, _ = fake
+    root = Path("/nonexistent")
+    engine.apply_state(state(2), root)
+    engine.apply_state(state(3), root, confirm=engine.Confirm(30, lambda r: None))
+    store.write(tmp_path, rec.Pending(**{**_fields(store.read(tmp_path)), "deadline": 1.0}))
+    daemon = engine.Confirm(30, lambda r: None, revert_due=False)
+    with pytest.raises(revert.PendingConfirmation, match="is due to be reverted"):
+        engine.apply_state(state(2), root, confirm=daemon)
+    assert store.read(tmp_path).pending
+
+
+def test_the_gate_holds_everything_while_suspended_and_a_rejected_change_after(
+        fake, tmp_path: Path) -> None:
+    from reconciler.core import drift
+    from reconciler.daemon.gate import SUSPENDED, ApplyGate
+
+    kernel, _ = fake
+    root = Path("/nonexistent")
+    engine.apply_state(state(2), root)
+    plan = compute_plan(compile_tables(state(3)), copy(kernel.tables))
+    gate = ApplyGate(30, root)
+    assert gate.command("suspend") == {"ok": True, "suspended": True}
+    split = drift.Split(plan)
+    held = gate.select(split)
+    assert held.in_sync and len(split.held) == len(plan.operations)
+    assert {h.policy for h in split.held} == {SUSPENDED}
+    assert gate.command("resume") == {"ok": True, "suspended": False}
+    assert gate.take_request() and not gate.take_request()  # resume reconciles at once
+    # a change applied, not confirmed, reverted: held back while the YAML asks for it
+    result = engine.apply_state(state(3), root, confirm=gate.confirm())
+    gate.started(result.pending)
+    engine.revert_pending(root, "by hand")
+    gate.tick()
+    assert gate.pending is None and "reverted: by hand" in gate.rejected_note
+    again = compute_plan(compile_tables(state(3)), copy(kernel.tables))
+    asked = len(again.operations)
+    assert asked and gate.select(drift.Split(again)).operations == []
+    assert gate.report()["confirmation"]["heldEntries"] == asked
+    # the YAML moves on: nothing of the rejected change is asked for; forgotten
+    other = compute_plan(compile_tables(state(2, backend_port=9090)), copy(kernel.tables))
+    assert gate.select(drift.Split(other)).operations == other.operations
+    assert gate.rejected_note is None
