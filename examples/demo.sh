@@ -22,6 +22,8 @@ pids=()
 dp_log=$(mktemp)
 run_log=$(mktemp)
 work=$(mktemp -d)
+# the history of these throwaway pin roots (bpfsync history) stays in the demo's own folder
+export BPFSYNC_STATE_DIR="$work/state"
 cleanup_ns() { for ns in bpfsync-demo-client bpfsync-demo-gw bpfsync-demo-node bpfsync-demo-proxy; do
   ip netns del "$ns" 2>/dev/null || true; done; }
 cleanup() {

@@ -30,6 +30,7 @@ from reconciler.core.state import DesiredState
 from reconciler.core.tables import MapSpec, Observed
 from reconciler.core.verify import attachment_differences, entry_differences, summarise
 from reconciler.execute import execute
+from reconciler.history.remember import remember
 from reconciler.kernel.maps import (
     PinnedTables,
     locked,
@@ -136,7 +137,7 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
                 where: str = "the desired state", memo: CompileMemo | None = None,
                 create: bool = True, progress: Progress = QUIET,
                 show: Callable[[Plan], None] | None = None,
-                confirm: Confirm | None = None) -> Result:
+                confirm: Confirm | None = None, by: str = "apply") -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock. Nothing
     is created (pins, cgroups) before what the plan needs is known to be here; create=False
@@ -145,7 +146,9 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
 
     Every apply first settles a change awaiting confirmation (confirm/revert.py): reverted
     when it is due, else PendingConfirmation. After executing, what was written is read
-    back; a difference raises ApplyNotVerified (and reverts at once under confirm)."""
+    back; a difference raises ApplyNotVerified (and reverts at once under confirm). A plan
+    that changed something is recorded in the history as a revision made by `by` ("":
+    not recorded)."""
     if any(state.count(k.name) for k in registry.KINDS.values() if k.programs):
         Compiler.check()
     facts = host_facts(state, pin_root, create=True)
@@ -182,8 +185,9 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
             if differences:
                 raise ApplyNotVerified("applied, but the kernel does not hold what was "
                                        "written:\n  " + summarise(differences))
+            number = remember(pin_root, state, plan, by) if by and not plan.in_sync else None
             if record is not None:
-                record = replace(record, deadline=time.time() + record.within)
+                record = replace(record, deadline=time.time() + record.within, history=number)
                 pending_store.write(pending.run_directory(pin_root), record)
     finally:
         progress.end()
@@ -266,7 +270,7 @@ def destroy(pin_root: Path) -> tuple[Result, list[str]]:
     left there. Foreign objects stay where they are. Returns the executed plan and what was
     removed (paths relative to pin_root, or absolute)."""
     result = apply_state(DesiredState(), pin_root, PrunePolicy(), allow_empty=True,
-                         where="destroy", create=False)
+                         where="destroy", create=False, by="destroy")
     removed = remove_pins(pin_root, (*registry.PINNED, *registry.CREATED_BY_BCC))
     removed += remove_empty_dirs(pin_root, ("progs", "links"))
     for capability in registry.CAPABILITIES:

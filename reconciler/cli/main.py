@@ -24,6 +24,8 @@ from reconciler.cli import (
     diff,
     explain,
     get,
+    history,
+    rollback,
     run,
     status,
     validate,
@@ -40,8 +42,8 @@ from reconciler.cli.common import (
 from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Severity
 from reconciler.version import version
 
-SUBCOMMANDS = (validate, diff, apply, confirm, run, status, control, get, destroy,
-               explain, completion)
+SUBCOMMANDS = (validate, diff, apply, confirm, history, rollback, run, status, control,
+               get, destroy, explain, completion)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -66,6 +66,7 @@ class Pending:
     state: str = PENDING
     outcome: str = ""
     resolved: float | None = None
+    history: int | None = None  # the history revision the apply recorded
 
     @property
     def pending(self) -> bool:
@@ -159,6 +160,7 @@ def encode(p: Pending) -> bytes:
         "format": FORMAT, "id": p.id, "state": p.state, "created": p.created,
         "within": p.within, "deadline": p.deadline, "directory": p.directory,
         "revision": p.revision, "outcome": p.outcome, "resolved": p.resolved,
+        "history": p.history,
         "applier": {"pid": p.applier.pid, "start": p.applier.start},
         "guard": None if p.guard is None else {"pid": p.guard.pid, "start": p.guard.start},
         "undo": [[u.table, u.key.hex(), _hex(u.wrote), _hex(u.restore), u.owner]
@@ -181,6 +183,7 @@ def decode(raw: bytes) -> Pending:
             str(doc["directory"]), str(doc["revision"]), _process(doc["applier"]) or
             Process(0, 0), undo, _process(doc["guard"]),
             None if deadline is None else float(deadline), doc["state"],
-            str(doc["outcome"]), None if doc["resolved"] is None else float(doc["resolved"]))
+            str(doc["outcome"]), None if doc["resolved"] is None else float(doc["resolved"]),
+            None if doc.get("history") is None else int(doc["history"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"not a pending-change record ({type(exc).__name__})") from None

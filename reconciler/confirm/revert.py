@@ -99,6 +99,10 @@ def revert(pin_root: Path, tables: PinnedTables, executor: Executor, record: Pen
         outcome += f", {_entries(len(differences))} not as recorded"
     resolved = record.resolve(REVERTED, outcome, time.time())
     store.write(run_directory(pin_root), resolved)
+    if record.history is not None:
+        from reconciler.history.remember import mark_reverted
+
+        mark_reverted(pin_root, record.history)
     if differences:
         raise KernelStateError("the revert was executed but the kernel does not hold what "
                                "was recorded:\n  " + summarise(differences))

@@ -18,6 +18,9 @@ class DesiredState:
     drift: dict[str, str] = field(default_factory=dict)  # "Kind/name" -> annotated policy
     directory: str | None = None  # what files are named relative to (the names table)
     revision: str | None = None  # the directory's git commit ("-dirty" suffix), when known
+    # the files' texts by relative path when they are not the directory's (a rollback):
+    # what the history records for this state instead of reading the directory again
+    sources: dict[str, str] | None = None
 
     def of(self, model: type[R]) -> dict[str, R]:
         """The resources of one kind (model: its class, whose `kind` names it), by name; the

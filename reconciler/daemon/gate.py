@@ -46,6 +46,7 @@ class ApplyGate:
     pin_root: Path
     wake: Callable[[], None] = lambda: None
     suspended: float | None = None  # since when (time.time())
+    until_change: bool | None = None  # suspended by a rollback: until the files change
     requested: bool = False  # a reconcile asked for with `bpfsync reconcile` or resume
     pending: Pending | None = None
     rejected: frozenset[tuple[str, bytes, bytes | None]] = frozenset()
@@ -63,18 +64,29 @@ class ApplyGate:
                               revert_due=False)
 
     def command(self, verb: str) -> dict[str, Any]:
-        """A verb from the status socket (its thread): the reply."""
-        if verb == "suspend" and self.suspended is None:
-            self.suspended = time.time()
-            log.warning("suspended by `bpfsync suspend`: changes and drift are reported, "
-                        "not applied, until `bpfsync resume`")
+        """A verb from the status socket (its thread): the reply. hold: suspend until the
+        files or the commit change (`bpfsync rollback`)."""
+        if verb in ("suspend", "hold"):
+            self.until_change = verb == "hold" and self.until_change is not False
+            if self.suspended is None:
+                self.suspended = time.time()
+                log.warning("suspended by `bpfsync %s`: changes and drift are reported, not "
+                            "applied, until `bpfsync resume`%s",
+                            "rollback" if verb == "hold" else verb,
+                            " or a change of the files" if self.until_change else "")
         elif verb == "resume" and self.suspended is not None:
-            self.suspended = None
+            self.suspended, self.until_change = None, None
             log.warning("resumed by `bpfsync resume`")
         if verb in ("reconcile", "resume"):
             self.requested = True
             self.wake()
         return {"ok": True, "suspended": self.suspended is not None}
+
+    def changed(self, trigger: str) -> None:
+        """A reconcile for new files or a new commit ends a hold (`bpfsync rollback`)."""
+        if self.until_change and trigger in ("files", "commit"):
+            self.suspended, self.until_change = None, None
+            log.warning("resumed: the files changed after a rollback")
 
     def take_request(self) -> bool:
         asked, self.requested = self.requested, False
@@ -166,7 +178,7 @@ class ApplyGate:
 
     def report(self) -> dict[str, Any]:
         p = self.pending
-        return {"suspendedSince": self.suspended,
+        return {"suspendedSince": self.suspended, "suspendedUntilChange": bool(self.until_change),
                 "confirmation": None if self.within is None else {
                     "withinSeconds": self.within,
                     "pending": p.describe(time.time()) if p and p.pending else None,

@@ -196,6 +196,7 @@ class Daemon:
             if trigger is None and self.revision_at is not None and now >= self.revision_at:
                 trigger = self.deferred or "revision"
             if trigger is not None:
+                self.gate.changed(trigger)
                 self.reconcile(trigger, events)
                 next_resync = time.monotonic() + cfg.resync
                 self.notifier.send(STATUS=self.summary())
@@ -262,7 +263,7 @@ class Daemon:
             with Heartbeat(self.notifier, starting=self.record.last is None):
                 result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
                                             select_plan, where=str(directory), memo=self.memo,
-                                            confirm=self.gate.confirm())
+                                            confirm=self.gate.confirm(), by="daemon")
             self.gate.started(result.pending)
         except PendingConfirmation as exc:
             self.gate.adopt()

@@ -23,7 +23,7 @@ log = logging.getLogger("bpfsync.status")
 SOCKET_NAME = "daemon.sock"
 MAX_REPLY = 64 * 1024 * 1024
 CLIENT_TIMEOUT = 10.0
-VERBS = ("reconcile", "suspend", "resume")  # daemon/gate.py acts on them
+VERBS = ("reconcile", "suspend", "resume", "hold")  # daemon/gate.py acts on them
 
 
 class DaemonNotRunning(Exception):

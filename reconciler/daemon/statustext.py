@@ -49,8 +49,10 @@ def status_text(doc: dict[str, Any]) -> str:
     if doc.get("heldOff"):
         lines.append(f"held:            {doc['heldOff']}")
     if doc.get("suspendedSince"):
+        until = " or a change of the files (after a rollback)" if doc.get(
+            "suspendedUntilChange") else ""
         lines.append(f"suspended:       since {ago(doc['suspendedSince'])}: changes and drift "
-                     f"are reported, not applied (`bpfsync resume`)")
+                     f"are reported, not applied (until `bpfsync resume`{until})")
     c = doc.get("confirmation")
     if c:
         lines.append(f"confirmation:    changes revert unless confirmed within "

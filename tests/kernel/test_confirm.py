@@ -304,3 +304,38 @@ def test_a_wrong_tunnel_key_fails_its_probe_and_reverts_under_traffic(gue: Any) 
 
 
 RATE = 1000
+
+
+def test_history_and_rollback_across_a_daemon_restart(env: Env, tmp_path: Path) -> None:
+    def daemon() -> RunningDaemon:
+        d = RunningDaemon(env.directory, env.pin_root, tmp_path / "daemon.log",
+                          "--no-datapath", "--debounce", "0.05")
+        env.daemons.append(d)
+        return d.start()
+
+    first = daemon()
+    safe = env.snapshot()
+    env.write(LOCKOUT)
+    wait_for(lambda: env.cli("diff", str(env.directory)).returncode == 0, 60)
+    first.stop()
+    second = daemon()  # the history is on disk: a restart keeps it
+    history = json.loads(env.cli("history", "-o", "json").stdout)
+    assert [(h["number"], h["by"], h["reverted"]) for h in history] == [
+        (1, "apply", False), (2, "daemon", False)], history
+    rows = [line.split() for line in env.cli("history").stdout.splitlines()]
+    assert rows[0][0] == "REVISION" and rows[2][0] == "2" and "daemon" in rows[2], rows
+    r = env.cli("rollback", "--yes")  # to revision 1, the one before the current
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "The daemon holds off" in r.stderr and "- ic_rules" in r.stdout, r
+    assert env.snapshot()["tables"] == safe["tables"]
+    assert env.connect(timeout=15)["error"] is None  # the lockout is gone
+    # the daemon does not fight it: a reconcile reports, applies nothing
+    assert env.cli("reconcile").stdout.startswith("reconcile suspended")
+    status = second.status()
+    assert status["suspendedUntilChange"] and status["outOfSync"], status
+    assert env.snapshot()["tables"] == safe["tables"]
+    assert json.loads(env.cli("history", "-o", "json").stdout)[-1]["by"] == "rollback to 1"
+    # the next save ends the hold: applied as any change
+    env.write(LOCKOUT.replace("[81]", "[83]"))
+    wait_for(lambda: env.cli("diff", str(env.directory)).returncode == 0, 60)
+    assert second.status()["suspendedSince"] is None

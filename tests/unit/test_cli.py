@@ -24,6 +24,8 @@ USAGE_ERRORS = [
     ["reconcile", "--timeout", "soon"],
     ["suspend", "now"],
     ["resume", "now"],
+    ["history", "-o", "wide"],
+    ["rollback", "three"],
     ["get", "nothing"],
     ["get", "all", "-o", "wide-ish"],
     ["status", "-o", "yaml"],

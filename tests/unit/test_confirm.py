@@ -238,7 +238,6 @@ class _Target:
 def test_the_daemon_refuses_rather_than_reverts_an_overdue_change(fake, tmp_path: Path) -> None:
     """The daemon reverts in its own time (and then holds the change back): an apply of
     its own finding an overdue change is refused, not reverted on the way."""
-    kernel, _ = fake
     root = Path("/nonexistent")
     engine.apply_state(state(2), root)
     engine.apply_state(state(3), root, confirm=engine.Confirm(30, lambda r: None))

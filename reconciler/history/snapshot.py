@@ -1,0 +1,91 @@
+"""The files of an applied desired state, read right after the apply, for the history, and
+a revision loaded again from them (rollback): through the same loader and checks as any
+directory, each file shown under its original path, so relative keyFrom files and the
+names table's file names are what they were. Keys are read again from keyFrom."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.errors import BpfsyncError
+from reconciler.core.state import DesiredState
+from reconciler.history import store
+from reconciler.history.record import Revision
+from reconciler.load.directory import check_results
+from reconciler.load.files import load_files
+from reconciler.load.scan import scan
+from reconciler.load.schema import Schemas
+from reconciler.load.secrets import KeySource
+
+MAX_BYTES = 256 << 20  # of files kept per revision (the loader's limit is 1 GiB)
+
+
+def _inline_key_files(state: DesiredState) -> set[str]:
+    """Files that declare a key inline (their resources' KeySource fields say so)."""
+    out = set()
+    for resources in state.resources.values():
+        for r in resources.values():
+            if not dataclasses.is_dataclass(r):
+                continue
+            for f in dataclasses.fields(r):
+                value: Any = getattr(r, f.name, None)
+                if isinstance(value, KeySource) and value.kind == "inline" and r.origin:
+                    out.add(str(Path(r.origin.file).resolve()))
+    return out
+
+
+def capture(state: DesiredState) -> tuple[dict[str, str], list[str]]:
+    """(relative path -> text, why the revision cannot be restored) of state's directory."""
+    if state.sources is not None:
+        return dict(state.sources), []
+    if state.directory is None:
+        return {}, ["no directory (an empty desired state)"]
+    root = Path(state.directory)
+    files, problems = scan(root)
+    why = [str(p) for p in problems]
+    inline = _inline_key_files(state)
+    texts: dict[str, str] = {}
+    total = 0
+    for path in files:
+        rel = str(path.relative_to(root))
+        if str(path.resolve()) in inline:
+            why.append(f"{rel} declares a key inline, and history never stores keys")
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why.append(f"{rel} could not be read again ({type(exc).__name__})")
+            continue
+        total += len(text)
+        if total > MAX_BYTES:
+            return {}, [f"its files are larger than {MAX_BYTES >> 20} MiB together"]
+        texts[rel] = text
+    return texts, why
+
+
+def load(pin_root: Path, revision: Revision, scratch: Path) -> DesiredState:
+    """revision's desired state, checked as `validate` would; scratch: a private directory
+    for the files meanwhile (tmpfs). BpfsyncError when it cannot be restored."""
+    if revision.reverted:
+        raise BpfsyncError(f"revision {revision.number} was reverted (never confirmed); "
+                           f"it is not a state to go back to")
+    if revision.unrestorable:
+        raise BpfsyncError(f"revision {revision.number} cannot be restored: " +
+                           "; ".join(revision.unrestorable))
+    root = Path(revision.directory)
+    scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        results = []
+        schemas = Schemas()
+        texts = {rel: store.blob(pin_root, sha) for rel, sha in revision.files.items()}
+        for i, (rel, text) in enumerate(sorted(texts.items())):
+            path = Path(tmp) / f"{i}.yaml"
+            path.write_text(text, encoding="utf-8")
+            results += load_files([path], schemas, shown_as=str(root / rel))
+        state = check_results(root, results)
+    state.revision = revision.revision or None
+    state.sources = texts
+    return state
