@@ -25,6 +25,7 @@ from reconciler.core.compile import compile_tables  # noqa: E402
 from reconciler.engine import open_pinned  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
 from reconciler.load.directory import load_directory  # noqa: E402
+from tests.kernel import owned  # noqa: E402
 from tests.kernel.desired import KEY_ENV, PER_FILE, write_services  # noqa: E402
 
 PARSE_FLOOR = """
@@ -201,6 +202,7 @@ def main() -> None:
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument("--bpftool-sample", type=int, default=1000)
     args = p.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     with tempfile.TemporaryDirectory(prefix="bpfsync-bench-") as tmp:
         results = [bench(int(n), args.bpftool_sample, Path(tmp))
                    for n in args.sizes.split(",")]

@@ -31,6 +31,7 @@ from reconciler.core import registry  # noqa: E402
 from reconciler.datapath.supervisor import run_dir  # noqa: E402
 from reconciler.gue import tables as gt  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
+from tests.kernel import owned  # noqa: E402
 from tests.kernel.daemonkit import RunningDaemon, cpu_seconds, wait_for  # noqa: E402
 from tests.kernel.desired import KEY_ENV, PER_FILE, service_doc, write_services  # noqa: E402
 
@@ -148,6 +149,7 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--smoke", action="store_true", help="200 services, 3 edits, 1 s idle")
     args = ap.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     if args.smoke:
         args.sizes, args.edits, args.idle = "200", 3, 1.0
     print("| services | daemon p50 | daemon p99 | save + `bpfsync apply` p50 | ratio (p50) "

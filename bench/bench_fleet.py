@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.kernel import owned
 from tests.kernel.daemonkit import RunningDaemon, wait_for
 from tests.kernel.desired import KEY_ENV, service_doc, write_services
 from tests.scratch import IDENTITY, git
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pull", type=float, default=1.0)
     args = ap.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     env = {**__import__("os").environ, **KEY_ENV}
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     roots: list[Path] = []

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.kernel import owned  # noqa: E402
 from tests.kernel.topology import (  # noqa: E402
     BACKEND,
     KEYS,
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     args = ap.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     tag = uuid.uuid4().hex[:8]
     gw_root, node_root = (Path(f"/sys/fs/bpf/bpfsync-bench-{x}-{tag}") for x in ("gw", "node"))
     tmp = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from reconciler import engine  # noqa: E402
 from reconciler.intercept.counters import intercept_counters  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
+from tests.kernel import owned  # noqa: E402
 
 SENDER = """
 import socket, sys, time
@@ -143,6 +144,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2_000_000)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     tag = uuid.uuid4().hex[:6]
     ns, device = f"bbi-{tag}", f"bbi{tag}"
     work = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))

@@ -34,6 +34,7 @@ from bench.bench_intercept import test_run  # noqa: E402
 from reconciler.datapath.pinger import ping_payload  # noqa: E402
 from reconciler.kernel import libbpf  # noqa: E402
 from reconciler.load.secrets import Secret  # noqa: E402
+from tests.kernel import owned  # noqa: E402
 from tests.kernel.guekit import ipv4_udp  # noqa: E402
 
 KEY, NEXT = "tunnel-key-0001", "tunnel-key-0002"
@@ -103,6 +104,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--smoke", action="store_true", help="one short round (CI)")
     args = ap.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     if args.smoke:
         args.repeat, args.rounds = 1000, 1
     tag = uuid.uuid4().hex[:6]

@@ -155,7 +155,8 @@ spec:
   destinations: [{STEERED_VIP}/32]
   backends: ["{BACKEND_IP}:5201"]
 """)
-        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(self.root)}
+        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(self.root),  # its history: in tmp
+               "BPFSYNC_STATE_DIR": os.environ.get("BPFSYNC_STATE_DIR") or str(self.tmp)}
         subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
                        check=True, env=env, capture_output=True)
         self.dp = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root",

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.kernel import owned  # noqa: E402
 from tests.kernel.test_proxy import BACKENDS, VIP, ProxyNet, proxy_doc  # noqa: E402
 
 INTERVAL, TIMEOUT, FALL = 0.2, 0.1, 2
@@ -54,6 +55,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     rounds = 1 if args.smoke else args.rounds
     health, change = [], []
     with tempfile.TemporaryDirectory(prefix="bpfsync-bench-") as tmp:

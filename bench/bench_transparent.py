@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from reconciler.datapath.supervisor import read_datapath_status  # noqa: E402
 from reconciler.kernel import cgroups  # noqa: E402
 from reconciler.tproxy.cgroups import DATAPATH_PARENT, datapath_cgroup  # noqa: E402
+from tests.kernel import owned  # noqa: E402
 from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
 
 TPKIT = str(ROOT / "tests" / "kernel" / "tpkit.py")
@@ -52,6 +53,7 @@ def main() -> int:
     ap.add_argument("--bytes", default="2G")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     tag = uuid.uuid4().hex[:6]
     ns, sns = f"bbt-{tag}-c", f"bbt-{tag}-s"
     base, apps = f"/bpfsync-bench-{tag}", f"/bpfsync-bench-{tag}/apps"

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.kernel import owned  # noqa: E402
 from tests.kernel.desired import KEY_ENV, write_services  # noqa: E402
 
 PIN_PARENT = Path("/sys/fs/bpf")
@@ -57,6 +58,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
+    owned.private_state_dir()  # the history of its pin roots goes with it
     sizes = [200] if args.smoke else [int(s) for s in args.sizes.split(",")]
     rounds = 1 if args.smoke else args.rounds
     old_rev = "HEAD" if args.smoke else args.old

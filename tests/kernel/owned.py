@@ -216,3 +216,16 @@ class SessionLock:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def private_state_dir() -> None:
+    """bpfsync's state directory (the history) in a temporary directory of this process,
+    removed at its exit, unless one is set already (a test session sets its own): a
+    benchmark's throwaway pin roots leave nothing in /var/lib/bpfsync."""
+    if not os.environ.get("BPFSYNC_STATE_DIR"):
+        import atexit
+        import tempfile
+
+        path = tempfile.mkdtemp(prefix="bpfsync-bench-state-")
+        os.environ["BPFSYNC_STATE_DIR"] = path
+        atexit.register(shutil.rmtree, path, True)
