@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from reconciler.cli.common import (
     prune_policy,
 )
 from reconciler.cli.progress import close, progress_for
+from reconciler.core.errors import BpfsyncError
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -31,6 +34,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     print_problems(result.state.warnings)
     for line in render.notices(result.plan):
         print(line, file=sys.stderr)
+    with suppress(BpfsyncError):  # a record that cannot be read is apply's to report
+        pending = engine.read_pending(pin_root(args))
+        if pending is not None and pending.pending:  # the plan is against the kernel with it
+            print(f"note: {pending.describe(time.time())}; an apply is refused until it is "
+                  f"confirmed or reverted", file=sys.stderr)
     if args.output == "json":
         print(render.plan_json(result.plan, result.state))
     elif args.quiet:

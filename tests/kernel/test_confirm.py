@@ -191,6 +191,8 @@ def test_a_confirmed_change_stays_and_blocks_nothing_after(env: Env) -> None:
     assert refused.returncode == 1 and "awaits confirmation" in refused.stderr, refused
     shown = env.cli("confirm", "--show")
     assert "pending confirmation: 1 entry from" in shown.stdout, shown
+    noted = env.cli("diff", str(env.directory))  # in sync with it, and says it may go
+    assert noted.returncode == 0 and "note: pending confirmation" in noted.stderr, noted
     confirmed = env.cli("confirm")
     assert confirmed.returncode == 0 and "Confirmed" in confirmed.stdout, confirmed
     out, err = apply.communicate(timeout=60)
