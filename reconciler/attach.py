@@ -22,6 +22,8 @@ from reconciler.core.attachments import (
     Planned,
     Seen,
     Step,
+    runs,
+    undo_attach,
 )
 from reconciler.core.capability import TcPrograms
 from reconciler.core.filters import TcFilter, Wanted, compute_filter_plan
@@ -77,7 +79,9 @@ def _execute_filters(context: AttachContext, steps: list[Step]) -> None:
                   replace=step.action is AttachAction.REPLACE, function=f.program)
 
 
-TC_FILTERS = Attachments("tc filters", (TcFilter,), _plan_filters, _execute_filters)
+TC_FILTERS = Attachments("tc filters", (TcFilter,), _plan_filters, _execute_filters,
+                         lambda context, steps: undo_attach(
+                             steps, lambda f: TcFilter(f.hook, f.priority)))
 PARTS: tuple[Attachments, ...] = (
     TC_FILTERS, *(c.attachments for c in registry.CAPABILITIES if c.attachments))
 _PART_OF: dict[type, Attachments] = {t: p for p in PARTS for t in p.targets}
@@ -85,6 +89,21 @@ _PART_OF: dict[type, Attachments] = {t: p for p in PARTS for t in p.targets}
 
 def part_of(step: Step) -> Attachments:
     return _PART_OF[type(step.target)]
+
+
+def undo(context: AttachContext, steps: list[Step]) -> tuple[list[Step], list[Step]]:
+    """(the steps that undo steps, in the order to run them: the last part's first; the
+    steps no part can undo)."""
+    back: list[Step] = []
+    cannot: list[Step] = []
+    for part, run in runs(steps, part_of):
+        if part.undo is None:
+            cannot += run
+            continue
+        undone, left = part.undo(context, run)
+        back = undone + back
+        cannot += left
+    return back, cannot
 
 
 def plan_attachments(context: AttachContext) -> AttachPlan:

@@ -170,7 +170,7 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
             if plan.attachments.conflicts:
                 raise KernelStateError("nothing applied:\n  " +
                                        "\n  ".join(plan.attachments.conflicts))
-            record = _record(plan, confirm, state, where, pin_root)
+            record = _record(plan, confirm, state, where, context)
             if show is not None:
                 progress.end()
                 show(plan)
@@ -197,23 +197,25 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
 
 
 def _record(plan: Plan, confirm: Confirm | None, state: DesiredState, where: str,
-            pin_root: Path) -> pending_record.Pending | None:
+            context: AttachContext) -> pending_record.Pending | None:
     """The pending-change record of plan, written before plan is executed (None: no
-    confirmation asked, or nothing to confirm)."""
-    if confirm is None or not plan.operations or not confirm.wanted(plan):
+    confirmation asked, or nothing to confirm): the entries' bytes before, and what undoes
+    the attachment steps (each part's undo)."""
+    if confirm is None or not plan.changes() or not confirm.wanted(plan):
         return None
-    if plan.attachments.changes():
+    back, cannot = attach.undo(context, plan.attachments.changes())
+    if cannot:
         raise UnsafePlan(
-            "--confirm-within reverts table entries exactly; this plan also changes "
-            "attachments or host plumbing, which it cannot undo yet:\n  " +
-            "\n  ".join(pending_record.irreversible(plan)) +
-            "\napply that part without --confirm-within first (e.g. the resource with the "
-            "rules it had), then the risky change with it")
+            "--confirm-within reverts exactly what it can put back; this plan also "
+            "replaces or removes attachments, which it cannot undo yet (the programs they "
+            "ran are gone once they are):\n  " +
+            "\n  ".join(f"{s.owner}: {s.action.value} {s.describe()}" for s in cannot) +
+            "\napply that part without --confirm-within first, then the risky change with it")
     source = str(Path(where).resolve()) if Path(where).is_dir() else where
     record = pending_record.new(plan, confirm.within, source, state.revision or "",
-                                pending_store.this_process(), time.time())
+                                pending_store.this_process(), time.time(), tuple(back))
     record = replace(record, guard=confirm.guard(record))
-    pending_store.write(pending.run_directory(pin_root), record)
+    pending_store.write(pending.run_directory(context.pin_root), record)
     return record
 
 
@@ -239,7 +241,7 @@ def revert_pending(pin_root: Path, why: str, only: str | None = None,
             record = pending_store.read(pending.run_directory(pin_root))
             if record is None or not record.pending or (only and record.id != only):
                 return None
-            return pending.revert(pin_root, tables, KernelExecutor(tables, None), record, why)
+            return pending.revert(pin_root, tables, _undoer(tables, pin_root), record, why)
     finally:
         tables.close()
 
@@ -251,10 +253,16 @@ def confirm_pending(pin_root: Path, how: str, wait: float = 30
     tables = open_pinned(pin_root, create=False)
     try:
         with locked(pin_root, wait):
-            return pending.confirm(pin_root, tables, KernelExecutor(tables, None), time.time(),
+            return pending.confirm(pin_root, tables, _undoer(tables, pin_root), time.time(),
                                    how)
     finally:
         tables.close()
+
+
+def _undoer(tables: PinnedTables, pin_root: Path) -> KernelExecutor:
+    """An executor for a revert: entries, and the attachment steps that undo (detaching and
+    putting back need no compiled program)."""
+    return KernelExecutor(tables, AttachContext(DesiredState(), pin_root))
 
 
 def read_pending(pin_root: Path) -> pending_record.Pending | None:

@@ -18,7 +18,9 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from reconciler.confirm import targets
 from reconciler.core import registry
+from reconciler.core.attachments import AttachPlan, Step
 from reconciler.core.plan import Action, Operation, Plan
 
 PENDING, CONFIRMED, REVERTED = "pending", "confirmed", "reverted"
@@ -67,6 +69,7 @@ class Pending:
     outcome: str = ""
     resolved: float | None = None
     history: int | None = None  # the history revision the apply recorded
+    steps: tuple[Step, ...] = ()  # the attachment steps that undo the apply's, in order
 
     @property
     def pending(self) -> bool:
@@ -92,28 +95,23 @@ class Pending:
 
 
 def new(plan: Plan, within: float, directory: str, revision: str, applier: Process,
-        now: float) -> Pending:
-    """The record of plan, to be written before plan is executed."""
-    return Pending(uuid.uuid4().hex, now, within, directory, revision, applier, undo_of(plan))
+        now: float, steps: tuple[Step, ...] = ()) -> Pending:
+    """The record of plan, to be written before plan is executed; steps: what undoes its
+    attachment steps (their parts' undo, attach.undo)."""
+    return Pending(uuid.uuid4().hex, now, within, directory, revision, applier, undo_of(plan),
+                   steps=steps)
 
 
 def undo_of(plan: Plan) -> tuple[Undo, ...]:
     return tuple(Undo(op.table, op.key, op.value, op.old, op.owner) for op in plan.operations)
 
 
-def irreversible(plan: Plan) -> list[str]:
-    """What confirm-or-revert cannot undo exactly in this version: attachment and host
-    plumbing changes (undoing a replaced program needs the old one kept loaded). Entries,
-    which hold every rule, key, service and name, are always reversible."""
-    return [f"{step.owner}: {step.action.value} {step.describe()}"
-            for step in plan.attachments.changes()]
-
-
-def revert_plan(undo: tuple[Undo, ...], observed: dict[str, dict[bytes, bytes]]
-                ) -> tuple[Plan, list[str]]:
+def revert_plan(undo: tuple[Undo, ...], observed: dict[str, dict[bytes, bytes]],
+                steps: tuple[Step, ...] = ()) -> tuple[Plan, list[str]]:
     """The plan that puts back what undo recorded, against the kernel as observed now, and
     the entries left alone because they changed since the apply (by their owner name). An
-    entry already as it was before (the apply died before writing it) needs nothing."""
+    entry already as it was before (the apply died before writing it) needs nothing. steps
+    (what undoes the attachments; each idempotent) run between its upserts and deletes."""
     upserts: list[Operation] = []
     deletes: list[Operation] = []
     changed: list[str] = []
@@ -133,7 +131,7 @@ def revert_plan(undo: tuple[Undo, ...], observed: dict[str, dict[bytes, bytes]]
     down = {s.name: i for i, s in enumerate(registry.DELETE_ORDER)}
     upserts.sort(key=lambda op: (up.get(op.table, len(up)), op.key))
     deletes.sort(key=lambda op: (down.get(op.table, len(down)), op.key))
-    plan = Plan(operations=[*upserts, *deletes])
+    plan = Plan(operations=[*upserts, *deletes], attachments=AttachPlan(list(steps)))
     return plan, changed
 
 
@@ -165,6 +163,7 @@ def encode(p: Pending) -> bytes:
         "guard": None if p.guard is None else {"pid": p.guard.pid, "start": p.guard.start},
         "undo": [[u.table, u.key.hex(), _hex(u.wrote), _hex(u.restore), u.owner]
                  for u in p.undo],
+        "steps": [targets.encode(s) for s in p.steps],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -184,6 +183,7 @@ def decode(raw: bytes) -> Pending:
             Process(0, 0), undo, _process(doc["guard"]),
             None if deadline is None else float(deadline), doc["state"],
             str(doc["outcome"]), None if doc["resolved"] is None else float(doc["resolved"]),
-            None if doc.get("history") is None else int(doc["history"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            None if doc.get("history") is None else int(doc["history"]),
+            tuple(targets.decode(s) for s in doc.get("steps", [])))
+    except (KeyError, TypeError, ValueError, AttributeError, ImportError) as exc:
         raise ValueError(f"not a pending-change record ({type(exc).__name__})") from None

@@ -89,7 +89,7 @@ def revert(pin_root: Path, tables: PinnedTables, executor: Executor, record: Pen
     record reverted. Checked by reading back."""
     names = {u.table for u in record.undo}
     specs = tuple(s for s in registry.ENTRY_TABLES if s.name in names)
-    plan, changed = revert_plan(record.undo, tables.read(specs))
+    plan, changed = revert_plan(record.undo, tables.read(specs), record.steps)
     execute(plan, executor)
     differences = entry_differences(plan.operations, tables.read(specs))
     outcome = f"reverted: {why}; {_entries(len(plan.operations))} put back"

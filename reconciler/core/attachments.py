@@ -259,12 +259,29 @@ class Attachments:
     is to what context.state wants (the diff itself pure, in the part's planner module).
     execute(context, steps): run a run of consecutive steps of this part, in order; each
     idempotent (attaching what is there, detaching what is gone are no-ops); raises on
-    failure. targets: the Target types its steps carry (how a step finds its part)."""
+    failure. targets: the Target types its steps carry (how a step finds its part).
+
+    undo(context, steps), before steps are executed (the kernel as it is then): the steps
+    that put back exactly what steps change, in the order to run them (for a change that
+    may have to be reverted: `apply --confirm-within`), and the steps it cannot undo."""
 
     name: str
     targets: tuple[type, ...]
     plan: Callable[[AttachContext], Planned]
     execute: Callable[[AttachContext, list[Step]], None]
+    undo: Callable[[AttachContext, list[Step]], Undo] | None = None
+
+
+Undo = tuple[list["Step"], list["Step"]]  # (steps that undo, steps that cannot be undone)
+UNDO_REASON = "reverting an unconfirmed apply"
+
+
+def undo_attach(steps: list[Step], detached: Callable[[Any], Any]) -> Undo:
+    """The undo of parts whose ATTACH is undone by a DETACH of detached(target); what they
+    replace or detach cannot be put back (the program it ran is gone once it is)."""
+    back = [Step(AttachAction.DETACH, detached(s.target), s.owner, UNDO_REASON)
+            for s in reversed(steps) if s.action is AttachAction.ATTACH]
+    return back, [s for s in steps if s.action is not AttachAction.ATTACH]
 
 
 def runs(steps: list[Step], part_of: Callable[[Step], Attachments]

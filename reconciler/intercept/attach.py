@@ -3,10 +3,15 @@ changed through intercept/host.py, planned by intercept/plumbing.py."""
 
 from __future__ import annotations
 
-from reconciler.core.attachments import AttachContext, Attachments, Planned, Step
+from reconciler.core.attachments import AttachContext, Attachments, Planned, Step, Undo
 from reconciler.intercept import host
 from reconciler.intercept.model import Intercept
-from reconciler.intercept.plumbing import Plumbing, compute_plumbing_plan, wanted
+from reconciler.intercept.plumbing import (
+    Plumbing,
+    compute_plumbing_plan,
+    undo_plumbing,
+    wanted,
+)
 
 
 def plan(context: AttachContext) -> Planned:
@@ -18,4 +23,8 @@ def execute(context: AttachContext, steps: list[Step]) -> None:
     host.execute(context.pin_root, steps)
 
 
-PLUMBING = Attachments("host plumbing", (Plumbing,), plan, execute)
+def undo(context: AttachContext, steps: list[Step]) -> Undo:
+    return undo_plumbing(steps, host.observe(context.pin_root, {s.target.netns for s in steps}))
+
+
+PLUMBING = Attachments("host plumbing", (Plumbing,), plan, execute, undo)

@@ -16,7 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.attachments import CONFLICT, WAITING, AttachAction, Phase, Planned, Step
+from reconciler.core.attachments import (
+    CONFLICT,
+    UNDO_REASON,
+    WAITING,
+    AttachAction,
+    Phase,
+    Planned,
+    Step,
+    Undo,
+)
 from reconciler.intercept import tables as ict
 from reconciler.intercept.model import Intercept, Routing
 
@@ -227,3 +236,29 @@ def forget(seen: dict[str | None, SeenPlumbing], want: dict[str | None, WantedPl
     """Namespaces whose ic_host record goes once their plumbing is removed (or that are gone)."""
     return sorted((n for n, s in seen.items() if n not in want and s.record is not None),
                   key=lambda n: n or "")
+
+
+def undo_plumbing(steps: list[Step], seen: dict[str | None, SeenPlumbing]) -> Undo:
+    """What puts a namespace's plumbing back as seen before steps: an added rule or route
+    removed, accept_local given back the value it has now, the record dropped when the
+    steps write it (none, or an earlier namespace's). Removals cannot be undone here."""
+    back: list[Step] = []
+    cannot: list[Step] = []
+    for s in reversed(steps):
+        p: Plumbing = s.target
+        now = seen.get(p.netns)
+        if s.action is AttachAction.ATTACH and p.item in ("rule", "route"):
+            back.append(Step(AttachAction.DETACH, p, s.owner, UNDO_REASON))
+        elif (s.action is AttachAction.REPLACE and p.item == "sysctl" and now is not None
+              and now.accept_local is not None):
+            was = now.accept_local
+            back.append(Step(AttachAction.DETACH, Plumbing(p.netns, "sysctl", value=was,
+                                                           before=was), s.owner, UNDO_REASON))
+        else:
+            cannot.append(s)
+    for netns in dict.fromkeys(s.target.netns for s in steps):
+        now = seen.get(netns)
+        if now is None or now.current_record is None:
+            back.append(Step(AttachAction.DETACH, Plumbing(netns, "record"), ORPHAN_OWNER,
+                             UNDO_REASON))
+    return back, cannot

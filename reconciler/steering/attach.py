@@ -3,7 +3,14 @@ changed through steering/host.py, planned by steering/links.py."""
 
 from __future__ import annotations
 
-from reconciler.core.attachments import AttachAction, AttachContext, Attachments, Planned, Step
+from reconciler.core.attachments import (
+    AttachAction,
+    AttachContext,
+    Attachments,
+    Planned,
+    Step,
+    undo_attach,
+)
 from reconciler.kernel.links import netns_exists
 from reconciler.steering import host, programs
 from reconciler.steering.links import SkLookupLink, compute_link_plan
@@ -35,4 +42,5 @@ def execute(context: AttachContext, steps: list[Step]) -> None:
             host.update(context.pin_root, netns, fd)
 
 
-STEERING_LINK = Attachments("sk_lookup link", (SkLookupLink,), plan, execute)
+STEERING_LINK = Attachments("sk_lookup link", (SkLookupLink,), plan, execute,
+                          lambda context, steps: undo_attach(steps, lambda t: t))

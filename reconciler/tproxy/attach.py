@@ -3,7 +3,14 @@ and changed through tproxy/host.py, planned by tproxy/cgroups.py."""
 
 from __future__ import annotations
 
-from reconciler.core.attachments import AttachAction, AttachContext, Attachments, Planned, Step
+from reconciler.core.attachments import (
+    AttachAction,
+    AttachContext,
+    Attachments,
+    Planned,
+    Step,
+    undo_attach,
+)
 from reconciler.tproxy import cgroups, host, programs
 from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import NAME, CgroupLink, HostFacts
@@ -42,4 +49,5 @@ def execute(context: AttachContext, steps: list[Step]) -> None:
             host.update(context.pin_root, link.hook, fd)
 
 
-CGROUP_LINKS = Attachments("cgroup links", (CgroupLink,), plan, execute)
+CGROUP_LINKS = Attachments("cgroup links", (CgroupLink,), plan, execute,
+                          lambda context, steps: undo_attach(steps, lambda t: CgroupLink(t.hook)))

@@ -341,3 +341,20 @@ def test_history_and_rollback_across_a_daemon_restart(env: Env, tmp_path: Path) 
     env.write(LOCKOUT.replace("[81]", "[83]"))
     wait_for(lambda: env.cli("diff", str(env.directory)).returncode == 0, 60)
     assert second.status()["suspendedSince"] is None
+
+
+def test_a_new_intercept_reverts_with_its_programs_and_host_plumbing(env: Env) -> None:
+    (env.directory / "intercept.yaml").unlink()  # no Intercept at all to start from
+    r = env.cli("apply", str(env.directory), "--allow-empty")
+    assert r.returncode == 0, r.stdout + r.stderr
+    before = env.snapshot()
+    assert "bpfsync" not in "".join(before["tc"]) and "proto 181" not in before["rules"]
+    env.write(LOCKOUT)
+    apply = env.apply_confirming(10)
+    during = env.snapshot()  # a filter, the policy rule, the route and accept_local=1 added
+    assert "bpfsync" in "".join(during["tc"]) and "proto 181" in during["rules"], during
+    assert during["sysctl"].strip() == "1"
+    out, err = apply.communicate(timeout=120)
+    assert apply.returncode == 3, out + err
+    assert "- tc " in out and "ip rule priority" in out, out  # the revert, shown as a plan
+    assert env.snapshot() == before

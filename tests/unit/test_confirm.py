@@ -217,22 +217,35 @@ def test_an_unverified_apply_fails_and_a_confirming_one_reverts_at_once(fake) ->
 
 
 def test_confirm_within_refuses_what_it_cannot_undo(fake, monkeypatch) -> None:
-    step = Step(AttachAction.ATTACH, _Target(), "Intercept/wan", "declared in YAML")
+    from reconciler.core.attachments import Hook
+    from reconciler.core.filters import TcFilter
+
+    hook = Hook("eth0", None, "egress")
+    step = Step(AttachAction.REPLACE, TcFilter(hook, 7), "Intercept/wan", "program changed")
     monkeypatch.setattr(engine.attach, "plan_attachments", lambda context: AttachPlan([step]))
-    with pytest.raises(UnsafePlan, match="Intercept/wan: attach tc eth0 egress"):
+    with pytest.raises(UnsafePlan, match="Intercept/wan: replace tc eth0 egress prio 7"):
         engine.apply_state(state(1), Path("/nonexistent"),
                            confirm=engine.Confirm(30, lambda r: None))
     assert fake[0].tables == {}  # refused before anything was written
 
 
-class _Target:
-    place = "tc eth0 egress"
+def test_an_attach_is_undone_by_a_detach_kept_in_the_record() -> None:
+    from reconciler import attach
+    from reconciler.core.attachments import AttachContext, Hook
+    from reconciler.core.filters import TcFilter
+    from reconciler.core.state import DesiredState
 
-    def describe(self) -> str:
-        return "tc eth0 egress"
-
-    def phase(self, action):
-        return 1
+    hook = Hook("eth0", "ns1", "egress")
+    steps = [Step(AttachAction.ATTACH, TcFilter(hook, 7, config=object()), "Intercept/wan",
+                  "declared in YAML")]
+    back, cannot = attach.undo(AttachContext(DesiredState(), Path("/nonexistent")), steps)
+    assert cannot == [] and back == [Step(AttachAction.DETACH, TcFilter(hook, 7),
+                                          "Intercept/wan", "reverting an unconfirmed apply")]
+    r = rec.new(compute_plan(compile_tables(state(1)), {}), 5, "d", "", ME, 1.0, tuple(back))
+    assert rec.decode(rec.encode(r)).steps == tuple(back)
+    forged = rec.encode(r).replace(b"reconciler.core.filters:TcFilter", b"os:system")
+    with pytest.raises(ValueError, match="not a pending-change record"):
+        rec.decode(forged)
 
 
 def test_the_daemon_refuses_rather_than_reverts_an_overdue_change(fake, tmp_path: Path) -> None:
