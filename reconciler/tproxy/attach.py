@@ -3,14 +3,8 @@ and changed through tproxy/host.py, planned by tproxy/cgroups.py."""
 
 from __future__ import annotations
 
-from reconciler.core.attachments import (
-    AttachAction,
-    AttachContext,
-    Attachments,
-    Planned,
-    Step,
-    undo_attach,
-)
+from reconciler.core import attachments as at
+from reconciler.core.attachments import AttachAction, AttachContext, Attachments, Planned, Step
 from reconciler.tproxy import cgroups, host, programs
 from reconciler.tproxy import tables as tpt
 from reconciler.tproxy.cgroups import NAME, CgroupLink, HostFacts
@@ -50,4 +44,4 @@ def execute(context: AttachContext, steps: list[Step]) -> None:
 
 
 CGROUP_LINKS = Attachments("cgroup links", (CgroupLink,), plan, execute,
-                          lambda context, steps: undo_attach(steps, lambda t: CgroupLink(t.hook)))
+                          lambda context, steps: at.undo_attach(steps, lambda t: CgroupLink(t.hook)))
