@@ -14,6 +14,7 @@ from typing import Any
 from reconciler.core import registry
 from reconciler.core.attachments import (
     FILTER_PREFIX,
+    UNDO_REASON,
     AttachAction,
     AttachContext,
     Attachments,
@@ -22,11 +23,11 @@ from reconciler.core.attachments import (
     Planned,
     Seen,
     Step,
+    Undo,
     runs,
-    undo_attach,
 )
 from reconciler.core.capability import TcPrograms
-from reconciler.core.filters import TcFilter, Wanted, compute_filter_plan
+from reconciler.core.filters import TcFilter, TcRestore, Wanted, compute_filter_plan
 from reconciler.core.state import DesiredState
 from reconciler.kernel import tc
 from reconciler.kernel.programs import BPF_PROG_TYPE_SCHED_CLS
@@ -68,6 +69,9 @@ def _compiled(context: AttachContext, config: Any) -> Any:
 
 def _execute_filters(context: AttachContext, steps: list[Step]) -> None:
     for step in steps:
+        if isinstance(step.target, TcRestore):
+            tc.restore(context.pin_root, step.target, step.action is AttachAction.REPLACE)
+            continue
         f: TcFilter = step.target
         if step.action is AttachAction.DETACH:
             tc.detach(context.pin_root, f.hook, f.priority)
@@ -79,9 +83,29 @@ def _execute_filters(context: AttachContext, steps: list[Step]) -> None:
                   replace=step.action is AttachAction.REPLACE, function=f.program)
 
 
-TC_FILTERS = Attachments("tc filters", (TcFilter,), _plan_filters, _execute_filters,
-                         lambda context, steps: undo_attach(
-                             steps, lambda f: TcFilter(f.hook, f.priority)))
+def _undo_filters(context: AttachContext, steps: list[Step]) -> Undo:
+    """An attached filter is detached again; the program of a replaced or removed one is
+    kept pinned (tc.keep) and put back at its place: the same program, the same id."""
+    back: list[Step] = []
+    cannot: list[Step] = []
+    for s in reversed(steps):
+        f: TcFilter = s.target
+        if s.action is AttachAction.ATTACH:
+            back.append(Step(AttachAction.DETACH, TcFilter(f.hook, f.priority), s.owner,
+                             UNDO_REASON))
+            continue
+        kept = tc.keep(context.pin_root, f.hook, f.priority) if f.priority else None
+        if kept is None:
+            cannot.append(s)
+        else:
+            action = AttachAction.REPLACE if s.action is AttachAction.REPLACE else (
+                AttachAction.ATTACH)
+            back.append(Step(action, kept, s.owner, UNDO_REASON))
+    return back, cannot
+
+
+TC_FILTERS = Attachments("tc filters", (TcFilter, TcRestore), _plan_filters, _execute_filters,
+                         _undo_filters)
 PARTS: tuple[Attachments, ...] = (
     TC_FILTERS, *(c.attachments for c in registry.CAPABILITIES if c.attachments))
 _PART_OF: dict[type, Attachments] = {t: p for p in PARTS for t in p.targets}

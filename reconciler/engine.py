@@ -280,7 +280,7 @@ def destroy(pin_root: Path) -> tuple[Result, list[str]]:
     result = apply_state(DesiredState(), pin_root, PrunePolicy(), allow_empty=True,
                          where="destroy", create=False, by="destroy")
     removed = remove_pins(pin_root, (*registry.PINNED, *registry.CREATED_BY_BCC))
-    removed += remove_empty_dirs(pin_root, ("progs", "links"))
+    removed += remove_empty_dirs(pin_root, ("progs", "links", "confirm"))
     for capability in registry.CAPABILITIES:
         if capability.destroy is not None:
             removed += capability.destroy(pin_root)

@@ -36,7 +36,7 @@ def sentence(outcome: str) -> str:
 
 def print_reverted(r: Reverted) -> None:
     print(sentence(r.record.outcome))
-    if r.plan.operations:
+    if not r.plan.in_sync:
         print(render.plan_text(r.plan, "the state before the apply"))
     for line in r.changed:
         print(f"  ! {line}")

@@ -93,6 +93,9 @@ def revert(pin_root: Path, tables: PinnedTables, executor: Executor, record: Pen
     execute(plan, executor)
     differences = entry_differences(plan.operations, tables.read(specs))
     outcome = f"reverted: {why}; {_entries(len(plan.operations))} put back"
+    if plan.attachments.steps:
+        n = len(plan.attachments.steps)
+        outcome += f", {n} attachment change{'' if n == 1 else 's'} undone"
     if changed:
         outcome += f", {_entries(len(changed))} changed since and left alone"
     if differences:
@@ -126,4 +129,13 @@ def confirm(pin_root: Path, tables: PinnedTables, executor: Executor, now: float
         return revert(pin_root, tables, executor, record, why)
     resolved = record.resolve(CONFIRMED, f"confirmed by {how}", now)
     store.write(run_directory(pin_root), resolved)
+    _release(pin_root, record)
     return resolved
+
+
+def _release(pin_root: Path, record: Pending) -> None:
+    """Unpin the programs kept for a revert that will not come (core/filters.TcRestore)."""
+    for step in record.steps:
+        pin = getattr(step.target, "pin", None)
+        if pin and Path(pin).parent.parent == pin_root:
+            Path(pin).unlink(missing_ok=True)

@@ -81,6 +81,33 @@ class TcFilter:
         return Phase.PROGRAMS
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class TcRestore:
+    """The program a filter ran before an apply that replaced or removed it, kept pinned at
+    pin (under the pin root's "confirm" directory) until the change is confirmed; put back
+    at hook and priority (replacing what runs there, or added again) by a revert."""
+
+    hook: Hook
+    priority: int
+    function: str
+    pin: str
+
+    def describe(self) -> str:
+        return f"{self.place}: {self.function} (the program it ran before)"
+
+    @property
+    def place(self) -> str:
+        return f"tc {self.hook} prio {self.priority}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hook": {"device": self.hook.device, "netns": self.hook.netns,
+                         "direction": self.hook.direction, "priority": self.priority},
+                "program": f"{self.function} (the program it ran before)"}
+
+    def phase(self, action: AttachAction) -> Phase:
+        return Phase.PROGRAMS
+
+
 def _mtu(w: Wanted, s: Seen, out: Planned) -> None:
     if not (w.overhead and s.mtu and s.others_mtu and s.mtu < s.others_mtu + w.overhead):
         return

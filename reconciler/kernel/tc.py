@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.core.attachments import FILTER_HANDLE, FILTER_PREFIX, Filter, Hook, Seen
 from reconciler.core.errors import KernelStateError
+from reconciler.core.filters import TcRestore
 from reconciler.kernel import libbpf
 
 PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # TC_H_CLSACT with MIN_INGRESS/EGRESS
@@ -127,6 +128,9 @@ def _netlink_error(what: str, hook: Hook, exc: Exception) -> KernelStateError:
     return KernelStateError(f"{what} on {hook}: {exc}")
 
 
+CONFIRM_DIR = "confirm"  # programs kept until a change is confirmed (or reverted)
+
+
 def attach(pin_root: Path, hook: Hook, priority: int, fd: int, replace: bool,
            function: str) -> None:
     from pyroute2.netlink.exceptions import NetlinkError
@@ -178,3 +182,36 @@ def detach(pin_root: Path, hook: Hook, priority: int) -> None:
     if not remaining:
         with suppress(FileNotFoundError):
             (progs_dir(pin_root) / hook.pin_name).unlink()
+
+
+def keep(pin_root: Path, hook: Hook, priority: int) -> TcRestore | None:
+    """Pin the program bpfsync's filter at hook and priority runs now under the pin root's
+    "confirm" directory, so that a revert can put that very program back; None when no
+    filter of bpfsync's is there (nothing to keep)."""
+    seen = observe(pin_root, [hook]).get(hook)
+    mine = [f for f in (seen.ours if seen else []) if f.priority == priority]
+    if not mine or mine[0].prog_id is None:
+        return None
+    f = mine[0]
+    path = pin_root / CONFIRM_DIR / f"{hook.pin_name}:{priority}"
+    fd = libbpf.prog_fd_by_id(f.prog_id)
+    try:
+        libbpf.pin_replacing(fd, path)
+    finally:
+        os.close(fd)
+    return TcRestore(hook, priority, f.name.removeprefix(FILTER_PREFIX), str(path))
+
+
+def restore(pin_root: Path, kept: TcRestore, replace: bool) -> None:
+    """Put a kept program back at its hook and priority (replace: over what runs there, else
+    added again), then drop the pin that kept it."""
+    path = Path(kept.pin)
+    if path.parent != pin_root / CONFIRM_DIR:
+        raise KernelStateError(f"{kept.pin}: not a program bpfsync kept for a revert")
+    fd = libbpf.obj_get(str(path))
+    try:
+        attach(pin_root, kept.hook, kept.priority, fd, replace, kept.function)
+    finally:
+        os.close(fd)
+    with suppress(FileNotFoundError):
+        path.unlink()

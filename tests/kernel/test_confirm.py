@@ -26,9 +26,9 @@ from reconciler.confirm import store
 from reconciler.confirm.revert import run_directory
 from reconciler.core import registry
 from tests.kernel import owned
-from tests.kernel.conftest import bpftool_dump
+from tests.kernel.conftest import bpfsync, bpftool_dump
 from tests.kernel.daemonkit import RunningDaemon, wait_for
-from tests.kernel.guekit import udp_stream
+from tests.kernel.guekit import udp_ends, udp_stream
 from tests.kernel.interception import TPKIT, sh, start_server, teardown, veth_pair
 from tests.kernel.topology import KEYS, PROXY, TRAFFIC
 
@@ -358,3 +358,38 @@ def test_a_new_intercept_reverts_with_its_programs_and_host_plumbing(env: Env) -
     assert apply.returncode == 3, out + err
     assert "- tc " in out and "ip rule priority" in out, out  # the revert, shown as a plan
     assert env.snapshot() == before
+
+
+def test_a_replaced_program_is_put_back_itself(gue: Any) -> None:
+    """A TC program replaced under --confirm-within (the GUE gateway's egress program, by
+    turning fibLookup on) comes back on revert as the very program it was: the same id, the
+    kept pin gone. bpfsync's `get interfaces` and bpftool say so."""
+    gdir, _ = udp_ends(gue)
+
+    def programs() -> dict[str, int]:
+        r = bpfsync("get", "interfaces", "-o", "json", pin_root=gue.gw_root)
+        return {d["direction"]: d["programId"] for d in json.loads(r.stdout)}
+
+    before = programs()
+    iface = gdir / "interface.yaml"
+    iface.write_text(iface.read_text() + "  fibLookup: true\n")
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--pin-root", str(gue.gw_root), "apply",
+         str(gdir), "--confirm-within", "6"], env={**os.environ, **KEYS},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert apply.stdout is not None
+    for line in apply.stdout:
+        if line.startswith("Awaiting confirmation"):
+            break
+    during = programs()
+    assert during["ingress"] == before["ingress"] and during["egress"] != before["egress"]
+    kept = list((gue.gw_root / "confirm").iterdir())
+    assert len(kept) == 1  # the egress program before, pinned until the change is settled
+    out, err = apply.communicate(timeout=120)
+    assert apply.returncode == 3, out + err
+    assert "(the program it ran before)" in out, out
+    assert programs() == before
+    pins = {p.name: json.loads(sh(f"bpftool -j prog show pinned {p}").stdout)["id"]
+            for p in (gue.gw_root / "progs").iterdir()}
+    assert sorted(pins.values()) == sorted(before.values()), pins
+    assert not list((gue.gw_root / "confirm").iterdir())

@@ -217,13 +217,11 @@ def test_an_unverified_apply_fails_and_a_confirming_one_reverts_at_once(fake) ->
 
 
 def test_confirm_within_refuses_what_it_cannot_undo(fake, monkeypatch) -> None:
-    from reconciler.core.attachments import Hook
-    from reconciler.core.filters import TcFilter
+    from reconciler.steering.links import SkLookupLink
 
-    hook = Hook("eth0", None, "egress")
-    step = Step(AttachAction.REPLACE, TcFilter(hook, 7), "Intercept/wan", "program changed")
+    step = Step(AttachAction.REPLACE, SkLookupLink("ns1"), "Proxy/web", "program changed")
     monkeypatch.setattr(engine.attach, "plan_attachments", lambda context: AttachPlan([step]))
-    with pytest.raises(UnsafePlan, match="Intercept/wan: replace tc eth0 egress prio 7"):
+    with pytest.raises(UnsafePlan, match="Proxy/web: replace sk_lookup link in netns ns1"):
         engine.apply_state(state(1), Path("/nonexistent"),
                            confirm=engine.Confirm(30, lambda r: None))
     assert fake[0].tables == {}  # refused before anything was written
