@@ -20,6 +20,7 @@ from reconciler.core.attachments import (
     Attachments,
     AttachPlan,
     Condition,
+    Kept,
     Planned,
     Seen,
     Step,
@@ -112,7 +113,8 @@ _PART_OF: dict[type, Attachments] = {t: p for p in PARTS for t in p.targets}
 
 
 def part_of(step: Step) -> Attachments:
-    return _PART_OF[type(step.target)]
+    target = step.target
+    return _PART_OF[type(target.of if isinstance(target, Kept) else target)]
 
 
 def undo(context: AttachContext, steps: list[Step]) -> tuple[list[Step], list[Step]]:

@@ -7,12 +7,14 @@ died is still reverted once its deadline passed."""
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.confirm import store
 from reconciler.confirm.record import CONFIRMED, REVERTED, Pending, revert_plan
 from reconciler.core import registry
+from reconciler.core.attachments import CONFIRM_DIR
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Plan
 from reconciler.core.verify import entry_differences, summarise
@@ -102,6 +104,7 @@ def revert(pin_root: Path, tables: PinnedTables, executor: Executor, record: Pen
         outcome += f", {_entries(len(differences))} not as recorded"
     resolved = record.resolve(REVERTED, outcome, time.time())
     store.write(run_directory(pin_root), resolved)
+    _release(pin_root, record)  # (a revert unpinned what it put back)
     if record.history is not None:
         from reconciler.history.remember import mark_reverted
 
@@ -134,8 +137,11 @@ def confirm(pin_root: Path, tables: PinnedTables, executor: Executor, now: float
 
 
 def _release(pin_root: Path, record: Pending) -> None:
-    """Unpin the programs kept for a revert that will not come (core/filters.TcRestore)."""
+    """Unpin the programs kept for a revert that will not come (core/attachments.Kept,
+    core/filters.TcRestore), and their directory."""
     for step in record.steps:
         pin = getattr(step.target, "pin", None)
-        if pin and Path(pin).parent.parent == pin_root:
+        if pin and Path(pin).parent == pin_root / CONFIRM_DIR:
             Path(pin).unlink(missing_ok=True)
+    with suppress(OSError):  # (not empty: another record's, or foreign; left alone)
+        (pin_root / CONFIRM_DIR).rmdir()

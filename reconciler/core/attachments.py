@@ -274,14 +274,49 @@ class Attachments:
 
 Undo = tuple[list["Step"], list["Step"]]  # (steps that undo, steps that cannot be undone)
 UNDO_REASON = "reverting an unconfirmed apply"
+CONFIRM_DIR = "confirm"  # under the pin root: programs kept until a change is settled
 
 
-def undo_attach(steps: list[Step], detached: Callable[[Any], Any]) -> Undo:
-    """The undo of parts whose ATTACH is undone by a DETACH of detached(target); what they
-    replace or detach cannot be put back (the program it ran is gone once it is)."""
-    back = [Step(AttachAction.DETACH, detached(s.target), s.owner, UNDO_REASON)
-            for s in reversed(steps) if s.action is AttachAction.ATTACH]
-    return back, [s for s in steps if s.action is not AttachAction.ATTACH]
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """The program `of` (a part's own target) ran before an apply that replaced it or
+    removed it, kept pinned at pin (<pin root>/confirm/) until the change is confirmed; a
+    revert puts it back there (ATTACH: made again, REPLACE: swapped in) and unpins it."""
+
+    of: Any
+    pin: str
+
+    def describe(self) -> str:
+        return f"{self.of.place}: the program it ran before"
+
+    @property
+    def place(self) -> str:
+        return str(self.of.place)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.of.to_json(), "program": "the program it ran before"}
+
+    def phase(self, action: AttachAction) -> Phase:
+        return Phase(self.of.phase(action))
+
+
+def undo_links(steps: list[Step], detached: Callable[[Any], Any],
+               keep: Callable[[Any], str | None]) -> Undo:
+    """The undo of a part of pinned links: an ATTACH by a DETACH of detached(target); a
+    REPLACE or DETACH by putting back the program keep(target) pinned (None: no link
+    there, nothing to undo by)."""
+    back: list[Step] = []
+    cannot: list[Step] = []
+    for s in reversed(steps):
+        if s.action is AttachAction.ATTACH:
+            back.append(Step(AttachAction.DETACH, detached(s.target), s.owner, UNDO_REASON))
+        elif (pin := keep(s.target)) is None:
+            cannot.append(s)
+        else:
+            again = AttachAction.REPLACE if s.action is AttachAction.REPLACE else (
+                AttachAction.ATTACH)
+            back.append(Step(again, Kept(detached(s.target), pin), s.owner, UNDO_REASON))
+    return back, cannot
 
 
 def runs(steps: list[Step], part_of: Callable[[Step], Attachments]

@@ -239,24 +239,35 @@ def forget(seen: dict[str | None, SeenPlumbing], want: dict[str | None, WantedPl
 
 
 def undo_plumbing(steps: list[Step], seen: dict[str | None, SeenPlumbing]) -> Undo:
-    """What puts a namespace's plumbing back as seen before steps: an added rule or route
-    removed, accept_local given back the value it has now, the record dropped when the
-    steps write it (none, or an earlier namespace's). Removals cannot be undone here."""
+    """What puts a namespace's plumbing back as seen before steps: a rule or route added is
+    removed, one removed is added again; accept_local gets back the value it has now; the
+    record is dropped when the steps write it, and written again as it was (intercept/host
+    writes it before the first addition, from the sysctl step) when they drop it."""
     back: list[Step] = []
     cannot: list[Step] = []
     for s in reversed(steps):
         p: Plumbing = s.target
         now = seen.get(p.netns)
-        if s.action is AttachAction.ATTACH and p.item in ("rule", "route"):
-            back.append(Step(AttachAction.DETACH, p, s.owner, UNDO_REASON))
-        elif (s.action is AttachAction.REPLACE and p.item == "sysctl" and now is not None
-              and now.accept_local is not None):
+        if p.item in ("rule", "route"):
+            again = (AttachAction.DETACH if s.action is AttachAction.ATTACH
+                     else AttachAction.ATTACH)
+            back.append(Step(again, p, s.owner, UNDO_REASON))
+        elif p.item == "sysctl" and now is not None and now.accept_local is not None:
             was = now.accept_local
-            back.append(Step(AttachAction.DETACH, Plumbing(p.netns, "sysctl", value=was,
-                                                           before=was), s.owner, UNDO_REASON))
-        else:
+            record = now.current_record
+            if s.action is AttachAction.DETACH:  # bpfsync's change given back: take it again
+                before = record.accept_local_before if record else was
+                back.append(Step(AttachAction.REPLACE, Plumbing(p.netns, "sysctl", value=was,
+                                                                before=before),
+                                 s.owner, UNDO_REASON))
+            else:
+                back.append(Step(AttachAction.DETACH, Plumbing(p.netns, "sysctl", value=was,
+                                                               before=was), s.owner,
+                                 UNDO_REASON))
+        elif p.item != "record":
             cannot.append(s)
-    for netns in dict.fromkeys(s.target.netns for s in steps):
+    for netns in dict.fromkeys(s.target.netns for s in steps
+                               if s.action is not AttachAction.DETACH):
         now = seen.get(netns)
         if now is None or now.current_record is None:
             back.append(Step(AttachAction.DETACH, Plumbing(netns, "record"), ORPHAN_OWNER,

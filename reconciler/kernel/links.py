@@ -7,10 +7,12 @@ that the attachment outlives every process. Replacing the program of a pinned li
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.core.attachments import CONFIRM_DIR
 from reconciler.core.errors import KernelStateError
 from reconciler.kernel import libbpf
 from reconciler.kernel.netns import NETNS_DIR
@@ -96,3 +98,43 @@ def remove(pin_root: Path, name: str) -> None:
     """Unpin: the kernel detaches the program when nothing else holds the link."""
     with suppress(FileNotFoundError):
         (links_dir(pin_root) / name).unlink()
+
+
+def keep_program(pin_root: Path, name: str, cgroup: bool) -> str | None:
+    """Pin the program the link pinned as name runs now under <pin root>/confirm/, so that
+    a revert can put that very program back; its pin's path (None: no such link)."""
+    try:
+        fd = libbpf.obj_get(str(links_dir(pin_root) / name))
+    except FileNotFoundError:
+        return None
+    try:
+        info = libbpf.cgroup_link_info(fd) if cgroup else libbpf.link_info(fd)
+    finally:
+        os.close(fd)
+    prog = libbpf.prog_fd_by_id(info.prog_id)
+    path = pin_root / CONFIRM_DIR / name
+    try:
+        libbpf.pin_replacing(prog, path)
+    finally:
+        os.close(prog)
+    return str(path)
+
+
+def kept_program(pin_root: Path, pin: str) -> int:
+    """The fd of a program keep_program (or tc.keep) pinned; KernelStateError for a path
+    elsewhere."""
+    path = Path(pin)
+    if path.parent != pin_root / CONFIRM_DIR:
+        raise KernelStateError(f"{pin}: not a program bpfsync kept for a revert")
+    return libbpf.obj_get(pin)
+
+
+def put_back(pin_root: Path, pin: str, put: Callable[[int], None]) -> None:
+    """put(fd) the program kept at pin (a revert), then unpin it."""
+    fd = kept_program(pin_root, pin)
+    try:
+        put(fd)
+    finally:
+        os.close(fd)
+    with suppress(FileNotFoundError):
+        Path(pin).unlink()

@@ -16,7 +16,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.attachments import FILTER_HANDLE, FILTER_PREFIX, Filter, Hook, Seen
+from reconciler.core.attachments import (
+    CONFIRM_DIR,
+    FILTER_HANDLE,
+    FILTER_PREFIX,
+    Filter,
+    Hook,
+    Seen,
+)
 from reconciler.core.errors import KernelStateError
 from reconciler.core.filters import TcRestore
 from reconciler.kernel import libbpf
@@ -126,9 +133,6 @@ def observe(pin_root: Path, hooks: Iterable[Hook]) -> dict[Hook, Seen]:
 
 def _netlink_error(what: str, hook: Hook, exc: Exception) -> KernelStateError:
     return KernelStateError(f"{what} on {hook}: {exc}")
-
-
-CONFIRM_DIR = "confirm"  # programs kept until a change is confirmed (or reverted)
 
 
 def attach(pin_root: Path, hook: Hook, priority: int, fd: int, replace: bool,

@@ -7,9 +7,11 @@ from reconciler.core.attachments import (
     AttachAction,
     AttachContext,
     Attachments,
+    Kept,
     Planned,
     Step,
-    undo_attach,
+    Undo,
+    undo_links,
 )
 from reconciler.kernel.links import netns_exists
 from reconciler.steering import host, programs
@@ -30,6 +32,9 @@ def plan(context: AttachContext) -> Planned:
 
 def execute(context: AttachContext, steps: list[Step]) -> None:
     for step in steps:
+        if isinstance(step.target, Kept):  # a revert: the program it ran before, back
+            host.restore(context.pin_root, step.target, step.action is AttachAction.ATTACH)
+            continue
         netns = step.target.netns
         if step.action is AttachAction.DETACH:
             host.remove(context.pin_root, netns)
@@ -42,5 +47,11 @@ def execute(context: AttachContext, steps: list[Step]) -> None:
             host.update(context.pin_root, netns, fd)
 
 
-STEERING_LINK = Attachments("sk_lookup link", (SkLookupLink,), plan, execute,
-                          lambda context, steps: undo_attach(steps, lambda t: t))
+def undo(context: AttachContext, steps: list[Step]) -> Undo:
+    """A new link is removed again; the program of one updated or removed is kept pinned
+    and put back (the link updated back, or made again)."""
+    return undo_links(steps, lambda link: SkLookupLink(link.netns),
+                      lambda link: host.keep(context.pin_root, link.netns))
+
+
+STEERING_LINK = Attachments("sk_lookup link", (SkLookupLink,), plan, execute, undo)

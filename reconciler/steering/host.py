@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reconciler.core.attachments import Kept
 from reconciler.kernel import links
 from reconciler.kernel.programs import BPF_SK_LOOKUP
 from reconciler.steering.links import LINK_PREFIX, SeenLink, netns_of, pin_name
@@ -31,3 +32,15 @@ def update(pin_root: Path, netns: str | None, prog_fd: int) -> None:
 
 def remove(pin_root: Path, netns: str | None) -> None:
     links.remove(pin_root, pin_name(netns))
+
+
+def keep(pin_root: Path, netns: str | None) -> str | None:
+    """The program netns's link runs, kept pinned for a revert (kernel/links.keep_program)."""
+    return links.keep_program(pin_root, pin_name(netns), cgroup=False)
+
+
+def restore(pin_root: Path, kept: Kept, again: bool) -> None:
+    """A kept program back on netns's link: made again (again), or updated back."""
+    netns = kept.of.netns
+    links.put_back(pin_root, kept.pin, lambda fd: (create if again else update)(
+        pin_root, netns, fd))

@@ -30,6 +30,9 @@ def plan(context: AttachContext) -> Planned:
 
 def execute(context: AttachContext, steps: list[Step]) -> None:
     for step in steps:
+        if isinstance(step.target, at.Kept):  # a revert: the program it ran before, back
+            host.restore(context.pin_root, step.target, step.action is AttachAction.ATTACH)
+            continue
         link: CgroupLink = step.target
         if step.action is AttachAction.DETACH:
             host.remove(context.pin_root, link.hook)
@@ -43,5 +46,11 @@ def execute(context: AttachContext, steps: list[Step]) -> None:
             host.update(context.pin_root, link.hook, fd)
 
 
-CGROUP_LINKS = Attachments("cgroup links", (CgroupLink,), plan, execute,
-                          lambda context, steps: at.undo_attach(steps, lambda t: CgroupLink(t.hook)))
+def undo(context: AttachContext, steps: list[Step]) -> at.Undo:
+    """A new link is removed again; the program of one updated or removed is kept pinned
+    and put back (the link updated back, or made again)."""
+    return at.undo_links(steps, lambda link: CgroupLink(link.hook),
+                         lambda link: host.keep(context.pin_root, link.hook))
+
+
+CGROUP_LINKS = Attachments("cgroup links", (CgroupLink,), plan, execute, undo)

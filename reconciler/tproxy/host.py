@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+from reconciler.core.attachments import Kept
 from reconciler.core.errors import KernelStateError
 from reconciler.core.state import DesiredState
 from reconciler.kernel import links
@@ -64,6 +65,18 @@ def update(pin_root: Path, hook: CgroupHook, prog_fd: int) -> None:
 
 def remove(pin_root: Path, hook: CgroupHook) -> None:
     links.remove(pin_root, hook.pin_name)
+
+
+def keep(pin_root: Path, hook: CgroupHook) -> str | None:
+    """The program hook's link runs, kept pinned for a revert (kernel/links.keep_program)."""
+    return links.keep_program(pin_root, hook.pin_name, cgroup=True)
+
+
+def restore(pin_root: Path, kept: Kept, again: bool) -> None:
+    """A kept program back on its cgroup link: made again (again), or updated back."""
+    hook = kept.of.hook
+    links.put_back(pin_root, kept.pin, lambda fd: (create if again else update)(
+        pin_root, hook, fd))
 
 
 def destroy(pin_root: Path) -> list[str]:

@@ -392,4 +392,59 @@ def test_a_replaced_program_is_put_back_itself(gue: Any) -> None:
     pins = {p.name: json.loads(sh(f"bpftool -j prog show pinned {p}").stdout)["id"]
             for p in (gue.gw_root / "progs").iterdir()}
     assert sorted(pins.values()) == sorted(before.values()), pins
-    assert not list((gue.gw_root / "confirm").iterdir())
+    assert not (gue.gw_root / "confirm").exists()
+
+
+def test_a_removed_intercept_comes_back_exactly(env: Env) -> None:
+    """The other way round: the Intercept removed under --confirm-within — its filters
+    detached, its rule, route and accept_local given back, its record dropped — and put
+    back by the revert: the same programs (ids), the same plumbing and record."""
+    before = env.snapshot()
+    hosts = bpftool_dump(env.pin_root / "maps" / "ic_host")
+    assert hosts and "proto 181" in before["rules"] and before["sysctl"].strip() == "1"
+    (env.directory / "intercept.yaml").unlink()
+    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root),
+                          "apply", str(env.directory), "--allow-empty", "--confirm-within",
+                          "8"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    env.procs.append(p)
+    assert p.stdout is not None
+    for line in p.stdout:
+        if line.startswith("Awaiting confirmation"):
+            break
+    during = env.snapshot()
+    assert "bpfsync" not in "".join(during["tc"]) and "proto 181" not in during["rules"]
+    assert during["sysctl"].strip() == "0"
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 3, out + err
+    assert env.snapshot() == before  # program ids in `tc -j filter show` included
+    assert bpftool_dump(env.pin_root / "maps" / "ic_host") == hosts
+    assert not (env.pin_root / "confirm").exists()
+
+
+def test_a_removed_proxy_gets_its_steering_link_back_with_the_same_program(env: Env) -> None:
+    (env.directory / "proxy.yaml").write_text(
+        "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\nspec:\n  id: 1\n"
+        f"  netns: {env.ns}\n  ports: [8080]\n  destinations: [203.0.113.50/32]\n"
+        "  backends: [\"192.0.2.2:81\"]\n")
+    r = env.cli("apply", str(env.directory))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def link_programs() -> list[int]:
+        return sorted(json.loads(sh(f"bpftool -j link show pinned {p}").stdout)["prog_id"]
+                      for p in (env.pin_root / "links").iterdir())
+
+    before, programs = env.snapshot(), link_programs()
+    assert programs
+    (env.directory / "proxy.yaml").unlink()
+    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root),
+                          "apply", str(env.directory), "--confirm-within", "8"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    env.procs.append(p)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 3 and "- sk_lookup link" in out, out + err
+    assert "sk_lookup link in netns" in out and "the program it ran before" in out, out
+    assert env.snapshot()["tables"] == before["tables"]
+    assert link_programs() == programs  # the link made again, running the very program
+    assert env.cli("diff", str(env.directory)).returncode == 2  # the YAML says it goes

@@ -290,3 +290,57 @@ def test_the_gate_holds_everything_while_suspended_and_a_rejected_change_after(
     other = compute_plan(compile_tables(state(2, backend_port=9090)), copy(kernel.tables))
     assert gate.select(drift.Split(other)).operations == other.operations
     assert gate.rejected_note is None
+
+
+def test_plumbing_is_undone_both_ways() -> None:
+    from reconciler.intercept.plumbing import (
+        ORPHAN_OWNER,
+        Plumbing,
+        PolicyRule,
+        Record,
+        SeenPlumbing,
+        undo_plumbing,
+    )
+
+    rule = PolicyRule(100, 1, 1, 100)
+    add = [Step(AttachAction.ATTACH, Plumbing("ns", "rule", rule=rule), "Intercept/a", "x"),
+           Step(AttachAction.ATTACH, Plumbing("ns", "route", table=100), "Intercept/a", "x"),
+           Step(AttachAction.REPLACE, Plumbing("ns", "sysctl", value=1, before=0),
+                "Intercept/a", "x")]
+    fresh = {"ns": SeenPlumbing("ns", True, cookie=7, accept_local=0)}
+    back, cannot = undo_plumbing(add, fresh)
+    assert cannot == []
+    assert [(s.action, s.target.item) for s in back] == [
+        (AttachAction.DETACH, "sysctl"), (AttachAction.DETACH, "route"),
+        (AttachAction.DETACH, "rule"), (AttachAction.DETACH, "record")]
+    assert back[0].target.value == 0 and back[-1].owner == ORPHAN_OWNER
+    # removed: added again, accept_local taken again, the record rewritten by the first
+    # addition (so no step of its own)
+    made = {"ns": SeenPlumbing("ns", True, cookie=7, accept_local=1, record=Record(7, 0))}
+    remove = [Step(AttachAction.DETACH, Plumbing("ns", "rule", rule=rule), ORPHAN_OWNER, "x"),
+              Step(AttachAction.DETACH, Plumbing("ns", "sysctl", value=0, before=0),
+                   ORPHAN_OWNER, "x"),
+              Step(AttachAction.DETACH, Plumbing("ns", "record"), ORPHAN_OWNER, "x")]
+    back, cannot = undo_plumbing(remove, made)
+    assert cannot == []
+    assert [(s.action, s.target.item, s.target.value, s.target.before) for s in back] == [
+        (AttachAction.REPLACE, "sysctl", 1, 0), (AttachAction.ATTACH, "rule", 0, None)]
+
+
+def test_links_are_undone_with_the_program_they_ran() -> None:
+    from reconciler.core.attachments import Kept, undo_links
+    from reconciler.steering.links import SkLookupLink
+
+    steps = [Step(AttachAction.ATTACH, SkLookupLink("a"), "Proxy/a", "x"),
+             Step(AttachAction.REPLACE, SkLookupLink("b"), "Proxy/b", "x"),
+             Step(AttachAction.DETACH, SkLookupLink("c"), "Proxy/c", "x"),
+             Step(AttachAction.DETACH, SkLookupLink("d"), "Proxy/d", "x")]
+    pins = {"b": "/p/confirm/b", "c": "/p/confirm/c"}
+    back, cannot = undo_links(steps, lambda t: t, lambda t: pins.get(t.netns))
+    assert cannot == [steps[3]]  # no link there to keep a program of
+    assert [(s.action, s.target) for s in back] == [
+        (AttachAction.ATTACH, Kept(SkLookupLink("c"), "/p/confirm/c")),
+        (AttachAction.REPLACE, Kept(SkLookupLink("b"), "/p/confirm/b")),
+        (AttachAction.DETACH, SkLookupLink("a"))]
+    r = rec.new(compute_plan(compile_tables(state(1)), {}), 5, "d", "", ME, 1.0, tuple(back))
+    assert rec.decode(rec.encode(r)).steps == tuple(back)  # Kept round-trips in the record
