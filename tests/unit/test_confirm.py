@@ -260,11 +260,14 @@ def test_the_daemon_refuses_rather_than_reverts_an_overdue_change(fake, tmp_path
 
 
 def test_the_gate_holds_everything_while_suspended_and_a_rejected_change_after(
-        fake, tmp_path: Path) -> None:
+        fake, tmp_path: Path, monkeypatch) -> None:
     from reconciler.core import drift
+    from reconciler.daemon import gate as gates
     from reconciler.daemon.gate import SUSPENDED, ApplyGate
 
     kernel, _ = fake
+    started: list[str] = []  # no guard process from a unit test
+    monkeypatch.setattr(gates.guard, "spawn", lambda root, rid: started.append(rid))
     root = Path("/nonexistent")
     engine.apply_state(state(2), root)
     plan = compute_plan(compile_tables(state(3)), copy(kernel.tables))
@@ -279,6 +282,7 @@ def test_the_gate_holds_everything_while_suspended_and_a_rejected_change_after(
     # a change applied, not confirmed, reverted: held back while the YAML asks for it
     result = engine.apply_state(state(3), root, confirm=gate.confirm())
     gate.started(result.pending)
+    assert started == [result.pending.id]
     engine.revert_pending(root, "by hand")
     gate.tick()
     assert gate.pending is None and "reverted: by hand" in gate.rejected_note
