@@ -65,6 +65,8 @@ class Confirm:
     within: float
     guard: Callable[[pending_record.Pending], pending_record.Process | None]
     wanted: Callable[[Plan], bool] = lambda plan: True  # does this plan need confirming
+    # the seconds this plan waits (None: it needs no confirmation), instead of the above two
+    within_for: Callable[[Plan], float | None] | None = None
     revert_due: bool = True  # revert an overdue change first (False: refuse; the daemon)
 
 
@@ -201,7 +203,11 @@ def _record(plan: Plan, confirm: Confirm | None, state: DesiredState, where: str
     """The pending-change record of plan, written before plan is executed (None: no
     confirmation asked, or nothing to confirm): the entries' bytes before, and what undoes
     the attachment steps (each part's undo)."""
-    if confirm is None or not plan.changes() or not confirm.wanted(plan):
+    if confirm is None or not plan.changes():
+        return None
+    within = (confirm.within_for(plan) if confirm.within_for is not None
+              else confirm.within if confirm.wanted(plan) else None)
+    if within is None:
         return None
     back, cannot = attach.undo(context, plan.attachments.changes())
     if cannot:
@@ -212,7 +218,7 @@ def _record(plan: Plan, confirm: Confirm | None, state: DesiredState, where: str
             "\n  ".join(f"{s.owner}: {s.action.value} {s.describe()}" for s in cannot) +
             "\napply that part without --confirm-within first, then the risky change with it")
     source = str(Path(where).resolve()) if Path(where).is_dir() else where
-    record = pending_record.new(plan, confirm.within, source, state.revision or "",
+    record = pending_record.new(plan, within, source, state.revision or "",
                                 pending_store.this_process(), time.time(), tuple(back))
     record = replace(record, guard=confirm.guard(record))
     pending_store.write(pending.run_directory(context.pin_root), record)

@@ -16,6 +16,7 @@ class DesiredState:
     warnings: list[Problem] = field(default_factory=list)
     files: int = 0
     drift: dict[str, str] = field(default_factory=dict)  # "Kind/name" -> annotated policy
+    confirm: dict[str, float] = field(default_factory=dict)  # "Kind/name" -> confirm-within
     directory: str | None = None  # what files are named relative to (the names table)
     revision: str | None = None  # the directory's git commit ("-dirty" suffix), when known
     # the files' texts by relative path when they are not the directory's (a rollback):

@@ -33,6 +33,7 @@ from reconciler.core import drift
 from reconciler.core.attachments import AttachPlan
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Operation, Plan
+from reconciler.core.state import DesiredState
 
 log = logging.getLogger("bpfsync.daemon")
 
@@ -55,13 +56,20 @@ class ApplyGate:
     _seen: tuple[int, int] | None = field(default=None, repr=False)
     _last: Pending | None = field(default=None, repr=False)
 
-    def confirm(self) -> engine.Confirm | None:
-        """What apply_state is given: None without --confirm-within."""
-        if self.within is None:
-            return None
-        return engine.Confirm(self.within, lambda r: guard.spawn(self.pin_root, r.id),
-                              wanted=lambda plan: any(not op.drift for op in plan.operations),
-                              revert_due=False)
+    def confirm(self, state: DesiredState) -> engine.Confirm:
+        """What apply_state is given: the change waits for confirmation as long as the
+        longest of --confirm-within and the bpfsync.dev/confirm-within annotations of the
+        resources it changes asks; drift corrections alone wait for none."""
+
+        def within(plan: Plan) -> float | None:
+            owners = {c.owner for c in plan.changes() if not c.drift}
+            asked = [state.confirm[o] for o in owners if o in state.confirm]
+            if owners and self.within is not None:
+                asked.append(self.within)
+            return max(asked) if asked else None
+
+        return engine.Confirm(self.within or 0, lambda r: guard.spawn(self.pin_root, r.id),
+                              revert_due=False, within_for=within)
 
     def command(self, verb: str) -> dict[str, Any]:
         """A verb from the status socket (its thread): the reply. hold: suspend until the
@@ -178,8 +186,9 @@ class ApplyGate:
 
     def report(self) -> dict[str, Any]:
         p = self.pending
+        asked = self.within is not None or p is not None or self.rejected_note is not None
         return {"suspendedSince": self.suspended, "suspendedUntilChange": bool(self.until_change),
-                "confirmation": None if self.within is None else {
+                "confirmation": None if not asked else {
                     "withinSeconds": self.within,
                     "pending": p.describe(time.time()) if p and p.pending else None,
                     "rejected": self.rejected_note,

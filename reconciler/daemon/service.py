@@ -263,7 +263,8 @@ class Daemon:
             with Heartbeat(self.notifier, starting=self.record.last is None):
                 result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
                                             select_plan, where=str(directory), memo=self.memo,
-                                            confirm=self.gate.confirm(), by="daemon")
+                                            confirm=self.gate.confirm(state),
+                                            by="daemon")
             self.gate.started(result.pending)
         except PendingConfirmation as exc:
             self.gate.adopt()

@@ -55,8 +55,9 @@ def status_text(doc: dict[str, Any]) -> str:
                      f"are reported, not applied (until `bpfsync resume`{until})")
     c = doc.get("confirmation")
     if c:
-        lines.append(f"confirmation:    changes revert unless confirmed within "
-                     f"{c['withinSeconds']:g} s" + (f"; {c['pending']}" if c["pending"] else ""))
+        rule = (f"changes revert unless confirmed within {c['withinSeconds']:g} s"
+                if c["withinSeconds"] is not None else "as resources ask (annotations)")
+        lines.append(f"confirmation:    {rule}" + (f"; {c['pending']}" if c["pending"] else ""))
         if c["rejected"]:
             lines.append(f"  rejected: {c['rejected']}")
     if doc["resources"]:

@@ -73,6 +73,8 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
                 continue
             if doc.drift is not None and ref is not None:
                 state.drift[ref] = doc.drift
+            if doc.confirm is not None and ref is not None:
+                state.confirm[ref] = doc.confirm
             state.add(doc.resource)
     return state, invalid, findings
 

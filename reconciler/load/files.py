@@ -19,8 +19,10 @@ from reconciler.load.schema import MAX_EXPLAINED, Schemas
 from reconciler.load.source import Document, parse, read
 
 DRIFT_ANNOTATION = "bpfsync.dev/drift"
+CONFIRM_ANNOTATION = "bpfsync.dev/confirm-within"  # seconds (the daemon's confirm-or-revert)
 ANNOTATION_PREFIX = "bpfsync.dev/"
-ANNOTATIONS = (DRIFT_ANNOTATION,)  # every bpfsync.dev/ annotation bpfsync reads
+ANNOTATIONS = (DRIFT_ANNOTATION, CONFIRM_ANNOTATION)  # every bpfsync.dev/ annotation read
+MAX_CONFIRM_WITHIN = 86400
 
 
 def _annotation_problems(annotations: dict[str, str], origin: Origin,
@@ -53,6 +55,7 @@ class DocResult:
     resource: Resource | None  # None: invalid
     findings: list[Finding]
     drift: str | None = None  # the resource's drift policy annotation, if any
+    confirm: float | None = None  # its bpfsync.dev/confirm-within annotation, if any
 
 
 @dataclass(slots=True)
@@ -86,7 +89,26 @@ def check_document(doc: Document, schemas: Schemas, keys: KeyCache,
         findings.append(Finding(origin, ("metadata", "annotations", DRIFT_ANNOTATION),
                                 f"{shown(drift)} is not a drift policy; use one of "
                                 f"{', '.join(POLICIES)}", ref))
-    return DocResult(origin, ref, _build(doc, origin, findings, keys), findings, drift)
+    confirm = _confirm_within(annotations.get(CONFIRM_ANNOTATION), origin, ref, findings)
+    return DocResult(origin, ref, _build(doc, origin, findings, keys), findings, drift,
+                     confirm)
+
+
+def _confirm_within(text: str | None, origin: Origin, ref: str | None,
+                    findings: list[Finding]) -> float | None:
+    """The seconds of a bpfsync.dev/confirm-within annotation (1 to a day), or a finding."""
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= MAX_CONFIRM_WITHIN:
+        findings.append(Finding(origin, ("metadata", "annotations", CONFIRM_ANNOTATION),
+                                f"{shown(text)} is not a number of seconds from 1 to "
+                                f"{MAX_CONFIRM_WITHIN}", ref))
+        return None
+    return seconds
 
 
 def load_files(paths: Sequence[Path], schemas: Schemas, keep_text: bool = True,

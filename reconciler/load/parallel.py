@@ -70,7 +70,7 @@ def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:
     out = []
     for fr in load.load_files([Path(p) for p in paths], Schemas(), keep_text=False,
                               read_keys=read_keys):
-        docs = [(d.origin.index, d.ref, _row(d.resource), d.findings, d.drift)
+        docs = [(d.origin.index, d.ref, _row(d.resource), d.findings, d.drift, d.confirm)
                 for d in fr.docs]
         out.append((fr.file, fr.problems, docs, fr.key_files))
     return out
@@ -79,9 +79,10 @@ def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:
 def _result(encoded: tuple[Any, ...]) -> load.FileResult:
     file, problems, docs, key_files = encoded
     results = []
-    for index, ref, row, findings, drift in docs:
+    for index, ref, row, findings, drift, confirm in docs:
         origin = Origin(file, index)
-        results.append(load.DocResult(origin, ref, _resource(row, origin), findings, drift))
+        results.append(load.DocResult(origin, ref, _resource(row, origin), findings, drift,
+                                      confirm))
     return load.FileResult(file, problems, results, key_files=key_files)
 
 

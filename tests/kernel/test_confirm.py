@@ -54,11 +54,13 @@ class Env:
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     daemons: list[RunningDaemon] = field(default_factory=list)
 
-    def write(self, rules: str) -> None:
+    def write(self, rules: str, confirm_within: str = "") -> None:
         self.directory.mkdir(exist_ok=True)
+        asks = (f", annotations: {{bpfsync.dev/confirm-within: \"{confirm_within}\"}}"
+                if confirm_within else "")
         (self.directory / "intercept.yaml").write_text(
-            "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: wan}\nspec:\n"
-            f"  id: 1\n  device: {self.device}\n  netns: {self.ns}\n  rules:\n{rules}")
+            f"apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {{name: wan{asks}}}\n"
+            f"spec:\n  id: 1\n  device: {self.device}\n  netns: {self.ns}\n  rules:\n{rules}")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "reconciler", "--pin-root",
@@ -448,3 +450,17 @@ def test_a_removed_proxy_gets_its_steering_link_back_with_the_same_program(env: 
     assert env.snapshot()["tables"] == before["tables"]
     assert link_programs() == programs  # the link made again, running the very program
     assert env.cli("diff", str(env.directory)).returncode == 2  # the YAML says it goes
+
+
+def test_a_resource_asks_the_daemon_for_confirmation_itself(env: Env, tmp_path: Path) -> None:
+    daemon = RunningDaemon(env.directory, env.pin_root, tmp_path / "daemon.log",
+                           "--no-datapath", "--debounce", "0.05")  # no --confirm-within
+    env.daemons.append(daemon)
+    daemon.start()
+    before = env.snapshot()
+    env.write(LOCKOUT, confirm_within="5")  # the risky change asks for confirmation itself
+    status = wait_for(lambda: (s := daemon.status())["confirmation"] and s["confirmation"][
+        "rejected"] and s, 120)
+    assert "not confirmed within 5 s" in status["confirmation"]["rejected"], status
+    assert env.snapshot()["tables"] == before["tables"]
+    assert env.connect(timeout=15)["error"] is None

@@ -16,13 +16,14 @@ from reconciler.confirm import revert, store
 from reconciler.core.attachments import AttachAction, AttachPlan, Step
 from reconciler.core.compile import compile_tables
 from reconciler.core.errors import KernelStateError, UnsafePlan
-from reconciler.core.plan import Action
+from reconciler.core.plan import Action, Operation
 from reconciler.core.planning import compute_plan
 from reconciler.core.verify import entry_differences
 from reconciler.testing.fake_kernel import FakeKernel
 from tests.unit.test_plan import SECRET, observed_from, state
 
 ME = rec.Process(os.getpid(), store.this_process().start)
+ROOT = Path("/nonexistent")
 
 
 def copy(observed: dict[str, dict[bytes, bytes]]) -> dict[str, dict[bytes, bytes]]:
@@ -280,7 +281,7 @@ def test_the_gate_holds_everything_while_suspended_and_a_rejected_change_after(
     assert gate.command("resume") == {"ok": True, "suspended": False}
     assert gate.take_request() and not gate.take_request()  # resume reconciles at once
     # a change applied, not confirmed, reverted: held back while the YAML asks for it
-    result = engine.apply_state(state(3), root, confirm=gate.confirm())
+    result = engine.apply_state(state(3), root, confirm=gate.confirm(state(3)))
     gate.started(result.pending)
     assert started == [result.pending.id]
     engine.revert_pending(root, "by hand")
@@ -348,3 +349,30 @@ def test_links_are_undone_with_the_program_they_ran() -> None:
         (AttachAction.DETACH, SkLookupLink("a"))]
     r = rec.new(compute_plan(compile_tables(state(1)), {}), 5, "d", "", ME, 1.0, tuple(back))
     assert rec.decode(rec.encode(r)).steps == tuple(back)  # Kept round-trips in the record
+
+
+def test_a_resource_asks_the_daemon_for_confirmation_by_annotation(tmp_path: Path) -> None:
+    from reconciler.core.errors import InvalidDesiredState
+    from reconciler.daemon.gate import ApplyGate
+    from reconciler.load.directory import load_directory
+    from tests.unit.helpers import service, tunnel, write_tree
+
+    asked = tunnel().replace("  name: t1\n", "  name: t1\n  annotations:\n"
+                                             "    bpfsync.dev/confirm-within: \"30\"\n")
+    d = write_tree(tmp_path / "d", {"t.yaml": asked, "s.yaml": service()})
+    loaded = load_directory(d)
+    assert loaded.confirm == {"Tunnel/t1": 30.0}
+    plan = compute_plan(compile_tables(loaded), {})
+    within = ApplyGate(None, ROOT).confirm(loaded).within_for
+    assert within is not None and within(plan) == 30.0  # it is among the changed resources
+    service_only = [op for op in plan.operations if op.owner == "Service/web"]
+    assert within(type(plan)(operations=service_only)) is None  # not asked: no confirmation
+    drift_only = [Operation(Action.UPDATE, op.table, op.key, op.value, op.old, op.owner,
+                            "changed outside bpfsync", drift=True) for op in plan.operations]
+    assert within(type(plan)(operations=drift_only)) is None  # drift corrections need none
+    assert ApplyGate(60, ROOT).confirm(loaded).within_for(plan) == 60.0  # the longer
+    (d / "t.yaml").write_text(asked.replace('"30"', '"soon"'))
+    with pytest.raises(InvalidDesiredState) as exc:
+        load_directory(d)
+    assert any("t.yaml:6:" in str(p) and "'soon' is not a number of seconds from 1 to 86400"
+               in str(p) for p in exc.value.problems), exc.value.problems
