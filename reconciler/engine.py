@@ -271,6 +271,14 @@ def _undoer(tables: PinnedTables, pin_root: Path) -> KernelExecutor:
     return KernelExecutor(tables, AttachContext(DesiredState(), pin_root))
 
 
+def pending_differences(pin_root: Path, record: pending_record.Pending) -> list[str]:
+    """What of a pending change the kernel no longer holds (read now)."""
+    names = {u.table for u in record.undo}
+    specs = tuple(s for s in registry.ENTRY_TABLES if s.name in names)
+    observed = read_observed(pin_root, specs) if specs else {}
+    return pending_record.still_applied(record.undo, observed)
+
+
 def read_pending(pin_root: Path) -> pending_record.Pending | None:
     """The pending-change record of pin_root (pending or how it was settled), if any."""
     return pending_store.read(pending.run_directory(pin_root))

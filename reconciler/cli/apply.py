@@ -29,8 +29,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     """Load (problems printed at once), plan, print the plan, then execute it: the operator
     sees what is about to happen while it happens, with progress on a terminal. With
     --confirm-within, then wait for confirmation (cli/confirming.py)."""
-    if args.probe and args.confirm_within is None:
-        raise BpfsyncError("--probe confirms a change applied with --confirm-within; give both")
+    if (args.probe or args.verify) and args.confirm_within is None:
+        raise BpfsyncError("--probe and --verify check a change applied with "
+                           "--confirm-within; give it too")
     progress = progress_for()
     try:
         state = load_state(Path(args.directory), progress)
@@ -85,6 +86,10 @@ def add(sub: Any) -> None:
     a.add_argument("--confirm-within", type=seconds, metavar="SECONDS",
                    help="revert the change exactly unless `bpfsync confirm` (or Enter here, "
                         "or --probe) confirms it within SECONDS; exit 3 if reverted")
+    a.add_argument("--verify", action="store_true",
+                   help="with --confirm-within: read what was written again every second "
+                        "while waiting (every apply reads it back once); a difference "
+                        "reverts at once")
     a.add_argument("--probe", metavar="CMD",
                    help="with --confirm-within: run CMD (sh -c) every second; its first exit "
                         "0 confirms the change")

@@ -1,6 +1,7 @@
 """What `apply --confirm-within` does once the change is applied: wait until it is confirmed
 (`bpfsync confirm` from any shell, Enter on this terminal, or a passing --probe) or reverted
-(the deadline, ^C, a failing verification), and say which. The guard process
+(the deadline, ^C, and with --verify: the kernel no longer holding what was written, read
+again every second and before a confirmation here), and say which. The guard process
 (confirm/guard.py) reverts it too, should this process die."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from reconciler.confirm.revert import Reverted
 POLL = 0.2
 PROBE_EVERY = 1.0  # seconds between probe runs
 PROBE_TIMEOUT = 30.0
+VERIFY_EVERY = 1.0  # seconds between --verify's readings of what the apply wrote
 
 
 def confirm_command(args: argparse.Namespace, root: Path) -> str:
@@ -53,7 +55,7 @@ def wait(args: argparse.Namespace, root: Path, record: Pending) -> int:
         how.append("a passing --probe")
     print(f"Awaiting confirmation: {' or '.join(how)} keeps this change; otherwise it "
           f"reverts at {at} ({record.within:g} s).", flush=True)
-    next_probe, last_probe = 0.0, None
+    next_probe, last_probe, next_check = 0.0, None, 0.0
     try:
         while True:
             now = engine.read_pending(root)
@@ -66,10 +68,16 @@ def wait(args: argparse.Namespace, root: Path, record: Pending) -> int:
                 return EXIT_OK if now.state == CONFIRMED else EXIT_REVERTED
             if time.time() >= record.deadline:
                 return _revert(root, record, f"not confirmed within {record.within:g} s")
+            if args.verify and time.monotonic() >= next_check:
+                differences = engine.pending_differences(root, record)
+                if differences:
+                    return _revert(root, record, "it did not verify: " + differences[0] + (
+                        f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""))
+                next_check = time.monotonic() + VERIFY_EVERY
             if args.probe and time.monotonic() >= next_probe:
                 code = _probe(args.probe, record.deadline - time.time())
                 if code == 0:
-                    return _confirm(root, "--probe")
+                    return _confirm(root, "--probe", record, args.verify)
                 if code != last_probe:
                     print(f"probe: exit {code}; retrying until {at}", file=sys.stderr)
                     last_probe = code
@@ -78,7 +86,7 @@ def wait(args: argparse.Namespace, root: Path, record: Pending) -> int:
                 if sys.stdin.readline() == "":
                     tty = False  # end of input: only the other ways remain
                 else:
-                    return _confirm(root, "Enter on the terminal")
+                    return _confirm(root, "Enter on the terminal", record, args.verify)
             elif not tty:
                 time.sleep(POLL)
     except KeyboardInterrupt:
@@ -94,7 +102,10 @@ def _probe(command: str, left: float) -> int:
         return 124
 
 
-def _confirm(root: Path, how: str) -> int:
+def _confirm(root: Path, how: str, record: Pending, verify: bool) -> int:
+    differences = engine.pending_differences(root, record) if verify else []
+    if differences:  # --verify: nothing is confirmed that is not there any more
+        return _revert(root, record, f"it did not verify: {differences[0]}")
     out = engine.confirm_pending(root, how)
     if isinstance(out, Reverted):
         print_reverted(out)

@@ -89,4 +89,4 @@ def add(sub: Any) -> None:
     r.add_argument("--yes", action="store_true", help="do not ask")
     r.add_argument("--confirm-within", type=seconds, metavar="SECONDS",
                    help="revert the rollback unless `bpfsync confirm` comes within SECONDS")
-    r.set_defaults(func=cmd_rollback, probe=None)
+    r.set_defaults(func=cmd_rollback, probe=None, verify=False)

@@ -106,6 +106,14 @@ def undo_of(plan: Plan) -> tuple[Undo, ...]:
     return tuple(Undo(op.table, op.key, op.value, op.old, op.owner) for op in plan.operations)
 
 
+def still_applied(undo: tuple[Undo, ...], observed: dict[str, dict[bytes, bytes]]
+                  ) -> list[str]:
+    """The entries that no longer hold what the apply wrote (another writer since), by
+    owner and table: `apply --verify` checks this while it waits for confirmation."""
+    return [f"{u.owner}: {u.table} entry no longer as applied" for u in undo
+            if observed.get(u.table, {}).get(u.key) != u.wrote]
+
+
 def revert_plan(undo: tuple[Undo, ...], observed: dict[str, dict[bytes, bytes]],
                 steps: tuple[Step, ...] = ()) -> tuple[Plan, list[str]]:
     """The plan that puts back what undo recorded, against the kernel as observed now, and

@@ -464,3 +464,26 @@ def test_a_resource_asks_the_daemon_for_confirmation_itself(env: Env, tmp_path: 
     assert "not confirmed within 5 s" in status["confirmation"]["rejected"], status
     assert env.snapshot()["tables"] == before["tables"]
     assert env.connect(timeout=15)["error"] is None
+
+
+def test_verify_reverts_at_once_when_another_writer_changes_the_pending_change(
+        env: Env) -> None:
+    rules = env.pin_root / "maps" / "ic_rules"
+    known = set(bpftool_dump(rules))
+    env.write(LOCKOUT)
+    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root),
+                          "apply", str(env.directory), "--confirm-within", "300", "--verify"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    env.procs.append(p)
+    assert p.stdout is not None
+    for line in p.stdout:
+        if line.startswith("Awaiting confirmation"):
+            break
+    (new,) = set(bpftool_dump(rules)) - known  # the lockout's rule, deleted by someone else
+    sh(f"bpftool map delete pinned {rules} key hex {new.hex(' ')}")
+    out, err = p.communicate(timeout=120)  # long before the 300 s
+    assert p.returncode == 3, out + err
+    assert ("Reverted: it did not verify: Intercept/wan: ic_rules entry no longer as "
+            "applied") in out, out
+    assert set(bpftool_dump(rules)) == known
