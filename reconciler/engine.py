@@ -231,9 +231,10 @@ def _verify(plan: Plan, tables: PinnedTables, context: AttachContext) -> list[st
     touched = {op.table for op in plan.operations}
     specs = tuple(s for s in registry.ENTRY_TABLES if s.name in touched)
     out = entry_differences(plan.operations, tables.read(specs)) if specs else []
-    if plan.attachments.changes():
+    done = {s.target.place for s in plan.attachments.changes()}
+    if done:  # only what this plan did: a step it held back (drift policy) is no difference
         again = attach.plan_attachments(context).changes()
-        out += attachment_differences([s for s in again if not s.drift])
+        out += attachment_differences([s for s in again if s.target.place in done])
     return out
 
 

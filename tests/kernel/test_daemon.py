@@ -250,8 +250,9 @@ def test_bad_file_keeps_last_good_state_and_fix_recovers(env: Env) -> None:
     (env.dir / "broken.yaml").unlink()
     atomic_write(env.dir / "services-00000.yaml", services_text(3, 8181))
     wait_for(lambda: backend_of(env.root, 2) == "198.51.100.20:8181")
-    s = d.status()
-    assert not s["errors"] and s["resources"]["Service"]["Synced"] == 3
+    # the kernel holds it before that reconcile ends (and records it): wait for the record
+    s = wait_for(lambda: (x := d.status()) and not x["errors"] and x)
+    assert s["resources"]["Service"]["Synced"] == 3
     r = subprocess.run([sys.executable, "-m", "reconciler", "--pin-root", str(env.root),
                         "status"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
@@ -302,6 +303,7 @@ def test_drift_warn_reports_and_leaves_the_kernel_alone(env: Env) -> None:
     # corrected, warned once
     assert "bpfsync" not in _filters(ns)
     assert d.log().count("drift not corrected (policy warn): Interface/gw") == 1
+    assert d.status()["errors"] == []  # what it held back is no apply failure (verified)
     # the global policy applies to everything without an annotation
     verify = env.root / "maps" / gt.VERIFY.name
     good = bpftool_dump(verify)
@@ -627,8 +629,10 @@ def test_a_key_never_shows_in_any_output(env: Env) -> None:
         from reconciler.datapath.supervisor import run_dir
 
         for f in run_dir(env.root).rglob("*"):
-            if f.is_file() and not f.is_socket():
-                outputs.append(f.read_bytes().decode(errors="replace"))
+            # (the worker's datapath.json~ comes and goes every 0.25 s)
+            with contextlib.suppress(FileNotFoundError):
+                if f.is_file() and not f.is_socket():
+                    outputs.append(f.read_bytes().decode(errors="replace"))
         for p in Path("/proc").iterdir():
             if p.name.isdigit():
                 with contextlib.suppress(OSError):

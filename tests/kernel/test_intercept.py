@@ -200,7 +200,8 @@ def test_host_plumbing_restored_and_reverted_exactly(env: Env) -> None:
              and "table 100 proto 181" in p[1] and p[2] == "1", 60)
     assert intercepted(env.client(SERVER, 80))
     assert env.daemon is not None
-    assert env.daemon.status()["drift"]["correctedOperations"] >= 3
+    # the kernel is repaired before that reconcile ends (and reports it): wait for it
+    wait_for(lambda: env.daemon.status()["drift"]["correctedOperations"] >= 3, 60)
     # the Intercept removed: exactly bpfsync's changes reverted, nobody else's
     (env.directory / "intercept.yaml").unlink()
 
