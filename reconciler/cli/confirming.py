@@ -17,8 +17,9 @@ from pathlib import Path
 
 from reconciler import engine, render
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_REVERTED, pin_root_named
+from reconciler.confirm import store
 from reconciler.confirm.record import CONFIRMED, REVERTED, Pending
-from reconciler.confirm.revert import Reverted
+from reconciler.confirm.revert import Reverted, run_directory
 
 POLL = 0.2
 PROBE_EVERY = 1.0  # seconds between probe runs
@@ -56,9 +57,10 @@ def wait(args: argparse.Namespace, root: Path, record: Pending) -> int:
     print(f"Awaiting confirmation: {' or '.join(how)} keeps this change; otherwise it "
           f"reverts at {at} ({record.within:g} s).", flush=True)
     next_probe, last_probe, next_check = 0.0, None, 0.0
+    follower = store.Follower(run_directory(root))
     try:
         while True:
-            now = engine.read_pending(root)
+            now = follower.read()
             if now is None or now.id != record.id:
                 print("bpfsync: the pending-change record is gone; the change stays as it is",
                       file=sys.stderr)

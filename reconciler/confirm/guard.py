@@ -49,17 +49,11 @@ def spawn(pin_root: Path, record_id: str) -> Process | None:
 def watch(pin_root: Path, record_id: str) -> int:
     from reconciler import engine
 
-    directory = run_directory(pin_root)
-    seen: tuple[int, int] | None = None
-    record = None
+    follower = store.Follower(run_directory(pin_root))
     give_up = time.monotonic() + APPEAR
     while True:
         try:
-            st = os.stat(store.path(directory))
-            if (st.st_mtime_ns, st.st_size) != seen:
-                seen, record = (st.st_mtime_ns, st.st_size), store.read(directory)
-        except FileNotFoundError:
-            seen, record = None, None
+            record = follower.read()
         except KernelStateError as exc:
             log.error("%s", exc)
             return 1

@@ -44,6 +44,28 @@ def read(run_directory: Path) -> Pending | None:
         raise KernelStateError(f"{p}: {exc}; not used") from None
 
 
+class Follower:
+    """The record as it changes, for whoever waits on it (the guard, the waiting apply, the
+    daemon): read again only when the file was replaced, since it may be large."""
+
+    def __init__(self, run_directory: Path) -> None:
+        self.directory = run_directory
+        self._seen: tuple[int, int, int] | None = None
+        self._last: Pending | None = None
+
+    def read(self) -> Pending | None:
+        """The record now (None: there is none); KernelStateError as read()."""
+        try:
+            st = os.stat(path(self.directory))
+        except FileNotFoundError:
+            self._seen = self._last = None
+            return None
+        if (st.st_ino, st.st_mtime_ns, st.st_size) != self._seen:
+            self._last = read(self.directory)
+            self._seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return self._last
+
+
 def write(run_directory: Path, record: Pending) -> None:
     """Atomically (a reader sees the old record or the new one, never half of one)."""
     run_directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -53,8 +53,7 @@ class ApplyGate:
     rejected: frozenset[tuple[str, bytes, bytes | None]] = frozenset()
     rejected_note: str | None = None
     held: int = 0  # entries the last reconcile held back as rejected
-    _seen: tuple[int, int] | None = field(default=None, repr=False)
-    _last: Pending | None = field(default=None, repr=False)
+    _follower: store.Follower | None = field(default=None, repr=False)
 
     def confirm(self, state: DesiredState) -> engine.Confirm:
         """What apply_state is given: the change waits for confirmation as long as the
@@ -129,7 +128,7 @@ class ApplyGate:
 
     def started(self, record: Pending | None) -> None:
         if record is not None:
-            self.pending, self._seen, self._last = record, None, None
+            self.pending = record
             left = record.reverts_in(time.time())
             log.warning("applied; awaiting confirmation (`bpfsync confirm`), reverts in %.0f s",
                         left or 0, extra={"fields": {"confirmWithin": record.within}})
@@ -163,19 +162,13 @@ class ApplyGate:
             self._reject(reverted.record if reverted else self._read() or record)
 
     def _read(self) -> Pending | None:
-        """The record file, read again only when it changed (it may be large)."""
-        path = store.path(run_directory(self.pin_root))
+        if self._follower is None:
+            self._follower = store.Follower(run_directory(self.pin_root))
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
+            return self._follower.read()
+        except KernelStateError as exc:
+            log.error("%s", exc)
             return None
-        if (st.st_mtime_ns, st.st_size) != self._seen:
-            try:
-                self._last = store.read(run_directory(self.pin_root))
-                self._seen = (st.st_mtime_ns, st.st_size)
-            except KernelStateError as exc:
-                log.error("%s", exc)
-        return self._last
 
     def _reject(self, record: Pending) -> None:
         self.pending = None
