@@ -53,7 +53,8 @@ CATALOG: tuple[MetricDoc, ...] = (
     _m("bpfsync_build_info", "gauge", "version python", "Always 1; the version of bpfsync "
        "and of Python as labels"),
     _m("bpfsync_reconciles_total", "counter", "result", "Reconciles run, by result "
-       "(applied, in-sync, invalid, failed, held: a change awaits confirmation)"),
+       "(applied, in-sync, invalid, failed, held: a change awaits confirmation, "
+       "suspended)"),
     _m("bpfsync_reconcile_duration_seconds", "histogram", "trigger", "Reconcile durations, "
        "by what triggered them (startup, files, resync, retry, revision, commit, SIGHUP)"),
     _m("bpfsync_last_reconcile_duration_seconds", "gauge", "", "Duration of the last "
