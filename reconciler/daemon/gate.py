@@ -5,8 +5,9 @@
   baseline stays where it was, so edits made meanwhile are still changes after `resume`.
 - `bpfsync reconcile`: reconcile now (trigger "request").
 - `--confirm-within SECONDS` (or a resource's `bpfsync.dev/confirm-within` annotation):
-  every reconcile that applies a change from the files or a commit (drift corrections alone restore a confirmed state and need none) waits for
-  `bpfsync confirm`, and is reverted exactly when none comes in time — by the daemon, or,
+  every reconcile that applies a change from the files or a commit (drift corrections
+  alone restore a confirmed state and need none) waits for `bpfsync confirm`, and is
+  reverted exactly when none comes in time — by the daemon, or,
   should it die, by the guard it started (confirm/guard.py) or its next start. A reverted
   change is *rejected*: its entries (table, key, bytes) are held back from later reconciles
   — which would otherwise apply the same YAML again at once, the revert looking like
