@@ -274,8 +274,7 @@ def _undoer(tables: PinnedTables, pin_root: Path) -> KernelExecutor:
 
 def pending_differences(pin_root: Path, record: pending_record.Pending) -> list[str]:
     """What of a pending change the kernel no longer holds (read now)."""
-    names = {u.table for u in record.undo}
-    specs = tuple(s for s in registry.ENTRY_TABLES if s.name in names)
+    specs = pending.record_tables(record)
     observed = read_observed(pin_root, specs) if specs else {}
     return pending_record.still_applied(record.undo, observed)
 

@@ -18,7 +18,6 @@ from reconciler.cli.common import (
 )
 from reconciler.cli.confirming import print_reverted
 from reconciler.cli.progress import close, progress_for
-from reconciler.confirm import guard
 from reconciler.core.errors import BpfsyncError
 from reconciler.core.plan import Plan
 
@@ -45,10 +44,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 print(flush=True)
 
         root = pin_root(args)
-        confirm = None
-        if args.confirm_within is not None:
-            confirm = engine.Confirm(args.confirm_within,
-                                     lambda record: guard.spawn(root, record.id))
+        confirm = confirming.confirm_for(args, root)
         result = engine.apply_state(state, root, prune_policy(args), args.allow_empty,
                                     where=args.directory, progress=progress, show=show,
                                     confirm=confirm)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from reconciler import engine, render
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, EXIT_REVERTED, pin_root_named
-from reconciler.confirm import store
+from reconciler.confirm import guard, store
 from reconciler.confirm.record import CONFIRMED, REVERTED, Pending
 from reconciler.confirm.revert import Reverted, run_directory
 
@@ -25,6 +25,14 @@ POLL = 0.2
 PROBE_EVERY = 1.0  # seconds between probe runs
 PROBE_TIMEOUT = 30.0
 VERIFY_EVERY = 1.0  # seconds between --verify's readings of what the apply wrote
+
+
+def confirm_for(args: argparse.Namespace, root: Path) -> engine.Confirm | None:
+    """What apply_state is given for --confirm-within (None without it): the guard that
+    reverts should this process die is started before anything is executed."""
+    if args.confirm_within is None:
+        return None
+    return engine.Confirm(args.confirm_within, lambda record: guard.spawn(root, record.id))
 
 
 def confirm_command(args: argparse.Namespace, root: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, pin_root
@@ -18,15 +19,23 @@ from reconciler.core.errors import BpfsyncError
 GOOD = ("applied", "in-sync", "suspended", "held")
 
 
-def _ask(args: argparse.Namespace, verb: str) -> dict[str, Any]:
+def ask_daemon(root: Path, verb: str) -> dict[str, Any] | None:
+    """The answer of the daemon managing root to verb (status or a verb); None: none runs."""
     from reconciler.daemon import status
     from reconciler.datapath.supervisor import run_dir
 
-    root = pin_root(args)
     try:
         return status.query(run_dir(root), verb)
     except status.DaemonNotRunning:
-        raise BpfsyncError(f"no `bpfsync run` is managing pin root {root}") from None
+        return None
+
+
+def _ask(args: argparse.Namespace, verb: str) -> dict[str, Any]:
+    root = pin_root(args)
+    answer = ask_daemon(root, verb)
+    if answer is None:
+        raise BpfsyncError(f"no `bpfsync run` is managing pin root {root}")
+    return answer
 
 
 def _finished(doc: dict[str, Any]) -> int:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from reconciler import engine, render
 from reconciler.cli import confirming
 from reconciler.cli.apply import seconds
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK, pin_root
-from reconciler.confirm import guard
+from reconciler.cli.control import ask_daemon
 from reconciler.core.errors import BpfsyncError
 from reconciler.history import snapshot, store
 from reconciler.history.record import Revision
@@ -37,18 +38,11 @@ def _target(revisions: list[Revision], wanted: int | None) -> Revision:
     raise BpfsyncError(f"revision {wanted} is not kept (kept: {kept})")
 
 
-def _hold_daemon(root: Any, target: Revision) -> bool:
-    from reconciler.daemon import status
-    from reconciler.datapath.supervisor import run_dir
-
-    try:
-        status.query(run_dir(root), "hold")
-    except status.DaemonNotRunning:
-        return False
-    print(f"The daemon holds off (reports, applies nothing) until `bpfsync resume` or its "
-          f"files change: it would otherwise apply its directory over revision "
-          f"{target.number}.", file=sys.stderr)
-    return True
+def _hold_daemon(root: Path, target: Revision) -> None:
+    if ask_daemon(root, "hold") is not None:
+        print(f"The daemon holds off (reports, applies nothing) until `bpfsync resume` or "
+              f"its files change: it would otherwise apply its directory over revision "
+              f"{target.number}.", file=sys.stderr)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -71,10 +65,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
             print("Nothing applied.")
             return EXIT_ERROR
     _hold_daemon(root, target)
-    confirm = None
-    if args.confirm_within is not None:
-        confirm = engine.Confirm(args.confirm_within, lambda r: guard.spawn(root, r.id))
-    result = engine.apply_state(state, root, where=where, confirm=confirm, allow_empty=True,
+    result = engine.apply_state(state, root, where=where, confirm=confirming.confirm_for(
+                                    args, root), allow_empty=True,
                                 by=f"rollback to {target.number}")
     print(render.applied_text(result.plan, result.written, result.attached))
     if result.pending is not None:

@@ -17,6 +17,7 @@ from reconciler.core import registry
 from reconciler.core.attachments import CONFIRM_DIR
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Plan
+from reconciler.core.tables import MapSpec
 from reconciler.core.verify import entry_differences, summarise
 from reconciler.execute import Executor, execute
 from reconciler.kernel.maps import PinnedTables
@@ -85,12 +86,17 @@ def settle_before_apply(pin_root: Path, tables: PinnedTables, executor: Executor
         + "; `bpfsync confirm` keeps it, `bpfsync confirm --revert` reverts it now")
 
 
+def record_tables(record: Pending) -> tuple[MapSpec, ...]:
+    """The tables the record's entries are in."""
+    names = {u.table for u in record.undo}
+    return tuple(s for s in registry.ENTRY_TABLES if s.name in names)
+
+
 def revert(pin_root: Path, tables: PinnedTables, executor: Executor, record: Pending,
            why: str) -> Reverted:
     """Put back every entry record changed that still holds what the apply wrote; mark the
     record reverted. Checked by reading back."""
-    names = {u.table for u in record.undo}
-    specs = tuple(s for s in registry.ENTRY_TABLES if s.name in names)
+    specs = record_tables(record)
     plan, changed = revert_plan(record.undo, tables.read(specs), record.steps)
     execute(plan, executor)
     differences = entry_differences(plan.operations, tables.read(specs))

@@ -4,6 +4,7 @@ apply failure: the kernel is the source of truth, the history a convenience."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -44,7 +45,6 @@ def mark_reverted(pin_root: Path, number: int) -> None:
     try:
         for r in store.revisions(pin_root):
             if r.number == number:
-                store.replace(pin_root, Revision(**{**{f: getattr(r, f) for f in r.__slots__},
-                                                    "reverted": True}))
+                store.replace(pin_root, dataclasses.replace(r, reverted=True))
     except OSError as exc:
         log.warning("history: revision %d not marked reverted: %s", number, exc)

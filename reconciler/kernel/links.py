@@ -111,7 +111,13 @@ def keep_program(pin_root: Path, name: str, cgroup: bool) -> str | None:
         info = libbpf.cgroup_link_info(fd) if cgroup else libbpf.link_info(fd)
     finally:
         os.close(fd)
-    prog = libbpf.prog_fd_by_id(info.prog_id)
+    return keep_by_id(pin_root, name, info.prog_id)
+
+
+def keep_by_id(pin_root: Path, name: str, prog_id: int) -> str:
+    """Pin the loaded program prog_id as <pin root>/confirm/name (kept for a revert); the
+    pin's path."""
+    prog = libbpf.prog_fd_by_id(prog_id)
     path = pin_root / CONFIRM_DIR / name
     try:
         libbpf.pin_replacing(prog, path)

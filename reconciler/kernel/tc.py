@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.attachments import (
-    CONFIRM_DIR,
     FILTER_HANDLE,
     FILTER_PREFIX,
     Filter,
@@ -26,7 +25,7 @@ from reconciler.core.attachments import (
 )
 from reconciler.core.errors import KernelStateError
 from reconciler.core.filters import TcRestore
-from reconciler.kernel import libbpf
+from reconciler.kernel import libbpf, links
 
 PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}  # TC_H_CLSACT with MIN_INGRESS/EGRESS
 ETH_P_ALL = 0x0003
@@ -197,25 +196,12 @@ def keep(pin_root: Path, hook: Hook, priority: int) -> TcRestore | None:
     if not mine or mine[0].prog_id is None:
         return None
     f = mine[0]
-    path = pin_root / CONFIRM_DIR / f"{hook.pin_name}:{priority}"
-    fd = libbpf.prog_fd_by_id(f.prog_id)
-    try:
-        libbpf.pin_replacing(fd, path)
-    finally:
-        os.close(fd)
-    return TcRestore(hook, priority, f.name.removeprefix(FILTER_PREFIX), str(path))
+    pin = links.keep_by_id(pin_root, f"{hook.pin_name}:{priority}", f.prog_id)
+    return TcRestore(hook, priority, f.name.removeprefix(FILTER_PREFIX), pin)
 
 
 def restore(pin_root: Path, kept: TcRestore, replace: bool) -> None:
     """Put a kept program back at its hook and priority (replace: over what runs there, else
     added again), then drop the pin that kept it."""
-    path = Path(kept.pin)
-    if path.parent != pin_root / CONFIRM_DIR:
-        raise KernelStateError(f"{kept.pin}: not a program bpfsync kept for a revert")
-    fd = libbpf.obj_get(str(path))
-    try:
-        attach(pin_root, kept.hook, kept.priority, fd, replace, kept.function)
-    finally:
-        os.close(fd)
-    with suppress(FileNotFoundError):
-        path.unlink()
+    links.put_back(pin_root, kept.pin, lambda fd: attach(
+        pin_root, kept.hook, kept.priority, fd, replace, kept.function))

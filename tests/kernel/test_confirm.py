@@ -45,6 +45,23 @@ LOCKOUT = SAFE + """\
 """
 
 
+def confirming_apply(pin_root: Path, directory: Path, *args: str,
+                     env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`bpfsync apply directory args` (--confirm-within among them), once it waits for the
+    confirmation (the change is in the kernel then), and what it printed until then (the
+    plan it applied)."""
+    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(pin_root),
+                          "apply", str(directory), *args], env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    printed = []
+    for line in p.stdout:
+        printed.append(line)
+        if line.startswith("Awaiting confirmation"):
+            return p, "".join(printed)
+    raise AssertionError(f"no confirmation asked: {p.communicate(timeout=60)}")
+
+
 @dataclass
 class Env:
     ns: str
@@ -53,6 +70,7 @@ class Env:
     directory: Path
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     daemons: list[RunningDaemon] = field(default_factory=list)
+    applied: str = ""  # what the last apply_confirming printed before it waited
 
     def write(self, rules: str, confirm_within: str = "") -> None:
         self.directory.mkdir(exist_ok=True)
@@ -67,18 +85,13 @@ class Env:
                                str(self.pin_root), *args], capture_output=True, text=True,
                               timeout=300)
 
-    def apply_confirming(self, seconds: int) -> subprocess.Popen[str]:
-        """`apply --confirm-within seconds`, once it is waiting for the confirmation."""
-        p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root",
-                              str(self.pin_root), "apply", str(self.directory),
-                              "--confirm-within", str(seconds)], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def apply_confirming(self, seconds: int, *more: str) -> subprocess.Popen[str]:
+        """`apply --confirm-within seconds [more]`, once it waits for the confirmation (what
+        it printed until then: self.applied)."""
+        p, self.applied = confirming_apply(self.pin_root, self.directory, "--confirm-within",
+                                           str(seconds), *more)
         self.procs.append(p)
-        assert p.stdout is not None
-        for line in p.stdout:
-            if line.startswith("Awaiting confirmation"):
-                return p
-        raise AssertionError(f"no confirmation asked: {p.communicate(timeout=60)}")
+        return p
 
     def connect(self, timeout: float) -> dict[str, Any]:
         """A new management connection: one line echoed through port 81."""
@@ -375,14 +388,8 @@ def test_a_replaced_program_is_put_back_itself(gue: Any) -> None:
     before = programs()
     iface = gdir / "interface.yaml"
     iface.write_text(iface.read_text() + "  fibLookup: true\n")
-    apply = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--pin-root", str(gue.gw_root), "apply",
-         str(gdir), "--confirm-within", "6"], env={**os.environ, **KEYS},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert apply.stdout is not None
-    for line in apply.stdout:
-        if line.startswith("Awaiting confirmation"):
-            break
+    apply, _ = confirming_apply(gue.gw_root, gdir, "--confirm-within", "6",
+                                env={**os.environ, **KEYS})
     during = programs()
     assert during["ingress"] == before["ingress"] and during["egress"] != before["egress"]
     kept = list((gue.gw_root / "confirm").iterdir())
@@ -405,15 +412,7 @@ def test_a_removed_intercept_comes_back_exactly(env: Env) -> None:
     hosts = bpftool_dump(env.pin_root / "maps" / "ic_host")
     assert hosts and "proto 181" in before["rules"] and before["sysctl"].strip() == "1"
     (env.directory / "intercept.yaml").unlink()
-    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root),
-                          "apply", str(env.directory), "--allow-empty", "--confirm-within",
-                          "8"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    env.procs.append(p)
-    assert p.stdout is not None
-    for line in p.stdout:
-        if line.startswith("Awaiting confirmation"):
-            break
+    p = env.apply_confirming(8, "--allow-empty")
     during = env.snapshot()
     assert "bpfsync" not in "".join(during["tc"]) and "proto 181" not in during["rules"]
     assert during["sysctl"].strip() == "0"
@@ -439,13 +438,9 @@ def test_a_removed_proxy_gets_its_steering_link_back_with_the_same_program(env: 
     before, programs = env.snapshot(), link_programs()
     assert programs
     (env.directory / "proxy.yaml").unlink()
-    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root),
-                          "apply", str(env.directory), "--confirm-within", "8"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    env.procs.append(p)
+    p = env.apply_confirming(8)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 3 and "- sk_lookup link" in out, out + err
+    assert p.returncode == 3 and "- sk_lookup link" in env.applied, env.applied + out + err
     assert "sk_lookup link in netns" in out and "the program it ran before" in out, out
     assert env.snapshot()["tables"] == before["tables"]
     assert link_programs() == programs  # the link made again, running the very program
@@ -471,15 +466,7 @@ def test_verify_reverts_at_once_when_another_writer_changes_the_pending_change(
     rules = env.pin_root / "maps" / "ic_rules"
     known = set(bpftool_dump(rules))
     env.write(LOCKOUT)
-    p = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root", str(env.pin_root),
-                          "apply", str(env.directory), "--confirm-within", "300", "--verify"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    env.procs.append(p)
-    assert p.stdout is not None
-    for line in p.stdout:
-        if line.startswith("Awaiting confirmation"):
-            break
+    p = env.apply_confirming(300, "--verify")
     (new,) = set(bpftool_dump(rules)) - known  # the lockout's rule, deleted by someone else
     sh(f"bpftool map delete pinned {rules} key hex {new.hex(' ')}")
     out, err = p.communicate(timeout=120)  # long before the 300 s

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,7 @@ def test_an_entry_changed_since_is_left_alone_and_one_never_written_needs_nothin
 def test_the_record_round_trips_and_never_shows_its_bytes() -> None:
     plan = compute_plan(compile_tables(state(1)), {})
     r = rec.new(plan, 30, "/srv/bpfsync", "abc123", ME, 1000.0)
-    r = rec.Pending(**{**{f: getattr(r, f) for f in r.__dataclass_fields__},
-                       "deadline": 1030.0, "guard": ME})
+    r = replace(r, deadline=1030.0, guard=ME)
     assert rec.decode(rec.encode(r)) == r
     secret = SECRET.encode()
     assert any(secret in (u.wrote or b"") for u in r.undo)  # the key is in what it wrote
@@ -90,16 +90,12 @@ def test_due_at_the_deadline_or_when_the_apply_died_while_executing() -> None:
     r = rec.new(compute_plan(compile_tables(state(1)), {}), 5, "d", "", ME, 100.0)
     assert revert.due(r, 10**9) is None  # still executing, and its applier (us) lives
     dead = rec.Process(ME.pid, ME.start + 1)  # our pid, another start: not us
-    assert revert.due(rec.Pending(**{**_fields(r), "applier": dead}), 101.0) == (
+    assert revert.due(replace(r, applier=dead), 101.0) == (
         "its apply stopped before it was done")
-    timed = rec.Pending(**{**_fields(r), "deadline": 105.0})
+    timed = replace(r, deadline=105.0)
     assert revert.due(timed, 104.9) is None
     assert revert.due(timed, 105.0) == "not confirmed within 5 s"
     assert revert.due(timed.resolve(rec.CONFIRMED, "confirmed by x", 104.0), 200.0) is None
-
-
-def _fields(r: rec.Pending) -> dict[str, object]:
-    return {f: getattr(r, f) for f in r.__dataclass_fields__}
 
 
 def test_the_record_file_is_trusted_only_when_root_only(tmp_path: Path) -> None:
@@ -195,7 +191,7 @@ def test_an_overdue_change_is_reverted_by_the_next_apply(fake, tmp_path: Path) -
     confirm = engine.Confirm(30, lambda r: None)
     engine.apply_state(state(3), root, confirm=confirm)
     overdue = store.read(tmp_path)
-    store.write(tmp_path, rec.Pending(**{**_fields(overdue), "deadline": 1.0}))
+    store.write(tmp_path, replace(overdue, deadline=1.0))
     result = engine.apply_state(state(2), root)  # the guard died too: this apply reverts
     assert result.reverted is not None and result.plan.in_sync
     assert kernel.tables == before
@@ -253,7 +249,7 @@ def test_the_daemon_refuses_rather_than_reverts_an_overdue_change(fake, tmp_path
     root = Path("/nonexistent")
     engine.apply_state(state(2), root)
     engine.apply_state(state(3), root, confirm=engine.Confirm(30, lambda r: None))
-    store.write(tmp_path, rec.Pending(**{**_fields(store.read(tmp_path)), "deadline": 1.0}))
+    store.write(tmp_path, replace(store.read(tmp_path), deadline=1.0))
     daemon = engine.Confirm(30, lambda r: None, revert_due=False)
     with pytest.raises(revert.PendingConfirmation, match="is due to be reverted"):
         engine.apply_state(state(2), root, confirm=daemon)
