@@ -63,7 +63,9 @@ def find(schemas: dict[str, dict[str, Any]], query: str) -> Field:
         fields = _children(node)
         if name not in fields:
             where = ".".join([kind, *path[:i]])
-            raise BpfsyncError(f"{where} has no field {name!r}; its fields: "
+            hint = (f" (did you mean {kind}.spec.{name}?)"
+                    if i == 0 and name in _children(fields.get("spec", {})) else "")
+            raise BpfsyncError(f"{where} has no field {name!r}{hint}; its fields: "
                                f"{', '.join(fields) or '(none)'}")
         required = name in _required(node)
         node = fields[name]

@@ -204,6 +204,8 @@ def test_explain_a_kind_and_a_nested_field(capsys) -> None:
     assert "FIELDS:" in out and "file" in out and "env" in out
     assert _exit(["explain", "tunnel.spec.nope"]) == 1
     assert "Tunnel.spec has no field 'nope'; its fields: id," in capsys.readouterr().err
+    assert _exit(["explain", "proxy.healthCheck"]) == 1  # spec left out, as people do
+    assert "(did you mean Proxy.spec.healthCheck?)" in capsys.readouterr().err
     assert _exit(["explain", "gadget"]) == 1
 
 
