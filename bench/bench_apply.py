@@ -201,7 +201,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument("--bpftool-sample", type=int, default=1000)
+    p.add_argument("--smoke", action="store_true", help="200 services (CI)")
     args = p.parse_args()
+    if args.smoke:
+        args.sizes, args.bpftool_sample = "200", 50
     owned.private_state_dir()  # the history of its pin roots goes with it
     with tempfile.TemporaryDirectory(prefix="bpfsync-bench-") as tmp:
         results = [bench(int(n), args.bpftool_sample, Path(tmp))

@@ -70,7 +70,10 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--pull", type=float, default=1.0)
+    ap.add_argument("--smoke", action="store_true", help="100 services, one run (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.services, args.runs = 100, 1
     owned.private_state_dir()  # the history of its pin roots goes with it
     env = {**__import__("os").environ, **KEY_ENV}
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))

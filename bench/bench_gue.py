@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import tools  # noqa: E402
 
 from tests.kernel import owned  # noqa: E402
 from tests.kernel.topology import (  # noqa: E402
@@ -52,7 +55,7 @@ def bpfsync(*args: str, root: Path) -> str:
 
 def iperf(ns: str, target: str, seconds: float, udp: bool) -> float:
     """Receiver-side Gbit/s (TCP) or packets per second (UDP, 64-byte payloads)."""
-    cmd = ["ip", "netns", "exec", ns, "iperf3", "-c", target, "-p", str(PORT), "-t",
+    cmd = ["ip", "netns", "exec", ns, tools.tool("iperf3"), "-c", target, "-p", str(PORT), "-t",
            str(seconds), "-J"]
     if udp:
         cmd += ["-u", "-l", "64", "-b", "0"]
@@ -77,7 +80,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--smoke", action="store_true", help="one round of 1 s runs (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds = 1, 1
     owned.private_state_dir()  # the history of its pin roots goes with it
     tag = uuid.uuid4().hex[:8]
     gw_root, node_root = (Path(f"/sys/fs/bpf/bpfsync-bench-{x}-{tag}") for x in ("gw", "node"))
@@ -90,7 +96,7 @@ def main() -> None:
             gdir = prepare(tmp / "gw", write_gateway, net,
                            remote="{address: 192.0.2.2, port: 6080}")
             ndir = prepare(tmp / "node", write_node, net)
-            server = net.spawn(net.node, ["iperf3", "-s", "-B", BACKEND[0], "-p", str(PORT)])
+            server = net.spawn(net.node, [tools.tool("iperf3"), "-s", "-B", BACKEND[0], "-p", str(PORT)])
             for _ in range(args.rounds):
                 for d, root in ((gdir, gw_root), (ndir, node_root)):
                     (d / "interface.yaml").rename(d / "interface.off")

@@ -143,7 +143,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2_000_000)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--smoke", action="store_true", help="a few runs of the program (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.repeat, args.seconds = 10_000, 0.3
     owned.private_state_dir()  # the history of its pin roots goes with it
     tag = uuid.uuid4().hex[:6]
     ns, device = f"bbi-{tag}", f"bbi{tag}"

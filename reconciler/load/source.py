@@ -57,7 +57,8 @@ def read(path: Path, shown_as: str | None = None) -> tuple[SourceFile | None, Pr
 
 # Limits on one file's YAML (README "Limits"): past them a file is refused with file:line.
 MAX_DEPTH = 64  # nesting of mappings and lists in a document
-MAX_VALUES = 100_000  # values in one document once aliases are expanded (alias bombs)
+MAX_VALUES = 500_000  # values in one document once aliases are expanded (alias bombs);
+# room for the largest Intercept (16,384 rules of a dozen values each)
 # libyaml's composer recurses once per nesting level (in C: ~100,000 levels crash the
 # process). A file whose nesting cannot reach this is composed directly; any other is first
 # checked with libyaml's event parser, which keeps its own stack.

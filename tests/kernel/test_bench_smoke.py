@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -43,3 +45,28 @@ def test_daemon_benchmark_runs() -> None:
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "| 200 |" in r.stdout and "KiB |" in r.stdout
+
+
+@pytest.mark.parametrize(("bench", "expect"), [
+    ("bench_proxy.py", "bpfsync / haproxy: single stream"),
+    ("bench_transparent.py", "intercepted/direct: setup p50"),
+    ("bench_apply.py", "| 200 |"),
+    ("bench_gue.py", "| tunnel / no program |"),
+    ("bench_intercept.py", "ratio 10k/10: per packet"),
+    ("bench_fleet.py", "(b) one changed service to applied"),
+])
+def test_every_benchmark_runs_in_its_smoke_mode(bench: str, expect: str) -> None:
+    """Every benchmark, in one short round: a refactor that breaks one fails here. (HAProxy
+    and iperf3 come from Debian's packages unpacked into .venv/bench-tools, nothing
+    installed on the host: bench/tools.py.)"""
+    r = subprocess.run([sys.executable, str(BENCH / bench), "--smoke"], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert expect in r.stdout, r.stdout[-3000:]
+
+
+def test_no_benchmark_is_left_out() -> None:
+    """A new bench/bench_*.py gets its smoke run here, or this fails."""
+    here = Path(__file__).read_text()
+    missing = [p.name for p in sorted(BENCH.glob("bench_*.py")) if f'"{p.name}"' not in here]
+    assert not missing, missing

@@ -182,7 +182,7 @@ def main() -> None:
                 failed += 1
         took.sort()
         print(json.dumps({"done": done, "failed": failed,
-                          "seconds": round(time.monotonic() - start, 1),
+                          "seconds": round(time.monotonic() - start, 4),
                           "p50Ms": round(took[len(took) // 2] * 1000, 3) if took else None,
                           "p99Ms": round(took[len(took) * 99 // 100] * 1000, 3) if took else None}))
     elif mode == "down":

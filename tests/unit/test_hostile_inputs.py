@@ -52,14 +52,14 @@ def nested(depth: int) -> str:
 # (id, files, message fragment, "file:line[:col]")
 CASES: list[tuple[str, dict[str, str | bytes], str, str]] = [
     ("alias-bomb-labels", {"a.yaml": labels(bomb())},
-     "holds more than 100,000 values once its aliases are expanded", "a.yaml:5:236"),
+     "holds more than 500,000 values once its aliases are expanded", "a.yaml:5:296"),
     ("alias-bomb-spec", {"a.yaml": OK.replace("  keyFrom: {file: web.key}\n",
                                               f"  keyFrom: {{file: web.key}}\n  x: {bomb()}\n")},
-     "holds more than 100,000 values", "a.yaml:22:231"),
+     "holds more than 500,000 values", "a.yaml:22:291"),
     ("alias-cycle", {"a.yaml": labels("&a {x: *a}")}, "an alias refers to a value that contains it",
      "a.yaml:5:11"),
-    ("wide-list", {"a.yaml": labels("[" + ", ".join(["1"] * 100_001) + "]")},
-     "holds more than 100,000 values", "a.yaml:5:11"),
+    ("wide-list", {"a.yaml": labels("[" + ", ".join(["1"] * 500_001) + "]")},
+     "holds more than 500,000 values", "a.yaml:5:11"),
     ("deep-990", {"a.yaml": labels(nested(990))}, "nested deeper than 64 levels", "a.yaml:5:73"),
     ("deep-65", {"a.yaml": labels(nested(65))}, "nested deeper than 64 levels", "a.yaml:5:73"),
     ("deep-300k-crashes-libyaml", {"a.yaml": labels(nested(300_000))},
@@ -290,3 +290,18 @@ def test_each_directory_bound_stops_the_walk_with_one_error(tmp_path: Path,
         assert problems[0].location.file == str(tree)
     files, problems = source.scan(tree)
     assert len(files) == 7 and problems == []
+
+
+def test_the_largest_valid_intercept_is_within_the_bounds() -> None:
+    """The bounds refuse what no schema-valid resource needs: 16,384 rules (the schema's
+    maximum) of one Intercept compose within the values bound."""
+    import yaml
+
+    from reconciler.load.source import MAX_VALUES, check_bounds
+
+    rules = "".join(f"    - {{priority: {i + 1}, action: drop, protocol: udp, destinations: "
+                    f"[10.{i // 256}.{i % 256}.0/24], ports: [{1000 + i}]}}\n"
+                    for i in range(16_384))
+    node = yaml.compose("kind: Intercept\nspec:\n  rules:\n" + rules, Loader=yaml.CSafeLoader)
+    check_bounds(node)  # raises past a bound
+    assert MAX_VALUES >= 16_384 * 14
