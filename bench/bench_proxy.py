@@ -1,15 +1,28 @@
 """Proxy benchmark, side by side in one run, inside a scratch network namespace:
 
-  (a) direct to the backend, (b) HAProxy (Debian's, mode tcp, roundrobin, one backend),
-  (c) bpfsync's steered proxy (sk_lookup -> `bpfsync datapath`).
+  direct   to the backends, no proxy
+  haproxy  HAProxy (Debian's 2.6, mode tcp, roundrobin, one thread per CPU: its default)
+  bpfsync  bpfsync's steered proxy (sk_lookup -> `bpfsync datapath`, --workers, default
+           one per CPU)
 
-Measures one large transfer (iperf3, single stream) and the connection rate of short
-request/response exchanges (a fixed number of connections from several client processes),
-then the data-path worker's RSS with 1,000 idle connections. Ratios are against HAProxy.
+Each path has backends of its own (an iperf3 server and a request/response server), so one
+path's leftovers can never stall another's. Rounds are interleaved (every path once per
+round, the order rotating) and the figures are medians over rounds:
 
-    .venv/bin/python bench/bench_proxy.py [--seconds 5] [--connections 4000] [--clients 4]
+  Gbit/s 1   one iperf3 stream, --seconds
+  Gbit/s 8   eight parallel iperf3 streams, --seconds
+  conn/s     short request/response connections, --connections from --clients processes
+  p50/p99    ms per request (connect, one line each way, close) at a fixed --rate
+  CPU s/GB   CPU seconds the proxy's processes spent per GB relayed (the 8-stream run)
 
-Needs root, iperf3 and haproxy (installed on first run if missing, its service left off).
+then RSS of the proxy's processes with --idle idle connections held through each proxy.
+
+    .venv/bin/python bench/bench_proxy.py [--rounds 3] [--workers N] [--loop asyncio|uvloop]
+    .venv/bin/python bench/bench_proxy.py --smoke     # one short round (CI)
+
+Needs root. HAProxy and iperf3 are used from PATH, else unpacked from Debian's packages into
+.venv/bench-tools (bench/tools.py): nothing is installed on the host and no host file is
+written. Everything it creates (namespace, pins, processes, temporary files) is removed.
 """
 
 from __future__ import annotations
@@ -28,23 +41,42 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKEND, BACKEND_IP = ("192.0.2.1", 9000), "192.0.2.1"
-HAPROXY_VIP, STEERED_VIP = "203.0.113.8", "203.0.113.7"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import tools  # noqa: E402
+
+from reconciler.datapath.supervisor import run_dir  # noqa: E402
+from tests.kernel import owned  # noqa: E402
+
+PATHS = ("direct", "haproxy", "bpfsync")
+# per path: the backend's address, the address clients connect to
+BACKEND = {"direct": "192.0.2.1", "haproxy": "192.0.2.2", "bpfsync": "192.0.2.3"}
+FRONT = {"direct": "192.0.2.1", "haproxy": "203.0.113.8", "bpfsync": "203.0.113.7"}
+RR_PORT, IPERF_PORT = 9000, 5201
+
+# n requests (connect, one line each way, close); at a fixed rate, each one timed
 CLIENT = r"""
-import socket, sys, time
+import json, socket, sys, time
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-t0 = time.monotonic(); fails = 0
-for _ in range(n):
+rate = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+times, fails, start = [], 0, time.monotonic()
+for i in range(n):
+    due = start + i / rate if rate else 0.0
+    while (now := time.monotonic()) < due:
+        time.sleep(due - now)
+    t0 = time.perf_counter()
     try:
         s = socket.create_connection((host, port), timeout=5)
         s.sendall(b"ping\n")
         while s.recv(64):
             pass
         s.close()
+        if rate:
+            times.append(time.perf_counter() - t0)
     except OSError:
         fails += 1
-print(time.monotonic() - t0, fails)
+print(json.dumps({"seconds": time.monotonic() - start, "times": times, "fails": fails}))
 """
 
 SERVER = r"""
@@ -60,29 +92,19 @@ asyncio.run(main())
 """
 
 HOLD = r"""
-import socket, sys, time
+import resource, socket, sys, time
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-socks = [socket.create_connection((host, port), timeout=10) for _ in range(n)]
+socks = [socket.create_connection((host, port), timeout=30) for _ in range(n)]
 print("held", len(socks), flush=True)
-time.sleep(float(sys.argv[4]))
+sys.stdin.readline()
 """
 
 
 def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True,
                           timeout=600)
-
-
-def ensure_tools() -> None:
-    if shutil.which("iperf3") is None or shutil.which("haproxy") is None:
-        print("installing iperf3 and haproxy (service left disabled)", file=sys.stderr)
-        Path("/usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
-        os.chmod("/usr/sbin/policy-rc.d", 0o755)
-        try:
-            sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
-               "iperf3 haproxy")
-        finally:
-            Path("/usr/sbin/policy-rc.d").unlink()
 
 
 class Bench:
@@ -94,10 +116,13 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))
         self.procs: list[subprocess.Popen] = []
         self.dp: subprocess.Popen | None = None
+        self.haproxy: subprocess.Popen | None = None
+        self.iperf3 = tools.tool("iperf3")
+        self.log = open(self.tmp / "datapath.log", "wb")  # noqa: SIM115 - closed in cleanup
 
-    def spawn(self, *cmd: str) -> subprocess.Popen:
+    def spawn(self, *cmd: str, stdin: int | None = None) -> subprocess.Popen:
         p = subprocess.Popen(["ip", "netns", "exec", self.ns, *cmd], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, stdin=stdin, text=True)
         self.procs.append(p)
         return p
 
@@ -105,33 +130,53 @@ class Bench:
         sh(f"ip netns add {self.ns}")
         sh(f"ip -n {self.ns} link set lo up")
         sh(f"ip -n {self.ns} route add local 203.0.113.0/24 dev lo")
-        sh(f"ip -n {self.ns} addr add {BACKEND_IP}/32 dev lo")
-        sh(f"ip -n {self.ns} addr add {HAPROXY_VIP}/32 dev lo")
-        srv = self.spawn(sys.executable, "-c", SERVER, *map(str, BACKEND))
-        assert srv.stdout and srv.stdout.readline().strip() == "ready"
-        self.spawn("iperf3", "-s", "-B", BACKEND_IP, "-p", "5201")
+        for ip in {*BACKEND.values(), FRONT["haproxy"]}:
+            sh(f"ip -n {self.ns} addr add {ip}/32 dev lo")
+        for ip in BACKEND.values():  # each path its own servers
+            srv = self.spawn(sys.executable, "-c", SERVER, ip, str(RR_PORT))
+            assert srv.stdout and srv.stdout.readline().strip() == "ready"
+            self.spawn(self.iperf3, "-s", "-B", ip, "-p", str(IPERF_PORT))
+        self._start_haproxy()
+        self._start_bpfsync()
+        want = {f"{ip}:{port}" for ip in (*BACKEND.values(), FRONT["haproxy"])
+                for port in (RR_PORT, IPERF_PORT)}
+        deadline = time.monotonic() + 60
+        while not want <= self._listening():  # the servers and HAProxy have bound
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not listening: {sorted(want - self._listening())}")
+            time.sleep(0.1)
+
+    def _listening(self) -> set[str]:
+        out = sh(f"ip netns exec {self.ns} ss -Hltn").stdout
+        return {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}
+
+    def _start_haproxy(self) -> None:
+        front, back = FRONT["haproxy"], BACKEND["haproxy"]
         cfg = self.tmp / "haproxy.cfg"
         cfg.write_text(f"""global
-    maxconn 8000
+    maxconn 9000
 defaults
     mode tcp
     timeout connect 5s
     timeout client 300s
     timeout server 300s
 frontend fe_rr
-    bind {HAPROXY_VIP}:9000
+    bind {front}:{RR_PORT}
     default_backend be_rr
 frontend fe_iperf
-    bind {HAPROXY_VIP}:5201
+    bind {front}:{IPERF_PORT}
     default_backend be_iperf
 backend be_rr
     balance roundrobin
-    server b1 {BACKEND_IP}:9000
+    server b1 {back}:{RR_PORT}
 backend be_iperf
     balance roundrobin
-    server b1 {BACKEND_IP}:5201
+    server b1 {back}:{IPERF_PORT}
 """)
-        self.spawn("haproxy", "-db", "-f", str(cfg))
+        self.haproxy = self.spawn(tools.tool("haproxy"), "-db", "-f", str(cfg))
+
+    def _start_bpfsync(self) -> None:
+        front, back = FRONT["bpfsync"], BACKEND["bpfsync"]
         desired = self.tmp / "desired"
         desired.mkdir()
         (desired / "proxy.yaml").write_text(f"""apiVersion: bpfsync/v1
@@ -140,9 +185,9 @@ metadata: {{name: bench}}
 spec:
   id: 1
   netns: {self.ns}
-  ports: [9000]
-  destinations: [{STEERED_VIP}/32]
-  backends: ["{BACKEND_IP}:9000"]
+  ports: [{RR_PORT}]
+  destinations: [{front}/32]
+  backends: ["{back}:{RR_PORT}"]
   maxConnections: 20000
 ---
 apiVersion: bpfsync/v1
@@ -151,111 +196,221 @@ metadata: {{name: bench-iperf}}
 spec:
   id: 2
   netns: {self.ns}
-  ports: [5201]
-  destinations: [{STEERED_VIP}/32]
-  backends: ["{BACKEND_IP}:5201"]
+  ports: [{IPERF_PORT}]
+  destinations: [{front}/32]
+  backends: ["{back}:{IPERF_PORT}"]
 """)
-        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(self.root),  # its history: in tmp
-               "BPFSYNC_STATE_DIR": os.environ.get("BPFSYNC_STATE_DIR") or str(self.tmp)}
+        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(self.root)}
         subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
                        check=True, env=env, capture_output=True)
+        workers = ["--workers", str(self.args.workers)] if self.args.workers else []
+        env = {**os.environ, "BPFSYNC_EVENT_LOOP": self.args.loop}
         self.dp = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root",
-                                    str(self.root), "datapath", "--netns", self.ns],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2.0)
+                                    str(self.root), "datapath", "--netns", self.ns, *workers],
+                                   stdout=self.log, stderr=self.log,
+                                   env=env, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not self._ready():  # both proxies serve, on every worker
+            if time.monotonic() > deadline:
+                self.log.flush()
+                raise RuntimeError("bpfsync's data path did not come up within 60 s:\n"
+                                   + (self.tmp / "datapath.log").read_text()[-2000:])
+            time.sleep(0.2)
 
-    def worker_pid(self) -> int:
-        from reconciler.datapath.supervisor import run_dir
+    def _ready(self) -> bool:
+        from reconciler.datapath.supervisor import read_datapath_status
 
-        return json.loads((run_dir(self.root) / "supervisor.json").read_text())["workerPid"]
+        doc = read_datapath_status(self.root)
+        sup = self.supervisor()
+        return bool(doc and sup and all(sup["workerPids"]) and
+                    len(doc["workers"]) == len(sup["workerPids"]) and
+                    len(doc["proxies"]) == 2 and
+                    all(p["backends"] for p in doc["proxies"].values()))
 
-    def iperf(self, host: str) -> float:
-        r = sh(f"ip netns exec {self.ns} iperf3 -c {host} -p 5201 -t {self.args.seconds} -J",
-               check=False)
+    def supervisor(self) -> dict | None:
+        try:
+            return json.loads((run_dir(self.root) / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def pids(self, path: str) -> list[int]:
+        """The processes that do the proxying of path (none for direct)."""
+        if path == "haproxy":
+            assert self.haproxy is not None
+            return [int(p) for p in sh("pgrep -x haproxy", check=False).stdout.split()
+                    if _ancestor(int(p), self.haproxy.pid)]
+        if path == "bpfsync":
+            sup = self.supervisor() or {}
+            return [p for p in [sup.get("pid"), *sup.get("workerPids", [])] if p]
+        return []
+
+    def iperf(self, path: str, streams: int) -> tuple[float, float]:
+        """(Gbit/s, bytes) received."""
+        r = sh(f"ip netns exec {self.ns} {self.iperf3} -c {FRONT[path]} -p {IPERF_PORT} "
+               f"-t {self.args.seconds} -P {streams} -J", check=False)
         doc = json.loads(r.stdout)
         if "error" in doc:
-            raise RuntimeError(f"iperf3 to {host}: {doc['error']}")
-        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+            raise RuntimeError(f"iperf3 via {path}: {doc['error']}")
+        received = doc["end"]["sum_received"]
+        return received["bits_per_second"] / 1e9, received["bytes"]
 
-    def conn_rate(self, host: str, port: int) -> tuple[float, int]:
+    def conn_rate(self, path: str) -> tuple[float, int]:
         per = self.args.connections // self.args.clients
-        ps = [self.spawn(sys.executable, "-c", CLIENT, host, str(port), str(per))
+        ps = [self.spawn(sys.executable, "-c", CLIENT, FRONT[path], str(RR_PORT), str(per))
               for _ in range(self.args.clients)]
         t0 = time.monotonic()
-        outs = [p.communicate(timeout=300)[0].split() for p in ps]
+        outs = [json.loads(p.communicate(timeout=300)[0]) for p in ps]
         wall = time.monotonic() - t0
-        fails = sum(int(o[1]) for o in outs)
-        return per * self.args.clients / wall, fails
+        return per * self.args.clients / wall, sum(o["fails"] for o in outs)
 
-    def idle_rss(self, n: int = 1000) -> tuple[float, float]:
-        pid = self.worker_pid()
-        before = _rss_mib(pid)
-        hold = self.spawn(sys.executable, "-c", HOLD, STEERED_VIP, "9000", str(n), "5")
-        assert hold.stdout and hold.stdout.readline().startswith("held")
-        time.sleep(1.5)
-        after = _rss_mib(pid)
-        hold.wait(30)
-        return before, after
+    def latency(self, path: str) -> tuple[float, float, int]:
+        p = self.spawn(sys.executable, "-c", CLIENT, FRONT[path], str(RR_PORT),
+                       str(self.args.requests), str(self.args.rate))
+        doc = json.loads(p.communicate(timeout=600)[0])
+        times = sorted(doc["times"])
+        if not times:
+            raise RuntimeError(f"no request through {path} succeeded")
+        return (times[len(times) // 2] * 1e3, times[min(len(times) - 1,
+                                                        int(len(times) * 0.99))] * 1e3,
+                doc["fails"])
+
+    def idle_rss(self, path: str, n: int) -> float:
+        """RSS (MiB) of path's processes while n idle connections are held through it."""
+        hold = self.spawn(sys.executable, "-c", HOLD, FRONT[path], str(RR_PORT), str(n),
+                          stdin=subprocess.PIPE)
+        assert hold.stdout is not None
+        line = hold.stdout.readline()
+        if not line.startswith("held"):
+            raise RuntimeError(f"holding {n} connections via {path}: {hold.stderr.read()}")
+        time.sleep(1.0)  # a measuring pause: the proxies finish setting their ends up
+        rss = sum(_rss_mib(p) for p in self.pids(path))
+        hold.communicate("\n", timeout=120)
+        return rss
 
     def cleanup(self) -> None:
         if self.dp and self.dp.poll() is None:
             self.dp.send_signal(signal.SIGTERM)
-            self.dp.wait(20)
+            try:
+                self.dp.wait(30)
+            except subprocess.TimeoutExpired:
+                owned.kill_process_group(self.dp.pid)
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
             p.communicate()
+        self.log.close()
         sh(f"ip netns del {self.ns}", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
-        from reconciler.datapath.supervisor import run_dir
-
         shutil.rmtree(run_dir(self.root), ignore_errors=True)
 
 
+def _ancestor(pid: int, ancestor: int) -> bool:
+    """True when ancestor is pid or one of its parents (haproxy runs under ip netns exec
+    and prlimit, which exec; the ones it was started as)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=5, help="iperf3 duration per run")
     p.add_argument("--connections", type=int, default=4000)
     p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--requests", type=int, default=1000, help="latency probe requests")
+    p.add_argument("--rate", type=float, default=200.0, help="latency probe requests/s")
+    p.add_argument("--idle", type=int, default=4000,
+                   help="idle connections held through each proxy for RSS (HAProxy, one "
+                        "process, needs two descriptors each)")
+    p.add_argument("--idle-bpfsync", type=int, default=10000,
+                   help="idle connections held through bpfsync alone for RSS")
     p.add_argument("--rounds", type=int, default=3, help="median of this many rounds")
+    p.add_argument("--workers", type=int, help="bpfsync's workers (default: one per CPU)")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="the event loop bpfsync's workers run")
+    p.add_argument("--smoke", action="store_true", help="one short round (CI)")
     args = p.parse_args()
-    ensure_tools()
+    if args.smoke:
+        args.seconds, args.connections, args.clients = 1, 200, 2
+        args.requests, args.rate, args.rounds = 40, 100.0, 1
+        args.idle, args.idle_bpfsync = 100, 200
+    owned.private_state_dir()  # the history of its pin root goes with it
     b = Bench(args)
-    targets = {"direct": (BACKEND_IP, 9000), "haproxy": (HAPROXY_VIP, 9000),
-               "bpfsync": (STEERED_VIP, 9000)}
+    figures: dict[str, dict[str, list[float]]] = {k: {} for k in PATHS}
+    fails = dict.fromkeys(PATHS, 0)
+
+    def add(path: str, name: str, value: float) -> None:
+        figures[path].setdefault(name, []).append(value)
+
     try:
         b.setup()
-        gbps: dict[str, list[float]] = {k: [] for k in targets}
-        rate: dict[str, list[float]] = {k: [] for k in targets}
-        fails = dict.fromkeys(targets, 0)
-        for _ in range(args.rounds):  # interleaved, so drift hits every target alike
-            for name, (host, port) in targets.items():
-                gbps[name].append(b.iperf(host) if name != "direct" else b.iperf(BACKEND_IP))
-                r, f = b.conn_rate(host, port)
-                rate[name].append(r)
-                fails[name] += f
-        before, after = b.idle_rss()
+        for r in range(args.rounds):  # interleaved, the order rotating each round
+            for path in PATHS[r % 3:] + PATHS[:r % 3]:
+                add(path, "gbps1", b.iperf(path, 1)[0])
+                cpu = _cpu_seconds(b.pids(path))
+                gbps, moved = b.iperf(path, 8)
+                add(path, "gbps8", gbps)
+                add(path, "cpu_per_gb", (_cpu_seconds(b.pids(path)) - cpu) / (moved / 1e9))
+                rate, failed = b.conn_rate(path)
+                add(path, "cps", rate)
+                p50, p99, lost = b.latency(path)
+                add(path, "p50", p50)
+                add(path, "p99", p99)
+                fails[path] += failed + lost
+        rss = {path: b.idle_rss(path, args.idle) for path in ("haproxy", "bpfsync")}
+        rss_alone = b.idle_rss("bpfsync", args.idle_bpfsync)
+        workers = len((b.supervisor() or {}).get("workerPids", []))
     finally:
         b.cleanup()
-    med = {k: statistics.median(v) for k, v in gbps.items()}
-    cps = {k: statistics.median(v) for k, v in rate.items()}
-    print(f"rounds: {args.rounds} (median), iperf3 {args.seconds}s single stream, "
-          f"{args.connections} connections from {args.clients} clients per rate run")
-    print(f"{'path':10} {'Gbit/s':>8} {'conn/s':>8} {'failed':>7}")
-    for k in targets:
-        print(f"{k:10} {med[k]:8.2f} {cps[k]:8.0f} {fails[k]:7d}")
-    print(f"bpfsync / haproxy: throughput {med['bpfsync'] / med['haproxy']:.2f}x, "
-          f"connection rate {cps['bpfsync'] / cps['haproxy']:.2f}x")
-    print(f"worker RSS: {before:.1f} MiB idle, {after:.1f} MiB with 1000 idle connections")
+    med = {path: {k: statistics.median(v) for k, v in f.items()} for path, f in
+           figures.items()}
+    print(f"rounds: {args.rounds} (medians), iperf3 {args.seconds} s, {args.connections} "
+          f"connections from {args.clients} clients, {args.requests} requests at "
+          f"{args.rate:g}/s; bpfsync: {workers} workers, {args.loop} loop; {os.cpu_count()} CPUs")
+    print(f"{'path':8} {'Gbit/s 1':>9} {'Gbit/s 8':>9} {'conn/s':>8} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'CPU s/GB':>9} {'failed':>7}")
+    for path in PATHS:
+        m = med[path]
+        cpu = f"{m['cpu_per_gb']:9.2f}" if path != "direct" else f"{'-':>9}"
+        print(f"{path:8} {m['gbps1']:9.2f} {m['gbps8']:9.2f} {m['cps']:8.0f} {m['p50']:7.3f} "
+              f"{m['p99']:7.3f} {cpu} {fails[path]:7d}")
+    h, s = med["haproxy"], med["bpfsync"]
+    print(f"bpfsync / haproxy: single stream {s['gbps1'] / h['gbps1']:.2f}x, 8 streams "
+          f"{s['gbps8'] / h['gbps8']:.2f}x, connection rate {s['cps'] / h['cps']:.2f}x, "
+          f"p50 {s['p50'] / h['p50']:.2f}x, p99 {s['p99'] / h['p99']:.2f}x, CPU per GB "
+          f"{s['cpu_per_gb'] / h['cpu_per_gb']:.2f}x")
+    print(f"RSS with {args.idle} idle connections: haproxy {rss['haproxy']:.1f} MiB, "
+          f"bpfsync {rss['bpfsync']:.1f} MiB (supervisor and workers); bpfsync with "
+          f"{args.idle_bpfsync}: {rss_alone:.1f} MiB")
+    return 1 if any(fails.values()) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

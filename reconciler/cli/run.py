@@ -17,6 +17,16 @@ from reconciler.core.drift import ENFORCE, POLICIES
 from reconciler.core.errors import BpfsyncError
 
 
+def workers(text: str) -> int:
+    """--workers N: 1 .. 64 worker processes."""
+    from reconciler.datapath.shared import MAX_WORKERS
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a number of workers from 1 to "
+                                         f"{MAX_WORKERS}, not {text!r}")
+    return int(text)
+
+
 def cmd_datapath(args: argparse.Namespace) -> int:
     from reconciler.daemon import logs
     from reconciler.datapath import worker as datapath
@@ -24,8 +34,9 @@ def cmd_datapath(args: argparse.Namespace) -> int:
     logs.setup(os.environ.get("BPFSYNC_LOG_FORMAT", "text"))
     if args.worker:
         return datapath.run_worker(pin_root(args), args.control_fd, args.generation,
-                                   args.netns)
-    return datapath.run(pin_root(args), args.netns)
+                                   args.netns, args.worker_index, args.workers or 1,
+                                   Path(args.shared) if args.shared else None)
+    return datapath.run(pin_root(args), args.netns, args.workers)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -43,7 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = DaemonConfig(Path(args.directory).absolute(), pin_root(args), args.resync,
                           args.drift, args.debounce, args.max_delay, prune_policy(args),
                           args.allow_empty, not args.no_datapath, args.datapath_netns,
-                          args.metrics, pull=args.pull, confirm_within=args.confirm_within)
+                          args.metrics, pull=args.pull, confirm_within=args.confirm_within,
+                          datapath_workers=args.datapath_workers)
     return Daemon(config).run()
 
 
@@ -52,7 +64,11 @@ def add(sub: Any) -> None:
     dp = sub.add_parser("datapath", help="run the data path (proxies, GUE pings): a supervisor "
                                          "holding the listeners and a worker it restarts")
     dp.add_argument("--netns", help="named network namespace to run in")
+    dp.add_argument("--workers", type=workers, metavar="N",
+                    help="worker processes accepting connections (default: one per CPU)")
     dp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    dp.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    dp.add_argument("--shared", help=argparse.SUPPRESS)
     dp.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     dp.add_argument("--generation", type=int, default=0, help=argparse.SUPPRESS)
     dp.set_defaults(func=cmd_datapath)
@@ -77,6 +93,8 @@ def add(sub: Any) -> None:
     r.add_argument("--datapath-netns", metavar="NAME",
                    help="netns of the data path (default: the Proxies', or the Interfaces' "
                         "when they share one)")
+    r.add_argument("--datapath-workers", type=workers, metavar="N",
+                   help="the data path's worker processes (default: one per CPU)")
     r.add_argument("--confirm-within", type=seconds, metavar="SECONDS",
                    help="revert each change from the files or a commit exactly unless "
                         "`bpfsync confirm` confirms it within SECONDS")

@@ -46,7 +46,8 @@ class DataPathKeeper:
             sup = self.supervisor = None
         if sup is None:
             sup = self.supervisor = Supervisor(self.config.pin_root, want,
-                                               self.config.worker_cmd, slots_every=SLOTS_EVERY)
+                                               self.config.worker_cmd, slots_every=SLOTS_EVERY,
+                                               workers=self.config.datapath_workers)
         try:
             sup.tick(now)
         except (BpfsyncError, OSError) as exc:

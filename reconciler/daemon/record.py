@@ -39,6 +39,7 @@ class DaemonConfig:
     worker_cmd: list[str] | None = None
     pull: float | None = None  # seconds between fetches: follow the clone's upstream branch
     confirm_within: float | None = None  # changes revert unless confirmed this soon
+    datapath_workers: int | None = None  # None: one per CPU
 
 
 

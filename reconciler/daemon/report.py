@@ -126,8 +126,9 @@ def _datapath_report(d: Daemon, error: str | None,
     if sup is None:
         return {"state": "not started", "error": error}
     s = sup.status()
-    worker = s["workerPid"]
-    state = ("running" if worker else "crashLoop" if s["crashLoop"] else "restarting")
+    alive = [pid for pid in s["workerPids"] if pid]
+    # serving while any worker accepts; every worker shares the listen queue
+    state = ("running" if alive else "crashLoop" if s["crashLoop"] else "restarting")
     report = {"state": state, "netns": sup.netns, **s, "error": error}
     if worker_report:
         report["pingsSent"] = worker_report.get("pingsSent", 0)

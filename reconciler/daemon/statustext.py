@@ -74,8 +74,11 @@ def status_text(doc: dict[str, Any]) -> str:
                     if dr["recentCorrections"] else ""))
     dp = doc["dataPath"]
     line = f"data path:       {dp['state']}"
-    if dp.get("workerPid"):
-        line += f" (worker pid {dp['workerPid']}"
+    pids = [p for p in dp.get("workerPids", [dp.get("workerPid")]) if p]
+    if pids:
+        total = len(dp.get("workerPids", pids))
+        line += (f" (worker pid {pids[0]}" if total == 1 else
+                 f" ({len(pids)} of {total} workers, pids {', '.join(map(str, pids))}")
         line += f", netns {dp['netns']}" if dp.get("netns") else ""
         line += ")"
     if dp.get("restarts"):

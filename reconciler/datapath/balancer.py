@@ -60,13 +60,18 @@ class Pool:
 
     def pick(self) -> Target | None:
         """The next healthy target in turn, or None when every target is down."""
+        target, self._next = self.pick_at(self._next)
+        return target
+
+    def pick_at(self, turn: int) -> tuple[Target | None, int]:
+        """The first healthy target from position turn (modulo the targets), and the turn
+        after it: the rotation when the turn is kept elsewhere (shared by workers)."""
         n = len(self.targets)
         for i in range(n):
-            t = self.targets[(self._next + i) % n]
-            if t.healthy:
-                self._next = (self._next + i + 1) % n
-                return t
-        return None
+            j = (turn + i) % n
+            if self.targets[j].healthy:
+                return self.targets[j], (j + 1) % n
+        return None, turn
 
     def record(self, target: Target, ok: bool) -> str | None:
         """Apply one check result; returns "up" or "down" when the target changes state."""

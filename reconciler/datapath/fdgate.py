@@ -29,6 +29,7 @@ class DescriptorGate:
         self.limit = limit  # the soft limit; None: not enforced here
         self.base = base  # descriptors held before any connection
         self.conns = 0  # proxied connections of every proxy of the worker
+        self.pipes = 0  # the relay's pipes (relay.BufferPool), lent or kept
         self.pauses = 0  # accepts (or dials) that waited for descriptors
         self.episodes = 0
         self.paused = False
@@ -36,8 +37,9 @@ class DescriptorGate:
 
     @property
     def held(self) -> int:
-        """Descriptors held as the gate counts them: the start's, and two per connection."""
-        return self.base + 2 * self.conns
+        """Descriptors held as the gate counts them: the start's, two per connection and
+        two per pipe."""
+        return self.base + 2 * (self.conns + self.pipes)
 
     def room(self) -> bool:
         """Two more descriptors fit, with the housekeeping headroom left."""
@@ -70,7 +72,7 @@ class DescriptorGate:
         connections hold at most half the descriptors left for them: at the edge, and while a
         backlog of queued clients drains, every connection that ends lets one more in, which
         is not worth a log line each."""
-        if self.paused and (self.limit is None or 2 * self.conns <= max(
+        if self.paused and (self.limit is None or 2 * (self.conns + self.pipes) <= max(
                 0, self.limit - self.base - HEADROOM) // 2):
             self.paused = False
             log.info("descriptors free again: accepting (%d waits so far)", self.pauses)

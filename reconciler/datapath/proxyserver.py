@@ -10,60 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.datapath import relay
 from reconciler.datapath.addresses import addresses, is_address, original_destination
 from reconciler.datapath.balancer import Pool, Target
+from reconciler.datapath.conn import Conn, Counters
 from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
+from reconciler.datapath.shared import Shared
 from reconciler.steering.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")
 ACCEPT_BACKOFF = 0.1  # seconds after a failed accept (out of file descriptors, say)
-
-
-@dataclass
-class Counters:
-    accepted: int = 0
-    accept_errors: int = 0  # failed accepts other than for want of descriptors
-    fd_exhausted: int = 0  # accepts and dials that waited for a free file descriptor
-    proxied: int = 0  # connected to a backend
-    no_backend: int = 0  # closed at once: every backend down
-    original: int = 0  # sent to their original destination (intercepted, no backends)
-    no_original: int = 0  # closed at once: SO_ORIGINAL_DST had no answer
-    connect_failed: int = 0
-    idle_closed: int = 0
-    drained: int = 0
-    reset: int = 0  # ended by an error on either side
-    bytes_in: int = 0  # client -> backend
-    bytes_out: int = 0
-
-
-@dataclass(eq=False)
-class Conn:
-    client: socket.socket
-    target: Target | None = None
-    backend: socket.socket | None = None
-    up: relay.Stream = field(default_factory=relay.Stream)
-    down: relay.Stream = field(default_factory=relay.Stream)
-    task: asyncio.Task[None] | None = None
-    closing_reason: str | None = None
-
-    def idle_for(self, now: float) -> float:
-        return now - max(self.up.last, self.down.last)
+ROOM_POLL = 0.1  # at maxConnections: how often another worker's ended connections are seen
 
 
 class ProxyServer:
     def __init__(self, listener: socket.socket, config: RuntimeConfig,
-                 pool: relay.BufferPool, gate: DescriptorGate | None = None) -> None:
+                 pool: relay.BufferPool, gate: DescriptorGate | None = None,
+                 shared: Shared | None = None) -> None:
         self.listener = listener
         self.listener.setblocking(False)
         self.config = config
         self.buffers = pool
         self.gate = gate or DescriptorGate()
+        self.shared = shared or Shared(None)  # maxConnections and the turn, across workers
         self.pool = Pool(config.health)
         self.counters = Counters()
         self.conns: set[Conn] = set()
@@ -195,9 +169,27 @@ class ProxyServer:
                 self.counters.fd_exhausted += 1
                 await self.gate.pause(self.config.name, "two per connection")
                 continue
+            slot = self.config.slot
+            # a place among every worker's connections, taken before accepting: the rest
+            # wait in the listen queue (a shared one: another worker may take them)
+            if not self.shared.admit(slot, self.config.max_connections):
+                self._room.clear()
+                with suppress(TimeoutError):  # one of ours ends, or maybe another's did
+                    await asyncio.wait_for(self._room.wait(), ROOM_POLL)
+                self._room.set()
+                continue
             try:
-                client, _ = await loop.sock_accept(self.listener)
-            except OSError as exc:  # never stop accepting
+                # accept at once while the queue holds connections: the loop is asked to
+                # watch the listener only when it is empty (no epoll change per accept)
+                client, _ = self.listener.accept()
+            except BlockingIOError:
+                self.shared.release(slot)
+                await relay.wait_readable(loop, self.listener)
+                continue
+            except BaseException as exc:  # never stop accepting
+                self.shared.release(slot)
+                if not isinstance(exc, OSError):
+                    raise
                 if exc.errno in EXHAUSTED:  # wait for a connection to end, no spinning
                     self.counters.fd_exhausted += 1
                     await self.gate.pause(self.config.name, exc.strerror or "EMFILE")
@@ -215,8 +207,6 @@ class ProxyServer:
         client.setblocking(False)
         conn = Conn(client)
         self.conns.add(conn)
-        if len(self.conns) >= self.config.max_connections:
-            self._room.clear()  # the rest wait in the listen queue
         conn.task = asyncio.get_running_loop().create_task(self._serve(conn))
 
     def retire(self) -> int:
@@ -228,6 +218,7 @@ class ProxyServer:
                 client, _ = self.listener.accept()
             except OSError:  # BlockingIOError: the queue is empty
                 break
+            self.shared.admit(self.config.slot, sys.maxsize)  # counted, beyond any limit
             self._admit(client)
             taken += 1
         self.close()
@@ -252,8 +243,8 @@ class ProxyServer:
         if self.config.mark is not None:  # never intercepted again (Intercept proxyMark)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.config.mark)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address),
-                                   self.config.connect_timeout)
+            async with asyncio.timeout(self.config.connect_timeout):  # no task of its own
+                await asyncio.get_running_loop().sock_connect(sock, address)
         except (OSError, TimeoutError) as exc:
             relay.close(sock)
             self.counters.connect_failed += 1
@@ -280,7 +271,8 @@ class ProxyServer:
         if not self.config.backends:
             return await self._connect_original(conn)
         for _ in range(2):  # one retry on another backend
-            target = self.pool.pick()
+            with self.shared.turn(self.config.slot) as turn:  # exact across workers
+                target, turn[0] = self.pool.pick_at(turn[0])
             if target is None:
                 return False
             sock = await self._dial((target.address, target.port))
@@ -333,8 +325,8 @@ class ProxyServer:
                 conn.target.active -= 1
             self.conns.discard(conn)
             self.gate.released()
-            if len(self.conns) < self.config.max_connections:
-                self._room.set()
+            self.shared.release(self.config.slot)
+            self._room.set()
 
     @staticmethod
     def _on_up_done(conn: Conn, task: asyncio.Task[None]) -> None:

@@ -1,28 +1,48 @@
-"""Copying bytes between two sockets on an asyncio loop, with half-close.
+"""Moving bytes between two sockets on an asyncio loop, with half-close.
 
-Measured on this machine (bench/bench_proxy.py), non-blocking recv_into with a reused buffer
-moves about twice what StreamReader/StreamWriter do. Buffers come from a shared pool and are
-held only while data flows, so an idle connection holds no buffer: 1,000 idle connections
-cost sockets and two pending futures each, not 2,000 buffers.
+Bytes are spliced (splice(2) through a pipe: socket -> pipe -> socket, pages moved in the
+kernel, never copied into Python), as HAProxy does; the loop still sees every chunk, so
+half-close, backpressure, resets, byte counts and idle times work as for a copy. Where no
+pipe can be had (out of descriptors, BPFSYNC_RELAY=copy), the chunk is copied with
+recv_into and a reused buffer instead (which moves about twice what StreamReader and
+StreamWriter do). Pipes and buffers come from a shared pool and are held only while data
+flows, so an idle connection holds neither: 1,000 idle connections cost sockets and two
+pending futures each. Measured in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import os
 import socket
 import struct
 import time
 from contextlib import suppress
+from typing import Any
+
+from reconciler.datapath.fdgate import DescriptorGate
 
 BUFFER_SIZE = 256 * 1024
 POOL_KEEP = 64  # buffers kept for reuse; more are allocated under load and then freed
+PIPES_KEEP = 16  # empty pipes kept for reuse (two descriptors each)
+F_SETPIPE_SZ = 1031
+_SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class BufferPool:
-    def __init__(self, size: int = BUFFER_SIZE, keep: int = POOL_KEEP) -> None:
+    """Buffers and pipes, lent while data flows. splice: False copies every chunk."""
+
+    def __init__(self, size: int = BUFFER_SIZE, keep: int = POOL_KEEP,
+                 splice: bool | None = None, gate: DescriptorGate | None = None) -> None:
         self.size, self.keep = size, keep
+        self.gate = gate or DescriptorGate()  # pipes count among the worker's descriptors
+        self.splice = (os.environ.get("BPFSYNC_RELAY", "splice") != "copy"
+                       if splice is None else splice)
         self._free: list[bytearray] = []
+        self._pipes: list[tuple[int, int]] = []
 
     def get(self) -> bytearray:
         return self._free.pop() if self._free else bytearray(self.size)
@@ -31,15 +51,53 @@ class BufferPool:
         if len(self._free) < self.keep:
             self._free.append(buf)
 
+    def get_pipe(self) -> tuple[int, int] | None:
+        """An empty pipe (read end, write end), or None: splicing is off, or no descriptor
+        is left for one (the chunk is copied instead)."""
+        if not self.splice:
+            return None
+        if self._pipes:
+            return self._pipes.pop()
+        if not self.gate.room():  # connections need the descriptors more
+            return None
+        try:
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return None
+            raise
+        with suppress(OSError):  # as much as a copy buffer holds, where allowed
+            fcntl.fcntl(w, F_SETPIPE_SZ, self.size)
+        self.gate.pipes += 1
+        return r, w
+
+    def put_pipe(self, pipe: tuple[int, int], empty: bool = True) -> None:
+        """Return a pipe; one that may still hold bytes (an error mid-way) is closed."""
+        if empty and len(self._pipes) < PIPES_KEEP:
+            self._pipes.append(pipe)
+            return
+        for fd in pipe:
+            os.close(fd)
+        self.gate.pipes -= 1
+
 
 async def wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    await _wait(loop, sock, loop.add_reader, loop.remove_reader)
+
+
+async def wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    await _wait(loop, sock, loop.add_writer, loop.remove_writer)
+
+
+async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any,
+                remove: Any) -> None:
     fut = loop.create_future()
     fd = sock.fileno()
-    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    add(fd, lambda: fut.done() or fut.set_result(None))
     try:
         await fut
     finally:
-        loop.remove_reader(fd)
+        remove(fd)
 
 
 class Stream:
@@ -54,19 +112,27 @@ class Stream:
 
 async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket,
                pool: BufferPool, stream: Stream) -> None:
-    """Copy src to dst until src's EOF, then half-close dst (its reader sees FIN; the other
+    """Move src to dst until src's EOF, then half-close dst (its reader sees FIN; the other
     direction keeps flowing). Errors propagate to the caller, which resets both sides."""
     buf: bytearray | None = None
+    pipe: tuple[int, int] | None = None
+    held = 0  # bytes in the pipe, not yet in dst
     try:
         while True:
-            if buf is None:
+            if buf is None and pipe is None:
                 await wait_readable(loop, src)
-                buf = pool.get()
+                pipe = pool.get_pipe()
+                if pipe is None:
+                    buf = pool.get()
             try:
-                n = src.recv_into(buf)
-            except BlockingIOError:
-                pool.put(buf)
-                buf = None
+                n = (src.recv_into(buf) if pipe is None else
+                     os.splice(src.fileno(), pipe[1], pool.size, flags=_SPLICE))
+            except BlockingIOError:  # nothing more for now: what was lent goes back
+                if pipe is not None:
+                    pool.put_pipe(pipe)
+                elif buf is not None:
+                    pool.put(buf)
+                buf = pipe = None
                 continue
             if n == 0:
                 with suppress(OSError):
@@ -74,10 +140,21 @@ async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.
                 return
             stream.bytes += n
             stream.last = time.monotonic()
-            await loop.sock_sendall(dst, memoryview(buf)[:n])
+            if pipe is None:
+                assert buf is not None
+                await loop.sock_sendall(dst, memoryview(buf)[:n])
+                continue
+            held = n
+            while held:  # into dst, as fast as it takes them (backpressure: we wait)
+                try:
+                    held -= os.splice(pipe[0], dst.fileno(), held, flags=_SPLICE)
+                except BlockingIOError:
+                    await wait_writable(loop, dst)
     finally:
         if buf is not None:
             pool.put(buf)
+        if pipe is not None:
+            pool.put_pipe(pipe, empty=held == 0)
 
 
 def close(sock: socket.socket, reset: bool = False) -> None:

@@ -1,12 +1,15 @@
-"""`bpfsync datapath`: the supervisor of the data-path worker, and holder of its listeners.
+"""`bpfsync datapath`: the supervisor of the data-path workers, and holder of their listeners.
 
-The proxies' listening sockets belong to this process, not to the worker that accepts on
+The proxies' listening sockets belong to this process, not to the workers that accept on
 them: they are created here (one per Proxy slot found in the pinned ps_proxy table),
 registered in the ps_sockets SOCKMAP (the sk_lookup program hands connections to them), and
-passed to each worker over a unix socket (SCM_RIGHTS). When the worker crashes or is killed,
-connections keep completing their handshake into the listen queue, and the next worker
-accepts them: no connection is refused across a restart. The worker is restarted with
-exponential backoff; a worker that keeps dying quickly is reported as a crash loop.
+passed to every worker over a unix socket (SCM_RIGHTS). Workers (one per CPU by default)
+accept from the same listen queue: whichever is free takes the next connection, and a dead
+worker's share is never left waiting. When every worker is down, connections keep
+completing their handshake into the listen queue and the next worker accepts them: no
+connection is refused across a restart. Each worker is restarted with exponential backoff;
+one that keeps dying quickly is reported as a crash loop. Workers share maxConnections and
+the round-robin turn through a small table in the run directory (shared.py).
 
 `bpfsync run` embeds the same Supervisor.
 """
@@ -30,6 +33,8 @@ from typing import Any
 from reconciler.core import tables as t
 from reconciler.core.errors import KernelStateError
 from reconciler.core.naming import escape_path
+from reconciler.datapath import shared
+from reconciler.datapath.listeners import Listeners, socket_cookie
 from reconciler.kernel import cgroups, libbpf, netns
 from reconciler.kernel.maps import read_pin
 from reconciler.steering import tables as st
@@ -38,10 +43,6 @@ from reconciler.tproxy.cgroups import datapath_cgroup
 
 log = logging.getLogger("bpfsync.supervisor")
 
-SO_COOKIE = 57
-IP_FREEBIND = 15
-IP_TRANSPARENT = 19
-LISTEN_BACKLOG = 4096
 TICK = 0.25  # new or removed Proxies are noticed within this
 BACKOFF_FIRST, BACKOFF_CAP = 0.2, 30.0
 STABLE_AFTER = 10.0  # a worker that lived this long resets the backoff
@@ -56,18 +57,31 @@ def run_dir(pin_root: Path) -> Path:
     return Path("/run/bpfsync") / escape_path(pin_root)
 
 
+def report_path(pin_root: Path, worker: int) -> Path:
+    """Where worker number `worker` writes its report every 0.25 s."""
+    return run_dir(pin_root) / f"datapath-{worker}.json"
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on (at most shared.MAX_WORKERS)."""
+    return max(1, min(shared.MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
 def read_datapath_status(pin_root: Path) -> dict[str, Any] | None:
-    """The running worker's last report (written every 0.25 s), if it is fresh: a stale one
-    (a worker killed before it could remove it) means no worker runs."""
-    try:
-        doc = json.loads((run_dir(pin_root) / "datapath.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if time.time() - doc.get("time", 0) < STATUS_FRESH else None
+    """The running workers' last reports (each written every 0.25 s) as one: counters
+    summed, per worker under "workers". A stale report (a worker killed before it could
+    remove it) is left out; None when none is fresh (no worker runs)."""
+    from reconciler.datapath.reports import merge
 
-
-def socket_cookie(sock: socket.socket) -> int:
-    return struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+    docs = []
+    for path in sorted(run_dir(pin_root).glob("datapath-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and time.time() - doc.get("time", 0) < STATUS_FRESH:
+            docs.append(doc)
+    return merge(docs) if docs else None
 
 
 def registered_cookies(pin_root: Path, slots: list[int]) -> dict[int, int | None]:
@@ -100,81 +114,9 @@ def transparent_declared(pin_root: Path) -> bool:
     return bool(read_pin(pin_root, tpt.TP_CONFIG))
 
 
-class Listeners:
-    """Listening sockets by slot, kept registered in ps_sockets."""
-
-    def __init__(self, pin_root: Path, netns_name: str | None) -> None:
-        self.pin_root = pin_root
-        self.netns = netns_name
-        self.socks: dict[int, socket.socket] = {}
-
-    def _open(self, slot: int) -> socket.socket:
-        with netns.inside(self.netns):  # a socket belongs to the namespace it was made in
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)  # lo may still be down
-        # an Intercept's redirected connections are assigned to it by TC with their original
-        # destination as local address: the kernel accepts (and answers) them only then
-        try:
-            s.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
-        except PermissionError:  # steering still works; redirection needs CAP_NET_ADMIN
-            log.warning("listener for slot %d: IP_TRANSPARENT refused (no CAP_NET_ADMIN): "
-                        "connections an Intercept redirects to it will not be accepted", slot)
-        s.bind(("127.0.0.1", 0))
-        s.listen(LISTEN_BACKLOG)
-        log.info("listener for slot %d on %s:%d", slot, *s.getsockname())
-        return s
-
-    def sync(self, slots: set[int]) -> bool:
-        """Open missing listeners, close removed ones, re-register drifted ones; True when the
-        set of listeners changed."""
-        changed = False
-        for slot in sorted(set(self.socks) - slots):
-            log.info("closing listener for slot %d (Proxy removed)", slot)
-            self.socks.pop(slot).close()
-            changed = True
-        for slot in sorted(slots - set(self.socks)):
-            self.socks[slot] = self._open(slot)
-            changed = True
-        if self.socks:
-            self._register()
-        return changed
-
-    def reopen(self) -> None:
-        """New sockets for every slot (made where this process is now: its cgroup decides
-        which getsockopt programs their accepted sockets run)."""
-        old = self.socks
-        self.socks = {slot: self._open(slot) for slot in sorted(old)}
-        if self.socks:
-            self._register()  # replaces the old ones in ps_sockets: steering never stops
-        for sock in old.values():
-            sock.close()
-
-    def _register(self) -> None:
-        fd = libbpf.obj_get_if_pinned(str(self.pin_root / "maps" / st.SOCKETS.name))
-        if fd is None:
-            return
-        try:
-            for slot, s in self.socks.items():
-                key = struct.pack("=I", slot)
-                cookie = socket_cookie(s)
-                have = libbpf.lookup_elem(fd, key, 8)
-                if have is None or struct.unpack("=Q", have)[0] != cookie:
-                    libbpf.update_elem(fd, key, struct.pack("=Q", s.fileno()))
-                    if have is not None:
-                        log.info("slot %d held another socket (a previous data path's); "
-                                 "steering now hands connections to ours", slot)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        for s in self.socks.values():
-            s.close()
-        self.socks.clear()
-
-
 @dataclass
 class WorkerState:
+    index: int = 0
     proc: subprocess.Popen[bytes] | None = None
     control: socket.socket | None = None
     started: float = 0.0
@@ -187,34 +129,51 @@ class WorkerState:
 
 class Supervisor:
     def __init__(self, pin_root: Path, netns_name: str | None,
-                 worker_cmd: list[str] | None = None, slots_every: float = TICK) -> None:
+                 worker_cmd: list[str] | None = None, slots_every: float = TICK,
+                 workers: int | None = None) -> None:
         self.pin_root = pin_root
         self.slots_every = slots_every  # how often ps_proxy is read for new or removed slots
         self.slots_due = 0.0  # set to 0 to read it at the next tick
         self._written = ""
         self.netns = netns_name
         self.listeners = Listeners(pin_root, netns_name)
-        self.worker = WorkerState()
+        self.workers = [WorkerState(i) for i in range(workers or default_workers())]
+        self.shared_path = run_dir(pin_root) / "shared"
+        self.shared: shared.Shared | None = None
         self.worker_cmd = worker_cmd or [sys.executable, "-m", "reconciler"]
         self.status_dir = run_dir(pin_root)
         self._cgroup_error: str | None = None
         self._stop = False
 
-    # ----- worker
-    def _spawn(self, now: float) -> None:
+    @property
+    def worker(self) -> WorkerState:
+        """The first worker (the one that pings)."""
+        return self.workers[0]
+
+    # ----- workers
+    def _open_shared(self) -> shared.Shared:
+        if self.shared is None:
+            self.status_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shared.create(self.shared_path)
+            self.shared = shared.Shared(self.shared_path, 0, len(self.workers))
+        return self.shared
+
+    def _spawn(self, w: WorkerState, now: float) -> None:
+        self._open_shared().forget_worker(w.index)  # a dead worker's connections died with it
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = [*self.worker_cmd, "--pin-root", str(self.pin_root), "datapath", "--worker",
-               "--control-fd", str(child.fileno()), "--generation", str(self.worker.restarts),
+               "--control-fd", str(child.fileno()), "--generation", str(w.restarts),
+               "--worker-index", str(w.index), "--workers", str(len(self.workers)),
+               "--shared", str(self.shared_path),
                *(["--netns", self.netns] if self.netns else [])]
         proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),))
         child.close()
-        self.worker.proc, self.worker.control, self.worker.started = proc, parent, now
-        log.info("worker %d started%s", proc.pid,
-                 f" (restart {self.worker.restarts})" if self.worker.restarts else "")
-        self._send_listeners()
+        w.proc, w.control, w.started = proc, parent, now
+        log.info("worker %d (%d of %d) started%s", proc.pid, w.index + 1, len(self.workers),
+                 f" (restart {w.restarts})" if w.restarts else "")
+        self._send_listeners(w)
 
-    def _send_listeners(self) -> None:
-        w = self.worker
+    def _send_listeners(self, w: WorkerState) -> None:
         if w.control is None:
             return
         slots = sorted(self.listeners.socks)
@@ -225,8 +184,7 @@ class Supervisor:
         except OSError as exc:  # the worker is dying; the next one gets the set
             log.debug("sending listeners failed: %s", exc)
 
-    def _reap(self, now: float) -> None:
-        w = self.worker
+    def _reap(self, w: WorkerState, now: float) -> None:
         if w.proc is None or w.proc.poll() is None:
             return
         code = w.proc.returncode
@@ -247,17 +205,22 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         """Also called from the daemon's status thread: reads copies, tolerates a listener
-        closed meanwhile."""
-        w = self.worker
-        proc = w.proc
+        closed meanwhile. Top-level restarts and exits are all workers'; workerPid is the
+        first worker's."""
         listeners = {}
         for slot, sock in list(self.listeners.socks.items()):
             with suppress(OSError):
                 listeners[str(slot)] = sock.getsockname()[1]
-        return {"pid": os.getpid(), "workerPid": proc.pid if proc else None,
-                "restarts": w.restarts, "lastExit": w.last_exit,
-                "crashLoop": w.quick_deaths >= CRASH_LOOP, "recentExits": list(w.history),
-                "listeners": listeners}
+        workers = [{"worker": w.index, "pid": w.proc.pid if w.proc else None,
+                    "restarts": w.restarts, "lastExit": w.last_exit,
+                    "crashLoop": w.quick_deaths >= CRASH_LOOP} for w in self.workers]
+        last = max(self.workers, key=lambda w: w.history[-1] if w.history else "")
+        recent = sorted(x for w in self.workers for x in w.history)[-10:]
+        return {"pid": os.getpid(), "workerPid": workers[0]["pid"],
+                "workerPids": [w["pid"] for w in workers],
+                "restarts": sum(w.restarts for w in self.workers), "lastExit": last.last_exit,
+                "crashLoop": any(w["crashLoop"] for w in workers), "recentExits": recent,
+                "workers": workers, "listeners": listeners}
 
     def _write_status(self) -> None:
         text = json.dumps(self.status())
@@ -281,8 +244,9 @@ class Supervisor:
             if cgroups.current() == want:
                 return False
             cgroups.move(os.getpid(), want)
-            if self.worker.proc is not None:
-                cgroups.move(self.worker.proc.pid, want)
+            for w in self.workers:
+                if w.proc is not None:
+                    cgroups.move(w.proc.pid, want)
         except (OSError, KernelStateError) as exc:
             if str(exc) != self._cgroup_error:  # once per distinct cause, not every tick
                 log.warning("cannot move into the data path's cgroup (intercepted "
@@ -307,10 +271,12 @@ class Supervisor:
                 log.warning("reading %s failed: %s", st.PROXY.name, exc)
                 slots = set(self.listeners.socks)
             if self.listeners.sync(slots) or reopened:
-                self._send_listeners()
-        self._reap(now)
-        if self.worker.proc is None and now >= self.worker.next_start and not self._stop:
-            self._spawn(now)
+                for w in self.workers:
+                    self._send_listeners(w)
+        for w in self.workers:
+            self._reap(w, now)
+            if w.proc is None and now >= w.next_start and not self._stop:
+                self._spawn(w, now)
         self._write_status()
 
     def stop(self, *_: object) -> None:
@@ -333,18 +299,29 @@ class Supervisor:
         return 0
 
     def shutdown(self) -> None:
-        """Stop the worker (it drains) and close the listeners; nothing pinned is touched."""
-        w = self.worker
-        if w.proc is not None and w.proc.poll() is None:
+        """Stop the workers (they drain, together) and close the listeners; nothing pinned
+        is touched."""
+        running = [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for w in running:
+            assert w.proc is not None
             w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for w in running:
+            assert w.proc is not None
             try:
-                w.proc.wait(STOP_GRACE)
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
-        if w.control is not None:
-            w.control.close()
+        for w in self.workers:
+            if w.control is not None:
+                w.control.close()
         self.listeners.close()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+        with suppress(OSError):
+            self.shared_path.unlink()
         with suppress(OSError):
             (self.status_dir / "supervisor.json").unlink()
         with suppress(OSError):

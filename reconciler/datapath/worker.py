@@ -23,6 +23,7 @@ from typing import Any
 from reconciler.datapath import pinger, relay, supervisor
 from reconciler.datapath.fdgate import DescriptorGate
 from reconciler.datapath.proxyserver import ProxyServer
+from reconciler.datapath.shared import Shared
 from reconciler.gue import tables as gt
 from reconciler.kernel import fdlimit, netns
 from reconciler.kernel.maps import read_pin
@@ -100,20 +101,24 @@ class Pinger:
 
 
 class Worker:
-    """The data-path worker: proxies on the listeners its supervisor passes, GUE pings."""
+    """The data-path worker: proxies on the listeners its supervisor passes (every worker
+    accepts from the same listeners), GUE pings (the first worker only)."""
 
-    def __init__(self, pin_root: Path, control: socket.socket, generation: int) -> None:
+    def __init__(self, pin_root: Path, control: socket.socket, generation: int,
+                 index: int = 0, workers: int = 1, shared: Path | None = None) -> None:
         self.pin_root = pin_root
         self.control = control
         self.generation = generation
+        self.index = index
+        self.shared = Shared(shared, index, workers)
         self.pinger = Pinger(pin_root)
-        self.buffers = relay.BufferPool()
         self.gate = DescriptorGate(fdlimit.raise_to_hard(), fdlimit.open_count())
+        self.buffers = relay.BufferPool(gate=self.gate)
         self.listeners: dict[int, socket.socket] = {}
         self.servers: dict[int, ProxyServer] = {}
         self.configs: dict[int, bytes] = {}
         self.bad_configs: set[bytes] = set()
-        self.status_path = supervisor.run_dir(pin_root) / "datapath.json"
+        self.status_path = supervisor.report_path(pin_root, index)
         self.done = asyncio.Event()
         # Without a supervisor, connections are still steered to our listeners (we hold
         # copies): serve them until steering hands each slot to another process's socket.
@@ -182,7 +187,7 @@ class Worker:
             server = self.servers.get(slot)
             if server is None:
                 server = self.servers[slot] = ProxyServer(self.listeners[slot], config,
-                                                          self.buffers, self.gate)
+                                                          self.buffers, self.gate, self.shared)
                 server.start()
             else:
                 server.update(config)
@@ -219,16 +224,19 @@ class Worker:
             await asyncio.sleep(supervisor.TICK)
 
     async def _ping_loop(self) -> None:
+        if self.index != 0:  # one worker pings: a peer sees each ping once
+            return
         while not self.done.is_set():
             await asyncio.sleep(self.pinger.tick(time.monotonic()))
 
     def status(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "generation": self.generation, "time": time.time(),
+        return {"pid": os.getpid(), "worker": self.index, "generation": self.generation,
+                "time": time.time(),
                 "pingsSent": self.pinger.sent, "pinging": sorted(self.pinger.current),
                 # counted, not listed: /proc/self/fd of 10^5 connections every 0.25 s is not free
                 "descriptors": {"limit": self.gate.limit, "open": self.gate.held,
                                 "exhausted": self.gate.pauses, "episodes": self.gate.episodes,
-                                "paused": self.gate.paused},
+                                "paused": self.gate.paused, "pipes": self.gate.pipes},
                 "proxies": {s.config.name: s.status() for s in self.servers.values()}}
 
     async def _status_loop(self) -> None:
@@ -237,7 +245,7 @@ class Worker:
                 return
             with suppress(OSError):
                 self.status_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                tmp = self.status_path.with_name("datapath.json~")
+                tmp = self.status_path.with_name(self.status_path.name + "~")
                 tmp.write_text(json.dumps(self.status()))
                 tmp.replace(self.status_path)
             await asyncio.sleep(STATUS_EVERY)
@@ -270,16 +278,29 @@ class Worker:
                 self.status_path.unlink()
 
 
+def event_loop_runner() -> Any:
+    """asyncio.run, or uvloop's when BPFSYNC_EVENT_LOOP=uvloop (and uvloop is installed)."""
+    if os.environ.get("BPFSYNC_EVENT_LOOP", "asyncio") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("BPFSYNC_EVENT_LOOP=uvloop, but uvloop is not installed: asyncio's")
+        else:
+            return uvloop.run
+    return asyncio.run
+
+
 def run_worker(pin_root: Path, control_fd: int, generation: int,
-               netns_name: str | None = None) -> int:
+               netns_name: str | None = None, index: int = 0, workers: int = 1,
+               shared: Path | None = None) -> int:
     if netns_name:
         netns.enter(netns_name)  # backends and GUE peers are reached from the proxies' netns
     control = socket.socket(fileno=control_fd)
-    worker = Worker(pin_root, control, generation)
-    asyncio.run(worker.main())
+    worker = Worker(pin_root, control, generation, index, workers, shared)
+    event_loop_runner()(worker.main())
     log.info("worker stopped after %d pings", worker.pinger.sent)
     return 0
 
 
-def run(pin_root: Path, netns_name: str | None) -> int:
-    return supervisor.Supervisor(pin_root, netns_name).run()
+def run(pin_root: Path, netns_name: str | None, workers: int | None = None) -> int:
+    return supervisor.Supervisor(pin_root, netns_name, workers=workers).run()

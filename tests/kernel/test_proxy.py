@@ -109,12 +109,14 @@ class ProxyNet:
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout
 
-    def start_datapath(self, nofile: int | None = None) -> None:
-        """nofile: a descriptor limit (soft and hard) for the data path and its worker."""
+    def start_datapath(self, nofile: int | None = None, workers: int = 2) -> None:
+        """nofile: a descriptor limit (soft and hard) for the data path and its workers;
+        workers: how many (stated, so that the tests do not depend on the CPUs)."""
         log = open(self.tmp / "datapath.log", "ab")  # noqa: SIM115 - the child owns it
         limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
         self.dp = subprocess.Popen([*limit, sys.executable, "-m", "reconciler", "--pin-root",
-                                    str(self.root), "datapath", "--netns", self.ns],
+                                    str(self.root), "datapath", "--netns", self.ns,
+                                    "--workers", str(workers)],
                                    stdout=log, stderr=log, start_new_session=True)
         log.close()
         self.procs.append(self.dp)
@@ -521,6 +523,49 @@ def test_hostname_backends_are_resolved_again(pn: ProxyNet, tmp_path: Path) -> N
                    seconds=60)
     assert pn.client("who", VIP, 80, 3)["names"] == {"b3": 3}
     assert "app.bpfsync.test resolves to" in (tmp_path / "datapath.log").read_text()
+
+
+def test_workers_share_one_queue_a_stopped_or_killed_worker_delays_nobody(
+        pn: ProxyNet) -> None:
+    """Two workers accept from the same listener. One frozen (SIGSTOP): the other serves
+    every new connection, with the round-robin turn still exact across both. Both killed at
+    once: connections wait in the queue and the restarted workers serve them; none
+    refused."""
+    pn.write(proxy_doc(ports="[80]"))
+    pn.apply()
+    pn.start_datapath(workers=2)
+    sup = wait_until(lambda: (s := pn.supervisor()) and all(s["workerPids"]) and s, 60)
+    assert len(sup["workerPids"]) == 2 and len(set(sup["workerPids"])) == 2
+    both = wait_until(lambda: (r := read_datapath_status(pn.root)) and len(r["workers"]) == 2
+                      and r, 60)
+    frozen, serving = sup["workerPids"]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        r = pn.client("who", VIP, 80, 30)
+        # (the frozen worker's report goes stale and is left out; the other's is fresh)
+        report = wait_until(lambda: (x := read_datapath_status(pn.root)) and [
+            w["pid"] for w in x["workers"]] == [serving] and x, 60)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert r["errors"] == [] and r["names"] == {"b1": 10, "b2": 10, "b3": 10}, r
+    was = next(w["accepted"] for w in both["workers"] if w["pid"] == serving)
+    assert report["workers"][0]["accepted"] >= was + 30, (both, report)
+
+    stop = pn.stop_file()
+    stream = pn.spawn("stream", VIP, 80, 300, 0.005, stop)
+    pn.wait_report(lambda x: x["proxied"] >= 40)
+    for pid in sup["workerPids"]:  # both at once: nobody accepts until they are back
+        os.kill(pid, signal.SIGKILL)
+    later = wait_until(lambda: (s := pn.supervisor()) and all(s["workerPids"]) and not set(
+        s["workerPids"]) & set(sup["workerPids"]) and s, 60)
+    pn.wait_report(lambda x: x["pid"] == later["workerPids"][0] and x["proxied"] >= 10)
+    stop.touch()
+    s = json.loads(stream.communicate(timeout=60)[0])
+    assert not [e for e in s["errors"] if "Refused" in e], s["errors"]
+    # only connections being relayed at the kill die with their worker (one each at most)
+    assert len(s["errors"]) <= 2, s
+    assert later["restarts"] == 2 and [w["lastExit"] for w in later["workers"]] == [
+        "signal 9", "signal 9"]
 
 
 def test_descriptor_exhaustion_pauses_accepting_and_serves_once_connections_end(

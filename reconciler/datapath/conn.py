@@ -1,0 +1,42 @@
+"""A proxied connection (its two sockets, the backend it got, each direction's progress) and
+a proxy's counters, as one worker keeps them."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+from reconciler.datapath import relay
+from reconciler.datapath.balancer import Target
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    accept_errors: int = 0  # failed accepts other than for want of descriptors
+    fd_exhausted: int = 0  # accepts and dials that waited for a free file descriptor
+    proxied: int = 0  # connected to a backend
+    no_backend: int = 0  # closed at once: every backend down
+    original: int = 0  # sent to their original destination (intercepted, no backends)
+    no_original: int = 0  # closed at once: SO_ORIGINAL_DST had no answer
+    connect_failed: int = 0
+    idle_closed: int = 0
+    drained: int = 0
+    reset: int = 0  # ended by an error on either side
+    bytes_in: int = 0  # client -> backend
+    bytes_out: int = 0
+
+
+@dataclass(eq=False)
+class Conn:
+    client: socket.socket
+    target: Target | None = None
+    backend: socket.socket | None = None
+    up: relay.Stream = field(default_factory=relay.Stream)
+    down: relay.Stream = field(default_factory=relay.Stream)
+    task: asyncio.Task[None] | None = None
+    closing_reason: str | None = None
+
+    def idle_for(self, now: float) -> float:
+        return now - max(self.up.last, self.down.last)
