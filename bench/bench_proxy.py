@@ -2,8 +2,8 @@
 
   direct   to the backends, no proxy
   haproxy  HAProxy (Debian's 2.6, mode tcp, roundrobin, one thread per CPU: its default)
-  bpfsync  bpfsync's steered proxy (sk_lookup -> `bpfsync datapath`, --workers, default
-           one per CPU)
+  bpfsync  bpfsync's steered proxy (sk_lookup -> `bpfsync datapath`), as installed, or
+           several variants of it side by side (--variant: workers, event loop, relay)
 
 Each path has backends of its own (an iperf3 server and a request/response server), so one
 path's leftovers can never stall another's. Rounds are interleaved (every path once per
@@ -17,7 +17,8 @@ round, the order rotating) and the figures are medians over rounds:
 
 then RSS of the proxy's processes with --idle idle connections held through each proxy.
 
-    .venv/bin/python bench/bench_proxy.py [--rounds 3] [--workers N] [--loop asyncio|uvloop]
+    .venv/bin/python bench/bench_proxy.py [--rounds 3] [--variant NAME[:K=V,...]] ...
+    e.g. --variant splice --variant copy:BPFSYNC_RELAY=copy --variant one:workers=1
     .venv/bin/python bench/bench_proxy.py --smoke     # one short round (CI)
 
 Needs root. HAProxy and iperf3 are used from PATH, else unpacked from Debian's packages into
@@ -49,10 +50,10 @@ import tools  # noqa: E402
 from reconciler.datapath.supervisor import run_dir  # noqa: E402
 from tests.kernel import owned  # noqa: E402
 
-PATHS = ("direct", "haproxy", "bpfsync")
-# per path: the backend's address, the address clients connect to
-BACKEND = {"direct": "192.0.2.1", "haproxy": "192.0.2.2", "bpfsync": "192.0.2.3"}
-FRONT = {"direct": "192.0.2.1", "haproxy": "203.0.113.8", "bpfsync": "203.0.113.7"}
+# per path: the backend's address, the address clients connect to (bpfsync variants get
+# 192.0.2.(10 + i) and 203.0.113.(10 + i))
+BACKEND = {"direct": "192.0.2.1", "haproxy": "192.0.2.2"}
+FRONT = {"direct": "192.0.2.1", "haproxy": "203.0.113.8"}
 RR_PORT, IPERF_PORT = 9000, 5201
 
 # n requests (connect, one line each way, close); at a fixed rate, each one timed
@@ -112,10 +113,17 @@ class Bench:
         self.args = args
         tag = uuid.uuid4().hex[:6]
         self.ns = f"bsbench{tag}"
-        self.root = Path(f"/sys/fs/bpf/bpfsync-bench-{tag}")
+        self.tag = tag
         self.tmp = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))
         self.procs: list[subprocess.Popen] = []
-        self.dp: subprocess.Popen | None = None
+        # bpfsync variant name -> (environment and options, pin root, data path)
+        self.variants: dict[str, dict[str, str]] = dict(args.variant)
+        self.roots: dict[str, Path] = {}
+        self.dps: dict[str, subprocess.Popen] = {}
+        for i, name in enumerate(self.variants):
+            BACKEND[name], FRONT[name] = f"192.0.2.{10 + i}", f"203.0.113.{10 + i}"
+            self.roots[name] = Path(f"/sys/fs/bpf/bpfsync-bench-{tag}-{i}")
+        self.paths = ("direct", "haproxy", *self.variants)
         self.haproxy: subprocess.Popen | None = None
         self.iperf3 = tools.tool("iperf3")
         self.log = open(self.tmp / "datapath.log", "wb")  # noqa: SIM115 - closed in cleanup
@@ -137,7 +145,8 @@ class Bench:
             assert srv.stdout and srv.stdout.readline().strip() == "ready"
             self.spawn(self.iperf3, "-s", "-B", ip, "-p", str(IPERF_PORT))
         self._start_haproxy()
-        self._start_bpfsync()
+        for name in self.variants:
+            self._start_bpfsync(name)
         want = {f"{ip}:{port}" for ip in (*BACKEND.values(), FRONT["haproxy"])
                 for port in (RR_PORT, IPERF_PORT)}
         deadline = time.monotonic() + 60
@@ -175,9 +184,9 @@ backend be_iperf
 """)
         self.haproxy = self.spawn(tools.tool("haproxy"), "-db", "-f", str(cfg))
 
-    def _start_bpfsync(self) -> None:
-        front, back = FRONT["bpfsync"], BACKEND["bpfsync"]
-        desired = self.tmp / "desired"
+    def _start_bpfsync(self, name: str) -> None:
+        front, back, root = FRONT[name], BACKEND[name], self.roots[name]
+        desired = self.tmp / f"desired-{name}"
         desired.mkdir()
         (desired / "proxy.yaml").write_text(f"""apiVersion: bpfsync/v1
 kind: Proxy
@@ -200,36 +209,37 @@ spec:
   destinations: [{front}/32]
   backends: ["{back}:{IPERF_PORT}"]
 """)
-        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(self.root)}
+        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(root)}
         subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
                        check=True, env=env, capture_output=True)
-        workers = ["--workers", str(self.args.workers)] if self.args.workers else []
-        env = {**os.environ, "BPFSYNC_EVENT_LOOP": self.args.loop}
-        self.dp = subprocess.Popen([sys.executable, "-m", "reconciler", "--pin-root",
-                                    str(self.root), "datapath", "--netns", self.ns, *workers],
-                                   stdout=self.log, stderr=self.log,
-                                   env=env, start_new_session=True)
+        settings = dict(self.variants[name])
+        workers = settings.pop("workers", None)
+        env = {**os.environ, **settings}
+        self.dps[name] = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "--pin-root", str(root), "datapath",
+             "--netns", self.ns, *(["--workers", workers] if workers else [])],
+            stdout=self.log, stderr=self.log, env=env, start_new_session=True)
         deadline = time.monotonic() + 60
-        while not self._ready():  # both proxies serve, on every worker
+        while not self._ready(name):  # both proxies serve, on every worker
             if time.monotonic() > deadline:
                 self.log.flush()
                 raise RuntimeError("bpfsync's data path did not come up within 60 s:\n"
                                    + (self.tmp / "datapath.log").read_text()[-2000:])
             time.sleep(0.2)
 
-    def _ready(self) -> bool:
+    def _ready(self, name: str) -> bool:
         from reconciler.datapath.supervisor import read_datapath_status
 
-        doc = read_datapath_status(self.root)
-        sup = self.supervisor()
+        doc = read_datapath_status(self.roots[name])
+        sup = self.supervisor(name)
         return bool(doc and sup and all(sup["workerPids"]) and
                     len(doc["workers"]) == len(sup["workerPids"]) and
                     len(doc["proxies"]) == 2 and
                     all(p["backends"] for p in doc["proxies"].values()))
 
-    def supervisor(self) -> dict | None:
+    def supervisor(self, name: str) -> dict | None:
         try:
-            return json.loads((run_dir(self.root) / "supervisor.json").read_text())
+            return json.loads((run_dir(self.roots[name]) / "supervisor.json").read_text())
         except (OSError, ValueError):
             return None
 
@@ -239,8 +249,8 @@ spec:
             assert self.haproxy is not None
             return [int(p) for p in sh("pgrep -x haproxy", check=False).stdout.split()
                     if _ancestor(int(p), self.haproxy.pid)]
-        if path == "bpfsync":
-            sup = self.supervisor() or {}
+        if path in self.variants:
+            sup = self.supervisor(path) or {}
             return [p for p in [sup.get("pid"), *sup.get("workerPids", [])] if p]
         return []
 
@@ -288,21 +298,23 @@ spec:
         return rss
 
     def cleanup(self) -> None:
-        if self.dp and self.dp.poll() is None:
-            self.dp.send_signal(signal.SIGTERM)
-            try:
-                self.dp.wait(30)
-            except subprocess.TimeoutExpired:
-                owned.kill_process_group(self.dp.pid)
+        for dp in self.dps.values():
+            if dp.poll() is None:
+                dp.send_signal(signal.SIGTERM)
+                try:
+                    dp.wait(30)
+                except subprocess.TimeoutExpired:
+                    owned.kill_process_group(dp.pid)
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
             p.communicate()
         self.log.close()
         sh(f"ip netns del {self.ns}", check=False)
-        shutil.rmtree(self.root, ignore_errors=True)
+        for root in self.roots.values():
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(run_dir(root), ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
-        shutil.rmtree(run_dir(self.root), ignore_errors=True)
 
 
 def _ancestor(pid: int, ancestor: int) -> bool:
@@ -339,6 +351,15 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """NAME[:K=V,...]: workers=N is the data path's option, the rest its environment."""
+    name, _, rest = text.partition(":")
+    settings = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+    if not name.replace("-", "").isalnum() or name in ("direct", "haproxy"):
+        raise argparse.ArgumentTypeError(f"bad variant name {name!r}")
+    return name, settings
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=5, help="iperf3 duration per run")
@@ -352,19 +373,22 @@ def main() -> int:
     p.add_argument("--idle-bpfsync", type=int, default=10000,
                    help="idle connections held through bpfsync alone for RSS")
     p.add_argument("--rounds", type=int, default=3, help="median of this many rounds")
-    p.add_argument("--workers", type=int, help="bpfsync's workers (default: one per CPU)")
-    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                   help="the event loop bpfsync's workers run")
+    p.add_argument("--variant", type=variant, action="append", metavar="NAME[:K=V,...]",
+                   help="a bpfsync data path to measure beside the others, e.g. "
+                        "uvloop:BPFSYNC_EVENT_LOOP=uvloop, copy:BPFSYNC_RELAY=copy, "
+                        "one:workers=1 (default: one, \"bpfsync\", as installed)")
     p.add_argument("--smoke", action="store_true", help="one short round (CI)")
     args = p.parse_args()
     if args.smoke:
         args.seconds, args.connections, args.clients = 1, 200, 2
         args.requests, args.rate, args.rounds = 40, 100.0, 1
         args.idle, args.idle_bpfsync = 100, 200
-    owned.private_state_dir()  # the history of its pin root goes with it
+    args.variant = args.variant or [("bpfsync", {})]
+    owned.private_state_dir()  # the history of its pin roots goes with it
     b = Bench(args)
-    figures: dict[str, dict[str, list[float]]] = {k: {} for k in PATHS}
-    fails = dict.fromkeys(PATHS, 0)
+    paths = b.paths
+    figures: dict[str, dict[str, list[float]]] = {k: {} for k in paths}
+    fails = dict.fromkeys(paths, 0)
 
     def add(path: str, name: str, value: float) -> None:
         figures[path].setdefault(name, []).append(value)
@@ -372,7 +396,8 @@ def main() -> int:
     try:
         b.setup()
         for r in range(args.rounds):  # interleaved, the order rotating each round
-            for path in PATHS[r % 3:] + PATHS[:r % 3]:
+            turn = r % len(paths)
+            for path in paths[turn:] + paths[:turn]:
                 add(path, "gbps1", b.iperf(path, 1)[0])
                 cpu = _cpu_seconds(b.pids(path))
                 gbps, moved = b.iperf(path, 8)
@@ -384,30 +409,38 @@ def main() -> int:
                 add(path, "p50", p50)
                 add(path, "p99", p99)
                 fails[path] += failed + lost
-        rss = {path: b.idle_rss(path, args.idle) for path in ("haproxy", "bpfsync")}
-        rss_alone = b.idle_rss("bpfsync", args.idle_bpfsync)
-        workers = len((b.supervisor() or {}).get("workerPids", []))
+        first = next(iter(b.variants))
+        rss = {path: b.idle_rss(path, args.idle) for path in ("haproxy", first)}
+        rss_alone = b.idle_rss(first, args.idle_bpfsync)
+        workers = {name: len((b.supervisor(name) or {}).get("workerPids", []))
+                   for name in b.variants}
     finally:
         b.cleanup()
     med = {path: {k: statistics.median(v) for k, v in f.items()} for path, f in
            figures.items()}
     print(f"rounds: {args.rounds} (medians), iperf3 {args.seconds} s, {args.connections} "
           f"connections from {args.clients} clients, {args.requests} requests at "
-          f"{args.rate:g}/s; bpfsync: {workers} workers, {args.loop} loop; {os.cpu_count()} CPUs")
-    print(f"{'path':8} {'Gbit/s 1':>9} {'Gbit/s 8':>9} {'conn/s':>8} {'p50 ms':>7} "
+          f"{args.rate:g}/s; {os.cpu_count()} CPUs")
+    for name, settings in b.variants.items():
+        print(f"  {name}: {workers[name]} workers"
+              + "".join(f", {k}={v}" for k, v in settings.items() if k != "workers"))
+    width = max(8, *map(len, paths))
+    print(f"{'path':{width}} {'Gbit/s 1':>9} {'Gbit/s 8':>9} {'conn/s':>8} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'CPU s/GB':>9} {'failed':>7}")
-    for path in PATHS:
+    for path in paths:
         m = med[path]
         cpu = f"{m['cpu_per_gb']:9.2f}" if path != "direct" else f"{'-':>9}"
-        print(f"{path:8} {m['gbps1']:9.2f} {m['gbps8']:9.2f} {m['cps']:8.0f} {m['p50']:7.3f} "
-              f"{m['p99']:7.3f} {cpu} {fails[path]:7d}")
-    h, s = med["haproxy"], med["bpfsync"]
-    print(f"bpfsync / haproxy: single stream {s['gbps1'] / h['gbps1']:.2f}x, 8 streams "
-          f"{s['gbps8'] / h['gbps8']:.2f}x, connection rate {s['cps'] / h['cps']:.2f}x, "
-          f"p50 {s['p50'] / h['p50']:.2f}x, p99 {s['p99'] / h['p99']:.2f}x, CPU per GB "
-          f"{s['cpu_per_gb'] / h['cpu_per_gb']:.2f}x")
+        print(f"{path:{width}} {m['gbps1']:9.2f} {m['gbps8']:9.2f} {m['cps']:8.0f} "
+              f"{m['p50']:7.3f} {m['p99']:7.3f} {cpu} {fails[path]:7d}")
+    h = med["haproxy"]
+    for name in b.variants:
+        s = med[name]
+        print(f"{name} / haproxy: single stream {s['gbps1'] / h['gbps1']:.2f}x, 8 streams "
+              f"{s['gbps8'] / h['gbps8']:.2f}x, connection rate {s['cps'] / h['cps']:.2f}x, "
+              f"p50 {s['p50'] / h['p50']:.2f}x, p99 {s['p99'] / h['p99']:.2f}x, CPU per GB "
+              f"{s['cpu_per_gb'] / h['cpu_per_gb']:.2f}x")
     print(f"RSS with {args.idle} idle connections: haproxy {rss['haproxy']:.1f} MiB, "
-          f"bpfsync {rss['bpfsync']:.1f} MiB (supervisor and workers); bpfsync with "
+          f"{first} {rss[first]:.1f} MiB (supervisor and workers); {first} with "
           f"{args.idle_bpfsync}: {rss_alone:.1f} MiB")
     return 1 if any(fails.values()) else 0
 

@@ -117,10 +117,13 @@ async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.
     buf: bytearray | None = None
     pipe: tuple[int, int] | None = None
     held = 0  # bytes in the pipe, not yet in dst
+    try_first = True  # read before waiting: bytes often come with the connection
     try:
         while True:
             if buf is None and pipe is None:
-                await wait_readable(loop, src)
+                if not try_first:
+                    await wait_readable(loop, src)
+                try_first = False
                 pipe = pool.get_pipe()
                 if pipe is None:
                     buf = pool.get()
