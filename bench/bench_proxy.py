@@ -143,17 +143,18 @@ class Bench:
         for ip in BACKEND.values():  # each path its own servers
             srv = self.spawn(sys.executable, "-c", SERVER, ip, str(RR_PORT))
             assert srv.stdout and srv.stdout.readline().strip() == "ready"
-            self.spawn(self.iperf3, "-s", "-B", ip, "-p", str(IPERF_PORT))
         self._start_haproxy()
         for name in self.variants:
             self._start_bpfsync(name)
-        want = {f"{ip}:{port}" for ip in (*BACKEND.values(), FRONT["haproxy"])
-                for port in (RR_PORT, IPERF_PORT)}
+        self._wait_listening({f"{FRONT['haproxy']}:{port}" for port in (RR_PORT, IPERF_PORT)}
+                             | {f"{ip}:{RR_PORT}" for ip in BACKEND.values()})
+
+    def _wait_listening(self, want: set[str]) -> None:
         deadline = time.monotonic() + 60
-        while not want <= self._listening():  # the servers and HAProxy have bound
+        while not want <= self._listening():  # the servers (and HAProxy) have bound
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not listening: {sorted(want - self._listening())}")
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def _listening(self) -> set[str]:
         out = sh(f"ip netns exec {self.ns} ss -Hltn").stdout
@@ -198,6 +199,7 @@ spec:
   destinations: [{front}/32]
   backends: ["{back}:{RR_PORT}"]
   maxConnections: 20000
+  healthCheck: {{enabled: false}}
 ---
 apiVersion: bpfsync/v1
 kind: Proxy
@@ -208,6 +210,7 @@ spec:
   ports: [{IPERF_PORT}]
   destinations: [{front}/32]
   backends: ["{back}:{IPERF_PORT}"]
+  healthCheck: {{enabled: false}}  # as HAProxy's (no check): iperf3 takes a check for a test
 """)
         env = {**os.environ, "BPFSYNC_PIN_ROOT": str(root)}
         subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
@@ -255,10 +258,15 @@ spec:
         return []
 
     def iperf(self, path: str, streams: int) -> tuple[float, float]:
-        """(Gbit/s, bytes) received."""
+        """(Gbit/s, bytes) received. Each run gets a fresh one-test iperf3 server (-1): a
+        server that lingers in its last test refuses the next one."""
+        server = self.spawn(self.iperf3, "-s", "-1", "-B", BACKEND[path], "-p",
+                            str(IPERF_PORT))
+        self._wait_listening({f"{BACKEND[path]}:{IPERF_PORT}"})
         r = sh(f"ip netns exec {self.ns} {self.iperf3} -c {FRONT[path]} -p {IPERF_PORT} "
                f"-t {self.args.seconds} -P {streams} -J", check=False)
         doc = json.loads(r.stdout)
+        server.communicate(timeout=60)
         if "error" in doc:
             raise RuntimeError(f"iperf3 via {path}: {doc['error']}")
         received = doc["end"]["sum_received"]
