@@ -1,10 +1,12 @@
 """Moving bytes between two sockets on an asyncio loop, with half-close.
 
-Bytes are spliced (splice(2) through a pipe: socket -> pipe -> socket, pages moved in the
-kernel, never copied into Python), as HAProxy does; the loop still sees every chunk, so
-half-close, backpressure, resets, byte counts and idle times work as for a copy. Where no
-pipe can be had (out of descriptors, BPFSYNC_RELAY=copy), the chunk is copied with
-recv_into and a reused buffer instead (which moves about twice what StreamReader and
+A direction's first chunks are copied (recv_into a reused buffer, then send): for a short
+request or response that costs less than a pipe. Once a read fills a whole buffer (a bulk
+flow), its bytes are spliced (splice(2) through a pipe: socket -> pipe -> socket, pages
+moved in the kernel, never copied into Python), as HAProxy's splice-auto does; the loop
+still sees every chunk, so half-close, backpressure, resets, byte counts and idle times
+work as for a copy. Where no pipe can be had (out of descriptors, BPFSYNC_RELAY=copy),
+bulk flows are copied too (which moves about twice what StreamReader and
 StreamWriter do). Pipes and buffers come from a shared pool and are held only while data
 flows, so an idle connection holds neither: 1,000 idle connections cost sockets and two
 pending futures each. Measured in bench/RESULTS.md.
@@ -118,13 +120,14 @@ async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.
     pipe: tuple[int, int] | None = None
     held = 0  # bytes in the pipe, not yet in dst
     try_first = True  # read before waiting: bytes often come with the connection
+    bulk = False  # a read filled a whole buffer: splice from now on (small ones: copied)
     try:
         while True:
             if buf is None and pipe is None:
                 if not try_first:
                     await wait_readable(loop, src)
                 try_first = False
-                pipe = pool.get_pipe()
+                pipe = pool.get_pipe() if bulk else None
                 if pipe is None:
                     buf = pool.get()
             try:
@@ -146,6 +149,9 @@ async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.
             if pipe is None:
                 assert buf is not None
                 await loop.sock_sendall(dst, memoryview(buf)[:n])
+                if n == len(buf) and pool.splice and not bulk:  # more waits: a bulk flow
+                    pool.put(buf)
+                    buf, bulk, try_first = None, True, True
                 continue
             held = n
             while held:  # into dst, as fast as it takes them (backpressure: we wait)

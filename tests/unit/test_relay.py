@@ -49,6 +49,12 @@ def test_bytes_arrive_counted_and_half_closed(splice: bool) -> None:
     assert pool.gate.pipes == (1 if splice else 0)  # one kept for reuse, empty; none lent
 
 
+def test_a_short_exchange_is_copied_without_a_pipe() -> None:
+    pool = relay.BufferPool(splice=True)
+    got, stream = asyncio.run(_through(pool, b"ping\n"))
+    assert got == b"ping\n" and stream.bytes == 5 and pool.gate.pipes == 0
+
+
 def test_no_room_for_a_pipe_means_a_copy() -> None:
     gate = DescriptorGate(limit=100, base=100)  # nothing left for pipes
     pool = relay.BufferPool(splice=True, gate=gate)
