@@ -54,6 +54,7 @@ def test_daemon_benchmark_runs() -> None:
     ("bench_gue.py", "| tunnel / no program |"),
     ("bench_intercept.py", "ratio 10k/10: per packet"),
     ("bench_fleet.py", "(b) one changed service to applied"),
+    ("bench_sockmap.py", "sockmap / relay:"),
 ])
 def test_every_benchmark_runs_in_its_smoke_mode(bench: str, expect: str) -> None:
     """Every benchmark, in one short round: a refactor that breaks one fails here. (HAProxy
