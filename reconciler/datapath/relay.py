@@ -28,6 +28,7 @@ from reconciler.datapath.fdgate import DescriptorGate
 
 BUFFER_SIZE = 256 * 1024
 POOL_KEEP = 64  # buffers kept for reuse; more are allocated under load and then freed
+PIPE_SIZE = 256 * 1024  # bytes a pipe holds (and one splice moves) at most
 PIPES_KEEP = 16  # empty pipes kept for reuse (two descriptors each)
 F_SETPIPE_SZ = 1031
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -40,6 +41,7 @@ class BufferPool:
     def __init__(self, size: int = BUFFER_SIZE, keep: int = POOL_KEEP,
                  splice: bool | None = None, gate: DescriptorGate | None = None) -> None:
         self.size, self.keep = size, keep
+        self.pipe_size = PIPE_SIZE
         self.gate = gate or DescriptorGate()  # pipes count among the worker's descriptors
         self.splice = (os.environ.get("BPFSYNC_RELAY", "splice") != "copy"
                        if splice is None else splice)
@@ -69,7 +71,7 @@ class BufferPool:
                 return None
             raise
         with suppress(OSError):  # as much as a copy buffer holds, where allowed
-            fcntl.fcntl(w, F_SETPIPE_SZ, self.size)
+            fcntl.fcntl(w, F_SETPIPE_SZ, self.pipe_size)
         self.gate.pipes += 1
         return r, w
 
@@ -132,7 +134,7 @@ async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.
                     buf = pool.get()
             try:
                 n = (src.recv_into(buf) if pipe is None else
-                     os.splice(src.fileno(), pipe[1], pool.size, flags=_SPLICE))
+                     os.splice(src.fileno(), pipe[1], pool.pipe_size, flags=_SPLICE))
             except BlockingIOError:  # nothing more for now: what was lent goes back
                 if pipe is not None:
                     pool.put_pipe(pipe)
