@@ -32,6 +32,8 @@ USAGE_ERRORS = [
     ["run", "x", "--drift", "sometimes"],
     ["run", "x", "--resync", "soon"],
     ["datapath", "--netns"],
+    ["datapath", "--workers", "0"],  # 1 to 64
+    ["run", "x", "--datapath-workers", "many"],
     ["destroy", "--yes", "now"],
     ["explain"],
     ["completion", "fish"],
