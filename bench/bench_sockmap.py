@@ -36,8 +36,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from tools import byte_size  # noqa: E402
 
 from reconciler.datapath import relay  # noqa: E402
+from reconciler.datapath.listeners import socket_cookie  # noqa: E402
 from reconciler.kernel import libbpf, netns  # noqa: E402
 
 BACKEND = ("192.0.2.1", 9000)
@@ -119,10 +123,6 @@ async def proxy(listen: tuple[str, int], kind: str, socks_map: int, peers: int,
         held += [client, backend]  # the kernel moves the bytes; the proxy never wakes
 
 
-def socket_cookie(sock: socket.socket) -> int:
-    return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, 57, 8), sys.byteorder)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bytes", default="2G")
@@ -131,9 +131,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.smoke:
         args.bytes, args.rounds = "64M", 1
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    size = int(float(args.bytes[:-1]) * units[args.bytes[-1]]) if args.bytes[-1] in units \
-        else int(args.bytes)
+    size = byte_size(args.bytes)
     from bcc import BPF, BPFAttachType
 
     from reconciler.kernel.bcc_env import ensure_kernel_source

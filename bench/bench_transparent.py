@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from tools import byte_size  # noqa: E402
 
 from reconciler.datapath.supervisor import read_datapath_status  # noqa: E402
 from reconciler.kernel import cgroups  # noqa: E402
@@ -40,11 +43,6 @@ SERVER = "203.0.113.2"
 def sh(cmd: str) -> str:
     return subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True,
                           timeout=900).stdout
-
-
-def size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
 
 
 def main() -> int:
@@ -97,8 +95,8 @@ def main() -> int:
             assert conn["failed"] == 0, conn
             best = 0.0
             for _ in range(args.rounds):
-                down = client(cg, "down", SERVER, 80, size(args.bytes))
-                assert down["bytes"] == size(args.bytes), down
+                down = client(cg, "down", SERVER, 80, byte_size(args.bytes))
+                assert down["bytes"] == byte_size(args.bytes), down
                 best = max(best, down["bytes"] * 8 / down["seconds"] / 1e9)
             rows[label] = {"p50": conn["p50Ms"], "p99": conn["p99Ms"],
                            "rate": conn["done"] / max(conn["seconds"], 1e-3), "gbps": best}

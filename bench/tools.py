@@ -29,6 +29,12 @@ PACKAGES = {
 }
 
 
+def byte_size(text: str) -> int:
+    """A benchmark's size argument: "2G", "64M", "512K" or a number of bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
 def _download(package: str, into: Path) -> Path:
     """The .deb of package (apt-get download; the index refreshed once if it is unknown)."""
     for attempt in range(2):

@@ -37,7 +37,6 @@ class Pool:
     health: HealthCheck
     targets: list[Target] = field(default_factory=list)  # declared, in YAML order
     draining: list[Target] = field(default_factory=list)  # removed, connections may remain
-    _next: int = 0
 
     def set_targets(self, wanted: list[tuple[str, int, str]], now: float) -> list[Target]:
         """Declare the targets (keeping the health of those that stay); returns the ones
@@ -54,18 +53,12 @@ class Pool:
         self.draining = [t for t in self.draining + removed if t.active and t.key not in
                          {k.key for k in kept}]
         self.targets = kept
-        if self._next >= len(kept):
-            self._next = 0
         return removed
-
-    def pick(self) -> Target | None:
-        """The next healthy target in turn, or None when every target is down."""
-        target, self._next = self.pick_at(self._next)
-        return target
 
     def pick_at(self, turn: int) -> tuple[Target | None, int]:
         """The first healthy target from position turn (modulo the targets), and the turn
-        after it: the rotation when the turn is kept elsewhere (shared by workers)."""
+        after it; None when every target is down. The turn is the caller's to keep (the
+        workers share one: datapath/shared.py)."""
         n = len(self.targets)
         for i in range(n):
             j = (turn + i) % n

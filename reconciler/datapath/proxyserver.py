@@ -44,8 +44,7 @@ class ProxyServer:
         self.resolved: dict[tuple[str, int], list[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._checks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
-        self._room = asyncio.Event()
-        self._room.set()
+        self._ended = asyncio.Event()  # a connection of ours ended (its place is free)
         self._closed = False
 
     # ----- life cycle
@@ -164,7 +163,6 @@ class ProxyServer:
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._room.wait()
             if not self.gate.room():  # two more descriptors would not fit
                 self.counters.fd_exhausted += 1
                 await self.gate.pause(self.config.name, "two per connection")
@@ -173,10 +171,9 @@ class ProxyServer:
             # a place among every worker's connections, taken before accepting: the rest
             # wait in the listen queue (a shared one: another worker may take them)
             if not self.shared.admit(slot, self.config.max_connections):
-                self._room.clear()
+                self._ended.clear()
                 with suppress(TimeoutError):  # one of ours ends, or maybe another's did
-                    await asyncio.wait_for(self._room.wait(), ROOM_POLL)
-                self._room.set()
+                    await asyncio.wait_for(self._ended.wait(), ROOM_POLL)
                 continue
             try:
                 # accept at once while the queue holds connections: the loop is asked to
@@ -326,7 +323,7 @@ class ProxyServer:
             self.conns.discard(conn)
             self.gate.released()
             self.shared.release(self.config.slot)
-            self._room.set()
+            self._ended.set()
 
     @staticmethod
     def _on_up_done(conn: Conn, task: asyncio.Task[None]) -> None:

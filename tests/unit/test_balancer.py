@@ -1,13 +1,23 @@
 from collections import Counter
 
-from reconciler.datapath.balancer import Pool
+from reconciler.datapath.balancer import Pool, Target
 from reconciler.steering.model import HealthCheck
 
 A, B, C = ("a", 1, "192.0.2.1"), ("b", 1, "192.0.2.2"), ("c", 1, "192.0.2.3")
 
 
+class Turns(Pool):
+    """A pool that keeps its own turn, as one worker's proxy keeps a lone Shared's."""
+
+    turn = 0
+
+    def pick(self) -> Target | None:
+        target, self.turn = self.pick_at(self.turn)
+        return target
+
+
 def test_round_robin_is_even_and_skips_unhealthy() -> None:
-    pool = Pool(HealthCheck())
+    pool = Turns(HealthCheck())
     pool.set_targets([A, B, C], 0)
     picks = Counter(pool.pick().address for _ in range(300))  # type: ignore[union-attr]
     assert set(picks.values()) == {100}
@@ -17,14 +27,14 @@ def test_round_robin_is_even_and_skips_unhealthy() -> None:
 
 
 def test_all_down_gives_none() -> None:
-    pool = Pool(HealthCheck())
+    pool = Turns(HealthCheck())
     pool.set_targets([A], 0)
     pool.targets[0].healthy = False
     assert pool.pick() is None
 
 
 def test_fall_and_rise_need_consecutive_results() -> None:
-    pool = Pool(HealthCheck(rise=2, fall=3))
+    pool = Turns(HealthCheck(rise=2, fall=3))
     pool.set_targets([A], 0)
     t = pool.targets[0]
     assert [pool.record(t, False) for _ in range(2)] == [None, None]
@@ -36,7 +46,7 @@ def test_fall_and_rise_need_consecutive_results() -> None:
 
 
 def test_changes_keep_health_and_drain_removed_targets_with_connections() -> None:
-    pool = Pool(HealthCheck())
+    pool = Turns(HealthCheck())
     pool.set_targets([A, B], 0)
     a, b = pool.targets
     a.healthy = False
@@ -49,7 +59,7 @@ def test_changes_keep_health_and_drain_removed_targets_with_connections() -> Non
 
 
 def test_switching_checks_off_puts_down_targets_back() -> None:
-    pool = Pool(HealthCheck())
+    pool = Turns(HealthCheck())
     pool.set_targets([A], 0)
     pool.targets[0].healthy = False
     pool.health = HealthCheck(enabled=False)
