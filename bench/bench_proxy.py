@@ -250,8 +250,7 @@ spec:
         """The processes that do the proxying of path (none for direct)."""
         if path == "haproxy":
             assert self.haproxy is not None
-            return [int(p) for p in sh("pgrep -x haproxy", check=False).stdout.split()
-                    if _ancestor(int(p), self.haproxy.pid)]
+            return [self.haproxy.pid]  # ip netns exec and the tools wrapper exec: its pid
         if path in self.variants:
             sup = self.supervisor(path) or {}
             return [p for p in [sup.get("pid"), *sup.get("workerPids", [])] if p]
@@ -323,19 +322,6 @@ spec:
             shutil.rmtree(root, ignore_errors=True)
             shutil.rmtree(run_dir(root), ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _ancestor(pid: int, ancestor: int) -> bool:
-    """True when ancestor is pid or one of its parents (haproxy runs under ip netns exec
-    and prlimit, which exec; the ones it was started as)."""
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
-    return False
 
 
 def _rss_mib(pid: int) -> float:
