@@ -136,8 +136,8 @@ def _get_proxies(args: argparse.Namespace) -> int:
     from reconciler.datapath.supervisor import read_datapath_status
 
     root = pin_root(args)
-    docs = _named(args, proxies(engine.read_observed(root, (steering_tables.PROXY,
-                                                           steering_tables.STEER, NAMES)),
+    docs = _named(args, proxies(engine.read_observed(root, (
+        steering_tables.PROXY, steering_tables.STEER, steering_tables.STEER6, NAMES)),
                                 read_steer_stats(root), read_datapath_status(root)), "Proxy")
     if args.output == "name":
         return _names(docs)

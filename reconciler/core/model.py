@@ -58,8 +58,11 @@ class PortRange:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
-def destination_ports(destinations: tuple[ipaddress.IPv4Network, ...],
-                      ports: tuple[PortRange, ...]) -> Iterator[tuple[ipaddress.IPv4Network, int]]:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def destination_ports(destinations: tuple[Network, ...],
+                      ports: tuple[PortRange, ...]) -> Iterator[tuple[Network, int]]:
     """Every (prefix, port) that destinations x port ranges stand for (port 0: "*"): the
     entries of a steering or interception trie."""
     for net in destinations:
@@ -68,7 +71,7 @@ def destination_ports(destinations: tuple[ipaddress.IPv4Network, ...],
                 yield net, port
 
 
-def destination_port_count(destinations: tuple[ipaddress.IPv4Network, ...],
+def destination_port_count(destinations: tuple[Network, ...],
                            ports: tuple[PortRange, ...]) -> int:
     return len(destinations) * sum(r.last - r.first + 1 for r in ports)
 

@@ -1,5 +1,5 @@
-"""Addresses as the proxy server meets them: resolver results, literal IPv4 addresses, and
-where an intercepted connection was going."""
+"""Addresses as the proxy server meets them: resolver results, literal IPv4 and IPv6
+addresses, and where an intercepted connection was going."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ def addresses(infos: list[Any]) -> list[str]:
 
 
 def is_address(host: str) -> bool:
+    """host is a literal IPv4 (dotted quad) or IPv6 address, not a name to resolve."""
+    if ":" in host:
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except OSError:
+            return False
+        return True
     try:
         socket.inet_aton(host)
     except OSError:
@@ -23,11 +30,17 @@ def is_address(host: str) -> bool:
     return host.count(".") == 3
 
 
+def family(address: str) -> socket.AddressFamily:
+    """The socket family that connects to a literal address."""
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def original_destination(sock: socket.socket,
-                         listener: tuple[str, int]) -> tuple[str, int] | None:
+                         listeners: list[tuple[Any, ...]]) -> tuple[str, int] | None:
     """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST) when a
     TransparentProxy rewrote its connect(); its own local address when an Intercept had it
-    assigned to the (transparent) listener by TC; None when it came to the listener itself."""
+    assigned to the (transparent) listener by TC; None when it came to a listener itself
+    (listeners: their getsockname())."""
     try:
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
     except OSError:
@@ -39,4 +52,5 @@ def original_destination(sock: socket.socket,
         local = sock.getsockname()
     except OSError:
         return None
-    return None if tuple(local) == tuple(listener) else (local[0], local[1])
+    mine = {(x[0], x[1]) for x in listeners}
+    return None if (local[0], local[1]) in mine else (local[0], local[1])

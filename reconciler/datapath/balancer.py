@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reconciler.steering.model import HealthCheck
+from reconciler.steering.model import HealthCheck, hostport
 
 
 @dataclass(eq=False)
@@ -28,7 +28,7 @@ class Target:
         return (self.host, self.port, self.address)
 
     def __str__(self) -> str:
-        where = f"{self.host}:{self.port}"
+        where = hostport(self.host, self.port)
         return where if self.host == self.address else f"{where} ({self.address})"
 
 

@@ -1,8 +1,9 @@
-"""One proxy of the data path: accepts on its (steered) listener, picks a backend, relays.
+"""One proxy of the data path: accepts on its (steered) listeners, picks a backend, relays.
 
-The listener is given (it belongs to the supervisor, which keeps it open across restarts of
-this process); configuration changes arrive through update() and apply to new connections
-only. Health checks, name resolution, idle and drain timeouts run as tasks of the same loop.
+The listeners are given, an IPv4 one and, where the host has IPv6, an IPv6 one (they belong
+to the supervisor, which keeps them open across restarts of this process); configuration
+changes arrive through update() and apply to new connections only. Health checks, name
+resolution, idle and drain timeouts run as tasks of the same loop.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from contextlib import suppress
 from typing import Any
 
 from reconciler.datapath import relay
-from reconciler.datapath.addresses import addresses, is_address, original_destination
+from reconciler.datapath.addresses import addresses, family, is_address, original_destination
 from reconciler.datapath.balancer import Pool, Target
 from reconciler.datapath.conn import Conn, Counters
 from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
 from reconciler.datapath.shared import Shared
+from reconciler.steering.model import hostport
 from reconciler.steering.proxyconf import RuntimeConfig
 
 log = logging.getLogger("bpfsync.proxy")
@@ -29,11 +31,12 @@ ROOM_POLL = 0.1  # at maxConnections: how often another worker's ended connectio
 
 
 class ProxyServer:
-    def __init__(self, listener: socket.socket, config: RuntimeConfig,
+    def __init__(self, listeners: list[socket.socket], config: RuntimeConfig,
                  pool: relay.BufferPool, gate: DescriptorGate | None = None,
                  shared: Shared | None = None) -> None:
-        self.listener = listener
-        self.listener.setblocking(False)
+        self.listeners = listeners
+        for listener in listeners:
+            listener.setblocking(False)
         self.config = config
         self.buffers = pool
         self.gate = gate or DescriptorGate()
@@ -57,7 +60,8 @@ class ProxyServer:
         log.info("proxy %s (slot %d) serving, backends: %s", self.config.name, self.config.slot,
                  ", ".join(map(str, self.pool.targets)) or (
                      "none resolved" if self.config.backends else "none (original destinations)"))
-        await asyncio.gather(self._accept_loop(), self._resolve_loop(), self._sweep_loop())
+        await asyncio.gather(*map(self._accept_loop, self.listeners), self._resolve_loop(),
+                             self._sweep_loop())
 
     def update(self, config: RuntimeConfig) -> None:
         """New settings for new connections; established ones keep their backend."""
@@ -77,17 +81,18 @@ class ProxyServer:
         self._set_targets()
 
     def close(self) -> None:
-        """Stop accepting (the listener itself is closed by its owner); established
-        connections run on until they end."""
+        """Stop accepting and close our copies of the listeners; established connections run
+        on until they end."""
         self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._checks.values():
             task.cancel()
         loop = asyncio.get_running_loop()
-        with suppress(Exception):
-            loop.remove_reader(self.listener.fileno())
-        relay.close(self.listener)
+        for listener in self.listeners:
+            with suppress(Exception):
+                loop.remove_reader(listener.fileno())
+            relay.close(listener)
 
     # ----- backends
     async def _resolve_all(self) -> None:
@@ -97,8 +102,7 @@ class ProxyServer:
                 self.resolved[(host, port)] = [host]
                 continue
             try:
-                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET,
-                                               type=socket.SOCK_STREAM)
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
                 addrs = addresses(infos)
                 if addrs != self.resolved.get((host, port)):
                     log.info("proxy %s: %s resolves to %s", self.config.name, host,
@@ -140,7 +144,7 @@ class ProxyServer:
             h = self.config.health
             ok = True
             try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock = socket.socket(family(target.address), socket.SOCK_STREAM)
             except OSError as exc:  # out of descriptors: says nothing of the backend
                 if exc.errno not in EXHAUSTED:
                     raise
@@ -160,7 +164,7 @@ class ProxyServer:
             await asyncio.sleep(h.interval_ms / 1000)
 
     # ----- connections
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self.gate.room():  # two more descriptors would not fit
@@ -178,10 +182,10 @@ class ProxyServer:
             try:
                 # accept at once while the queue holds connections: the loop is asked to
                 # watch the listener only when it is empty (no epoll change per accept)
-                client, _ = self.listener.accept()
+                client, _ = listener.accept()
             except BlockingIOError:
                 self.shared.release(slot)
-                await relay.wait_readable(loop, self.listener)
+                await relay.wait_readable(loop, listener)
                 continue
             except BaseException as exc:  # never stop accepting
                 self.shared.release(slot)
@@ -210,14 +214,15 @@ class ProxyServer:
         """Another process's listener has taken this proxy's place in steering: serve the
         connections already queued on ours, then stop accepting. Returns how many."""
         taken = 0
-        while not self._closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # BlockingIOError: the queue is empty
-                break
-            self.shared.admit(self.config.slot, sys.maxsize)  # counted, beyond any limit
-            self._admit(client)
-            taken += 1
+        for listener in self.listeners:
+            while not self._closed:
+                try:
+                    client, _ = listener.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                self.shared.admit(self.config.slot, sys.maxsize)  # counted, beyond any limit
+                self._admit(client)
+                taken += 1
         self.close()
         return taken
 
@@ -227,7 +232,7 @@ class ProxyServer:
         deadline = time.monotonic() + self.config.connect_timeout
         while True:
             try:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock = socket.socket(family(address[0]), socket.SOCK_STREAM)
                 break
             except OSError as exc:
                 if exc.errno not in EXHAUSTED or time.monotonic() >= deadline:
@@ -245,14 +250,15 @@ class ProxyServer:
         except (OSError, TimeoutError) as exc:
             relay.close(sock)
             self.counters.connect_failed += 1
-            log.debug("proxy %s: connect to %s:%d failed: %s", self.config.name, *address, exc)
+            log.debug("proxy %s: connect to %s failed: %s", self.config.name,
+                      hostport(*address), exc)
             return None
         return sock
 
     async def _connect_original(self, conn: Conn) -> bool:
         """No backends: the connection goes where its client wanted (a TransparentProxy
         intercepted it; tp_getsockopt answers SO_ORIGINAL_DST)."""
-        dest = original_destination(conn.client, self.listener.getsockname())
+        dest = original_destination(conn.client, [x.getsockname() for x in self.listeners])
         if dest is None:
             self.counters.no_original += 1
             log.debug("proxy %s: a connection without an original destination",
@@ -363,8 +369,8 @@ class ProxyServer:
             "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,
             "bytesIn": c.bytes_in + sum(x.up.bytes for x in self.conns),
             "bytesOut": c.bytes_out + sum(x.down.bytes for x in self.conns),
-            "backends": [{"backend": f"{t.host}:{t.port}", "address": t.address,
+            "backends": [{"backend": hostport(t.host, t.port), "address": t.address,
                           "healthy": t.healthy, "active": t.active} for t in self.pool.targets],
-            "draining": [{"backend": f"{t.host}:{t.port}", "address": t.address,
+            "draining": [{"backend": hostport(t.host, t.port), "address": t.address,
                           "active": t.active} for t in self.pool.draining if t.active],
         }

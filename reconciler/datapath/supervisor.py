@@ -174,13 +174,16 @@ class Supervisor:
         self._send_listeners(w)
 
     def _send_listeners(self, w: WorkerState) -> None:
+        """Every slot's listeners (IPv4 first; counts says how many each), named by the IPv4
+        one's cookie: the worker keeps a slot's pair when the cookie is the one it has."""
         if w.control is None:
             return
         slots = sorted(self.listeners.socks)
-        cookies = [socket_cookie(self.listeners.socks[s]) for s in slots]
-        msg = json.dumps({"slots": slots, "cookies": cookies}).encode()
+        socks = [self.listeners.of(s) for s in slots]
+        msg = json.dumps({"slots": slots, "cookies": [socket_cookie(x[0]) for x in socks],
+                          "counts": [len(x) for x in socks]}).encode()
         try:
-            socket.send_fds(w.control, [msg], [self.listeners.socks[s].fileno() for s in slots])
+            socket.send_fds(w.control, [msg], [s.fileno() for x in socks for s in x])
         except OSError as exc:  # the worker is dying; the next one gets the set
             log.debug("sending listeners failed: %s", exc)
 
@@ -207,10 +210,13 @@ class Supervisor:
         """Also called from the daemon's status thread: reads copies, tolerates a listener
         closed meanwhile. Top-level restarts and exits are all workers'; workerPid is the
         first worker's."""
-        listeners = {}
+        listeners, listeners6 = {}, {}
         for slot, sock in list(self.listeners.socks.items()):
             with suppress(OSError):
                 listeners[str(slot)] = sock.getsockname()[1]
+        for slot, sock in list(self.listeners.socks6.items()):
+            with suppress(OSError):
+                listeners6[str(slot)] = sock.getsockname()[1]
         workers = [{"worker": w.index, "pid": w.proc.pid if w.proc else None,
                     "restarts": w.restarts, "lastExit": w.last_exit,
                     "crashLoop": w.quick_deaths >= CRASH_LOOP} for w in self.workers]
@@ -220,7 +226,8 @@ class Supervisor:
                 "workerPids": [w["pid"] for w in workers],
                 "restarts": sum(w.restarts for w in self.workers), "lastExit": last.last_exit,
                 "crashLoop": any(w["crashLoop"] for w in workers), "recentExits": recent,
-                "workers": workers, "listeners": listeners}
+                "workers": workers, "listeners": listeners,
+                "listeners6": listeners6}
 
     def _write_status(self) -> None:
         text = json.dumps(self.status())

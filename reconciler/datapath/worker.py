@@ -114,7 +114,7 @@ class Worker:
         self.pinger = Pinger(pin_root)
         self.gate = DescriptorGate(fdlimit.raise_to_hard(), fdlimit.open_count())
         self.buffers = relay.BufferPool(gate=self.gate)
-        self.listeners: dict[int, socket.socket] = {}
+        self.listeners: dict[int, list[socket.socket]] = {}  # per slot: IPv4, then IPv6
         self.servers: dict[int, ProxyServer] = {}
         self.configs: dict[int, bytes] = {}
         self.bad_configs: set[bytes] = set()
@@ -146,10 +146,16 @@ class Worker:
         doc = json.loads(msg)
         slots = doc["slots"]
         fresh = {}
-        for slot, cookie, fd in zip(slots, doc["cookies"], fds, strict=True):
+        counts = doc.get("counts", [1] * len(slots))
+        groups, at = [], 0
+        for n in counts:
+            groups.append(fds[at:at + n])
+            at += n
+        for slot, cookie, group in zip(slots, doc["cookies"], groups, strict=True):
             held = self.listeners.get(slot)
-            if held is not None and supervisor.socket_cookie(held) == cookie:
-                os.close(fd)  # already have it
+            if held is not None and supervisor.socket_cookie(held[0]) == cookie:
+                for fd in group:
+                    os.close(fd)  # already have them
                 continue
             if held is not None:  # the supervisor made a new listener for this slot
                 server = self.servers.pop(slot, None)
@@ -159,8 +165,9 @@ class Worker:
                              "old one", server.config.name, server.retire())
                     self.retired.append(server)
                 else:
-                    held.close()
-            fresh[slot] = socket.socket(fileno=fd)
+                    for sock in held:
+                        sock.close()
+            fresh[slot] = [socket.socket(fileno=fd) for fd in group]
         for slot in set(self.listeners) - set(slots):
             server = self.servers.pop(slot, None)
             if server:
@@ -168,7 +175,8 @@ class Worker:
                 log.info("proxy %s stopped accepting (slot %d removed)", server.config.name,
                          slot)
             else:
-                self.listeners[slot].close()
+                for sock in self.listeners[slot]:
+                    sock.close()
             del self.listeners[slot]
         self.listeners.update(fresh)
         self._reconcile_servers()
@@ -196,7 +204,7 @@ class Worker:
         slots = sorted(self.servers)
         cookies = supervisor.registered_cookies(self.pin_root, slots)
         for slot in slots:
-            if cookies[slot] != supervisor.socket_cookie(self.listeners[slot]):
+            if cookies[slot] != supervisor.socket_cookie(self.listeners[slot][0]):
                 server = self.servers.pop(slot)
                 del self.listeners[slot]  # retire() closes it: never serve on it again
                 taken = server.retire()

@@ -164,14 +164,27 @@ class Spec:
                     ports.append(PortRange(first, last))
         return ports
 
-    def prefixes(self, items: list[str], path: tuple[PathItem, ...]) -> list[ipaddress.IPv4Network]:
-        out = []
+    def prefixes(self, items: list[str], path: tuple[PathItem, ...],
+                 ipv6: bool = False) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """items as networks (host bits refused, with the network meant as a hint); IPv6 ones
+        only where ipv6 (the kind's data path handles them), never v4-mapped (such a
+        connection travels as IPv4: the IPv4 prefix is the one that matches)."""
+        out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        parse = ipaddress.ip_network if ipv6 else ipaddress.IPv4Network
+        what = "an IPv4 or IPv6 prefix" if ipv6 else "an IPv4 prefix"
         for i, d in enumerate(items):
             try:
-                out.append(ipaddress.IPv4Network(d, strict=True))
+                net = parse(d, strict=True)
             except ValueError as exc:
                 hint = ""
                 with suppress(ValueError):
-                    hint = f"; did you mean {ipaddress.IPv4Network(d, strict=False)}?"
-                self.problem((*path, i), f"{d!r} is not an IPv4 prefix ({exc}){hint}")
+                    hint = f"; did you mean {parse(d, strict=False)}?"
+                self.problem((*path, i), f"{d[:60]!r} is not {what} ({exc}){hint}")
+                continue
+            mapped = getattr(net.network_address, "ipv4_mapped", None)
+            if mapped is not None and net.prefixlen >= 96:
+                self.problem((*path, i), f"{d!r} is IPv4-mapped: such connections travel as "
+                                         f"IPv4; write {mapped}/{net.prefixlen - 96}")
+                continue
+            out.append(net)
         return out

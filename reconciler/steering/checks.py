@@ -75,11 +75,15 @@ def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
                                f"the proxy's configuration takes {size} bytes, more than the "
                                f"{PROXY_CONFIG_SIZE - 8} a ps_proxy entry holds; use fewer or "
                                f"shorter backend names", p.ref))
-    out += over_capacity(proxies, lambda p: destination_port_count(p.destinations, p.ports),
-                         MAX_STEER, ("spec", "ports"),
-                         lambda total: f"ports x destinations of all Proxies make {total} "
-                                       f"steering entries, more than the table's {MAX_STEER}; "
-                                       f"use \"*\" or wider prefixes")
+    for version, table in ((4, "ps_dest"), (6, "ps_dest6")):
+        def count(p: Proxy, version: int = version) -> int:
+            return destination_port_count(
+                tuple(d for d in p.destinations if d.version == version), p.ports)
+        out += over_capacity(proxies, count, MAX_STEER, ("spec", "ports"),
+                             lambda total, v=version, t=table:
+                                 f"ports x IPv{v} destinations of all Proxies make {total} "
+                                 f"steering entries, more than {t}'s {MAX_STEER}; use \"*\" "
+                                 f"or wider prefixes")
     return out
 
 

@@ -21,7 +21,7 @@ def compile_steering(out: DesiredTables, state: DesiredState, _context: CompileC
                 proxy.ref)
         for net, port in destination_ports(proxy.destinations, proxy.ports):
             key = st.steer_key(port, str(net.network_address), net.prefixlen)
-            out.put(st.STEER, key, st.steer_value(key, proxy.id), proxy.ref)
+            out.put(st.steer_table(net), key, st.steer_value(key, proxy.id), proxy.ref)
 
 
 def proxy_marks(state: DesiredState) -> dict[str, int]:

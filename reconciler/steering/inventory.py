@@ -1,4 +1,5 @@
-"""Proxies decoded back from the kernel (ps_proxy, ps_dest) into resource documents."""
+"""Proxies decoded back from the kernel (ps_proxy, ps_dest, ps_dest6) into resource
+documents."""
 
 from __future__ import annotations
 
@@ -29,12 +30,14 @@ def port_ranges(ports: list[int]) -> list[int | str]:
 
 def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]] | None = None,
             datapath: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Proxies from ps_proxy and ps_dest, with steering counters and, when a data path runs
-    for this pin root, its view (connections, backend health)."""
+    """Proxies from ps_proxy, ps_dest and ps_dest6, with steering counters and, when a data path
+    runs for this pin root, its view (connections, backend health)."""
     steer_stats = steer_stats or {}
     by_slot: dict[int, tuple[set[int], set[str]]] = {}
     entries: dict[int, int] = {}
-    for key, value in observed.get(st.STEER.name, {}).items():
+    steering = [*observed.get(st.STEER.name, {}).items(),
+                *observed.get(st.STEER6.name, {}).items()]
+    for key, value in steering:
         codec = st.CODECS[st.STEER.name]
         k, slot = codec.decode_key(key), codec.decode_value(value)["slot"]
         entries[slot] = entries.get(slot, 0) + 1
@@ -53,7 +56,8 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]] | None = 
         ports, prefixes = by_slot.get(slot, (set(), set()))
         h = c["health"]
         spec: dict[str, Any] = {
-            "id": slot, "ports": port_ranges(list(ports)), "destinations": sorted(prefixes),
+            "id": slot, "ports": port_ranges(list(ports)),
+            "destinations": sorted(prefixes, key=lambda p: (":" in p, p)),  # IPv4 first
             "backends": c["backends"], "balance": c["balance"],
             "healthCheck": {"enabled": h["enabled"], "intervalSeconds": h["intervalMs"] / 1000,
                             "timeoutSeconds": h["timeoutMs"] / 1000, "rise": h["rise"],

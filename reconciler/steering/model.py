@@ -30,8 +30,8 @@ class Proxy(Named):
     id: int  # listener slot in ps_sockets
     netns: str | None
     ports: tuple[PortRange, ...]
-    destinations: tuple[ipaddress.IPv4Network, ...]
-    backends: tuple[str, ...]  # "host:port" as written
+    destinations: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # IPv4 first
+    backends: tuple[str, ...]  # "host:port" or "[v6 address]:port" as written
     balance: str = "round-robin"
     health: HealthCheck = HealthCheck()
     connect_timeout_ms: int = 5000
@@ -44,6 +44,39 @@ class Proxy(Named):
     kind = "Proxy"
 
 
+def split_backend(text: str) -> tuple[str, int]:
+    """("host", port) of a backend written "host:port" or "[2001:db8::10]:port" (brackets
+    gone); the schema has checked the form."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def hostport(host: str, port: int) -> str:
+    """host:port as YAML writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def backend_address_problem(host: str) -> str | None:
+    """Why a literal backend address cannot be connected to, or None (also for hostnames)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if ":" in host:
+            return f"{host[:46]!r} is not an IPv6 address"
+        return f"{host!r} is not an IPv4 address" if host.replace(".", "").isdigit() else None
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is not a unicast address"
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return f"{ip} is IPv4-mapped: write {ip.ipv4_mapped}"
+    return None
+
+
+def network_order(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int]:
+    """Sort key of networks of both families: IPv4 first, then by address and length."""
+    return net.version, int(net.network_address), net.prefixlen
 
 
 def proxy_netns(state: DesiredState) -> str | None:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.steering.model import HealthCheck, Proxy
+from reconciler.steering.model import HealthCheck, Proxy, split_backend
 
 FORMAT = 1
 
@@ -41,7 +41,7 @@ class RuntimeConfig:
 
     slot: int
     name: str
-    backends: tuple[tuple[str, int], ...]  # (host, port)
+    backends: tuple[tuple[str, int], ...]  # (host, port); an IPv6 host without brackets
     balance: str
     health: HealthCheck
     connect_timeout: float
@@ -56,10 +56,7 @@ def decode(slot: int, raw: bytes) -> RuntimeConfig:
     d = json.loads(raw)
     if d.get("v") != FORMAT:
         raise ValueError(f"proxy configuration format {d.get('v')!r} is not {FORMAT}")
-    backends = []
-    for b in d["backends"]:
-        host, _, port = b.rpartition(":")
-        backends.append((host, int(port)))
+    backends = [split_backend(b) for b in d["backends"]]
     h = d["health"]
     drain = d.get("drainTimeoutMs")
     return RuntimeConfig(

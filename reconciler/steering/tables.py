@@ -1,9 +1,10 @@
-"""The port-steering data path's pinned tables (bpf/steer.h): destination -> listener slot,
-slot -> proxy configuration (read by the data path), slot -> listening socket (registered by
-the data path), counters."""
+"""The port-steering data path's pinned tables (bpf/steer.h): destination -> listener slot
+(one trie per address family), slot -> proxy configuration (read by the data path), slot ->
+listening socket of each family (registered by the data path), counters."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import struct
@@ -32,19 +33,33 @@ PROXY_CONFIG_SIZE = 8192
 PS_COUNTERS = 4
 STEER = MapSpec("ps_dest", 12, 8, MAX_STEER, "Proxy", map_type=BPF_MAP_TYPE_LPM_TRIE,
                 flags=BPF_F_NO_PREALLOC, batch=False)
+STEER6 = MapSpec("ps_dest6", 24, 8, MAX_STEER, "Proxy", map_type=BPF_MAP_TYPE_LPM_TRIE,
+                 flags=BPF_F_NO_PREALLOC, batch=False)
 PROXY = MapSpec("ps_proxy", 4, PROXY_CONFIG_SIZE, MAX_PROXIES, "Proxy")
 SOCKETS = MapSpec("ps_sockets", 4, 8, MAX_PROXIES, "Proxy", owned=False,
                   map_type=BPF_MAP_TYPE_SOCKMAP)
+SOCKETS6 = MapSpec("ps_sockets6", 4, 8, MAX_PROXIES, "Proxy", owned=False,
+                   map_type=BPF_MAP_TYPE_SOCKMAP)
 PS_STATS = MapSpec("ps_stats", 4, 8, MAX_PROXIES * PS_COUNTERS, "Stats", owned=False,
                    map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
 PS_STAT_NAMES = ("lookups", "steered", "no_listener", "assign_error")
 
 _STEER_KEY = struct.Struct("=IBxH4s")  # prefixlen host order; port and address big-endian
+_STEER6_KEY = struct.Struct("=IBxH16s")
 _CONFIG_LEN = struct.Struct("!I")
 
 
+def steer_table(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> MapSpec:
+    """The trie that holds a prefix's entries: ps_dest (IPv4) or ps_dest6 (IPv6)."""
+    return STEER if network.version == 4 else STEER6
+
+
 def steer_key(port: int, network: str, prefixlen: int, proto: int = 6) -> bytes:
-    """Trie key of (proto, port, address prefix); port 0 is the "*" wildcard."""
+    """Trie key of (proto, port, address prefix) for the prefix's family (a ":" in network
+    means IPv6); port 0 is the "*" wildcard."""
+    if ":" in network:
+        return _STEER6_KEY.pack(LPM_PREFIX_BITS + prefixlen, proto, socket.htons(port),
+                                socket.inet_pton(socket.AF_INET6, network))
     return _STEER_KEY.pack(LPM_PREFIX_BITS + prefixlen, proto, socket.htons(port),
                            socket.inet_aton(network))
 
@@ -67,9 +82,14 @@ def proxy_config(value: bytes) -> bytes:
 
 
 def _steer_key(raw: bytes) -> Decoded:
-    plen, proto, port, addr = _STEER_KEY.unpack(raw)
+    if len(raw) == _STEER6_KEY.size:
+        plen, proto, port, addr = _STEER6_KEY.unpack(raw)
+        text = socket.inet_ntop(socket.AF_INET6, addr)
+    else:
+        plen, proto, port, addr = _STEER_KEY.unpack(raw)
+        text = socket.inet_ntoa(addr)
     return {"port": socket.ntohs(port) or "*", "protocol": PROTO_NAMES.get(proto, proto),
-            "prefix": f"{socket.inet_ntoa(addr)}/{plen - LPM_PREFIX_BITS}"}
+            "prefix": f"{text}/{plen - LPM_PREFIX_BITS}"}
 
 
 def _proxy_value(raw: bytes) -> Decoded:
@@ -90,7 +110,8 @@ def proxy_names(observed: Mapping[str, Mapping[bytes, bytes]]) -> dict[int, str]
 
 
 def _steer_owners(observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
-    names = proxy_names(observed) if observed.get(STEER.name) else {}
+    names = proxy_names(observed) if observed.get(STEER.name) or observed.get(
+        STEER6.name) else {}
 
     def name(_key: bytes, value: bytes) -> str:
         slot = slot_of(value)
@@ -102,9 +123,11 @@ def _proxy_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
     return guarded("Proxy", lambda _key, value: f"Proxy/{_proxy_value(value)['name']}")
 
 
+_STEER_CODEC = Codec(_steer_key, lambda raw: {"slot": slot_of(raw)},
+                     lambda k: f"{k['prefix']} port {k['port']}/{k['protocol']}", _steer_owners)
 CODECS: dict[str, Codec] = {
-    STEER.name: Codec(_steer_key, lambda raw: {"slot": slot_of(raw)},
-                      lambda k: f"{k['prefix']} port {k['port']}/{k['protocol']}", _steer_owners),
+    STEER.name: _STEER_CODEC,
+    STEER6.name: _STEER_CODEC,
     PROXY.name: Codec(lambda raw: {"slot": slot_of(raw)}, _proxy_value,
                       lambda k: f"slot {k['slot']}", _proxy_owners),
 }

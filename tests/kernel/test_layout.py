@@ -82,6 +82,7 @@ def test_header_matches_python_layout() -> None:
 STEER_PROGRAM = f"""
 #include "{STEER_HEADER}"
 BPF_HASH(ps_dest, struct ps_dest_key, struct ps_dest, 4);
+BPF_HASH(ps_dest6, struct ps_dest6_key, struct ps_dest, 4);
 BPF_ARRAY(counters, u32, PS_COUNTERS);
 int unused(void *ctx) {{ return 0; }}
 """
@@ -93,15 +94,21 @@ def test_steering_header_matches_python_layout() -> None:
 
     bpf = BPF(text=STEER_PROGRAM.encode())
     try:
-        table = bpf[b"ps_dest"]
-        assert ctypes.sizeof(table.Key) == st.STEER.key_size
-        assert ctypes.sizeof(table.Leaf) == st.STEER.value_size
-        assert {n: getattr(table.Key, n).offset for n, *_ in table.Key._fields_} == {
-            "prefixlen": 0, "proto": 4, "pad": 5, "port": 6, "addr": 8}
+        for name, spec in ((b"ps_dest", st.STEER), (b"ps_dest6", st.STEER6)):
+            table = bpf[name]
+            assert ctypes.sizeof(table.Key) == spec.key_size
+            assert ctypes.sizeof(table.Leaf) == spec.value_size
+            assert {n: getattr(table.Key, n).offset for n, *_ in table.Key._fields_} == {
+                "prefixlen": 0, "proto": 4, "pad": 5, "port": 6, "addr": 8}
         # The trie key Python writes: a /24 on port 8080 counts 32 + 24 bits.
-        key = table.Key.from_buffer_copy(st.steer_key(8080, "203.0.113.0", 24))
+        key = bpf[b"ps_dest"].Key.from_buffer_copy(st.steer_key(8080, "203.0.113.0", 24))
         assert (key.prefixlen, key.proto, key.port, key.addr) == (
             56, 6, 0x901F, 0x007100CB)  # port and address big-endian in memory
+        # The IPv6 key Python writes: a /48 on port 443 counts 32 + 48 bits.
+        key6 = bpf[b"ps_dest6"].Key.from_buffer_copy(st.steer_key(443, "2001:db8:7::", 48))
+        assert (key6.prefixlen, key6.proto, key6.port) == (80, 6, 0xBB01)
+        assert bytes(key6)[8:] == bytes.fromhex("20010db8000700000000000000000000")
+        assert list(key6.addr) == [0xB80D0120, 0x0700, 0, 0]  # u32s as the program reads
         assert bpf[b"counters"].max_entries == st.PS_COUNTERS == len(st.PS_STAT_NAMES)
         text = STEER_HEADER.read_text()
         assert f"#define PS_MAX_DEST {st.MAX_STEER}" in text

@@ -47,12 +47,14 @@ def test_every_schema_has_a_kind_and_every_kind_a_schema() -> None:
 
 
 def test_the_orders_are_those_of_before_the_registry() -> None:
-    """Behaviour unchanged by the restructuring: the very orders plan.py once listed."""
+    """Behaviour unchanged by the restructuring: the very orders plan.py once listed (with
+    ps_dest6, IPv6 steering, beside ps_dest)."""
     assert [s.name for s in registry.UPSERT_ORDER] == [
         "bs_names", "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_encap", "ti_reply", "ps_proxy",
-        "ps_dest", "tp_config", "tp_rules", "ic_rules"]
+        "ps_dest", "ps_dest6", "tp_config", "tp_rules", "ic_rules"]
     assert [s.name for s in registry.DELETE_ORDER] == [
-        "ic_rules", "tp_rules", "tp_config", "ps_dest", "ps_proxy", "ti_reply", "ti_encap",
+        "ic_rules", "tp_rules", "tp_config", "ps_dest", "ps_dest6", "ps_proxy",
+        "ti_reply", "ti_encap",
         "ti_next", "ti_verify", "ti_tunnel", "ti_decap", "bs_names"]
     assert registry.ENTRY_KINDS == ("Tunnel", "Service", "Proxy", "TransparentProxy",
                                     "Intercept")
