@@ -16,8 +16,11 @@ round, the order rotating) and the figures are medians over rounds:
   CPU s/GB   CPU seconds the proxy's processes spent per GB relayed (the 8-stream run)
 
 then RSS of the proxy's processes with --idle idle connections held through each proxy.
+With --ipv6 every path has an IPv6 twin (direct6, haproxy6, bpfsync6: clients, proxies and
+backends all on IPv6; the same HAProxy and data path, other frontends and Proxies), measured
+in the same interleaved rounds.
 
-    .venv/bin/python bench/bench_proxy.py [--rounds 3] [--variant NAME[:K=V,...]] ...
+    .venv/bin/python bench/bench_proxy.py [--rounds 3] [--ipv6] [--variant NAME[:K=V,...]] ...
     e.g. --variant splice --variant copy:BPFSYNC_RELAY=copy --variant one:workers=1
     .venv/bin/python bench/bench_proxy.py --smoke     # one short round (CI)
 
@@ -55,6 +58,22 @@ from tests.kernel import owned  # noqa: E402
 BACKEND = {"direct": "192.0.2.1", "haproxy": "192.0.2.2"}
 FRONT = {"direct": "192.0.2.1", "haproxy": "203.0.113.8"}
 RR_PORT, IPERF_PORT = 9000, 5201
+
+
+def hostport(addr: str, port: int) -> str:
+    """addr:port as ss prints it and HAProxy reads it (IPv6 in brackets)."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def add_twins(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Every path and its IPv6 twin (NAME6): backend 2001:db8::K, front 2001:db8:7::K."""
+    out = []
+    for k, path in enumerate(paths, start=1):
+        twin = f"{path}6"
+        BACKEND[twin] = f"2001:db8::{k}"
+        FRONT[twin] = BACKEND[twin] if path == "direct" else f"2001:db8:7::{k}"
+        out += [path, twin]
+    return tuple(out)
 
 # n requests (connect, one line each way, close); at a fixed rate, each one timed
 CLIENT = r"""
@@ -124,6 +143,10 @@ class Bench:
             BACKEND[name], FRONT[name] = f"192.0.2.{10 + i}", f"203.0.113.{10 + i}"
             self.roots[name] = Path(f"/sys/fs/bpf/bpfsync-bench-{tag}-{i}")
         self.paths = ("direct", "haproxy", *self.variants)
+        self.base: dict[str, str] = {}  # IPv6 twin -> its IPv4 path
+        if args.ipv6:
+            self.paths = add_twins(self.paths)
+            self.base = {f"{p}6": p for p in self.paths[::2]}
         self.haproxy: subprocess.Popen | None = None
         self.iperf3 = tools.tool("iperf3")
         self.log = open(self.tmp / "datapath.log", "wb")  # noqa: SIM115 - closed in cleanup
@@ -138,16 +161,20 @@ class Bench:
         sh(f"ip netns add {self.ns}")
         sh(f"ip -n {self.ns} link set lo up")
         sh(f"ip -n {self.ns} route add local 203.0.113.0/24 dev lo")
-        for ip in {*BACKEND.values(), FRONT["haproxy"]}:
-            sh(f"ip -n {self.ns} addr add {ip}/32 dev lo")
-        for ip in BACKEND.values():  # each path its own servers
+        sh(f"ip -n {self.ns} -6 route add local 2001:db8:7::/48 dev lo")
+        haproxies = [p for p in self.paths if p.startswith("haproxy")]
+        backends = [BACKEND[p] for p in self.paths]
+        for ip in {*backends, *(FRONT[p] for p in haproxies)}:  # IPv6 binds need the address
+            sh(f"ip -n {self.ns} addr add {ip}/{128 if ':' in ip else 32} dev lo nodad")
+        for ip in backends:  # each path its own servers
             srv = self.spawn(sys.executable, "-c", SERVER, ip, str(RR_PORT))
             assert srv.stdout and srv.stdout.readline().strip() == "ready"
-        self._start_haproxy()
+        self._start_haproxy(haproxies)
         for name in self.variants:
             self._start_bpfsync(name)
-        self._wait_listening({f"{FRONT['haproxy']}:{port}" for port in (RR_PORT, IPERF_PORT)}
-                             | {f"{ip}:{RR_PORT}" for ip in BACKEND.values()})
+        self._wait_listening({hostport(FRONT[p], port) for p in haproxies
+                              for port in (RR_PORT, IPERF_PORT)}
+                             | {hostport(ip, RR_PORT) for ip in backends})
 
     def _wait_listening(self, want: set[str]) -> None:
         deadline = time.monotonic() + 60
@@ -160,58 +187,63 @@ class Bench:
         out = sh(f"ip netns exec {self.ns} ss -Hltn").stdout
         return {line.split()[3] for line in out.splitlines() if len(line.split()) > 3}
 
-    def _start_haproxy(self) -> None:
-        front, back = FRONT["haproxy"], BACKEND["haproxy"]
+    def _start_haproxy(self, paths: list[str]) -> None:
+        """One HAProxy for its paths (haproxy, and haproxy6 with --ipv6)."""
         cfg = self.tmp / "haproxy.cfg"
-        cfg.write_text(f"""global
+        text = """global
     maxconn 9000
 defaults
     mode tcp
     timeout connect 5s
     timeout client 300s
     timeout server 300s
-frontend fe_rr
-    bind {front}:{RR_PORT}
-    default_backend be_rr
-frontend fe_iperf
-    bind {front}:{IPERF_PORT}
-    default_backend be_iperf
-backend be_rr
+"""
+        for p in paths:
+            front, back = FRONT[p], BACKEND[p]
+            for svc, port in (("rr", RR_PORT), ("iperf", IPERF_PORT)):
+                text += f"""frontend fe_{svc}_{p}
+    bind {hostport(front, port)}
+    default_backend be_{svc}_{p}
+backend be_{svc}_{p}
     balance roundrobin
-    server b1 {back}:{RR_PORT}
-backend be_iperf
-    balance roundrobin
-    server b1 {back}:{IPERF_PORT}
-""")
+    server b1 {hostport(back, port)}
+"""
+        cfg.write_text(text)
         self.haproxy = self.spawn(tools.tool("haproxy"), "-db", "-f", str(cfg))
 
     def _start_bpfsync(self, name: str) -> None:
-        front, back, root = FRONT[name], BACKEND[name], self.roots[name]
+        """One data path for the variant and, with --ipv6, its twin (two more Proxies)."""
+        root = self.roots[name]
         desired = self.tmp / f"desired-{name}"
         desired.mkdir()
-        (desired / "proxy.yaml").write_text(f"""apiVersion: bpfsync/v1
+        docs = []
+        for i, path in enumerate(p for p in (name, f"{name}6") if p in self.paths):
+            front, back = FRONT[path], BACKEND[path]
+            plen = 128 if ":" in front else 32
+            docs.append(f"""apiVersion: bpfsync/v1
 kind: Proxy
-metadata: {{name: bench}}
+metadata: {{name: {path}}}
 spec:
-  id: 1
+  id: {2 * i + 1}
   netns: {self.ns}
   ports: [{RR_PORT}]
-  destinations: [{front}/32]
-  backends: ["{back}:{RR_PORT}"]
+  destinations: ["{front}/{plen}"]
+  backends: ["{hostport(back, RR_PORT)}"]
   maxConnections: 20000
   healthCheck: {{enabled: false}}
 ---
 apiVersion: bpfsync/v1
 kind: Proxy
-metadata: {{name: bench-iperf}}
+metadata: {{name: {path}-iperf}}
 spec:
-  id: 2
+  id: {2 * i + 2}
   netns: {self.ns}
   ports: [{IPERF_PORT}]
-  destinations: [{front}/32]
-  backends: ["{back}:{IPERF_PORT}"]
+  destinations: ["{front}/{plen}"]
+  backends: ["{hostport(back, IPERF_PORT)}"]
   healthCheck: {{enabled: false}}  # as HAProxy's (no check): iperf3 takes a check for a test
 """)
+        (desired / "proxy.yaml").write_text("---\n".join(docs))
         env = {**os.environ, "BPFSYNC_PIN_ROOT": str(root)}
         subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
                        check=True, env=env, capture_output=True)
@@ -237,7 +269,7 @@ spec:
         sup = self.supervisor(name)
         return bool(doc and sup and all(sup["workerPids"]) and
                     len(doc["workers"]) == len(sup["workerPids"]) and
-                    len(doc["proxies"]) == 2 and
+                    len(doc["proxies"]) == (4 if self.args.ipv6 else 2) and
                     all(p["backends"] for p in doc["proxies"].values()))
 
     def supervisor(self, name: str) -> dict | None:
@@ -247,7 +279,9 @@ spec:
             return None
 
     def pids(self, path: str) -> list[int]:
-        """The processes that do the proxying of path (none for direct)."""
+        """The processes that do the proxying of path (none for direct); an IPv6 twin's are
+        its IPv4 path's."""
+        path = self.base.get(path, path)
         if path == "haproxy":
             assert self.haproxy is not None
             return [self.haproxy.pid]  # ip netns exec and the tools wrapper exec: its pid
@@ -261,7 +295,7 @@ spec:
         server that lingers in its last test refuses the next one."""
         server = self.spawn(self.iperf3, "-s", "-1", "-B", BACKEND[path], "-p",
                             str(IPERF_PORT))
-        self._wait_listening({f"{BACKEND[path]}:{IPERF_PORT}"})
+        self._wait_listening({hostport(BACKEND[path], IPERF_PORT)})
         r = sh(f"ip netns exec {self.ns} {self.iperf3} -c {FRONT[path]} -p {IPERF_PORT} "
                f"-t {self.args.seconds} -P {streams} -J", check=False)
         doc = json.loads(r.stdout)
@@ -371,6 +405,8 @@ def main() -> int:
                    help="a bpfsync data path to measure beside the others, e.g. "
                         "uvloop:BPFSYNC_EVENT_LOOP=uvloop, copy:BPFSYNC_RELAY=copy, "
                         "one:workers=1 (default: one, \"bpfsync\", as installed)")
+    p.add_argument("--ipv6", action="store_true",
+                   help="measure an IPv6 twin of every path in the same rounds")
     p.add_argument("--smoke", action="store_true", help="one short round (CI)")
     args = p.parse_args()
     if args.smoke:
@@ -423,19 +459,24 @@ def main() -> int:
           f"{'p99 ms':>7} {'CPU s/GB':>9} {'failed':>7}")
     for path in paths:
         m = med[path]
-        cpu = f"{m['cpu_per_gb']:9.2f}" if path != "direct" else f"{'-':>9}"
+        cpu = f"{m['cpu_per_gb']:9.2f}" if b.base.get(path, path) != "direct" else f"{'-':>9}"
         print(f"{path:{width}} {m['gbps1']:9.2f} {m['gbps8']:9.2f} {m['cps']:8.0f} "
               f"{m['p50']:7.3f} {m['p99']:7.3f} {cpu} {fails[path]:7d}")
-    h = med["haproxy"]
-    for name in b.variants:
-        s = med[name]
-        print(f"{name} / haproxy: single stream {s['gbps1'] / h['gbps1']:.2f}x, 8 streams "
+    for name in (n for n in (*b.variants, *(f"{v}6" for v in b.variants)) if n in med):
+        peer = "haproxy" if name in b.variants else "haproxy6"
+        s, h = med[name], med[peer]
+        print(f"{name} / {peer}: single stream {s['gbps1'] / h['gbps1']:.2f}x, 8 streams "
               f"{s['gbps8'] / h['gbps8']:.2f}x, connection rate {s['cps'] / h['cps']:.2f}x, "
               f"p50 {s['p50'] / h['p50']:.2f}x, p99 {s['p99'] / h['p99']:.2f}x, CPU per GB "
               f"{s['cpu_per_gb'] / h['cpu_per_gb']:.2f}x")
     print(f"RSS with {args.idle} idle connections: haproxy {rss['haproxy']:.1f} MiB, "
           f"{first} {rss[first]:.1f} MiB (supervisor and workers); {first} with "
           f"{args.idle_bpfsync}: {rss_alone:.1f} MiB")
+    for path, base in b.base.items():
+        s, f = med[path], med[base]
+        print(f"{path} / {base} (IPv6 / IPv4): single stream "
+              f"{s['gbps1'] / f['gbps1']:.2f}x, 8 streams {s['gbps8'] / f['gbps8']:.2f}x, "
+              f"connection rate {s['cps'] / f['cps']:.2f}x, p50 {s['p50'] / f['p50']:.2f}x")
     return 1 if any(fails.values()) else 0
 
 

@@ -26,6 +26,16 @@ struct tp_rule_key {
     u32 addr;
 };
 
+/* The IPv6 twin of tp_rule_key (tp_rules6): prefixlen 32 + the prefix's length; addr network
+ * order.  24 bytes. */
+struct tp_rule6_key {
+    u32 prefixlen;
+    u8 kind;
+    u8 tp;
+    u16 port;
+    u32 addr[4];
+};
+
 struct tp_rule {
     u32 tp;
     u32 stamp;
@@ -50,6 +60,23 @@ struct tp_orig {
     u16 tp;
 };
 
+/* Socket-local storage of a native IPv6 client socket (tp_orig6).  20 bytes. */
+struct tp_orig6 {
+    u32 addr[4];               /* network order */
+    u16 port;                  /* network order */
+    u16 tp;
+};
+
+/* A native IPv6 connection as the proxy sees it (tp_conns6), answered for
+ * getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST): addresses network order, ports host order.
+ * 36 bytes. */
+struct tp_conn6_key {
+    u32 client_ip[4];
+    u32 proxy_ip[4];
+    u16 client_port;
+    u16 proxy_port;
+};
+
 /* The connection as the proxy sees it (peer = client, local = listener), host order, so
  * that getsockopt(SO_ORIGINAL_DST) on the accepted socket finds the client's tp_orig.
  * Inserted when the client's connection is established, deleted when its socket closes. */
@@ -63,7 +90,7 @@ struct tp_conn_key {
 /* tp_stats: per-CPU array of TP_MAX * TP_COUNTERS u64, id * TP_COUNTERS + counter.
  * Id 0 counts SO_ORIGINAL_DST questions no entry answered. */
 enum tp_stat {
-    TP_STAT_CONNECTS = 0,      /* TCP connects seen by the connect4 program */
+    TP_STAT_CONNECTS = 0,      /* TCP connects seen (IPv4, mapped and native IPv6) */
     TP_STAT_INTERCEPTED = 1,
     TP_STAT_EXCLUDED = 2,      /* by an exclude rule or an excluded cgroup */
     TP_STAT_OTHER_NETNS = 3,   /* in another network namespace than the Proxy's: direct */
@@ -76,8 +103,8 @@ enum tp_stat {
 /* tp_stats6: per-CPU array of TP_MAX * TP6_COUNTERS u64 (a map of its own: tp_stats keeps
  * the size pins of earlier versions have).  IPv4-mapped connects are counted in tp_stats. */
 enum tp6_stat {
-    TP6_STAT_DIRECT = 0,       /* native IPv6 connect let through (ipv6: direct) */
-    TP6_STAT_REFUSED = 1,      /* native IPv6 connect refused (ipv6: refuse) */
+    TP6_STAT_DIRECT = 0,       /* native IPv6 connect no rule intercepts, let through */
+    TP6_STAT_REFUSED = 1,      /* native IPv6 connect no rule intercepts, refused (ipv6: refuse) */
 };
 
 #endif

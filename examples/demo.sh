@@ -117,6 +117,7 @@ printf '\n\033[1m== Part 3: a port-steering proxy (examples/proxy) ==\033[0m\n'
 ip netns add bpfsync-demo-proxy
 ip -n bpfsync-demo-proxy link set lo up
 ip -n bpfsync-demo-proxy route add local 203.0.113.0/24 dev lo   # the steered addresses
+ip -n bpfsync-demo-proxy -6 route add local 2001:db8:7::/48 dev lo   # and their IPv6 twins
 backends=()
 for i in 11 12 13; do
   ip -n bpfsync-demo-proxy addr add "192.0.2.$i/32" dev lo
@@ -132,15 +133,16 @@ pids+=($!)
 fetch() { ip netns exec bpfsync-demo-proxy /usr/bin/python3 - "$@" <<'PY'
 import sys, urllib.request
 for i, port in enumerate(sys.argv[1:]):
-    url = f"http://203.0.113.{20 + i}:{port}/"
+    v6, port = port.startswith("6:"), port.removeprefix("6:")
+    url = f"http://[2001:db8:7::{20 + i}]:{port}/" if v6 else f"http://203.0.113.{20 + i}:{port}/"
     body = urllib.request.urlopen(url, timeout=5).read().decode().strip()
-    print(f"  GET {url:28} -> {body}")
+    print(f"  GET {url:31} -> {body}")
 PY
 }
 healthy() { [[ "$("$bpfsync" --pin-root "$proxy_root" get proxies)" == *"$1/3 healthy"* ]]; }
 until_true 60 healthy 3
-step "GET six steered addresses and ports   # one listener, round-robin over 3 backends"
-fetch 80 8000 8003 8009 80 8005
+step "GET six steered addresses and ports, IPv4 and IPv6   # round-robin over 3 backends"
+fetch 80 8000 8003 6:8009 6:80 6:8005
 kill "${backends[1]}"; wait "${backends[1]}" 2>/dev/null || true
 step "# backend 192.0.2.12 stopped; its health check takes it out within fall x interval"
 until_true 60 healthy 2

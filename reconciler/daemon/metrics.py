@@ -170,9 +170,10 @@ def _families(r: dict[str, Any], kernel: dict[str, int]) -> Iterator[Metric]:
 
 def _maps(f: _Families, r: dict[str, Any]) -> None:
     maps = dict(r["maps"])
-    tracking = (r.get("transparentProxies") or {}).get("tracking")
-    if tracking:  # map pressure of the connections the programs track
-        maps["tp_conns"] = tracking
+    tps = r.get("transparentProxies") or {}
+    for name, key in (("tp_conns", "tracking"), ("tp_conns6", "tracking6")):
+        if tps.get(key):  # map pressure of the connections the programs track
+            maps[name] = tps[key]
     for name, info in sorted(maps.items()):
         f.add("bpfsync_map_entries", [name], info["entries"])
         f.add("bpfsync_map_capacity", [name], info["capacity"])

@@ -7,8 +7,9 @@ import socket
 import struct
 from typing import Any
 
-SO_ORIGINAL_DST = 80
+SO_ORIGINAL_DST = 80  # SOL_IP; IP6T_SO_ORIGINAL_DST is the same number at SOL_IPV6
 _SOCKADDR_IN = struct.Struct("!2xH4s8x")
+_SOCKADDR_IN6 = struct.Struct("!2xH4x16s4x")
 
 
 def addresses(infos: list[Any]) -> list[str]:
@@ -37,17 +38,20 @@ def family(address: str) -> socket.AddressFamily:
 
 def original_destination(sock: socket.socket,
                          listeners: list[tuple[Any, ...]]) -> tuple[str, int] | None:
-    """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST) when a
-    TransparentProxy rewrote its connect(); its own local address when an Intercept had it
+    """Where an intercepted connection was going: getsockopt(SOL_IP, SO_ORIGINAL_DST), or
+    (SOL_IPV6, IP6T_SO_ORIGINAL_DST) on an IPv6 socket, when a TransparentProxy rewrote its
+    connect(); its own local address when an Intercept had it
     assigned to the (transparent) listener by TC; None when it came to a listener itself
     (listeners: their getsockname())."""
+    v6 = sock.family == socket.AF_INET6
+    level, shape = (socket.IPPROTO_IPV6, _SOCKADDR_IN6) if v6 else (socket.SOL_IP, _SOCKADDR_IN)
     try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
+        raw = sock.getsockopt(level, SO_ORIGINAL_DST, shape.size)
     except OSError:
         raw = b""
-    if len(raw) >= 8:
-        port, addr = _SOCKADDR_IN.unpack(raw.ljust(_SOCKADDR_IN.size, b"\0"))
-        return socket.inet_ntoa(addr), port
+    if len(raw) >= (24 if v6 else 8):
+        port, addr = shape.unpack(raw.ljust(shape.size, b"\0"))
+        return (socket.inet_ntop(socket.AF_INET6, addr) if v6 else socket.inet_ntoa(addr)), port
     try:
         local = sock.getsockname()
     except OSError:

@@ -20,9 +20,10 @@ def plan(context: AttachContext) -> Planned:
     seen = host.observe(pin_root)
     facts = context.facts.get(NAME) or HostFacts()
     tags = None
-    # BCC creates tp_orig at the first compilation: diff must not, so it compiles only then
+    # BCC creates tp_orig and tp_orig6 at the first compilation: diff must not, so it
+    # compiles only once both are there
     if (context.compiler is not None and state.of(TransparentProxy)
-            and (pin_root / "maps" / tpt.TP_ORIG.name).exists()):
+            and all((pin_root / "maps" / m.name).exists() for m in (tpt.TP_ORIG, tpt.TP_ORIG6))):
         names = sorted({w.program for w in cgroups.wanted(state, pin_root)})
         tags = programs.tags(context.compiler, pin_root, _ids(context), names)
     return cgroups.plan(state, pin_root, seen, facts, tags)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reconciler.load.build import Spec
+from reconciler.steering.model import network_order
 from reconciler.tproxy.model import TrafficMatch, TransparentProxy
 
 
@@ -12,7 +13,8 @@ def build_transparent(spec: Spec) -> TransparentProxy | None:
         for i, m in enumerate(spec.get(field, [])):
             out.append(TrafficMatch(
                 tuple(sorted(set(spec.prefixes(m.get("destinations", ["0.0.0.0/0"]),
-                                           (field, i, "destinations"))))),
+                                               (field, i, "destinations"), ipv6=True)),
+                             key=network_order)),
                 tuple(sorted(set(spec.port_ranges(m.get("ports", ["*"]),
                                               (field, i, "ports")))))))
         return tuple(out)

@@ -13,8 +13,10 @@ from reconciler.tproxy.model import TrafficMatch, TransparentProxy
 from reconciler.tproxy.tables import TP_MAX_RULES
 
 
-def rule_entry_count(matches: tuple[TrafficMatch, ...]) -> int:
-    return sum(destination_port_count(m.destinations, m.ports) for m in matches)
+def rule_entry_count(matches: tuple[TrafficMatch, ...], version: int) -> int:
+    """Trie entries of matches in the table of one address family (4 or 6)."""
+    return sum(destination_port_count(tuple(d for d in m.destinations if d.version == version),
+                                      m.ports) for m in matches)
 
 
 def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
@@ -29,11 +31,15 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
                 out.append(Finding(tp.origin, ("spec", "excludeCgroups", i),
                                    f"{c} is the intercepted cgroup itself: nothing would be "
                                    f"intercepted", tp.ref))
-    out += over_capacity(tps, lambda tp: rule_entry_count(tp.intercept) + rule_entry_count(
-        tp.exclude), TP_MAX_RULES, ("spec", "intercept"),
-        lambda total: f"ports x destinations of all TransparentProxies make {total} rule "
-                      f"entries, more than the table's {TP_MAX_RULES}; use \"*\" or wider "
-                      f"prefixes")
+    for version, table in ((4, "tp_rules"), (6, "tp_rules6")):
+        def count(tp: TransparentProxy, version: int = version) -> int:
+            return rule_entry_count(tp.intercept, version) + rule_entry_count(tp.exclude,
+                                                                              version)
+        out += over_capacity(tps, count, TP_MAX_RULES, ("spec", "intercept"),
+                             lambda total, v=version, t=table:
+                                 f"ports x IPv{v} destinations of all TransparentProxies make "
+                                 f"{total} rule entries, more than {t}'s {TP_MAX_RULES}; use "
+                                 f"\"*\" or wider prefixes")
     return out
 
 

@@ -1,5 +1,5 @@
 """The cgroup transparent-proxy data path's entries: each TransparentProxy's configuration
-(TP_CONFIG) and its intercept/exclude rules (TP_RULES)."""
+(TP_CONFIG) and its intercept/exclude rules (TP_RULES, TP_RULES6 by family)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _rule_entries(out: DesiredTables, tp: TransparentProxy, kind: int,
     for m in matches:
         for net, port in destination_ports(m.destinations, m.ports):
             key = tpt.tp_rule_key(tp.id, kind, port, str(net.network_address), net.prefixlen)
-            out.put(tpt.TP_RULES, key, tpt.tp_rule_value(key, tp.id), tp.ref)
+            out.put(tpt.tp_rules_table(net), key, tpt.tp_rule_value(key, tp.id), tp.ref)
 
 
 def _transparent(out: DesiredTables, state: DesiredState, facts: HostFacts,

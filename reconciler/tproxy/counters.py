@@ -15,6 +15,8 @@ def tproxy_counters(tables: PinnedTables) -> dict[int, dict[str, int]]:
     return {tp: {**four.get(tp, zero4), **six.get(tp, zero6)} for tp in four.keys() | six}
 
 
-def tracked(tables: PinnedTables) -> int:
-    """Intercepted connections the programs track now (tp_conns): map pressure."""
-    return len(tables.read((tpt.TP_CONNS,))[tpt.TP_CONNS.name])
+def tracked(tables: PinnedTables) -> tuple[int, int]:
+    """Intercepted connections the programs track now, IPv4 (tp_conns) and native IPv6
+    (tp_conns6): map pressure."""
+    seen = tables.read((tpt.TP_CONNS, tpt.TP_CONNS6))
+    return len(seen[tpt.TP_CONNS.name]), len(seen.get(tpt.TP_CONNS6.name, {}))

@@ -13,7 +13,7 @@ from reconciler.core.model import Named, Origin, PortRange
 class TrafficMatch:
     """TCP connections to any of destinations on any of ports."""
 
-    destinations: tuple[ipaddress.IPv4Network, ...]
+    destinations: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # IPv4 first
     ports: tuple[PortRange, ...]
 
 
@@ -30,7 +30,7 @@ class TransparentProxy(Named):
     exclude_cgroups: tuple[str, ...] = ()
     fail_open: bool = False  # whenProxyDown: direct
     origin: Origin | None = None
-    refuse_ipv6: bool = False  # ipv6: refuse (native IPv6 connects fail with EPERM)
+    refuse_ipv6: bool = False  # ipv6: refuse (native IPv6 connects no rule intercepts: EPERM)
 
     kind = "TransparentProxy"
 

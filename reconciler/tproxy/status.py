@@ -21,10 +21,11 @@ def tproxy_status(context: StatusContext) -> dict[str, Any]:
     try:
         stats, n = context.read(lambda tables: (tproxy_counters(tables), tracked(tables)))
     except (BpfsyncError, OSError):
-        stats, n = {}, 0
+        stats, n = {}, (0, 0)
     zero = dict.fromkeys((*tpt.TP_STAT_NAMES, *tpt.TP6_STAT_NAMES), 0)
     return {"transparentProxies": {
-        "tracking": {"entries": n, "capacity": tpt.TP_CONNS.max_entries},
+        "tracking": {"entries": n[0], "capacity": tpt.TP_CONNS.max_entries},
+        "tracking6": {"entries": n[1], "capacity": tpt.TP_CONNS6.max_entries},
         "unanswered": stats.get(0, zero)["unanswered"],
         "resources": [{"name": tp.name, "id": tp.id, "cgroup": tp.cgroup, "proxy": tp.proxy,
                        "ipv6": "refuse" if tp.refuse_ipv6 else "direct",
@@ -43,6 +44,7 @@ def tproxy_status_lines(doc: Mapping[str, Any]) -> list[str]:
                      f"{tp['proxy']}): {c['intercepted']} intercepted, {c['excluded']} excluded, "
                      f"{c['no_proxy']} with no proxy, {c['track_full']} untracked")
     if tps:
-        tr = tps["tracking"]
-        lines.append(f"  intercepted connections tracked: {tr['entries']}/{tr['capacity']}")
+        tr, tr6 = tps["tracking"], tps.get("tracking6") or {"entries": 0}
+        lines.append(f"  intercepted connections tracked: {tr['entries']}/{tr['capacity']} "
+                     f"IPv4, {tr6['entries']} IPv6")
     return lines

@@ -123,6 +123,8 @@ TPROXY_PROGRAM = f"""
 BPF_HASH(tp_rules, struct tp_rule_key, struct tp_rule, 4);
 BPF_HASH(tp_config, u32, struct tp_config, 4);
 BPF_HASH(tp_conns, struct tp_conn_key, struct tp_orig, 4);
+BPF_HASH(tp_rules6, struct tp_rule6_key, struct tp_rule, 4);
+BPF_HASH(tp_conns6, struct tp_conn6_key, struct tp_orig6, 4);
 int unused(void *ctx) {{ return 0; }}
 """
 
@@ -133,11 +135,22 @@ def test_tproxy_header_matches_python_layout() -> None:
 
     bpf = BPF(text=TPROXY_PROGRAM.encode())
     try:
-        for spec in (tpt.TP_RULES, tpt.TP_CONFIG, tpt.TP_CONNS):
+        for spec in (tpt.TP_RULES, tpt.TP_CONFIG, tpt.TP_CONNS, tpt.TP_RULES6, tpt.TP_CONNS6):
             table = bpf[spec.name.encode()]
             assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
             assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
         assert ctypes.sizeof(bpf[b"tp_conns"].Leaf) == tpt.TP_ORIG.value_size
+        assert ctypes.sizeof(bpf[b"tp_conns6"].Leaf) == tpt.TP_ORIG6.value_size
+        key6 = bpf[b"tp_rules6"].Key.from_buffer_copy(
+            tpt.tp_rule_key(3, tpt.TP_KIND_INTERCEPT, 443, "2001:db8::", 32))
+        assert (key6.prefixlen, key6.kind, key6.tp, key6.port) == (
+            64, tpt.TP_KIND_INTERCEPT, 3, 0xBB01)
+        assert bytes(key6)[8:] == bytes.fromhex("20010db8" + "00" * 12)
+        conn6 = bpf[b"tp_conns6"]
+        assert {n: getattr(conn6.Key, n).offset for n, *_ in conn6.Key._fields_} == {
+            "client_ip": 0, "proxy_ip": 16, "client_port": 32, "proxy_port": 34}
+        assert {n: getattr(conn6.Leaf, n).offset for n, *_ in conn6.Leaf._fields_} == {
+            "addr": 0, "port": 16, "tp": 18}
         config = bpf[b"tp_config"].Leaf
         assert {n: getattr(config, n).offset for n, *_ in config._fields_} == {
             "slot": 0, "flags": 4, "netns_cookie": 8, "cgroup_id": 16, "cgroup_level": 48,

@@ -123,6 +123,18 @@ class ProxyNet:
         wait_until(lambda: (r := self.reports()) and all(
             p["backends"] and all(b["healthy"] for b in p["backends"]) for p in r.values()), 60)
 
+    def start_datapath_with_hosts(self, hosts: Path) -> None:
+        """The data path in a mount namespace of its own where hosts is /etc/hosts (the
+        host's own is never touched)."""
+        inner = (f"mount --bind {hosts} /etc/hosts && exec {sys.executable} -m reconciler "
+                 f"--pin-root {self.root} datapath --netns {self.ns}")
+        log = open(self.tmp / "datapath.log", "ab")  # noqa: SIM115 - the child owns it
+        self.dp = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh",
+                                    "-c", inner], stdout=log, stderr=log,
+                                   start_new_session=True)
+        log.close()
+        self.procs.append(self.dp)
+
     def proxies(self) -> list[dict[str, Any]]:
         r = bpfsync("get", "proxies", "-o", "json", pin_root=self.root)
         assert r.returncode == 0, r.stderr
@@ -506,13 +518,7 @@ def test_hostname_backends_are_resolved_again(pn: ProxyNet, tmp_path: Path) -> N
         f'"{BACKENDS["b1"]}:{BACKEND_PORT}"', f'"app.bpfsync.test:{BACKEND_PORT}"')
         + "  resolveSeconds: 1\n")
     pn.apply()
-    inner = (f"mount --bind {hosts} /etc/hosts && exec {sys.executable} -m reconciler "
-             f"--pin-root {pn.root} datapath --netns {pn.ns}")
-    log = open(tmp_path / "datapath.log", "ab")  # noqa: SIM115 - the child owns it
-    pn.dp = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                              inner], stdout=log, stderr=log, start_new_session=True)
-    log.close()
-    pn.procs.append(pn.dp)
+    pn.start_datapath_with_hosts(hosts)
     pn.wait_report(lambda r: [b["address"] for b in r["backends"]] == [BACKENDS["b1"]],
                    seconds=60)
     assert pn.client("who", VIP, 80, 3)["names"] == {"b1": 3}

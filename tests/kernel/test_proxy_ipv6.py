@@ -132,3 +132,22 @@ def test_a_dead_ipv6_backend_is_taken_out_and_back(pn: ProxyNet) -> None:
     pn.backends["b2"] = p
     wait_until(lambda: pn.healthy().get(BACKENDS6["b2"]) is True, 60)
     assert set(pn.client("who", VIP6, 80, 30)["names"]) == {"b1", "b2", "b3"}
+
+
+def test_a_hostname_backend_is_every_address_of_both_families(pn: ProxyNet,
+                                                              tmp_path: Path) -> None:
+    """A name with an A and an AAAA record is two targets, each reached over its family (the
+    data path runs in a mount namespace where a hosts file of the test is /etc/hosts)."""
+    v4 = pn.spawn("serve", f"v4@192.0.2.2:{BACKEND_PORT}")
+    assert v4.stdout is not None and v4.stdout.readline().strip() == "ready"
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"{BACKENDS6['b1']} app.bpfsync.test\n192.0.2.2 app.bpfsync.test\n")
+    pn.write(proxy6(ports="[80]").replace(
+        ", ".join(f'"[{a}]:{BACKEND_PORT}"' for a in BACKENDS6.values()),
+        f'"app.bpfsync.test:{BACKEND_PORT}"'))
+    pn.apply()
+    pn.start_datapath_with_hosts(hosts)
+    pn.wait_report(lambda r: {b["address"] for b in r["backends"]} == {
+        BACKENDS6["b1"], "192.0.2.2"} and all(b["healthy"] for b in r["backends"]))
+    seen = pn.client("who", VIP6, 80, 20)
+    assert seen["errors"] == [] and seen["names"] == {"b1": 10, "v4": 10}, seen

@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,8 @@ class Env:
 
 
 
-@pytest.fixture
-def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
+@contextmanager
+def made_env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
     tag = owned.tag()[:6]
     base = owned.name("tp")
     e = Env(f"{base}-c", f"{base}-s", f"/{base}", pin_root, tmp_path / "desired",
@@ -134,6 +135,12 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
             e.daemon.cleanup()
         teardown(e.procs, (e.ns, e.server_ns))
         owned.remove_cgroup_tree(cgroups.fs_path(e.base))
+
+
+@pytest.fixture
+def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
+    with made_env(tmp_path, pin_root) as e:
+        yield e
 
 
 def test_cgroup_processes_are_intercepted_others_not(env: Env) -> None:

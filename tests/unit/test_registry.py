@@ -24,7 +24,8 @@ EVERY_KIND = {
     "p.yaml": "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\nspec:\n  id: 1\n"
               "  ports: [80, '8000-8001']\n  backends: ['192.0.2.10:8080']\n",
     "tp.yaml": "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: app}\nspec:\n"
-               "  id: 3\n  cgroup: /app\n  proxy: web\n  intercept: [{ports: [443]}]\n",
+               "  id: 3\n  cgroup: /app\n  proxy: web\n  intercept: [{ports: [443]}, "
+               "{destinations: ['2001:db8::/32'], ports: [443]}]\n",
     "ic.yaml": "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: mail}\nspec:\n"
                "  id: 2\n  device: eth1\n"
                "  rules: [{priority: 1, action: redirect, proxy: web, ports: [25]}]\n",
@@ -48,12 +49,12 @@ def test_every_schema_has_a_kind_and_every_kind_a_schema() -> None:
 
 def test_the_orders_are_those_of_before_the_registry() -> None:
     """Behaviour unchanged by the restructuring: the very orders plan.py once listed (with
-    ps_dest6, IPv6 steering, beside ps_dest)."""
+    ps_dest6 and tp_rules6, the IPv6 tries, beside their IPv4 twins)."""
     assert [s.name for s in registry.UPSERT_ORDER] == [
         "bs_names", "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_encap", "ti_reply", "ps_proxy",
-        "ps_dest", "ps_dest6", "tp_config", "tp_rules", "ic_rules"]
+        "ps_dest", "ps_dest6", "tp_config", "tp_rules", "tp_rules6", "ic_rules"]
     assert [s.name for s in registry.DELETE_ORDER] == [
-        "ic_rules", "tp_rules", "tp_config", "ps_dest", "ps_dest6", "ps_proxy",
+        "ic_rules", "tp_rules", "tp_rules6", "tp_config", "ps_dest", "ps_dest6", "ps_proxy",
         "ti_reply", "ti_encap",
         "ti_next", "ti_verify", "ti_tunnel", "ti_decap", "bs_names"]
     assert registry.ENTRY_KINDS == ("Tunnel", "Service", "Proxy", "TransparentProxy",
@@ -96,7 +97,8 @@ def test_get_shows_every_kind_with_entries(tmp_path: Path) -> None:
     assert set(shown) == set(registry.ENTRY_KINDS)
     tp = by_owner("TransparentProxy", observed)
     assert [d["metadata"]["name"] for d in tp] == ["app"]  # as declared: the names table
-    assert tp[0]["status"] == {"managed": True, "entries": {"tp_config": 1, "tp_rules": 1},
+    assert tp[0]["status"] == {"managed": True, "entries": {"tp_config": 1, "tp_rules": 1,
+                                                             "tp_rules6": 1},
                                "source": {"file": "tp.yaml"}}
     assert tp[0]["spec"]["tp_rules"] == [{"id": 3, "rule": "intercept", "port": 443,
                                           "prefix": "0.0.0.0/0"}]

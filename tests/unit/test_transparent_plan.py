@@ -135,3 +135,32 @@ def test_cgroup_plan(tmp_path: Path) -> None:
     assert [o.target.hook.hook for o in plan.steps] == ["getsockopt"]
     assert plan.conditions == [f"TransparentProxy/apps: cgroup {app} not found; interception "
                             f"not attached there until it exists"]
+
+
+def test_ipv6_rules_go_to_their_own_trie_and_read_back(tmp_path: Path) -> None:
+    docs = DOCS.replace("[198.51.100.0/24, 203.0.113.0/24]",
+                        "[198.51.100.0/24, '2001:db8::/32', 203.0.113.0/24]").replace(
+        "[198.51.100.9/32]", "['2001:db8::9/128']")
+    state = load_directory(write_tree(tmp_path, {"a.yaml": docs}))
+    tp = state.of(TransparentProxy)["apps"]
+    assert [str(n) for n in tp.intercept[0].destinations] == [
+        "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"]  # IPv4 first
+    desired = compile_tables(state, facts={"tproxy": HostFacts(netns_cookie=7)}, pin_root=PIN)
+    v4, v6 = desired.entries[tpt.TP_RULES.name], desired.entries[tpt.TP_RULES6.name]
+    assert len(v4) == 2 * 3 and len(v6) == 3 + 1  # intercept: 3 ports per prefix; exclude: "*"
+    key = tpt.tp_rule_key(2, tpt.TP_KIND_EXCLUDE, 0, "2001:db8::9", 128)
+    assert len(key) == tpt.TP_RULES6.key_size and key in v6
+    assert registry.decode_key(tpt.TP_RULES6.name, key) == {
+        "id": 2, "rule": "exclude", "port": "*", "prefix": "2001:db8::9/128"}
+
+
+def test_ipv4_mapped_rules_are_refused_with_the_ipv4_prefix(tmp_path: Path) -> None:
+    import pytest
+
+    from reconciler.core.errors import InvalidDesiredState
+
+    docs = DOCS.replace("[198.51.100.9/32]", "['::ffff:198.51.100.9/128']")
+    with pytest.raises(InvalidDesiredState) as exc:
+        load_directory(write_tree(tmp_path, {"a.yaml": docs}))
+    text = "\n".join(map(str, exc.value.problems))
+    assert "a.yaml:" in text and "write 198.51.100.9/32" in text
