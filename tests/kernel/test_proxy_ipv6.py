@@ -7,6 +7,8 @@ test's own, with IPv6 destinations, IPv6 backends and both families in one direc
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import struct
@@ -151,3 +153,27 @@ def test_a_hostname_backend_is_every_address_of_both_families(pn: ProxyNet,
         BACKENDS6["b1"], "192.0.2.2"} and all(b["healthy"] for b in r["backends"]))
     seen = pn.client("who", VIP6, 80, 20)
     assert seen["errors"] == [] and seen["names"] == {"b1": 10, "v4": 10}, seen
+
+
+def test_kill_9_of_every_worker_refuses_no_ipv6_connection(pn: ProxyNet) -> None:
+    """The supervisor holds the IPv6 listener too: with every worker killed at once, IPv6
+    connections wait in its queue for the new workers instead of being refused."""
+    pn.write(proxy6(ports="[80]"))
+    pn.apply()
+    pn.start_datapath()
+    stop = pn.stop_file()
+    stream = pn.spawn("stream", VIP6, 80, 300, 0.005, stop)
+    pn.wait_report(lambda r: r["proxied"] >= 10)
+    killed = pn.supervisor()["workerPids"]
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: all(p and p not in killed for p in pn.supervisor()["workerPids"]), 60)
+    pn.wait_report(lambda r: r["pid"] not in killed and r["proxied"] >= 10)
+    stop.touch()
+    s = json.loads(stream.communicate(timeout=60)[0])
+    assert not [e for e in s["errors"] if "Refused" in e], s["errors"]
+    # only the connection being relayed at the kill dies with its worker (the client is
+    # sequential): a reset or an early EOF
+    assert len(s["errors"]) <= 1 and all(
+        "reset" in e or "Broken" in e or e == "empty reply" for e in s["errors"]), s
+    assert s["attempts"] > 30 and set(s["names"]) == {"b1", "b2", "b3"}
