@@ -142,3 +142,22 @@ def test_status_text_prints_every_data_paths_sections() -> None:
     lines = text.splitlines()
     assert [i for i, line in enumerate(lines) if line.startswith("  tunnel")] < [
         i for i, line in enumerate(lines) if line.startswith("  intercept ")]  # registry order
+
+
+def test_the_readme_states_every_table_capacity() -> None:
+    """Each pinned table bpfsync writes, or that traffic fills, is in README's capacity
+    table with its max_entries (counters, sockets and the host record are left out)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = text[text.index("**Table capacities**"):text.index("Numbers mean what they")]
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            cells = line.split("|")
+            for name in re.findall(r"`(\w+)`", cells[1]):
+                rows[name] = int(cells[3].split()[0].replace(",", ""))
+    left_out = {"ps_sockets", "ps_sockets6", "ic_host"}
+    wanted = {s.name: s.max_entries for s in registry.PINNED
+              if s.kind != "Stats" and s.name not in left_out}
+    assert rows == wanted
