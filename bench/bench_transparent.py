@@ -3,11 +3,13 @@ direct (the client's cgroup is not intercepted) and intercepted (its cgroup is: 
 sends it to the data path's proxy, which asks SO_ORIGINAL_DST and connects on).
 
     client netns 203.0.113.1 ──veth── 203.0.113.2 server netns
+                 2001:db8::1            2001:db8::2   (--ipv6: native IPv6 rows too)
 
   setup latency: sequential short connections (connect, one line each way, close), p50/p99
   throughput:    one download of --bytes, single stream, best of --rounds
 
     .venv/bin/python bench/bench_transparent.py [--connections 3000] [--bytes 2G] [--rounds 3]
+                                                [--ipv6]
 
 Needs root. Everything it creates (namespaces, cgroups, pins, processes) is removed at the end.
 """
@@ -38,6 +40,7 @@ from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
 
 TPKIT = str(ROOT / "tests" / "kernel" / "tpkit.py")
 SERVER = "203.0.113.2"
+SERVER6 = "2001:db8::2"
 
 
 def sh(cmd: str) -> str:
@@ -50,6 +53,8 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=3000)
     ap.add_argument("--bytes", default="2G")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ipv6", action="store_true",
+                    help="native IPv6 direct and intercepted rows in the same run")
     ap.add_argument("--smoke", action="store_true", help="100 connections, 16 MiB (CI)")
     args = ap.parse_args()
     if args.smoke:
@@ -60,7 +65,8 @@ def main() -> int:
     base, apps = f"/bpfsync-bench-{tag}", f"/bpfsync-bench-{tag}/apps"
     pin_root = Path(f"/sys/fs/bpf/bpfsync-bench-{tag}")
     work = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))
-    server = daemon = None
+    servers: list[subprocess.Popen[str]] = []
+    daemon = None
     try:
         for n in (ns, sns):
             sh(f"ip netns add {n} && ip -n {n} link set lo up")
@@ -68,10 +74,15 @@ def main() -> int:
         sh(f"ip link add bbt{tag}c netns {ns} type veth peer name bbt{tag}s netns {sns}")
         sh(f"ip -n {ns} addr add 203.0.113.1/24 dev bbt{tag}c && ip -n {ns} link set bbt{tag}c up")
         sh(f"ip -n {sns} addr add {SERVER}/24 dev bbt{tag}s && ip -n {sns} link set bbt{tag}s up")
+        sh(f"ip -n {ns} -6 addr add 2001:db8::1/64 dev bbt{tag}c nodad")
+        sh(f"ip -n {sns} -6 addr add {SERVER6}/64 dev bbt{tag}s nodad")
         cgroups.fs_path(apps).mkdir(parents=True)
-        server = subprocess.Popen(["ip", "netns", "exec", sns, sys.executable, TPKIT, "server",
-                                   SERVER, "80"], stdout=subprocess.PIPE, text=True)
-        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        for addr in (SERVER, SERVER6):
+            servers.append(subprocess.Popen(["ip", "netns", "exec", sns, sys.executable, TPKIT,
+                                             "server", addr, "80"], stdout=subprocess.PIPE,
+                                            text=True))
+            out = servers[-1].stdout
+            assert out is not None and out.readline().strip() == "listening"
         desired = work / "desired"
         desired.mkdir()
         (desired / "tp.yaml").write_text(
@@ -79,7 +90,8 @@ def main() -> int:
             f"spec:\n  id: 4\n  netns: {ns}\n---\n"
             "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n"
             f"  id: 3\n  cgroup: {apps}\n  proxy: egress\n"
-            "  intercept:\n    - destinations: [203.0.113.0/24]\n      ports: [80]\n")
+            f"  intercept:\n    - destinations: [203.0.113.0/24, '{SERVER6}/128']\n"
+            "      ports: [80]\n")
         daemon = RunningDaemon(desired, pin_root, work / "daemon.log").start()
         wait_for(lambda: (s := read_datapath_status(pin_root)) and "egress" in s["proxies"], 60)
 
@@ -90,18 +102,21 @@ def main() -> int:
             return json.loads(sh(run))
 
         rows = {}
-        for label, cg in (("direct", None), ("intercepted", apps)):
-            conn = client(cg, "many", SERVER, 80, args.connections, 600)
+        paths = [("direct", None, SERVER), ("intercepted", apps, SERVER)]
+        if args.ipv6:
+            paths += [("direct6", None, SERVER6), ("intercepted6", apps, SERVER6)]
+        for label, cg, host in paths:
+            conn = client(cg, "many", host, 80, args.connections, 600)
             assert conn["failed"] == 0, conn
             best = 0.0
             for _ in range(args.rounds):
-                down = client(cg, "down", SERVER, 80, byte_size(args.bytes))
+                down = client(cg, "down", host, 80, byte_size(args.bytes))
                 assert down["bytes"] == byte_size(args.bytes), down
                 best = max(best, down["bytes"] * 8 / down["seconds"] / 1e9)
             rows[label] = {"p50": conn["p50Ms"], "p99": conn["p99Ms"],
                            "rate": conn["done"] / max(conn["seconds"], 1e-3), "gbps": best}
         # every intercepted connection reached the proxy (its workers report every 0.25 s)
-        expected = args.connections + args.rounds
+        expected = (args.connections + args.rounds) * (2 if args.ipv6 else 1)
         wait_for(lambda: read_datapath_status(pin_root)["proxies"]["egress"][
             "originalDestination"] >= expected, 60)
         d, i = rows["direct"], rows["intercepted"]
@@ -112,11 +127,15 @@ def main() -> int:
         print(f"intercepted/direct: setup p50 x{i['p50'] / d['p50']:.2f}, p99 "
               f"x{i['p99'] / d['p99']:.2f}, throughput x{i['gbps'] / d['gbps']:.2f} "
               f"({args.connections} connections, {args.bytes} download best of {args.rounds})")
+        if args.ipv6:
+            d6, i6 = rows["direct6"], rows["intercepted6"]
+            print(f"intercepted6/direct6: setup p50 x{i6['p50'] / d6['p50']:.2f}, p99 "
+                  f"x{i6['p99'] / d6['p99']:.2f}, throughput x{i6['gbps'] / d6['gbps']:.2f}")
         return 0
     finally:
         if daemon is not None:
             daemon.cleanup()
-        if server is not None:
+        for server in servers:
             server.kill()
             server.wait(10)
         for n in (ns, sns):

@@ -49,7 +49,7 @@ def test_daemon_benchmark_runs() -> None:
 
 @pytest.mark.parametrize(("bench", "expect"), [
     ("bench_proxy.py", "bpfsync6 / haproxy6: single stream"),  # run with --ipv6
-    ("bench_transparent.py", "intercepted/direct: setup p50"),
+    ("bench_transparent.py", "intercepted6/direct6: setup p50"),  # run with --ipv6
     ("bench_apply.py", "| 200 |"),
     ("bench_gue.py", "| tunnel / no program |"),
     ("bench_intercept.py", "ratio 10k/10: per packet"),
@@ -60,7 +60,8 @@ def test_every_benchmark_runs_in_its_smoke_mode(bench: str, expect: str) -> None
     """Every benchmark, in one short round: a refactor that breaks one fails here. (HAProxy
     and iperf3 come from Debian's packages unpacked into .venv/bench-tools, nothing
     installed on the host: bench/tools.py.)"""
-    extra = ["--ipv6"] if bench == "bench_proxy.py" else []  # both families, one run
+    # both families in one run
+    extra = ["--ipv6"] if bench in ("bench_proxy.py", "bench_transparent.py") else []
     r = subprocess.run([sys.executable, str(BENCH / bench), "--smoke", *extra],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -124,9 +124,11 @@ def _udp(host: str, port: int, msg: str) -> dict[str, object]:
             return {"reply": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _one(host: str, port: int, msg: str, family: int = socket.AF_INET) -> dict[str, object]:
-    """One line to the server and its reply. AF_INET6: host is an IPv6 or IPv4-mapped
-    address (local shown without the ::ffff: of a mapped one, as the server sees it)."""
+def _one(host: str, port: int, msg: str, family: int | None = None) -> dict[str, object]:
+    """One line to the server and its reply. AF_INET6 (the default for an IPv6 host): host
+    is an IPv6 or IPv4-mapped address (local shown without the ::ffff: of a mapped one, as
+    the server sees it)."""
+    family = family or (socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(TIMEOUT)
