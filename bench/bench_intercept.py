@@ -7,7 +7,10 @@ rules and with 10,000 rules compiled into ic_rules (applied by `bpfsync apply` f
               program on its egress; the drop rule decides each: packets/s counted by the
               program (ic_stats), so the sender's speed bounds it; same sender for both
 
-    .venv/bin/python bench/bench_intercept.py [--repeat 2000000] [--seconds 3]
+    .venv/bin/python bench/bench_intercept.py [--repeat 2000000] [--seconds 3] [--ipv6]
+
+With --ipv6 every rule names an IPv6 prefix too (2001:db8:I::/64, compiled into ic_rules6)
+and the per-packet cost is measured for IPv6 packets as well, in the same run.
 
 Needs root. Everything it creates (namespaces, pins, processes) is removed at the end.
 """
@@ -72,6 +75,11 @@ def sh(cmd: str) -> str:
 def udp_packet(dst: str, dport: int) -> bytes:
     payload = b"x" * 18
     udp = struct.pack("!HHHH", 40000, dport, 8 + len(payload), 0) + payload
+    if ":" in dst:
+        ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(udp), 17, 64,
+                          socket.inet_pton(socket.AF_INET6, "2001:db8::1"),
+                          socket.inet_pton(socket.AF_INET6, dst))
+        return b"\x02" * 6 + b"\x04" * 6 + b"\x86\xdd" + ip6 + udp
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
                      socket.inet_aton("192.0.2.1"), socket.inet_aton(dst))
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
@@ -91,28 +99,30 @@ def test_run(prog_fd: int, packet: bytes, repeat: int) -> tuple[int, float]:
     return opts.retval, float(opts.duration)  # duration: average ns per run
 
 
-def rules_yaml(n: int) -> str:
-    """n rules; rule i drops UDP to 10.(i / 256).(i % 256).0/24 on port 1000 + i, so every
-    rule is its own trie entry and the benchmark's packets meet the last one."""
+def rules_yaml(n: int, ipv6: bool = False) -> str:
+    """n rules; rule i drops UDP to 10.(i / 256).(i % 256).0/24 (and, with ipv6,
+    2001:db8:i::/64) on port 1000 + i, so every rule is its own trie entry (per family) and
+    the benchmark's packets meet the last one."""
     lines = []
     for i in range(n):
+        six = f", '2001:db8:{i:x}::/64'" if ipv6 else ""
         lines.append(f"    - {{priority: {i + 1}, action: drop, protocol: udp, destinations: "
-                     f"[10.{i // 256}.{i % 256}.0/24], ports: [{1000 + i}]}}")
+                     f"[10.{i // 256}.{i % 256}.0/24{six}], ports: [{1000 + i}]}}")
     return "\n".join(lines) + "\n"
 
 
-def last_rule(n: int) -> tuple[str, int]:
+def last_rule(n: int, ipv6: bool = False) -> tuple[str, int]:
     i = n - 1
-    return f"10.{i // 256}.{i % 256}.9", 1000 + i
+    return (f"2001:db8:{i:x}::9" if ipv6 else f"10.{i // 256}.{i % 256}.9"), 1000 + i
 
 
 def run(ns: str, device: str, work: Path, pin_root: Path, n: int, repeat: int,
-        seconds: float) -> dict[str, float]:
+        seconds: float, ipv6: bool) -> dict[str, float]:
     directory = work / f"rules-{n}"
     directory.mkdir()
     (directory / "intercept.yaml").write_text(
         "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: bench}\nspec:\n  id: 1\n"
-        f"  device: {device}\n  netns: {ns}\n  rules:\n" + rules_yaml(n))
+        f"  device: {device}\n  netns: {ns}\n  rules:\n" + rules_yaml(n, ipv6))
     t0 = time.perf_counter()
     sh(f"{sys.executable} -m reconciler --pin-root {pin_root} apply {directory}")
     apply_s = time.perf_counter() - t0
@@ -125,6 +135,12 @@ def run(ns: str, device: str, work: Path, pin_root: Path, n: int, repeat: int,
         assert verdict == 2, verdict  # TC_ACT_SHOT: the last rule decided
         verdict, miss_ns = test_run(fd, udp_packet("198.51.100.7", 9), repeat)
         assert verdict == 0, verdict  # TC_ACT_OK: no rule
+        six = {}
+        if ipv6:
+            verdict, six["hit6Ns"] = test_run(fd, udp_packet(*last_rule(n, True)), repeat)
+            assert verdict == 2, verdict
+            verdict, six["miss6Ns"] = test_run(fd, udp_packet("2001:db8:ffff::7", 9), repeat)
+            assert verdict == 0, verdict
     finally:
         os.close(fd)
     before = stats_dropped(pin_root)
@@ -132,7 +148,7 @@ def run(ns: str, device: str, work: Path, pin_root: Path, n: int, repeat: int,
     dropped = stats_dropped(pin_root) - before
     return {"rules": n, "entries": entries, "applySeconds": round(apply_s, 2),
             "hitNs": hit_ns, "missNs": miss_ns, "sent": sent,
-            "droppedPps": round(dropped / seconds)}
+            "droppedPps": round(dropped / seconds), **six}
 
 
 def stats_dropped(pin_root: Path) -> int:
@@ -143,6 +159,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2_000_000)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--ipv6", action="store_true",
+                    help="IPv6 prefixes in every rule, IPv6 packets measured too")
     ap.add_argument("--smoke", action="store_true", help="a few runs of the program (CI)")
     args = ap.parse_args()
     if args.smoke:
@@ -164,7 +182,8 @@ def main() -> int:
         for n in (10, 10_000):
             pin_root = Path(f"/sys/fs/bpf/bpfsync-bench-{tag}-{n}")
             try:
-                results.append(run(ns, device, work, pin_root, n, args.repeat, args.seconds))
+                results.append(run(ns, device, work, pin_root, n, args.repeat, args.seconds,
+                                   args.ipv6))
             finally:
                 # the next size starts from scratch: filters and pins of this one go
                 with suppress(subprocess.CalledProcessError):
@@ -185,6 +204,12 @@ def main() -> int:
     print(f"ratio 10k/10: per packet x{large['hitNs'] / max(small['hitNs'], 1):.2f} (last rule), "
           f"x{large['missNs'] / max(small['missNs'], 1):.2f} (no rule); "
           f"veth x{large['droppedPps'] / max(small['droppedPps'], 1):.2f}")
+    if args.ipv6:
+        print("\nrules  IPv6 ns/packet (last rule)  IPv6 ns/packet (no rule)")
+        for r in results:
+            print(f"{r['rules']:>6}  {r['hit6Ns']:>26.0f}  {r['miss6Ns']:>24.0f}")
+        print(f"IPv6/IPv4 at 10k: last rule x{large['hit6Ns'] / max(large['hitNs'], 1):.2f}, "
+              f"no rule x{large['miss6Ns'] / max(large['missNs'], 1):.2f}")
     return 0
 
 

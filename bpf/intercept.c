@@ -18,6 +18,9 @@
  *     new connections): if the kernel holds a socket for it as an incoming connection (the
  *     proxy's accepted socket, local = the original destination), it goes to lo, marked;
  *     otherwise it leaves normally.
+ * IPv6 packets take the same way through their own tables (ic_rules6, ic_syn6, the Proxy's
+ * IPv6 listener in ps_sockets6); their extension headers are walked (at most IC_EXT_MAX,
+ * more is dropped) to find the transport header, and fragments are treated as for IPv4.
  * ic_lo (TC ingress of lo): a marked packet is made PACKET_HOST (it still carries the next
  *   hop's MAC, so lo took it for another host's); a marked SYN listed in ic_syn is assigned to the Proxy's
  *   listener (ps_sockets[slot], IP_TRANSPARENT); no live listener: dropped (the client
@@ -29,6 +32,7 @@
 #include <uapi/linux/if_packet.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 #include <uapi/linux/pkt_cls.h>
@@ -45,14 +49,24 @@
 #define IC_PROXY_MARK 2
 #endif
 #define IC_LO_IFINDEX 1  /* lo is the first device of every network namespace */
+#define IC_NEXTHDR_HOP 0
+#define IC_NEXTHDR_ROUTING 43
+#define IC_NEXTHDR_FRAGMENT 44
+#define IC_NEXTHDR_AUTH 51
+#define IC_NEXTHDR_DEST 60
 
 BPF_TABLE_PINNED("lpm_trie", struct ic_key, struct ic_rule, ic_rules, IC_MAX_ENTRIES,
                  IC_PIN_DIR "ic_rules", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct ic_flow, struct ic_pending, ic_syn, IC_MAX_SYN,
                  IC_PIN_DIR "ic_syn");
+BPF_TABLE_PINNED("lpm_trie", struct ic_key6, struct ic_rule, ic_rules6, IC_MAX_ENTRIES,
+                 IC_PIN_DIR "ic_rules6", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct ic_flow6, struct ic_pending, ic_syn6, IC_MAX_SYN,
+                 IC_PIN_DIR "ic_syn6");
 BPF_TABLE_PINNED("percpu_array", u32, u64, ic_stats, IC_MAX * IC_COUNTERS,
                  IC_PIN_DIR "ic_stats");
 BPF_TABLE_PINNED("sockmap", u32, u64, ps_sockets, PS_MAX_PROXIES, PS_PIN_DIR "ps_sockets");
+BPF_TABLE_PINNED("sockmap", u32, u64, ps_sockets6, PS_MAX_PROXIES, PS_PIN_DIR "ps_sockets6");
 
 static __always_inline void ic_count(u32 id, u32 counter) {
     u32 idx = id * IC_COUNTERS + counter;
@@ -62,60 +76,153 @@ static __always_inline void ic_count(u32 id, u32 counter) {
 }
 
 struct ic_packet {
-    struct ic_flow flow;
+    struct ic_flow flow;    /* IPv4 */
+    struct ic_flow6 flow6;  /* IPv6 */
+    u8 v6;
     u8 proto;
     u8 syn;  /* TCP SYN without ACK: a new connection */
 };
 
+#define IC_BAD_FRAGMENT -1
+#define IC_TOO_MANY_HEADERS -2
+
 #define IC_IP_MF 0x2000
 #define IC_IP_OFFSET 0x1fff
 
+/* The transport header at l4: ports (network order) and whether it opens a connection. */
+static __always_inline int ic_transport(struct __sk_buff *skb, u32 l4, u8 proto, u16 *sport,
+                                        u16 *dport, u8 *syn) {
+    if (proto == IPPROTO_TCP) {
+        struct tcphdr th;
+        if (bpf_skb_load_bytes(skb, l4, &th, sizeof(th)))
+            return 0;
+        *sport = th.source;
+        *dport = th.dest;
+        *syn = th.syn && !th.ack;
+    } else {
+        struct udphdr uh;
+        if (bpf_skb_load_bytes(skb, l4, &uh, sizeof(uh)))
+            return 0;
+        *sport = uh.source;
+        *dport = uh.dest;
+        *syn = 0;
+    }
+    return 1;
+}
+
 /* IPv4 TCP/UDP with ports (not a later fragment): 1, with p filled; not for the rules: 0;
- * a fragment that could smuggle a header past them (RFC 1858, dropped as RFC 3128 says): -1.
- * That is a first fragment too short to hold the whole transport header (a SYN whose ports
- * or flags sit in the second fragment would pass any rule), or a TCP fragment at offset 8
- * bytes (it would overwrite the flags of a first fragment that was checked).  Later
- * fragments pass: without their first fragment they never reassemble into anything.
- * Headers are read with bpf_skb_load_bytes, so a header outside the linear area is read
- * too, never taken for a short one. */
-static __always_inline int ic_parse(struct __sk_buff *skb, struct ic_packet *p) {
+ * a fragment that could smuggle a header past them (RFC 1858, dropped as RFC 3128 says):
+ * IC_BAD_FRAGMENT.  That is a first fragment too short to hold the whole transport header (a
+ * SYN whose ports or flags sit in the second fragment would pass any rule), or a TCP
+ * fragment at offset 8 bytes (it would overwrite the flags of a first fragment that was
+ * checked).  Later fragments pass: without their first fragment they never reassemble into
+ * anything.  Headers are read with bpf_skb_load_bytes, so a header outside the linear area
+ * is read too, never taken for a short one. */
+static __always_inline int ic_parse4(struct __sk_buff *skb, struct ic_packet *p) {
     struct iphdr ip;
-    if (skb->protocol != bpf_htons(ETH_P_IP) ||
-        bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) || ip.ihl < 5)
+    if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) || ip.ihl < 5)
         return 0;
     if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
         return 0;
     u16 frag = bpf_ntohs(ip.frag_off);
     if (frag & IC_IP_OFFSET)
-        return (ip.protocol == IPPROTO_TCP && (frag & IC_IP_OFFSET) == 1) ? -1 : 0;
+        return (ip.protocol == IPPROTO_TCP && (frag & IC_IP_OFFSET) == 1) ? IC_BAD_FRAGMENT : 0;
     u32 l4 = sizeof(struct ethhdr) + ip.ihl * 4;
     u32 need = ip.protocol == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr);
     if ((frag & IC_IP_MF) && bpf_ntohs(ip.tot_len) < ip.ihl * 4 + need)
-        return -1;
+        return IC_BAD_FRAGMENT;
     p->flow.saddr = ip.saddr;
     p->flow.daddr = ip.daddr;
     p->proto = ip.protocol;
-    if (ip.protocol == IPPROTO_TCP) {
-        struct tcphdr th;
-        if (bpf_skb_load_bytes(skb, l4, &th, sizeof(th)))
-            return 0;
-        p->flow.sport = th.source;
-        p->flow.dport = th.dest;
-        p->syn = th.syn && !th.ack;
-    } else {
-        struct udphdr uh;
-        if (bpf_skb_load_bytes(skb, l4, &uh, sizeof(uh)))
-            return 0;
-        p->flow.sport = uh.source;
-        p->flow.dport = uh.dest;
-        p->syn = 0;
-    }
-    return 1;
+    return ic_transport(skb, l4, ip.protocol, &p->flow.sport, &p->flow.dport, &p->syn);
 }
 
-/* The deciding candidate for the packet, or 0 (no rule matches). */
-static __always_inline struct ic_candidate *ic_classify(struct ic_packet *p, u32 id,
-                                                        struct ic_rule **holder) {
+struct ic_frag_hdr {
+    u8 nexthdr;
+    u8 reserved;
+    u16 frag_off;  /* offset in 8-byte units << 3 | M */
+    u32 id;
+};
+
+/* IPv6: as ic_parse4, after walking at most IC_EXT_MAX extension headers (hop-by-hop,
+ * routing, fragment, destination options, AH) to the transport header; a chain longer than
+ * that is IC_TOO_MANY_HEADERS (dropped: what the rules cannot see must not pass them).  A
+ * fragment header with a non-zero offset is a later fragment (a TCP one at offset 8 bytes is
+ * IC_BAD_FRAGMENT, as for IPv4); a first fragment (M set) must hold the whole transport
+ * header (RFC 7112: the whole header chain). ESP, ICMPv6 and the rest: not for the rules. */
+static __always_inline int ic_parse6(struct __sk_buff *skb, struct ic_packet *p) {
+    struct ipv6hdr ip6;
+    if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip6, sizeof(ip6)) || ip6.version != 6)
+        return 0;
+    u32 off = sizeof(struct ethhdr) + sizeof(ip6);
+    u32 end = off + bpf_ntohs(ip6.payload_len);
+    u8 next = ip6.nexthdr;
+    int first_fragment = 0;
+    int found = 0;
+#pragma unroll
+    for (int i = 0; i < IC_EXT_MAX; i++) {
+        if (next == IPPROTO_TCP || next == IPPROTO_UDP) {
+            found = 1;
+            break;
+        }
+        if (next == IC_NEXTHDR_FRAGMENT) {
+            struct ic_frag_hdr fh;
+            if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)))
+                return 0;
+            u16 offset = bpf_ntohs(fh.frag_off) >> 3;
+            if (offset)
+                return (fh.nexthdr == IPPROTO_TCP && offset == 1) ? IC_BAD_FRAGMENT : 0;
+            first_fragment = bpf_ntohs(fh.frag_off) & 1;
+            next = fh.nexthdr;
+            off += sizeof(fh);
+            continue;
+        }
+        if (next != IC_NEXTHDR_HOP && next != IC_NEXTHDR_ROUTING && next != IC_NEXTHDR_DEST &&
+            next != IC_NEXTHDR_AUTH)
+            return 0;
+        u8 h[2];
+        if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+            return 0;
+        off += next == IC_NEXTHDR_AUTH ? ((u32)h[1] + 2) * 4 : ((u32)h[1] + 1) * 8;
+        next = h[0];
+    }
+    if (!found && next != IPPROTO_TCP && next != IPPROTO_UDP)
+        return IC_TOO_MANY_HEADERS;
+    u32 need = next == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr);
+    if (first_fragment && end < off + need)
+        return IC_BAD_FRAGMENT;
+    __builtin_memcpy(p->flow6.saddr, &ip6.saddr, 16);
+    __builtin_memcpy(p->flow6.daddr, &ip6.daddr, 16);
+    p->v6 = 1;
+    p->proto = next;
+    return ic_transport(skb, off, next, &p->flow6.sport, &p->flow6.dport, &p->syn);
+}
+
+static __always_inline int ic_parse(struct __sk_buff *skb, struct ic_packet *p) {
+    if (skb->protocol == bpf_htons(ETH_P_IP))
+        return ic_parse4(skb, p);
+    if (skb->protocol == bpf_htons(ETH_P_IPV6))
+        return ic_parse6(skb, p);
+    return 0;
+}
+
+/* The trie entry for the packet's (intercept, proto, exact port, longest prefix), else its
+ * (any port) entry, in the table of its family. */
+static __always_inline struct ic_rule *ic_lookup(struct ic_packet *p, u32 id) {
+    if (p->v6) {
+        struct ic_key6 key6 = {};
+        key6.prefixlen = 160;
+        key6.ic = id;
+        key6.proto = p->proto;
+        key6.port = p->flow6.dport;
+        __builtin_memcpy(key6.addr, p->flow6.daddr, sizeof(key6.addr));
+        struct ic_rule *rule6 = ic_rules6.lookup(&key6);
+        if (!rule6) {
+            key6.port = IC_PORT_ANY;
+            rule6 = ic_rules6.lookup(&key6);
+        }
+        return rule6;
+    }
     struct ic_key key = {};
     key.prefixlen = 64;
     key.ic = id;
@@ -127,10 +234,17 @@ static __always_inline struct ic_candidate *ic_classify(struct ic_packet *p, u32
         key.port = IC_PORT_ANY;
         rule = ic_rules.lookup(&key);
     }
+    return rule;
+}
+
+/* The deciding candidate for the packet, or 0 (no rule matches). */
+static __always_inline struct ic_candidate *ic_classify(struct ic_packet *p, u32 id,
+                                                        struct ic_rule **holder) {
+    struct ic_rule *rule = ic_lookup(p, id);
     if (!rule)
         return 0;
     *holder = rule;
-    u16 sport = bpf_ntohs(p->flow.sport);
+    u16 sport = bpf_ntohs(p->v6 ? p->flow6.sport : p->flow.sport);
 #pragma unroll
     for (int i = 0; i < IC_CHAIN; i++) {
         if (i >= rule->count)
@@ -150,11 +264,21 @@ static __always_inline int ic_to_lo(struct __sk_buff *skb) {
 /* A socket of this namespace holds the packet's connection as an incoming one. */
 static __always_inline int ic_followed(struct __sk_buff *skb, struct ic_packet *p) {
     struct bpf_sock_tuple t = {};
-    t.ipv4.saddr = p->flow.saddr;
-    t.ipv4.daddr = p->flow.daddr;
-    t.ipv4.sport = p->flow.sport;
-    t.ipv4.dport = p->flow.dport;
-    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    u32 size;
+    if (p->v6) {
+        __builtin_memcpy(t.ipv6.saddr, p->flow6.saddr, sizeof(t.ipv6.saddr));
+        __builtin_memcpy(t.ipv6.daddr, p->flow6.daddr, sizeof(t.ipv6.daddr));
+        t.ipv6.sport = p->flow6.sport;
+        t.ipv6.dport = p->flow6.dport;
+        size = sizeof(t.ipv6);
+    } else {
+        t.ipv4.saddr = p->flow.saddr;
+        t.ipv4.daddr = p->flow.daddr;
+        t.ipv4.sport = p->flow.sport;
+        t.ipv4.dport = p->flow.dport;
+        size = sizeof(t.ipv4);
+    }
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
     if (!sk)
         return 0;
     int incoming = sk->state != BPF_TCP_LISTEN;
@@ -168,7 +292,7 @@ int ic_egress(struct __sk_buff *skb) {
         return TC_ACT_OK;
     int parsed = ic_parse(skb, &p);
     if (parsed < 0) {
-        ic_count(IC_ID, IC_STAT_FRAGMENT);
+        ic_count(IC_ID, parsed == IC_TOO_MANY_HEADERS ? IC_STAT_HEADERS : IC_STAT_FRAGMENT);
         return TC_ACT_SHOT;
     }
     if (!parsed)
@@ -197,7 +321,10 @@ int ic_egress(struct __sk_buff *skb) {
     struct ic_pending pending = {};
     pending.slot = c->slot;
     pending.ic = IC_ID;
-    ic_syn.update(&p.flow, &pending);
+    if (p.v6)
+        ic_syn6.update(&p.flow6, &pending);
+    else
+        ic_syn.update(&p.flow, &pending);
     ic_count(IC_ID, IC_STAT_REDIRECTED);
     return ic_to_lo(skb);
 }
@@ -211,15 +338,19 @@ int ic_lo(struct __sk_buff *skb) {
         bpf_skb_change_type(skb, PACKET_HOST);
     if (ic_parse(skb, &p) != 1 || p.proto != IPPROTO_TCP || !p.syn)
         return TC_ACT_OK;
-    struct ic_pending *pending = ic_syn.lookup(&p.flow);
+    struct ic_pending *pending = p.v6 ? ic_syn6.lookup(&p.flow6) : ic_syn.lookup(&p.flow);
     if (!pending)
         return TC_ACT_OK;
     u32 slot = pending->slot;
     u32 id = pending->ic;
-    ic_syn.delete(&p.flow);
+    if (p.v6)
+        ic_syn6.delete(&p.flow6);
+    else
+        ic_syn.delete(&p.flow);
     if (slot == 0 || slot >= PS_MAX_PROXIES)
         return TC_ACT_SHOT;
-    struct bpf_sock *sk = (struct bpf_sock *)ps_sockets.lookup(&slot);
+    struct bpf_sock *sk = p.v6 ? (struct bpf_sock *)ps_sockets6.lookup(&slot)
+                               : (struct bpf_sock *)ps_sockets.lookup(&slot);
     if (!sk) {
         ic_count(id, IC_STAT_NO_LISTENER);
         return TC_ACT_SHOT;

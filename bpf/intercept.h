@@ -8,6 +8,7 @@
 #define IC_MAX_ENTRIES 262144   /* compiled (intercept, proto, port, prefix) entries */
 #define IC_CHAIN 8              /* candidates per entry: rules with sourcePorts, then one without */
 #define IC_MAX_SYN 65536        /* redirected SYNs waiting for their socket assignment */
+#define IC_EXT_MAX 8            /* IPv6 extension headers walked before the transport header */
 #define IC_COUNTERS 16
 #define IC_PORT_ANY 0
 #define IC_ACTION_PASS 1
@@ -22,6 +23,15 @@ struct ic_key {
     u8 proto;
     u16 port;
     u32 addr;
+};
+
+/* The IPv6 twin of ic_key (ic_rules6): prefixlen 32 + the prefix's length.  24 bytes. */
+struct ic_key6 {
+    u32 prefixlen;
+    u8 ic;
+    u8 proto;
+    u16 port;
+    u32 addr[4];
 };
 
 /* One rule that may decide: it does when the source port is in [sport_first, sport_last]
@@ -47,6 +57,14 @@ struct ic_rule {
 struct ic_flow {
     u32 saddr;
     u32 daddr;
+    u16 sport;
+    u16 dport;
+};
+
+/* The IPv6 twin of ic_flow (ic_syn6).  Network order.  36 bytes. */
+struct ic_flow6 {
+    u32 saddr[4];
+    u32 daddr[4];
     u16 sport;
     u16 dport;
 };
@@ -80,6 +98,7 @@ enum ic_stat {
     IC_STAT_NO_LISTENER = 7,  /* no live listener: the SYN is dropped (the client retries) */
     IC_STAT_ASSIGN_ERROR = 8,
     IC_STAT_FRAGMENT = 9,     /* first fragment too short for its ports, or TCP offset 8: dropped */
+    IC_STAT_HEADERS = 10,     /* IPv6: more than IC_EXT_MAX extension headers: dropped */
 };
 
 #endif

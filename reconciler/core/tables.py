@@ -12,6 +12,7 @@ else (bpftool, a script) can be told apart as drift.
 
 from __future__ import annotations
 
+import socket
 import struct
 import zlib
 from collections.abc import Callable, Mapping
@@ -31,6 +32,13 @@ PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
 # LPM trie keys of the steering, transparent-proxy and interception tables put 32 bits of
 # (protocol or kind, id, port) before the address: the prefix length counts them too.
 LPM_PREFIX_BITS = 32
+
+
+def prefix_text(addr: bytes, prefixlen: int) -> str:
+    """A trie key's address prefix (4 bytes: IPv4, 16: IPv6; prefixlen counts the key's
+    LPM_PREFIX_BITS too) as CIDR text."""
+    text = socket.inet_ntoa(addr) if len(addr) == 4 else socket.inet_ntop(socket.AF_INET6, addr)
+    return f"{text}/{prefixlen - LPM_PREFIX_BITS}"
 
 
 @dataclass(frozen=True, slots=True)

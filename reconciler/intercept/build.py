@@ -5,6 +5,7 @@ from __future__ import annotations
 from reconciler.core.model import PROTOCOLS
 from reconciler.intercept.model import Intercept, InterceptRule, Routing
 from reconciler.load.build import DEFAULT_PRIORITY, Spec
+from reconciler.steering.model import network_order
 
 
 def build_intercept(spec: Spec) -> Intercept | None:
@@ -17,7 +18,8 @@ def build_intercept(spec: Spec) -> Intercept | None:
         rules.append(InterceptRule(
             r["priority"], r["action"],
             tuple(sorted(set(spec.prefixes(r.get("destinations", ["0.0.0.0/0"]),
-                                       (*path, "destinations"))))),
+                                           (*path, "destinations"), ipv6=True)),
+                         key=network_order)),
             tuple(sorted(set(spec.port_ranges(r.get("ports", ["*"]), (*path, "ports"))))),
             tuple(PROTOCOLS.values()) if proto == "any" else (PROTOCOLS[proto],),
             tuple(sorted(set(spec.port_ranges(r.get("sourcePorts", []),

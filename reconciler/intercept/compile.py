@@ -25,7 +25,7 @@ from reconciler.intercept import tables as ict
 from reconciler.intercept.model import Intercept, InterceptRule
 from reconciler.steering.model import Proxy
 
-Net = ipaddress.IPv4Network
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 ACTIONS = {"pass": ict.IC_ACTION_PASS, "drop": ict.IC_ACTION_DROP, "redirect": ict.IC_ACTION_REDIRECT}
 
 
@@ -81,14 +81,14 @@ class _Coverage:
     def _full_cover(self, n: Net) -> bool:
         if n in self.prefixes:
             return True
-        if n not in self.ancestors or n.prefixlen == 32:
+        if n not in self.ancestors or n.prefixlen == n.max_prefixlen:
             return False
         if n not in self._full:
             self._full[n] = all(map(self._full_cover, n.subnets()))
         return self._full[n]
 
     def region_empty(self, p: Net) -> bool:
-        return p.prefixlen < 32 and p in self.ancestors and all(
+        return p.prefixlen < p.max_prefixlen and p in self.ancestors and all(
             map(self._full_cover, p.subnets()))
 
 
@@ -182,4 +182,4 @@ def proxy_slots(state: DesiredState, ic: Intercept) -> tuple[tuple[str, int], ..
 def compile_intercepts(out: DesiredTables, state: DesiredState, _context: CompileContext) -> None:
     for ic in sorted(state.of(Intercept).values(), key=lambda x: x.id):
         for key, value in compile_intercept(ic, proxy_slots(state, ic)).entries.items():
-            out.put(ict.IC_RULES, key, value, ic.ref)
+            out.put(ict.ic_rules_table(key), key, value, ic.ref)

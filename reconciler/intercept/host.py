@@ -7,6 +7,7 @@ and accept_local's previous value, so that an interrupted apply can still be und
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from reconciler.kernel import libbpf, routing
 from reconciler.kernel.cgroups import netns_cookie
 
 ACCEPT_LOCAL = "/proc/sys/net/ipv4/conf/lo/accept_local"
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 def _host_map(pin_root: Path) -> int | None:
@@ -51,13 +53,16 @@ def _observe_one(name: str | None, record: Record | None) -> SeenPlumbing:
     if cookie is None:
         return SeenPlumbing(name, False, record=record)
     seen = SeenPlumbing(name, True, cookie, record=record)
-    seen.rules = [PolicyRule(r.priority, r.mark, r.mask, r.table)
-                  for r in routing.rules(name, RTPROT_BPFSYNC)]
-    for route in routing.default_routes(name):
-        if route.protocol == RTPROT_BPFSYNC:
-            seen.routes.append(route.table)
-        else:
-            seen.other_defaults[route.table] = route.what
+    for family, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+        seen.rules += [PolicyRule(r.priority, r.mark, r.mask, r.table, family)
+                       for r in routing.rules(name, RTPROT_BPFSYNC, af)]
+        routes, others = ((seen.routes, seen.other_defaults) if family == 4
+                          else (seen.routes6, seen.other_defaults6))
+        for route in routing.default_routes(name, af):
+            if route.protocol == RTPROT_BPFSYNC:
+                routes.append(route.table)
+            else:
+                others[route.table] = route.what
     seen.accept_local = routing.read_sysctl(name, ACCEPT_LOCAL)
     return seen
 
@@ -123,6 +128,7 @@ def execute(pin_root: Path, steps: list[Step]) -> None:
             assert p.rule is not None
             r = p.rule
             routing.change_rule(p.netns, add, routing.Rule(r.priority, r.mark, r.mask, r.table),
-                                RTPROT_BPFSYNC, p.describe())
+                                RTPROT_BPFSYNC, p.describe(), _AF[r.family])
         else:
-            routing.change_local_default(p.netns, add, p.table, RTPROT_BPFSYNC, p.describe())
+            routing.change_local_default(p.netns, add, p.table, RTPROT_BPFSYNC, p.describe(),
+                                         _AF[p.family])

@@ -16,7 +16,7 @@ class InterceptRule:
 
     priority: int
     action: str  # one of INTERCEPT_ACTIONS
-    destinations: tuple[ipaddress.IPv4Network, ...]
+    destinations: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # IPv4 first
     ports: tuple[PortRange, ...]  # destination ports; (0, 0) is any
     protocols: tuple[int, ...]  # IP protocol numbers (tcp, udp)
     source_ports: tuple[PortRange, ...] = ()  # empty: any

@@ -1,15 +1,16 @@
-"""Host plumbing of redirecting Intercepts, as declared state: what a namespace needs, what
-it has, and the steps between them (core/attachments.py). Pure; intercept/attach.py
-observes and executes through intercept/host.py.
-
-Per namespace with an Intercept: the policy rule `fwmark MARK/MARK lookup TABLE`,
-the route `local default dev lo table TABLE`, and net.ipv4.conf.lo.accept_local=1 (the seed's
-three commands). bpfsync's rules and routes carry protocol RTPROT_BPFSYNC, so they are told
-apart from everyone else's without any record; the sysctl's previous value cannot be read
-back from the kernel once changed, so it is kept in the pinned ic_host map (with the
-namespace's cookie: a recreated namespace starts from its defaults again) and restored when
-the last redirecting Intercept of the namespace goes.
-"""
+"""Host plumbing of redirecting Intercepts, as declared state: what a namespace needs, what it
+has, and the steps between them (core/attachments.py). Pure; intercept/attach.py observes and
+executes through intercept/host.py. Per namespace with an Intercept: the policy rule `fwmark
+MARK/MARK lookup TABLE`, the route `local default dev lo table TABLE`, and
+net.ipv4.conf.lo.accept_local=1 (the seed's three commands); where an Intercept of the
+namespace redirects IPv6 destinations, the IPv6 rule and route too (`ip -6`; IPv6 has no
+accept_local to set), kept from then on like the IPv4 ones; a namespace or host without IPv6
+needs none.
+bpfsync's rules and routes carry protocol RTPROT_BPFSYNC, so they are told apart from everyone
+else's without any record; the sysctl's previous value cannot be read back from the kernel
+once changed, so it is kept in the pinned ic_host map (with the namespace's cookie: a
+recreated namespace starts from its defaults again) and restored when the last redirecting
+Intercept of the namespace goes."""
 
 from __future__ import annotations
 
@@ -40,9 +41,11 @@ class PolicyRule:
     mark: int
     mask: int
     table: int
+    family: int = 4  # 4: `ip rule`, 6: `ip -6 rule`
 
     def __str__(self) -> str:
-        return (f"ip rule priority {self.priority} fwmark {self.mark:#x}/{self.mask:#x} "
+        ip = "ip -6" if self.family == 6 else "ip"
+        return (f"{ip} rule priority {self.priority} fwmark {self.mark:#x}/{self.mask:#x} "
                 f"lookup {self.table}")
 
 
@@ -51,11 +54,15 @@ class WantedPlumbing:
     netns: str | None
     routing: Routing
     owner: str
+    ipv6: bool = False  # an Intercept here redirects IPv6 destinations
+
+    def rule_of(self, family: int) -> PolicyRule:
+        r = self.routing
+        return PolicyRule(r.rule_priority, r.mark, r.mark, r.table, family)
 
     @property
     def rule(self) -> PolicyRule:
-        r = self.routing
-        return PolicyRule(r.rule_priority, r.mark, r.mark, r.table)
+        return self.rule_of(4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +78,11 @@ class SeenPlumbing:
     netns: str | None
     exists: bool
     cookie: int | None = None
-    rules: list[PolicyRule] = field(default_factory=list)  # bpfsync's (protocol 181)
+    rules: list[PolicyRule] = field(default_factory=list)  # bpfsync's (protocol 181), both families
     routes: list[int] = field(default_factory=list)  # tables holding bpfsync's local default
     other_defaults: dict[int, str] = field(default_factory=dict)  # table -> someone's default
+    routes6: list[int] = field(default_factory=list)  # the same for IPv6
+    other_defaults6: dict[int, str] = field(default_factory=dict)
     accept_local: int | None = None
     record: Record | None = None
 
@@ -96,6 +105,7 @@ class Plumbing:
     table: int = 0  # route
     value: int = 0  # sysctl: the value to write
     before: int | None = None  # sysctl: the value to remember (set) or restore (remove)
+    family: int = 4  # route: 4 or 6 (a rule's family is the rule's)
 
     @property
     def where(self) -> str:
@@ -105,7 +115,8 @@ class Plumbing:
         if self.item == "rule":
             what = str(self.rule)
         elif self.item == "route":
-            what = f"ip route local default dev lo table {self.table}"
+            ip = "ip -6" if self.family == 6 else "ip"
+            what = f"{ip} route local default dev lo table {self.table}"
         elif self.item == "sysctl":
             what = f"sysctl {SYSCTL}={self.value}"
         else:
@@ -114,7 +125,8 @@ class Plumbing:
 
     @property
     def place(self) -> str:
-        what = {"rule": str(self.rule), "route": f"route table {self.table}",
+        route = f"{'IPv6 ' if self.family == 6 else ''}route table {self.table}"
+        what = {"rule": str(self.rule), "route": route,
                 "sysctl": f"sysctl {SYSCTL}"}.get(self.item, "record")
         return f"{what} ({self.where})"
 
@@ -123,8 +135,12 @@ class Plumbing:
         if self.rule is not None:
             r = self.rule
             item.update(priority=r.priority, fwmark=r.mark, mask=r.mask, table=r.table)
+            if r.family == 6:
+                item["family"] = 6
         elif self.item == "route":
             item.update(route="local default dev lo", table=self.table)
+            if self.family == 6:
+                item["family"] = 6
         elif self.item == "sysctl":
             item.update(sysctl=SYSCTL, value=self.value)
         return {"plumbing": item}
@@ -139,9 +155,11 @@ def wanted(intercepts: dict[str, Intercept]) -> dict[str | None, WantedPlumbing]
     none redirects at the moment: connections redirected before a rule change keep their
     way to the proxy until they end; the policy rule matches marked packets only."""
     out: dict[str | None, WantedPlumbing] = {}
+    ipv6 = {ic.netns for ic in intercepts.values() if any(
+        r.action == "redirect" and any(d.version == 6 for d in r.destinations) for r in ic.rules)}
     for ic in sorted(intercepts.values(), key=lambda i: i.name):
         if ic.netns not in out:
-            out[ic.netns] = WantedPlumbing(ic.netns, ic.routing, ic.ref)
+            out[ic.netns] = WantedPlumbing(ic.netns, ic.routing, ic.ref, ic.netns in ipv6)
     return out
 
 
@@ -150,39 +168,56 @@ def _step(out: Planned, action: AttachAction, target: Plumbing, owner: str, reas
     out.steps.append(Step(action, target, owner, reason, drift))
 
 
-def _add(seen: SeenPlumbing, w: WantedPlumbing, out: Planned) -> None:
-    # Drift, not news: bpfsync had made plumbing in this namespace and a part is gone.
+def _add_family(seen: SeenPlumbing, w: WantedPlumbing, out: Planned, family: int) -> None:
+    """One family's policy rule and local default route: made (or put back) when wanted, the
+    ones bpfsync made and no longer wants taken away."""
     made = seen.current_record is not None
-    rule = w.rule
+    rules = [r for r in seen.rules if r.family == family]
+    routes, others = ((seen.routes, seen.other_defaults) if family == 4
+                      else (seen.routes6, seen.other_defaults6))
+    # IPv6's are made where an IPv6 destination is redirected, then kept like IPv4's while the
+    # namespace has an Intercept (connections redirected before a rule change keep their way)
+    wanted = family == 4 or w.ipv6 or bool(rules or routes)
+    rule = w.rule_of(family)
+    # Drift, not news: bpfsync had made plumbing in this namespace and a part is gone.
     gone = "removed outside bpfsync" if made else "redirected connections need it"
-    for r in seen.rules:
-        if r != rule:
-            _step(out, AttachAction.DETACH, Plumbing(w.netns, "rule", rule=r), w.owner,
-                  "routing changed")
-    if rule in seen.rules:
+    why = "routing changed"
+    for r in rules:
+        if r != rule or not wanted:
+            _step(out, AttachAction.DETACH, Plumbing(w.netns, "rule", rule=r), w.owner, why)
+    if wanted and rule in rules:
         out.in_place += 1
-    else:
+    elif wanted:
         _step(out, AttachAction.ATTACH, Plumbing(w.netns, "rule", rule=rule), w.owner, gone,
               made)
     table = w.routing.table
-    for tbl in seen.routes:
-        if tbl != table:
-            _step(out, AttachAction.DETACH, Plumbing(w.netns, "route", table=tbl), w.owner,
-                  "routing changed")
-    if table in seen.routes:
+    for tbl in routes:
+        if tbl != table or not wanted:
+            _step(out, AttachAction.DETACH, Plumbing(w.netns, "route", table=tbl, family=family),
+                  w.owner, why)
+    if not wanted:
+        return
+    if table in routes:
         out.in_place += 1
-    elif table in seen.other_defaults:
-        what = seen.other_defaults[table]
+    elif table in others:
+        what = others[table]
         if what != "local dev lo":
             out.condition(
-                w.owner, f"table {table} ({'netns ' + w.netns if w.netns else 'host'}) "
-                f"already has a default route bpfsync did not create ({what}); left "
-                f"untouched. Choose another spec.routing.table", CONFLICT)
+                w.owner, f"{'IPv6 ' if family == 6 else ''}table {table} "
+                f"({'netns ' + w.netns if w.netns else 'host'}) already has a default route "
+                f"bpfsync did not create ({what}); left untouched. Choose another "
+                f"spec.routing.table", CONFLICT)
         else:
             out.in_place += 1  # someone's own `local default dev lo`: it does the job
     else:
-        _step(out, AttachAction.ATTACH, Plumbing(w.netns, "route", table=table), w.owner, gone,
-              made)
+        _step(out, AttachAction.ATTACH, Plumbing(w.netns, "route", table=table, family=family),
+              w.owner, gone, made)
+
+
+def _add(seen: SeenPlumbing, w: WantedPlumbing, out: Planned) -> None:
+    made = seen.current_record is not None
+    _add_family(seen, w, out, 4)
+    _add_family(seen, w, out, 6)
     if seen.accept_local == 1:
         out.in_place += 1
     else:
@@ -200,6 +235,9 @@ def _remove(seen: SeenPlumbing, out: Planned, reason: str) -> None:
     for tbl in seen.routes:
         _step(out, AttachAction.DETACH, Plumbing(seen.netns, "route", table=tbl), ORPHAN_OWNER,
               reason)
+    for tbl in seen.routes6:
+        _step(out, AttachAction.DETACH, Plumbing(seen.netns, "route", table=tbl, family=6),
+              ORPHAN_OWNER, reason)
     record = seen.current_record
     if record is not None and record.accept_local_before != ict.IC_SYSCTL_UNTOUCHED and (
             seen.accept_local == 1):

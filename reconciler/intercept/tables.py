@@ -1,6 +1,6 @@
 """The TC interception data path's pinned tables (bpf/intercept.h): compiled first-match rules
-per Intercept, redirected SYNs on their way to lo, counters, and the record of host plumbing
-bpfsync made per namespace."""
+per Intercept and redirected SYNs on their way to lo (one table of each per address family),
+counters, and the record of host plumbing bpfsync made per namespace."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from reconciler.core.tables import (
     Decoded,
     MapSpec,
     by_id,
+    prefix_text,
     stamped,
 )
 
@@ -34,20 +35,34 @@ IC_RULES = MapSpec("ic_rules", 12, 72, IC_MAX_ENTRIES, "Intercept",
                    map_type=BPF_MAP_TYPE_LPM_TRIE, flags=BPF_F_NO_PREALLOC, batch=False)
 IC_SYN = MapSpec("ic_syn", 12, 4, IC_MAX_SYN, "Intercept", owned=False,
                  map_type=BPF_MAP_TYPE_LRU_HASH)
+IC_RULES6 = MapSpec("ic_rules6", 24, 72, IC_MAX_ENTRIES, "Intercept",
+                    map_type=BPF_MAP_TYPE_LPM_TRIE, flags=BPF_F_NO_PREALLOC, batch=False)
+IC_SYN6 = MapSpec("ic_syn6", 36, 4, IC_MAX_SYN, "Intercept", owned=False,
+                  map_type=BPF_MAP_TYPE_LRU_HASH)
 IC_STATS = MapSpec("ic_stats", 4, 8, IC_MAX * IC_COUNTERS, "Stats", owned=False,
                    map_type=BPF_MAP_TYPE_PERCPU_ARRAY)
 IC_HOST = MapSpec("ic_host", 64, 16, 256, "Intercept", owned=False)
 IC_STAT_NAMES = ("new", "redirected", "dropped", "passed", "unmatched", "flow", "assigned",
-                 "no_listener", "assign_error", "fragment")
+                 "no_listener", "assign_error", "fragment", "headers")
 
 _IC_KEY = struct.Struct("=IBBH4s")  # like the steering key: (intercept, proto, port, addr)
+_IC_KEY6 = struct.Struct("=IBBH16s")
 _IC_CANDIDATE = struct.Struct("=HHBBH")
 _IC_COUNT = struct.Struct("=I")
 _IC_HOST = struct.Struct("=QII")
 
 
+def ic_rules_table(key: bytes) -> MapSpec:
+    """The trie a compiled key belongs in: ic_rules (IPv4) or ic_rules6 (IPv6)."""
+    return IC_RULES6 if len(key) == _IC_KEY6.size else IC_RULES
+
+
 def ic_key(ic_id: int, proto: int, port: int, network: str, prefixlen: int) -> bytes:
-    """Trie key of (Intercept id, protocol, destination port, prefix); port 0: any."""
+    """Trie key of (Intercept id, protocol, destination port, prefix) for the prefix's family
+    (a ":" in network means IPv6); port 0: any."""
+    if ":" in network:
+        return _IC_KEY6.pack(LPM_PREFIX_BITS + prefixlen, ic_id, proto, socket.htons(port),
+                             socket.inet_pton(socket.AF_INET6, network))
     return _IC_KEY.pack(LPM_PREFIX_BITS + prefixlen, ic_id, proto, socket.htons(port),
                         socket.inet_aton(network))
 
@@ -73,10 +88,9 @@ def decode_ic_host(key: bytes, value: bytes) -> tuple[str | None, int, int]:
 
 
 def _rule_key(raw: bytes) -> Decoded:
-    plen, ic, proto, port, addr = _IC_KEY.unpack(raw)
+    plen, ic, proto, port, addr = (_IC_KEY6 if len(raw) == _IC_KEY6.size else _IC_KEY).unpack(raw)
     return {"id": ic, "protocol": PROTO_NAMES.get(proto, proto),
-            "port": socket.ntohs(port) or "*",
-            "prefix": f"{socket.inet_ntoa(addr)}/{plen - LPM_PREFIX_BITS}"}
+            "port": socket.ntohs(port) or "*", "prefix": prefix_text(addr, plen)}
 
 
 def _rules(raw: bytes) -> Decoded:
@@ -95,8 +109,6 @@ def _rules(raw: bytes) -> Decoded:
     return {"rules": rules}
 
 
-CODECS: dict[str, Codec] = {
-    IC_RULES.name: Codec(_rule_key, _rules,
-                         lambda k: f"{k['prefix']} port {k['port']}/{k['protocol']}",
-                         by_id("Intercept", _rule_key)),
-}
+_RULES_CODEC = Codec(_rule_key, _rules, lambda k: f"{k['prefix']} port {k['port']}/{k['protocol']}",
+                     by_id("Intercept", _rule_key))
+CODECS: dict[str, Codec] = {IC_RULES.name: _RULES_CODEC, IC_RULES6.name: _RULES_CODEC}

@@ -52,33 +52,40 @@ def write_sysctl(name: str | None, path: str, value: int) -> None:
         f.write(f"{value}\n")
 
 
-def rules(name: str | None, protocol: int) -> list[Rule]:
-    """The IPv4 policy rules of the namespace made by protocol."""
-    out = []
+def _dump(name: str | None, dump: Callable[[Any], Any]) -> list[Any]:
+    """A netlink dump in the namespace; none where it has no such family (IPv6 disabled)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with rtnl(name) as ipr:
         if ipr is None:
             return []
-        for r in ipr.get_rules(family=socket.AF_INET):
-            if r.get_attr("FRA_PROTOCOL") == protocol:
-                out.append(Rule(r.get_attr("FRA_PRIORITY") or 0, r.get_attr("FRA_FWMARK") or 0,
-                                r.get_attr("FRA_FWMASK") or 0,
-                                r.get_attr("FRA_TABLE") or r["table"]))
+        try:
+            return list(dump(ipr))
+        except NetlinkError as exc:
+            if exc.code in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+                return []
+            raise
+
+
+def rules(name: str | None, protocol: int, family: int = socket.AF_INET) -> list[Rule]:
+    """The policy rules of one family (AF_INET, AF_INET6) of the namespace made by protocol."""
+    out = []
+    for r in _dump(name, lambda ipr: ipr.get_rules(family=family)):
+        if r.get_attr("FRA_PROTOCOL") == protocol:
+            out.append(Rule(r.get_attr("FRA_PRIORITY") or 0, r.get_attr("FRA_FWMARK") or 0,
+                            r.get_attr("FRA_FWMASK") or 0, r.get_attr("FRA_TABLE") or r["table"]))
     return out
 
 
-def default_routes(name: str | None) -> list[DefaultRoute]:
-    """The IPv4 default routes of every table of the namespace."""
+def default_routes(name: str | None, family: int = socket.AF_INET) -> list[DefaultRoute]:
+    """The default routes of one family of every table of the namespace."""
     out = []
-    with rtnl(name) as ipr:
-        if ipr is None:
-            return []
-        for rt in ipr.get_routes(family=socket.AF_INET):
-            if rt["dst_len"] != 0:
-                continue
-            lo = rt["type"] == RTN_LOCAL and rt.get_attr("RTA_OIF") == LOOPBACK_IFINDEX
-            out.append(DefaultRoute(rt.get_attr("RTA_TABLE") or rt["table"], rt["proto"],
-                                    "local dev lo" if lo else
-                                    TYPES.get(rt["type"], str(rt["type"]))))
+    for rt in _dump(name, lambda ipr: ipr.get_routes(family=family)):
+        if rt["dst_len"] != 0:
+            continue
+        lo = rt["type"] == RTN_LOCAL and rt.get_attr("RTA_OIF") == LOOPBACK_IFINDEX
+        out.append(DefaultRoute(rt.get_attr("RTA_TABLE") or rt["table"], rt["proto"],
+                                "local dev lo" if lo else TYPES.get(rt["type"], str(rt["type"]))))
     return out
 
 
@@ -98,15 +105,18 @@ def _change(name: str | None, add: bool, what: str, change: Callable[[Any], obje
         raise KernelStateError(f"{what}: {exc}") from exc
 
 
-def change_rule(name: str | None, add: bool, rule: Rule, protocol: int, what: str) -> None:
+def change_rule(name: str | None, add: bool, rule: Rule, protocol: int, what: str,
+                family: int = socket.AF_INET) -> None:
     _change(name, add, what, lambda ipr: ipr.rule(
         "add" if add else "del", fwmark=rule.mark, fwmask=rule.mask, table=rule.table,
-        priority=rule.priority, protocol=protocol))
+        priority=rule.priority, protocol=protocol, family=family))
 
 
 def change_local_default(name: str | None, add: bool, table: int, protocol: int,
-                         what: str) -> None:
+                         what: str, family: int = socket.AF_INET) -> None:
     """`local default dev lo table TABLE`: every destination delivered locally."""
+    v6 = family == socket.AF_INET6
     _change(name, add, what, lambda ipr: ipr.route(
-        "add" if add else "del", dst="0.0.0.0/0", type="local", table=table,
-        oif=LOOPBACK_IFINDEX, proto=protocol, scope=RT_SCOPE_HOST))
+        "add" if add else "del", dst="::/0" if v6 else "0.0.0.0/0", type="local",
+        table=table, oif=LOOPBACK_IFINDEX, proto=protocol, family=family,
+        **({} if v6 else {"scope": RT_SCOPE_HOST})))

@@ -22,6 +22,7 @@ from reconciler.core.tables import (
     MapSpec,
     Owners,
     guarded,
+    prefix_text,
     slot_key,
     slot_of,
     stamped,
@@ -82,14 +83,10 @@ def proxy_config(value: bytes) -> bytes:
 
 
 def _steer_key(raw: bytes) -> Decoded:
-    if len(raw) == _STEER6_KEY.size:
-        plen, proto, port, addr = _STEER6_KEY.unpack(raw)
-        text = socket.inet_ntop(socket.AF_INET6, addr)
-    else:
-        plen, proto, port, addr = _STEER_KEY.unpack(raw)
-        text = socket.inet_ntoa(addr)
+    plen, proto, port, addr = (_STEER6_KEY if len(raw) == _STEER6_KEY.size
+                               else _STEER_KEY).unpack(raw)
     return {"port": socket.ntohs(port) or "*", "protocol": PROTO_NAMES.get(proto, proto),
-            "prefix": f"{text}/{plen - LPM_PREFIX_BITS}"}
+            "prefix": prefix_text(addr, plen)}
 
 
 def _proxy_value(raw: bytes) -> Decoded:

@@ -18,6 +18,7 @@ from reconciler.core.tables import (
     Decoded,
     MapSpec,
     by_id,
+    prefix_text,
     slot_key,
     slot_of,
     stamped,
@@ -90,14 +91,10 @@ def tp_config_value(key: bytes, slot: int, fail_open: bool, netns_cookie: int,
 
 
 def _rule_key(raw: bytes) -> Decoded:
-    if len(raw) == _TP_RULE6_KEY.size:
-        plen, kind, tp, port, addr = _TP_RULE6_KEY.unpack(raw)
-        text = socket.inet_ntop(socket.AF_INET6, addr)
-    else:
-        plen, kind, tp, port, addr = _TP_RULE_KEY.unpack(raw)
-        text = socket.inet_ntoa(addr)
+    shape = _TP_RULE6_KEY if len(raw) == _TP_RULE6_KEY.size else _TP_RULE_KEY
+    plen, kind, tp, port, addr = shape.unpack(raw)
     return {"id": tp, "rule": "intercept" if kind == TP_KIND_INTERCEPT else "exclude",
-            "port": socket.ntohs(port) or "*", "prefix": f"{text}/{plen - LPM_PREFIX_BITS}"}
+            "port": socket.ntohs(port) or "*", "prefix": prefix_text(addr, plen)}
 
 
 def _id(raw: bytes) -> Decoded:

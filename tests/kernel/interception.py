@@ -3,8 +3,10 @@ an intercepted connection from a direct one, and tearing their processes and nam
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import struct
 import subprocess
 import sys
 import urllib.request
@@ -92,3 +94,21 @@ def scrape(daemon: RunningDaemon) -> dict[str, float]:
     assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r"^(\w+(?:\{[^}]*\})?) ([0-9.e+-]+)$", text, re.M)}
+
+
+def tcp_syn(dport: int, sport: int = 40000) -> bytes:
+    """A 20-byte TCP SYN header (checksum left 0: nobody gets to check it)."""
+    return struct.pack("!HHIIBBHHH", sport, dport, 1000, 0, 5 << 4, 0x02, 65535, 0, 0)
+
+
+def ic_counter(pin_root: Path, ic: int, name: str) -> int:
+    """One Intercept counter, summed over CPUs, read with bpftool (not bpfsync's reader)."""
+    from reconciler.intercept import tables as ict
+
+    index = ic * ict.IC_COUNTERS + ict.IC_STAT_NAMES.index(name)
+    out = subprocess.run(["bpftool", "-j", "map", "lookup", "pinned",
+                          str(pin_root / "maps" / ict.IC_STATS.name), "key",
+                          *map(str, index.to_bytes(4, "little"))],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return sum(int(v["value"]) if isinstance(v["value"], int) else int.from_bytes(
+        bytes(int(b, 16) for b in v["value"]), "little") for v in json.loads(out)["values"])

@@ -31,7 +31,14 @@ from tests.kernel.guekit import (
     ip_checksum,
     ipv4_udp,
 )
-from tests.kernel.interception import sh, start_server, teardown, veth_pair
+from tests.kernel.interception import (
+    ic_counter,
+    sh,
+    start_server,
+    tcp_syn,
+    teardown,
+    veth_pair,
+)
 from tests.kernel.topology import (
     BACKEND,
     CLIENT,
@@ -303,24 +310,6 @@ def _ipv4(ident: int, flags_offset: int, payload: bytes, src: str = "192.0.2.1",
     return head[:10] + struct.pack("!H", ip_checksum(head)) + head[12:] + payload
 
 
-def _syn(dport: int, sport: int = 40000) -> bytes:
-    """A 20-byte TCP SYN header (checksum left 0: nobody gets to check it)."""
-    return struct.pack("!HHIIBBHHH", sport, dport, 1000, 0, 5 << 4, 0x02, 65535, 0, 0)
-
-
-def _ic_counter(pin_root: Path, ic: int, name: str) -> int:
-    """One Intercept counter, summed over CPUs, read with bpftool (not bpfsync's reader)."""
-    from reconciler.intercept import tables as ict
-
-    index = ic * ict.IC_COUNTERS + ict.IC_STAT_NAMES.index(name)
-    out = subprocess.run(["bpftool", "-j", "map", "lookup", "pinned",
-                          str(pin_root / "maps" / ict.IC_STATS.name), "key",
-                          *map(str, index.to_bytes(4, "little"))],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    return sum(int(v["value"]) if isinstance(v["value"], int) else int.from_bytes(
-        bytes(int(b, 16) for b in v["value"]), "little") for v in json.loads(out)["values"])
-
-
 def test_tiny_and_overlapping_fragments_never_carry_a_syn_past_a_drop_rule(
         tmp_path: Path, pin_root: Path) -> None:
     """RFC 1858's attacks on a `drop` rule for TCP port 82, with crafted frames sent out of
@@ -352,18 +341,18 @@ def test_tiny_and_overlapping_fragments_never_carry_a_syn_past_a_drop_rule(
         assert cap.stdout is not None and cap.stdout.readline().strip() == "ready"
         mac = sh(f"ip netns exec {server_ns} cat /sys/class/net/{peer}/address").stdout
         eth = bytes.fromhex(mac.strip().replace(":", "")) + bytes(6) + b"\x08\x00"
-        syn = _syn(82)
+        syn = tcp_syn(82)
         more = 0x2000  # IP flag MF: more fragments follow
         attack = [_ipv4(0x1111, more, syn[:8]),        # RFC 1858: 8 bytes, ports only
                   _ipv4(0x1111, 1, syn[8:]),         # its second half at offset 8: flags
                   _ipv4(0x2222, more, syn[:16]),       # 16 bytes: a header cut short
                   _ipv4(0x2222, 2, syn[16:] + bytes(12))]  # the rest at offset 16: passes
         control = [_ipv4(0x3333, more, syn + bytes(8)),  # whole header: the drop rule decides
-                   _ipv4(0x4444, more, _syn(81) + bytes(8))]  # no rule: passes
+                   _ipv4(0x4444, more, tcp_syn(81) + bytes(8))]  # no rule: passes
         sh(f"ip netns exec {ns} /usr/bin/python3 {TRAFFIC} inject {dev} "
            + " ".join((eth + f).hex() for f in attack + control))
-        wait_until(lambda: _ic_counter(pin_root, 1, "fragment") == 3
-                 and _ic_counter(pin_root, 1, "dropped") == 1)
+        wait_until(lambda: ic_counter(pin_root, 1, "fragment") == 3
+                 and ic_counter(pin_root, 1, "dropped") == 1)
         seen = []
         for line in iter(cap.stdout.readline, ""):
             f = bytes.fromhex(line.strip())
@@ -372,7 +361,7 @@ def test_tiny_and_overlapping_fragments_never_carry_a_syn_past_a_drop_rule(
                 break
         # what reached the server: a lone later fragment and the control without a rule
         assert sorted(set(seen)) == [0x2222, 0x4444], [hex(x) for x in seen]
-        assert _ic_counter(pin_root, 1, "fragment") == 3
+        assert ic_counter(pin_root, 1, "fragment") == 3
         # the server never answered port 82 (nothing reassembled into a SYN)
         cap.send_signal(signal.SIGTERM)
         out, _ = cap.communicate(timeout=60)

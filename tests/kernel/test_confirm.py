@@ -145,13 +145,15 @@ def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
         assert r.returncode == 0, r.stdout + r.stderr
         yield e
     finally:
-        for d in e.daemons:
-            d.cleanup()
-        record = e.record() if pin_root.is_dir() else None
-        if record is not None and store.alive(record.guard):  # its guard, never another
-            os.kill(record.guard.pid, signal.SIGKILL)
-            wait_for(lambda: not store.alive(record.guard), 30)
-        teardown(e.procs, (e.ns, server_ns))
+        try:
+            for d in e.daemons:
+                d.cleanup()
+            record = e.record() if pin_root.is_dir() else None
+            if record is not None and store.alive(record.guard):  # its guard, never another
+                os.kill(record.guard.pid, signal.SIGKILL)
+                wait_for(lambda: not store.alive(record.guard), 30)
+        finally:  # whatever went wrong above, the namespaces and servers go
+            teardown(e.procs, (e.ns, server_ns))
 
 
 def test_an_unconfirmed_lockout_reverts_exactly_by_itself(env: Env) -> None:

@@ -186,6 +186,8 @@ INTERCEPT_PROGRAM = f"""
 #include "{INTERCEPT_HEADER}"
 BPF_HASH(ic_rules, struct ic_key, struct ic_rule, 4);
 BPF_HASH(ic_syn, struct ic_flow, struct ic_pending, 4);
+BPF_HASH(ic_rules6, struct ic_key6, struct ic_rule, 4);
+BPF_HASH(ic_syn6, struct ic_flow6, struct ic_pending, 4);
 BPF_HASH(ic_host, struct {{ char name[64]; }}, struct ic_host, 4);
 int unused(void *ctx) {{ return 0; }}
 """
@@ -197,13 +199,19 @@ def test_intercept_header_matches_python_layout() -> None:
 
     bpf = BPF(text=INTERCEPT_PROGRAM.encode())
     try:
-        for spec in (ict.IC_RULES, ict.IC_SYN, ict.IC_HOST):
+        for spec in (ict.IC_RULES, ict.IC_SYN, ict.IC_HOST, ict.IC_RULES6, ict.IC_SYN6):
             table = bpf[spec.name.encode()]
             assert ctypes.sizeof(table.Key) == spec.key_size, spec.name
             assert ctypes.sizeof(table.Leaf) == spec.value_size, spec.name
         key = bpf[b"ic_rules"].Key.from_buffer_copy(ict.ic_key(7, 6, 443, "198.51.100.0", 24))
         assert (key.prefixlen, key.ic, key.proto, key.port, key.addr) == (
             56, 7, 6, 0xBB01, 0x006433C6)
+        key6 = bpf[b"ic_rules6"].Key.from_buffer_copy(ict.ic_key(7, 6, 443, "2001:db8::", 32))
+        assert (key6.prefixlen, key6.ic, key6.proto, key6.port) == (64, 7, 6, 0xBB01)
+        assert bytes(key6)[8:] == bytes.fromhex("20010db8" + "00" * 12)
+        flow6 = bpf[b"ic_syn6"].Key
+        assert {n: getattr(flow6, n).offset for n, *_ in flow6._fields_} == {
+            "saddr": 0, "daddr": 16, "sport": 32, "dport": 34}
         raw = ict.ic_rule_value(bytes(12), [(1000, 1999, ict.IC_ACTION_DROP, 0, 30),
                                           (0, 0, ict.IC_ACTION_REDIRECT, 5, 40)])
         rule = bpf[b"ic_rules"].Leaf.from_buffer_copy(raw)
@@ -221,7 +229,8 @@ def test_intercept_header_matches_python_layout() -> None:
                             ("IC_ACTION_PASS", ict.IC_ACTION_PASS),
                             ("IC_ACTION_DROP", ict.IC_ACTION_DROP),
                             ("IC_ACTION_REDIRECT", ict.IC_ACTION_REDIRECT),
-                            ("IC_SYSCTL_UNTOUCHED", hex(ict.IC_SYSCTL_UNTOUCHED))):
+                            ("IC_SYSCTL_UNTOUCHED", hex(ict.IC_SYSCTL_UNTOUCHED)),
+                            ("IC_EXT_MAX", 8)):
             assert f"#define {name} {value} " in text or f"#define {name} {value}\n" in text, name
         enum = text[text.index("enum ic_stat {"):]
         names = [line.split()[0].removeprefix("IC_STAT_").lower()

@@ -9,7 +9,8 @@ that it runs under `ip netns exec` with the system interpreter).
                                      SECONDS of silence); print JSON
   udp-send ADDR PORT COUNT RATE [STOPFILE]   send numbered datagrams at RATE per second,
                                      COUNT at most or until STOPFILE exists, then an end marker
-  capture DEV SECONDS                print every IPv4/UDP frame seen on DEV as hex, one per line
+  capture DEV SECONDS [PROTO]        print every IPv4/UDP (or IPv4/PROTO; 0: every IPv6) frame
+                                     seen on DEV as hex, one per line
                                      (starts with a "ready" line), until SIGTERM (then what is
                                      queued is still printed) or SECONDS at most
   inject DEV HEX...                  send raw Ethernet frames on DEV
@@ -143,7 +144,8 @@ def capture(dev: str, seconds: float, proto: int = 17) -> None:
 
 
 def _show(frame: bytes, proto: int) -> None:
-    if frame[12:14] == b"\x08\x00" and frame[23] == proto:
+    if (frame[12:14] == b"\x08\x00" and frame[23] == proto) or (
+            proto == 0 and frame[12:14] == b"\x86\xdd"):
         print(frame[:200].hex(), flush=True)
 
 

@@ -40,15 +40,17 @@ def intercept(rules: str, tmp_path: Path) -> tuple[DesiredState, Intercept]:
 
 def decide(entries: dict[bytes, bytes], ic_id: int, proto: int, daddr: str, dport: int,
            sport: int) -> tuple[str, int] | None:
-    """What ic_egress decides: longest prefix on the exact port, then on any port, then the
-    first candidate whose source ports match. (action, priority) or None (no rule)."""
-    addr = int(ipaddress.IPv4Address(daddr))
+    """What ic_egress decides: longest prefix (in the trie of the address's family) on the
+    exact port, then on any port, then the first candidate whose source ports match.
+    (action, priority) or None (no rule)."""
+    ip = ipaddress.ip_address(daddr)
+    addr = int(ip)
     for port in (dport, ict.IC_PORT_ANY):
         best = None
         for key, value in entries.items():
             k = registry.decode_key(ict.IC_RULES.name, key)
-            net = ipaddress.IPv4Network(k["prefix"])
-            if (k["id"] == ic_id and t.PROTO_NUMBERS[k["protocol"]] == proto
+            net = ipaddress.ip_network(k["prefix"])
+            if (net.version == ip.version and k["id"] == ic_id and t.PROTO_NUMBERS[k["protocol"]] == proto
                     and ((k["port"] == "*" and port == 0) or k["port"] == port)
                     and addr & int(net.netmask) == int(net.network_address)
                     and (best is None or net.prefixlen > best[0])):
@@ -97,12 +99,31 @@ def test_first_match_by_priority_not_by_prefix_length(tmp_path: Path) -> None:
                and t.stamp_ok(k, v) for k, v in e.items())
 
 
-def test_brute_force_agrees_with_a_linear_first_match(tmp_path: Path) -> None:
-    state, ic = intercept(RULES, tmp_path)
+DUAL = """\
+    - {priority: 10, action: pass, destinations: ['2001:db8::9/128'], ports: [443]}
+    - {priority: 20, action: redirect, proxy: egress, ports: [80, 443],
+       destinations: [203.0.113.0/24, '2001:db8::/64']}
+    - {priority: 30, action: drop, destinations: [0.0.0.0/0, '::/0'], sourcePorts: ["1000-1999"]}
+    - {priority: 40, action: pass, destinations: ['2001:db8::/65', 203.0.113.0/25], ports: ["*"]}
+"""
+
+
+@pytest.mark.parametrize(("rules", "addresses"), [
+    (RULES, ("203.0.113.9", "203.0.113.1", "203.0.113.130", "198.51.100.7")),
+    (DUAL, ("2001:db8::9", "2001:db8::1", "2001:db8::8000:0:0:1", "2001:db8:1::1",
+            "203.0.113.1", "203.0.113.130")),
+])
+def test_brute_force_agrees_with_a_linear_first_match(tmp_path: Path, rules: str,
+                                                       addresses: tuple[str, ...]) -> None:
+    """Both families: IPv6 prefixes compile into ic_rules6 with the same resolution."""
+    state, ic = intercept(rules, tmp_path)
     e = compile_intercept(ic, proxy_slots(state, ic)).entries
+    assert {ict.ic_rules_table(k).name for k in e} == (
+        {"ic_rules", "ic_rules6"} if rules is DUAL else {"ic_rules"})
+    assert all(len(k) == ict.ic_rules_table(k).key_size for k in e)
 
     def linear(proto: int, daddr: str, dport: int, sport: int) -> tuple[str, int] | None:
-        a = ipaddress.IPv4Address(daddr)
+        a = ipaddress.ip_address(daddr)
         for r in ic.rules:
             if proto in r.protocols and any(a in d for d in r.destinations) and any(
                     p.wildcard or p.first <= dport <= p.last for p in r.ports) and (
@@ -112,7 +133,7 @@ def test_brute_force_agrees_with_a_linear_first_match(tmp_path: Path) -> None:
         return None
 
     for proto in (6, 17):
-        for daddr in ("203.0.113.9", "203.0.113.1", "203.0.113.130", "198.51.100.7"):
+        for daddr in addresses:
             for dport in (22, 53, 80, 443):
                 for sport in (999, 1000, 1999, 2000):
                     assert decide(e, 7, proto, daddr, dport, sport) == linear(
@@ -193,3 +214,39 @@ def test_plumbing_conflicts_and_waits() -> None:
     seen["blue"].other_defaults = {200: "local dev lo"}
     plan = AttachPlan.of([compute_plumbing_plan({"blue": want["blue"]}, {"blue": seen["blue"]})])
     assert [o.target.item for o in plan.steps] == ["rule"] and not plan.conflicts
+
+
+def test_ipv6_plumbing_only_where_ipv6_is_redirected() -> None:
+    routing = Routing()
+    rule4, rule6 = PolicyRule(100, 1, 1, 100), PolicyRule(100, 1, 1, 100, 6)
+    fresh = SeenPlumbing("blue", True, cookie=9, accept_local=0)
+    want6 = {"blue": WantedPlumbing("blue", routing, "Intercept/wan", ipv6=True)}
+    ops = compute_plumbing_plan(want6, {"blue": fresh}).steps
+    assert [(o.target.item, o.target.rule or o.target.family) for o in ops] == [
+        ("rule", rule4), ("route", 4), ("rule", rule6), ("route", 6), ("sysctl", 4)]
+    assert [o.target.describe() for o in ops[2:4]] == [
+        "ip -6 rule priority 100 fwmark 0x1/0x1 lookup 100 (netns blue)",
+        "ip -6 route local default dev lo table 100 (netns blue)"]
+    done = SeenPlumbing("blue", True, cookie=9, rules=[rule4, rule6], routes=[100],
+                        routes6=[100], accept_local=1, record=Record(9, 0))
+    plan = compute_plumbing_plan(want6, {"blue": done})
+    assert plan.steps == [] and plan.in_place == 5
+    # no IPv6 redirect any more: kept, like IPv4's, while the namespace has an Intercept
+    # (connections redirected before keep their way); an IPv4-only one never makes them
+    want4 = {"blue": WantedPlumbing("blue", routing, "Intercept/wan")}
+    plan = compute_plumbing_plan(want4, {"blue": done})
+    assert plan.steps == [] and plan.in_place == 5
+    assert _items(compute_plumbing_plan(want4, {"blue": fresh})) == ["rule", "route", "sysctl"]
+    # the Intercept gone: both families and the sysctl, then the record
+    ops = compute_plumbing_plan({}, {"blue": done}).steps
+    assert [(o.target.item, o.target.family) for o in ops] == [
+        ("rule", 4), ("rule", 4), ("route", 4), ("route", 6), ("sysctl", 4), ("record", 4)]
+    assert ops[1].target.rule == rule6
+
+
+def test_ipv4_mapped_destinations_are_refused_with_the_ipv4_prefix(tmp_path: Path) -> None:
+    with pytest.raises(InvalidDesiredState) as exc:
+        intercept("    - {priority: 10, action: drop, destinations: ['::ffff:203.0.113.0/120']}\n",
+                  tmp_path)
+    text = "\n".join(map(str, exc.value.problems))
+    assert "a.yaml:" in text and "write 203.0.113.0/24" in text

@@ -28,7 +28,8 @@ EVERY_KIND = {
                "{destinations: ['2001:db8::/32'], ports: [443]}]\n",
     "ic.yaml": "apiVersion: bpfsync/v1\nkind: Intercept\nmetadata: {name: mail}\nspec:\n"
                "  id: 2\n  device: eth1\n"
-               "  rules: [{priority: 1, action: redirect, proxy: web, ports: [25]}]\n",
+               "  rules: [{priority: 1, action: redirect, proxy: web, ports: [25], "
+               "destinations: [0.0.0.0/0, '::/0']}]\n",
     "i.yaml": "apiVersion: bpfsync/v1\nkind: Interface\nmetadata: {name: up}\nspec:\n"
               "  device: eth0\n  role: node\n",  # a node has ti_reply entries too
 }
@@ -49,12 +50,13 @@ def test_every_schema_has_a_kind_and_every_kind_a_schema() -> None:
 
 def test_the_orders_are_those_of_before_the_registry() -> None:
     """Behaviour unchanged by the restructuring: the very orders plan.py once listed (with
-    ps_dest6 and tp_rules6, the IPv6 tries, beside their IPv4 twins)."""
+    ps_dest6, tp_rules6 and ic_rules6, the IPv6 tries, beside their IPv4 twins)."""
     assert [s.name for s in registry.UPSERT_ORDER] == [
         "bs_names", "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_encap", "ti_reply", "ps_proxy",
-        "ps_dest", "ps_dest6", "tp_config", "tp_rules", "tp_rules6", "ic_rules"]
+        "ps_dest", "ps_dest6", "tp_config", "tp_rules", "tp_rules6", "ic_rules",
+        "ic_rules6"]
     assert [s.name for s in registry.DELETE_ORDER] == [
-        "ic_rules", "tp_rules", "tp_rules6", "tp_config", "ps_dest", "ps_dest6", "ps_proxy",
+        "ic_rules", "ic_rules6", "tp_rules", "tp_rules6", "tp_config", "ps_dest", "ps_dest6", "ps_proxy",
         "ti_reply", "ti_encap",
         "ti_next", "ti_verify", "ti_tunnel", "ti_decap", "bs_names"]
     assert registry.ENTRY_KINDS == ("Tunnel", "Service", "Proxy", "TransparentProxy",
