@@ -61,6 +61,11 @@ class PortRange:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def network_order(net: Network) -> tuple[int, int, int]:
+    """Sort key of networks of both families: IPv4 first, then by address and length."""
+    return net.version, int(net.network_address), net.prefixlen
+
+
 def destination_ports(destinations: tuple[Network, ...],
                       ports: tuple[PortRange, ...]) -> Iterator[tuple[Network, int]]:
     """Every (prefix, port) that destinations x port ranges stand for (port 0: "*"): the
@@ -71,9 +76,12 @@ def destination_ports(destinations: tuple[Network, ...],
                 yield net, port
 
 
-def destination_port_count(destinations: tuple[Network, ...],
-                           ports: tuple[PortRange, ...]) -> int:
-    return len(destinations) * sum(r.last - r.first + 1 for r in ports)
+def destination_port_count(destinations: tuple[Network, ...], ports: tuple[PortRange, ...],
+                           version: int | None = None) -> int:
+    """Trie entries destinations x ports stand for; with version (4 or 6), those of that
+    family's trie only."""
+    n = sum(1 for d in destinations if version is None or d.version == version)
+    return n * sum(r.last - r.first + 1 for r in ports)
 
 
 class Resource(Protocol):

@@ -34,6 +34,14 @@ PROTO_NUMBERS = {v: k for k, v in PROTO_NAMES.items()}
 LPM_PREFIX_BITS = 32
 
 
+def address_bytes(address: str) -> bytes:
+    """A literal address in network order: 4 bytes (IPv4) or 16 (a ":" in it: IPv6); the
+    address part of a trie key, whose length says its family."""
+    if ":" in address:
+        return socket.inet_pton(socket.AF_INET6, address)
+    return socket.inet_aton(address)
+
+
 def prefix_text(addr: bytes, prefixlen: int) -> str:
     """A trie key's address prefix (4 bytes: IPv4, 16: IPv6; prefixlen counts the key's
     LPM_PREFIX_BITS too) as CIDR text."""

@@ -210,13 +210,13 @@ class Supervisor:
         """Also called from the daemon's status thread: reads copies, tolerates a listener
         closed meanwhile. Top-level restarts and exits are all workers'; workerPid is the
         first worker's."""
-        listeners, listeners6 = {}, {}
-        for slot, sock in list(self.listeners.socks.items()):
-            with suppress(OSError):
-                listeners[str(slot)] = sock.getsockname()[1]
-        for slot, sock in list(self.listeners.socks6.items()):
-            with suppress(OSError):
-                listeners6[str(slot)] = sock.getsockname()[1]
+        def ports(socks: dict[int, socket.socket]) -> dict[str, int]:
+            out = {}
+            for slot, sock in list(socks.items()):
+                with suppress(OSError):
+                    out[str(slot)] = sock.getsockname()[1]
+            return out
+
         workers = [{"worker": w.index, "pid": w.proc.pid if w.proc else None,
                     "restarts": w.restarts, "lastExit": w.last_exit,
                     "crashLoop": w.quick_deaths >= CRASH_LOOP} for w in self.workers]
@@ -226,8 +226,8 @@ class Supervisor:
                 "workerPids": [w["pid"] for w in workers],
                 "restarts": sum(w.restarts for w in self.workers), "lastExit": last.last_exit,
                 "crashLoop": any(w["crashLoop"] for w in workers), "recentExits": recent,
-                "workers": workers, "listeners": listeners,
-                "listeners6": listeners6}
+                "workers": workers, "listeners": ports(self.listeners.socks),
+                "listeners6": ports(self.listeners.socks6)}
 
     def _write_status(self) -> None:
         text = json.dumps(self.status())

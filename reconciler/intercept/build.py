@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from reconciler.core.model import PROTOCOLS
+from reconciler.core.model import PROTOCOLS, network_order
 from reconciler.intercept.model import Intercept, InterceptRule, Routing
 from reconciler.load.build import DEFAULT_PRIORITY, Spec
-from reconciler.steering.model import network_order
 
 
 def build_intercept(spec: Spec) -> Intercept | None:

@@ -18,6 +18,7 @@ from reconciler.core.tables import (
     Codec,
     Decoded,
     MapSpec,
+    address_bytes,
     by_id,
     prefix_text,
     stamped,
@@ -60,11 +61,9 @@ def ic_rules_table(key: bytes) -> MapSpec:
 def ic_key(ic_id: int, proto: int, port: int, network: str, prefixlen: int) -> bytes:
     """Trie key of (Intercept id, protocol, destination port, prefix) for the prefix's family
     (a ":" in network means IPv6); port 0: any."""
-    if ":" in network:
-        return _IC_KEY6.pack(LPM_PREFIX_BITS + prefixlen, ic_id, proto, socket.htons(port),
-                             socket.inet_pton(socket.AF_INET6, network))
-    return _IC_KEY.pack(LPM_PREFIX_BITS + prefixlen, ic_id, proto, socket.htons(port),
-                        socket.inet_aton(network))
+    addr = address_bytes(network)
+    return (_IC_KEY6 if len(addr) == 16 else _IC_KEY).pack(
+        LPM_PREFIX_BITS + prefixlen, ic_id, proto, socket.htons(port), addr)
 
 
 def ic_rule_value(key: bytes, candidates: list[tuple[int, int, int, int, int]]) -> bytes:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
+from reconciler.core.model import network_order
 from reconciler.load.build import Spec, ms
-from reconciler.steering.model import (
-    HealthCheck,
-    Proxy,
-    backend_address_problem,
-    network_order,
-    split_backend,
-)
+from reconciler.steering.model import HealthCheck, Proxy, backend_address_problem, split_backend
 
 # Every local address of both families: a Proxy steers IPv4 and IPv6 connections unless its
 # destinations say otherwise.

@@ -11,7 +11,7 @@ from reconciler.core.model import destination_port_count
 from reconciler.core.state import DesiredState
 from reconciler.steering import proxyconf
 from reconciler.steering.model import Proxy
-from reconciler.steering.tables import MAX_STEER, PROXY_CONFIG_SIZE
+from reconciler.steering.tables import PROXY_CONFIG_SIZE, STEER, STEER6
 
 
 def _ports(proxy: Proxy) -> set[int]:
@@ -75,15 +75,14 @@ def _proxy_checks(proxies: list[Proxy]) -> list[Finding]:
                                f"the proxy's configuration takes {size} bytes, more than the "
                                f"{PROXY_CONFIG_SIZE - 8} a ps_proxy entry holds; use fewer or "
                                f"shorter backend names", p.ref))
-    for version, table in ((4, "ps_dest"), (6, "ps_dest6")):
-        def count(p: Proxy, version: int = version) -> int:
-            return destination_port_count(
-                tuple(d for d in p.destinations if d.version == version), p.ports)
-        out += over_capacity(proxies, count, MAX_STEER, ("spec", "ports"),
+    for version, table in ((4, STEER), (6, STEER6)):
+        out += over_capacity(proxies, lambda p, v=version: destination_port_count(
+                                 p.destinations, p.ports, v), table.max_entries,
+                             ("spec", "ports"),
                              lambda total, v=version, t=table:
                                  f"ports x IPv{v} destinations of all Proxies make {total} "
-                                 f"steering entries, more than {t}'s {MAX_STEER}; use \"*\" "
-                                 f"or wider prefixes")
+                                 f"steering entries, more than {t.name}'s {t.max_entries}; use "
+                                 f"\"*\" or wider prefixes")
     return out
 
 

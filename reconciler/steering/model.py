@@ -74,11 +74,6 @@ def backend_address_problem(host: str) -> str | None:
     return None
 
 
-def network_order(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int, int]:
-    """Sort key of networks of both families: IPv4 first, then by address and length."""
-    return net.version, int(net.network_address), net.prefixlen
-
-
 def proxy_netns(state: DesiredState) -> str | None:
     """The namespace of the steering link (checks ensure all Proxies share one)."""
     proxies = state.of(Proxy)

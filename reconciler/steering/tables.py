@@ -21,6 +21,7 @@ from reconciler.core.tables import (
     Decoded,
     MapSpec,
     Owners,
+    address_bytes,
     guarded,
     prefix_text,
     slot_key,
@@ -58,11 +59,9 @@ def steer_table(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> MapSp
 def steer_key(port: int, network: str, prefixlen: int, proto: int = 6) -> bytes:
     """Trie key of (proto, port, address prefix) for the prefix's family (a ":" in network
     means IPv6); port 0 is the "*" wildcard."""
-    if ":" in network:
-        return _STEER6_KEY.pack(LPM_PREFIX_BITS + prefixlen, proto, socket.htons(port),
-                                socket.inet_pton(socket.AF_INET6, network))
-    return _STEER_KEY.pack(LPM_PREFIX_BITS + prefixlen, proto, socket.htons(port),
-                           socket.inet_aton(network))
+    addr = address_bytes(network)
+    return (_STEER6_KEY if len(addr) == 16 else _STEER_KEY).pack(
+        LPM_PREFIX_BITS + prefixlen, proto, socket.htons(port), addr)
 
 
 def steer_value(key: bytes, slot: int) -> bytes:

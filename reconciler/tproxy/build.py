@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from reconciler.core.model import network_order
 from reconciler.load.build import Spec
-from reconciler.steering.model import network_order
 from reconciler.tproxy.model import TrafficMatch, TransparentProxy
 
 

@@ -10,13 +10,12 @@ from reconciler.core.model import destination_port_count
 from reconciler.core.state import DesiredState
 from reconciler.steering.model import Proxy
 from reconciler.tproxy.model import TrafficMatch, TransparentProxy
-from reconciler.tproxy.tables import TP_MAX_RULES
+from reconciler.tproxy.tables import TP_RULES, TP_RULES6
 
 
 def rule_entry_count(matches: tuple[TrafficMatch, ...], version: int) -> int:
     """Trie entries of matches in the table of one address family (4 or 6)."""
-    return sum(destination_port_count(tuple(d for d in m.destinations if d.version == version),
-                                      m.ports) for m in matches)
+    return sum(destination_port_count(m.destinations, m.ports, version) for m in matches)
 
 
 def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
@@ -31,15 +30,14 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
                 out.append(Finding(tp.origin, ("spec", "excludeCgroups", i),
                                    f"{c} is the intercepted cgroup itself: nothing would be "
                                    f"intercepted", tp.ref))
-    for version, table in ((4, "tp_rules"), (6, "tp_rules6")):
-        def count(tp: TransparentProxy, version: int = version) -> int:
-            return rule_entry_count(tp.intercept, version) + rule_entry_count(tp.exclude,
-                                                                              version)
-        out += over_capacity(tps, count, TP_MAX_RULES, ("spec", "intercept"),
+    for version, table in ((4, TP_RULES), (6, TP_RULES6)):
+        out += over_capacity(tps, lambda tp, v=version: rule_entry_count(tp.intercept, v)
+                             + rule_entry_count(tp.exclude, v), table.max_entries,
+                             ("spec", "intercept"),
                              lambda total, v=version, t=table:
                                  f"ports x IPv{v} destinations of all TransparentProxies make "
-                                 f"{total} rule entries, more than {t}'s {TP_MAX_RULES}; use "
-                                 f"\"*\" or wider prefixes")
+                                 f"{total} rule entries, more than {t.name}'s {t.max_entries}; "
+                                 f"use \"*\" or wider prefixes")
     return out
 
 

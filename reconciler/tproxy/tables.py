@@ -17,6 +17,7 @@ from reconciler.core.tables import (
     Codec,
     Decoded,
     MapSpec,
+    address_bytes,
     by_id,
     prefix_text,
     slot_key,
@@ -69,11 +70,9 @@ def tp_rules_table(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Ma
 def tp_rule_key(tp_id: int, kind: int, port: int, network: str, prefixlen: int) -> bytes:
     """Trie key of (kind, TransparentProxy id, port, destination prefix) for the prefix's
     family (a ":" in network means IPv6); port 0: any."""
-    if ":" in network:
-        return _TP_RULE6_KEY.pack(LPM_PREFIX_BITS + prefixlen, kind, tp_id, socket.htons(port),
-                                  socket.inet_pton(socket.AF_INET6, network))
-    return _TP_RULE_KEY.pack(LPM_PREFIX_BITS + prefixlen, kind, tp_id, socket.htons(port),
-                             socket.inet_aton(network))
+    addr = address_bytes(network)
+    return (_TP_RULE6_KEY if len(addr) == 16 else _TP_RULE_KEY).pack(
+        LPM_PREFIX_BITS + prefixlen, kind, tp_id, socket.htons(port), addr)
 
 
 def tp_rule_value(key: bytes, tp_id: int) -> bytes:

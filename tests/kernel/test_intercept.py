@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,22 +111,32 @@ class Env:
 
 
 
-@pytest.fixture
-def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
-    tag, base = owned.tag()[:6], owned.name("ic")
-    e = Env(f"{base}-c", f"{base}-s", f"bic{tag}c", pin_root, tmp_path / "desired",
+@contextmanager
+def made_env(tmp_path: Path, pin_root: Path, name: str) -> Iterator[tuple[Env, str]]:
+    """The two namespaces joined by a veth (192.0.2.1 and .2), and the server end's name;
+    everything it made removed after, whatever failed."""
+    tag, base = owned.tag()[:6], owned.name(name)
+    e = Env(f"{base}-c", f"{base}-s", f"b{name}{tag}c", pin_root, tmp_path / "desired",
             tmp_path / "daemon.log")
     try:
-        veth_pair(e.ns, e.server_ns, e.device, f"bic{tag}s", "192.0.2.1/24", "192.0.2.2/24")
+        veth_pair(e.ns, e.server_ns, e.device, f"b{name}{tag}s", "192.0.2.1/24", "192.0.2.2/24")
+        yield e, f"b{name}{tag}s"
+    finally:
+        try:
+            if e.daemon is not None:
+                e.daemon.cleanup()
+        finally:  # whatever went wrong above, the namespaces and servers go
+            teardown(e.procs, (e.ns, e.server_ns))
+
+
+@pytest.fixture
+def env(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
+    with made_env(tmp_path, pin_root, "ic") as (e, _peer):
         for addr in (SERVER, OTHER):
             sh(f"ip -n {e.server_ns} addr add {addr}/32 dev lo")
         sh(f"ip -n {e.ns} route add 203.0.113.0/24 via 192.0.2.2")
         e.procs.append(start_server(e.server_ns, "0.0.0.0", 80, 81, 82))
         yield e
-    finally:
-        if e.daemon is not None:
-            e.daemon.cleanup()
-        teardown(e.procs, (e.ns, e.server_ns))
 
 
 def test_first_match_rules_redirect_pass_and_drop(env: Env) -> None:

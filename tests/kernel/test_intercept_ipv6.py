@@ -32,7 +32,7 @@ from tests.kernel.interception import (
     teardown,
     veth_pair,
 )
-from tests.kernel.test_intercept import Env
+from tests.kernel.test_intercept import Env, made_env
 from tests.kernel.topology import TRAFFIC
 
 SERVER6, OTHER6 = "2001:db8:5::2", "2001:db8:5::3"
@@ -56,24 +56,14 @@ RULES6 = """\
 
 @pytest.fixture
 def env6(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
-    tag, base = owned.tag()[:6], owned.name("ic6")
-    e = Env(f"{base}-c", f"{base}-s", f"bi6{tag}c", pin_root, tmp_path / "desired",
-            tmp_path / "daemon.log")
-    try:
-        veth_pair(e.ns, e.server_ns, e.device, f"bi6{tag}s", "192.0.2.1/24", "192.0.2.2/24")
+    with made_env(tmp_path, pin_root, "i6") as (e, peer):
         sh(f"ip -n {e.ns} -6 addr add 2001:db8::1/64 dev {e.device} nodad")
-        sh(f"ip -n {e.server_ns} -6 addr add 2001:db8::2/64 dev bi6{tag}s nodad")
+        sh(f"ip -n {e.server_ns} -6 addr add 2001:db8::2/64 dev {peer} nodad")
         for addr in (SERVER6, OTHER6):
             sh(f"ip -n {e.server_ns} -6 addr add {addr}/128 dev lo nodad")
         sh(f"ip -n {e.ns} -6 route add 2001:db8:5::/48 via 2001:db8::2")
         e.procs.append(start_server(e.server_ns, "::", 80, 81, 82))
         yield e
-    finally:
-        try:
-            if e.daemon is not None:
-                e.daemon.cleanup()
-        finally:  # whatever went wrong above, the namespaces and servers go
-            teardown(e.procs, (e.ns, e.server_ns))
 
 
 def plumbing6(env: Env) -> tuple[str, str]:

@@ -63,14 +63,17 @@ class Env:
     def apps(self) -> str:
         return f"{self.base}/apps"
 
-    def write(self, cgroup: str = "", ports: str = '"*"', extra: str = "") -> None:
+    def write(self, cgroup: str = "", ports: str = '"*"', extra: str = "",
+              intercept: str = "203.0.113.0/24", excluded: str = f"{SERVER}/32") -> None:
+        """The egress Proxy and a TransparentProxy intercepting intercept (destinations, as
+        YAML's list items) on ports, except excluded on port 81."""
         self.directory.mkdir(exist_ok=True)
         (self.directory / "proxy.yaml").write_text(egress_proxy(self.ns))
         (self.directory / "tp.yaml").write_text(
             "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n"
             f"  id: 3\n  cgroup: {cgroup or self.apps}\n  proxy: egress\n"
-            f"  intercept:\n    - destinations: [203.0.113.0/24]\n      ports: [{ports}]\n"
-            f"  exclude:\n    - destinations: [{SERVER}/32]\n      ports: [81]\n{extra}")
+            f"  intercept:\n    - destinations: [{intercept}]\n      ports: [{ports}]\n"
+            f"  exclude:\n    - destinations: [{excluded}]\n      ports: [81]\n{extra}")
 
     def start(self) -> RunningDaemon:
         self.daemon = start_daemon(self.directory, self.pin_root, self.log)

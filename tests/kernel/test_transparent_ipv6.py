@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.daemonkit import wait_for
-from tests.kernel.interception import egress_proxy, intercepted, sh, start_server
+from tests.kernel.interception import intercepted, sh, start_server
 from tests.kernel.test_transparent import Env, made_env
 
 SERVER6 = "2001:db8::2"  # intercepted on port 80, excluded on 81
@@ -36,14 +36,9 @@ def env6(tmp_path: Path, pin_root: Path) -> Iterator[Env]:
 
 
 def write(env: Env, extra: str = "") -> None:
-    env.directory.mkdir(exist_ok=True)
-    (env.directory / "proxy.yaml").write_text(egress_proxy(env.ns))
-    (env.directory / "tp.yaml").write_text(
-        "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: apps}\nspec:\n"
-        f"  id: 3\n  cgroup: {env.apps}\n  proxy: egress\n"
-        f"  intercept:\n    - destinations: [203.0.113.0/24, '{SERVER6}/128']\n"
-        "      ports: [80, 81]\n"
-        f"  exclude:\n    - destinations: ['{SERVER6}/128']\n      ports: [81]\n{extra}")
+    """Port 80 of SERVER6 (and 203.0.113.0/24) intercepted; port 81 of SERVER6 excluded."""
+    env.write(ports="80, 81", extra=extra, intercept=f"203.0.113.0/24, '{SERVER6}/128'",
+              excluded=f"'{SERVER6}/128'")
 
 
 def tracked6(env: Env) -> list[object]:

@@ -144,7 +144,7 @@ def test_overlap_is_per_family_and_capacity_per_trie(tmp_path: Path) -> None:
 
 
 def test_network_order_puts_ipv4_first() -> None:
-    from reconciler.steering.model import network_order
+    from reconciler.core.model import network_order
     nets = [ipaddress.ip_network(x) for x in ("2001:db8::/32", "198.51.100.0/24", "::/0",
                                               "0.0.0.0/0")]
     assert [str(n) for n in sorted(nets, key=network_order)] == [
