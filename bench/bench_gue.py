@@ -1,7 +1,7 @@
 """GUE data-path benchmark: TCP throughput and small-UDP packet rate through the tunnel versus
 the same veth path without any program, alternating in one run.
 
-    .venv/bin/python bench/bench_gue.py [--rounds 3] [--seconds 5]
+    .venv/bin/python bench/bench_gue.py [--rounds 3] [--seconds 5] [--ipv6]
 
 Topology (tests/kernel/topology.py): client -> gateway -> node over veths, in namespaces.
 Baseline: the client talks to the backend address directly (routed over the same veths, no
@@ -9,7 +9,8 @@ TC program anywhere). Tunnel: the client talks to the Service's proxy endpoint; 
 encapsulates, the node decapsulates and rewrites to the same backend, replies come back
 through the tunnel (standard mode). Each round detaches (apply without the Interface),
 measures the baseline, attaches (apply), measures the tunnel. iperf3 from Debian, bounded by
---seconds per measurement.
+--seconds per measurement. With --ipv6, every round measures IPv6 inside the same IPv4 tunnel
+too (IPv6 Services to an IPv6 backend, the dual-stack topology), right after IPv4.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ import tools  # noqa: E402
 from tests.kernel import owned  # noqa: E402
 from tests.kernel.topology import (  # noqa: E402
     BACKEND,
+    BACKEND6,
     KEYS,
     PROXY,
+    PROXY6,
     gue_topology,
     service_doc,
     write_gateway,
@@ -67,12 +70,18 @@ def iperf(ns: str, target: str, seconds: float, udp: bool) -> float:
     return out["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
-def prepare(d: Path, write, net, **kw) -> Path:
-    """One end's directory with a TCP and a UDP Service on the iperf3 port."""
+def prepare(d: Path, write, net, ipv6: bool, **kw) -> Path:
+    """One end's directory with a TCP and a UDP Service on the iperf3 port (and their IPv6
+    twins where ipv6)."""
     write(d, net, **kw)
     (d / "service.yaml").write_text(service_doc(proxy_port=PORT, backend_port=PORT))
     (d / "udp.yaml").write_text(service_doc("iperf-udp", sid=2, protocol="udp", proxy_port=PORT,
                                             backend_port=PORT))
+    if ipv6:
+        (d / "service6.yaml").write_text(service_doc("iperf6", sid=6, proxy_port=PORT,
+                                                     backend_port=PORT, ipv6=True))
+        (d / "udp6.yaml").write_text(service_doc("iperf6-udp", sid=7, protocol="udp",
+                                                 proxy_port=PORT, backend_port=PORT, ipv6=True))
     return d
 
 
@@ -81,6 +90,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--smoke", action="store_true", help="one round of 1 s runs (CI)")
+    ap.add_argument("--ipv6", action="store_true", help="IPv6 inside the tunnel too")
     args = ap.parse_args()
     if args.smoke:
         args.rounds, args.seconds = 1, 1
@@ -88,28 +98,37 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     gw_root, node_root = (Path(f"/sys/fs/bpf/bpfsync-bench-{x}-{tag}") for x in ("gw", "node"))
     tmp = Path(tempfile.mkdtemp(prefix="bpfsync-bench-"))
-    results: dict[str, list[float]] = {k: [] for k in ("tcp_base", "tcp_tun", "udp_base",
-                                                       "udp_tun")}
+    families = {"IPv4": (BACKEND[0], PROXY[0])}
+    if args.ipv6:
+        families["IPv6"] = (BACKEND6[0], PROXY6[0])
+    results: dict[str, list[float]] = {f"{f} {k}": [] for f in families for k in (
+        "tcp_base", "tcp_tun", "udp_base", "udp_tun")}
     try:
-        with gue_topology() as net:
+        with gue_topology(args.ipv6) as net:
             net.run(net.gw, f"ip route add {BACKEND[0]}/32 via 192.0.2.2 dev g1")
-            gdir = prepare(tmp / "gw", write_gateway, net,
+            if args.ipv6:
+                net.run(net.gw, f"ip -6 route add {BACKEND6[0]}/128 via 2001:db8:1::2 dev g1")
+            gdir = prepare(tmp / "gw", write_gateway, net, args.ipv6,
                            remote="{address: 192.0.2.2, port: 6080}")
-            ndir = prepare(tmp / "node", write_node, net)
-            server = net.spawn(net.node, [tools.tool("iperf3"), "-s", "-B", BACKEND[0], "-p", str(PORT)])
+            ndir = prepare(tmp / "node", write_node, net, args.ipv6)
+            servers = [net.spawn(net.node, [tools.tool("iperf3"), "-s", "-B", backend, "-p",
+                                            str(PORT)]) for backend, _ in families.values()]
             for _ in range(args.rounds):
                 for d, root in ((gdir, gw_root), (ndir, node_root)):
                     (d / "interface.yaml").rename(d / "interface.off")
                     bpfsync("apply", "-q", str(d), root=root)  # detached: baseline path
-                results["tcp_base"].append(iperf(net.client, BACKEND[0], args.seconds, False))
-                results["udp_base"].append(iperf(net.client, BACKEND[0], args.seconds, True))
+                for f, (backend, _) in families.items():
+                    results[f"{f} tcp_base"].append(iperf(net.client, backend, args.seconds, False))
+                    results[f"{f} udp_base"].append(iperf(net.client, backend, args.seconds, True))
                 for d, root in ((gdir, gw_root), (ndir, node_root)):
                     (d / "interface.off").rename(d / "interface.yaml")
                     bpfsync("apply", "-q", str(d), root=root)
-                results["tcp_tun"].append(iperf(net.client, PROXY[0], args.seconds, False))
-                results["udp_tun"].append(iperf(net.client, PROXY[0], args.seconds, True))
+                for f, (_, proxy) in families.items():
+                    results[f"{f} tcp_tun"].append(iperf(net.client, proxy, args.seconds, False))
+                    results[f"{f} udp_tun"].append(iperf(net.client, proxy, args.seconds, True))
             stats = json.loads(bpfsync("get", "stats", "-o", "json", root=gw_root))
-            net.stop(server)
+            for server in servers:
+                net.stop(server)
     finally:
         shutil.rmtree(gw_root, ignore_errors=True)
         shutil.rmtree(node_root, ignore_errors=True)
@@ -117,14 +136,16 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"rounds: {args.rounds} x {args.seconds:g} s per measurement")
-    print("| path | TCP Gbit/s (median; all) | UDP 64-byte packets/s (median; all) |")
-    print("|---|---:|---:|")
-    for label, t, u in (("veth path, no program", "tcp_base", "udp_base"),
-                        ("GUE tunnel (standard mode)", "tcp_tun", "udp_tun")):
-        print(f"| {label} | {med[t]:.2f} ({', '.join(f'{x:.2f}' for x in results[t])}) | "
-              f"{med[u]:,.0f} ({', '.join(f'{x:,.0f}' for x in results[u])}) |")
-    print(f"| tunnel / no program | **{med['tcp_tun'] / med['tcp_base']:.2f}** | "
-          f"**{med['udp_tun'] / med['udp_base']:.2f}** |")
+    print("| inside | path | TCP Gbit/s (median; all) | UDP 64-byte packets/s (median; all) |")
+    print("|---|---|---:|---:|")
+    for f in families:
+        for label, t, u in (("veth path, no program", "tcp_base", "udp_base"),
+                            ("GUE tunnel (standard mode)", "tcp_tun", "udp_tun")):
+            t, u = f"{f} {t}", f"{f} {u}"
+            print(f"| {f} | {label} | {med[t]:.2f} ({', '.join(f'{x:.2f}' for x in results[t])})"
+                  f" | {med[u]:,.0f} ({', '.join(f'{x:,.0f}' for x in results[u])}) |")
+        print(f"| {f} | tunnel / no program | **{med[f'{f} tcp_tun'] / med[f'{f} tcp_base']:.2f}**"
+              f" | **{med[f'{f} udp_tun'] / med[f'{f} udp_base']:.2f}** |")
     print("gateway counters: " + ", ".join(f"{k}={v}" for k, v in stats.items() if v))
 
 

@@ -15,6 +15,7 @@
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/udp.h>
 #include "trueingress.h"
@@ -35,6 +36,10 @@
 #define TI_OUTER_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + \
                       sizeof(struct ti_gue_hdr) + sizeof(struct ti_gue_data))
 #define TI_SPORT_BASE 49152
+#define TI_IP6_HLEN 40
+/* Kernel 6.3's bpf_skb_adjust_room flag (uapi/linux/bpf.h); the headers BCC compiles against
+ * may be older than the kernel.  It sets skb->protocol to IPv6 after the outer IPv4 goes. */
+#define TI_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 
 /* BCC's helpers.h declares the pre-5.11 three-argument form of this helper. */
 static long (*ti_redirect_neigh)(u32 ifindex, struct bpf_redir_neigh *params, int plen,
@@ -56,6 +61,12 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, ti_stats, TI_STATS_SLOTS, TI_PIN_DIR 
 BPF_TABLE_PINNED("hash", struct ti_next_key, struct ti_next, ti_next, TI_MAX_SERVICES,
                  TI_PIN_DIR "ti_next");
 BPF_TABLE_PINNED("hash", u32, struct ti_fresh, ti_fresh, TI_MAX_TUNNELS, TI_PIN_DIR "ti_fresh");
+BPF_TABLE_PINNED("hash", struct ti_endpoint6, struct ti_service, ti_encap6, TI_MAX_SERVICES,
+                 TI_PIN_DIR "ti_encap6");
+BPF_TABLE_PINNED("hash", struct ti_sid, struct ti_verify6, ti_verify6, TI_MAX_SERVICES,
+                 TI_PIN_DIR "ti_verify6");
+BPF_TABLE_PINNED("hash", struct ti_endpoint6, struct ti_reply6, ti_reply6, TI_MAX_SERVICES,
+                 TI_PIN_DIR "ti_reply6");
 
 /* Declared here: BCC's helpers.h may predate it (kernel 6.1). */
 static u64 (*ti_ktime_get_tai_ns)(void) = (void *)BPF_FUNC_ktime_get_tai_ns;
@@ -174,18 +185,61 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct iphdr *ip, int 
     return 0;
 }
 
+/* Rewrite one address and port of the IPv6 packet at ETH_HLEN (dst when is_dst, else src),
+ * its L4 header right after the fixed header (proto TCP or UDP, checked by the caller).
+ * IPv6 has no header checksum; the L4 checksum covers the addresses (pseudo header). */
+static __always_inline int rewrite6(struct __sk_buff *skb, u8 proto, int is_dst, const u8 *addr,
+                                    __be16 port)
+{
+    u32 l4 = ETH_HLEN + TI_IP6_HLEN;
+    u32 addr_off = ETH_HLEN + (is_dst ? offsetof(struct ipv6hdr, daddr)
+                                      : offsetof(struct ipv6hdr, saddr));
+    u32 port_off = l4 + (is_dst ? 2 : 0);
+    u32 csum_off = l4 + (proto == IPPROTO_TCP ? 16 : 6);
+    u64 mangled = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+    __be32 old[4], new[4];
+    __be16 old_port;
+    __builtin_memcpy(new, addr, 16);
+    if (bpf_skb_load_bytes(skb, addr_off, old, 16) || bpf_skb_load_bytes(skb, port_off, &old_port, 2))
+        return -1;
+    s64 diff = bpf_csum_diff(old, 16, new, 16, 0);
+    if (diff < 0)
+        return -1;
+    if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled) ||
+        bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled | 2) ||
+        bpf_skb_store_bytes(skb, port_off, &port, 2, 0) ||
+        bpf_skb_store_bytes(skb, addr_off, new, 16, 0))
+        return -1;
+    return 0;
+}
+
 /* Flow hash of the inner 5-tuple for the outer UDP source port: stable per flow, spread
  * across flows (ECMP).  Cheaper than bpf_get_hash_recalc, which runs the flow dissector. */
-static __always_inline u32 flow_hash(struct iphdr *ip, u32 ports)
+static __always_inline u32 flow_hash(u32 saddr, u32 daddr, u32 ports, u8 proto)
 {
-    u32 h = ip->saddr * 0x9e3779b1u;
-    h ^= ip->daddr + 0x7f4a7c15u + (h << 6) + (h >> 2);
-    h ^= ports + ip->protocol + 0x165667b1u + (h << 6) + (h >> 2);
+    u32 h = saddr * 0x9e3779b1u;
+    h ^= daddr + 0x7f4a7c15u + (h << 6) + (h >> 2);
+    h ^= ports + proto + 0x165667b1u + (h << 6) + (h >> 2);
     return h ^ (h >> 15);
 }
 
-/* Encapsulate the IPv4 packet at ETH_HLEN into GUE for tunnel tunnel_id. */
-static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, u32 ports,
+/* The same for an IPv6 packet: each address folded to 32 bits first. */
+static __always_inline u32 flow_hash6(const struct ipv6hdr *ip6, u32 ports)
+{
+    const u32 *s = (const u32 *)&ip6->saddr, *d = (const u32 *)&ip6->daddr;
+    return flow_hash(s[0] ^ s[1] ^ s[2] ^ s[3], d[0] ^ d[1] ^ d[2] ^ d[3], ports, ip6->nexthdr);
+}
+
+/* What encap needs of the inner packet at ETH_HLEN, either family. */
+struct ti_inner {
+    u32 len;      /* its total length in bytes */
+    u32 hash;     /* flow hash (outer UDP source port) */
+    u8 tos;       /* IPv4 TOS or IPv6 traffic class, copied to the outer header */
+    u8 gue_proto; /* IPPROTO_IPIP or IPPROTO_IPV6 */
+};
+
+/* Encapsulate the IP packet at ETH_HLEN into GUE for tunnel tunnel_id. */
+static __always_inline int encap(struct __sk_buff *skb, const struct ti_inner *inner,
                                  __be32 tunnel_id, struct ti_sid sid, const u8 *key)
 {
     u32 tid = tunnel_id;
@@ -205,7 +259,7 @@ static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, u32
         return count(TI_STAT_DROP_NO_REMOTE, TC_ACT_SHOT);
 
     struct ti_outer h = {};
-    u32 total = bpf_ntohs(inner->tot_len) + TI_OUTER_LEN;
+    u32 total = inner->len + TI_OUTER_LEN;
     if (total > 0xffff) /* a GSO packet: segmentation rewrites the outer lengths */
         total = 0xffff;
     h.ip.version = 4;
@@ -218,12 +272,12 @@ static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, u32
     h.ip.saddr = t->local_addr;
     h.ip.daddr = raddr;
     h.ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&h.ip, sizeof(h.ip), 0));
-    h.udp.source = bpf_htons(TI_SPORT_BASE | (flow_hash(inner, ports) & 0x3fff));
+    h.udp.source = bpf_htons(TI_SPORT_BASE | (inner->hash & 0x3fff));
     h.udp.dest = rport;
     h.udp.len = bpf_htons(total - sizeof(struct iphdr));
     h.udp.check = 0; /* allowed for IPv4; the inner packet keeps its own checksum */
     h.gue.vch = TI_GUE_DATA_HLEN;
-    h.gue.proto = IPPROTO_IPIP;
+    h.gue.proto = inner->gue_proto;
     h.data.tunnel_id = tunnel_id;
     h.data.sid = sid;
     __builtin_memcpy(h.data.key, key, TI_KEY_LEN);
@@ -233,6 +287,11 @@ static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, u32
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
     if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0))
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    if (inner->gue_proto == IPPROTO_IPV6) { /* adjust_room made skb->protocol IPv4 */
+        __be16 type = bpf_htons(ETH_P_IP);
+        if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &type, 2, 0))
+            return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    }
     count(TI_STAT_ENCAP, 0);
 #if TI_FIB
     struct bpf_fib_lookup fib = {};
@@ -262,10 +321,55 @@ static __always_inline int encap(struct __sk_buff *skb, struct iphdr *inner, u32
 #endif
 }
 
+/* IPv6: only a TCP or UDP header right after the fixed header is looked at; a packet with
+ * extension headers is not the data path's (passed, as the IPv4 path passes fragments). */
+static __always_inline int egress6(struct __sk_buff *skb)
+{
+    struct ipv6hdr ip6;
+    __be16 ports[2];
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) || ip6.version != 6 ||
+        (ip6.nexthdr != IPPROTO_TCP && ip6.nexthdr != IPPROTO_UDP) ||
+        bpf_skb_load_bytes(skb, ETH_HLEN + TI_IP6_HLEN, ports, sizeof(ports)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_inner in = {.len = bpf_ntohs(ip6.payload_len) + TI_IP6_HLEN,
+                          .tos = (ip6.priority << 4) | (ip6.flow_lbl[0] >> 4),
+                          .gue_proto = IPPROTO_IPV6};
+#if TI_ROLE_NODE
+    struct ti_endpoint6 src = {.port = ports[0], .proto = ip6.nexthdr};
+    __builtin_memcpy(src.addr, &ip6.saddr, 16);
+    struct ti_reply6 *r = ti_reply6.lookup(&src);
+    if (!r)
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_reply6 reply = *r;
+    if (rewrite6(skb, ip6.nexthdr, 0, reply.proxy.addr, reply.proxy.port))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    count(TI_STAT_REPLY_NAT, 0);
+#if TI_REPLIES_TUNNEL
+    __builtin_memcpy(&ip6.saddr, reply.proxy.addr, 16);
+    ports[0] = reply.proxy.port;
+    in.hash = flow_hash6(&ip6, *(u32 *)ports);
+    return encap(skb, &in, reply.tunnel_id, reply.sid, reply.key);
+#else
+    return TC_ACT_OK;
+#endif
+#else
+    struct ti_endpoint6 dst = {.port = ports[1], .proto = ip6.nexthdr};
+    __builtin_memcpy(dst.addr, &ip6.daddr, 16);
+    struct ti_service *s = ti_encap6.lookup(&dst);
+    if (!s)
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_service svc = *s;
+    in.hash = flow_hash6(&ip6, *(u32 *)ports);
+    return encap(skb, &in, svc.tunnel_id, svc.sid, svc.key);
+#endif
+}
+
 int ti_egress(struct __sk_buff *skb)
 {
     struct iphdr ip;
     __be16 ports[2];
+    if (skb->protocol == bpf_htons(ETH_P_IPV6))
+        return egress6(skb);
     if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
         return count(TI_STAT_PASS, TC_ACT_OK);
     if (ip.version != 4 || ip.ihl < 5 || (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP))
@@ -284,8 +388,11 @@ int ti_egress(struct __sk_buff *skb)
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
     count(TI_STAT_REPLY_NAT, 0);
 #if TI_REPLIES_TUNNEL
-    ip.saddr = reply.proxy.addr;
-    return encap(skb, &ip, *(u32 *)ports, reply.tunnel_id, reply.sid, reply.key);
+    ports[0] = reply.proxy.port;
+    struct ti_inner in = {.len = bpf_ntohs(ip.tot_len), .tos = ip.tos, .gue_proto = IPPROTO_IPIP,
+                          .hash = flow_hash(reply.proxy.addr, ip.daddr, *(u32 *)ports,
+                                            ip.protocol)};
+    return encap(skb, &in, reply.tunnel_id, reply.sid, reply.key);
 #else
     return TC_ACT_OK;
 #endif
@@ -295,7 +402,9 @@ int ti_egress(struct __sk_buff *skb)
     if (!s)
         return count(TI_STAT_PASS, TC_ACT_OK);
     struct ti_service svc = *s;
-    return encap(skb, &ip, *(u32 *)ports, svc.tunnel_id, svc.sid, svc.key);
+    struct ti_inner in = {.len = bpf_ntohs(ip.tot_len), .tos = ip.tos, .gue_proto = IPPROTO_IPIP,
+                          .hash = flow_hash(ip.saddr, ip.daddr, *(u32 *)ports, ip.protocol)};
+    return encap(skb, &in, svc.tunnel_id, svc.sid, svc.key);
 #endif
 }
 
@@ -341,6 +450,101 @@ static __always_inline int ping(struct __sk_buff *skb, struct iphdr *ip, struct 
     return count(TI_STAT_PING, TC_ACT_SHOT); /* consumed: pings are for the data path only */
 }
 
+/* 0 when a data packet for tunnel_id may arrive at this endpoint from ip's source, else the
+ * counter of why not.  Only the tunnel's far end may send into it: its fixed or learned remote
+ * address (the port is the sender's flow hash, not the remote's port). */
+static __always_inline int tunnel_refuses(const struct iphdr *ip, const struct udphdr *udp,
+                                          __be32 tunnel_id)
+{
+    u32 tid = tunnel_id;
+    struct ti_tunnel *t = ti_tunnel.lookup(&tid);
+    if (!t || t->local_addr != ip->daddr || t->local_port != udp->dest)
+        return TI_STAT_DROP_NO_TUNNEL;
+    __be32 remote = t->remote_addr;
+    if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
+        struct ti_learned *l = ti_learned.lookup(&tid);
+        if (!l)
+            return TI_STAT_DROP_NO_REMOTE;
+        remote = l->remote_addr;
+    }
+    return ip->saddr == remote ? 0 : TI_STAT_DROP_BAD_SOURCE;
+}
+
+/* 0 when data packet d may be decapsulated for its service, else the counter of why not, in
+ * this order: the tunnel (tunnel_refuses), the service (first: its TI_VERIFY/TI_VERIFY6 key,
+ * NULL when unknown), the key: the service's first slot or, while keys rotate, its TI_NEXT. */
+static __always_inline int data_refuses(const struct iphdr *ip, const struct udphdr *udp,
+                                        const struct ti_gue_data *d, const u8 *first)
+{
+    int refused = tunnel_refuses(ip, udp, d->tunnel_id);
+    if (refused)
+        return refused;
+    if (!first)
+        return TI_STAT_DROP_NO_SERVICE;
+    if (key_equal(first, d->key))
+        return 0;
+    __be32 sid;
+    __builtin_memcpy(&sid, &d->sid, sizeof(sid));
+    const u8 *next = next_key(TI_NEXT_SERVICE, sid);
+    return next && key_equal(next, d->key) ? 0 : TI_STAT_DROP_BAD_KEY;
+}
+
+/* Gateway: the decapsulated packet's source endpoint is the proxy endpoint of the service
+ * and tunnel its GUE header names (s: that endpoint's TI_ENCAP/TI_ENCAP6 entry or NULL). */
+static __always_inline int reply_of_service(const struct ti_service *s, const struct ti_gue_data *d)
+{
+    return s && s->tunnel_id == d->tunnel_id && s->sid.group_id == d->sid.group_id &&
+           s->sid.service_id == d->sid.service_id;
+}
+
+/* A data packet with IPv6 inside (GUE proto 41): the same checks as IPv4's, against the
+ * IPv6 tables.  Only a TCP or UDP header directly after the inner fixed header is accepted
+ * (no extension headers): the node rewrites its ports, the gateway checks them. */
+static __always_inline int decap6(struct __sk_buff *skb, const struct iphdr *ip,
+                                  const struct udphdr *udp, u32 off, u32 udp_len)
+{
+    struct {
+        struct ti_gue_data d;
+        struct ipv6hdr inner;
+        __be16 ports[2];
+    } __attribute__((packed)) b;
+    u32 inner_off = off + sizeof(struct ti_gue_hdr) + sizeof(b.d);
+    if (bpf_skb_load_bytes(skb, off + sizeof(struct ti_gue_hdr), &b, sizeof(b)))
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    struct ti_gue_data d = b.d;
+    if (b.inner.version != 6 || bpf_ntohs(b.inner.payload_len) + TI_IP6_HLEN +
+                                    (inner_off - ETH_HLEN - ip->ihl * 4) > udp_len)
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    struct ti_verify6 *v = ti_verify6.lookup(&d.sid);
+    int refused = data_refuses(ip, udp, &d, v ? v->key : 0);
+    if (refused || !v)
+        return count(refused, TC_ACT_SHOT);
+#if TI_ROLE_NODE
+    struct ti_endpoint6 backend = v->backend;
+    if (b.inner.nexthdr != backend.proto)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+#else
+    struct ti_endpoint6 src = {.port = b.ports[0], .proto = b.inner.nexthdr};
+    __builtin_memcpy(src.addr, &b.inner.saddr, 16);
+    if ((b.inner.nexthdr != IPPROTO_TCP && b.inner.nexthdr != IPPROTO_UDP) ||
+        !reply_of_service(ti_encap6.lookup(&src), &d))
+        return count(TI_STAT_DROP_BAD_INNER, TC_ACT_SHOT);
+#endif
+    if (bpf_skb_adjust_room(skb, -(s32)(inner_off - ETH_HLEN), BPF_ADJ_ROOM_MAC,
+                            TI_ADJ_ROOM_DECAP_L3_IPV6))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    __be16 type = bpf_htons(ETH_P_IPV6);
+    if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &type, 2, 0))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+#if TI_ROLE_NODE
+    if (rewrite6(skb, backend.proto, 1, backend.addr, backend.port))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    count(TI_STAT_DNAT, 0);
+#endif
+    count(TI_STAT_DECAP, 0);
+    return TC_ACT_OK;
+}
+
 int ti_ingress(struct __sk_buff *skb)
 {
     struct iphdr ip;
@@ -376,12 +580,16 @@ int ti_ingress(struct __sk_buff *skb)
     if (g.vch & 0x20)
         return ping(skb, &ip, &udp, off, hlen, &g);
 
+    if (g.flags || hlen != TI_GUE_DATA_HLEN)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+    if (g.proto == IPPROTO_IPV6)
+        return decap6(skb, &ip, &udp, off, udp_len);
+    if (g.proto != IPPROTO_IPIP)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
     struct {
         struct ti_gue_data d;
         struct iphdr inner;
     } __attribute__((packed)) b; /* one load for private data and inner header */
-    if (g.proto != IPPROTO_IPIP || g.flags || hlen != TI_GUE_DATA_HLEN)
-        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
     u32 inner_off = off + sizeof(g) + sizeof(b.d);
     if (bpf_skb_load_bytes(skb, off + sizeof(g), &b, sizeof(b)))
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
@@ -390,31 +598,10 @@ int ti_ingress(struct __sk_buff *skb)
     if (inner.version != 4 || inner.ihl < 5 ||
         bpf_ntohs(inner.tot_len) + (inner_off - ETH_HLEN - ihl) > udp_len)
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
-    u32 tid = d.tunnel_id;
-    struct ti_tunnel *t = ti_tunnel.lookup(&tid);
-    if (!t || t->local_addr != ip.daddr || t->local_port != udp.dest)
-        return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
-    /* Only the tunnel's far end may send into it: its fixed or learned remote address (the
-     * port is the sender's flow hash, not the remote's port). */
-    __be32 remote = t->remote_addr;
-    if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
-        struct ti_learned *l = ti_learned.lookup(&tid);
-        if (!l)
-            return count(TI_STAT_DROP_NO_REMOTE, TC_ACT_SHOT);
-        remote = l->remote_addr;
-    }
-    if (ip.saddr != remote)
-        return count(TI_STAT_DROP_BAD_SOURCE, TC_ACT_SHOT);
     struct ti_verify *v = ti_verify.lookup(&d.sid);
-    if (!v)
-        return count(TI_STAT_DROP_NO_SERVICE, TC_ACT_SHOT);
-    if (!key_equal(v->key, d.key)) { /* while rotating, the second key is accepted too */
-        __be32 sid;
-        __builtin_memcpy(&sid, &d.sid, sizeof(sid));
-        const u8 *next = next_key(TI_NEXT_SERVICE, sid);
-        if (!next || !key_equal(next, d.key))
-            return count(TI_STAT_DROP_BAD_KEY, TC_ACT_SHOT);
-    }
+    int refused = data_refuses(&ip, &udp, &d, v ? v->key : 0);
+    if (refused || !v) /* (!v implies refused: the verifier needs it said) */
+        return count(refused, TC_ACT_SHOT);
 #if TI_ROLE_NODE
     struct ti_endpoint backend = v->backend;
     if (inner.protocol != backend.proto)
@@ -427,9 +614,7 @@ int ti_ingress(struct __sk_buff *skb)
         bpf_skb_load_bytes(skb, inner_off + inner.ihl * 4, iports, sizeof(iports)))
         return count(TI_STAT_DROP_BAD_INNER, TC_ACT_SHOT);
     struct ti_endpoint src = {.addr = inner.saddr, .port = iports[0], .proto = inner.protocol};
-    struct ti_service *s = ti_encap.lookup(&src);
-    if (!s || s->tunnel_id != d.tunnel_id || s->sid.group_id != d.sid.group_id ||
-        s->sid.service_id != d.sid.service_id)
+    if (!reply_of_service(ti_encap.lookup(&src), &d))
         return count(TI_STAT_DROP_BAD_INNER, TC_ACT_SHOT);
 #endif
 

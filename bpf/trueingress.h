@@ -55,6 +55,15 @@ struct ti_endpoint {
     __u8 pad;
 };
 
+/* An IPv6 endpoint 3-tuple: the proxy endpoints and backends of IPv6 Services (TI_ENCAP6
+ * key, TI_VERIFY6 and TI_REPLY6).  20 bytes, no implicit padding. */
+struct ti_endpoint6 {
+    __u8 addr[16];
+    __be16 port;
+    __u8 proto;
+    __u8 pad;
+};
+
 /* Service identifier, carried in the GUE header. */
 struct ti_sid {
     __be16 group_id;
@@ -85,6 +94,25 @@ struct ti_verify {
  * encapsulated to the service's tunnel.  36 bytes. */
 struct ti_reply {
     struct ti_endpoint proxy;
+    __be32 tunnel_id;
+    struct ti_sid sid;
+    __u8 key[TI_KEY_LEN];
+    __be32 stamp;
+};
+
+/* IPv6 Services (IPv6 inside the tunnel, GUE proto 41, over the tunnel's IPv4 underlay):
+ * TI_ENCAP6 is keyed by the proxy endpoint (struct ti_endpoint6) with a struct ti_service
+ * value; TI_VERIFY6 by the service id with the value below (40 bytes); TI_REPLY6 by the
+ * backend endpoint with the value below (48 bytes).  A service id lives in TI_VERIFY or
+ * TI_VERIFY6, never both: the GUE header's proto says which one a packet is checked against. */
+struct ti_verify6 {
+    __u8 key[TI_KEY_LEN];
+    struct ti_endpoint6 backend;
+    __be32 stamp;
+};
+
+struct ti_reply6 {
+    struct ti_endpoint6 proxy;
     __be32 tunnel_id;
     struct ti_sid sid;
     __u8 key[TI_KEY_LEN];
@@ -142,7 +170,7 @@ struct ti_learned {
 /* GUE wire format: the 4-byte base header, then private data whose length Hlen counts. */
 struct ti_gue_hdr {
     __u8 vch;       /* version (2 bits, 0) | C (1 bit) | Hlen (5 bits) */
-    __u8 proto;     /* data: inner IP protocol (4, IPv4); control: ctype */
+    __u8 proto;     /* data: inner IP protocol (4 IPv4, 41 IPv6); control: ctype */
     __be16 flags;   /* no extension fields are used: always 0 */
 };
 

@@ -99,13 +99,18 @@ class Resource(Protocol):
 
 
 @lru_cache(maxsize=65536)
-def unicast_problem(address: str) -> str | None:
-    """Why address cannot be a tunnel or service endpoint, or None. Cached: addresses repeat
-    across thousands of services."""
+def unicast_problem(address: str, ipv6: bool = False) -> str | None:
+    """Why address cannot be a tunnel or service endpoint, or None; IPv6 addresses only where
+    ipv6. Cached: addresses repeat across thousands of services."""
     try:
-        ip = ipaddress.IPv4Address(address)
+        ip = ipaddress.ip_address(address) if ipv6 else ipaddress.IPv4Address(address)
     except ValueError:
-        return f"{address!r} is not an IPv4 address"
+        return f"{address[:48]!r} is not an IPv4{' or IPv6' if ipv6 else ''} address"
     if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
         return f"{address} is not a unicast address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"{address} is IPv4-mapped: such packets travel as IPv4; write {ip.ipv4_mapped}"
+        if ip.is_link_local:
+            return f"{address} is link-local: it needs an interface scope, which endpoints lack"
     return None

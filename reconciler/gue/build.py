@@ -3,6 +3,7 @@ the parallel loader."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from reconciler.core.model import Endpoint, Origin
@@ -39,14 +40,29 @@ def build_tunnel(spec: Spec) -> Tunnel | None:
 
 def build_service(spec: Spec) -> Service | None:
     proxy, backend = spec.endpoint(spec["proxy"]), spec.endpoint(spec["backend"])
-    spec.unicast(("proxy", "address"), proxy.address)
-    spec.unicast(("backend", "address"), backend.address)
+    ok = (spec.unicast(("proxy", "address"), proxy.address, ipv6=True)
+          & spec.unicast(("backend", "address"), backend.address, ipv6=True))
+    if ok:  # one spelling per address: uniqueness is checked on the text
+        proxy, backend = _canonical(proxy), _canonical(backend)
+        if (":" in proxy.address) != (":" in backend.address):
+            spec.problem(("backend", "address"),
+                         f"backend {backend.address} and proxy {proxy.address} are of different "
+                         f"families: the node rewrites the inner packet's destination, it does "
+                         f"not translate between IPv4 and IPv6")
     key, source = spec.key()
     nxt = spec.next_key(key)
     if spec.bad or key is None:
         return None
     return Service(spec.name, spec["groupId"], spec["serviceId"], spec.get("protocol", "tcp"),
                    proxy, backend, spec["tunnel"], key, source, spec.origin, nxt)
+
+
+def _canonical(ep: Endpoint) -> Endpoint:
+    """An IPv6 endpoint's address in its compressed lower-case form (2001:DB8:0::1 is
+    2001:db8::1); IPv4 addresses have one form already."""
+    if ":" not in ep.address:
+        return ep
+    return Endpoint(str(ipaddress.IPv6Address(ep.address)), ep.port)
 
 
 def build_interface(spec: Spec) -> Interface:

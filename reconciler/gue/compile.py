@@ -11,7 +11,8 @@ from reconciler.gue.model import Service, Tunnel, has_node_role
 from reconciler.load.secrets import Secret
 
 Compiled = list[tuple[MapSpec, bytes, bytes]]
-SERVICE_TABLES = (gt.ENCAP, gt.VERIFY, gt.REPLY, gt.NEXT_KEY_TABLE)
+SERVICE_TABLES = (gt.ENCAP, gt.VERIFY, gt.REPLY, gt.ENCAP6, gt.VERIFY6, gt.REPLY6,
+                  gt.NEXT_KEY_TABLE)
 
 
 class ServiceMemo:
@@ -60,12 +61,13 @@ def _service_entries(svc: Service, tunnel_id: int, node: bool) -> Compiled:
     vkey = gt.sid_key(svc.group_id, svc.service_id)
     backend = gt.endpoint_key(svc.backend.address, svc.backend.port, proto)
     first, second = accepted_slots(svc.key, svc.next_key)
-    out = [(gt.ENCAP, ekey, gt.encap_value(ekey, tunnel_id, svc.group_id, svc.service_id,
-                                         svc.key)),
-           (gt.VERIFY, vkey, gt.verify_value(vkey, first, backend))]
+    encap, verify, reply = gt.service_tables(":" in svc.proxy.address)
+    out = [(encap, ekey, gt.encap_value(ekey, tunnel_id, svc.group_id, svc.service_id,
+                                        svc.key)),
+           (verify, vkey, gt.verify_value(vkey, first, backend))]
     if node:  # only a node reverse-NATs replies; a gateway needs no entry
-        out.append((gt.REPLY, backend, gt.reply_value(backend, ekey, tunnel_id, svc.group_id,
-                                                    svc.service_id, svc.key)))
+        out.append((reply, backend, gt.reply_value(backend, ekey, tunnel_id, svc.group_id,
+                                                   svc.service_id, svc.key)))
     if second is not None:  # accepted beside the key while keys rotate
         nkey = gt.next_key(gt.NEXT_SERVICE, vkey)
         out.append((gt.NEXT_KEY_TABLE, nkey, gt.next_value(nkey, second)))

@@ -21,8 +21,9 @@ from reconciler.names.tables import Names
 
 
 def _ep(text: str) -> dict[str, Any]:
+    """address:port or [IPv6 address]:port as an endpoint document."""
     address, port = text.rsplit(":", 1)
-    return {"address": address, "port": int(port)}
+    return {"address": address.strip("[]"), "port": int(port)}
 
 
 def _named(names: Names, ref: str, status: dict[str, Any]) -> str:
@@ -69,12 +70,12 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
 
 
 def services(observed: Observed, keys_dir: Path | None = None) -> list[dict[str, Any]]:
-    verify = {k: gt.CODECS[gt.VERIFY.name].decode_value(v)
-              for k, v in observed.get(gt.VERIFY.name, {}).items()}
+    verify = {k: gt.CODECS[spec.name].decode_value(v)  # a service id is in one of the two
+              for spec in (gt.VERIFY, gt.VERIFY6) for k, v in observed.get(spec.name, {}).items()}
     out = []
     seen: set[bytes] = set()
     names = Names(observed)
-    encap = observed.get(gt.ENCAP.name, {})
+    encap = {**observed.get(gt.ENCAP.name, {}), **observed.get(gt.ENCAP6.name, {})}
     for key, value in sorted(encap.items(), key=lambda kv: (kv[1][4:8], kv[0])):
         proxy = gt.decode_endpoint(key)
         e = gt.CODECS[gt.ENCAP.name].decode_value(value)

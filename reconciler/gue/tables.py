@@ -38,6 +38,10 @@ DECAP = MapSpec("ti_decap", 8, 4, MAX_DECAP, "Tunnel")
 VERIFY = MapSpec("ti_verify", 4, 32, MAX_SERVICES, "Service")
 ENCAP = MapSpec("ti_encap", 8, 32, MAX_SERVICES, "Service")
 REPLY = MapSpec("ti_reply", 8, 36, MAX_SERVICES, "Service")
+# IPv6 Services (IPv6 inside the tunnel): the same entries keyed by 20-byte IPv6 endpoints.
+ENCAP6 = MapSpec("ti_encap6", 20, 32, MAX_SERVICES, "Service")
+VERIFY6 = MapSpec("ti_verify6", 4, 40, MAX_SERVICES, "Service")
+REPLY6 = MapSpec("ti_reply6", 20, 48, MAX_SERVICES, "Service")
 LEARNED = MapSpec("ti_learned", 4, 16, MAX_TUNNELS, "Tunnel", owned=False)
 # Second accepted keys while keys rotate, of Tunnels (kind 1) and Services (kind 2).
 NEXT_TUNNEL, NEXT_SERVICE = 1, 2
@@ -58,18 +62,29 @@ STAT_NAMES: tuple[str, ...] = (
 )
 
 _EP = struct.Struct("!4sHBx")
+_EP6 = struct.Struct("!16sHBx")
 _U32 = struct.Struct("!I")
 _SID = struct.Struct("!HH")
 _SERVICE = struct.Struct(f"!IHH{KEY_LEN}sI")  # + stamp
 _VERIFY = struct.Struct(f"!{KEY_LEN}s8sI")  # + stamp
+_VERIFY6 = struct.Struct(f"!{KEY_LEN}s20s")  # + stamp
 _TUNNEL = struct.Struct(f"!4s4sHHII{KEY_LEN}s")  # + stamp
 _REPLY = struct.Struct(f"!8sIHH{KEY_LEN}s")  # + stamp
+_REPLY6 = struct.Struct(f"!20sIHH{KEY_LEN}s")  # + stamp
 _LEARNED = struct.Struct("!4sH2x")  # + host-order u64 updated_ns
 _NS = struct.Struct("=Q")
 
 
 def endpoint_key(address: str, port: int, proto: int) -> bytes:
+    """struct ti_endpoint (8 bytes) of an IPv4 address, ti_endpoint6 (20) of an IPv6 one."""
+    if ":" in address:
+        return _EP6.pack(socket.inet_pton(socket.AF_INET6, address), port, proto)
     return _EP.pack(socket.inet_aton(address), port, proto)
+
+
+def service_tables(ipv6: bool) -> tuple[MapSpec, MapSpec, MapSpec]:
+    """A Service's ENCAP, VERIFY and REPLY tables: its addresses' family chooses them."""
+    return (ENCAP6, VERIFY6, REPLY6) if ipv6 else (ENCAP, VERIFY, REPLY)
 
 
 def tunnel_key(tunnel_id: int) -> bytes:
@@ -85,6 +100,9 @@ def encap_value(key: bytes, tunnel_id: int, group_id: int, service_id: int, secr
 
 
 def verify_value(key: bytes, secret: Secret, backend: bytes) -> bytes:
+    """ti_verify (backend an 8-byte endpoint) or ti_verify6 (a 20-byte one)."""
+    if len(backend) == _EP6.size:
+        return stamped(key, _VERIFY6.pack(secret.value, backend))
     return stamped(key, _VERIFY.pack(secret.value, backend, 0))
 
 
@@ -103,7 +121,8 @@ def tunnel_value(key: bytes, local: tuple[str, int], remote: tuple[str, int] | N
 
 def reply_value(key: bytes, proxy: bytes, tunnel_id: int, group_id: int, service_id: int,
                 secret: Secret) -> bytes:
-    return stamped(key, _REPLY.pack(proxy, tunnel_id, group_id, service_id, secret.value))
+    layout = _REPLY6 if len(proxy) == _EP6.size else _REPLY
+    return stamped(key, layout.pack(proxy, tunnel_id, group_id, service_id, secret.value))
 
 
 def next_key(kind: int, ident: bytes) -> bytes:
@@ -122,9 +141,19 @@ def decap_value(key: bytes) -> bytes:
 # Decoding, for diff, get and status. Key material comes back as Secret, never as bytes.
 
 def decode_endpoint(raw: bytes) -> dict[str, Any]:
-    addr, port, proto = _EP.unpack(raw)
-    return {"address": socket.inet_ntoa(addr), "port": port,
-            "protocol": PROTO_NAMES.get(proto, str(proto))}
+    if len(raw) == _EP6.size:
+        addr6, port, proto = _EP6.unpack(raw)
+        address = socket.inet_ntop(socket.AF_INET6, addr6)
+    else:
+        addr, port, proto = _EP.unpack(raw)
+        address = socket.inet_ntoa(addr)
+    return {"address": address, "port": port, "protocol": PROTO_NAMES.get(proto, str(proto))}
+
+
+def endpoint_text(ep: dict[str, Any]) -> str:
+    """address:port, an IPv6 address in brackets."""
+    address = ep["address"]
+    return f"[{address}]:{ep['port']}" if ":" in address else f"{address}:{ep['port']}"
 
 
 def _tunnel_id(raw: bytes) -> Decoded:
@@ -151,8 +180,12 @@ def _encap(raw: bytes) -> Decoded:
 
 def _verify(raw: bytes) -> Decoded:
     secret, backend, _ = _VERIFY.unpack_from(raw)
-    ep = decode_endpoint(backend)
-    return {"key": Secret(secret), "backend": f"{ep['address']}:{ep['port']}"}
+    return {"key": Secret(secret), "backend": endpoint_text(decode_endpoint(backend))}
+
+
+def _verify6(raw: bytes) -> Decoded:
+    secret, backend = _VERIFY6.unpack_from(raw)
+    return {"key": Secret(secret), "backend": endpoint_text(decode_endpoint(backend))}
 
 
 def _tunnel(raw: bytes) -> Decoded:
@@ -168,9 +201,9 @@ def _tunnel(raw: bytes) -> Decoded:
 
 
 def _reply(raw: bytes) -> Decoded:
-    proxy, tid, g, s, secret = _REPLY.unpack_from(raw)
-    ep = decode_endpoint(proxy)
-    return {"proxy": f"{ep['address']}:{ep['port']}", "tunnelId": tid, "groupId": g,
+    layout = _REPLY6 if len(raw) == REPLY6.value_size else _REPLY
+    proxy, tid, g, s, secret = layout.unpack_from(raw)
+    return {"proxy": endpoint_text(decode_endpoint(proxy)), "tunnelId": tid, "groupId": g,
             "serviceId": s, "key": Secret(secret)}
 
 
@@ -193,7 +226,7 @@ def _describe_sid(k: Decoded) -> str:
 
 
 def _describe_endpoint(k: Decoded) -> str:
-    return f"{k['address']}:{k['port']}/{k['protocol']}"
+    return f"{endpoint_text(k)}/{k['protocol']}"
 
 
 def _describe_next(k: Decoded) -> str:
@@ -251,6 +284,9 @@ CODECS: dict[str, Codec] = {
     VERIFY.name: Codec(_sid, _verify, _describe_sid, _verify_owners),
     ENCAP.name: Codec(decode_endpoint, _encap, _describe_endpoint, _value_owners(_encap)),
     REPLY.name: Codec(decode_endpoint, _reply, _describe_endpoint, _value_owners(_reply)),
+    ENCAP6.name: Codec(decode_endpoint, _encap, _describe_endpoint, _value_owners(_encap)),
+    VERIFY6.name: Codec(_sid, _verify6, _describe_sid, _verify_owners),
+    REPLY6.name: Codec(decode_endpoint, _reply, _describe_endpoint, _value_owners(_reply)),
     NEXT_KEY_TABLE.name: Codec(_next_of, lambda raw: {"nextKey": Secret(raw[:KEY_LEN])},
                                _describe_next, _next_owners),
     LEARNED.name: Codec(_tunnel_id, _learned, _describe_tunnel, fixed_owner("Tunnel/(learned)")),

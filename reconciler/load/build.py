@@ -112,11 +112,13 @@ class Spec:
         self.findings.append(Finding(self.origin, ("spec", *path), message, self.ref,
                                      Severity.WARNING))
 
-    def unicast(self, path: tuple[PathItem, ...], address: str) -> None:
-        """An error unless address is a unicast IPv4 address."""
-        why = unicast_problem(address)
+    def unicast(self, path: tuple[PathItem, ...], address: str, ipv6: bool = False) -> bool:
+        """An error unless address is a unicast IPv4 address (or IPv6, where ipv6); whether
+        it is one."""
+        why = unicast_problem(address, ipv6)
         if why:
             self.problem(path, why)
+        return why is None
 
     def endpoint(self, data: dict[str, Any], default_port: int | None = None) -> Endpoint:
         return Endpoint(data["address"], data.get("port", default_port))

@@ -70,9 +70,10 @@ class Gue:
 
 
 @contextmanager
-def gue_ends(tmp_path: Path) -> Iterator[Gue]:
-    """Both ends in fresh namespaces; their pin roots, data paths and namespaces removed."""
-    with gue_topology() as net:
+def gue_ends(tmp_path: Path, ipv6: bool = False) -> Iterator[Gue]:
+    """Both ends in fresh namespaces (dual stack where ipv6); their pin roots, data paths and
+    namespaces removed."""
+    with gue_topology(ipv6) as net:
         g = Gue(net, tmp_path)
         try:
             yield g
@@ -88,6 +89,20 @@ def ipv4_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> byte
                        socket.inet_aton(src), socket.inet_aton(dst))
     head = head[:10] + struct.pack("!H", ip_checksum(head)) + head[12:]
     return head + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def ipv6_udp(src: str, sport: int, dst: str, dport: int, payload: bytes,
+             next_header: int = 17) -> bytes:
+    """An IPv6/UDP packet with a correct UDP checksum; with next_header 0 a hop-by-hop
+    options header (8 bytes, padding only) sits between the IPv6 and UDP headers."""
+    a, b = (socket.inet_pton(socket.AF_INET6, x) for x in (src, dst))
+    udp_len = 8 + len(payload)
+    pseudo = a + b + struct.pack("!IxxxB", udp_len, 17)
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0) + payload
+    csum = ~_csum(pseudo + udp + (b"\0" if len(udp) % 2 else b"")) & 0xFFFF or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ext = b"" if next_header == 17 else bytes([17, 0, 1, 4, 0, 0, 0, 0])  # PadN
+    return struct.pack("!IHBB16s16s", 6 << 28, len(ext) + udp_len, next_header, 64, a, b) + ext + udp
 
 
 def ip_checksum(header: bytes) -> int:
@@ -125,10 +140,15 @@ def parse_gue(hex_frame: str) -> dict[str, Any] | None:
     else:
         out["tunnel"], out["group"], out["service"], out["key"] = struct.unpack(
             "!IHH16s", gue[4:28])
-        inner = gue[28:48]
+        inner = gue[28:68]
         out["inner_version"] = inner[0] >> 4
-        out["inner_src"], out["inner_dst"] = socket.inet_ntoa(inner[12:16]), socket.inet_ntoa(
-            inner[16:20])
+        if out["inner_version"] == 6:
+            out["inner_src"], out["inner_dst"] = (socket.inet_ntop(socket.AF_INET6, inner[a:a + 16])
+                                                  for a in (8, 24))
+            out["inner_next"] = inner[6]
+        else:
+            out["inner_src"], out["inner_dst"] = socket.inet_ntoa(inner[12:16]), socket.inet_ntoa(
+                inner[16:20])
     return out
 
 

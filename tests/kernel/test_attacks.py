@@ -57,8 +57,10 @@ SPOOFED = "192.0.2.66"  # an address nobody has: only raw frames carry it
 OUTSIDE_WINDOW_NS = 61 * 10**9  # just outside the ±60 s ping window
 
 
-def gue_data(inner: bytes, sid: int = 1, key: bytes = SERVICE_KEY, tunnel: int = 100) -> bytes:
-    return struct.pack("!BBHIHH16s", 6, 4, 0, tunnel, 1, sid, key) + inner
+def gue_data(inner: bytes, sid: int = 1, key: bytes = SERVICE_KEY, tunnel: int = 100,
+             proto: int = 4) -> bytes:
+    """A GUE data packet of group 1 (proto 4: IPv4 inside, 41: IPv6)."""
+    return struct.pack("!BBHIHH16s", 6, proto, 0, tunnel, 1, sid, key) + inner
 
 
 class Attacker:

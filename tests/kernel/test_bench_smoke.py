@@ -51,7 +51,7 @@ def test_daemon_benchmark_runs() -> None:
     ("bench_proxy.py", "bpfsync6 / haproxy6: single stream"),  # run with --ipv6
     ("bench_transparent.py", "intercepted6/direct6: setup p50"),  # run with --ipv6
     ("bench_apply.py", "| 200 |"),
-    ("bench_gue.py", "| tunnel / no program |"),
+    ("bench_gue.py", "| IPv6 | tunnel / no program |"),  # run with --ipv6
     ("bench_intercept.py", "IPv6/IPv4 at 10k: last rule"),  # run with --ipv6
     ("bench_fleet.py", "(b) one changed service to applied"),
     ("bench_sockmap.py", "sockmap / relay:"),
@@ -62,7 +62,7 @@ def test_every_benchmark_runs_in_its_smoke_mode(bench: str, expect: str) -> None
     installed on the host: bench/tools.py.)"""
     # both families in one run
     extra = ["--ipv6"] if bench in ("bench_proxy.py", "bench_transparent.py",
-                                    "bench_intercept.py") else []
+                                    "bench_intercept.py", "bench_gue.py") else []
     r = subprocess.run([sys.executable, str(BENCH / bench), "--smoke", *extra],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -291,11 +291,12 @@ def test_malformed_packets_are_dropped_or_passed_never_forwarded(gue: Gue) -> No
         (_gue_data(vch=0x40 | 6), "drop_bad_version"),
         (_gue_data(hlen=3), "drop_bad_header"),
         (_gue_data(flags=0x8000), "drop_bad_header"),
-        (_gue_data(proto=41), "drop_bad_header"),
+        (_gue_data(proto=47), "drop_bad_header"),  # neither 4 (IPv4) nor 41 (IPv6)
+        (_gue_data(proto=41), "drop_malformed"),  # IPv6 announced, IPv4 inside
         (_gue_data(vch=0x20 | 5, proto=9), "drop_bad_header"),  # unknown control type
         (_gue_data(hlen=31)[:40], "drop_malformed"),  # Hlen longer than the packet
         (_gue_data()[:30], "drop_malformed"),  # truncated before the inner header
-        (ipv6, "drop_malformed"),  # inner packet is not IPv4
+        (ipv6, "drop_malformed"),  # IPv4 announced, IPv6 inside
         (_gue_data(tunnel=4242), "drop_no_tunnel"),
         (_gue_data(sid=77), "drop_no_service"),
     ]

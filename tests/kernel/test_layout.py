@@ -30,6 +30,9 @@ BPF_HASH(ti_learned, __be32, struct ti_learned, 4);
 BPF_HASH(ti_reply, struct ti_endpoint, struct ti_reply, 4);
 BPF_HASH(ti_next, struct ti_next_key, struct ti_next, 4);
 BPF_HASH(ti_fresh, __be32, struct ti_fresh, 4);
+BPF_HASH(ti_encap6, struct ti_endpoint6, struct ti_service, 4);
+BPF_HASH(ti_verify6, struct ti_sid, struct ti_verify6, 4);
+BPF_HASH(ti_reply6, struct ti_endpoint6, struct ti_reply6, 4);
 BPF_ARRAY(ti_stats, u64, TI_STATS_SLOTS);
 BPF_HASH(gue_data, struct ti_gue_hdr, struct ti_gue_data, 1);
 BPF_HASH(gue_ping, u32, struct ti_gue_ping, 1);
@@ -253,6 +256,30 @@ def _endpoint(c: Any, addr: str, port: int, proto: int) -> None:
     assert (c.addr, c.port, c.proto, c.pad) == (_addr(addr), _be(port, 2), proto, 0)
 
 
+def _endpoint6(c: Any, addr: str, port: int, proto: int) -> None:
+    assert bytes(c.addr) == socket.inet_pton(socket.AF_INET6, addr)
+    assert (c.port, c.proto, c.pad) == (_be(port, 2), proto, 0)
+
+
+def _ipv6_encoders_fill_the_c_structs(bpf: Any, key: Secret) -> None:
+    """The IPv6 Service tables: 20-byte endpoints in ti_encap6, ti_verify6 and ti_reply6."""
+    ep = gt.endpoint_key("2001:db8:10::10", 80, 6)
+    _endpoint6(bpf[b"ti_encap6"].Key.from_buffer_copy(ep), "2001:db8:10::10", 80, 6)
+    v = bpf[b"ti_encap6"].Leaf.from_buffer_copy(gt.encap_value(ep, 100, 1, 2, key))
+    assert (v.tunnel_id, v.sid.service_id, bytes(v.key)) == (_be(100, 4), _be(2, 2), key.value)
+    sid = gt.sid_key(1, 2)
+    backend = gt.endpoint_key("2001:db8:10::100", 8080, 17)
+    value = gt.verify_value(sid, key, backend)
+    v = bpf[b"ti_verify6"].Leaf.from_buffer_copy(value)
+    assert bytes(v.key) == key.value and t.stamp_ok(sid, value)
+    _endpoint6(v.backend, "2001:db8:10::100", 8080, 17)
+    v = bpf[b"ti_reply6"].Leaf.from_buffer_copy(gt.reply_value(backend, ep, 100, 1, 2, key))
+    _endpoint6(v.proxy, "2001:db8:10::10", 80, 6)
+    assert (v.tunnel_id, v.sid.group_id, v.sid.service_id, bytes(v.key)) == (
+        _be(100, 4), _be(1, 2), _be(2, 2), key.value)
+    assert registry.decode_value(gt.REPLY6.name, bytes(v))["proxy"] == "[2001:db8:10::10]:80"
+
+
 def _encoders_fill_the_c_structs(bpf: Any) -> None:
     """Bytes from tables.py's encoders, read through the structs BCC compiled from
     trueingress.h: every field lands where the C programs read it."""
@@ -288,6 +315,7 @@ def _encoders_fill_the_c_structs(bpf: Any) -> None:
     _endpoint(v.proxy, "203.0.113.10", 80, 6)
     assert (v.tunnel_id, v.sid.group_id, v.sid.service_id, bytes(v.key)) == (
         _be(100, 4), _be(1, 2), _be(2, 2), key.value)
+    _ipv6_encoders_fill_the_c_structs(bpf, key)
     dk = gt.endpoint_key("192.0.2.1", 6080, 17)
     assert bytes(bpf[b"ti_decap"].Leaf.from_buffer_copy(gt.decap_value(dk))) == gt.decap_value(dk)
 

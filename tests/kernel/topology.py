@@ -6,6 +6,11 @@
 The service's proxy endpoint is 203.0.113.10:80 (routed from the gateway towards the node);
 its backend listens on the node at 203.0.113.100:8080 (a loopback address). The underlay
 g1/n0 has MTU 1600 so that 1500-byte packets fit with the GUE overhead.
+
+With ipv6, the same three namespaces are dual stack: client 2001:db8:c::1 behind the gateway
+(2001:db8:c::fe), gateway and node on 2001:db8:1::/64 (neighbour discovery only: the tunnel's
+underlay stays IPv4), the IPv6 proxy endpoint [2001:db8:10::10]:80 routed towards the node and
+the IPv6 backend at [2001:db8:10::100]:8080 on the node's loopback.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ PROXY = ("203.0.113.10", 80)
 BACKEND = ("203.0.113.100", 8080)
 GW_TUNNEL, NODE_TUNNEL = ("192.0.2.1", 6080), ("192.0.2.2", 6080)
 CLIENT = "198.51.100.1"
+PROXY6, BACKEND6, CLIENT6 = ("2001:db8:10::10", 80), ("2001:db8:10::100", 8080), "2001:db8:c::1"
 
 
 def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,15 +67,17 @@ class Net:
     def traffic(self, ns: str, *args: object) -> subprocess.Popen:
         return self.spawn(ns, ["/usr/bin/python3", TRAFFIC, *map(str, args)])
 
-    def server(self, reply_bytes: int = 1 << 20) -> subprocess.Popen:
-        p = self.traffic(self.node, "tcp-server", *BACKEND, reply_bytes)
+    def server(self, reply_bytes: int = 1 << 20,
+               backend: tuple[str, int] = BACKEND) -> subprocess.Popen:
+        p = self.traffic(self.node, "tcp-server", *backend, reply_bytes)
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "listening"
         return p
 
     def client_transfer(self, send: int, reply: int = 1 << 20, port: int = PROXY[1],
-                        timeout: float = 10) -> subprocess.CompletedProcess[str]:
-        return self.run(self.client, f"/usr/bin/python3 {TRAFFIC} tcp-client {PROXY[0]} {port} "
+                        timeout: float = 10,
+                        address: str = PROXY[0]) -> subprocess.CompletedProcess[str]:
+        return self.run(self.client, f"/usr/bin/python3 {TRAFFIC} tcp-client {address} {port} "
                                      f"{send} {reply} {timeout}", check=False)
 
     def kill_datapaths(self) -> None:
@@ -89,7 +97,7 @@ class Net:
 
 
 @contextmanager
-def gue_topology() -> Iterator[Net]:
+def gue_topology(ipv6: bool = False) -> Iterator[Net]:
     net = Net(owned.name("gue"))
     try:
         for ns in (net.client, net.gw, net.node):
@@ -108,6 +116,8 @@ def gue_topology() -> Iterator[Net]:
         sh(f"ip -n {net.gw} route add {PROXY[0]}/32 via {NODE_TUNNEL[0]} dev g1")
         sh(f"ip -n {net.node} addr add {BACKEND[0]}/32 dev lo")
         sh(f"ip -n {net.node} route add default via {GW_TUNNEL[0]}")
+        if ipv6:
+            _dual_stack(net)
         yield net
     finally:
         for p in net.procs:
@@ -118,6 +128,17 @@ def gue_topology() -> Iterator[Net]:
         net.kill_datapaths()
         for ns in (net.client, net.gw, net.node):
             owned.delete_netns(ns)
+
+
+def _dual_stack(net: Net) -> None:
+    for ns, dev, addr in ((net.client, "c0", f"{CLIENT6}/64"), (net.gw, "g0", "2001:db8:c::fe/64"),
+                          (net.gw, "g1", "2001:db8:1::1/64"), (net.node, "n0", "2001:db8:1::2/64")):
+        sh(f"ip -n {ns} -6 addr add {addr} dev {dev} nodad")
+    sh(f"ip -n {net.client} -6 route add default via 2001:db8:c::fe")
+    sh(f"ip netns exec {net.gw} sysctl -qw net.ipv6.conf.all.forwarding=1")
+    sh(f"ip -n {net.gw} -6 route add {PROXY6[0]}/128 via 2001:db8:1::2 dev g1")
+    sh(f"ip -n {net.node} -6 addr add {BACKEND6[0]}/128 dev lo nodad")
+    sh(f"ip -n {net.node} -6 route add default via 2001:db8:1::1")
 
 
 TUNNEL_GW = """\
@@ -169,10 +190,12 @@ KEYS = {"BPFSYNC_TUNNEL_KEY": "tunnel-key-0001", "BPFSYNC_SERVICE_KEY": "service
 
 def service_doc(name: str = "web", sid: int = 1, protocol: str = "tcp",
                 proxy_port: int = PROXY[1], backend_port: int = BACKEND[1],
-                key_env: str = "BPFSYNC_SERVICE_KEY") -> str:
-    """A Service of group 1 from the proxy address to the backend address, via to-node."""
-    return SERVICE.format(name=name, sid=sid, protocol=protocol, proxy=PROXY[0],
-                          proxy_port=proxy_port, backend=BACKEND[0], backend_port=backend_port,
+                key_env: str = "BPFSYNC_SERVICE_KEY", ipv6: bool = False) -> str:
+    """A Service of group 1 from the proxy address to the backend address (the IPv6 ones
+    where ipv6), via to-node."""
+    proxy, backend = (f"'{PROXY6[0]}'", f"'{BACKEND6[0]}'") if ipv6 else (PROXY[0], BACKEND[0])
+    return SERVICE.format(name=name, sid=sid, protocol=protocol, proxy=proxy,
+                          proxy_port=proxy_port, backend=backend, backend_port=backend_port,
                           key_env=key_env)
 
 

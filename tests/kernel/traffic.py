@@ -36,7 +36,7 @@ def seeded(n: int, seed: int) -> bytes:
 
 
 def tcp_server(addr: str, port: int, reply_bytes: int) -> None:
-    srv = socket.socket()
+    srv = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port))
     srv.listen(16)

@@ -4,6 +4,12 @@ import os
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from reconciler.core.errors import InvalidDesiredState
+from reconciler.core.state import DesiredState
+from reconciler.load.directory import load_directory
+
 TUNNEL = """\
 apiVersion: bpfsync/v1
 kind: Tunnel
@@ -24,8 +30,8 @@ spec:
   groupId: {group}
   serviceId: {sid}
   protocol: tcp
-  proxy: {{address: 203.0.113.10, port: {port}}}
-  backend: {{address: 198.51.100.20, port: 8080}}
+  proxy: {{address: {proxy}, port: {port}}}
+  backend: {{address: {backend}, port: 8080}}
   tunnel: {tunnel}
   keyFrom: {{file: web.key}}
 """
@@ -37,8 +43,22 @@ def tunnel(name: str = "t1", id: int = 100,
 
 
 def service(name: str = "web", group: int = 1, sid: int = 1, port: int = 80,
-            tunnel: str = "t1") -> str:
-    return SERVICE.format(name=name, group=group, sid=sid, port=port, tunnel=tunnel)
+            tunnel: str = "t1", proxy: str = "203.0.113.10",
+            backend: str = "198.51.100.20") -> str:
+    return SERVICE.format(name=name, group=group, sid=sid, port=port, tunnel=tunnel,
+                          proxy=proxy, backend=backend)
+
+
+def load_docs(tmp: Path, **docs: str) -> DesiredState:
+    """The desired state of a directory with one NAME.yaml per keyword argument."""
+    return load_directory(write_tree(tmp, {f"{k}.yaml": v for k, v in docs.items()}))
+
+
+def problems(tmp: Path, **docs: str) -> str:
+    """The problems load_docs refuses the directory with, one per line."""
+    with pytest.raises(InvalidDesiredState) as exc:
+        load_docs(tmp, **docs)
+    return "\n".join(map(str, exc.value.problems))
 
 
 def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:

@@ -12,17 +12,15 @@ import pytest
 
 from reconciler.core import registry
 from reconciler.core.compile import compile_tables
-from reconciler.core.errors import InvalidDesiredState
 from reconciler.core.plan import Action
 from reconciler.core.planning import compute_plan
-from reconciler.core.state import DesiredState
 from reconciler.datapath.addresses import family, is_address
-from reconciler.load.directory import load_directory
 from reconciler.steering import proxyconf
 from reconciler.steering import tables as st
 from reconciler.steering.inventory import proxies
 from reconciler.steering.model import Proxy, hostport, split_backend
-from tests.unit.helpers import write_tree
+from tests.unit.helpers import load_docs as load
+from tests.unit.helpers import problems
 
 PROXY = """\
 apiVersion: bpfsync/v1
@@ -40,15 +38,6 @@ def doc(name: str = "web", pid: int = 1,
         backends: str = '"[2001:db8::10]:8080", "192.0.2.10:8080"') -> str:
     return PROXY.format(name=name, id=pid, destinations=destinations, backends=backends)
 
-
-def load(tmp: Path, **docs: str) -> DesiredState:
-    return load_directory(write_tree(tmp, {f"{k}.yaml": v for k, v in docs.items()}))
-
-
-def problems(tmp: Path, **docs: str) -> str:
-    with pytest.raises(InvalidDesiredState) as exc:
-        load(tmp, **docs)
-    return "\n".join(map(str, exc.value.problems))
 
 
 def test_each_family_goes_to_its_own_trie_with_the_documented_key(tmp_path: Path) -> None:

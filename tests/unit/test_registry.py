@@ -21,6 +21,8 @@ PIN = Path("/sys/fs/bpf/test-registry")
 EVERY_KIND = {
     "t.yaml": tunnel(),
     "s.yaml": service() + "  nextKeyFrom: {file: next.key}\n",  # ti_next too
+    "s6.yaml": service("web6", sid=6, proxy="'2001:db8:10::10'",  # ti_encap6 and its twins
+                       backend="'2001:db8:10::100'"),
     "p.yaml": "apiVersion: bpfsync/v1\nkind: Proxy\nmetadata: {name: web}\nspec:\n  id: 1\n"
               "  ports: [80, '8000-8001']\n  backends: ['192.0.2.10:8080']\n",
     "tp.yaml": "apiVersion: bpfsync/v1\nkind: TransparentProxy\nmetadata: {name: app}\nspec:\n"
@@ -52,20 +54,21 @@ def test_the_orders_are_those_of_before_the_registry() -> None:
     """Behaviour unchanged by the restructuring: the very orders plan.py once listed (with
     ps_dest6, tp_rules6 and ic_rules6, the IPv6 tries, beside their IPv4 twins)."""
     assert [s.name for s in registry.UPSERT_ORDER] == [
-        "bs_names", "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_encap", "ti_reply", "ps_proxy",
-        "ps_dest", "ps_dest6", "tp_config", "tp_rules", "tp_rules6", "ic_rules",
-        "ic_rules6"]
+        "bs_names", "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_verify6", "ti_encap",
+        "ti_encap6", "ti_reply", "ti_reply6", "ps_proxy", "ps_dest", "ps_dest6", "tp_config",
+        "tp_rules", "tp_rules6", "ic_rules", "ic_rules6"]
     assert [s.name for s in registry.DELETE_ORDER] == [
         "ic_rules", "ic_rules6", "tp_rules", "tp_rules6", "tp_config", "ps_dest", "ps_dest6", "ps_proxy",
-        "ti_reply", "ti_encap",
-        "ti_next", "ti_verify", "ti_tunnel", "ti_decap", "bs_names"]
+        "ti_reply", "ti_reply6", "ti_encap", "ti_encap6",
+        "ti_next", "ti_verify", "ti_verify6", "ti_tunnel", "ti_decap", "bs_names"]
     assert registry.ENTRY_KINDS == ("Tunnel", "Service", "Proxy", "TransparentProxy",
                                     "Intercept")
 
 
 def test_every_entry_compiled_reads_back_and_is_named_after_its_owner(tmp_path: Path) -> None:
     state = _state(tmp_path)
-    assert {k: state.count(k) for k in registry.KINDS} == dict.fromkeys(registry.KINDS, 1)
+    assert {k: state.count(k) for k in registry.KINDS} == {
+        **dict.fromkeys(registry.KINDS, 1), "Service": 2}
     desired = compile_tables(state, facts={"tproxy": HostFacts(netns_cookie=7)}, pin_root=PIN)
     for spec in registry.OWNED_TABLES:
         entries = desired.entries[spec.name]
