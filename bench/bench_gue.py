@@ -10,7 +10,9 @@ encapsulates, the node decapsulates and rewrites to the same backend, replies co
 through the tunnel (standard mode). Each round detaches (apply without the Interface),
 measures the baseline, attaches (apply), measures the tunnel. iperf3 from Debian, bounded by
 --seconds per measurement. With --ipv6, every round measures IPv6 inside the same IPv4 tunnel
-too (IPv6 Services to an IPv6 backend, the dual-stack topology), right after IPv4.
+too (IPv6 Services to an IPv6 backend, the dual-stack topology), right after IPv4, and then
+both again through the same tunnel moved to an IPv6 underlay (endpoints 2001:db8:1::1 and
+::2, zeroChecksum).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.kernel.topology import (  # noqa: E402
     PROXY6,
     gue_topology,
     service_doc,
+    tunnel6_doc,
     write_gateway,
     write_node,
 )
@@ -101,8 +104,11 @@ def main() -> None:
     families = {"IPv4": (BACKEND[0], PROXY[0])}
     if args.ipv6:
         families["IPv6"] = (BACKEND6[0], PROXY6[0])
+    underlays = ["IPv4", "IPv6"] if args.ipv6 else ["IPv4"]
     results: dict[str, list[float]] = {f"{f} {k}": [] for f in families for k in (
-        "tcp_base", "tcp_tun", "udp_base", "udp_tun")}
+        "tcp_base", "udp_base")}
+    results.update({f"{f} {k} {u}": [] for f in families for u in underlays
+                    for k in ("tcp_tun", "udp_tun")})
     try:
         with gue_topology(args.ipv6) as net:
             net.run(net.gw, f"ip route add {BACKEND[0]}/32 via 192.0.2.2 dev g1")
@@ -111,6 +117,9 @@ def main() -> None:
             gdir = prepare(tmp / "gw", write_gateway, net, args.ipv6,
                            remote="{address: 192.0.2.2, port: 6080}")
             ndir = prepare(tmp / "node", write_node, net, args.ipv6)
+            tunnels = [{"IPv4": (gdir / "tunnel.yaml").read_text(),  # fixed remotes both
+                        "IPv6": tunnel6_doc(False, "{address: '2001:db8:1::2'}")},
+                       {"IPv4": (ndir / "tunnel.yaml").read_text(), "IPv6": tunnel6_doc(True)}]
             servers = [net.spawn(net.node, [tools.tool("iperf3"), "-s", "-B", backend, "-p",
                                             str(PORT)]) for backend, _ in families.values()]
             for _ in range(args.rounds):
@@ -120,12 +129,18 @@ def main() -> None:
                 for f, (backend, _) in families.items():
                     results[f"{f} tcp_base"].append(iperf(net.client, backend, args.seconds, False))
                     results[f"{f} udp_base"].append(iperf(net.client, backend, args.seconds, True))
-                for d, root in ((gdir, gw_root), (ndir, node_root)):
-                    (d / "interface.off").rename(d / "interface.yaml")
-                    bpfsync("apply", "-q", str(d), root=root)
-                for f, (_, proxy) in families.items():
-                    results[f"{f} tcp_tun"].append(iperf(net.client, proxy, args.seconds, False))
-                    results[f"{f} udp_tun"].append(iperf(net.client, proxy, args.seconds, True))
+                for u in underlays:
+                    for d, root, tunnel in ((gdir, gw_root, tunnels[0]),
+                                            (ndir, node_root, tunnels[1])):
+                        if (d / "interface.off").exists():
+                            (d / "interface.off").rename(d / "interface.yaml")
+                        (d / "tunnel.yaml").write_text(tunnel[u])
+                        bpfsync("apply", "-q", str(d), root=root)
+                    for f, (_, proxy) in families.items():
+                        results[f"{f} tcp_tun {u}"].append(
+                            iperf(net.client, proxy, args.seconds, False))
+                        results[f"{f} udp_tun {u}"].append(
+                            iperf(net.client, proxy, args.seconds, True))
             stats = json.loads(bpfsync("get", "stats", "-o", "json", root=gw_root))
             for server in servers:
                 net.stop(server)
@@ -139,13 +154,16 @@ def main() -> None:
     print("| inside | path | TCP Gbit/s (median; all) | UDP 64-byte packets/s (median; all) |")
     print("|---|---|---:|---:|")
     for f in families:
-        for label, t, u in (("veth path, no program", "tcp_base", "udp_base"),
-                            ("GUE tunnel (standard mode)", "tcp_tun", "udp_tun")):
-            t, u = f"{f} {t}", f"{f} {u}"
+        rows = [("veth path, no program", f"{f} tcp_base", f"{f} udp_base")]
+        rows += [(f"GUE tunnel, {u} underlay", f"{f} tcp_tun {u}", f"{f} udp_tun {u}")
+                 for u in underlays]
+        for label, t, u in rows:
             print(f"| {f} | {label} | {med[t]:.2f} ({', '.join(f'{x:.2f}' for x in results[t])})"
                   f" | {med[u]:,.0f} ({', '.join(f'{x:,.0f}' for x in results[u])}) |")
-        print(f"| {f} | tunnel / no program | **{med[f'{f} tcp_tun'] / med[f'{f} tcp_base']:.2f}**"
-              f" | **{med[f'{f} udp_tun'] / med[f'{f} udp_base']:.2f}** |")
+        for u in underlays:
+            print(f"| {f} | tunnel ({u} underlay) / no program | "
+                  f"**{med[f'{f} tcp_tun {u}'] / med[f'{f} tcp_base']:.2f}** | "
+                  f"**{med[f'{f} udp_tun {u}'] / med[f'{f} udp_base']:.2f}** |")
     print("gateway counters: " + ", ".join(f"{k}={v}" for k, v in stats.items() if v))
 
 

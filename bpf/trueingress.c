@@ -35,10 +35,16 @@
 #define TI_IP_DF 0x4000
 #define TI_OUTER_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + \
                       sizeof(struct ti_gue_hdr) + sizeof(struct ti_gue_data))
+#define TI_OUTER6_LEN (40 + sizeof(struct udphdr) + sizeof(struct ti_gue_hdr) + \
+                       sizeof(struct ti_gue_data))
+#define TI_AF_INET 2
+#define TI_AF_INET6 10
 #define TI_SPORT_BASE 49152
 #define TI_IP6_HLEN 40
-/* Kernel 6.3's bpf_skb_adjust_room flag (uapi/linux/bpf.h); the headers BCC compiles against
- * may be older than the kernel.  It sets skb->protocol to IPv6 after the outer IPv4 goes. */
+/* Kernel 6.3's bpf_skb_adjust_room flags (uapi/linux/bpf.h); the headers BCC compiles against
+ * may be older than the kernel.  They set skb->protocol to the inner family when the outer
+ * header of the other family goes. */
+#define TI_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 #define TI_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
 
 /* BCC's helpers.h declares the pre-5.11 three-argument form of this helper. */
@@ -67,6 +73,12 @@ BPF_TABLE_PINNED("hash", struct ti_sid, struct ti_verify6, ti_verify6, TI_MAX_SE
                  TI_PIN_DIR "ti_verify6");
 BPF_TABLE_PINNED("hash", struct ti_endpoint6, struct ti_reply6, ti_reply6, TI_MAX_SERVICES,
                  TI_PIN_DIR "ti_reply6");
+BPF_TABLE_PINNED("hash", u32, struct ti_tunnel6, ti_tunnel6, TI_MAX_TUNNELS,
+                 TI_PIN_DIR "ti_tunnel6");
+BPF_TABLE_PINNED("hash", struct ti_endpoint6, struct ti_decap, ti_decap6, TI_MAX_DECAP,
+                 TI_PIN_DIR "ti_decap6");
+BPF_TABLE_PINNED("hash", u32, struct ti_learned6, ti_learned6, TI_MAX_TUNNELS,
+                 TI_PIN_DIR "ti_learned6");
 
 /* Declared here: BCC's helpers.h may predate it (kernel 6.1). */
 static u64 (*ti_ktime_get_tai_ns)(void) = (void *)BPF_FUNC_ktime_get_tai_ns;
@@ -74,6 +86,14 @@ static u64 (*ti_ktime_get_tai_ns)(void) = (void *)BPF_FUNC_ktime_get_tai_ns;
 /* Everything before the inner IP header, written in one bpf_skb_store_bytes. */
 struct ti_outer {
     struct iphdr ip;
+    struct udphdr udp;
+    struct ti_gue_hdr gue;
+    struct ti_gue_data data;
+} __attribute__((packed));
+
+/* The same over an IPv6 underlay: 76 bytes. */
+struct ti_outer6 {
+    struct ipv6hdr ip;
     struct udphdr udp;
     struct ti_gue_hdr gue;
     struct ti_gue_data data;
@@ -238,14 +258,122 @@ struct ti_inner {
     u8 gue_proto; /* IPPROTO_IPIP or IPPROTO_IPV6 */
 };
 
-/* Encapsulate the IP packet at ETH_HLEN into GUE for tunnel tunnel_id. */
+/* After encapsulation: the outer Ethernet type written where the family changed (type, else 0;
+ * adjust_room set skb->protocol already), the packet counted, and, with TI_FIB, routed: fib
+ * holds the family and the outer addresses. */
+static __always_inline int sent(struct __sk_buff *skb, __be16 type, struct bpf_fib_lookup *fib)
+{
+    if (type && bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &type, 2, 0))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    count(TI_STAT_ENCAP, 0);
+#if TI_FIB
+    fib->l4_protocol = IPPROTO_UDP;
+    fib->ifindex = skb->ifindex;
+    int rc = bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT);
+    if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+        bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0);
+        bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0);
+        if (fib->ifindex == skb->ifindex)
+            return TC_ACT_OK;
+        return count(TI_STAT_FIB_REDIRECT, bpf_redirect(fib->ifindex, 0));
+    }
+    if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+        struct bpf_redir_neigh nh = {};
+        nh.nh_family = fib->family;
+        if (fib->family == TI_AF_INET6)
+            __builtin_memcpy(nh.ipv6_nh, fib->ipv6_dst, 16);
+        else
+            nh.ipv4_nh = fib->ipv4_dst;
+        return count(TI_STAT_FIB_REDIRECT, ti_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0));
+    }
+    return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+#else
+    return TC_ACT_OK;
+#endif
+}
+
+/* The GUE header and private data of a data packet (bpf/README.md). */
+static __always_inline void gue_data(struct ti_gue_hdr *g, struct ti_gue_data *d,
+                                     const struct ti_inner *inner, __be32 tunnel_id,
+                                     struct ti_sid sid, const u8 *key)
+{
+    g->vch = TI_GUE_DATA_HLEN;
+    g->proto = inner->gue_proto;
+    d->tunnel_id = tunnel_id;
+    d->sid = sid;
+    __builtin_memcpy(d->key, key, TI_KEY_LEN);
+}
+
+static __always_inline int all_zero(const u8 *a)
+{
+    const u32 *x = (const u32 *)a;
+    return (x[0] | x[1] | x[2] | x[3]) == 0;
+}
+
+/* Encapsulate into GUE over the IPv6 underlay of tunnel tunnel_id (TI_TUNNEL6).  The outer UDP
+ * checksum is 0 (RFC 6935; the Tunnel declares zeroChecksum): GSO segments the packet after
+ * this program and a UDP tunnel segment's checksum is not computed.  The flow label carries
+ * 20 bits of the flow hash (ECMP on IPv6 hashes it). */
+static __always_inline int encap6(struct __sk_buff *skb, const struct ti_inner *inner,
+                                  __be32 tunnel_id, struct ti_sid sid, const u8 *key)
+{
+    u32 tid = tunnel_id;
+    struct ti_tunnel6 *t = ti_tunnel6.lookup(&tid);
+    if (!t)
+        return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+    struct ti_outer6 h = {};
+    __builtin_memcpy(&h.ip.saddr, t->local_addr, 16);
+    __builtin_memcpy(&h.ip.daddr, t->remote_addr, 16);
+    h.udp.dest = t->remote_port;
+    if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
+        struct ti_learned6 *l = ti_learned6.lookup(&tid);
+        if (!l)
+            return count(TI_STAT_DROP_NO_REMOTE, TC_ACT_SHOT);
+        __builtin_memcpy(&h.ip.daddr, l->remote_addr, 16);
+        h.udp.dest = l->remote_port;
+    }
+    if (all_zero((const u8 *)&h.ip.daddr) || !h.udp.dest)
+        return count(TI_STAT_DROP_NO_REMOTE, TC_ACT_SHOT);
+
+    u32 payload = inner->len + TI_OUTER6_LEN - TI_IP6_HLEN;
+    if (payload > 0xffff) /* a GSO packet: segmentation rewrites the outer lengths */
+        payload = 0xffff;
+    h.ip.version = 6;
+    h.ip.priority = inner->tos >> 4;
+    h.ip.flow_lbl[0] = ((inner->tos & 0xf) << 4) | ((inner->hash >> 16) & 0xf);
+    h.ip.flow_lbl[1] = inner->hash >> 8;
+    h.ip.flow_lbl[2] = inner->hash;
+    h.ip.payload_len = bpf_htons(payload);
+    h.ip.nexthdr = IPPROTO_UDP;
+    h.ip.hop_limit = 64;
+    h.udp.source = bpf_htons(TI_SPORT_BASE | (inner->hash & 0x3fff));
+    h.udp.len = h.ip.payload_len;
+    gue_data(&h.gue, &h.data, inner, tunnel_id, sid, key);
+
+    if (bpf_skb_adjust_room(skb, TI_OUTER6_LEN, BPF_ADJ_ROOM_MAC,
+                            BPF_F_ADJ_ROOM_ENCAP_L3_IPV6 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0))
+        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+#if TI_FIB
+    struct bpf_fib_lookup fib = {.family = TI_AF_INET6, .tot_len = payload + TI_IP6_HLEN};
+    __builtin_memcpy(fib.ipv6_src, &h.ip.saddr, 16);
+    __builtin_memcpy(fib.ipv6_dst, &h.ip.daddr, 16);
+    return sent(skb, inner->gue_proto == IPPROTO_IPIP ? bpf_htons(ETH_P_IPV6) : 0, &fib);
+#else
+    return sent(skb, inner->gue_proto == IPPROTO_IPIP ? bpf_htons(ETH_P_IPV6) : 0, 0);
+#endif
+}
+
+/* Encapsulate the IP packet at ETH_HLEN into GUE for tunnel tunnel_id: over IPv4 (TI_TUNNEL)
+ * or, for a tunnel of TI_TUNNEL6, over IPv6. */
 static __always_inline int encap(struct __sk_buff *skb, const struct ti_inner *inner,
                                  __be32 tunnel_id, struct ti_sid sid, const u8 *key)
 {
     u32 tid = tunnel_id;
     struct ti_tunnel *t = ti_tunnel.lookup(&tid);
     if (!t)
-        return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+        return encap6(skb, inner, tunnel_id, sid, key);
     __be32 raddr = t->remote_addr;
     __be16 rport = t->remote_port;
     if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
@@ -276,48 +404,19 @@ static __always_inline int encap(struct __sk_buff *skb, const struct ti_inner *i
     h.udp.dest = rport;
     h.udp.len = bpf_htons(total - sizeof(struct iphdr));
     h.udp.check = 0; /* allowed for IPv4; the inner packet keeps its own checksum */
-    h.gue.vch = TI_GUE_DATA_HLEN;
-    h.gue.proto = inner->gue_proto;
-    h.data.tunnel_id = tunnel_id;
-    h.data.sid = sid;
-    __builtin_memcpy(h.data.key, key, TI_KEY_LEN);
+    gue_data(&h.gue, &h.data, inner, tunnel_id, sid, key);
 
     if (bpf_skb_adjust_room(skb, TI_OUTER_LEN, BPF_ADJ_ROOM_MAC,
                             BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP))
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
     if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0))
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
-    if (inner->gue_proto == IPPROTO_IPV6) { /* adjust_room made skb->protocol IPv4 */
-        __be16 type = bpf_htons(ETH_P_IP);
-        if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &type, 2, 0))
-            return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
-    }
-    count(TI_STAT_ENCAP, 0);
 #if TI_FIB
-    struct bpf_fib_lookup fib = {};
-    fib.family = 2; /* AF_INET */
-    fib.l4_protocol = IPPROTO_UDP;
-    fib.tot_len = total;
-    fib.ipv4_src = h.ip.saddr;
-    fib.ipv4_dst = h.ip.daddr;
-    fib.ifindex = skb->ifindex;
-    int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT);
-    if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-        bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0);
-        bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0);
-        if (fib.ifindex == skb->ifindex)
-            return TC_ACT_OK;
-        return count(TI_STAT_FIB_REDIRECT, bpf_redirect(fib.ifindex, 0));
-    }
-    if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-        struct bpf_redir_neigh nh = {};
-        nh.nh_family = fib.family;
-        nh.ipv4_nh = fib.ipv4_dst;
-        return count(TI_STAT_FIB_REDIRECT, ti_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0));
-    }
-    return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
+    struct bpf_fib_lookup fib = {.family = TI_AF_INET, .tot_len = total,
+                                 .ipv4_src = h.ip.saddr, .ipv4_dst = h.ip.daddr};
+    return sent(skb, inner->gue_proto == IPPROTO_IPV6 ? bpf_htons(ETH_P_IP) : 0, &fib);
 #else
-    return TC_ACT_OK;
+    return sent(skb, inner->gue_proto == IPPROTO_IPV6 ? bpf_htons(ETH_P_IP) : 0, 0);
 #endif
 }
 
@@ -408,8 +507,21 @@ int ti_egress(struct __sk_buff *skb)
 #endif
 }
 
-static __always_inline int ping(struct __sk_buff *skb, struct iphdr *ip, struct udphdr *udp,
-                                u32 off, u8 hlen, struct ti_gue_hdr *g)
+/* What the ingress checks need of the outer headers, either family. */
+struct ti_seen {
+    u8 saddr6[16];   /* IPv6 underlay */
+    u8 daddr6[16];
+    __be32 saddr;    /* IPv4 underlay */
+    __be32 daddr;
+    __be16 sport;
+    __be16 dport;
+    u32 l3len;       /* bytes of outer IP headers (IPv4 with options, IPv6 with a fragment header) */
+    u32 v6;
+};
+
+/* A ping (its GUE header g, Hlen hlen, private data at off + 4). */
+static __always_inline int ping(struct __sk_buff *skb, const struct ti_seen *o, u32 off, u8 hlen,
+                                struct ti_gue_hdr *g)
 {
     struct ti_gue_ping p;
     if (g->proto != TI_GUE_CTYPE_PING || g->flags || hlen != TI_GUE_PING_HLEN)
@@ -417,14 +529,26 @@ static __always_inline int ping(struct __sk_buff *skb, struct iphdr *ip, struct 
     if (bpf_skb_load_bytes(skb, off + sizeof(*g), &p, sizeof(p)))
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
     u32 tid = p.tunnel_id;
-    struct ti_tunnel *t = ti_tunnel.lookup(&tid);
-    if (!t || t->local_addr != ip->daddr || t->local_port != udp->dest)
-        return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
-    if (!(t->flags & bpf_htonl(TI_TUNNEL_LEARN)))
+    __be32 flags;
+    const u8 *key;
+    if (o->v6) {
+        struct ti_tunnel6 *t = ti_tunnel6.lookup(&tid);
+        if (!t || !key_equal(t->local_addr, o->daddr6) || t->local_port != o->dport)
+            return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+        flags = t->flags;
+        key = t->key;
+    } else {
+        struct ti_tunnel *t = ti_tunnel.lookup(&tid);
+        if (!t || t->local_addr != o->daddr || t->local_port != o->dport)
+            return count(TI_STAT_DROP_NO_TUNNEL, TC_ACT_SHOT);
+        flags = t->flags;
+        key = t->key;
+    }
+    if (!(flags & bpf_htonl(TI_TUNNEL_LEARN)))
         return count(TI_STAT_PING_FIXED, TC_ACT_SHOT);
-    if (!(t->flags & bpf_htonl(TI_TUNNEL_KEYED)))
+    if (!(flags & bpf_htonl(TI_TUNNEL_KEYED)))
         return count(TI_STAT_PING_BAD_KEY, TC_ACT_SHOT);
-    if (!ping_mac_ok(t->key, g, &p)) { /* while rotating, the second key is accepted too */
+    if (!ping_mac_ok(key, g, &p)) { /* while rotating, the second key is accepted too */
         const u8 *next = next_key(TI_NEXT_TUNNEL, tid);
         if (!next || !ping_mac_ok(next, g, &p))
             return count(TI_STAT_PING_BAD_KEY, TC_ACT_SHOT);
@@ -444,21 +568,39 @@ static __always_inline int ping(struct __sk_buff *skb, struct iphdr *ip, struct 
         if (ti_fresh.insert(&tid, &nf)) /* another CPU was first */
             return count(TI_STAT_PING_REPLAY, TC_ACT_SHOT);
     }
-    struct ti_learned l = {.remote_addr = ip->saddr, .remote_port = udp->source,
-                           .updated_ns = bpf_ktime_get_boot_ns()};
-    ti_learned.update(&tid, &l);
+    if (o->v6) {
+        struct ti_learned6 l = {.remote_port = o->sport, .updated_ns = bpf_ktime_get_boot_ns()};
+        __builtin_memcpy(l.remote_addr, o->saddr6, 16);
+        ti_learned6.update(&tid, &l);
+    } else {
+        struct ti_learned l = {.remote_addr = o->saddr, .remote_port = o->sport,
+                               .updated_ns = bpf_ktime_get_boot_ns()};
+        ti_learned.update(&tid, &l);
+    }
     return count(TI_STAT_PING, TC_ACT_SHOT); /* consumed: pings are for the data path only */
 }
 
-/* 0 when a data packet for tunnel_id may arrive at this endpoint from ip's source, else the
+/* 0 when a data packet for tunnel_id may arrive at this endpoint from o's source, else the
  * counter of why not.  Only the tunnel's far end may send into it: its fixed or learned remote
  * address (the port is the sender's flow hash, not the remote's port). */
-static __always_inline int tunnel_refuses(const struct iphdr *ip, const struct udphdr *udp,
-                                          __be32 tunnel_id)
+static __always_inline int tunnel_refuses(const struct ti_seen *o, __be32 tunnel_id)
 {
     u32 tid = tunnel_id;
+    if (o->v6) {
+        struct ti_tunnel6 *t = ti_tunnel6.lookup(&tid);
+        if (!t || !key_equal(t->local_addr, o->daddr6) || t->local_port != o->dport)
+            return TI_STAT_DROP_NO_TUNNEL;
+        const u8 *remote = t->remote_addr;
+        if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
+            struct ti_learned6 *l = ti_learned6.lookup(&tid);
+            if (!l)
+                return TI_STAT_DROP_NO_REMOTE;
+            remote = l->remote_addr;
+        }
+        return key_equal(remote, o->saddr6) ? 0 : TI_STAT_DROP_BAD_SOURCE;
+    }
     struct ti_tunnel *t = ti_tunnel.lookup(&tid);
-    if (!t || t->local_addr != ip->daddr || t->local_port != udp->dest)
+    if (!t || t->local_addr != o->daddr || t->local_port != o->dport)
         return TI_STAT_DROP_NO_TUNNEL;
     __be32 remote = t->remote_addr;
     if (t->flags & bpf_htonl(TI_TUNNEL_LEARN)) {
@@ -467,16 +609,16 @@ static __always_inline int tunnel_refuses(const struct iphdr *ip, const struct u
             return TI_STAT_DROP_NO_REMOTE;
         remote = l->remote_addr;
     }
-    return ip->saddr == remote ? 0 : TI_STAT_DROP_BAD_SOURCE;
+    return o->saddr == remote ? 0 : TI_STAT_DROP_BAD_SOURCE;
 }
 
 /* 0 when data packet d may be decapsulated for its service, else the counter of why not, in
  * this order: the tunnel (tunnel_refuses), the service (first: its TI_VERIFY/TI_VERIFY6 key,
  * NULL when unknown), the key: the service's first slot or, while keys rotate, its TI_NEXT. */
-static __always_inline int data_refuses(const struct iphdr *ip, const struct udphdr *udp,
-                                        const struct ti_gue_data *d, const u8 *first)
+static __always_inline int data_refuses(const struct ti_seen *o, const struct ti_gue_data *d,
+                                        const u8 *first)
 {
-    int refused = tunnel_refuses(ip, udp, d->tunnel_id);
+    int refused = tunnel_refuses(o, d->tunnel_id);
     if (refused)
         return refused;
     if (!first)
@@ -497,11 +639,26 @@ static __always_inline int reply_of_service(const struct ti_service *s, const st
            s->sid.service_id == d->sid.service_id;
 }
 
+/* Strip the outer headers up to the inner packet at inner_off and give the frame the inner
+ * family's Ethernet type (the DECAP flags set skb->protocol; kernel 6.3). */
+static __always_inline int strip(struct __sk_buff *skb, const struct ti_seen *o, u32 inner_off,
+                                 int inner_v6)
+{
+    u64 flags = inner_v6 ? (o->v6 ? 0 : TI_ADJ_ROOM_DECAP_L3_IPV6)
+                         : (o->v6 ? TI_ADJ_ROOM_DECAP_L3_IPV4 : 0);
+    if (bpf_skb_adjust_room(skb, -(s32)(inner_off - ETH_HLEN), BPF_ADJ_ROOM_MAC, flags))
+        return -1;
+    if (inner_v6 == o->v6)
+        return 0;
+    __be16 type = bpf_htons(inner_v6 ? ETH_P_IPV6 : ETH_P_IP);
+    return bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &type, 2, 0) ? -1 : 0;
+}
+
 /* A data packet with IPv6 inside (GUE proto 41): the same checks as IPv4's, against the
  * IPv6 tables.  Only a TCP or UDP header directly after the inner fixed header is accepted
  * (no extension headers): the node rewrites its ports, the gateway checks them. */
-static __always_inline int decap6(struct __sk_buff *skb, const struct iphdr *ip,
-                                  const struct udphdr *udp, u32 off, u32 udp_len)
+static __always_inline int decap6(struct __sk_buff *skb, const struct ti_seen *o, u32 off,
+                                  u32 udp_len)
 {
     struct {
         struct ti_gue_data d;
@@ -513,10 +670,10 @@ static __always_inline int decap6(struct __sk_buff *skb, const struct iphdr *ip,
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
     struct ti_gue_data d = b.d;
     if (b.inner.version != 6 || bpf_ntohs(b.inner.payload_len) + TI_IP6_HLEN +
-                                    (inner_off - ETH_HLEN - ip->ihl * 4) > udp_len)
+                                    (inner_off - ETH_HLEN - o->l3len) > udp_len)
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
     struct ti_verify6 *v = ti_verify6.lookup(&d.sid);
-    int refused = data_refuses(ip, udp, &d, v ? v->key : 0);
+    int refused = data_refuses(o, &d, v ? v->key : 0);
     if (refused || !v)
         return count(refused, TC_ACT_SHOT);
 #if TI_ROLE_NODE
@@ -530,11 +687,7 @@ static __always_inline int decap6(struct __sk_buff *skb, const struct iphdr *ip,
         !reply_of_service(ti_encap6.lookup(&src), &d))
         return count(TI_STAT_DROP_BAD_INNER, TC_ACT_SHOT);
 #endif
-    if (bpf_skb_adjust_room(skb, -(s32)(inner_off - ETH_HLEN), BPF_ADJ_ROOM_MAC,
-                            TI_ADJ_ROOM_DECAP_L3_IPV6))
-        return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
-    __be16 type = bpf_htons(ETH_P_IPV6);
-    if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_proto), &type, 2, 0))
+    if (strip(skb, o, inner_off, 1))
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
 #if TI_ROLE_NODE
     if (rewrite6(skb, backend.proto, 1, backend.addr, backend.port))
@@ -545,61 +698,24 @@ static __always_inline int decap6(struct __sk_buff *skb, const struct iphdr *ip,
     return TC_ACT_OK;
 }
 
-int ti_ingress(struct __sk_buff *skb)
+/* A data packet with IPv4 inside (GUE proto 4). */
+static __always_inline int decap4(struct __sk_buff *skb, const struct ti_seen *o, u32 off,
+                                  u32 udp_len)
 {
-    struct iphdr ip;
-    struct udphdr udp;
-    struct ti_gue_hdr g;
-    if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
-        return count(TI_STAT_PASS, TC_ACT_OK);
-    if (ip.version != 4 || ip.ihl < 5 || ip.protocol != IPPROTO_UDP)
-        return count(TI_STAT_PASS, TC_ACT_OK);
-    u32 ihl = ip.ihl * 4;
-    if (ip.frag_off & bpf_htons(TI_IP_OFFSET)) /* later fragment: no UDP header to look at */
-        return count(TI_STAT_PASS, TC_ACT_OK);
-    if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, &udp, sizeof(udp)))
-        return count(TI_STAT_PASS, TC_ACT_OK);
-    struct ti_endpoint ep = {.addr = ip.daddr, .port = udp.dest, .proto = IPPROTO_UDP};
-    if (!ti_decap.lookup(&ep))
-        return count(TI_STAT_PASS, TC_ACT_OK);
-
-    /* From here the packet is addressed to one of our decap endpoints: it is decapsulated,
-     * consumed as a ping, or dropped.  Never passed on half-parsed. */
-    if (ip.frag_off & bpf_htons(TI_IP_MF))
-        return count(TI_STAT_DROP_FRAGMENT, TC_ACT_SHOT);
-    u32 off = ETH_HLEN + ihl + sizeof(udp);
-    u32 udp_len = bpf_ntohs(udp.len);
-    if (bpf_skb_load_bytes(skb, off, &g, sizeof(g)) || udp_len < sizeof(udp) + sizeof(g) ||
-        bpf_ntohs(ip.tot_len) < ihl + udp_len)
-        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
-    if (g.vch >> 6)
-        return count(TI_STAT_DROP_BAD_VERSION, TC_ACT_SHOT);
-    u8 hlen = g.vch & 0x1f;
-    if (udp_len < sizeof(udp) + sizeof(g) + hlen * 4)
-        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
-    if (g.vch & 0x20)
-        return ping(skb, &ip, &udp, off, hlen, &g);
-
-    if (g.flags || hlen != TI_GUE_DATA_HLEN)
-        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
-    if (g.proto == IPPROTO_IPV6)
-        return decap6(skb, &ip, &udp, off, udp_len);
-    if (g.proto != IPPROTO_IPIP)
-        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
     struct {
         struct ti_gue_data d;
         struct iphdr inner;
     } __attribute__((packed)) b; /* one load for private data and inner header */
-    u32 inner_off = off + sizeof(g) + sizeof(b.d);
-    if (bpf_skb_load_bytes(skb, off + sizeof(g), &b, sizeof(b)))
+    u32 inner_off = off + sizeof(struct ti_gue_hdr) + sizeof(b.d);
+    if (bpf_skb_load_bytes(skb, off + sizeof(struct ti_gue_hdr), &b, sizeof(b)))
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
     struct ti_gue_data d = b.d;
     struct iphdr inner = b.inner;
     if (inner.version != 4 || inner.ihl < 5 ||
-        bpf_ntohs(inner.tot_len) + (inner_off - ETH_HLEN - ihl) > udp_len)
+        bpf_ntohs(inner.tot_len) + (inner_off - ETH_HLEN - o->l3len) > udp_len)
         return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
     struct ti_verify *v = ti_verify.lookup(&d.sid);
-    int refused = data_refuses(&ip, &udp, &d, v ? v->key : 0);
+    int refused = data_refuses(o, &d, v ? v->key : 0);
     if (refused || !v) /* (!v implies refused: the verifier needs it said) */
         return count(refused, TC_ACT_SHOT);
 #if TI_ROLE_NODE
@@ -617,8 +733,7 @@ int ti_ingress(struct __sk_buff *skb)
     if (!reply_of_service(ti_encap.lookup(&src), &d))
         return count(TI_STAT_DROP_BAD_INNER, TC_ACT_SHOT);
 #endif
-
-    if (bpf_skb_adjust_room(skb, -(s32)(inner_off - ETH_HLEN), BPF_ADJ_ROOM_MAC, 0))
+    if (strip(skb, o, inner_off, 0))
         return count(TI_STAT_DROP_ERROR, TC_ACT_SHOT);
 #if TI_ROLE_NODE
     if (rewrite(skb, &inner, 1, backend.addr, backend.port))
@@ -627,4 +742,97 @@ int ti_ingress(struct __sk_buff *skb)
 #endif
     count(TI_STAT_DECAP, 0); /* once, after everything that could still drop it */
     return TC_ACT_OK;
+}
+
+/* The UDP datagram at ETH_HLEN + o->l3len is addressed to one of our decap endpoints:
+ * decapsulated, consumed as a ping, or dropped.  Never passed on half-parsed.  l3_payload:
+ * the bytes the outer IP header says follow it. */
+static __always_inline int gue_in(struct __sk_buff *skb, const struct ti_seen *o,
+                                  const struct udphdr *udp, u32 l3_payload)
+{
+    struct ti_gue_hdr g;
+    u32 off = ETH_HLEN + o->l3len + sizeof(*udp);
+    u32 udp_len = bpf_ntohs(udp->len);
+    if (bpf_skb_load_bytes(skb, off, &g, sizeof(g)) || udp_len < sizeof(*udp) + sizeof(g) ||
+        l3_payload < udp_len)
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    if (g.vch >> 6)
+        return count(TI_STAT_DROP_BAD_VERSION, TC_ACT_SHOT);
+    u8 hlen = g.vch & 0x1f;
+    if (udp_len < sizeof(*udp) + sizeof(g) + hlen * 4)
+        return count(TI_STAT_DROP_MALFORMED, TC_ACT_SHOT);
+    if (g.vch & 0x20)
+        return ping(skb, o, off, hlen, &g);
+    if (g.flags || hlen != TI_GUE_DATA_HLEN)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+    if (g.proto == IPPROTO_IPV6)
+        return decap6(skb, o, off, udp_len);
+    if (g.proto != IPPROTO_IPIP)
+        return count(TI_STAT_DROP_BAD_HEADER, TC_ACT_SHOT);
+    return decap4(skb, o, off, udp_len);
+}
+
+/* IPv6 underlay: the fixed header, at most one fragment header, then UDP to a TI_DECAP6
+ * endpoint; any other extension header is not ours (passed, as IPv4's later fragments). */
+static __always_inline int ingress6(struct __sk_buff *skb)
+{
+    struct ipv6hdr ip6;
+    struct udphdr udp;
+    struct ti_seen o = {.v6 = 1, .l3len = TI_IP6_HLEN};
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) || ip6.version != 6)
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    u8 next = ip6.nexthdr;
+    int fragment = next == 44;
+    if (fragment) {
+        struct {
+            u8 nexthdr;
+            u8 reserved;
+            __be16 frag_off; /* offset (13 bits) | 2 reserved | M */
+            __be32 id;
+        } f;
+        if (bpf_skb_load_bytes(skb, ETH_HLEN + TI_IP6_HLEN, &f, sizeof(f)) ||
+            (f.frag_off & bpf_htons(0xfff8))) /* later fragment: no UDP header to look at */
+            return count(TI_STAT_PASS, TC_ACT_OK);
+        next = f.nexthdr;
+        o.l3len += sizeof(f);
+    }
+    if (next != IPPROTO_UDP || bpf_skb_load_bytes(skb, ETH_HLEN + o.l3len, &udp, sizeof(udp)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_endpoint6 ep = {.port = udp.dest, .proto = IPPROTO_UDP};
+    __builtin_memcpy(ep.addr, &ip6.daddr, 16);
+    if (!ti_decap6.lookup(&ep))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (fragment) /* a first fragment, or an atomic one: neither is ever sent by a GUE end */
+        return count(TI_STAT_DROP_FRAGMENT, TC_ACT_SHOT);
+    __builtin_memcpy(o.saddr6, &ip6.saddr, 16);
+    __builtin_memcpy(o.daddr6, &ip6.daddr, 16);
+    o.sport = udp.source;
+    o.dport = udp.dest;
+    return gue_in(skb, &o, &udp, bpf_ntohs(ip6.payload_len) + TI_IP6_HLEN - o.l3len);
+}
+
+int ti_ingress(struct __sk_buff *skb)
+{
+    struct iphdr ip;
+    struct udphdr udp;
+    if (skb->protocol == bpf_htons(ETH_P_IPV6))
+        return ingress6(skb);
+    if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (ip.version != 4 || ip.ihl < 5 || ip.protocol != IPPROTO_UDP)
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    u32 ihl = ip.ihl * 4;
+    if (ip.frag_off & bpf_htons(TI_IP_OFFSET)) /* later fragment: no UDP header to look at */
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, &udp, sizeof(udp)))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    struct ti_endpoint ep = {.addr = ip.daddr, .port = udp.dest, .proto = IPPROTO_UDP};
+    if (!ti_decap.lookup(&ep))
+        return count(TI_STAT_PASS, TC_ACT_OK);
+    if (ip.frag_off & bpf_htons(TI_IP_MF))
+        return count(TI_STAT_DROP_FRAGMENT, TC_ACT_SHOT);
+    struct ti_seen o = {.saddr = ip.saddr, .daddr = ip.daddr, .sport = udp.source,
+                        .dport = udp.dest, .l3len = ihl};
+    u32 tot = bpf_ntohs(ip.tot_len);
+    return gue_in(skb, &o, &udp, tot > ihl ? tot - ihl : 0);
 }

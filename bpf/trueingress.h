@@ -133,6 +133,31 @@ struct ti_tunnel {
     __be32 stamp;
 };
 
+/* TI_TUNNEL6 value: a tunnel whose endpoints are IPv6 (an IPv6 underlay), fields as in
+ * struct ti_tunnel.  A tunnel id lives in TI_TUNNEL or TI_TUNNEL6, never both; its local
+ * endpoint is in TI_DECAP6 (key struct ti_endpoint6, proto UDP, value struct ti_decap) and a
+ * learned remote in TI_LEARNED6.  64 bytes. */
+struct ti_tunnel6 {
+    __u8 local_addr[16];
+    __u8 remote_addr[16];
+    __be16 local_port;
+    __be16 remote_port;
+    __be32 flags;
+    __be32 ping_interval_ms;
+    __u8 key[TI_KEY_LEN];
+    __be32 stamp;
+};
+
+/* TI_LEARNED6 value, key is a big-endian __be32 tunnel id.  Written only by the data path.
+ * 32 bytes. */
+struct ti_learned6 {
+    __u8 remote_addr[16];
+    __be16 remote_port;
+    __u16 pad;
+    __u32 pad2;
+    __u64 updated_ns; /* as in struct ti_learned */
+};
+
 /* TI_DECAP value, key is the tunnel's local endpoint (proto UDP). */
 struct ti_decap {
     __be32 stamp;

@@ -24,6 +24,7 @@ from reconciler.cli.common import (
 from reconciler.core import registry
 from reconciler.core.capability import Kind
 from reconciler.core.errors import BpfsyncError
+from reconciler.core.model import hostport
 from reconciler.counters import read_stats, read_steer_stats
 from reconciler.names.tables import NAMES
 from reconciler.steering import tables as steering_tables
@@ -64,12 +65,12 @@ def _rows(docs: list[dict]) -> list[tuple[str, ...]]:
             remote = s["remote"]
             if remote == "learn":
                 learned = st.get("learned")
-                remote = (f"learn → {learned['address']}:{learned['port']} "
+                remote = (f"learn → {hostport(learned['address'], learned['port'])} "
                           f"({learned['ageSeconds']}s ago)" if learned else "learn (not yet)")
             else:
-                remote = f"{remote['address']}:{remote['port']}"
+                remote = hostport(remote["address"], remote["port"])
             rows.append(("Tunnel", d["metadata"]["name"], str(s["id"]),
-                         f"{s['local']['address']}:{s['local']['port']}", remote, "",
+                         hostport(s["local"]["address"], s["local"]["port"]), remote, "",
                          "" if st.get("managed", True) else "not written by bpfsync"))
         elif d["kind"] == "Proxy":
             rows.append(("Proxy", d["metadata"]["name"], str(s["id"]),
@@ -89,8 +90,8 @@ def _rows(docs: list[dict]) -> list[tuple[str, ...]]:
                                       ("not written by bpfsync", not st.get("managed", True)))
                      if bad]
             rows.append(("Service", d["metadata"]["name"], f"{s['groupId']}/{s['serviceId']}",
-                         f"{proxy['address']}:{proxy['port']}/{s['protocol']}" if proxy else "-",
-                         f"{backend['address']}:{backend['port']}" if backend else "-",
+                         f"{hostport(proxy['address'], proxy['port'])}/{s['protocol']}" if proxy else "-",
+                         hostport(backend["address"], backend["port"]) if backend else "-",
                          s.get("tunnel", "-"), ", ".join(notes)))
     return rows
 

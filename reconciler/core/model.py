@@ -26,7 +26,12 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        return f"{self.address}:{self.port}"
+        return hostport(self.address, self.port)
+
+
+def hostport(host: str, port: int) -> str:
+    """host:port as YAML writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Named:

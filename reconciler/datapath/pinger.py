@@ -34,19 +34,21 @@ class PingTarget:
     key: Secret
 
     def describe(self) -> str:
-        return (f"tunnel {self.tunnel_id} {self.local[0]}:{self.local[1]} -> "
-                f"{self.remote[0]}:{self.remote[1]} every {self.interval_s:g}s")
+        local, remote = (gt.endpoint_text({"address": a, "port": p})
+                         for a, p in (self.local, self.remote))
+        return f"tunnel {self.tunnel_id} {local} -> {remote} every {self.interval_s:g}s"
 
 
 def targets(tunnel_table: dict[bytes, bytes],
             read_next: Callable[[], dict[bytes, bytes]] | None = None) -> dict[int, PingTarget]:
-    """Tunnels with the ping flag, from raw TI_TUNNEL entries, each with the key to sign with:
+    """Tunnels with the ping flag, from raw TI_TUNNEL and TI_TUNNEL6 entries (in one dict: a
+    tunnel id is in one of them), each with the key to sign with:
     the TI_NEXT key when the tunnel says so (a rotation's second half). read_next gives the
     TI_NEXT entries; it is called at most once, and only when a tunnel needs them."""
     out = {}
     next_table: dict[bytes, bytes] | None = None
     for key, value in tunnel_table.items():
-        if len(value) != gt.TUNNEL.value_size:
+        if len(value) not in (gt.TUNNEL.value_size, gt.TUNNEL6.value_size):
             continue
         v = registry.decode_value(gt.TUNNEL.name, value)
         if not v["flags"] & gt.TUNNEL_FLAG_PING or "key" not in v or v["remote"] == "learn":
@@ -61,7 +63,7 @@ def targets(tunnel_table: dict[bytes, bytes],
         tid = registry.decode_key(gt.TUNNEL.name, key)["id"]
         laddr, lport = v["local"].rsplit(":", 1)
         raddr, rport = v["remote"].rsplit(":", 1)
-        out[tid] = PingTarget(tid, (laddr, int(lport)), (raddr, int(rport)),
+        out[tid] = PingTarget(tid, (laddr.strip("[]"), int(lport)), (raddr.strip("[]"), int(rport)),
                               max(0.1, v["pingIntervalMs"] / 1000), v["key"])
     return out
 

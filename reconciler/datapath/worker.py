@@ -22,6 +22,7 @@ from typing import Any
 
 from reconciler.datapath import pinger, relay, supervisor
 from reconciler.datapath.fdgate import DescriptorGate
+from reconciler.datapath.listeners import IP_FREEBIND, IPV6_FREEBIND
 from reconciler.datapath.proxyserver import ProxyServer
 from reconciler.datapath.shared import Shared
 from reconciler.gue import tables as gt
@@ -30,7 +31,6 @@ from reconciler.kernel.maps import read_pin
 from reconciler.steering import proxyconf
 from reconciler.steering import tables as st
 
-IP_FREEBIND = 15
 MAX_SLEEP = 1.0  # table changes are noticed within this
 STATUS_EVERY = 0.25  # seconds between reports in <run dir>/datapath.json
 DRAIN_ON_EXIT = 10.0  # seconds established connections get when the worker stops
@@ -49,20 +49,26 @@ class Pinger:
 
     def read(self) -> dict[int, pinger.PingTarget]:
         raw = read_pin(self.pin_root, gt.TUNNEL)
+        raw6 = read_pin(self.pin_root, gt.TUNNEL6)  # not pinned before an IPv6-aware apply
         if raw is None:
             if not self._missing_logged:
                 log.info("waiting for %s (created by the first bpfsync apply)",
                          self.pin_root / "maps" / gt.TUNNEL.name)
                 self._missing_logged = True
             return {}
-        return pinger.targets(raw, lambda: read_pin(self.pin_root, gt.NEXT_KEY_TABLE) or {})
+        return pinger.targets({**raw, **(raw6 or {})},
+                              lambda: read_pin(self.pin_root, gt.NEXT_KEY_TABLE) or {})
 
     def _socket(self, local: tuple[str, int]) -> socket.socket:
         sock = self.sockets.get(local)
         if sock is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            ipv6 = ":" in local[0]
+            sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            if ipv6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
             sock.setblocking(False)
             sock.bind(local)
             self.sockets[local] = sock

@@ -14,11 +14,20 @@ from reconciler.load.secrets import KeySource, Secret
 
 def build_tunnel(spec: Spec) -> Tunnel | None:
     local = spec.endpoint(spec["local"], DEFAULT_GUE_PORT)
-    spec.unicast(("local", "address"), local.address)
+    if spec.unicast(("local", "address"), local.address, ipv6=True):
+        local = _canonical(local)
     remote = None
     if spec["remote"] != "learn":
         remote = spec.endpoint(spec["remote"], DEFAULT_GUE_PORT)
-        spec.unicast(("remote", "address"), remote.address)
+        if spec.unicast(("remote", "address"), remote.address, ipv6=True):
+            remote = _canonical(remote)
+            if (":" in remote.address) != (":" in local.address):
+                spec.problem(("remote", "address"), f"remote {remote.address} and local "
+                                                    f"{local.address} are of different families")
+    if ":" in local.address and not spec.get("zeroChecksum", False):
+        spec.problem(("local", "address"),
+                     "an IPv6 underlay sends GUE with UDP checksum 0 (RFC 6935): allow it with "
+                     "zeroChecksum: true on both ends of the tunnel")
     ping_ms = None
     if "ping" in spec:
         ping_ms = round(1000 * spec["ping"].get("intervalSeconds", 10))

@@ -30,16 +30,16 @@ GUE = Capability(
                 services, kernel_ref=lambda s: gt.service_ref(s.group_id, s.service_id)),
            Kind("Interface", "interfaces", Interface, build_interface, interface_row,
                 interface_unrow, programs=True)),
-    entries=(gt.TUNNEL, gt.DECAP, gt.VERIFY, gt.ENCAP, gt.REPLY, gt.VERIFY6, gt.ENCAP6,
-             gt.REPLY6, gt.NEXT_KEY_TABLE, gt.LEARNED),
+    entries=(gt.TUNNEL, gt.DECAP, gt.TUNNEL6, gt.DECAP6, gt.VERIFY, gt.ENCAP, gt.REPLY,
+             gt.VERIFY6, gt.ENCAP6, gt.REPLY6, gt.NEXT_KEY_TABLE, gt.LEARNED, gt.LEARNED6),
     maps=(gt.STATS, gt.FRESH),
     # A second accepted key is written before the slot it may move out of (compile.py keeps
     # the two accepted keys in a fixed order, so a rotation never drops a key still in use);
     # tunnels and decap entries before the services that use them, and deleted after them.
-    upserts=(gt.NEXT_KEY_TABLE, gt.TUNNEL, gt.DECAP, gt.VERIFY, gt.VERIFY6, gt.ENCAP,
-             gt.ENCAP6, gt.REPLY, gt.REPLY6),
+    upserts=(gt.NEXT_KEY_TABLE, gt.TUNNEL, gt.TUNNEL6, gt.DECAP, gt.DECAP6, gt.VERIFY,
+             gt.VERIFY6, gt.ENCAP, gt.ENCAP6, gt.REPLY, gt.REPLY6),
     deletes=(gt.REPLY, gt.REPLY6, gt.ENCAP, gt.ENCAP6, gt.NEXT_KEY_TABLE, gt.VERIFY,
-             gt.VERIFY6, gt.TUNNEL, gt.DECAP),
+             gt.VERIFY6, gt.TUNNEL, gt.TUNNEL6, gt.DECAP, gt.DECAP6),
     codecs=gt.CODECS,
     cross_check=cross_check,
     status=gue_status,

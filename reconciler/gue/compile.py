@@ -97,12 +97,13 @@ def compile_gue(out: DesiredTables, state: DesiredState, context: CompileContext
                          else (None, None))
         if second is not None:
             tunnel_seconds.append((gt.next_key(gt.NEXT_TUNNEL, key), second, tunnel.ref))
-        out.put(gt.TUNNEL, key, gt.tunnel_value(
+        table, decap = gt.tunnel_tables(":" in tunnel.local.address)
+        out.put(table, key, gt.tunnel_value(
             key, (tunnel.local.address, tunnel.local.port), remote, first,
             tunnel.ping_interval_ms, send_next=second is not None and second == tunnel.key),
             tunnel.ref)
         dkey = gt.endpoint_key(tunnel.local.address, tunnel.local.port, PROTO_NUMBERS["udp"])
-        out.put(gt.DECAP, dkey, gt.decap_value(dkey), tunnel.ref)
+        out.put(decap, dkey, gt.decap_value(dkey), tunnel.ref)
     node = has_node_role(state)
     tunnel_ids = {name: tunnel.id for name, tunnel in state.of(Tunnel).items()}
     if context.memo is not None:

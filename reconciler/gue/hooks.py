@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from reconciler.core.attachments import Hook
 from reconciler.core.filters import Wanted
 from reconciler.core.state import DesiredState
-from reconciler.gue.model import Interface
-from reconciler.gue.tables import GUE_OVERHEAD
+from reconciler.gue.model import Interface, Tunnel
+from reconciler.gue.tables import GUE_OVERHEAD, GUE_OVERHEAD6
 
 FUNCTIONS = {"ingress": "ti_ingress", "egress": "ti_egress"}
 
@@ -36,7 +36,10 @@ class ProgramConfig:
 
 def wanted(state: DesiredState) -> list[Wanted]:
     """Each Interface's enabled directions; an egress that adds GUE headers (a gateway's, or
-    a node's that replies through the tunnel) carries the overhead the MTU check uses."""
+    a node's that replies through the tunnel) carries the overhead the MTU check uses: an
+    IPv6 underlay's (76 bytes) as soon as one Tunnel has IPv6 endpoints, else IPv4's (56)."""
+    ipv6 = any(":" in t.local.address for t in state.of(Tunnel).values())
+    overhead = GUE_OVERHEAD6 if ipv6 else GUE_OVERHEAD
     out = []
     for iface in sorted(state.of(Interface).values(), key=lambda i: i.name):
         config = ProgramConfig(iface.role, iface.replies_tunnel, iface.fib_lookup)
@@ -44,6 +47,6 @@ def wanted(state: DesiredState) -> list[Wanted]:
             if on:
                 encap = direction == "egress" and (iface.role == "gateway" or iface.replies_tunnel)
                 out.append(Wanted(Hook(iface.device, iface.netns, direction), iface.priority,
-                                  config, iface.ref, GUE_OVERHEAD if encap else 0,
+                                  config, iface.ref, overhead if encap else 0,
                                   "GUE" if encap else ""))
     return out

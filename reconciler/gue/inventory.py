@@ -38,14 +38,18 @@ def tunnels(observed: Observed, keys_dir: Path | None = None,
             now_ns: int | None = None) -> list[dict[str, Any]]:
     now_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if now_ns is None else now_ns
     names = Names(observed)
-    learned = observed.get(gt.LEARNED.name, {})
+    # a tunnel id is in one family's tables: both read as one
+    learned = {**observed.get(gt.LEARNED.name, {}), **observed.get(gt.LEARNED6.name, {})}
     nexts = observed.get(gt.NEXT_KEY_TABLE.name, {})
     out = []
-    for key, value in sorted(observed.get(gt.TUNNEL.name, {}).items()):
+    every = {**observed.get(gt.TUNNEL.name, {}), **observed.get(gt.TUNNEL6.name, {})}
+    for key, value in sorted(every.items()):
         tid = gt.CODECS[gt.TUNNEL.name].decode_key(key)["id"]
         v = gt.CODECS[gt.TUNNEL.name].decode_value(value)
         spec: dict[str, Any] = {"id": tid, "local": _ep(v["local"]),
                                 "remote": "learn" if v["remote"] == "learn" else _ep(v["remote"])}
+        if ":" in spec["local"]["address"]:
+            spec["zeroChecksum"] = True
         nxt = nexts.get(gt.next_key(gt.NEXT_TUNNEL, key))
         second = gt.CODECS[gt.NEXT_KEY_TABLE.name].decode_value(nxt)["nextKey"] if nxt else None
         if "key" in v:

@@ -17,7 +17,8 @@ STALE_TUNNEL = 60.0  # seconds without a ping after which a learned remote is no
 
 def gue_status(context: StatusContext) -> dict[str, Any]:
     try:
-        observed = context.read(lambda tables: tables.read((gt.TUNNEL, gt.LEARNED)))
+        observed = context.read(lambda tables: tables.read((gt.TUNNEL, gt.LEARNED, gt.TUNNEL6,
+                                                                 gt.LEARNED6)))
     except (BpfsyncError, OSError):
         observed = {}
     names = {x.id: x.name for x in context.declared(Tunnel).values()}
@@ -38,7 +39,7 @@ def gue_status_lines(doc: Mapping[str, Any]) -> list[str]:
     for tun in doc.get("tunnels") or []:
         learned = tun["learned"]
         how = ("fixed remote" if tun["remote"] != "learn" else
-               f"learned {learned['address']}:{learned['port']} {learned['ageSeconds']}s ago"
+               f"learned {gt.endpoint_text(learned)} {learned['ageSeconds']}s ago"
                if learned else "remote not learned yet")
         lines.append(f"  tunnel {tun['name']}: {how}"
                      + ("" if tun["healthy"] else " (not fresh)"))

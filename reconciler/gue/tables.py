@@ -7,6 +7,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from reconciler.core.model import hostport
 from reconciler.core.tables import (
     BPF_MAP_TYPE_PERCPU_ARRAY,
     PROTO_NAMES,
@@ -32,12 +33,17 @@ GUE_CTYPE_PING = 1
 GUE_DATA_HLEN = 6
 GUE_PING_HLEN = 5
 GUE_OVERHEAD = 20 + 8 + 4 + 4 * GUE_DATA_HLEN  # outer IPv4 + UDP + GUE with private data
+GUE_OVERHEAD6 = GUE_OVERHEAD + 20  # over an IPv6 underlay: a 40-byte outer header
 
 TUNNEL = MapSpec("ti_tunnel", 4, 40, MAX_TUNNELS, "Tunnel")
 DECAP = MapSpec("ti_decap", 8, 4, MAX_DECAP, "Tunnel")
 VERIFY = MapSpec("ti_verify", 4, 32, MAX_SERVICES, "Service")
 ENCAP = MapSpec("ti_encap", 8, 32, MAX_SERVICES, "Service")
 REPLY = MapSpec("ti_reply", 8, 36, MAX_SERVICES, "Service")
+# Tunnels over an IPv6 underlay: a tunnel id is in TUNNEL or TUNNEL6, never both.
+TUNNEL6 = MapSpec("ti_tunnel6", 4, 64, MAX_TUNNELS, "Tunnel")
+DECAP6 = MapSpec("ti_decap6", 20, 4, MAX_DECAP, "Tunnel")
+LEARNED6 = MapSpec("ti_learned6", 4, 32, MAX_TUNNELS, "Tunnel", owned=False)
 # IPv6 Services (IPv6 inside the tunnel): the same entries keyed by 20-byte IPv6 endpoints.
 ENCAP6 = MapSpec("ti_encap6", 20, 32, MAX_SERVICES, "Service")
 VERIFY6 = MapSpec("ti_verify6", 4, 40, MAX_SERVICES, "Service")
@@ -69,17 +75,30 @@ _SERVICE = struct.Struct(f"!IHH{KEY_LEN}sI")  # + stamp
 _VERIFY = struct.Struct(f"!{KEY_LEN}s8sI")  # + stamp
 _VERIFY6 = struct.Struct(f"!{KEY_LEN}s20s")  # + stamp
 _TUNNEL = struct.Struct(f"!4s4sHHII{KEY_LEN}s")  # + stamp
+_TUNNEL6 = struct.Struct(f"!16s16sHHII{KEY_LEN}s")  # + stamp
 _REPLY = struct.Struct(f"!8sIHH{KEY_LEN}s")  # + stamp
 _REPLY6 = struct.Struct(f"!20sIHH{KEY_LEN}s")  # + stamp
 _LEARNED = struct.Struct("!4sH2x")  # + host-order u64 updated_ns
+_LEARNED6 = struct.Struct("!16sH6x")  # + host-order u64 updated_ns
 _NS = struct.Struct("=Q")
 
 
 def endpoint_key(address: str, port: int, proto: int) -> bytes:
     """struct ti_endpoint (8 bytes) of an IPv4 address, ti_endpoint6 (20) of an IPv6 one."""
-    if ":" in address:
-        return _EP6.pack(socket.inet_pton(socket.AF_INET6, address), port, proto)
-    return _EP.pack(socket.inet_aton(address), port, proto)
+    return (_EP6 if ":" in address else _EP).pack(_packed(address), port, proto)
+
+
+def _packed(address: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+
+
+def _text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)
+
+
+def tunnel_tables(ipv6: bool) -> tuple[MapSpec, MapSpec]:
+    """A Tunnel's TUNNEL and DECAP tables: its endpoints' family chooses them."""
+    return (TUNNEL6, DECAP6) if ipv6 else (TUNNEL, DECAP)
 
 
 def service_tables(ipv6: bool) -> tuple[MapSpec, MapSpec, MapSpec]:
@@ -113,9 +132,10 @@ def tunnel_value(key: bytes, local: tuple[str, int], remote: tuple[str, int] | N
              | (TUNNEL_FLAG_PING if ping_interval_ms else 0)
              | (TUNNEL_FLAG_KEYED if secret is not None else 0)
              | (TUNNEL_FLAG_SEND_NEXT if send_next else 0))
-    raddr, rport = remote if remote else ("0.0.0.0", 0)
-    return stamped(key, _TUNNEL.pack(
-        socket.inet_aton(local[0]), socket.inet_aton(raddr), local[1], rport, flags,
+    ipv6 = ":" in local[0]
+    raddr, rport = remote if remote else ("::" if ipv6 else "0.0.0.0", 0)
+    return stamped(key, (_TUNNEL6 if ipv6 else _TUNNEL).pack(
+        _packed(local[0]), _packed(raddr), local[1], rport, flags,
         ping_interval_ms or 0, secret.value if secret is not None else bytes(KEY_LEN)))
 
 
@@ -141,19 +161,13 @@ def decap_value(key: bytes) -> bytes:
 # Decoding, for diff, get and status. Key material comes back as Secret, never as bytes.
 
 def decode_endpoint(raw: bytes) -> dict[str, Any]:
-    if len(raw) == _EP6.size:
-        addr6, port, proto = _EP6.unpack(raw)
-        address = socket.inet_ntop(socket.AF_INET6, addr6)
-    else:
-        addr, port, proto = _EP.unpack(raw)
-        address = socket.inet_ntoa(addr)
-    return {"address": address, "port": port, "protocol": PROTO_NAMES.get(proto, str(proto))}
+    addr, port, proto = (_EP6 if len(raw) == _EP6.size else _EP).unpack(raw)
+    return {"address": _text(addr), "port": port, "protocol": PROTO_NAMES.get(proto, str(proto))}
 
 
-def endpoint_text(ep: dict[str, Any]) -> str:
-    """address:port, an IPv6 address in brackets."""
-    address = ep["address"]
-    return f"[{address}]:{ep['port']}" if ":" in address else f"{address}:{ep['port']}"
+def endpoint_text(ep: Mapping[str, Any]) -> str:
+    """An endpoint document's address:port, an IPv6 address in brackets."""
+    return hostport(ep["address"], ep["port"])
 
 
 def _tunnel_id(raw: bytes) -> Decoded:
@@ -189,10 +203,12 @@ def _verify6(raw: bytes) -> Decoded:
 
 
 def _tunnel(raw: bytes) -> Decoded:
-    laddr, raddr, lport, rport, flags, ping_ms, secret = _TUNNEL.unpack_from(raw)
-    remote = "learn" if flags & TUNNEL_FLAG_LEARN else f"{socket.inet_ntoa(raddr)}:{rport}"
-    out: Decoded = {"local": f"{socket.inet_ntoa(laddr)}:{lport}", "remote": remote,
-                    "flags": flags}
+    layout = _TUNNEL6 if len(raw) == TUNNEL6.value_size else _TUNNEL
+    laddr, raddr, lport, rport, flags, ping_ms, secret = layout.unpack_from(raw)
+    remote = ("learn" if flags & TUNNEL_FLAG_LEARN else
+              endpoint_text({"address": _text(raddr), "port": rport}))
+    out: Decoded = {"local": endpoint_text({"address": _text(laddr), "port": lport}),
+                    "remote": remote, "flags": flags}
     if flags & TUNNEL_FLAG_KEYED:
         out["key"] = Secret(secret)
     if flags & TUNNEL_FLAG_PING:
@@ -208,9 +224,11 @@ def _reply(raw: bytes) -> Decoded:
 
 
 def _learned(raw: bytes) -> Decoded:
-    addr, port = _LEARNED.unpack_from(raw)
-    (updated_ns,) = _NS.unpack_from(raw, _LEARNED.size)
-    return {"remote": f"{socket.inet_ntoa(addr)}:{port}", "updatedNs": updated_ns}
+    layout = _LEARNED6 if len(raw) == LEARNED6.value_size else _LEARNED
+    addr, port = layout.unpack_from(raw)
+    (updated_ns,) = _NS.unpack_from(raw, layout.size)
+    return {"remote": endpoint_text({"address": _text(addr), "port": port}),
+            "updatedNs": updated_ns}
 
 
 def _nothing(_raw: bytes) -> Decoded:
@@ -249,8 +267,7 @@ def _tunnel_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
 
 def _decap_owners(_observed: Mapping[str, Mapping[bytes, bytes]]) -> Owners:
     def name(key: bytes, _value: bytes) -> str:
-        ep = decode_endpoint(key)
-        return f"Tunnel/(decap {ep['address']}:{ep['port']})"
+        return f"Tunnel/(decap {endpoint_text(decode_endpoint(key))})"
     return guarded("Tunnel", name)
 
 
@@ -290,5 +307,8 @@ CODECS: dict[str, Codec] = {
     NEXT_KEY_TABLE.name: Codec(_next_of, lambda raw: {"nextKey": Secret(raw[:KEY_LEN])},
                                _describe_next, _next_owners),
     LEARNED.name: Codec(_tunnel_id, _learned, _describe_tunnel, fixed_owner("Tunnel/(learned)")),
+    TUNNEL6.name: Codec(_tunnel_id, _tunnel, _describe_tunnel, _tunnel_owners),
+    DECAP6.name: Codec(decode_endpoint, _nothing, _describe_endpoint, _decap_owners),
+    LEARNED6.name: Codec(_tunnel_id, _learned, _describe_tunnel, fixed_owner("Tunnel/(learned)")),
     FRESH.name: Codec(_tunnel_id, _nothing, _describe_tunnel, fixed_owner("Tunnel/(fresh)")),
 }

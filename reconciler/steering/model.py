@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from reconciler.core.state import DesiredState
 
-from reconciler.core.model import Named, Origin, PortRange
+from reconciler.core.model import Named, Origin, PortRange, hostport  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +52,6 @@ def split_backend(text: str) -> tuple[str, int]:
     else:
         host, _, port = text.rpartition(":")
     return host, int(port)
-
-
-def hostport(host: str, port: int) -> str:
-    """host:port as YAML writes it: an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def backend_address_problem(host: str) -> str | None:

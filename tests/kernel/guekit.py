@@ -23,6 +23,7 @@ from tests.kernel.topology import (
     KEYS,
     NODE_TUNNEL,
     PROXY,
+    UNDERLAY6,
     Net,
     gue_topology,
     service_doc,
@@ -62,9 +63,10 @@ class Gue:
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)[0]["status"].get("learned")
 
-    def capture(self, ns: str, dev: str) -> Any:
-        """Frames on dev from now until frames() stops the capture (120 s at most)."""
-        p = self.net.traffic(ns, "capture", dev, 120)
+    def capture(self, ns: str, dev: str, ipv6: bool = False) -> Any:
+        """Frames on dev (IPv4/UDP ones, or every IPv6 one where ipv6) from now until frames()
+        stops the capture (120 s at most)."""
+        p = self.net.traffic(ns, "capture", dev, 120, 0 if ipv6 else 17)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         return p
 
@@ -117,27 +119,45 @@ def _csum(data: bytes) -> int:
     return total
 
 
+def _outer(f: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """The outer IP and UDP header fields of a GUE frame between the two ends (IPv4 or IPv6
+    underlay), and what follows the UDP header; None for any other frame."""
+    if f[12:14] == b"\x86\xdd":
+        ip, udp, rest = f[14:54], f[54:62], f[62:]
+        if ip[6] != 17 or len(rest) < 24:
+            return None
+        src, dst = (socket.inet_ntop(socket.AF_INET6, ip[a:a + 16]) for a in (8, 24))
+        if {src, dst} != set(UNDERLAY6):
+            return None
+        fields: dict[str, Any] = {"outer": 6, "hop_limit": ip[7],
+                                  "traffic_class": (struct.unpack("!I", ip[:4])[0] >> 20) & 0xFF,
+                                  "flow_label": struct.unpack("!I", ip[:4])[0] & 0xFFFFF}
+    else:
+        ip, udp, rest = f[14:34], f[34:42], f[42:]
+        if f[23] != 17 or len(rest) < 24:
+            return None
+        src, dst = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
+        if {src, dst} != {GW_TUNNEL[0], NODE_TUNNEL[0]}:
+            return None
+        fields = {"outer": 4, "ihl": ip[0] & 0xF,
+                  "df": bool(struct.unpack("!H", ip[6:8])[0] & 0x4000),
+                  "ip_csum_ok": _csum(ip) == 0xFFFF}
+    sport, dport, _, ucsum = struct.unpack("!HHHH", udp)
+    return {**fields, "src": src, "dst": dst, "sport": sport, "dport": dport,
+            "udp_csum": ucsum}, rest
+
+
 def parse_gue(hex_frame: str) -> dict[str, Any] | None:
     """Decode a captured Ethernet frame carrying GUE, checking the outer header as we go."""
-    f = bytes.fromhex(hex_frame)
-    ip = f[14:34]
-    if f[23] != 17:
+    seen = _outer(bytes.fromhex(hex_frame))
+    if seen is None:
         return None
-    udp = f[34:42]
-    sport, dport, _, ucsum = struct.unpack("!HHHH", udp)
-    underlay = {GW_TUNNEL[0], NODE_TUNNEL[0]}
-    if {socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])} != underlay or len(f) < 66:
-        return None
-    gue = f[42:]
-    out: dict[str, Any] = {
-        "ihl": ip[0] & 0xF, "df": bool(struct.unpack("!H", ip[6:8])[0] & 0x4000),
-        "ip_csum_ok": _csum(ip) == 0xFFFF, "src": socket.inet_ntoa(ip[12:16]),
-        "dst": socket.inet_ntoa(ip[16:20]), "sport": sport, "dport": dport, "udp_csum": ucsum,
-        "version": gue[0] >> 6, "c": (gue[0] >> 5) & 1, "hlen": gue[0] & 0x1F,
-        "proto": gue[1], "flags": struct.unpack("!H", gue[2:4])[0]}
+    out, gue = seen
+    out.update({"version": gue[0] >> 6, "c": (gue[0] >> 5) & 1, "hlen": gue[0] & 0x1F,
+                "proto": gue[1], "flags": struct.unpack("!H", gue[2:4])[0]})
     if out["c"]:
         out["tunnel"], out["timestamp"], out["mac"] = struct.unpack("!IQ8s", gue[4:24])
-    else:
+    elif len(gue) >= 48:
         out["tunnel"], out["group"], out["service"], out["key"] = struct.unpack(
             "!IHH16s", gue[4:28])
         inner = gue[28:68]
@@ -149,6 +169,8 @@ def parse_gue(hex_frame: str) -> dict[str, Any] | None:
         else:
             out["inner_src"], out["inner_dst"] = socket.inet_ntoa(inner[12:16]), socket.inet_ntoa(
                 inner[16:20])
+    else:
+        return None
     return out
 
 

@@ -51,7 +51,7 @@ def test_daemon_benchmark_runs() -> None:
     ("bench_proxy.py", "bpfsync6 / haproxy6: single stream"),  # run with --ipv6
     ("bench_transparent.py", "intercepted6/direct6: setup p50"),  # run with --ipv6
     ("bench_apply.py", "| 200 |"),
-    ("bench_gue.py", "| IPv6 | tunnel / no program |"),  # run with --ipv6
+    ("bench_gue.py", "| IPv6 | tunnel (IPv6 underlay) / no program |"),  # run with --ipv6
     ("bench_intercept.py", "IPv6/IPv4 at 10k: last rule"),  # run with --ipv6
     ("bench_fleet.py", "(b) one changed service to applied"),
     ("bench_sockmap.py", "sockmap / relay:"),

@@ -33,6 +33,9 @@ BPF_HASH(ti_fresh, __be32, struct ti_fresh, 4);
 BPF_HASH(ti_encap6, struct ti_endpoint6, struct ti_service, 4);
 BPF_HASH(ti_verify6, struct ti_sid, struct ti_verify6, 4);
 BPF_HASH(ti_reply6, struct ti_endpoint6, struct ti_reply6, 4);
+BPF_HASH(ti_tunnel6, __be32, struct ti_tunnel6, 4);
+BPF_HASH(ti_decap6, struct ti_endpoint6, struct ti_decap, 4);
+BPF_HASH(ti_learned6, __be32, struct ti_learned6, 4);
 BPF_ARRAY(ti_stats, u64, TI_STATS_SLOTS);
 BPF_HASH(gue_data, struct ti_gue_hdr, struct ti_gue_data, 1);
 BPF_HASH(gue_ping, u32, struct ti_gue_ping, 1);
@@ -278,6 +281,26 @@ def _ipv6_encoders_fill_the_c_structs(bpf: Any, key: Secret) -> None:
     assert (v.tunnel_id, v.sid.group_id, v.sid.service_id, bytes(v.key)) == (
         _be(100, 4), _be(1, 2), _be(2, 2), key.value)
     assert registry.decode_value(gt.REPLY6.name, bytes(v))["proxy"] == "[2001:db8:10::10]:80"
+    # a tunnel over an IPv6 underlay
+    tk = gt.tunnel_key(100)
+    v = bpf[b"ti_tunnel6"].Leaf.from_buffer_copy(
+        gt.tunnel_value(tk, ("2001:db8:1::1", 6080), ("2001:db8:1::2", 6081), key, 500))
+    assert (bytes(v.local_addr), bytes(v.remote_addr)) == tuple(
+        socket.inet_pton(socket.AF_INET6, a) for a in ("2001:db8:1::1", "2001:db8:1::2"))
+    assert (v.local_port, v.remote_port, v.ping_interval_ms) == (
+        _be(6080, 2), _be(6081, 2), _be(500, 4))
+    assert v.flags == _be(gt.TUNNEL_FLAG_PING | gt.TUNNEL_FLAG_KEYED, 4)
+    assert bytes(v.key) == key.value
+    learn = bpf[b"ti_tunnel6"].Leaf.from_buffer_copy(
+        gt.tunnel_value(tk, ("2001:db8:1::1", 6080), None))
+    assert (bytes(learn.remote_addr), learn.flags) == (bytes(16), _be(gt.TUNNEL_FLAG_LEARN, 4))
+    dk = gt.endpoint_key("2001:db8:1::1", 6080, 17)
+    _endpoint6(bpf[b"ti_decap6"].Key.from_buffer_copy(dk), "2001:db8:1::1", 6080, 17)
+    learned = bpf[b"ti_learned6"].Leaf()
+    learned.remote_addr[:] = list(socket.inet_pton(socket.AF_INET6, "2001:db8:1::7"))
+    learned.remote_port, learned.updated_ns = _be(7000, 2), 123_456_789
+    out = registry.decode_value(gt.LEARNED6.name, bytes(learned))
+    assert out == {"remote": "[2001:db8:1::7]:7000", "updatedNs": 123_456_789}, out
 
 
 def _encoders_fill_the_c_structs(bpf: Any) -> None:

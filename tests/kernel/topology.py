@@ -162,6 +162,30 @@ spec:
   keyFrom: {env: BPFSYNC_TUNNEL_KEY}
   ping: {intervalSeconds: 0.2}
 """
+TUNNEL6 = """\
+apiVersion: bpfsync/v1
+kind: Tunnel
+metadata: {{name: to-node}}
+spec:
+  id: 100
+  local: {{address: '{local}'}}
+  remote: {remote}
+  zeroChecksum: true
+  keyFrom: {{env: BPFSYNC_TUNNEL_KEY}}
+{extra}"""
+UNDERLAY6 = ("2001:db8:1::1", "2001:db8:1::2")  # gateway, node (the dual-stack topology)
+
+
+def tunnel6_doc(node: bool, remote: str = "learn") -> str:
+    """Tunnel to-node over the IPv6 underlay: the node's (a fixed remote, pinging) or the
+    gateway's (remote as given)."""
+    gw, nd = UNDERLAY6
+    if node:
+        return TUNNEL6.format(local=nd, remote=f"{{address: '{gw}'}}",
+                              extra="  ping: {intervalSeconds: 0.2}\n")
+    return TUNNEL6.format(local=gw, remote=remote, extra="")
+
+
 SERVICE = """\
 apiVersion: bpfsync/v1
 kind: Service

@@ -164,9 +164,13 @@ def inject(dev: str, frames: list[str]) -> None:
 
 
 def udp_payload(src: str, sport: int, dst: str, dport: int, payload: str) -> None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ipv6 = ":" in src
+    s = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND
+    if ipv6:
+        s.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND
+    else:
+        s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND
     s.bind((src, sport))
     s.sendto(bytes.fromhex(payload), (dst, dport))
 

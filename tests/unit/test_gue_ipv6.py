@@ -11,8 +11,10 @@ import pytest
 
 from reconciler.core.compile import compile_tables
 from reconciler.core.planning import compute_plan
+from reconciler.datapath import pinger
+from reconciler.gue import hooks
 from reconciler.gue import tables as gt
-from reconciler.gue.inventory import services
+from reconciler.gue.inventory import services, tunnels
 from reconciler.gue.model import Service
 from tests.unit.helpers import load_docs as load
 from tests.unit.helpers import problems, service, tunnel
@@ -70,7 +72,7 @@ def test_one_address_in_two_spellings_is_one_endpoint(tmp_path: Path) -> None:
     assert state.of(Service)["web6"].proxy.address == "2001:db8:10::10"
     out = problems(tmp_path / "b", t=tunnel(), s6=v6(),
                    s7=v6("web7", sid=7, proxy="2001:db8:10:0:0:0:0:10", backend="2001:db8::7"))
-    assert "proxy endpoint 2001:db8:10::10:80/tcp" in out and "s7.yaml" in out
+    assert "proxy endpoint [2001:db8:10::10]:80/tcp" in out and "s7.yaml" in out
 
 
 @pytest.mark.parametrize(("proxy", "backend", "where", "says"), [
@@ -91,3 +93,58 @@ def test_what_the_data_path_cannot_carry_is_refused_where_it_stands(
 def test_a_service_id_is_unique_across_families(tmp_path: Path) -> None:
     out = problems(tmp_path, t=tunnel(), s=service(), s6=v6(sid=1))
     assert "(groupId 1, serviceId 1)" in out
+
+
+TUNNEL6 = """\
+apiVersion: bpfsync/v1
+kind: Tunnel
+metadata: {{name: t1}}
+spec:
+  id: 100
+  local: {{address: '2001:db8:1::1'}}
+  remote: {remote}
+  keyFrom: {{file: web.key}}
+{extra}"""
+
+
+def tunnel6(remote: str = "{address: '2001:DB8:1::2', port: 7000}",
+            extra: str = "  zeroChecksum: true\n") -> str:
+    return TUNNEL6.format(remote=remote, extra=extra)
+
+
+def test_an_ipv6_underlay_fills_the_ipv6_tunnel_tables(tmp_path: Path) -> None:
+    state = load(tmp_path, t=tunnel6(), s=service(), s6=v6(), i=NODE)
+    e = compile_tables(state).entries
+    assert not e[gt.TUNNEL.name] and not e[gt.DECAP.name]
+    (key, value), = e[gt.TUNNEL6.name].items()
+    assert key == gt.tunnel_key(100) and len(value) == gt.TUNNEL6.value_size
+    assert value[:32] == b"".join(socket.inet_pton(socket.AF_INET6, a)
+                                  for a in ("2001:db8:1::1", "2001:db8:1::2"))
+    assert gt.decode_endpoint(next(iter(e[gt.DECAP6.name]))) == {
+        "address": "2001:db8:1::1", "port": 6080, "protocol": "udp"}
+    # both families of Services ride it; `get tunnels` gives back a document that validates
+    assert len(e[gt.ENCAP.name]) == len(e[gt.ENCAP6.name]) == 1
+    doc, = tunnels(e)
+    assert doc["spec"]["local"] == {"address": "2001:db8:1::1", "port": 6080}
+    assert doc["spec"]["remote"] == {"address": "2001:db8:1::2", "port": 7000}
+    assert doc["spec"]["zeroChecksum"] is True
+    # the MTU check counts the IPv6 underlay's 76 bytes on every encapsulating egress
+    assert {w.overhead for w in hooks.wanted(state) if w.overhead} == {gt.GUE_OVERHEAD6} == {76}
+
+
+def test_pings_go_to_ipv6_remotes(tmp_path: Path) -> None:
+    state = load(tmp_path, t=tunnel6(extra="  zeroChecksum: true\n  ping: {intervalSeconds: 2}\n"))
+    target = pinger.targets(compile_tables(state).entries[gt.TUNNEL6.name])[100]
+    assert (target.local, target.remote) == (("2001:db8:1::1", 6080), ("2001:db8:1::2", 7000))
+    assert target.describe() == "tunnel 100 [2001:db8:1::1]:6080 -> [2001:db8:1::2]:7000 every 2s"
+
+
+@pytest.mark.parametrize(("doc", "where", "says"), [
+    (tunnel6(extra=""), "local.address", "zeroChecksum: true on both ends"),
+    (tunnel6("{address: 192.0.2.2}"), "remote.address", "of different families"),
+    (tunnel6("{address: '::ffff:192.0.2.2'}"), "remote.address", "write 192.0.2.2"),
+])
+def test_an_ipv6_underlay_is_declared_whole(tmp_path: Path, doc: str, where: str,
+                                            says: str) -> None:
+    out = problems(tmp_path, t=doc)
+    assert "t.yaml:" in out and f"spec.{where}" in out and says in out, out

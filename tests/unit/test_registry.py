@@ -20,6 +20,9 @@ from tests.unit.helpers import service, tunnel, write_tree
 PIN = Path("/sys/fs/bpf/test-registry")
 EVERY_KIND = {
     "t.yaml": tunnel(),
+    "t6.yaml": "apiVersion: bpfsync/v1\nkind: Tunnel\nmetadata: {name: t6}\nspec:\n  id: 600\n"
+               "  local: {address: '2001:db8:1::1'}\n  remote: {address: '2001:db8:1::2'}\n"
+               "  zeroChecksum: true\n",  # ti_tunnel6 and ti_decap6
     "s.yaml": service() + "  nextKeyFrom: {file: next.key}\n",  # ti_next too
     "s6.yaml": service("web6", sid=6, proxy="'2001:db8:10::10'",  # ti_encap6 and its twins
                        backend="'2001:db8:10::100'"),
@@ -54,13 +57,15 @@ def test_the_orders_are_those_of_before_the_registry() -> None:
     """Behaviour unchanged by the restructuring: the very orders plan.py once listed (with
     ps_dest6, tp_rules6 and ic_rules6, the IPv6 tries, beside their IPv4 twins)."""
     assert [s.name for s in registry.UPSERT_ORDER] == [
-        "bs_names", "ti_next", "ti_tunnel", "ti_decap", "ti_verify", "ti_verify6", "ti_encap",
+        "bs_names", "ti_next", "ti_tunnel", "ti_tunnel6", "ti_decap", "ti_decap6", "ti_verify",
+        "ti_verify6", "ti_encap",
         "ti_encap6", "ti_reply", "ti_reply6", "ps_proxy", "ps_dest", "ps_dest6", "tp_config",
         "tp_rules", "tp_rules6", "ic_rules", "ic_rules6"]
     assert [s.name for s in registry.DELETE_ORDER] == [
         "ic_rules", "ic_rules6", "tp_rules", "tp_rules6", "tp_config", "ps_dest", "ps_dest6", "ps_proxy",
         "ti_reply", "ti_reply6", "ti_encap", "ti_encap6",
-        "ti_next", "ti_verify", "ti_verify6", "ti_tunnel", "ti_decap", "bs_names"]
+        "ti_next", "ti_verify", "ti_verify6", "ti_tunnel", "ti_tunnel6", "ti_decap", "ti_decap6",
+        "bs_names"]
     assert registry.ENTRY_KINDS == ("Tunnel", "Service", "Proxy", "TransparentProxy",
                                     "Intercept")
 
@@ -68,7 +73,7 @@ def test_the_orders_are_those_of_before_the_registry() -> None:
 def test_every_entry_compiled_reads_back_and_is_named_after_its_owner(tmp_path: Path) -> None:
     state = _state(tmp_path)
     assert {k: state.count(k) for k in registry.KINDS} == {
-        **dict.fromkeys(registry.KINDS, 1), "Service": 2}
+        **dict.fromkeys(registry.KINDS, 1), "Service": 2, "Tunnel": 2}
     desired = compile_tables(state, facts={"tproxy": HostFacts(netns_cookie=7)}, pin_root=PIN)
     for spec in registry.OWNED_TABLES:
         entries = desired.entries[spec.name]
@@ -82,14 +87,15 @@ def test_every_entry_compiled_reads_back_and_is_named_after_its_owner(tmp_path: 
     declared = {r.ref: r for rs in state.resources.values() for r in rs.values()}
     plan = compute_plan(compile_tables(type(state)()), desired.entries)
     # (a decap entry is shared by the tunnels of one local endpoint: named after it)
-    assert {op.owner for op in plan.operations if op.table != "ti_decap"} <= set(declared)
+    decaps = ("ti_decap", "ti_decap6")
+    assert {op.owner for op in plan.operations if op.table not in decaps} <= set(declared)
     unnamed = {t: e for t, e in desired.entries.items() if t != "bs_names"}
     refs = {registry.KINDS[r.kind].kernel_ref(r): ref for ref, r in declared.items()
             if registry.KINDS[r.kind].kernel_ref}
     for op in compute_plan(compile_tables(type(state)()), unnamed).operations:
         kind = registry.BY_NAME[op.table].kind
         assert op.owner.startswith(kind + "/"), op
-        assert op.owner in refs or op.table == "ti_decap", op  # decap: shared by tunnels
+        assert op.owner in refs or op.table in decaps, op  # decap: shared by tunnels
         if op.owner in refs:
             assert refs[op.owner] == desired.owners[op.table][op.key], op
 
