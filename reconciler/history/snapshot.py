@@ -6,6 +6,7 @@ names table's file names are what they were. Keys are read again from keyFrom.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,22 @@ from reconciler.load.secrets import KeySource
 MAX_BYTES = 256 << 20  # of files kept per revision (the loader's limit is 1 GiB)
 
 
+@functools.cache
+def _key_source_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a resource class that hold a KeySource (by their declared type)."""
+    if not dataclasses.is_dataclass(cls):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(cls) if "KeySource" in str(f.type))
+
+
 def _inline_key_files(state: DesiredState) -> set[str]:
-    """Files that declare a key inline (their resources' KeySource fields say so)."""
+    """Files that declare a key inline (their resources' KeySource fields say so). Runs after
+    every apply: at 100k Services, asking dataclasses.fields of each resource cost 1 s."""
     out = set()
     for resources in state.resources.values():
         for r in resources.values():
-            if not dataclasses.is_dataclass(r):
-                continue
-            for f in dataclasses.fields(r):
-                value: Any = getattr(r, f.name, None)
+            for name in _key_source_fields(type(r)):
+                value: Any = getattr(r, name, None)
                 if isinstance(value, KeySource) and value.kind == "inline" and r.origin:
                     out.add(str(Path(r.origin.file).resolve()))
     return out
