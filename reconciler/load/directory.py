@@ -15,7 +15,7 @@ from reconciler.core.findings import Finding
 from reconciler.core.model import Origin
 from reconciler.core.progress import QUIET, Progress
 from reconciler.core.state import DesiredState
-from reconciler.load import parallel
+from reconciler.load import parallel, prescan
 from reconciler.load.filecache import FileCache
 from reconciler.load.files import FileResult, load_files
 from reconciler.load.locate import PathItem, locate
@@ -99,6 +99,11 @@ def load_directory(root: Path, schemas: Schemas | None = None,
     schemas = schemas or Schemas()
     progress.phase(f"reading {root}")
     files, scan_problems = scan(root)
+    if cache is None:  # (the daemon's cache parses only what changed: nothing to save there)
+        over = prescan.over_capacity(files, {k.name: k.capacity for k in registry.KINDS.values()
+                                             if k.capacity is not None})
+        if over:
+            raise InvalidDesiredState([*scan_problems, *over])
     progress.phase(f"loading {len(files):,} files", len(files))
     results = (cache.load(files, lambda todo: load_paths(todo, schemas, read_keys)) if cache
                else load_paths(files, schemas, read_keys, progress.advance))
