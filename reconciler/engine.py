@@ -9,7 +9,7 @@ are no longer wanted are deleted (after the programs that used them are gone).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,9 +20,10 @@ from reconciler.confirm import revert as pending
 from reconciler.confirm import store as pending_store
 from reconciler.core import registry
 from reconciler.core.attachments import AttachContext, Step, runs
+from reconciler.core.capacity import Capacities
 from reconciler.core.compile import compile_tables
 from reconciler.core.desired import CompileMemo
-from reconciler.core.errors import KernelStateError, UnsafePlan
+from reconciler.core.errors import BpfsyncError, KernelStateError, UnsafePlan
 from reconciler.core.plan import Operation, Plan, PrunePolicy
 from reconciler.core.planning import compute_plan
 from reconciler.core.progress import QUIET, Progress
@@ -39,6 +40,7 @@ from reconciler.kernel.maps import (
     remove_pins,
 )
 from reconciler.kernel.programs import Compiler
+from reconciler.load.directory import over_capacity
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,23 @@ Select = Callable[[Plan], Plan]
 T = TypeVar("T")
 
 
-def open_pinned(pin_root: Path, create: bool) -> PinnedTables:
-    """Every pinned map of every data path in the registry."""
-    return open_tables(pin_root, create, registry.PINNED, registry.CREATED_BY_BCC)
+def open_pinned(pin_root: Path, create: bool,
+                capacity: Mapping[str, int] | None = None) -> PinnedTables:
+    """Every pinned map of every data path in the registry; capacity: the capacities asked
+    for (`--capacity`), which only a pin root without those maps takes (core/capacity.py)."""
+    return open_tables(pin_root, create, registry.PINNED, registry.CREATED_BY_BCC, capacity)
 
 
-def read_pinned(pin_root: Path, read: Callable[[PinnedTables], T]) -> T:
+def capacities(pin_root: Path, capacity: Mapping[str, int] | None = None) -> Capacities:
+    """The capacities pin_root has (its pinned maps' sizes), or will have when the first apply
+    creates them with capacity; KernelStateError when capacity asks to resize a group."""
+    return read_pinned(pin_root, lambda tables: tables.capacities, capacity)
+
+
+def read_pinned(pin_root: Path, read: Callable[[PinnedTables], T],
+                capacity: Mapping[str, int] | None = None) -> T:
     """read(tables) on every pinned map, opened for the call (never created)."""
-    tables = open_pinned(pin_root, create=False)
+    tables = open_pinned(pin_root, create=False, capacity=capacity)
     try:
         return read(tables)
     finally:
@@ -104,10 +115,10 @@ def host_warnings(state: DesiredState, pin_root: Path) -> list[str]:
 
 
 def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = None,
-               progress: Progress = QUIET) -> Result:
+               progress: Progress = QUIET, capacity: Mapping[str, int] | None = None) -> Result:
     """The plan from what the kernel holds to state; nothing touched (not even created)."""
     facts = host_facts(state, pin_root, create=False)
-    tables = open_pinned(pin_root, create=False)
+    tables = open_pinned(pin_root, create=False, capacity=capacity)
     # programs compile against the pinned tables; before the first apply there are none
     compiler = Compiler() if tables.complete() else None
     try:
@@ -123,12 +134,17 @@ def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = 
 
 def _plan(state: DesiredState, pin_root: Path, prune: PrunePolicy | None, tables: PinnedTables,
           context: AttachContext, memo: CompileMemo | None, progress: Progress) -> Plan:
+    over = over_capacity(state, tables.capacities)  # (the load checked the capacities it
+    if over:                                         # was given: this pin root's are these)
+        raise BpfsyncError("; ".join(f.message for f in over))
     progress.phase("reading the kernel's tables")
     observed = tables.read(registry.ENTRY_TABLES)
     progress.phase(f"compiling {state.resource_count:,} resources")
     desired = compile_tables(state, memo, context.facts, pin_root, observed)
     progress.phase(f"planning {desired.total:,} entries against {sum(map(len, observed.values())):,}")
     plan = compute_plan(desired, observed, prune)
+    plan.capacities = {name: tables.capacities.spec(registry.BY_NAME[name]).max_entries
+                       for name in plan.capacities}  # the pin root's sizes
     progress.phase("reading attachments")
     plan.attachments = attach.plan_attachments(context)
     return plan
@@ -139,7 +155,8 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
                 where: str = "the desired state", memo: CompileMemo | None = None,
                 create: bool = True, progress: Progress = QUIET,
                 show: Callable[[Plan], None] | None = None,
-                confirm: Confirm | None = None, by: str = "apply") -> Result:
+                confirm: Confirm | None = None, by: str = "apply",
+                capacity: Mapping[str, int] | None = None) -> Result:
     """Plan against the kernel as it is now and execute; select may hold operations back
     (the daemon's drift policies). The plan is computed under the pin root's lock. Nothing
     is created (pins, cgroups) before what the plan needs is known to be here; create=False
@@ -154,7 +171,7 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     if any(state.count(k.name) for k in registry.KINDS.values() if k.programs):
         Compiler.check()
     facts = host_facts(state, pin_root, create=True)
-    tables: PinnedTables = open_pinned(pin_root, create=create)
+    tables: PinnedTables = open_pinned(pin_root, create=create, capacity=capacity)
     compiler = Compiler()
     context = AttachContext(state, pin_root, compiler, facts)
     try:

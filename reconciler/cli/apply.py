@@ -11,10 +11,12 @@ from reconciler import engine, render
 from reconciler.cli import common, confirming
 from reconciler.cli.common import (
     EXIT_OK,
+    capacities_of,
     load_state,
     pin_root,
     print_problems,
     prune_policy,
+    requested_capacity,
 )
 from reconciler.cli.confirming import print_reverted
 from reconciler.cli.progress import close, progress_for
@@ -33,7 +35,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                            "--confirm-within; give it too")
     progress = progress_for()
     try:
-        state = load_state(Path(args.directory), progress)
+        root = pin_root(args)
+        state = load_state(Path(args.directory), progress, capacities_of(args, root))
         print_problems(state.warnings)
 
         def show(plan: Plan) -> None:
@@ -43,11 +46,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 print(render.plan_text(plan, args.directory, state, full=args.full))
                 print(flush=True)
 
-        root = pin_root(args)
         confirm = confirming.confirm_for(args, root)
         result = engine.apply_state(state, root, prune_policy(args), args.allow_empty,
                                     where=args.directory, progress=progress, show=show,
-                                    confirm=confirm)
+                                    confirm=confirm, capacity=requested_capacity(args))
     finally:
         close(progress)
     if result.reverted is not None:

@@ -13,7 +13,8 @@ from typing import Any, NoReturn
 
 import yaml
 
-from reconciler.core import registry
+from reconciler.core import capacity, registry
+from reconciler.core.capacity import Capacities
 from reconciler.core.errors import BpfsyncError, Problem
 from reconciler.core.plan import PrunePolicy
 from reconciler.core.progress import Progress
@@ -30,7 +31,7 @@ EXIT_USAGE = EXIT_ERROR
 # Options that work before or after the subcommand (as kubectl's flags do), with their
 # defaults when given nowhere.
 GLOBAL_DEFAULTS: dict[str, Any] = {"pin_root": None, "quiet": False, "verbose": False,
-                                   "log_format": "text"}
+                                   "log_format": "text", "capacity": None}
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,6 +50,11 @@ def global_options() -> argparse.ArgumentParser:
     g.add_argument("--pin-root", default=argparse.SUPPRESS,
                    help=f"bpffs directory of bpfsync's pins (env BPFSYNC_PIN_ROOT, default "
                         f"{DEFAULT_PIN_ROOT})")
+    g.add_argument("--capacity", default=argparse.SUPPRESS, metavar="GROUP=N[,...]",
+                   help="table capacities of a new pin root, e.g. services=1048576,"
+                        "tunnels=131072 (env BPFSYNC_CAPACITY; default services=131072, "
+                        "tunnels=65536): chosen by the apply that creates the tables, read "
+                        "from them afterwards")
     g.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="apply, diff: print only the summary line (and problems)")
     g.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -151,12 +157,30 @@ def full_flag(sp: argparse.ArgumentParser) -> None:
                          "summarised per kind)")
 
 
-def load_state(directory: Path, progress: Progress) -> DesiredState:
+def requested_capacity(args: argparse.Namespace) -> dict[str, int]:
+    """--capacity (or $BPFSYNC_CAPACITY) as {group: entries}; BpfsyncError when malformed."""
+    text = args.capacity or os.environ.get("BPFSYNC_CAPACITY", "")
+    return capacity.parse(text, registry.CAPACITY_GROUPS)
+
+
+def capacities_of(args: argparse.Namespace, root: Path) -> Capacities:
+    """The capacities the pin root's tables have, or will have when the first apply creates
+    them with --capacity; KernelStateError when --capacity asks to resize existing ones."""
+    from reconciler import engine
+
+    requested = requested_capacity(args)
+    if not root.exists():
+        return capacity.settle(registry.default_capacities().sizes, requested, {})
+    return engine.capacities(root, requested)
+
+
+def load_state(directory: Path, progress: Progress,
+               capacities: Capacities | None = None) -> DesiredState:
     """The desired state of directory, with the git revision it is at (recorded in the names
     table beside each resource that an apply writes)."""
     from reconciler.daemon import gitrev
 
-    state = load_directory(directory, progress=progress)
+    state = load_directory(directory, progress=progress, capacities=capacities)
     revision = gitrev.revision(directory)
     state.revision = revision.full if revision else None
     return state

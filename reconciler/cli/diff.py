@@ -15,10 +15,12 @@ from reconciler.cli.common import (
     EXIT_CHANGES,
     EXIT_ERROR,
     EXIT_OK,
+    capacities_of,
     load_state,
     pin_root,
     print_problems,
     prune_policy,
+    requested_capacity,
 )
 from reconciler.cli.progress import close, progress_for
 from reconciler.core.errors import BpfsyncError
@@ -27,8 +29,10 @@ from reconciler.core.errors import BpfsyncError
 def cmd_diff(args: argparse.Namespace) -> int:
     progress = progress_for()
     try:
-        state = load_state(Path(args.directory), progress)
-        result = engine.plan_state(state, pin_root(args), prune_policy(args), progress)
+        root = pin_root(args)
+        state = load_state(Path(args.directory), progress, capacities_of(args, root))
+        result = engine.plan_state(state, root, prune_policy(args), progress,
+                                   requested_capacity(args))
     finally:
         close(progress)
     print_problems(result.state.warnings)

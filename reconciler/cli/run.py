@@ -12,6 +12,7 @@ from reconciler.cli.apply import seconds
 from reconciler.cli.common import (
     pin_root,
     prune_policy,
+    requested_capacity,
 )
 from reconciler.core.drift import ENFORCE, POLICIES
 from reconciler.core.errors import BpfsyncError
@@ -55,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           args.drift, args.debounce, args.max_delay, prune_policy(args),
                           args.allow_empty, not args.no_datapath, args.datapath_netns,
                           args.metrics, pull=args.pull, confirm_within=args.confirm_within,
-                          datapath_workers=args.datapath_workers)
+                          datapath_workers=args.datapath_workers,
+                          capacity=requested_capacity(args))
     return Daemon(config).run()
 
 

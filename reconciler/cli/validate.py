@@ -15,14 +15,23 @@ from reconciler import engine
 from reconciler.cli.common import (
     EXIT_ERROR,
     EXIT_OK,
+    capacities_of,
     counts,
     directories,
     pin_root,
     print_problems,
+    requested_capacity,
 )
 from reconciler.cli.progress import close, progress_for
 from reconciler.core import registry
-from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
+from reconciler.core.capacity import Capacities
+from reconciler.core.errors import (
+    BpfsyncError,
+    InvalidDesiredState,
+    KernelStateError,
+    Problem,
+    Severity,
+)
 from reconciler.core.progress import QUIET
 from reconciler.core.state import DesiredState
 from reconciler.load.candidate import check_candidate
@@ -58,10 +67,24 @@ def _kinds(state: DesiredState) -> dict[str, int]:
     return {k: state.count(k) for k in registry.KINDS if state.count(k)}
 
 
+def _capacities(args: argparse.Namespace) -> Capacities:
+    """The pin root's capacities where it can be read (validate needs no BPF filesystem):
+    --capacity and the defaults otherwise. Asking to resize existing tables is an error."""
+    try:
+        return capacities_of(args, pin_root(args))
+    except KernelStateError as exc:
+        if "cannot be resized" in str(exc) or "different sizes" in str(exc):
+            raise
+        return Capacities({**registry.default_capacities().sizes, **requested_capacity(args)})
+    except OSError:
+        return Capacities({**registry.default_capacities().sizes, **requested_capacity(args)})
+
+
 def _validate_directory(directory: Path, args: argparse.Namespace, out: Report) -> None:
     progress = progress_for() if not out.json_out else QUIET
     try:
-        state = load_directory(directory, read_keys=not args.no_secrets, progress=progress)
+        state = load_directory(directory, read_keys=not args.no_secrets, progress=progress,
+                               capacities=_capacities(args))
     except InvalidDesiredState as exc:
         found = out.problems(exc.problems)
         n = sum(1 for p in exc.problems if p.severity is Severity.ERROR)

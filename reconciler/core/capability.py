@@ -43,10 +43,10 @@ class Kind:
     (an apply checks the compiler is there before it creates anything). kernel_ref: the
     "Kind/..." its entries are named by when nothing names them (what its codecs' owners
     derive from ids); its resources then get a names table entry (reconciler/names), which
-    puts the declared name back; None: a kind without entries. capacity: how many resources
-    of the kind its tables hold, for refusing a directory with more before it is parsed
-    (load/prescan.py; the cross-checks still bound them after parsing); None: no such bound
-    by count."""
+    puts the declared name back; None: a kind without entries. capacity: the capacity group
+    (core/capacity.py) whose size bounds how many resources of the kind a pin root holds,
+    checked before the directory is parsed (load/prescan.py) and after (load/directory.py);
+    None: no such bound by count."""
 
     name: str
     plural: str  # as counts and `get` say it: "tunnels", "transparent proxies"
@@ -57,7 +57,7 @@ class Kind:
     inventory: Inventory | None = None
     programs: bool = False
     kernel_ref: Callable[[Any], str] | None = None
-    capacity: int | None = None
+    capacity: str | None = None
 
 
 @dataclass(frozen=True)

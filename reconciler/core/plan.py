@@ -90,6 +90,7 @@ class Plan:
     desired_total: int = 0
     attachments: AttachPlan = field(default_factory=AttachPlan)
     observed_counts: dict[str, int] = field(default_factory=dict)  # entries per owned table
+    capacities: dict[str, int] = field(default_factory=dict)  # max entries per owned table
 
     @property
     def observed_total(self) -> int:

@@ -20,7 +20,8 @@ def compute_plan(desired: DesiredTables, observed: Observed,
     it was writes nothing for it."""
     prune = prune or PrunePolicy()
     counts = {s.name: len(observed.get(s.name, {})) for s in registry.OWNED_TABLES}
-    plan = Plan(desired_total=desired.total, observed_counts=counts)
+    plan = Plan(desired_total=desired.total, observed_counts=counts,
+                capacities={s.name: s.max_entries for s in registry.OWNED_TABLES})
     # dict equality runs in C: the common case of a table nothing touched costs little
     same = {s.name for s in registry.OWNED_TABLES
             if desired.entries[s.name] == observed.get(s.name, {})}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from reconciler.core import capacity
 from reconciler.core.capability import Capability, Kind
+from reconciler.core.capacity import Capacities
 from reconciler.core.tables import Codec, Decoded, MapSpec, Owners
 from reconciler.gue.capability import GUE
 from reconciler.intercept.capability import INTERCEPT
@@ -32,6 +34,14 @@ OWNED_TABLES: tuple[MapSpec, ...] = tuple(s for s in ENTRY_TABLES if s.owned)
 # Kinds whose entries --keep can keep from pruning (an Interface has attachments, no entries).
 ENTRY_KINDS: tuple[str, ...] = tuple(k for k in KINDS if any(s.kind == k for s in OWNED_TABLES))
 BY_NAME: dict[str, MapSpec] = {s.name: s for s in (*PINNED, *CREATED_BY_BCC)}
+CAPACITY_GROUPS: tuple[str, ...] = tuple(dict.fromkeys(s.sized_by for s in PINNED if s.sized_by))
+
+
+def default_capacities() -> Capacities:
+    """Every capacity group at its default size (the specs' max_entries)."""
+    return Capacities(capacity.defaults(PINNED))
+
+
 # Upserts run in registry order (a data path may use another's entries: a TransparentProxy's
 # configuration names its Proxy's slot), deletes in reverse; within a data path, its own order.
 UPSERT_ORDER: tuple[MapSpec, ...] = tuple(s for c in CAPABILITIES for s in c.upserts)

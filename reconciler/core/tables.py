@@ -60,6 +60,7 @@ class MapSpec:
     map_type: int = BPF_MAP_TYPE_HASH
     flags: int = 0
     batch: bool = True  # the map type supports batch lookup/update/delete (LPM tries do not)
+    sized_by: str | None = None  # capacity group: max_entries is the pin root's (core/capacity.py)
 
 
 Entries = dict[bytes, bytes]  # one table's content: key -> value

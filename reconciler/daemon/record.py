@@ -40,6 +40,7 @@ class DaemonConfig:
     pull: float | None = None  # seconds between fetches: follow the clone's upstream branch
     confirm_within: float | None = None  # changes revert unless confirmed this soon
     datapath_workers: int | None = None  # None: one per CPU
+    capacity: dict[str, int] = field(default_factory=dict)  # --capacity: a new pin root's sizes
 
 
 
@@ -67,6 +68,7 @@ class Record:
     durations: Histogram = field(default_factory=reconcile_histogram)  # by trigger
     corrections: list[dict[str, Any]] = field(default_factory=list)
     maps: dict[str, int] = field(default_factory=dict)
+    capacities: dict[str, int] = field(default_factory=dict)  # of the maps, the pin root's
     datapath_error: str | None = None
     held_off: str | None = None  # why reconciling waits: a change awaits confirmation
 
@@ -86,6 +88,7 @@ class Record:
             self.corrections = [*self.corrections, {"time": time.time(), "resources": dict(
                 split.corrected)}][-RECENT:]
         self.maps = plan.counts_after()
+        self.capacities = plan.capacities
 
 
 class AlreadyRunning(BpfsyncError):

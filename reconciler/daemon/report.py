@@ -76,8 +76,8 @@ def status_document(d: Daemon) -> dict[str, Any]:
             "metrics": {"reconciles": dict(r.results), "byTrigger": dict(r.triggers),
                         "operations": dict(r.operations),
                         "reconcileSeconds": r.seconds, "lastReconcileSeconds": r.last_seconds},
-            "maps": {name: {"entries": n, "capacity": registry.BY_NAME[name].max_entries}
-                     for name, n in r.maps.items()},
+            "maps": {name: {"entries": n, "capacity": r.capacities.get(
+                name, registry.BY_NAME[name].max_entries)} for name, n in r.maps.items()},
         }
         if d.watcher is not None:
             doc["watch"] = {**d.watcher.counts(),

@@ -212,9 +212,7 @@ class Daemon:
     def reconcile(self, trigger: str, events: int = 0) -> None:
         if self.git is None and self.git_wait.busy(self.config.directory):
             self.revision_at = time.monotonic() + gitrev.GIT_BUSY_EVERY
-            # half a checkout is not a state to load; the loop comes back shortly, with the
-            # trigger that was put off
-            self.deferred = self.deferred or trigger
+            self.deferred = self.deferred or trigger  # half a checkout is no state: try later
             with self.lock:
                 self.record.reconciling = None
             return
@@ -238,13 +236,16 @@ class Daemon:
             revision = gitrev.revision(directory) if directory.is_dir() else None
         fields: dict[str, Any] = {"trigger": trigger, "events": events or None,
                                   "revision": str(revision) if revision else None}
-        try:
+        try:  # what the directory may declare is bounded by the pin root's table sizes
             with Heartbeat(self.notifier, starting=self.record.last is None):
-                state = load_directory(directory, self.schemas, self.cache)
+                state = load_directory(directory, self.schemas, self.cache,
+                                       capacities=engine.capacities(cfg.pin_root, cfg.capacity))
         except InvalidDesiredState as exc:
             self._alive()
             self._invalid(exc.problems, fields, started)
             return
+        except (BpfsyncError, OSError) as exc:  # the table sizes could not be read
+            return self._failed(str(exc), fields, started)
         self._alive()  # a cold load of 100k entries takes seconds: tell systemd we progress
         fields["parsed"] = self.cache.last.parsed
         if self.git is None:
@@ -264,7 +265,7 @@ class Daemon:
                 result = engine.apply_state(state, cfg.pin_root, cfg.prune, cfg.allow_empty,
                                             select_plan, where=str(directory), memo=self.memo,
                                             confirm=self.gate.confirm(state),
-                                            by="daemon")
+                                            by="daemon", capacity=cfg.capacity)
             self.gate.started(result.pending)
         except PendingConfirmation as exc:
             self.gate.adopt()

@@ -25,10 +25,10 @@ from reconciler.gue.status import gue_status, gue_status_lines
 GUE = Capability(
     name="gue",
     kinds=(Kind("Tunnel", "tunnels", Tunnel, build_tunnel, tunnel_row, tunnel_unrow, tunnels,
-                kernel_ref=lambda t: gt.tunnel_ref(t.id), capacity=gt.MAX_TUNNELS),
+                kernel_ref=lambda t: gt.tunnel_ref(t.id), capacity="tunnels"),
            Kind("Service", "services", Service, build_service, service_row, service_unrow,
                 services, kernel_ref=lambda s: gt.service_ref(s.group_id, s.service_id),
-                capacity=gt.MAX_SERVICES),
+                capacity="services"),
            Kind("Interface", "interfaces", Interface, build_interface, interface_row,
                 interface_unrow, programs=True)),
     entries=(gt.TUNNEL, gt.DECAP, gt.TUNNEL6, gt.DECAP6, gt.VERIFY, gt.ENCAP, gt.REPLY,

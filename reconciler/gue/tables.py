@@ -35,24 +35,27 @@ GUE_PING_HLEN = 5
 GUE_OVERHEAD = 20 + 8 + 4 + 4 * GUE_DATA_HLEN  # outer IPv4 + UDP + GUE with private data
 GUE_OVERHEAD6 = GUE_OVERHEAD + 20  # over an IPv6 underlay: a 40-byte outer header
 
-TUNNEL = MapSpec("ti_tunnel", 4, 40, MAX_TUNNELS, "Tunnel")
-DECAP = MapSpec("ti_decap", 8, 4, MAX_DECAP, "Tunnel")
-VERIFY = MapSpec("ti_verify", 4, 32, MAX_SERVICES, "Service")
-ENCAP = MapSpec("ti_encap", 8, 32, MAX_SERVICES, "Service")
-REPLY = MapSpec("ti_reply", 8, 36, MAX_SERVICES, "Service")
+TUNNEL = MapSpec("ti_tunnel", 4, 40, MAX_TUNNELS, "Tunnel", sized_by="tunnels")
+DECAP = MapSpec("ti_decap", 8, 4, MAX_DECAP, "Tunnel", sized_by="tunnels")
+VERIFY = MapSpec("ti_verify", 4, 32, MAX_SERVICES, "Service", sized_by="services")
+ENCAP = MapSpec("ti_encap", 8, 32, MAX_SERVICES, "Service", sized_by="services")
+REPLY = MapSpec("ti_reply", 8, 36, MAX_SERVICES, "Service", sized_by="services")
 # Tunnels over an IPv6 underlay: a tunnel id is in TUNNEL or TUNNEL6, never both.
-TUNNEL6 = MapSpec("ti_tunnel6", 4, 64, MAX_TUNNELS, "Tunnel")
-DECAP6 = MapSpec("ti_decap6", 20, 4, MAX_DECAP, "Tunnel")
-LEARNED6 = MapSpec("ti_learned6", 4, 32, MAX_TUNNELS, "Tunnel", owned=False)
+TUNNEL6 = MapSpec("ti_tunnel6", 4, 64, MAX_TUNNELS, "Tunnel", sized_by="tunnels")
+DECAP6 = MapSpec("ti_decap6", 20, 4, MAX_DECAP, "Tunnel", sized_by="tunnels")
+LEARNED6 = MapSpec("ti_learned6", 4, 32, MAX_TUNNELS, "Tunnel", owned=False,
+                   sized_by="tunnels")
 # IPv6 Services (IPv6 inside the tunnel): the same entries keyed by 20-byte IPv6 endpoints.
-ENCAP6 = MapSpec("ti_encap6", 20, 32, MAX_SERVICES, "Service")
-VERIFY6 = MapSpec("ti_verify6", 4, 40, MAX_SERVICES, "Service")
-REPLY6 = MapSpec("ti_reply6", 20, 48, MAX_SERVICES, "Service")
-LEARNED = MapSpec("ti_learned", 4, 16, MAX_TUNNELS, "Tunnel", owned=False)
+ENCAP6 = MapSpec("ti_encap6", 20, 32, MAX_SERVICES, "Service", sized_by="services")
+VERIFY6 = MapSpec("ti_verify6", 4, 40, MAX_SERVICES, "Service", sized_by="services")
+REPLY6 = MapSpec("ti_reply6", 20, 48, MAX_SERVICES, "Service", sized_by="services")
+LEARNED = MapSpec("ti_learned", 4, 16, MAX_TUNNELS, "Tunnel", owned=False,
+                   sized_by="tunnels")
 # Second accepted keys while keys rotate, of Tunnels (kind 1) and Services (kind 2).
 NEXT_TUNNEL, NEXT_SERVICE = 1, 2
-NEXT_KEY_TABLE = MapSpec("ti_next", 8, 20, MAX_SERVICES, "Service")
-FRESH = MapSpec("ti_fresh", 4, 8, MAX_TUNNELS, "Tunnel", owned=False)
+NEXT_KEY_TABLE = MapSpec("ti_next", 8, 20, MAX_SERVICES, "Service", sized_by="services")
+FRESH = MapSpec("ti_fresh", 4, 8, MAX_TUNNELS, "Tunnel", owned=False,
+                   sized_by="tunnels")
 PING_WINDOW_S = 60  # TI_PING_WINDOW_NS
 STATS_SLOTS = 32
 STATS = MapSpec("ti_stats", 4, 8, STATS_SLOTS, "Stats", owned=False,

@@ -13,11 +13,13 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.core import capacity
+from reconciler.core.capacity import Capacities
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Operation
 from reconciler.core.tables import MapSpec, Observed
@@ -38,11 +40,13 @@ def fs_magic(path: Path) -> int:
 
 @dataclass
 class PinnedTables:
-    """Open file descriptors of the maps of specs (None: not created yet)."""
+    """Open file descriptors of the maps of specs (None: not created yet); specs with the
+    pin root's capacities (core/capacity.py)."""
 
     root: Path
     specs: dict[str, MapSpec]
     fds: dict[str, int | None]
+    capacities: Capacities = field(default_factory=lambda: Capacities({}))
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -60,7 +64,7 @@ class PinnedTables:
                 out[spec.name] = {}
             elif spec.batch:
                 out[spec.name] = libbpf.lookup_all(fd, spec.key_size, spec.value_size,
-                                                   spec.max_entries)
+                                                   self.specs.get(spec.name, spec).max_entries)
             else:
                 out[spec.name] = libbpf.lookup_each(fd, spec.key_size, spec.value_size)
         return out
@@ -145,37 +149,50 @@ def _check_root(root: Path, create: bool) -> bool:
 
 
 def open_tables(root: Path, create: bool, specs: tuple[MapSpec, ...],
-                checked: tuple[MapSpec, ...] = ()) -> PinnedTables:
+                checked: tuple[MapSpec, ...] = (),
+                requested: Mapping[str, int] | None = None) -> PinnedTables:
     """Open the maps of specs under root; with create, create and pin the missing ones.
     checked: maps created by someone else (BCC) whose pins are checked when they exist.
+    requested: capacities asked for (group -> entries, `--capacity`); a sized group takes
+    the size of its pinned maps, else the request, else the default (core/capacity.py).
 
     Every existing pin is checked before anything is created, so a mismatch leaves the pin
     root exactly as it was.
     """
-    tables = PinnedTables(root, {s.name: s for s in specs}, {s.name: None for s in specs})
+    tables = PinnedTables(root, {s.name: s for s in specs}, {s.name: None for s in specs},
+                          capacity.settle(capacity.defaults(specs), requested or {}, {}))
     if not _check_root(root, create):
         return tables
     problems: list[str] = []
     try:
+        infos: dict[str, libbpf.BpfMapInfo] = {}
         for spec in (*specs, *checked):
             path = root / "maps" / spec.name
             if not path.exists():
                 continue
             fd = libbpf.obj_get(str(path))
-            diff = _mismatch(spec, libbpf.map_info(fd))
+            infos[spec.name] = libbpf.map_info(fd)
             if spec in checked:
                 os.close(fd)  # only checked: BCC's compilation opens it by its pin
             else:
                 tables.fds[spec.name] = fd
+        pinned: dict[str, dict[str, int]] = {}
+        for spec in specs:
+            if spec.sized_by is not None and spec.name in infos:
+                pinned.setdefault(spec.sized_by, {})[spec.name] = infos[spec.name].max_entries
+        tables.capacities = capacity.settle(capacity.defaults(specs), requested or {}, pinned)
+        tables.specs = {s.name: tables.capacities.spec(s) for s in specs}
+        for spec in (*tables.specs.values(), *checked):
+            diff = _mismatch(spec, infos[spec.name]) if spec.name in infos else []
             if diff:
-                problems.append(f"{path}: {', '.join(diff)}")
+                problems.append(f"{root / 'maps' / spec.name}: {', '.join(diff)}")
         if problems:
             raise KernelStateError(
                 "existing pinned maps do not match this version of bpfsync and were left "
                 "untouched:\n  " + "\n  ".join(problems) +
                 "\nmigrate or remove them (bpfsync never reuses a mismatched map)")
         if create:
-            for spec in specs:
+            for spec in tables.specs.values():
                 if tables.fds[spec.name] is None:
                     tables.fds[spec.name] = _create(root / "maps" / spec.name, spec)
     except BaseException:

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from reconciler.core import registry
+from reconciler.core.capacity import Capacities
+from reconciler.core.checks import order
 from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity
 from reconciler.core.findings import Finding
 from reconciler.core.model import Origin
@@ -79,9 +81,26 @@ def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], lis
     return state, invalid, findings
 
 
-def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
-    """Every data path's checks across resources (see Capability.cross_check)."""
-    return [f for capability in registry.CAPABILITIES for f in capability.cross_check(state, invalid)]
+def cross_check(state: DesiredState, invalid: set[str],
+                capacities: Capacities | None = None) -> list[Finding]:
+    """Every data path's checks across resources (see Capability.cross_check), and how many
+    resources of each kind with a capacity group the pin root's tables hold."""
+    out = [f for capability in registry.CAPABILITIES for f in capability.cross_check(state, invalid)]
+    return out + over_capacity(state, capacities or registry.default_capacities())
+
+
+def over_capacity(state: DesiredState, capacities: Capacities) -> list[Finding]:
+    out = []
+    for kind in registry.KINDS.values():
+        limit = capacities.sizes.get(kind.capacity) if kind.capacity else None
+        if limit is not None and state.count(kind.name) > limit:
+            resources = state.of(kind.model).values()  # sorted only when over: 100k cost
+            beyond = sorted(resources, key=order)[limit]
+            out.append(Finding(beyond.origin, (), f"{len(resources):,} {kind.name}s exceed the "
+                               f"table capacity of {limit:,} ({kind.capacity}; --capacity "
+                               f"{kind.capacity}=N at the first apply sizes a pin root)",
+                               beyond.ref))
+    return out
 
 
 def load_paths(files: list[Path], schemas: Schemas, read_keys: bool = True,
@@ -92,16 +111,20 @@ def load_paths(files: list[Path], schemas: Schemas, read_keys: bool = True,
 
 def load_directory(root: Path, schemas: Schemas | None = None,
                    cache: FileCache | None = None, read_keys: bool = True,
-                   progress: Progress = QUIET) -> DesiredState:
+                   progress: Progress = QUIET,
+                   capacities: Capacities | None = None) -> DesiredState:
     """Load and check a whole directory; raises InvalidDesiredState listing every error.
     With a cache (the daemon's), only files whose content changed are parsed again;
-    cross-checks always run over the whole directory."""
+    cross-checks always run over the whole directory. capacities: the pin root's
+    (engine.capacities), else the defaults."""
     schemas = schemas or Schemas()
+    capacities = capacities or registry.default_capacities()
     progress.phase(f"reading {root}")
     files, scan_problems = scan(root)
     if cache is None:  # (the daemon's cache parses only what changed: nothing to save there)
-        over = prescan.over_capacity(files, {k.name: k.capacity for k in registry.KINDS.values()
-                                             if k.capacity is not None})
+        over = prescan.over_capacity(files, {
+            k.name: capacities.sizes[k.capacity] for k in registry.KINDS.values()
+            if k.capacity in capacities.sizes})
         if over:
             raise InvalidDesiredState([*scan_problems, *over])
     progress.phase(f"loading {len(files):,} files", len(files))
@@ -109,13 +132,14 @@ def load_directory(root: Path, schemas: Schemas | None = None,
                else load_paths(files, schemas, read_keys, progress.advance))
     progress.phase(f"checking {sum(len(r.docs) for r in results):,} resources")
     try:
-        return check_results(root, results, scan_problems)
+        return check_results(root, results, scan_problems, capacities)
     finally:
         progress.end()
 
 
 def check_results(root: Path, results: list[FileResult],
-                  problems: Sequence[Problem] = ()) -> DesiredState:
+                  problems: Sequence[Problem] = (),
+                  capacities: Capacities | None = None) -> DesiredState:
     """The desired state of a directory's per-file results (in file order): cross-checks,
     problems located; raises InvalidDesiredState listing every error."""
     locator = _Locator()
@@ -127,7 +151,7 @@ def check_results(root: Path, results: list[FileResult],
     state, invalid, findings = assemble(results)
     state.files = len(results)
     state.directory = str(root)
-    findings.extend(cross_check(state, invalid))
+    findings.extend(cross_check(state, invalid, capacities))
     error_findings = [f for f in findings if f.severity is Severity.ERROR]
     errors = problems + [locator.problem(f) for f in error_findings[:MAX_LOCATED]]
     if len(error_findings) > MAX_LOCATED:  # locating costs a second parse of each file

@@ -319,3 +319,40 @@ def test_names_record_the_revision_that_last_wrote_each_resource(
     r = bpfsync("apply", str(root), pin_root=pin_root, env=KEY_ENV)
     assert r.returncode == 0 and "Service/s2" in r.stdout
     assert b"Service/svc-0-2".ljust(48, b"\0") not in bpftool_dump(pin_root / "maps" / "bs_names")
+
+
+def _max_entries(path: Path) -> int:
+    out = subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)["max_entries"]
+
+
+def test_capacity_is_chosen_at_the_first_apply_and_kept(tmp_path: Path, pin_root: Path) -> None:
+    """--capacity sizes a new pin root's tables; later commands read the size from the pins,
+    refuse a different one before touching anything, and bound the directory by it."""
+    d = write_services(tmp_path / "d", 10)
+    r = bpfsync("apply", "--capacity", "services=2048", str(d), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 0, r.stderr
+    maps = pin_root / "maps"
+    assert {t: _max_entries(maps / t) for t in ("ti_verify", "ti_encap6", "ti_next",
+                                                "ti_tunnel", "ps_dest")} == {
+        "ti_verify": 2048, "ti_encap6": 2048, "ti_next": 2048, "ti_tunnel": 65536,
+        "ps_dest": 262144}
+    before = bpffs_entries(pin_root)
+
+    r = bpfsync("apply", "--capacity", "services=4096", str(d), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 1 and "cannot be resized" in r.stderr, r.stderr
+    assert "created for 2,048 entries" in r.stderr and "bpfsync destroy" in r.stderr
+    assert bpffs_entries(pin_root) == before and _max_entries(maps / "ti_verify") == 2048
+    r = bpfsync("diff", str(d), pin_root=pin_root, env=KEY_ENV)  # no --capacity: the pins' size
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    big = write_services(tmp_path / "big", 2049)
+    for cmd in ("validate", "diff", "apply"):
+        r = bpfsync(cmd, str(big), pin_root=pin_root, env=KEY_ENV)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        assert "2,049 Services exceed the table capacity of 2,048" in r.stderr, (cmd, r.stderr)
+        assert "services-00020.yaml:" in r.stderr, r.stderr  # the 2,049th, where it stands
+    assert len(bpftool_dump(maps / "ti_verify")) == 10  # nothing of it applied
+    r = bpfsync("apply", "--capacity", "services=99", str(d), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 1 and "a number from 1,024 to 16,777,216" in r.stderr, r.stderr

@@ -9,6 +9,7 @@ import pytest
 
 from reconciler.cli.common import EXIT_CHANGES
 from reconciler.cli.main import SUBCOMMANDS, main, parse
+from reconciler.core import registry
 
 USAGE_ERRORS = [
     ["--bogus", "validate", "x"],
@@ -337,6 +338,8 @@ def test_apply_shows_the_plan_before_it_writes_anything(monkeypatch) -> None:
     events: list[str] = []
 
     class Tables:  # holds what is written: the apply reads it back
+        capacities = registry.default_capacities()
+
         def __init__(self) -> None:
             self.content: dict[str, dict[bytes, bytes]] = {}
 
@@ -356,7 +359,7 @@ def test_apply_shows_the_plan_before_it_writes_anything(monkeypatch) -> None:
             pass
 
     tables = Tables()
-    monkeypatch.setattr(engine, "open_pinned", lambda root, create: tables)
+    monkeypatch.setattr(engine, "open_pinned", lambda root, create, capacity=None: tables)
     monkeypatch.setattr(engine, "host_facts", lambda state, root, create: {})
     monkeypatch.setattr(engine, "locked", lambda root: nullcontext())
     monkeypatch.setattr(engine.attach, "plan_attachments", lambda context: AttachPlan())

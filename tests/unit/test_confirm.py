@@ -14,6 +14,7 @@ import pytest
 from reconciler import engine
 from reconciler.confirm import record as rec
 from reconciler.confirm import revert, store
+from reconciler.core import registry
 from reconciler.core.attachments import AttachAction, AttachPlan, Step
 from reconciler.core.compile import compile_tables
 from reconciler.core.errors import KernelStateError, UnsafePlan
@@ -130,6 +131,8 @@ def test_verification_names_each_entry_the_kernel_does_not_hold() -> None:
 class Tables:
     """PinnedTables over a FakeKernel; drop: table whose writes the 'kernel' ignores."""
 
+    capacities = registry.default_capacities()
+
     def __init__(self, kernel: FakeKernel, drop: str = "") -> None:
         self.kernel, self.drop = kernel, drop
 
@@ -149,7 +152,8 @@ def fake(monkeypatch, tmp_path: Path):
     """The engine over in-memory tables, its run directory in tmp_path."""
     kernel = FakeKernel()
     holder = {"tables": Tables(kernel)}
-    monkeypatch.setattr(engine, "open_pinned", lambda root, create: holder["tables"])
+    monkeypatch.setattr(engine, "open_pinned",
+                        lambda root, create, capacity=None: holder["tables"])
     monkeypatch.setattr(engine, "host_facts", lambda state, root, create: {})
     monkeypatch.setattr(engine, "locked", lambda root, wait=0: nullcontext())
     monkeypatch.setattr(engine.attach, "plan_attachments", lambda context: AttachPlan())
