@@ -15,7 +15,7 @@ from typing import Any
 from reconciler import engine, render
 from reconciler.cli import confirming
 from reconciler.cli.apply import seconds
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK, pin_root
+from reconciler.cli.common import EXIT_ERROR, EXIT_OK, pin_root, requested_capacity
 from reconciler.cli.control import ask_daemon
 from reconciler.core.errors import BpfsyncError
 from reconciler.history import snapshot, store
@@ -50,7 +50,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     target = _target(store.revisions(root), args.revision)
     from reconciler.datapath.supervisor import run_dir
 
-    state = snapshot.load(root, target, run_dir(root) / "rollback")
+    state = snapshot.load(root, target, run_dir(root) / "rollback",
+                          engine.capacities(root, requested_capacity(args)))
     planned = engine.plan_state(state, root).plan
     where = f"revision {target.number} ({target.source()})"
     if planned.in_sync:

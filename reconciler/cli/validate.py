@@ -72,11 +72,10 @@ def _capacities(args: argparse.Namespace) -> Capacities:
     --capacity and the defaults otherwise. Asking to resize existing tables is an error."""
     try:
         return capacities_of(args, pin_root(args))
-    except KernelStateError as exc:
-        if "cannot be resized" in str(exc) or "different sizes" in str(exc):
+    except (BpfsyncError, OSError) as exc:  # not on bpffs, not readable: not this host's
+        if isinstance(exc, KernelStateError) and ("cannot be resized" in str(exc)
+                                                  or "different sizes" in str(exc)):
             raise
-        return Capacities({**registry.default_capacities().sizes, **requested_capacity(args)})
-    except OSError:
         return Capacities({**registry.default_capacities().sizes, **requested_capacity(args)})
 
 
@@ -112,7 +111,8 @@ def _validate_candidate(args: argparse.Namespace, out: Report) -> None:
     directory, candidate = Path(args.within), Path(args.paths[0])
     if not directory.is_dir():
         raise BpfsyncError(f"--in {directory}: not a directory")
-    result = check_candidate(directory, candidate, args.as_name, read_keys=not args.no_secrets)
+    result = check_candidate(directory, candidate, args.as_name, read_keys=not args.no_secrets,
+                             capacities=_capacities(args))
     found = out.problems([*result.warnings, *result.errors])
     where = (f"{candidate} as {result.destination}" if result.destination
              and str(result.destination) != str(candidate) else str(candidate))

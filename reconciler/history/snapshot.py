@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.capacity import Capacities
 from reconciler.core.errors import BpfsyncError
 from reconciler.core.state import DesiredState
 from reconciler.history import store
@@ -74,9 +75,11 @@ def capture(state: DesiredState) -> tuple[dict[str, str], list[str]]:
     return texts, why
 
 
-def load(pin_root: Path, revision: Revision, scratch: Path) -> DesiredState:
-    """revision's desired state, checked as `validate` would; scratch: a private directory
-    for the files meanwhile (tmpfs). BpfsyncError when it cannot be restored."""
+def load(pin_root: Path, revision: Revision, scratch: Path,
+         capacities: Capacities | None = None) -> DesiredState:
+    """revision's desired state, checked as `validate` would (capacities: the pin root's
+    table sizes, else the defaults); scratch: a private directory for the files meanwhile
+    (tmpfs). BpfsyncError when it cannot be restored."""
     if revision.reverted:
         raise BpfsyncError(f"revision {revision.number} was reverted (never confirmed); "
                            f"it is not a state to go back to")
@@ -93,7 +96,7 @@ def load(pin_root: Path, revision: Revision, scratch: Path) -> DesiredState:
             path = Path(tmp) / f"{i}.yaml"
             path.write_text(text, encoding="utf-8")
             results += load_files([path], schemas, shown_as=str(root / rel))
-        state = check_results(root, results)
+        state = check_results(root, results, capacities=capacities)
     state.revision = revision.revision or None
     state.sources = texts
     return state

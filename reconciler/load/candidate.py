@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.core.capacity import Capacities
 from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity
 from reconciler.core.state import DesiredState
 from reconciler.load.directory import check_results, load_paths
@@ -62,7 +63,8 @@ def _involves(p: Problem, shown: str) -> bool:
 
 
 def check_candidate(directory: Path, candidate: Path, as_name: str | None = None,
-                    schemas: Schemas | None = None, read_keys: bool = True) -> CandidateResult:
+                    schemas: Schemas | None = None, read_keys: bool = True,
+                    capacities: Capacities | None = None) -> CandidateResult:
     schemas = schemas or Schemas()
     files, scan_problems = scan(directory)
     if as_name is not None:
@@ -84,13 +86,13 @@ def check_candidate(directory: Path, candidate: Path, as_name: str | None = None
     replaces = len(others) != len(existing)
     results = sorted([*others, mine], key=lambda r: Path(r.file).parts)
     try:
-        state = check_results(directory, results, scan_problems)
+        state = check_results(directory, results, scan_problems, capacities)
         return CandidateResult(dest, replaces, guessed, state, warnings=state.warnings)
     except InvalidDesiredState as exc:
         errors = [p for p in exc.problems if p.severity is Severity.ERROR]
         warnings = [p for p in exc.problems if p.severity is Severity.WARNING]
     try:
-        check_results(directory, existing, scan_problems)
+        check_results(directory, existing, scan_problems, capacities)
         before: set[str] = set()
     except InvalidDesiredState as exc:
         before = {str(p) for p in exc.problems if p.location.file != shown}
