@@ -165,13 +165,17 @@ def requested_capacity(args: argparse.Namespace) -> dict[str, int]:
 
 def capacities_of(args: argparse.Namespace, root: Path) -> Capacities:
     """The capacities the pin root's tables have, or will have when the first apply creates
-    them with --capacity; KernelStateError when --capacity asks to resize existing ones."""
+    them with --capacity; CapacityConflict when --capacity asks to resize existing ones."""
     from reconciler import engine
 
-    requested = requested_capacity(args)
     if not root.exists():
-        return capacity.settle(registry.default_capacities().sizes, requested, {})
-    return engine.capacities(root, requested)
+        return fresh_capacities(args)
+    return engine.capacities(root, requested_capacity(args))
+
+
+def fresh_capacities(args: argparse.Namespace) -> Capacities:
+    """The capacities a new pin root gets: --capacity, else the defaults."""
+    return capacity.settle(registry.default_capacities().sizes, requested_capacity(args), {})
 
 
 def load_state(directory: Path, progress: Progress,

@@ -18,20 +18,14 @@ from reconciler.cli.common import (
     capacities_of,
     counts,
     directories,
+    fresh_capacities,
     pin_root,
     print_problems,
-    requested_capacity,
 )
 from reconciler.cli.progress import close, progress_for
 from reconciler.core import registry
-from reconciler.core.capacity import Capacities
-from reconciler.core.errors import (
-    BpfsyncError,
-    InvalidDesiredState,
-    KernelStateError,
-    Problem,
-    Severity,
-)
+from reconciler.core.capacity import Capacities, CapacityConflict
+from reconciler.core.errors import BpfsyncError, InvalidDesiredState, Problem, Severity
 from reconciler.core.progress import QUIET
 from reconciler.core.state import DesiredState
 from reconciler.load.candidate import check_candidate
@@ -72,11 +66,10 @@ def _capacities(args: argparse.Namespace) -> Capacities:
     --capacity and the defaults otherwise. Asking to resize existing tables is an error."""
     try:
         return capacities_of(args, pin_root(args))
-    except (BpfsyncError, OSError) as exc:  # not on bpffs, not readable: not this host's
-        if isinstance(exc, KernelStateError) and ("cannot be resized" in str(exc)
-                                                  or "different sizes" in str(exc)):
-            raise
-        return Capacities({**registry.default_capacities().sizes, **requested_capacity(args)})
+    except CapacityConflict:
+        raise
+    except (BpfsyncError, OSError):  # not on bpffs, not readable: not this host's
+        return fresh_capacities(args)
 
 
 def _validate_directory(directory: Path, args: argparse.Namespace, out: Report) -> None:

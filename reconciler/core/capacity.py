@@ -20,6 +20,10 @@ MIN_CAPACITY = 1024
 MAX_CAPACITY = 1 << 24  # 16,777,216 entries: some GiB of kernel memory per table already
 
 
+class CapacityConflict(KernelStateError):
+    """The pin root's tables have another size than asked, or disagree among themselves."""
+
+
 @dataclass(frozen=True)
 class Capacities:
     """Entries per sized group (the groups of the specs it was made for)."""
@@ -62,7 +66,7 @@ def settle(default: Mapping[str, int], requested: Mapping[str, int],
            pinned: Mapping[str, Mapping[str, int]]) -> Capacities:
     """The capacities a pin root has: per group, the size of its pinned maps (pinned: group
     -> map name -> max_entries; sizes outside the settings' bounds are not taken), else the
-    requested size, else the default. KernelStateError when pinned maps disagree or a
+    requested size, else the default. CapacityConflict when pinned maps disagree or a
     request differs from them."""
     sizes = dict(default)
     sizes.update(requested)
@@ -86,5 +90,5 @@ def settle(default: Mapping[str, int], requested: Mapping[str, int],
                     f"root and apply again with the new capacity")
             sizes[group] = have
     if problems:
-        raise KernelStateError("\n".join(problems))
+        raise CapacityConflict("\n".join(problems))
     return Capacities(sizes)
