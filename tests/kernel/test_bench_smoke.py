@@ -50,7 +50,7 @@ def test_daemon_benchmark_runs() -> None:
 @pytest.mark.parametrize(("bench", "expect"), [
     ("bench_proxy.py", "bpfsync6 / haproxy6: single stream"),  # run with --ipv6
     ("bench_transparent.py", "intercepted6/direct6: setup p50"),  # run with --ipv6
-    ("bench_apply.py", "| 200 |"),
+    ("bench_apply.py", "| 200 | 2,048 |"),  # tables sized by --capacity
     ("bench_gue.py", "| IPv6 | tunnel (IPv6 underlay) / no program |"),  # run with --ipv6
     ("bench_intercept.py", "IPv6/IPv4 at 10k: last rule"),  # run with --ipv6
     ("bench_fleet.py", "(b) one changed service to applied"),
