@@ -58,15 +58,18 @@ def veth_pair(client_ns: str, server_ns: str, client_dev: str, server_dev: str,
     for ns, dev, cidr in ((client_ns, client_dev, client_cidr),
                           (server_ns, server_dev, server_cidr)):
         sh(f"ip -n {ns} addr add {cidr} dev {dev}")
+        # no duplicate address detection on a link of two ends we made: the link-local
+        # address is usable at once instead of a second or two after link up
+        sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.{dev}.accept_dad=0")
         sh(f"ip -n {ns} link set {dev} up")
     for ns, dev in ((client_ns, client_dev), (server_ns, server_dev)):
         wait_for(lambda ns=ns, dev=dev: link_local_settled(ns, dev), 60)
 
 
 def link_local_settled(ns: str, dev: str) -> bool:
-    """dev's IPv6 link-local address has passed duplicate address detection and its local
-    route is in: until then the kernel adds it by itself (about a second after link up), and
-    a before/after snapshot of the routes would see a change nobody made."""
+    """dev's IPv6 link-local address is usable (not tentative) and its local route is in:
+    until then the kernel adds them by itself, after link up, and a before/after snapshot of
+    the routes would see a change nobody made."""
     addrs = json.loads(sh(f"ip -n {ns} -6 -j addr show dev {dev}").stdout or "[]")
     infos = [a for link in addrs for a in link.get("addr_info", [])]
     if not any(a["local"].startswith("fe80:") for a in infos):
