@@ -11,6 +11,20 @@ R = TypeVar("R")
 
 
 @dataclass
+class Delta:
+    """What a state is made of: base, with the resources `changed` names ("Kind/name") put in
+    place of those of the same names (no name added, none removed). The daemon's assembly by
+    difference says so, and the compile memos then look at those resources only."""
+
+    base: DesiredState
+    changed: frozenset[str]
+
+    def names(self, kind: str) -> list[str]:
+        prefix = kind + "/"
+        return [ref[len(prefix):] for ref in self.changed if ref.startswith(prefix)]
+
+
+@dataclass
 class DesiredState:
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> name -> it
     warnings: list[Problem] = field(default_factory=list)
@@ -22,11 +36,19 @@ class DesiredState:
     # the files' texts by relative path when they are not the directory's (a rollback):
     # what the history records for this state instead of reading the directory again
     sources: dict[str, str] | None = None
+    # how it differs from the state assembled before it (None: not known, look at all)
+    delta: Delta | None = field(default=None, compare=False, repr=False)
 
     def of(self, model: type[R]) -> dict[str, R]:
         """The resources of one kind (model: its class, whose `kind` names it), by name; the
         dict is the state's own, so adding to it adds to the state."""
         return self.resources.setdefault(model.kind, {})  # type: ignore[attr-defined]
+
+    def changed_since(self, before: DesiredState | None, kind: str) -> list[str] | None:
+        """Names of kind whose resources may differ from before's (same names in both), when
+        this state is known to be before plus a delta; None when not known."""
+        delta = self.delta
+        return delta.names(kind) if delta is not None and delta.base is before else None
 
     def add(self, resource: Any) -> None:
         self.resources.setdefault(resource.kind, {})[resource.name] = resource

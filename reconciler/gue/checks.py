@@ -31,9 +31,10 @@ def cross_check(state: DesiredState, invalid: set[str]) -> list[Finding]:
                        ("spec", "backend"),
                        lambda s: f"backend {s.backend}/{s.protocol} (on a node, replies "
                                  f"from it must map back to one proxy endpoint)")
-    dangling = [s for s in services if s.tunnel not in state.of(Tunnel)]
+    by_name = state.of(Tunnel)
+    dangling = [s for s in services if s.tunnel not in by_name]
     for s in sorted(dangling, key=order):
-        out += unknown("Tunnel", s.tunnel, state.of(Tunnel), invalid, s, ("spec", "tunnel"))
+        out += unknown("Tunnel", s.tunnel, by_name, invalid, s, ("spec", "tunnel"))
     return out  # (how many fit the tables: load/directory.py, by the pin root's capacities)
 
 

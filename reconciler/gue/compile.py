@@ -25,6 +25,7 @@ class ServiceMemo:
         self.services: dict[str, Service] = {}
         self.compiled: dict[str, Compiled] = {}
         self.context: tuple[dict[str, int], bool] | None = None
+        self.state: DesiredState | None = None  # the state last compiled
         self.entries: dict[str, Entries] = {}
         self.owners: dict[str, dict[bytes, str]] = {}
 
@@ -35,23 +36,30 @@ class ServiceMemo:
             self.entries[spec.name][key] = value
             self.owners[spec.name].setdefault(key, ref)
 
-    def service_tables(self, services: dict[str, Service], tunnel_ids: dict[str, int],
+    def service_tables(self, state: DesiredState, tunnel_ids: dict[str, int],
                        node: bool) -> tuple[dict[str, Entries], dict[str, dict[bytes, str]]]:
+        services = state.of(Service)
         if self.context != (tunnel_ids, node):
             self.context = (tunnel_ids, node)
-            self.services, self.compiled = {}, {}
+            self.state, self.services, self.compiled = None, {}, {}
             self.entries = {spec.name: {} for spec in SERVICE_TABLES}
             self.owners = {spec.name: {} for spec in SERVICE_TABLES}
         before = self.services
-        for name, svc in before.items():  # removed or replaced: take their entries out
-            if services.get(name) is not svc:
-                for spec, key, _ in self.compiled.pop(name):
-                    self.entries[spec.name].pop(key, None)
-                    self.owners[spec.name].pop(key, None)
-        for name, svc in services.items():
-            if before.get(name) is not svc:
-                self._add(name, svc, tunnel_ids, node)
-        self.services = dict(services)
+        # the assembly's delta names what changed; otherwise each Service is looked at
+        changed = state.changed_since(self.state, Service.kind)
+        if changed is None:
+            changed = [name for name, svc in services.items() if before.get(name) is not svc]
+        kept = len(services) - len(changed) + sum(1 for name in changed if name in before)
+        gone = [name for name in before if name not in services] if kept != len(before) else []
+        for name in (*changed, *gone):  # replaced or removed: take their entries out
+            for spec, key, _ in self.compiled.pop(name, ()):
+                self.entries[spec.name].pop(key, None)
+                self.owners[spec.name].pop(key, None)
+        for name in changed:
+            self._add(name, services[name], tunnel_ids, node)
+        if changed or gone or len(services) != len(before):
+            self.services = dict(services)
+        self.state = state
         return self.entries, self.owners
 
 
@@ -108,7 +116,7 @@ def compile_gue(out: DesiredTables, state: DesiredState, context: CompileContext
     tunnel_ids = {name: tunnel.id for name, tunnel in state.of(Tunnel).items()}
     if context.memo is not None:
         memo = context.memo.get("gue", ServiceMemo)
-        entries, owners = memo.service_tables(state.of(Service), tunnel_ids, node)
+        entries, owners = memo.service_tables(state, tunnel_ids, node)
         out.entries.update(entries)  # the memo's own dicts: read-only for everyone else
         out.owners.update(owners)
     else:

@@ -60,7 +60,7 @@ def capture(state: DesiredState) -> tuple[dict[str, str], list[str]]:
     total = 0
     for path in files:
         rel = str(path.relative_to(root))
-        if str(path.resolve()) in inline:
+        if inline and str(path.resolve()) in inline:  # (resolving 1,000 paths costs)
             why.append(f"{rel} declares a key inline, and history never stores keys")
             continue
         try:

@@ -6,7 +6,7 @@ nothing). Line numbers are looked up only for the problems that are reported.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler.core import registry
@@ -18,6 +18,7 @@ from reconciler.core.model import Origin
 from reconciler.core.progress import QUIET, Progress
 from reconciler.core.state import DesiredState
 from reconciler.load import parallel, prescan
+from reconciler.load.assembly import Assembly, assemble
 from reconciler.load.filecache import FileCache
 from reconciler.load.files import FileResult, load_files
 from reconciler.load.locate import PathItem, locate
@@ -48,37 +49,6 @@ class _Locator:
             self.location(f.origin, f.path, f.at_key), f.message, f.resource,
             ".".join(map(str, f.path)) or None, f.severity,
             tuple(self.location(o, p, False) for o, p in f.related))
-
-
-def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], list[Finding]]:
-    """The desired state from per-file results, in file order: a resource defined twice is
-    reported at its second place. Names of invalid resources are returned so that
-    cross-checks do not pile consequential errors (a dangling reference) on top."""
-    state = DesiredState()
-    invalid: set[str] = set()
-    first_seen: dict[str, Origin] = {}
-    findings: list[Finding] = []
-    for file in results:
-        for doc in file.docs:
-            findings.extend(doc.findings)
-            ref = doc.ref
-            if ref is not None:
-                if ref in first_seen:
-                    findings.append(Finding(
-                        doc.origin, ("metadata", "name"), f"{ref} is defined twice", ref,
-                        related=((first_seen[ref], ("metadata", "name")),)))
-                    continue
-                first_seen[ref] = doc.origin
-            if doc.resource is None:
-                if ref:
-                    invalid.add(ref)
-                continue
-            if doc.drift is not None and ref is not None:
-                state.drift[ref] = doc.drift
-            if doc.confirm is not None and ref is not None:
-                state.confirm[ref] = doc.confirm
-            state.add(doc.resource)
-    return state, invalid, findings
 
 
 def cross_check(state: DesiredState, invalid: set[str],
@@ -132,23 +102,26 @@ def load_directory(root: Path, schemas: Schemas | None = None,
                else load_paths(files, schemas, read_keys, progress.advance))
     progress.phase(f"checking {sum(len(r.docs) for r in results):,} resources")
     try:
-        return check_results(root, results, scan_problems, capacities)
+        return check_results(root, results, scan_problems, capacities,
+                             cache.assembly if cache else None)
     finally:
         progress.end()
 
 
 def check_results(root: Path, results: list[FileResult],
                   problems: Sequence[Problem] = (),
-                  capacities: Capacities | None = None) -> DesiredState:
+                  capacities: Capacities | None = None,
+                  assembly: Assembly | None = None) -> DesiredState:
     """The desired state of a directory's per-file results (in file order): cross-checks,
-    problems located; raises InvalidDesiredState listing every error."""
+    problems located; raises InvalidDesiredState listing every error. assembly: the last
+    assembly kept (the daemon's), to assemble by difference."""
     locator = _Locator()
     problems = list(problems)
     for r in results:
         problems.extend(r.problems)
         if r.text is not None:
             locator.texts[r.file] = r.text
-    state, invalid, findings = assemble(results)
+    state, invalid, findings = assembly.assemble(results) if assembly else assemble(results)
     state.files = len(results)
     state.directory = str(root)
     findings.extend(cross_check(state, invalid, capacities))

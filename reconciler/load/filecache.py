@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler.load.assembly import Assembly
+
 if TYPE_CHECKING:
     from reconciler.load.files import FileResult
 
@@ -62,6 +64,7 @@ class FileCache:
         self._entries: dict[str, _Entry] = {}
         self._clock = clock
         self.last = CacheStats()
+        self.assembly = Assembly()  # the state of the last results, to assemble by difference
 
     def _fresh(self, sig: Signature, now_ns: int) -> bool:
         """Whether a matching signature can be trusted without reading the file."""

@@ -40,15 +40,20 @@ class NamesMemo:
         self.keys: dict[str, bytes] = {}  # "Kind/name" -> key
         self.entries: Entries = {}
         self.owners: dict[bytes, str] = {}
+        self.state: DesiredState | None = None  # the state last compiled
 
     def update(self, state: DesiredState, have: Mapping[bytes, bytes]) -> None:
         """Each resource's entry: what the kernel records when that still names it (the
         file and revision that last wrote it are kept), else a fresh one."""
+        last, self.state = self.state, state
         for kind in self.kinds:
             now = state.resources.get(kind.name, {})
             before = self.resources.get(kind.name, {})
-            # one pass in a comprehension; what left is looked for only when something did
-            changed = [name for name, r in now.items() if before.get(name) is not r]
+            # the assembly's delta names what changed; otherwise one pass in a comprehension
+            # (what left is looked for only when something did)
+            changed = state.changed_since(last, kind.name)
+            if changed is None:
+                changed = [name for name, r in now.items() if before.get(name) is not r]
             gone = [name for name in changed if name in before]
             if len(now) - len(changed) + len(gone) != len(before):
                 gone += [name for name in before if name not in now]
