@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -38,6 +40,9 @@ class DesiredState:
     sources: dict[str, str] | None = None
     # how it differs from the state assembled before it (None: not known, look at all)
     delta: Delta | None = field(default=None, compare=False, repr=False)
+    # counts of keys derived from it (key_counts), handed on to a state assembled from it
+    # by difference
+    derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def of(self, model: type[R]) -> dict[str, R]:
         """The resources of one kind (model: its class, whose `kind` names it), by name; the
@@ -49,6 +54,29 @@ class DesiredState:
         this state is known to be before plus a delta; None when not known."""
         delta = self.delta
         return delta.names(kind) if delta is not None and delta.base is before else None
+
+    def key_counts(self, model: type, key: Callable[[Any], Hashable],
+                   label: str) -> Counter[Hashable]:
+        """How many resources of model have each key(resource) (label names the count: the
+        same label, the same key). A state assembled by difference takes its base's counts
+        and moves only the changed resources' keys, where counting 100k resources again
+        costs tens of ms in every reconcile (checks of keys claimed twice, the history's
+        files with inline keys)."""
+        resources = self.of(model)
+        delta = self.delta
+        counts = delta.base.derived.pop(label, None) if delta is not None else None
+        if counts is None:
+            counts = Counter(map(key, resources.values()))
+        else:  # same names in both: each changed resource's key moves
+            before = delta.base.of(model)
+            for name in delta.names(model.kind):  # type: ignore[attr-defined]
+                old = key(before[name])
+                counts[old] -= 1
+                if not counts[old]:
+                    del counts[old]
+                counts[key(resources[name])] += 1
+        self.derived[label] = counts
+        return counts
 
     def add(self, resource: Any) -> None:
         self.resources.setdefault(resource.kind, {})[resource.name] = resource

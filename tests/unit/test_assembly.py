@@ -1,5 +1,6 @@
 """The daemon's assembly by difference gives exactly what assembling from scratch gives (the
-same resources in the same order, annotations, warnings, refusals), and its compile memos,
+same resources in the same order, annotations, warnings, refusals: the key counts of the
+checks of keys claimed twice are moved by the difference too), and its compile memos,
 updated by the difference, the same entries, after every kind of edit; it takes the
 difference only where that cannot differ."""
 
