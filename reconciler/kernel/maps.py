@@ -13,7 +13,7 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from reconciler.core import capacity
 from reconciler.core.capacity import Capacities
 from reconciler.core.errors import KernelStateError
 from reconciler.core.plan import Operation
-from reconciler.core.tables import MapSpec, Observed
+from reconciler.core.tables import BPF_MAP_TYPE_HASH, Entries, MapSpec, Observed
 from reconciler.kernel import libbpf
 
 BPF_FS_MAGIC = 0xCAFE4A11
@@ -68,6 +68,16 @@ class PinnedTables:
             else:
                 out[spec.name] = libbpf.lookup_each(fd, spec.key_size, spec.value_size)
         return out
+
+    def read_keys(self, spec: MapSpec, keys: Iterable[bytes]) -> Entries:
+        """The entries of keys that the hash map of spec holds (exact lookups, one per key:
+        never for an LPM trie, whose lookup answers the longest matching prefix)."""
+        assert spec.map_type == BPF_MAP_TYPE_HASH, spec.name
+        fd = self.fds.get(spec.name)
+        if fd is None:
+            return {}
+        found = ((key, libbpf.lookup_elem(fd, key, spec.value_size)) for key in keys)
+        return {key: value for key, value in found if value is not None}
 
     def complete(self) -> bool:
         return all(fd is not None for fd in self.fds.values())

@@ -139,6 +139,9 @@ class Tables:
     def read(self, specs):
         return {s.name: dict(self.kernel.tables.get(s.name, {})) for s in specs}
 
+    def read_keys(self, spec, keys):
+        return {k: v for k in keys if (v := self.kernel.tables.get(spec.name, {}).get(k))}
+
     def write(self, table, ops, delete):
         if table != self.drop:
             self.kernel.write(table, ops, delete)
