@@ -40,6 +40,7 @@ from reconciler.kernel.maps import (
     remove_pins,
 )
 from reconciler.kernel.programs import Compiler
+from reconciler.kernel.tagcache import TagCache
 from reconciler.load.directory import over_capacity
 
 
@@ -123,7 +124,7 @@ def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = 
     facts = host_facts(state, pin_root, create=False)
     tables = open_pinned(pin_root, create=False, capacity=capacity)
     # programs compile against the pinned tables; before the first apply there are none
-    compiler = Compiler() if tables.complete() else None
+    compiler = Compiler(TagCache.in_state_directory()) if tables.complete() else None
     try:
         plan = _plan(state, pin_root, prune, tables, AttachContext(state, pin_root, compiler,
                                                                      facts), None, progress)
@@ -175,7 +176,8 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
         Compiler.check()
     facts = host_facts(state, pin_root, create=True)
     tables: PinnedTables = open_pinned(pin_root, create=create, capacity=capacity)
-    compiler = Compiler()
+    compiler = Compiler(memo.get("program tags", TagCache.in_state_directory)
+                        if memo is not None else TagCache.in_state_directory())
     context = AttachContext(state, pin_root, compiler, facts)
     try:
         with locked(pin_root):

@@ -17,6 +17,7 @@ from typing import Any
 from reconciler.core.errors import KernelStateError
 from reconciler.data import data_dir
 from reconciler.kernel.bcc_env import ensure_kernel_source
+from reconciler.kernel.tagcache import TagCache
 
 BPF_DIR = data_dir("bpf")
 BPF_PROG_TYPE_SCHED_CLS = 3
@@ -45,12 +46,42 @@ def program_tags(insns: bytes) -> frozenset[str]:
     return frozenset((hashlib.sha256(data).hexdigest()[:16], hashlib.sha1(data).hexdigest()[:16]))
 
 
-class Compiler:
-    """BCC compilations by key, kept until close(): the loaded programs' fds belong to them.
-    The tables must exist: BCC would otherwise create them, without bpfsync's layout checks."""
+class Compilation:
+    """One program source with its flags, compiled by BCC when first needed: its tags may
+    come from a TagCache instead (an unchanged program is recognised without compiling)."""
 
-    def __init__(self) -> None:
-        self._compiled: dict[Any, Any] = {}
+    def __init__(self, source: str, flags: list[str], what: str) -> None:
+        self.source, self.flags, self.what = source, flags, what
+        self._bpf: Any = None
+
+    def bpf(self) -> Any:
+        if self._bpf is None:
+            Compiler.check()
+            from bcc import BPF
+
+            path = BPF_DIR / self.source
+            try:
+                self._bpf = BPF(src_file=str(path).encode(), cflags=[f"-I{BPF_DIR}", *self.flags])
+            except Exception as exc:
+                raise KernelStateError(f"compiling {path} ({self.what}) failed: {exc}") from exc
+        return self._bpf
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            with suppress(Exception):
+                self._bpf.cleanup()
+            self._bpf = None
+
+
+class Compiler:
+    """Compilations by key, kept until close(): the loaded programs' fds belong to them.
+    The tables must exist: BCC would otherwise create them, without bpfsync's layout checks.
+    tags: tags of programs compiled before (the daemon keeps one for its lifetime; a command
+    reads and updates the state directory's, kernel/tagcache.py)."""
+
+    def __init__(self, tags: TagCache | None = None) -> None:
+        self._compiled: dict[Any, Compilation] = {}
+        self._tags = tags
 
     @staticmethod
     def check() -> None:
@@ -64,28 +95,29 @@ class Compiler:
                 "BCC is not importable (Debian package python3-bpfcc); run "
                 "packaging/install.sh") from exc
 
-    def compile(self, key: Any, source: str, flags: list[str], what: str) -> Any:
-        """bpf/<source> compiled with flags (once per key)."""
+    def compile(self, key: Any, source: str, flags: list[str], what: str) -> Compilation:
+        """bpf/<source> with flags (one Compilation per key; BCC runs when first needed)."""
         if key not in self._compiled:
-            self.check()
-            from bcc import BPF
-
-            path = BPF_DIR / source
-            try:
-                self._compiled[key] = BPF(src_file=str(path).encode(),
-                                          cflags=[f"-I{BPF_DIR}", *flags])
-            except Exception as exc:
-                raise KernelStateError(f"compiling {path} ({what}) failed: {exc}") from exc
+            self._compiled[key] = Compilation(source, flags, what)
         return self._compiled[key]
 
-    @staticmethod
-    def tags(bpf: Any, function: str) -> frozenset[str]:
-        return program_tags(bpf.dump_func(function.encode()))
+    def tags(self, compilation: Compilation, function: str) -> frozenset[str]:
+        """The tags the kernel may report for function once loaded: remembered by the tag
+        cache for this very source, flags, BCC and kernel, else compiled and computed."""
+        if self._tags is not None:
+            known = self._tags.get(compilation.source, compilation.flags, function)
+            if known is not None:
+                return known
+        tags = program_tags(compilation.bpf().dump_func(function.encode()))
+        if self._tags is not None:
+            self._tags.put(compilation.source, compilation.flags, function, tags)
+        return tags
 
     @staticmethod
-    def load(bpf: Any, function: str, prog_type: int, attach_type: int | None = None,
-             what: str = "") -> int:
+    def load(compilation: Compilation, function: str, prog_type: int,
+             attach_type: int | None = None, what: str = "") -> int:
         """The loaded function's fd, owned by the compilation (closed by close())."""
+        bpf = compilation.bpf()
         try:
             fn = bpf.load_func(function.encode(), prog_type, **(
                 {"attach_type": attach_type} if attach_type is not None else {}))
@@ -95,7 +127,8 @@ class Compiler:
         return fn.fd
 
     def close(self) -> None:
-        for bpf in self._compiled.values():
-            with suppress(Exception):
-                bpf.cleanup()
+        for compilation in self._compiled.values():
+            compilation.close()
         self._compiled.clear()
+        if self._tags is not None:
+            self._tags.save()

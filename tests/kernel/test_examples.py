@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler.kernel import cgroups
+from reconciler.kernel import cgroups, tagcache
 from reconciler.tproxy.cgroups import datapath_cgroup
 from tests.kernel import owned
 from tests.kernel.conftest import bpffs_entries, bpfsync
@@ -81,9 +81,9 @@ class Host:
             subprocess.run([*tc, "filter", "add", "dev", device, "ingress", "prio", "7",
                             "bpf", "bytecode", "1,6 0 0 0,"], check=True)
 
-    def filters(self) -> list[tuple[str, str, str, int, str]]:
-        """(netns, device, direction, priority, name) of every filter on the devices and
-        on lo of every namespace."""
+    def filters(self) -> list[tuple[str, str, str, int, str, str]]:
+        """(netns, device, direction, priority, name, program tag) of every filter on the
+        devices and on lo of every namespace."""
         out = []
         for ns, device in sorted({*self.devices, *((ns, "lo") for ns in self.netns.values())}):
             for direction in ("ingress", "egress"):
@@ -92,7 +92,8 @@ class Host:
                 for f in json.loads(r.stdout or "[]"):
                     if "options" in f:
                         name = f["options"].get("bpf_name", "")
-                        out.append((ns, device, direction, f["pref"], name))
+                        tag = f["options"].get("prog", {}).get("tag", "")
+                        out.append((ns, device, direction, f["pref"], name, tag))
         return out
 
     def remove(self) -> None:
@@ -102,6 +103,13 @@ class Host:
             owned.delete_netns(ns)
         with_root = cgroups.fs_path(self.base)
         owned.remove_cgroup_tree(with_root)
+
+
+def remembered_tags() -> set[str]:
+    """Every tag in the state directory's program tag cache (kernel/tagcache.py)."""
+    path = tagcache.default_path()
+    entries = json.loads(path.read_text())["entries"] if path.exists() else {}
+    return {tag for tags in entries.values() for tag in tags}
 
 
 @pytest.fixture
@@ -137,6 +145,10 @@ def test_example_validates_applies_and_is_in_sync(example: Path, tmp_path: Path,
     a = run("apply", str(copy))
     assert a.returncode == 0, a.stdout + a.stderr
     assert "not found" not in a.stderr, a.stderr  # every namespace, device, cgroup there
+    # the programs' tags are remembered (the diff below compiles nothing): exactly the
+    # tags the kernel reports for the programs attached
+    attached = {f[5] for f in host.filters() if f[4].startswith("bpfsync:")}
+    assert attached <= remembered_tags(), (attached, remembered_tags())
     d = run("diff", str(copy))
     assert d.returncode == 0, d.stdout + d.stderr  # everything attached, nothing pending
     again = run("apply", str(copy), counter=write_counter)
