@@ -124,7 +124,7 @@ def plan_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None = 
     facts = host_facts(state, pin_root, create=False)
     tables = open_pinned(pin_root, create=False, capacity=capacity)
     # programs compile against the pinned tables; before the first apply there are none
-    compiler = Compiler(TagCache.in_state_directory()) if tables.complete() else None
+    compiler = Compiler(TagCache.in_state_directory(), pin_root) if tables.complete() else None
     try:
         plan = _plan(state, pin_root, prune, tables, AttachContext(state, pin_root, compiler,
                                                                      facts), None, progress)
@@ -177,7 +177,7 @@ def apply_state(state: DesiredState, pin_root: Path, prune: PrunePolicy | None =
     facts = host_facts(state, pin_root, create=True)
     tables: PinnedTables = open_pinned(pin_root, create=create, capacity=capacity)
     compiler = Compiler(memo.get("program tags", TagCache.in_state_directory)
-                        if memo is not None else TagCache.in_state_directory())
+                        if memo is not None else TagCache.in_state_directory(), pin_root)
     context = AttachContext(state, pin_root, compiler, facts)
     try:
         with locked(pin_root):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 from reconciler.core.errors import KernelStateError
@@ -79,9 +80,17 @@ class Compiler:
     tags: tags of programs compiled before (the daemon keeps one for its lifetime; a command
     reads and updates the state directory's, kernel/tagcache.py)."""
 
-    def __init__(self, tags: TagCache | None = None) -> None:
+    def __init__(self, tags: TagCache | None = None, pin_root: Path | None = None) -> None:
         self._compiled: dict[Any, Compilation] = {}
         self._tags = tags
+        self._pin_root = str(pin_root) if pin_root is not None else None
+
+    def _cache_flags(self, compilation: Compilation) -> list[str]:
+        """The flags a program's tags are remembered by: the pin root's path left out (it
+        only says where BCC finds the pinned maps, whose references the tag zeroes), so
+        every pin root of this host shares the entries."""
+        root = self._pin_root
+        return [f.replace(root, "{pin root}") for f in compilation.flags] if root else compilation.flags
 
     @staticmethod
     def check() -> None:
@@ -104,13 +113,14 @@ class Compiler:
     def tags(self, compilation: Compilation, function: str) -> frozenset[str]:
         """The tags the kernel may report for function once loaded: remembered by the tag
         cache for this very source, flags, BCC and kernel, else compiled and computed."""
+        flags = self._cache_flags(compilation)
         if self._tags is not None:
-            known = self._tags.get(compilation.source, compilation.flags, function)
+            known = self._tags.get(compilation.source, flags, function)
             if known is not None:
                 return known
         tags = program_tags(compilation.bpf().dump_func(function.encode()))
         if self._tags is not None:
-            self._tags.put(compilation.source, compilation.flags, function, tags)
+            self._tags.put(compilation.source, flags, function, tags)
         return tags
 
     @staticmethod
