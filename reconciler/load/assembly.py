@@ -3,10 +3,12 @@
 
 The result is always what `assemble` gives for the same file results, in the same order:
 the difference is taken only when it cannot change anything but the resources of the files
-that changed, which keep their places. That is when the files are the
-same files in the same order, the previous state had no name defined twice, and each changed
-file declares the same names, in the same order, valid where they were valid. Anything else
-(a file added, a resource renamed, added, removed or turned invalid) assembles from scratch.
+that changed, which keep their places. That is when the files are the same files in the
+same order, the previous state had no name defined twice, and each changed file declares
+the same names, in the same order, valid where they were valid. Anything else (a file
+added, a resource renamed, added, removed or turned invalid) assembles from scratch. The
+state it gives says what changed (DesiredState.delta), for the compile memos and the key
+counts that follow.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from reconciler.load.files import DocResult, FileResult
 Assembled = tuple[DesiredState, set[str], list[Finding]]
 
 
-def assemble(results: Iterable[FileResult]) -> tuple[DesiredState, set[str], list[Finding]]:
+def assemble(results: Iterable[FileResult]) -> Assembled:
     """The desired state from per-file results, in file order: a resource defined twice is
     reported at its second place. Names of invalid resources are returned so that
     cross-checks do not pile consequential errors (a dangling reference) on top."""
