@@ -4,6 +4,7 @@ services, side by side with what a user without the daemon does (save, then run
 scrape (the daemon runs with --metrics; its size must not grow with the number of Services).
 
     .venv/bin/python bench/bench_daemon.py [--sizes 1000,100000] [--edits 200] [--idle 60]
+        [--apply-edits N]
     .venv/bin/python bench/bench_daemon.py --smoke     # 200 services, 3 edits (CI)
 
 Each edit rewrites one file of 100 services (temp file + rename, as Ansible does), changing
@@ -103,7 +104,7 @@ def scrape(where: str, rounds: int = 20) -> dict[str, float]:
     return {"scrape_ms": statistics.median(times) * 1000, "metrics_bytes": size}
 
 
-def run(size: int, edits: int, idle: float) -> dict[str, float]:
+def run(size: int, edits: int, idle: float, apply_edits: int | None) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     root = BPFFS / f"bpfsync-bench-daemon-{os.getpid()}-{size}"
     directory = write_services(work / "desired", size)
@@ -131,7 +132,7 @@ def run(size: int, edits: int, idle: float) -> dict[str, float]:
             result["worker_rss_mib"] = rss_mib(worker)
         daemon.stop()
         # without the daemon: save, then `bpfsync apply` (a fresh process parses everything)
-        n = max(3, edits // 10) if size > 10_000 else edits
+        n = apply_edits or (max(3, edits // 10) if size > 10_000 else edits)
         lat = measure(directory, root, n, True, size)
         result.update(apply_p50=statistics.median(lat), apply_p99=pct(lat, 0.99))
     finally:
@@ -149,6 +150,9 @@ def main() -> None:
                     help="saves measured per size (p99 needs >= 100 to be more than the "
                          "maximum)")
     ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--apply-edits", type=int, default=None,
+                    help="saves measured with `bpfsync apply` instead of the daemon (default: "
+                         "a tenth of --edits above 10k services, each takes seconds there)")
     ap.add_argument("--smoke", action="store_true", help="200 services, 3 edits, 1 s idle")
     args = ap.parse_args()
     owned.private_state_dir()  # the history of its pin roots goes with it
@@ -161,7 +165,7 @@ def main() -> None:
           "| scrape p50 | /metrics |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
-        r = run(size, args.edits, args.idle)
+        r = run(size, args.edits, args.idle, args.apply_edits)
         print(f"| {size:,} | {r['daemon_p50'] * 1000:.0f} ms | {r['daemon_p99'] * 1000:.0f} ms "
               f"| {r['apply_p50'] * 1000:.0f} ms | {r['apply_p50'] / r['daemon_p50']:.1f}x "
               f"| {r['first_reconcile_s']:.1f} s "
