@@ -24,6 +24,7 @@ from reconciler.load.files import FileResult, load_files
 from reconciler.load.locate import PathItem, locate
 from reconciler.load.scan import scan
 from reconciler.load.schema import Schemas
+from reconciler.names.tables import NAMES
 
 MAX_WARNINGS_LOCATED = 20
 MAX_LOCATED = 100  # errors given a line and column; the rest are counted
@@ -59,8 +60,21 @@ def cross_check(state: DesiredState, invalid: set[str],
     return out + over_capacity(state, capacities or registry.default_capacities())
 
 
-def over_capacity(state: DesiredState, capacities: Capacities) -> list[Finding]:
+def over_capacity(state: DesiredState, capacities: Capacities,
+                  names_limit: int | None = None) -> list[Finding]:
+    """Resources past their tables' capacities: each capacity group's, and the names table's
+    (one entry per resource of every kind, NAMES.max_entries whatever --capacity says: a
+    larger Service capacity does not make room there yet)."""
     out = []
+    limit = NAMES.max_entries if names_limit is None else names_limit
+    named = [k for k in registry.KINDS.values() if k.kernel_ref is not None]
+    if sum(state.count(k.name) for k in named) > limit:
+        every = sorted((r for k in named for r in state.resources.get(k.name, {}).values()),
+                       key=order)
+        beyond = every[limit]
+        out.append(Finding(beyond.origin, (), f"{len(every):,} resources exceed the names "
+                           f"table's capacity of {limit:,} (one entry per resource of every "
+                           f"kind, whatever --capacity says)", beyond.ref))
     for kind in registry.KINDS.values():
         limit = capacities.sizes.get(kind.capacity) if kind.capacity else None
         if limit is not None and state.count(kind.name) > limit:
