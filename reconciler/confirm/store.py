@@ -12,6 +12,7 @@ from pathlib import Path
 
 from reconciler.confirm.record import Pending, Process, decode, encode
 from reconciler.core.errors import KernelStateError
+from reconciler.privatefiles import write_private
 
 FILE = "pending.json"
 MAX_BYTES = 512 << 20  # a 1M-entry plan's record is about 250 MiB
@@ -69,14 +70,7 @@ class Follower:
 def write(run_directory: Path, record: Pending) -> None:
     """Atomically (a reader sees the old record or the new one, never half of one)."""
     run_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    p = path(run_directory)
-    tmp = p.with_name(FILE + "~")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(encode(record))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(p)
+    write_private(path(run_directory), encode(record), sync=True)
 
 
 def this_process() -> Process:

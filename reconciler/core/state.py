@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +24,19 @@ class Delta:
     def names(self, kind: str) -> list[str]:
         prefix = kind + "/"
         return [ref[len(prefix):] for ref in self.changed if ref.startswith(prefix)]
+
+
+def changed_names(now: Mapping[str, Any], before: Mapping[str, Any],
+                  known: list[str] | None) -> tuple[list[str], list[str]]:
+    """(names whose resource is new or not the very object it was before, names gone since)
+    of one kind, for the compile memos; known: the delta's names when the state says them
+    (DesiredState.changed_since), else one pass in a comprehension finds them (what left is
+    looked for only when the counts say something did)."""
+    changed = known if known is not None else [
+        name for name, r in now.items() if before.get(name) is not r]
+    kept = len(now) - len(changed) + sum(1 for name in changed if name in before)
+    gone = [name for name in before if name not in now] if kept != len(before) else []
+    return changed, gone
 
 
 @dataclass

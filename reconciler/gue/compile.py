@@ -4,7 +4,7 @@ TI_VERIFY, TI_REPLY on a node) and the second accepted keys while keys rotate (T
 from __future__ import annotations
 
 from reconciler.core.desired import CompileContext, DesiredTables, Entries
-from reconciler.core.state import DesiredState
+from reconciler.core.state import DesiredState, changed_names
 from reconciler.core.tables import PROTO_NUMBERS, MapSpec
 from reconciler.gue import tables as gt
 from reconciler.gue.model import Service, Tunnel, has_node_role
@@ -45,12 +45,8 @@ class ServiceMemo:
             self.entries = {spec.name: {} for spec in SERVICE_TABLES}
             self.owners = {spec.name: {} for spec in SERVICE_TABLES}
         before = self.services
-        # the assembly's delta names what changed; otherwise each Service is looked at
-        changed = state.changed_since(self.state, Service.kind)
-        if changed is None:
-            changed = [name for name, svc in services.items() if before.get(name) is not svc]
-        kept = len(services) - len(changed) + sum(1 for name in changed if name in before)
-        gone = [name for name in before if name not in services] if kept != len(before) else []
+        changed, gone = changed_names(services, before,
+                                      state.changed_since(self.state, Service.kind))
         for name in (*changed, *gone):  # replaced or removed: take their entries out
             for spec, key, _ in self.compiled.pop(name, ()):
                 self.entries[spec.name].pop(key, None)

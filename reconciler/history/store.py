@@ -14,16 +14,15 @@ from pathlib import Path
 from reconciler.core.errors import BpfsyncError
 from reconciler.core.naming import escape_path
 from reconciler.history.record import Revision, decode, encode
+from reconciler.privatefiles import state_directory, write_private
 
-DEFAULT_DIR = Path("/var/lib/bpfsync")
 DEFAULT_KEEP = 20
 MAX_REVISION_BYTES = 64 << 20
 Make = Callable[[int, dict[str, str]], Revision]  # (number, file hashes) -> the revision
 
 
 def directory(pin_root: Path) -> Path:
-    return Path(os.environ.get("BPFSYNC_STATE_DIR") or DEFAULT_DIR) / escape_path(
-        pin_root) / "history"
+    return state_directory() / escape_path(pin_root) / "history"
 
 
 def keep() -> int:
@@ -32,14 +31,6 @@ def keep() -> int:
         return max(0, int(text)) if text else DEFAULT_KEEP
     except ValueError:
         raise BpfsyncError(f"BPFSYNC_HISTORY_KEEP={text[:20]!r}: expected a number") from None
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + "~")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
 
 
 def revisions(pin_root: Path) -> list[Revision]:
@@ -68,16 +59,16 @@ def append(pin_root: Path, texts: dict[str, str], make: Make) -> Revision | None
         sha = hashlib.sha256(raw).hexdigest()
         hashes[rel] = sha
         if not (d / "blobs" / sha).exists():
-            _write(d / "blobs" / sha, raw)
+            write_private(d / "blobs" / sha, raw)
     existing = revisions(pin_root)
     revision = make((existing[-1].number + 1) if existing else 1, hashes)
-    _write(d / f"{revision.number:06d}.json", encode(revision))
+    write_private(d / f"{revision.number:06d}.json", encode(revision))
     _prune(d, [*existing, revision][-n:])
     return revision
 
 
 def replace(pin_root: Path, revision: Revision) -> None:
-    _write(directory(pin_root) / f"{revision.number:06d}.json", encode(revision))
+    write_private(directory(pin_root) / f"{revision.number:06d}.json", encode(revision))
 
 
 def blob(pin_root: Path, sha: str) -> str:

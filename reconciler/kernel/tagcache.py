@@ -9,8 +9,9 @@ kernel release (its headers) and BCC_KERNEL_SOURCE. Any change of those starts a
 Loading a program always compiles it; only tags are remembered.
 
 On disk, $BPFSYNC_STATE_DIR/program-tags.json (root-only, written whole and renamed), at
-most MAX_ENTRIES entries, the oldest dropped first (flags name the pin root: a test run
-makes many). A file that cannot be read or parsed is no cache, never an error.
+most MAX_ENTRIES entries, the oldest dropped first. The pin root's path is left out of the
+flags (kernel/programs.Compiler), so every pin root of a host shares them. A file that
+cannot be read or parsed is no cache, never an error.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from contextlib import suppress
 from pathlib import Path
 
 from reconciler.data import data_dir
+from reconciler.privatefiles import state_directory, write_private
 
-DEFAULT_STATE_DIR = Path("/var/lib/bpfsync")
 FILE_NAME = "program-tags.json"
 MAX_ENTRIES = 256
 MAX_FILE_BYTES = 1 << 20
@@ -32,7 +33,7 @@ MAX_FILE_BYTES = 1 << 20
 
 def default_path() -> Path:
     """Beside the history, in the state directory ($BPFSYNC_STATE_DIR)."""
-    return Path(os.environ.get("BPFSYNC_STATE_DIR") or DEFAULT_STATE_DIR) / FILE_NAME
+    return state_directory() / FILE_NAME
 
 
 def _bcc_version() -> str:
@@ -109,9 +110,8 @@ class TagCache:
             return
         with suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"fingerprint": self._fingerprint, "entries": self._entries}, f)
-            tmp.replace(self.path)
+            data = json.dumps({"fingerprint": self._fingerprint, "entries": self._entries})
+            # a temporary file per process: commands may save at the same time
+            write_private(self.path, data.encode(),
+                          tmp=self.path.with_name(f".{self.path.name}.{os.getpid()}"))
             self._dirty = False

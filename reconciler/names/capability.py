@@ -10,7 +10,7 @@ from typing import Any
 from reconciler.core.capability import Capability, Kind
 from reconciler.core.desired import CompileContext, DesiredTables
 from reconciler.core.findings import Finding
-from reconciler.core.state import DesiredState
+from reconciler.core.state import DesiredState, changed_names
 from reconciler.core.tables import Entries
 from reconciler.names.tables import (
     CODECS,
@@ -49,15 +49,8 @@ class NamesMemo:
         for kind in self.kinds:
             now = state.resources.get(kind.name, {})
             before = self.resources.get(kind.name, {})
-            # the assembly's delta names what changed; otherwise one pass in a comprehension
-            # (what left is looked for only when something did)
-            changed = state.changed_since(last, kind.name)
-            if changed is None:
-                changed = [name for name, r in now.items() if before.get(name) is not r]
-            gone = [name for name in changed if name in before]
-            if len(now) - len(changed) + len(gone) != len(before):
-                gone += [name for name in before if name not in now]
-            for name in gone:  # removed or replaced
+            changed, gone = changed_names(now, before, state.changed_since(last, kind.name))
+            for name in (*(n for n in changed if n in before), *gone):  # replaced or removed
                 key = self.keys.pop(before[name].ref)
                 self.entries.pop(key, None)
                 self.owners.pop(key, None)
