@@ -6,6 +6,11 @@ A pinned map cannot be resized, so the kernel is the truth: a group whose maps e
 their size, whatever the defaults say; asking another size for it is refused with what to
 do instead, before anything is created. A group's members that disagree (a map created by
 hand) are refused the same way.
+
+One group is derived, not asked for: the names table (NAMES_GROUP) holds one entry per
+resource of every kind, so a new one gets room for every other group's capacity together
+plus OTHER_RESOURCES for the kinds without a group (Proxies, Intercepts, ...), and never
+less than its default (with the default sizes the two agree: 131,072 + 65,536 + 65,536).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from reconciler.core.tables import MapSpec
 
 MIN_CAPACITY = 1024
 MAX_CAPACITY = 1 << 24  # 16,777,216 entries: some GiB of kernel memory per table already
+NAMES_GROUP = "names"
+OTHER_RESOURCES = 65536
 
 
 class CapacityConflict(KernelStateError):
@@ -47,8 +54,8 @@ def defaults(specs: Iterable[MapSpec]) -> dict[str, int]:
 
 def parse(text: str, groups: Iterable[str]) -> dict[str, int]:
     """`services=1048576,tunnels=131072` as {group: entries}; BpfsyncError naming what is
-    wrong (an unknown group, a size out of bounds)."""
-    known = sorted(set(groups))
+    wrong (an unknown group, the derived names group, a size out of bounds)."""
+    known = sorted(set(groups) - {NAMES_GROUP})
     out: dict[str, int] = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         group, sep, size = item.partition("=")
@@ -89,6 +96,27 @@ def settle(default: Mapping[str, int], requested: Mapping[str, int],
                     f"resized; leave --capacity out to keep them, or `bpfsync destroy` the pin "
                     f"root and apply again with the new capacity")
             sizes[group] = have
+    if NAMES_GROUP in sizes:
+        _derive_names(sizes, default, requested, pinned.get(NAMES_GROUP, {}), problems)
     if problems:
         raise CapacityConflict("\n".join(problems))
     return Capacities(sizes)
+
+
+def _derive_names(sizes: dict[str, int], default: Mapping[str, int],
+                  requested: Mapping[str, int], pinned: Mapping[str, int],
+                  problems: list[str]) -> None:
+    """The names table's size: the pinned one when it exists (refused when a request needs
+    more room than it has), else every other group's together plus OTHER_RESOURCES, at
+    least the default."""
+    want = min(MAX_CAPACITY, max(default[NAMES_GROUP], OTHER_RESOURCES + sum(
+        n for group, n in sizes.items() if group != NAMES_GROUP)))
+    have = sizes[NAMES_GROUP] if pinned else want
+    if pinned and requested and want > have:
+        asked = ",".join(f"{g}={n}" for g, n in sorted(requested.items()))
+        problems.append(
+            f"--capacity {asked}: the names table of this pin root was created for {have:,} "
+            f"entries (one per resource of every kind) and these capacities need {want:,}; a "
+            f"pinned map cannot be resized: `bpfsync destroy` the pin root and apply again "
+            f"with the new capacity")
+    sizes[NAMES_GROUP] = have

@@ -34,7 +34,9 @@ OWNED_TABLES: tuple[MapSpec, ...] = tuple(s for s in ENTRY_TABLES if s.owned)
 # Kinds whose entries --keep can keep from pruning (an Interface has attachments, no entries).
 ENTRY_KINDS: tuple[str, ...] = tuple(k for k in KINDS if any(s.kind == k for s in OWNED_TABLES))
 BY_NAME: dict[str, MapSpec] = {s.name: s for s in (*PINNED, *CREATED_BY_BCC)}
-CAPACITY_GROUPS: tuple[str, ...] = tuple(dict.fromkeys(s.sized_by for s in PINNED if s.sized_by))
+# The groups --capacity sets (the names table's size is derived from them: core/capacity.py).
+CAPACITY_GROUPS: tuple[str, ...] = tuple(dict.fromkeys(
+    s.sized_by for s in PINNED if s.sized_by and s.sized_by != capacity.NAMES_GROUP))
 
 
 def default_capacities() -> Capacities:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler.core import registry
-from reconciler.core.capacity import Capacities
+from reconciler.core.capacity import NAMES_GROUP, OTHER_RESOURCES, Capacities
 from reconciler.core.checks import order
 from reconciler.core.errors import InvalidDesiredState, Location, Problem, Severity
 from reconciler.core.findings import Finding
@@ -60,13 +60,11 @@ def cross_check(state: DesiredState, invalid: set[str],
     return out + over_capacity(state, capacities or registry.default_capacities())
 
 
-def over_capacity(state: DesiredState, capacities: Capacities,
-                  names_limit: int | None = None) -> list[Finding]:
+def over_capacity(state: DesiredState, capacities: Capacities) -> list[Finding]:
     """Resources past their tables' capacities: each capacity group's, and the names table's
-    (one entry per resource of every kind, NAMES.max_entries whatever --capacity says: a
-    larger Service capacity does not make room there yet)."""
+    (one entry per resource of every kind; its size follows the groups', core/capacity.py)."""
     out = []
-    limit = NAMES.max_entries if names_limit is None else names_limit
+    limit = capacities.sizes.get(NAMES_GROUP, NAMES.max_entries)
     named = [k for k in registry.KINDS.values() if k.kernel_ref is not None]
     if sum(state.count(k.name) for k in named) > limit:
         every = sorted((r for k in named for r in state.resources.get(k.name, {}).values()),
@@ -74,7 +72,8 @@ def over_capacity(state: DesiredState, capacities: Capacities,
         beyond = every[limit]
         out.append(Finding(beyond.origin, (), f"{len(every):,} resources exceed the names "
                            f"table's capacity of {limit:,} (one entry per resource of every "
-                           f"kind, whatever --capacity says)", beyond.ref))
+                           f"kind: the Service and Tunnel capacities together plus "
+                           f"{OTHER_RESOURCES:,}, fixed when the pin root was made)", beyond.ref))
     for kind in registry.KINDS.values():
         limit = capacities.sizes.get(kind.capacity) if kind.capacity else None
         if limit is not None and state.count(kind.name) > limit:

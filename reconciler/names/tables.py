@@ -18,6 +18,7 @@ import re
 import struct
 from collections.abc import Callable, Mapping
 
+from reconciler.core.capacity import NAMES_GROUP
 from reconciler.core.tables import (
     BPF_F_NO_PREALLOC,
     Codec,
@@ -31,10 +32,12 @@ from reconciler.core.tables import (
 REF_LEN, NAME_LEN, FILE_LEN, REVISION_LEN = 48, 64, 128, 20
 HAS_REVISION, DIRTY = 1, 2
 _VALUE = struct.Struct(f"{NAME_LEN}s{FILE_LEN}s{REVISION_LEN}sB3x")
-# Every resource of a kind with entries has one: as many as all of them together can be.
+# Every resource of a kind with entries has one: as many as all of them together can be. The
+# default; a pin root made with larger capacities gets more (core/capacity.py, NAMES_GROUP).
 MAX_NAMES = 262144
 # Not preallocated: a full table would be 70 MB of kernel memory that most hosts never use.
-NAMES = MapSpec("bs_names", REF_LEN, _VALUE.size + 4, MAX_NAMES, "", flags=BPF_F_NO_PREALLOC)
+NAMES = MapSpec("bs_names", REF_LEN, _VALUE.size + 4, MAX_NAMES, "", flags=BPF_F_NO_PREALLOC,
+                sized_by=NAMES_GROUP)
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")  # schema/common.json's pattern
 
 

@@ -335,9 +335,9 @@ def test_capacity_is_chosen_at_the_first_apply_and_kept(tmp_path: Path, pin_root
     assert r.returncode == 0, r.stderr
     maps = pin_root / "maps"
     assert {t: _max_entries(maps / t) for t in ("ti_verify", "ti_encap6", "ti_next",
-                                                "ti_tunnel", "ps_dest")} == {
+                                                "ti_tunnel", "ps_dest", "bs_names")} == {
         "ti_verify": 2048, "ti_encap6": 2048, "ti_next": 2048, "ti_tunnel": 65536,
-        "ps_dest": 262144}
+        "ps_dest": 262144, "bs_names": 262144}  # names: at least the default
     before = bpffs_entries(pin_root)
 
     r = bpfsync("apply", "--capacity", "services=4096", str(d), pin_root=pin_root, env=KEY_ENV)
@@ -356,3 +356,18 @@ def test_capacity_is_chosen_at_the_first_apply_and_kept(tmp_path: Path, pin_root
     assert len(bpftool_dump(maps / "ti_verify")) == 10  # nothing of it applied
     r = bpfsync("apply", "--capacity", "services=99", str(d), pin_root=pin_root, env=KEY_ENV)
     assert r.returncode == 1 and "a number from 1,024 to 16,777,216" in r.stderr, r.stderr
+
+
+def test_the_names_table_grows_with_the_capacities(tmp_path: Path, pin_root: Path) -> None:
+    """One name per resource of every kind: a pin root made for 300,000 Services gets a names
+    table with room for them, the Tunnels and 65,536 others (not the default 262,144)."""
+    d = write_services(tmp_path / "d", 3)
+    r = bpfsync("apply", "--capacity", "services=300000,tunnels=1024", str(d),
+                pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 0, r.stderr
+    maps = pin_root / "maps"
+    assert (_max_entries(maps / "ti_verify"), _max_entries(maps / "bs_names")) == (
+        300_000, 300_000 + 1024 + 65_536)
+    assert len(bpftool_dump(maps / "bs_names")) == 5  # three Services, two Tunnels
+    r = bpfsync("diff", str(d), pin_root=pin_root, env=KEY_ENV)
+    assert r.returncode == 0, r.stdout + r.stderr

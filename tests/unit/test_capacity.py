@@ -14,6 +14,7 @@ from reconciler.gue import tables as gt
 from reconciler.gue.tables import MAX_SERVICES
 from reconciler.load import directory
 from reconciler.load.prescan import over_capacity
+from reconciler.names.tables import NAMES
 from tests.unit.helpers import service, tunnel, write_tree
 
 DOC = ("apiVersion: bpfsync/v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{groupId: 1, "
@@ -104,3 +105,35 @@ def test_the_cross_checks_bound_what_the_count_before_parsing_missed(tmp_path: P
     assert (problem.resource, problem.location.line) == ("Tunnel/t2", 5)
     assert "3 Tunnels exceed the table capacity of 2 (tunnels;" in problem.message
     assert directory.load_directory(root).count("Tunnel") == 3  # the default holds them
+
+
+def test_the_names_table_has_room_for_every_group_together() -> None:
+    """bs_names holds one entry per resource of every kind: a new pin root's gets the other
+    groups' capacities plus 65,536, never less than the default; a pinned one keeps its size,
+    and capacities that need more than it has are refused before anything is made."""
+    default = registry.default_capacities().sizes
+    assert capacity.settle(default, {}, {}).of("names") == 262_144  # today's pin roots
+    big = capacity.settle(default, {"services": 1_000_000}, {})
+    assert big.of("names") == 1_000_000 + 65_536 + 65_536
+    assert big.spec(NAMES).max_entries == big.of("names")
+    assert capacity.settle(default, {"services": 2048}, {}).of("names") == 262_144
+    pinned = {"names": {"bs_names": 262_144}}
+    assert capacity.settle(default, {}, pinned).of("names") == 262_144
+    with pytest.raises(KernelStateError, match=r"names table of this pin root was created for "
+                                               r"262,144 entries .* need 431,072"):
+        capacity.settle(default, {"services": 300_000}, pinned)
+    with pytest.raises(BpfsyncError, match="GROUP one of services, tunnels"):
+        capacity.parse("names=300000", registry.CAPACITY_GROUPS)
+
+
+def test_more_resources_than_the_names_table_holds_are_refused_located(tmp_path: Path) -> None:
+    flow = "".join(f"{{apiVersion: bpfsync/v1, kind: Tunnel, metadata: {{name: t{i}}}, spec: "
+                   f"{{id: {i + 1}, local: {{address: 192.0.2.1}}, remote: {{address: "
+                   f"198.51.100.2}}}}}}\n---\n" for i in range(4))
+    root = write_tree(tmp_path, {"t.yaml": flow})
+    small = capacity.Capacities({"services": 1024, "tunnels": 1024, "names": 3})
+    with pytest.raises(InvalidDesiredState) as exc:
+        directory.load_directory(root, capacities=small)
+    (problem,) = exc.value.problems
+    assert (problem.resource, problem.location.line) == ("Tunnel/t3", 7)
+    assert "4 resources exceed the names table's capacity of 3" in problem.message
