@@ -22,6 +22,7 @@ in the same interleaved rounds.
 
     .venv/bin/python bench/bench_proxy.py [--rounds 3] [--ipv6] [--variant NAME[:K=V,...]] ...
     e.g. --variant splice --variant copy:BPFSYNC_RELAY=copy --variant one:workers=1
+         --variant before:tree=/tmp/before   (git worktree add /tmp/before COMMIT)
     .venv/bin/python bench/bench_proxy.py --smoke     # one short round (CI)
 
 Needs root. HAProxy and iperf3 are used from PATH, else unpacked from Debian's packages into
@@ -244,16 +245,17 @@ spec:
   healthCheck: {{enabled: false}}  # as HAProxy's (no check): iperf3 takes a check for a test
 """)
         (desired / "proxy.yaml").write_text("---\n".join(docs))
-        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(root)}
-        subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
-                       check=True, env=env, capture_output=True)
         settings = dict(self.variants[name])
         workers = settings.pop("workers", None)
-        env = {**os.environ, **settings}
+        tree = settings.pop("tree", str(ROOT))  # another checkout's code: before and after
+        env = {**os.environ, "BPFSYNC_PIN_ROOT": str(root), "PYTHONPATH": tree}
+        subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
+                       check=True, env=env, capture_output=True, cwd=tree)
+        env = {**os.environ, **settings, "PYTHONPATH": tree}
         self.dps[name] = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "--pin-root", str(root), "datapath",
              "--netns", self.ns, *(["--workers", workers] if workers else [])],
-            stdout=self.log, stderr=self.log, env=env, start_new_session=True)
+            stdout=self.log, stderr=self.log, env=env, start_new_session=True, cwd=tree)
         deadline = time.monotonic() + 60
         while not self._ready(name):  # both proxies serve, on every worker
             if time.monotonic() > deadline:
@@ -380,7 +382,9 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def variant(text: str) -> tuple[str, dict[str, str]]:
-    """NAME[:K=V,...]: workers=N is the data path's option, the rest its environment."""
+    """NAME[:K=V,...]: workers=N is the data path's option, tree=PATH the checkout whose code
+    runs it (a `git worktree` of an earlier commit: before and after in one run), the rest
+    its environment."""
     name, _, rest = text.partition(":")
     settings = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
     if not name.replace("-", "").isalnum() or name in ("direct", "haproxy"):

@@ -1,14 +1,16 @@
 """A proxied connection (its two sockets, the backend it got, each direction's progress) and
-a proxy's counters, as one worker keeps them."""
+a proxy's counters, as one worker keeps them and reports them."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.datapath import relay
-from reconciler.datapath.balancer import Target
+from reconciler.datapath.balancer import Pool, Target
+from reconciler.steering.model import hostport
 
 
 @dataclass
@@ -40,3 +42,20 @@ class Conn:
 
     def idle_for(self, now: float) -> float:
         return now - max(self.up.last, self.down.last)
+
+
+def report(slot: int, c: Counters, conns: set[Conn], pool: Pool) -> dict[str, Any]:
+    """A proxy's status in one worker (datapath/reports.py reads every worker's as one)."""
+    return {
+        "slot": slot, "active": len(conns), "accepted": c.accepted,
+        "acceptErrors": c.accept_errors, "fdExhausted": c.fd_exhausted,
+        "proxied": c.proxied, "noBackend": c.no_backend, "connectFailed": c.connect_failed,
+        "originalDestination": c.original, "noOriginalDestination": c.no_original,
+        "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,
+        "bytesIn": c.bytes_in + sum(x.up.bytes for x in conns),
+        "bytesOut": c.bytes_out + sum(x.down.bytes for x in conns),
+        "backends": [{"backend": hostport(t.host, t.port), "address": t.address,
+                      "healthy": t.healthy, "active": t.active} for t in pool.targets],
+        "draining": [{"backend": hostport(t.host, t.port), "address": t.address,
+                      "active": t.active} for t in pool.draining if t.active],
+    }

@@ -16,10 +16,10 @@ import time
 from contextlib import suppress
 from typing import Any
 
-from reconciler.datapath import relay
-from reconciler.datapath.addresses import addresses, family, is_address, original_destination
-from reconciler.datapath.balancer import Pool, Target
-from reconciler.datapath.conn import Conn, Counters
+from reconciler.datapath import health, relay
+from reconciler.datapath.addresses import family, is_address, original_destination
+from reconciler.datapath.balancer import Pool
+from reconciler.datapath.conn import Conn, Counters, report
 from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
 from reconciler.datapath.shared import Shared
 from reconciler.steering.model import hostport
@@ -28,6 +28,7 @@ from reconciler.steering.proxyconf import RuntimeConfig
 log = logging.getLogger("bpfsync.proxy")
 ACCEPT_BACKOFF = 0.1  # seconds after a failed accept (out of file descriptors, say)
 ROOM_POLL = 0.1  # at maxConnections: how often another worker's ended connections are seen
+ACCEPT_BATCH = 64  # accepts per readiness of a listener
 
 
 class ProxyServer:
@@ -96,23 +97,7 @@ class ProxyServer:
 
     # ----- backends
     async def _resolve_all(self) -> None:
-        loop = asyncio.get_running_loop()
-        for host, port in self.config.backends:
-            if is_address(host):
-                self.resolved[(host, port)] = [host]
-                continue
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                addrs = addresses(infos)
-                if addrs != self.resolved.get((host, port)):
-                    log.info("proxy %s: %s resolves to %s", self.config.name, host,
-                             ", ".join(addrs))
-                self.resolved[(host, port)] = addrs
-            except OSError as exc:
-                if (host, port) not in self.resolved:
-                    log.warning("proxy %s: cannot resolve %s: %s (kept out until it resolves)",
-                                self.config.name, host, exc)
-                    self.resolved[(host, port)] = []
+        await health.resolve(self.config.name, self.config.backends, self.resolved)
 
     def _set_targets(self) -> None:
         wanted = [(h, p, a) for h, p in self.config.backends
@@ -130,7 +115,7 @@ class ProxyServer:
             loop = asyncio.get_running_loop()
             for t in self.pool.targets:
                 if t.key not in self._checks:
-                    self._checks[t.key] = loop.create_task(self._check_loop(t))
+                    self._checks[t.key] = loop.create_task(health.check_loop(self, t))
 
     async def _resolve_loop(self) -> None:
         while True:
@@ -138,67 +123,61 @@ class ProxyServer:
             if any(not is_address(h) for h, _ in self.config.backends):
                 await self._re_resolve()
 
-    async def _check_loop(self, target: Target) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            h = self.config.health
-            ok = True
-            try:
-                sock = socket.socket(family(target.address), socket.SOCK_STREAM)
-            except OSError as exc:  # out of descriptors: says nothing of the backend
-                if exc.errno not in EXHAUSTED:
-                    raise
-                await asyncio.sleep(h.interval_ms / 1000)
-                continue
-            sock.setblocking(False)
-            try:
-                await asyncio.wait_for(loop.sock_connect(sock, (target.address, target.port)),
-                                       h.timeout_ms / 1000)
-            except (OSError, TimeoutError):
-                ok = False
-            finally:
-                relay.close(sock)
-            change = self.pool.record(target, ok)
-            if change:
-                log.warning("proxy %s: backend %s is %s", self.config.name, target, change)
-            await asyncio.sleep(h.interval_ms / 1000)
-
     # ----- connections
     async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept whenever listener is readable, from a callback (one registration with the
+        loop for as long as there is room, not one per empty queue); when the callback finds
+        no room or an error, watching stops until there is room again."""
         loop = asyncio.get_running_loop()
-        while True:
+        fd = listener.fileno()
+        try:
+            while True:
+                paused: asyncio.Future[tuple[str, str]] = loop.create_future()
+                loop.add_reader(fd, self._accept_ready, listener, paused)
+                why, detail = await paused
+                loop.remove_reader(fd)
+                if why == "full":  # one of ours ends, or maybe another worker's did
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(self._ended.wait(), ROOM_POLL)
+                elif why == "descriptors":  # wait for a connection to end, no spinning
+                    self.counters.fd_exhausted += 1
+                    await self.gate.pause(self.config.name, detail)
+                else:
+                    await asyncio.sleep(ACCEPT_BACKOFF)
+        finally:
+            with suppress(Exception):
+                loop.remove_reader(fd)
+
+    def _accept_ready(self, listener: socket.socket,
+                      paused: asyncio.Future[tuple[str, str]]) -> None:
+        """Accept what the queue holds (at most ACCEPT_BATCH, so other work gets its turn),
+        each after taking a place among every worker's connections (the rest wait in the
+        listen queue, a shared one: another worker may take them)."""
+        slot = self.config.slot
+        for _ in range(ACCEPT_BATCH):
+            if paused.done():
+                return
             if not self.gate.room():  # two more descriptors would not fit
-                self.counters.fd_exhausted += 1
-                await self.gate.pause(self.config.name, "two per connection")
-                continue
-            slot = self.config.slot
-            # a place among every worker's connections, taken before accepting: the rest
-            # wait in the listen queue (a shared one: another worker may take them)
+                paused.set_result(("descriptors", "two per connection"))
+                return
             if not self.shared.admit(slot, self.config.max_connections):
                 self._ended.clear()
-                with suppress(TimeoutError):  # one of ours ends, or maybe another's did
-                    await asyncio.wait_for(self._ended.wait(), ROOM_POLL)
-                continue
+                paused.set_result(("full", ""))
+                return
             try:
-                # accept at once while the queue holds connections: the loop is asked to
-                # watch the listener only when it is empty (no epoll change per accept)
                 client, _ = listener.accept()
             except BlockingIOError:
                 self.shared.release(slot)
-                await relay.wait_readable(loop, listener)
-                continue
-            except BaseException as exc:  # never stop accepting
+                return
+            except OSError as exc:  # never stop accepting
                 self.shared.release(slot)
-                if not isinstance(exc, OSError):
-                    raise
-                if exc.errno in EXHAUSTED:  # wait for a connection to end, no spinning
-                    self.counters.fd_exhausted += 1
-                    await self.gate.pause(self.config.name, exc.strerror or "EMFILE")
-                    continue
+                if exc.errno in EXHAUSTED:
+                    paused.set_result(("descriptors", exc.strerror or "EMFILE"))
+                    return
                 self.counters.accept_errors += 1  # ENOBUFS, an aborted handshake
                 log.warning("proxy %s: accept failed: %s", self.config.name, exc)
-                await asyncio.sleep(ACCEPT_BACKOFF)
-                continue
+                paused.set_result(("error", ""))
+                return
             self.gate.resume()
             self._admit(client)
 
@@ -360,17 +339,4 @@ class ProxyServer:
 
     # ----- reporting
     def status(self) -> dict[str, Any]:
-        c = self.counters
-        return {
-            "slot": self.config.slot, "active": len(self.conns), "accepted": c.accepted,
-            "acceptErrors": c.accept_errors, "fdExhausted": c.fd_exhausted,
-            "proxied": c.proxied, "noBackend": c.no_backend, "connectFailed": c.connect_failed,
-            "originalDestination": c.original, "noOriginalDestination": c.no_original,
-            "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,
-            "bytesIn": c.bytes_in + sum(x.up.bytes for x in self.conns),
-            "bytesOut": c.bytes_out + sum(x.down.bytes for x in self.conns),
-            "backends": [{"backend": hostport(t.host, t.port), "address": t.address,
-                          "healthy": t.healthy, "active": t.active} for t in self.pool.targets],
-            "draining": [{"backend": hostport(t.host, t.port), "address": t.address,
-                          "active": t.active} for t in self.pool.draining if t.active],
-        }
+        return report(self.config.slot, self.counters, self.conns, self.pool)
