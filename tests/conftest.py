@@ -11,10 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.kernel.owned import STATE_PREFIX  # its sweep removes those of dead sessions
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_state_directory() -> Iterator[None]:
-    path = tempfile.mkdtemp(prefix="bpfsync-test-state-")
+    # named after this process: a later session's sweep removes it if this one was killed
+    path = tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-")
     before = os.environ.get("BPFSYNC_STATE_DIR")
     os.environ["BPFSYNC_STATE_DIR"] = path
     try:

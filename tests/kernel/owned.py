@@ -8,6 +8,7 @@ anything else on the host (a real bpfsync installation, another tool, another te
     cgroups         /bpfsync-test-*   (a test's own clients)
     derived         the run directory and data-path cgroup bpfsync derives from a test pin
                     root (reconciler.datapath.supervisor.run_dir, reconciler.cgroups.datapath_cgroup)
+    state dirs      $TMPDIR/bpfsync-test-state-PID-*   (a session's history, tests/conftest.py)
 
 A test removes what it made when it ends. A run that was killed (CI's timeout, ^C twice, a
 crash) leaves its objects behind; the next session sweeps them at its start — but only when
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from contextlib import suppress
@@ -34,6 +36,7 @@ PREFIX = "bpfsync-test-"
 BPFFS = Path("/sys/fs/bpf")
 NETNS_DIR = Path("/run/netns")
 LOCK_FILE = Path("/run/lock/bpfsync-tests.lock")
+STATE_PREFIX = "bpfsync-test-state-"  # + the session's PID (tests/conftest.py)
 
 
 def tag() -> str:
@@ -151,9 +154,24 @@ def _test_processes() -> list[int]:
     return out
 
 
+def dead_sessions_state_dirs(parent: Path) -> list[Path]:
+    """The state directories under parent of test sessions whose process is gone (named
+    bpfsync-test-state-PID-*; any other name, or a live PID, is left alone: a unit-test
+    session takes no lock, so only its PID tells that it still runs)."""
+    out = []
+    for path in sorted(parent.glob(STATE_PREFIX + "*")):
+        pid = path.name[len(STATE_PREFIX):].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            out.append(path)
+    return out
+
+
 def sweep() -> list[str]:
     """Remove what killed runs of the suite left behind. Call only under the exclusive lock."""
     removed: list[str] = []
+    for path in dead_sessions_state_dirs(Path(tempfile.gettempdir())):
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(f"state directory {path}")
     for pid in _test_processes():
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
