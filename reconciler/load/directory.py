@@ -72,8 +72,9 @@ def over_capacity(state: DesiredState, capacities: Capacities) -> list[Finding]:
         beyond = every[limit]
         out.append(Finding(beyond.origin, (), f"{len(every):,} resources exceed the names "
                            f"table's capacity of {limit:,} (one entry per resource of every "
-                           f"kind: the Service and Tunnel capacities together plus "
-                           f"{OTHER_RESOURCES:,}, fixed when the pin root was made)", beyond.ref))
+                           f"kind, sized when the pin root was made: the Service and Tunnel "
+                           f"capacities together plus {OTHER_RESOURCES:,}, at least "
+                           f"{NAMES.max_entries:,})", beyond.ref))
     for kind in registry.KINDS.values():
         limit = capacities.sizes.get(kind.capacity) if kind.capacity else None
         if limit is not None and state.count(kind.name) > limit:
