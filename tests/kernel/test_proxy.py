@@ -287,8 +287,11 @@ def test_half_close_large_transfer_slow_reader_and_connection_limit(pn: ProxyNet
     # Half-close: the client's FIN reaches the backend, which still sends everything back.
     big = pn.client("echo", VIP, 80, 64 << 20)
     assert big["match"] and big["received"] == 64 << 20
-    # A reader that stops reading: the proxy does not buffer the download.
-    before = pn.report()["bytesOut"]
+    # A reader that stops reading: the proxy does not buffer the download. (The count
+    # before it: once the reports, written periodically, include all of the echo's bytes; a
+    # report from mid-echo made its remaining megabytes look buffered, 51 MB > 46 MB.)
+    before = pn.wait_report(lambda r: r["active"] == 0 and r["bytesOut"] >= 64 << 20
+                            )["bytesOut"]
     slow = pn.spawn("down", VIP, 80, 256 << 20, "stdin", stdin=subprocess.PIPE)
     buffered = _bytes_out_settled(pn, before) - before
     # what may sit in socket buffers: the client's receive buffer (up to tcp_rmem's maximum:
