@@ -104,6 +104,28 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any,
         remove(fd)
 
 
+def connect_now(sock: socket.socket, address: tuple[str, int]) -> bool:
+    """Start a non-blocking connect; True when it is done already. A backend on this host
+    usually is (the handshake runs within connect()): no turn of the loop to learn it."""
+    try:
+        sock.connect(address)
+        return True
+    except BlockingIOError:
+        pass
+    try:
+        sock.getpeername()
+        return True
+    except OSError:  # ENOTCONN: still in progress (or failed: connect_result says)
+        return False
+
+
+def connect_result(sock: socket.socket) -> None:
+    """After sock became writable: the connect's outcome, raised as OSError if it failed."""
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
 class Stream:
     """One direction's progress: counters and the time of the last byte, for idle timeouts."""
 

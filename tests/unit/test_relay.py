@@ -72,3 +72,31 @@ def test_a_pipe_that_may_hold_bytes_is_closed_not_kept() -> None:
     assert pool.gate.pipes == 0
     with pytest.raises(OSError):
         os.fstat(pipe[0])
+
+
+async def _dial(address: tuple[str, int]) -> socket.socket:
+    """As the proxy dials: done at once, or after the socket becomes writable."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        if not relay.connect_now(sock, address):
+            await asyncio.wait_for(relay.wait_writable(asyncio.get_running_loop(), sock), 10)
+            relay.connect_result(sock)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def test_a_dial_is_connected_or_fails_with_the_connects_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sock = asyncio.run(_dial(server.getsockname()))
+        accepted, _ = server.accept()
+        assert sock.getpeername() == accepted.getsockname()
+        sock.close()
+        accepted.close()
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()
+        with pytest.raises(ConnectionRefusedError):
+            asyncio.run(_dial(closed))
