@@ -110,7 +110,7 @@ def connect_now(sock: socket.socket, address: tuple[str, int]) -> bool:
     try:
         sock.connect(address)
         return True
-    except BlockingIOError:
+    except (BlockingIOError, InterruptedError):  # in progress (as asyncio's sock_connect)
         pass
     try:
         sock.getpeername()
