@@ -224,10 +224,8 @@ class ProxyServer:
         if self.config.mark is not None:  # never intercepted again (Intercept proxyMark)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.config.mark)
         try:
-            if not relay.connect_now(sock, address):
-                async with asyncio.timeout(self.config.connect_timeout):  # no task of its own
-                    await relay.wait_writable(asyncio.get_running_loop(), sock)
-                relay.connect_result(sock)
+            async with asyncio.timeout(self.config.connect_timeout):  # no task of its own
+                await relay.connect(asyncio.get_running_loop(), sock, address)
         except (OSError, TimeoutError) as exc:
             relay.close(sock)
             self.counters.connect_failed += 1

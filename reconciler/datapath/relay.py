@@ -104,23 +104,22 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any,
         remove(fd)
 
 
-def connect_now(sock: socket.socket, address: tuple[str, int]) -> bool:
-    """Start a non-blocking connect; True when it is done already. A backend on this host
-    usually is (the handshake runs within connect()): no turn of the loop to learn it."""
+async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                  address: tuple[str, int]) -> None:
+    """Connect the non-blocking sock to address; OSError with the connect's error. A backend
+    on this host is usually connected by the time connect() returns (the handshake runs
+    within it): then no turn of the loop is spent learning it."""
     try:
         sock.connect(address)
-        return True
+        return
     except (BlockingIOError, InterruptedError):  # in progress (as asyncio's sock_connect)
         pass
     try:
         sock.getpeername()
-        return True
-    except OSError:  # ENOTCONN: still in progress (or failed: connect_result says)
-        return False
-
-
-def connect_result(sock: socket.socket) -> None:
-    """After sock became writable: the connect's outcome, raised as OSError if it failed."""
+        return
+    except OSError:  # ENOTCONN: still in progress, or failed (SO_ERROR says which)
+        pass
+    await wait_writable(loop, sock)
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))

@@ -75,13 +75,11 @@ def test_a_pipe_that_may_hold_bytes_is_closed_not_kept() -> None:
 
 
 async def _dial(address: tuple[str, int]) -> socket.socket:
-    """As the proxy dials: done at once, or after the socket becomes writable."""
+    """As the proxy dials (relay.connect): done at once, or once the socket is writable."""
     sock = socket.socket()
     sock.setblocking(False)
     try:
-        if not relay.connect_now(sock, address):
-            await asyncio.wait_for(relay.wait_writable(asyncio.get_running_loop(), sock), 10)
-            relay.connect_result(sock)
+        await asyncio.wait_for(relay.connect(asyncio.get_running_loop(), sock, address), 10)
     except OSError:
         sock.close()
         raise
