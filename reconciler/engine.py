@@ -9,7 +9,7 @@ are no longer wanted are deleted (after the programs that used them are gone).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,11 +29,17 @@ from reconciler.core.planning import compute_plan
 from reconciler.core.progress import QUIET, Progress
 from reconciler.core.state import DesiredState
 from reconciler.core.tables import BPF_MAP_TYPE_HASH, MapSpec, Observed
-from reconciler.core.verify import attachment_differences, entry_differences, summarise
+from reconciler.core.verify import (
+    attachment_differences,
+    by_table,
+    summarise,
+    table_differences,
+)
 from reconciler.execute import execute
 from reconciler.history.remember import remember
 from reconciler.kernel.maps import (
     PinnedTables,
+    ReadOnDemand,
     locked,
     open_tables,
     remove_empty_dirs,
@@ -141,12 +147,11 @@ def _plan(state: DesiredState, pin_root: Path, prune: PrunePolicy | None, tables
     over = over_capacity(state, tables.capacities)  # (the load checked the capacities it
     if over:                                         # was given: this pin root's are these)
         raise BpfsyncError("; ".join(f.message for f in over))
-    progress.phase("reading the kernel's tables")
-    observed = tables.read(registry.ENTRY_TABLES)
+    observed = ReadOnDemand(tables, registry.ENTRY_TABLES)  # (names: read by the compile)
     progress.phase(f"compiling {state.resource_count:,} resources")
     desired = compile_tables(state, memo, context.facts, pin_root, observed)
-    progress.phase(f"planning {desired.total:,} entries against {sum(map(len, observed.values())):,}")
-    plan = compute_plan(desired, observed, prune)
+    progress.phase(f"comparing {desired.total:,} entries with the kernel's tables")
+    plan = compute_plan(desired, observed, prune, observed.entries)
     plan.capacities = {name: tables.capacities.spec(registry.BY_NAME[name]).max_entries
                        for name in plan.capacities}  # the pin root's sizes
     progress.phase("reading attachments")
@@ -250,7 +255,9 @@ def _record(plan: Plan, confirm: Confirm | None, state: DesiredState, where: str
 def _verify(plan: Plan, tables: PinnedTables, context: AttachContext) -> list[str]:
     """Read back the tables the plan wrote, and re-plan the attachments when it changed
     some: what the kernel holds now against what the plan meant (core/verify.py)."""
-    out = entry_differences(plan.operations, _written(plan, tables)) if plan.operations else []
+    out = []
+    for table, ops in by_table(plan.operations).items():
+        out += table_differences(ops, _written(table, ops, tables))
     done = {s.target.place for s in plan.attachments.changes()}
     if done:  # only what this plan did: a step it held back (drift policy) is no difference
         again = attach.plan_attachments(context).changes()
@@ -258,23 +265,16 @@ def _verify(plan: Plan, tables: PinnedTables, context: AttachContext) -> list[st
     return out
 
 
-def _written(plan: Plan, tables: PinnedTables) -> Observed:
-    """What the tables the plan wrote hold now at its keys: a hash table that few keys were
-    written to is asked for those keys alone (an edit writes a handful of 100k entries:
-    reading the table again cost a tenth of a second), any other is read whole."""
-    keys: dict[str, list[bytes]] = {}
-    for op in plan.operations:
-        keys.setdefault(op.table, []).append(op.key)
-    out: Observed = {}
-    for spec in registry.ENTRY_TABLES:
-        wanted = keys.get(spec.name)
-        if wanted is None:
-            continue
-        if spec.map_type == BPF_MAP_TYPE_HASH and len(wanted) <= VERIFY_BY_KEY:
-            out[spec.name] = tables.read_keys(spec, wanted)
-        else:
-            out.update(tables.read((spec,)))
-    return out
+def _written(table: str, ops: list[Operation], tables: PinnedTables
+             ) -> Iterable[tuple[bytes, bytes]]:
+    """What table holds now, for the keys ops wrote: a hash table that few keys were written
+    to is asked for those keys alone (an edit writes a handful of 100k entries: reading the
+    table again cost a tenth of a second), any other is read as it is compared (a batch at
+    a time: 1M entries read back whole held a second copy of them)."""
+    spec = registry.BY_NAME[table]
+    if spec.map_type == BPF_MAP_TYPE_HASH and len(ops) <= VERIFY_BY_KEY:
+        return tables.read_keys(spec, [op.key for op in ops]).items()
+    return tables.entries(spec)
 
 
 def revert_pending(pin_root: Path, why: str, only: str | None = None,

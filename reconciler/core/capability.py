@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from reconciler.core.filters import Wanted
     from reconciler.core.findings import Finding
     from reconciler.core.model import Resource
+    from reconciler.core.shared import Shared
     from reconciler.core.state import DesiredState
     from reconciler.kernel.maps import PinnedTables
     from reconciler.kernel.programs import Compiler
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 Build = Callable[["Spec"], "Resource | None"]
 Row = Callable[["Resource"], tuple[Any, ...]]
-Unrow = Callable[[tuple[Any, ...], Any], "Resource"]
+Unrow = Callable[[tuple[Any, ...], Any, "Shared"], "Resource"]
 # observed entries (and a directory to export keys to) -> resource documents, for `get`
 Inventory = Callable[[Mapping[str, Mapping[bytes, bytes]], Any], list[dict[str, Any]]]
 
@@ -37,7 +38,8 @@ class Kind:
     """One resource kind: its name (the YAML `kind`), its typed model, and how a schema-valid
     document becomes one (build reports field problems through the Spec and returns None
     when there were any). row/unrow: a compact encoding for the parallel loader (plain
-    tuples pickle far faster than dataclasses); None: pickled whole (kinds that are few).
+    tuples pickle far faster than dataclasses; unrow shares repeated fields through the
+    load's Shared, as build does through Spec.share); None: pickled whole (kinds that are few).
     inventory: the kind as `get` shows it from the kernel; None: its entries grouped by
     owner (reconciler/inventory.py). programs: its resources need compiled BPF programs
     (an apply checks the compiler is there before it creates anything). kernel_ref: the

@@ -7,6 +7,7 @@ import ipaddress
 from typing import Any
 
 from reconciler.core.model import Endpoint, Origin
+from reconciler.core.shared import Shared
 from reconciler.gue.model import DEFAULT_GUE_PORT, Interface, Service, Tunnel
 from reconciler.load.build import DEFAULT_PRIORITY, Spec
 from reconciler.load.secrets import KeySource, Secret
@@ -62,8 +63,11 @@ def build_service(spec: Spec) -> Service | None:
     nxt = spec.next_key(key)
     if spec.bad or key is None:
         return None
-    return Service(spec.name, spec["groupId"], spec["serviceId"], spec.get("protocol", "tcp"),
-                   proxy, backend, spec["tunnel"], key, source, spec.origin, nxt)
+    share = spec.share  # what Services repeat: one object each (a proxy endpoint is unique)
+    return Service(spec.name, spec["groupId"], spec["serviceId"],
+                   share(spec.get("protocol", "tcp")), Endpoint(share(proxy.address), proxy.port),
+                   share(backend), share(spec["tunnel"]), share(key), share(source),
+                   spec.origin, share(nxt))
 
 
 def _canonical(ep: Endpoint) -> Endpoint:
@@ -92,12 +96,12 @@ def tunnel_row(r: Tunnel) -> tuple[Any, ...]:
             r.next_key.value if r.next_key is not None else None)
 
 
-def tunnel_unrow(row: tuple[Any, ...], origin: Origin) -> Tunnel:
+def tunnel_unrow(row: tuple[Any, ...], origin: Origin, share: Shared) -> Tunnel:
     name, tid, laddr, lport, remote, key, ping_ms, nxt = row
     return Tunnel(name, tid, Endpoint(laddr, lport), Endpoint(*remote) if remote else None,
-                  origin, Secret(key[0]) if key else None,
-                  KeySource(key[1], key[2]) if key else None, ping_ms,
-                  Secret(nxt) if nxt is not None else None)
+                  origin, share(Secret(key[0])) if key else None,
+                  share(KeySource(key[1], key[2])) if key else None, ping_ms,
+                  share(Secret(nxt)) if nxt is not None else None)
 
 
 def service_row(r: Service) -> tuple[Any, ...]:
@@ -106,11 +110,12 @@ def service_row(r: Service) -> tuple[Any, ...]:
             r.key_source.ref, r.next_key.value if r.next_key is not None else None)
 
 
-def service_unrow(row: tuple[Any, ...], origin: Origin) -> Service:
+def service_unrow(row: tuple[Any, ...], origin: Origin, share: Shared) -> Service:
     (name, group, sid, proto, paddr, pport, baddr, bport, tunnel, key, kkind, kref, nxt) = row
-    return Service(name, group, sid, proto, Endpoint(paddr, pport), Endpoint(baddr, bport),
-                   tunnel, Secret(key), KeySource(kkind, kref), origin,
-                   Secret(nxt) if nxt is not None else None)
+    return Service(name, group, sid, share(proto), Endpoint(share(paddr), pport),
+                   share(Endpoint(baddr, bport)), share(tunnel), share(Secret(key)),
+                   share(KeySource(kkind, kref)), origin,
+                   share(Secret(nxt)) if nxt is not None else None)
 
 
 def interface_row(r: Interface) -> tuple[Any, ...]:
@@ -118,5 +123,5 @@ def interface_row(r: Interface) -> tuple[Any, ...]:
             r.fib_lookup, r.priority)
 
 
-def interface_unrow(row: tuple[Any, ...], origin: Origin) -> Interface:
+def interface_unrow(row: tuple[Any, ...], origin: Origin, share: Shared) -> Interface:
     return Interface(*row, origin=origin)

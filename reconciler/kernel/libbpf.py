@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Iterator
 from contextlib import suppress
 from functools import cache
 from pathlib import Path
@@ -198,7 +199,13 @@ def percpu_array_sums(fd: int, slots: int) -> list[int]:
 
 def lookup_all(fd: int, key_size: int, value_size: int, capacity: int) -> dict[bytes, bytes]:
     """Every entry of a hash map, with as few BPF_MAP_LOOKUP_BATCH calls as possible."""
-    out: dict[bytes, bytes] = {}
+    return dict(batched_entries(fd, key_size, value_size, capacity))
+
+
+def batched_entries(fd: int, key_size: int, value_size: int,
+                    capacity: int) -> Iterator[tuple[bytes, bytes]]:
+    """Every entry of a hash map as BPF_MAP_LOOKUP_BATCH reads it, 65,536 at most per call:
+    a caller that looks at each entry once holds one batch, not the map."""
     chunk = max(1, min(capacity, 65536))
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
@@ -215,9 +222,9 @@ def lookup_all(fd: int, key_size: int, value_size: int, capacity: int) -> dict[b
         n = count.value
         kraw, vraw = keys.raw, values.raw
         for i in range(n):
-            out[kraw[i * key_size:(i + 1) * key_size]] = vraw[i * value_size:(i + 1) * value_size]
+            yield kraw[i * key_size:(i + 1) * key_size], vraw[i * value_size:(i + 1) * value_size]
         if done:
-            return out
+            return
         ctypes.memmove(token_in, token_out, len(token_out))
         first = False
 
@@ -264,18 +271,22 @@ def delete_elem(fd: int, key: bytes) -> bool:
 
 def lookup_each(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
     """Every entry, one key at a time: for maps without batch operations (LPM tries)."""
-    out: dict[bytes, bytes] = {}
+    return dict(each_entry(fd, key_size, value_size))
+
+
+def each_entry(fd: int, key_size: int, value_size: int) -> Iterator[tuple[bytes, bytes]]:
+    """Every entry as lookup_each reads it, one at a time."""
     key = None
     nxt = ctypes.create_string_buffer(key_size)
     while True:
         rc = lib().bpf_map_get_next_key(fd, key, nxt)
         if _raises_enoent(rc):
-            return out
+            return
         _check(rc, "next key")
         key = nxt.raw
         value = lookup_elem(fd, key, value_size)
         if value is not None:  # deleted meanwhile
-            out[key] = value
+            yield key, value
 
 
 def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:

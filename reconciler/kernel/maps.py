@@ -27,6 +27,9 @@ from reconciler.kernel import libbpf
 
 BPF_FS_MAGIC = 0xCAFE4A11
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/bpfsync")
+# Entries per batch write, as many as a batch read gets (libbpf.batched_entries): the joined
+# buffers stay a few MB however large the table (1M names entries in one call were 250 MB)
+WRITE_BATCH = 65536
 
 
 def fs_magic(path: Path) -> int:
@@ -69,6 +72,17 @@ class PinnedTables:
                 out[spec.name] = libbpf.lookup_each(fd, spec.key_size, spec.value_size)
         return out
 
+    def entries(self, spec: MapSpec) -> Iterator[tuple[bytes, bytes]]:
+        """The entries of spec's map as they are read (a batch at a time where the map type
+        has batches): for a caller that looks at each once, without a copy of the map."""
+        fd = self.fds.get(spec.name)
+        if fd is None:
+            return iter(())
+        if spec.batch:
+            return libbpf.batched_entries(fd, spec.key_size, spec.value_size,
+                                          self.specs.get(spec.name, spec).max_entries)
+        return libbpf.each_entry(fd, spec.key_size, spec.value_size)
+
     def read_keys(self, spec: MapSpec, keys: Iterable[bytes]) -> Entries:
         """The entries of keys that the hash map of spec holds (exact lookups, one per key:
         never for an LPM trie, whose lookup answers the longest matching prefix)."""
@@ -106,8 +120,8 @@ class PinnedTables:
         return out
 
     def write(self, table: str, ops: list[Operation], delete: bool) -> None:
-        """Upsert (or delete) the entries of ops in one table: one batch syscall where the
-        map type has them, else one per entry."""
+        """Upsert (or delete) the entries of ops in one table: batch syscalls of WRITE_BATCH
+        entries where the map type has them, else one per entry."""
         fd = self.fds[table]
         if fd is None:
             raise KernelStateError(f"map {table} is not open for writing")
@@ -117,11 +131,15 @@ class PinnedTables:
                     libbpf.delete_elem(fd, op.key)
                 else:
                     libbpf.update_elem(fd, op.key, op.value or b"")
-        elif delete:
-            libbpf.delete_batch(fd, b"".join(op.key for op in ops), len(ops))
         else:
-            libbpf.update_batch(fd, b"".join(op.key for op in ops),
-                                b"".join(op.value or b"" for op in ops), len(ops))
+            for start in range(0, len(ops), WRITE_BATCH):
+                batch = ops[start:start + WRITE_BATCH]
+                keys = b"".join(op.key for op in batch)
+                if delete:
+                    libbpf.delete_batch(fd, keys, len(batch))
+                else:
+                    libbpf.update_batch(fd, keys, b"".join(op.value or b"" for op in batch),
+                                        len(batch))
 
 
 def read_pin(root: Path, spec: MapSpec) -> dict[bytes, bytes] | None:
@@ -274,3 +292,30 @@ def remove_empty_dirs(root: Path, names: tuple[str, ...]) -> list[str]:
             if exc.errno != errno.ENOTEMPTY:
                 raise
     return out
+
+
+class ReadOnDemand(Mapping[str, Entries]):
+    """Pinned tables as observed state, read no earlier than they are needed: a table asked
+    for by name is read whole once and kept; entries(name) gives a table's entries as they
+    are read, kept nowhere (the kept copy once there is one). The planner compares most
+    tables that way; at 1M Services, two copies of every table cost about 500 MB."""
+
+    def __init__(self, tables: PinnedTables, specs: tuple[MapSpec, ...]) -> None:
+        self._tables, self._specs = tables, {s.name: s for s in specs}
+        self._whole: dict[str, Entries] = {}
+
+    def __getitem__(self, name: str) -> Entries:
+        if name not in self._whole:
+            spec = self._specs[name]  # (KeyError for a table not among specs: Mapping.get)
+            self._whole[name] = self._tables.read((spec,))[name]
+        return self._whole[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def entries(self, name: str) -> Iterable[tuple[bytes, bytes]]:
+        whole = self._whole.get(name)
+        return whole.items() if whole is not None else self._tables.entries(self._specs[name])

@@ -116,10 +116,13 @@ def load_directory(root: Path, schemas: Schemas | None = None,
                else load_paths(files, schemas, read_keys, progress.advance))
     progress.phase(f"checking {sum(len(r.docs) for r in results):,} resources")
     try:
-        return check_results(root, results, scan_problems, capacities,
-                             cache.assembly if cache else None)
+        state = check_results(root, results, scan_problems, capacities,
+                              cache.assembly if cache else None)
     finally:
         progress.end()
+    if cache is None:  # counts kept for a state assembled by difference from this one (the
+        state.derived.clear()  # daemon's): none will be; 1M Services' counts are 220 MB
+    return state
 
 
 def check_results(root: Path, results: list[FileResult],

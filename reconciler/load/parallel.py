@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.core import registry
 from reconciler.core.model import Origin, Resource
+from reconciler.core.shared import Shared
 from reconciler.load import files as load
 from reconciler.load.schema import Schemas
 
@@ -57,13 +58,13 @@ def _row(r: Resource | None) -> tuple[Any, ...] | None:
     return (r.kind, kind.row(r))
 
 
-def _resource(row: tuple[Any, ...] | None, origin: Origin) -> Resource | None:
+def _resource(row: tuple[Any, ...] | None, origin: Origin, share: Shared) -> Resource | None:
     if row is None:
         return None
     kind = registry.KINDS[row[0]]
     if kind.unrow is None:
         return dataclasses.replace(row[2], origin=origin)  # type: ignore[no-any-return]
-    return kind.unrow(row[1], origin)
+    return kind.unrow(row[1], origin, share)
 
 
 def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:
@@ -76,13 +77,13 @@ def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:
     return out
 
 
-def _result(encoded: tuple[Any, ...]) -> load.FileResult:
+def _result(encoded: tuple[Any, ...], share: Shared) -> load.FileResult:
     file, problems, docs, key_files = encoded
     results = []
     for index, ref, row, findings, drift, confirm in docs:
         origin = Origin(file, index)
-        results.append(load.DocResult(origin, ref, _resource(row, origin), findings, drift,
-                                      confirm))
+        results.append(load.DocResult(origin, ref, _resource(row, origin, share), findings,
+                                      drift, confirm))
     return load.FileResult(file, problems, results, key_files=key_files)
 
 
@@ -100,8 +101,9 @@ def load_files(files: list[Path], schemas: Schemas, read_keys: bool = True,
         futures = [pool.submit(_load_chunk, [str(p) for p in chunk], read_keys)
                    for chunk in chunks[1:]]
         results = load.load_files(chunks[0], schemas, read_keys=read_keys, loaded=loaded)
+        share = Shared()  # (what each chunk's pickle shared arrives shared within it)
         for future, chunk in zip(futures, chunks[1:], strict=True):
-            results.extend(_result(e) for e in future.result())
+            results.extend(_result(e, share) for e in future.result())
             if loaded is not None:
                 loaded(len(chunk))
     return results

@@ -32,10 +32,12 @@ class NamesMemo:
     """The names entries of the last compile, updated by difference (as gue's ServiceMemo):
     only resources that are not the very same object as last time (the parse cache keeps
     unchanged ones) are looked up and packed again; at 100k resources a full pass costs a
-    good part of a reconcile. The daemon keeps one; a command compiles with a new one."""
+    good part of a reconcile. The daemon keeps one; a command compiles with a new one, once
+    (once=True: it keeps nothing for a next update, where 1M resources' keys by ref and a copy
+    of their dicts cost about 90 MB)."""
 
-    def __init__(self, kinds: tuple[Kind, ...]) -> None:
-        self.kinds = kinds
+    def __init__(self, kinds: tuple[Kind, ...], once: bool = False) -> None:
+        self.kinds, self.once = kinds, once
         self.resources: dict[str, dict[str, Any]] = {}  # kind -> name -> resource
         self.keys: dict[str, bytes] = {}  # "Kind/name" -> key
         self.entries: Entries = {}
@@ -59,12 +61,16 @@ class NamesMemo:
             for name in changed:
                 resource = now[name]
                 ref = resource.ref
-                key = self.keys[ref] = names_key(ref_of(resource))
+                key = names_key(ref_of(resource))
+                if not self.once:
+                    self.keys[ref] = key
                 old = have.get(key)
                 self.entries[key] = (old if old is not None and names_still(key, old, name)
                                      else fresh(state, key, resource))
                 self.owners[key] = ref
-            if changed or len(now) != len(before):
+            if self.once:
+                self.resources[kind.name] = now
+            elif changed or len(now) != len(before):
                 self.resources[kind.name] = dict(now)
 
     def refreshed(self, state: DesiredState, written: set[str]) -> dict[bytes, bytes]:
@@ -73,11 +79,21 @@ class NamesMemo:
         plan's comparison of the whole table stays the cheap one (equal)."""
         out = {}
         for ref in written:
-            key = self.keys.get(ref)
+            key = self._key(state, ref)
             if key is not None:
                 kind, _, name = ref.partition("/")
                 out[key] = self.entries[key] = fresh(state, key, state.resources[kind][name])
         return out
+
+    def _key(self, state: DesiredState, ref: str) -> bytes | None:
+        """The names key of the resource ref names, when it is one of state's (and of this
+        memo's kinds)."""
+        if not self.once:
+            return self.keys.get(ref)
+        kind, _, name = ref.partition("/")
+        resource = state.resources.get(kind, {}).get(name)
+        ref_of = next((k.kernel_ref for k in self.kinds if k.name == kind), None)
+        return names_key(ref_of(resource)) if resource is not None and ref_of else None
 
 
 def fresh(state: DesiredState, key: bytes, resource: Any) -> bytes:
@@ -94,7 +110,7 @@ def names_capability(kinds: Iterable[Kind]) -> Capability:
     def compile_names(out: DesiredTables, state: DesiredState, context: CompileContext) -> None:
         """out.refresh gives the fresh value of an entry whose resource the plan writes."""
         memo = (context.memo.get("names", lambda: NamesMemo(named)) if context.memo is not None
-                else NamesMemo(named))
+                else NamesMemo(named, once=True))
         memo.update(state, (context.observed or {}).get(NAMES.name) or {})
         # the memo's own dicts: read-only for everyone else
         out.entries[NAMES.name], out.owners[NAMES.name] = memo.entries, memo.owners

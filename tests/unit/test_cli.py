@@ -346,6 +346,9 @@ def test_apply_shows_the_plan_before_it_writes_anything(monkeypatch) -> None:
         def read(self, specs):
             return {s.name: dict(self.content.get(s.name, {})) for s in specs}
 
+        def entries(self, spec):
+            return list(self.content.get(spec.name, {}).items())
+
         def read_keys(self, spec, keys):
             return {k: v for k in keys if (v := self.content.get(spec.name, {}).get(k))}
 

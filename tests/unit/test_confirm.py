@@ -139,6 +139,9 @@ class Tables:
     def read(self, specs):
         return {s.name: dict(self.kernel.tables.get(s.name, {})) for s in specs}
 
+    def entries(self, spec):
+        return list(self.kernel.tables.get(spec.name, {}).items())
+
     def read_keys(self, spec, keys):
         return {k: v for k in keys if (v := self.kernel.tables.get(spec.name, {}).get(k))}
 

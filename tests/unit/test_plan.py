@@ -148,3 +148,34 @@ def test_json_shape_is_stable() -> None:
         "action", "resource", "table", "entry", "key", "before", "after", "changes", "reason",
         "drift"}
     assert doc["drift"][0]["reason"] == "added outside bpfsync"
+
+
+def test_tables_compared_as_they_are_read_give_the_same_plan() -> None:
+    """compute_plan with entries (each table read as it is compared, the engine's way) and
+    with whole tables: the same operations, kept deletions and counts, in every case here:
+    in sync, created, changed, removed, tampered with, foreign entries, emptied."""
+    tampered = observed_from(state(3))
+    tkey = gt.tunnel_key(101)
+    tampered["ti_tunnel"][tkey] = tampered["ti_tunnel"][tkey][:4] + bytes(4) + \
+        tampered["ti_tunnel"][tkey][8:]
+    tampered["ti_encap"][gt.endpoint_key("203.0.113.99", 80, 6)] = b"\0" * 32
+    cases = [(state(3), {}), (state(3), observed_from(state(3))),
+             (state(3), observed_from(state(5))), (state(5), observed_from(state(3))),
+             (state(3, backend_port=9), observed_from(state(3))), (state(3), tampered),
+             (DesiredState(), observed_from(state(2)))]
+    for prune in (PrunePolicy(), PrunePolicy(keep_kinds=frozenset({"Service"}))):
+        for desired_state, observed in cases:
+            reads: list[str] = []
+
+            def entries(name: str, observed: dict[str, dict[bytes, bytes]] = observed,
+                        reads: list[str] = reads) -> list[tuple[bytes, bytes]]:
+                reads.append(name)
+                return list(observed.get(name, {}).items())
+
+            whole = compute_plan(compile_tables(desired_state), observed, prune)
+            read = compute_plan(compile_tables(desired_state), observed, prune, entries)
+            assert (read.operations, read.kept, read.observed_counts) == (
+                whole.operations, whole.kept, whole.observed_counts)
+            assert bool(whole.operations or whole.kept) == (observed != observed_from(desired_state))
+            # a table is read once, and again (its keys) only when desired keys are missing
+            assert all(reads.count(name) <= 2 for name in reads)
