@@ -197,6 +197,9 @@ def percpu_array_sums(fd: int, slots: int) -> list[int]:
     return out
 
 
+READ_BUFFER = 4 << 20  # bytes of keys and values a batch read asks for at once
+
+
 def lookup_all(fd: int, key_size: int, value_size: int, capacity: int) -> dict[bytes, bytes]:
     """Every entry of a hash map, with as few BPF_MAP_LOOKUP_BATCH calls as possible."""
     return dict(batched_entries(fd, key_size, value_size, capacity))
@@ -204,9 +207,10 @@ def lookup_all(fd: int, key_size: int, value_size: int, capacity: int) -> dict[b
 
 def batched_entries(fd: int, key_size: int, value_size: int,
                     capacity: int) -> Iterator[tuple[bytes, bytes]]:
-    """Every entry of a hash map as BPF_MAP_LOOKUP_BATCH reads it, 65,536 at most per call:
-    a caller that looks at each entry once holds one batch, not the map."""
-    chunk = max(1, min(capacity, 65536))
+    """Every entry of a hash map as BPF_MAP_LOOKUP_BATCH reads it, 65,536 (and 4 MiB of keys
+    and values) at most per call: a caller that looks at each entry once holds one batch,
+    not the map."""
+    chunk = max(1, min(capacity, 65536, READ_BUFFER // (key_size + value_size)))
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
     token_in = ctypes.create_string_buffer(max(key_size, 8))
@@ -219,8 +223,8 @@ def batched_entries(fd: int, key_size: int, value_size: int,
         done = _raises_enoent(rc)
         if rc < 0 and not done:
             _check(rc, "batch lookup")
-        n = count.value
-        kraw, vraw = keys.raw, values.raw
+        n = count.value  # (copy the n entries read, not the whole 65,536-entry buffers)
+        kraw, vraw = ctypes.string_at(keys, n * key_size), ctypes.string_at(values, n * value_size)
         for i in range(n):
             yield kraw[i * key_size:(i + 1) * key_size], vraw[i * value_size:(i + 1) * value_size]
         if done:

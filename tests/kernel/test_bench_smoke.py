@@ -55,6 +55,7 @@ def test_daemon_benchmark_runs() -> None:
     ("bench_intercept.py", "IPv6/IPv4 at 10k: last rule"),  # run with --ipv6
     ("bench_fleet.py", "(b) one changed service to applied"),
     ("bench_sockmap.py", "sockmap / relay:"),
+    ("bench_memory.py", "| no-op diff | **peak of the process** |"),
 ])
 def test_every_benchmark_runs_in_its_smoke_mode(bench: str, expect: str) -> None:
     """Every benchmark, in one short round: a refactor that breaks one fails here. (HAProxy
