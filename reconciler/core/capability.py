@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from reconciler.core.desired import CompileContext, DesiredTables
     from reconciler.core.filters import Wanted
     from reconciler.core.findings import Finding
+    from reconciler.core.interner import Interner
     from reconciler.core.model import Resource
-    from reconciler.core.shared import Shared
     from reconciler.core.state import DesiredState
     from reconciler.kernel.maps import PinnedTables
     from reconciler.kernel.programs import Compiler
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 Build = Callable[["Spec"], "Resource | None"]
 Row = Callable[["Resource"], tuple[Any, ...]]
-Unrow = Callable[[tuple[Any, ...], Any, "Shared"], "Resource"]
+Unrow = Callable[[tuple[Any, ...], Any, "Interner"], "Resource"]
 # observed entries (and a directory to export keys to) -> resource documents, for `get`
 Inventory = Callable[[Mapping[str, Mapping[bytes, bytes]], Any], list[dict[str, Any]]]
 
@@ -39,7 +39,7 @@ class Kind:
     document becomes one (build reports field problems through the Spec and returns None
     when there were any). row/unrow: a compact encoding for the parallel loader (plain
     tuples pickle far faster than dataclasses; unrow shares repeated fields through the
-    load's Shared, as build does through Spec.share); None: pickled whole (kinds that are few).
+    load's Interner, as build does through Spec.share); None: pickled whole (kinds that are few).
     inventory: the kind as `get` shows it from the kernel; None: its entries grouped by
     owner (reconciler/inventory.py). programs: its resources need compiled BPF programs
     (an apply checks the compiler is there before it creates anything). kernel_ref: the

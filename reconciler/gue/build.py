@@ -6,8 +6,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from reconciler.core.interner import Interner
 from reconciler.core.model import Endpoint, Origin
-from reconciler.core.shared import Shared
 from reconciler.gue.model import DEFAULT_GUE_PORT, Interface, Service, Tunnel
 from reconciler.load.build import DEFAULT_PRIORITY, Spec
 from reconciler.load.secrets import KeySource, Secret
@@ -96,7 +96,7 @@ def tunnel_row(r: Tunnel) -> tuple[Any, ...]:
             r.next_key.value if r.next_key is not None else None)
 
 
-def tunnel_unrow(row: tuple[Any, ...], origin: Origin, share: Shared) -> Tunnel:
+def tunnel_unrow(row: tuple[Any, ...], origin: Origin, share: Interner) -> Tunnel:
     name, tid, laddr, lport, remote, key, ping_ms, nxt = row
     return Tunnel(name, tid, Endpoint(laddr, lport), Endpoint(*remote) if remote else None,
                   origin, share(Secret(key[0])) if key else None,
@@ -110,7 +110,7 @@ def service_row(r: Service) -> tuple[Any, ...]:
             r.key_source.ref, r.next_key.value if r.next_key is not None else None)
 
 
-def service_unrow(row: tuple[Any, ...], origin: Origin, share: Shared) -> Service:
+def service_unrow(row: tuple[Any, ...], origin: Origin, share: Interner) -> Service:
     (name, group, sid, proto, paddr, pport, baddr, bport, tunnel, key, kkind, kref, nxt) = row
     return Service(name, group, sid, share(proto), Endpoint(share(paddr), pport),
                    share(Endpoint(baddr, bport)), share(tunnel), share(Secret(key)),
@@ -123,5 +123,5 @@ def interface_row(r: Interface) -> tuple[Any, ...]:
             r.fib_lookup, r.priority)
 
 
-def interface_unrow(row: tuple[Any, ...], origin: Origin, share: Shared) -> Interface:
+def interface_unrow(row: tuple[Any, ...], origin: Origin, share: Interner) -> Interface:
     return Interface(*row, origin=origin)

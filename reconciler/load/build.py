@@ -15,8 +15,8 @@ from typing import Any
 
 from reconciler.core.errors import Severity
 from reconciler.core.findings import Finding
+from reconciler.core.interner import Interner
 from reconciler.core.model import Endpoint, Origin, PortRange, unicast_problem
-from reconciler.core.shared import Shared
 from reconciler.load.locate import PathItem
 from reconciler.load.secrets import (
     KEY_LEN,
@@ -36,13 +36,13 @@ UNREAD_KEY = Secret(bytes(KEY_LEN))  # stands for a key not read (validate --no-
 class KeyCache(dict[tuple[str, str], Secret]):
     """Keys read once per load, however many Services use them; remembers which key files
     were consulted, so that a cached file is re-checked when one of its key files changes.
-    share: the load's Shared, through which builds pass fields that repeat (core/shared.py)."""
+    share: the load's Interner, through which builds pass fields that repeat (core/interner.py)."""
 
     def __init__(self, read: bool = True) -> None:
         super().__init__()
         self.read = read
         self.touched: set[tuple[str, str]] = set()
-        self.share = Shared()
+        self.share = Interner()
 
     def __contains__(self, key: object) -> bool:
         self.touched.add(key)  # type: ignore[arg-type]
@@ -96,7 +96,7 @@ class Spec:
         self.fields: dict[str, Any] = data["spec"]
         self.ref = f"{self.kind}/{self.name}"
         self.bad = False
-        self.share = keys.share  # one object per distinct repeated value (core/shared.py)
+        self.share = keys.share  # one object per distinct repeated value (core/interner.py)
 
     def get(self, field: str, default: Any = None) -> Any:
         return self.fields.get(field, default)

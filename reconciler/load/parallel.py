@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core import registry
+from reconciler.core.interner import Interner
 from reconciler.core.model import Origin, Resource
-from reconciler.core.shared import Shared
 from reconciler.load import files as load
 from reconciler.load.schema import Schemas
 
@@ -58,7 +58,7 @@ def _row(r: Resource | None) -> tuple[Any, ...] | None:
     return (r.kind, kind.row(r))
 
 
-def _resource(row: tuple[Any, ...] | None, origin: Origin, share: Shared) -> Resource | None:
+def _resource(row: tuple[Any, ...] | None, origin: Origin, share: Interner) -> Resource | None:
     if row is None:
         return None
     kind = registry.KINDS[row[0]]
@@ -77,7 +77,7 @@ def _load_chunk(paths: list[str], read_keys: bool) -> list[tuple[Any, ...]]:
     return out
 
 
-def _result(encoded: tuple[Any, ...], share: Shared) -> load.FileResult:
+def _result(encoded: tuple[Any, ...], share: Interner) -> load.FileResult:
     file, problems, docs, key_files = encoded
     results = []
     for index, ref, row, findings, drift, confirm in docs:
@@ -101,7 +101,7 @@ def load_files(files: list[Path], schemas: Schemas, read_keys: bool = True,
         futures = [pool.submit(_load_chunk, [str(p) for p in chunk], read_keys)
                    for chunk in chunks[1:]]
         results = load.load_files(chunks[0], schemas, read_keys=read_keys, loaded=loaded)
-        share = Shared()  # (what each chunk's pickle shared arrives shared within it)
+        share = Interner()  # (what each chunk's pickle shared arrives shared within it)
         for future, chunk in zip(futures, chunks[1:], strict=True):
             results.extend(_result(e, share) for e in future.result())
             if loaded is not None:

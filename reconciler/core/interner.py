@@ -1,7 +1,7 @@
 """One object per distinct value of a load. 100k Services usually repeat a handful of
 protocols, tunnels, backends and key sources; each resource holding its own equal copy cost
-about 500 bytes per Service, a quarter of the desired state at 1M. Builders pass the fields
-that repeat (never the ones unique by rule, such as names) through one Shared, so equal
+about 500 bytes per Service, half of the desired state. Builders pass the fields
+that repeat (never the ones unique by rule, such as names) through one Interner, so equal
 values become one object. Values must be immutable and hashable."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-class Shared:
-    """share(value): the first object equal to value that this Shared was given. Holds one
+class Interner:
+    """share(value): the first object equal to value that this Interner was given. Holds one
     entry per distinct value: as many as the load has distinct repeated fields, never more
     than its resources' fields."""
 
