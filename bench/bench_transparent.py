@@ -6,7 +6,10 @@ sends it to the data path's proxy, which asks SO_ORIGINAL_DST and connects on).
                  2001:db8::1            2001:db8::2   (--ipv6: native IPv6 rows too)
 
   setup latency: sequential short connections (connect, one line each way, close), p50/p99
-  throughput:    one download of --bytes, single stream, best of --rounds
+  throughput:    one download of --bytes, single stream, the median of --rounds rounds
+                 (direct and intercepted interleaved, the order rotating), with the CPU
+                 seconds the whole machine was busy per GB moved, and the data path's
+                 workers' share of them
 
     .venv/bin/python bench/bench_transparent.py [--connections 3000] [--bytes 2G] [--rounds 3]
                                                 [--ipv6]
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +46,24 @@ from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
 TPKIT = str(ROOT / "tests" / "kernel" / "tpkit.py")
 SERVER = "203.0.113.2"
 SERVER6 = "2001:db8::2"
+
+
+def busy_seconds() -> float:
+    """CPU seconds every CPU of the machine has been busy (not idle, not waiting for I/O):
+    the client, the server, the proxy and the kernel's work for them, wherever it ran."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_seconds(pids: list[int]) -> float:
+    """CPU seconds pids have used (the data path's workers: the kernel's work done in their
+    context, such as delivering what they send over loopback, included)."""
+    total = 0
+    for pid in pids:
+        with suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(stat[11]) + int(stat[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def sh(cmd: str) -> str:
@@ -101,32 +124,44 @@ def main() -> int:
                 run = f"sh -c 'echo $$ > {cgroups.fs_path(cgroup)}/cgroup.procs && exec {run}'"
             return json.loads(sh(run))
 
-        rows = {}
+        rows: dict[str, dict[str, float]] = {}
         paths = [("direct", None, SERVER), ("intercepted", apps, SERVER)]
         if args.ipv6:
             paths += [("direct6", None, SERVER6), ("intercepted6", apps, SERVER6)]
         for label, cg, host in paths:
             conn = client(cg, "many", host, 80, args.connections, 600)
             assert conn["failed"] == 0, conn
-            best = 0.0
-            for _ in range(args.rounds):
-                down = client(cg, "down", host, 80, byte_size(args.bytes))
-                assert down["bytes"] == byte_size(args.bytes), down
-                best = max(best, down["bytes"] * 8 / down["seconds"] / 1e9)
             rows[label] = {"p50": conn["p50Ms"], "p99": conn["p99Ms"],
-                           "rate": conn["done"] / max(conn["seconds"], 1e-3), "gbps": best}
+                           "rate": conn["done"] / max(conn["seconds"], 1e-3)}
+        downs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in paths}
+        for r in range(args.rounds):  # interleaved, the order rotating each round
+            for label, cg, host in paths[r % len(paths):] + paths[:r % len(paths)]:
+                workers = [w["pid"] for w in read_datapath_status(pin_root)["workers"]]
+                busy, proxy = busy_seconds(), process_seconds(workers)
+                down = client(cg, "down", host, 80, byte_size(args.bytes))
+                busy, proxy = busy_seconds() - busy, process_seconds(workers) - proxy
+                assert down["bytes"] == byte_size(args.bytes), down
+                gb = down["bytes"] / 1e9
+                downs[label].append((down["bytes"] * 8 / down["seconds"] / 1e9, busy / gb,
+                                     proxy / gb))
+        for label, got in downs.items():
+            for k, name in enumerate(("gbps", "cpu", "proxy")):
+                rows[label][name] = statistics.median(x[k] for x in got)
         # every intercepted connection reached the proxy (its workers report every 0.25 s)
         expected = (args.connections + args.rounds) * (2 if args.ipv6 else 1)
         wait_for(lambda: read_datapath_status(pin_root)["proxies"]["egress"][
             "originalDestination"] >= expected, 60)
         d, i = rows["direct"], rows["intercepted"]
-        print(f"{'':12} {'setup p50':>10} {'setup p99':>10} {'conn/s':>8} {'Gbit/s':>8}")
+        print(f"{'':12} {'setup p50':>10} {'setup p99':>10} {'conn/s':>8} {'Gbit/s':>8} "
+              f"{'CPU s/GB':>9} {'proxy s/GB':>10}")
         for label, r in rows.items():
             print(f"{label:12} {r['p50']:>8.3f}ms {r['p99']:>8.3f}ms {r['rate']:>8.0f} "
-                  f"{r['gbps']:>8.2f}")
+                  f"{r['gbps']:>8.2f} {r['cpu']:>9.2f} {r['proxy']:>10.2f}")
         print(f"intercepted/direct: setup p50 x{i['p50'] / d['p50']:.2f}, p99 "
-              f"x{i['p99'] / d['p99']:.2f}, throughput x{i['gbps'] / d['gbps']:.2f} "
-              f"({args.connections} connections, {args.bytes} download best of {args.rounds})")
+              f"x{i['p99'] / d['p99']:.2f}, throughput x{i['gbps'] / d['gbps']:.2f}, CPU per "
+              f"GB x{i['cpu'] / d['cpu']:.2f} ({args.connections} connections; {args.bytes} "
+              f"downloads, medians of {args.rounds} interleaved rounds; CPU: every CPU's busy "
+              f"time, {os.cpu_count()} CPUs)")
         if args.ipv6:
             d6, i6 = rows["direct6"], rows["intercepted6"]
             print(f"intercepted6/direct6: setup p50 x{i6['p50'] / d6['p50']:.2f}, p99 "

@@ -62,8 +62,8 @@ async def check_loop(proxy: Checked, target: Target) -> None:
             continue
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(relay.connect(loop, sock, (target.address, target.port)),
-                                   h.timeout_ms / 1000)
+            await relay.connect(loop, sock, (target.address, target.port),
+                                h.timeout_ms / 1000)
         except (OSError, TimeoutError):
             ok = False
         finally:

@@ -18,7 +18,7 @@ from typing import Any
 
 from reconciler.datapath import health, relay
 from reconciler.datapath.addresses import family, is_address, original_destination
-from reconciler.datapath.balancer import Pool
+from reconciler.datapath.balancer import Pool, Target
 from reconciler.datapath.conn import Conn, Counters, report
 from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
 from reconciler.datapath.shared import Shared
@@ -34,10 +34,15 @@ ACCEPT_BATCH = 64  # accepts per readiness of a listener
 class ProxyServer:
     def __init__(self, listeners: list[socket.socket], config: RuntimeConfig,
                  pool: relay.BufferPool, gate: DescriptorGate | None = None,
-                 shared: Shared | None = None) -> None:
+                 shared: Shared | None = None, exclusive: set[int] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()  # made on the loop it serves on (a worker's)
         self.listeners = listeners
+        # the listeners' descriptors, for the worker's selector: one worker woken per
+        # connection (datapath/selector.py)
+        self.exclusive = exclusive if exclusive is not None else set()
         for listener in listeners:
             listener.setblocking(False)
+            self.exclusive.add(listener.fileno())
         self.config = config
         self.buffers = pool
         self.gate = gate or DescriptorGate()
@@ -48,12 +53,15 @@ class ProxyServer:
         self.resolved: dict[tuple[str, int], list[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._checks: dict[tuple[str, int, str], asyncio.Task[None]] = {}
+        # listeners watched now: swept once a second, for a wake-up that went to a worker
+        # frozen or killed before it accepted (datapath/selector.py)
+        self._watched: dict[int, tuple[socket.socket, asyncio.Future[tuple[str, str]]]] = {}
         self._ended = asyncio.Event()  # a connection of ours ended (its place is free)
         self._closed = False
 
     # ----- life cycle
     def start(self) -> None:
-        self._tasks = [asyncio.get_running_loop().create_task(self._run())]
+        self._tasks = [self.loop.create_task(self._run())]
 
     async def _run(self) -> None:
         await self._resolve_all()  # before accepting: hostnames need their first answer
@@ -72,7 +80,7 @@ class ProxyServer:
         self.config = config
         self.pool.health = config.health
         if old.backends != config.backends:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._re_resolve()))
+            self._tasks.append(self.loop.create_task(self._re_resolve()))
         else:
             self._set_targets()
         log.info("proxy %s: configuration changed", config.name)
@@ -89,10 +97,11 @@ class ProxyServer:
             task.cancel()
         for task in self._checks.values():
             task.cancel()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         for listener in self.listeners:
             with suppress(Exception):
                 loop.remove_reader(listener.fileno())
+            self.exclusive.discard(listener.fileno())
             relay.close(listener)
 
     # ----- backends
@@ -112,7 +121,7 @@ class ProxyServer:
             if key not in live:
                 self._checks.pop(key).cancel()
         if self.config.health.enabled and not self._closed:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             for t in self.pool.targets:
                 if t.key not in self._checks:
                     self._checks[t.key] = loop.create_task(health.check_loop(self, t))
@@ -128,13 +137,15 @@ class ProxyServer:
         """Accept whenever listener is readable, from a callback (one registration with the
         loop for as long as there is room, not one per empty queue); when the callback finds
         no room or an error, watching stops until there is room again."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         fd = listener.fileno()
         try:
             while True:
                 paused: asyncio.Future[tuple[str, str]] = loop.create_future()
                 loop.add_reader(fd, self._accept_ready, listener, paused)
+                self._watched[fd] = (listener, paused)
                 why, detail = await paused
+                del self._watched[fd]
                 loop.remove_reader(fd)
                 if why == "full":  # one of ours ends, or maybe another worker's did
                     with suppress(TimeoutError):
@@ -145,6 +156,7 @@ class ProxyServer:
                 else:
                     await asyncio.sleep(ACCEPT_BACKOFF)
         finally:
+            self._watched.pop(fd, None)
             with suppress(Exception):
                 loop.remove_reader(fd)
 
@@ -152,42 +164,45 @@ class ProxyServer:
                       paused: asyncio.Future[tuple[str, str]]) -> None:
         """Accept what the queue holds (at most ACCEPT_BATCH, so other work gets its turn),
         each after taking a place among every worker's connections (the rest wait in the
-        listen queue, a shared one: another worker may take them)."""
-        slot = self.config.slot
-        for _ in range(ACCEPT_BATCH):
-            if paused.done():
-                return
-            if not self.gate.room():  # two more descriptors would not fit
-                paused.set_result(("descriptors", "two per connection"))
-                return
-            if not self.shared.admit(slot, self.config.max_connections):
-                self._ended.clear()
-                paused.set_result(("full", ""))
-                return
-            try:
-                client, _ = listener.accept()
-            except BlockingIOError:
-                self.shared.release(slot)
-                return
-            except OSError as exc:  # never stop accepting
-                self.shared.release(slot)
-                if exc.errno in EXHAUSTED:
-                    paused.set_result(("descriptors", exc.strerror or "EMFILE"))
+        listen queue, a shared one: another worker may take them) and its backend's turn;
+        the places and the turn are locked once for all of them (datapath/shared.Cells)."""
+        slot, limit = self.config.slot, self.config.max_connections
+        pick = bool(self.config.backends)  # else each goes to its original destination
+        with self.shared.cells(slot) as cells:
+            for _ in range(ACCEPT_BATCH):
+                if paused.done():
                     return
-                self.counters.accept_errors += 1  # ENOBUFS, an aborted handshake
-                log.warning("proxy %s: accept failed: %s", self.config.name, exc)
-                paused.set_result(("error", ""))
-                return
-            self.gate.resume()
-            self._admit(client)
+                if not self.gate.room():  # two more descriptors would not fit
+                    paused.set_result(("descriptors", "two per connection"))
+                    return
+                if not cells.room(limit):
+                    self._ended.clear()
+                    paused.set_result(("full", ""))
+                    return
+                try:
+                    client, _ = listener.accept()
+                except BlockingIOError:
+                    return
+                except OSError as exc:  # never stop accepting
+                    if exc.errno in EXHAUSTED:
+                        paused.set_result(("descriptors", exc.strerror or "EMFILE"))
+                        return
+                    self.counters.accept_errors += 1  # ENOBUFS, an aborted handshake
+                    log.warning("proxy %s: accept failed: %s", self.config.name, exc)
+                    paused.set_result(("error", ""))
+                    return
+                cells.add()
+                self.gate.resume()
+                self._admit(client, cells.pick(self.pool) if pick else None)
 
-    def _admit(self, client: socket.socket) -> None:
+    def _admit(self, client: socket.socket, target: Target | None = None) -> None:
+        """Serve client, on target (picked at its admission) if it is given."""
         self.counters.accepted += 1
         self.gate.opened()
         client.setblocking(False)
         conn = Conn(client)
         self.conns.add(conn)
-        conn.task = asyncio.get_running_loop().create_task(self._serve(conn))
+        conn.task = self.loop.create_task(self._serve(conn, target))
 
     def retire(self) -> int:
         """Another process's listener has taken this proxy's place in steering: serve the
@@ -224,8 +239,7 @@ class ProxyServer:
         if self.config.mark is not None:  # never intercepted again (Intercept proxyMark)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.config.mark)
         try:
-            async with asyncio.timeout(self.config.connect_timeout):  # no task of its own
-                await relay.connect(asyncio.get_running_loop(), sock, address)
+            await relay.connect(self.loop, sock, address, self.config.connect_timeout)
         except (OSError, TimeoutError) as exc:
             relay.close(sock)
             self.counters.connect_failed += 1
@@ -249,12 +263,15 @@ class ProxyServer:
         self.counters.original += 1
         return True
 
-    async def _connect(self, conn: Conn) -> bool:
+    async def _connect(self, conn: Conn, target: Target | None) -> bool:
+        """Connect conn to a backend: target first (its pick at admission), then one retry
+        on the next in the rotation."""
         if not self.config.backends:
             return await self._connect_original(conn)
-        for _ in range(2):  # one retry on another backend
-            with self.shared.turn(self.config.slot) as turn:  # exact across workers
-                target, turn[0] = self.pool.pick_at(turn[0])
+        for attempt in range(2):
+            if attempt or target is None:  # a connection admitted before the backends were
+                with self.shared.turn(self.config.slot) as turn:  # exact across workers
+                    target, turn[0] = self.pool.pick_at(turn[0])
             if target is None:
                 return False
             sock = await self._dial((target.address, target.port))
@@ -264,12 +281,12 @@ class ProxyServer:
                 return True
         return False
 
-    async def _serve(self, conn: Conn) -> None:
-        loop = asyncio.get_running_loop()
+    async def _serve(self, conn: Conn, target: Target | None = None) -> None:
+        loop = self.loop
         reset = False
         try:
             conn.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if not await self._connect(conn):
+            if not await self._connect(conn, target):
                 if self.config.backends:
                     self.counters.no_backend += 1
                 return
@@ -320,9 +337,13 @@ class ProxyServer:
             conn.task.cancel()
 
     async def _sweep_loop(self) -> None:
-        """Idle and drain timeouts: one pass a second over all connections, not a timer each."""
+        """Idle and drain timeouts: one pass a second over all connections, not a timer each;
+        and what waits in a watched listener's queue is accepted."""
         while True:
             await asyncio.sleep(min(1.0, self.config.idle_timeout / 4))
+            for listener, paused in list(self._watched.values()):
+                if not paused.done():
+                    self._accept_ready(listener, paused)
             now = time.monotonic()
             drain = self.config.drain_timeout
             for conn in list(self.conns):

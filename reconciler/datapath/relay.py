@@ -105,10 +105,11 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any,
 
 
 async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                  address: tuple[str, int]) -> None:
-    """Connect the non-blocking sock to address; OSError with the connect's error. A backend
-    on this host is usually connected by the time connect() returns (the handshake runs
-    within it): then no turn of the loop is spent learning it."""
+                  address: tuple[str, int], timeout: float) -> None:
+    """Connect the non-blocking sock to address; OSError with the connect's error,
+    TimeoutError after timeout seconds. A backend on this host is usually connected by the
+    time connect() returns (the handshake runs within it): then no turn of the loop, and no
+    timer, is spent learning it."""
     try:
         sock.connect(address)
         return
@@ -119,7 +120,8 @@ async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         return
     except OSError:  # ENOTCONN: still in progress, or failed (SO_ERROR says which)
         pass
-    await wait_writable(loop, sock)
+    async with asyncio.timeout(timeout):  # no task of its own
+        await wait_writable(loop, sock)
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))

@@ -5,9 +5,13 @@ healthy backends differ by at most one, whichever worker accepted them).
 One small file in the run directory (tmpfs), mapped by every worker, made empty by the
 supervisor before it starts them. Per slot: the turn, then one connection count per worker
 (each worker writes only its own count, so the supervisor can zero a dead worker's share:
-its connections died with it). Every read-modify-write holds a POSIX record lock on the
-slot's bytes: a lock the kernel drops when its holder dies, so a killed worker never wedges
-the others. A lone worker (workers == 1) shares nothing and takes no lock.
+its connections died with it). Admissions and the turn are read and written under a POSIX
+record lock on the slot's bytes: a lock the kernel drops when its holder dies, so a killed
+worker never wedges the others. A worker takes it once per wake-up of a listener, for every
+connection that wake-up accepts (Cells), not once per connection. An ended connection is
+written without it: a worker is the only writer of its own count, and a count that is read
+just before it falls only makes another worker's admission the more careful. A lone worker
+(workers == 1) shares nothing and takes no lock.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reconciler.datapath.balancer import Pool, Target
 
 MAX_WORKERS = 64
 SLOTS = 64  # steering's slots (1-63) and 0, unused
@@ -69,29 +77,26 @@ class Shared:
     def _cell(self, slot: int, index: int) -> int:
         return slot * STRIDE + _CELL.size * index
 
+    def cells(self, slot: int) -> Cells:
+        """slot's counts and turn, held (locked) for the `with` block: a batch of admissions
+        and their picks."""
+        return Cells(self, slot)
+
     def admit(self, slot: int, limit: int) -> bool:
         """Count one more connection of this worker if all workers' stay below limit."""
-        if self._map is None:
-            if self._local_count[slot] >= limit:
+        with self.cells(slot) as cells:
+            if not cells.room(limit):
                 return False
-            self._local_count[slot] += 1
-            return True
-        with self._locked(slot) as m:
-            counts = struct.unpack_from(f"={self.workers}q", m, self._cell(slot, 1))
-            if sum(counts) >= limit:
-                return False
-            mine = self._cell(slot, 1 + self.worker)
-            _CELL.pack_into(m, mine, counts[self.worker] + 1)
+            cells.add()
             return True
 
     def release(self, slot: int) -> None:
-        """One connection of this worker ended."""
+        """One connection of this worker ended (no lock: see the module's docstring)."""
         if self._map is None:
             self._local_count[slot] = max(0, self._local_count[slot] - 1)
             return
-        with self._locked(slot) as m:
-            mine = self._cell(slot, 1 + self.worker)
-            _CELL.pack_into(m, mine, max(0, _CELL.unpack_from(m, mine)[0] - 1))
+        mine = self._cell(slot, 1 + self.worker)
+        _CELL.pack_into(self._map, mine, max(0, _CELL.unpack_from(self._map, mine)[0] - 1))
 
     def total(self, slot: int) -> int:
         """Connections all workers proxy for slot now (a snapshot)."""
@@ -113,6 +118,27 @@ class Shared:
             yield box
             _CELL.pack_into(m, self._cell(slot, 0), box[0])
 
+    def _enter(self, slot: int) -> tuple[int, int]:
+        """Lock slot; (every worker's connections, the turn)."""
+        if self._map is None:
+            return self._local_count[slot], self._local_turn[slot]
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, STRIDE, slot * STRIDE)
+        counts = struct.unpack_from(f"={self.workers}q", self._map, self._cell(slot, 1))
+        return sum(counts), _CELL.unpack_from(self._map, self._cell(slot, 0))[0]
+
+    def _exit(self, slot: int, added: int, turn: int) -> None:
+        """Count added more of ours, store the turn, unlock slot."""
+        if self._map is None:
+            self._local_count[slot] += added
+            self._local_turn[slot] = turn
+            return
+        try:
+            mine = self._cell(slot, 1 + self.worker)
+            _CELL.pack_into(self._map, mine, _CELL.unpack_from(self._map, mine)[0] + added)
+            _CELL.pack_into(self._map, self._cell(slot, 0), turn)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, STRIDE, slot * STRIDE)
+
     def forget_worker(self, worker: int) -> None:
         """Zero a dead worker's counts (its connections ended with it); supervisor only."""
         if self._map is None:
@@ -126,3 +152,38 @@ class Shared:
             self._map.close()
             os.close(self._fd)
             self._map = None
+
+
+class Cells:
+    """One slot of the table, locked while a `with` block admits connections and picks
+    their backends: one lock for all a listener's wake-up accepts. Other workers can only
+    lower the total meanwhile (their ended connections), so the total read on entry plus
+    our additions is an upper bound: room() never lets maxConnections be exceeded."""
+
+    __slots__ = ("_added", "_shared", "_slot", "_total", "turn")
+
+    def __init__(self, owner: Shared, slot: int) -> None:
+        self._shared, self._slot = owner, slot
+        self._total = self._added = self.turn = 0
+
+    def __enter__(self) -> Cells:
+        self._total, self.turn = self._shared._enter(self._slot)
+        self._added = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._shared._exit(self._slot, self._added, self.turn)
+
+    def room(self, limit: int) -> bool:
+        """Another connection keeps every worker's total within limit."""
+        return self._total < limit
+
+    def add(self) -> None:
+        """Count one more connection of ours."""
+        self._total += 1
+        self._added += 1
+
+    def pick(self, pool: Pool) -> Target | None:
+        """The next healthy target in the rotation all workers share (None: all down)."""
+        target, self.turn = pool.pick_at(self.turn)
+        return target

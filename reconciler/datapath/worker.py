@@ -16,7 +16,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from reconciler.datapath import pinger, relay, supervisor
 from reconciler.datapath.fdgate import DescriptorGate
 from reconciler.datapath.listeners import IP_FREEBIND, IPV6_FREEBIND
 from reconciler.datapath.proxyserver import ProxyServer
+from reconciler.datapath.selector import ExclusiveEpollSelector
 from reconciler.datapath.shared import Shared
 from reconciler.gue import tables as gt
 from reconciler.kernel import fdlimit, netns
@@ -121,6 +124,7 @@ class Worker:
         self.gate = DescriptorGate(fdlimit.raise_to_hard(), fdlimit.open_count())
         self.buffers = relay.BufferPool(gate=self.gate)
         self.listeners: dict[int, list[socket.socket]] = {}  # per slot: IPv4, then IPv6
+        self.exclusive: set[int] = set()  # the listeners served: datapath/selector.py
         self.servers: dict[int, ProxyServer] = {}
         self.configs: dict[int, bytes] = {}
         self.bad_configs: set[bytes] = set()
@@ -201,7 +205,8 @@ class Worker:
             server = self.servers.get(slot)
             if server is None:
                 server = self.servers[slot] = ProxyServer(self.listeners[slot], config,
-                                                          self.buffers, self.gate, self.shared)
+                                                          self.buffers, self.gate, self.shared,
+                                                          self.exclusive)
                 server.start()
             else:
                 server.update(config)
@@ -292,8 +297,10 @@ class Worker:
                 self.status_path.unlink()
 
 
-def event_loop_runner() -> Any:
-    """asyncio.run, or uvloop's when BPFSYNC_EVENT_LOOP=uvloop (and uvloop is installed)."""
+def event_loop_runner(exclusive: set[int]) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """asyncio's loop on an epoll that wakes one worker per new connection (exclusive: the
+    listeners, datapath/selector.py), or uvloop's when BPFSYNC_EVENT_LOOP=uvloop (and uvloop
+    is installed; every worker wakes)."""
     if os.environ.get("BPFSYNC_EVENT_LOOP", "asyncio") == "uvloop":
         try:
             import uvloop
@@ -301,7 +308,12 @@ def event_loop_runner() -> Any:
             log.warning("BPFSYNC_EVENT_LOOP=uvloop, but uvloop is not installed: asyncio's")
         else:
             return uvloop.run
-    return asyncio.run
+
+    def run(main: Coroutine[Any, Any, None]) -> None:
+        factory = partial(asyncio.SelectorEventLoop, ExclusiveEpollSelector(exclusive))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+    return run
 
 
 def run_worker(pin_root: Path, control_fd: int, generation: int,
@@ -311,7 +323,7 @@ def run_worker(pin_root: Path, control_fd: int, generation: int,
         netns.enter(netns_name)  # backends and GUE peers are reached from the proxies' netns
     control = socket.socket(fileno=control_fd)
     worker = Worker(pin_root, control, generation, index, workers, shared)
-    event_loop_runner()(worker.main())
+    event_loop_runner(worker.exclusive)(worker.main())
     log.info("worker stopped after %d pings", worker.pinger.sent)
     return 0
 

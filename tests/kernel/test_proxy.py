@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -542,6 +543,34 @@ def test_hostname_backends_are_resolved_again(pn: ProxyNet, tmp_path: Path) -> N
     assert "app.bpfsync.test resolves to" in (tmp_path / "datapath.log").read_text()
 
 
+def held_sockets(pid: int) -> set[int]:
+    """Inodes of the sockets pid holds."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(OSError):  # closed meanwhile
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                out.add(int(link[8:-1]))
+    return out
+
+
+def exclusively_watched(pid: int) -> set[int]:
+    """Inodes of what pid's epolls watch with EPOLLEXCLUSIVE, as the kernel holds them."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:[eventpoll]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:  # closed meanwhile
+            continue
+        for fields in (line.split() for line in info.splitlines() if line.startswith("tfd:")):
+            # tfd: N events: HEX data: HEX pos:0 ino:HEX sdev:HEX
+            if int(fields[3], 16) & 0x10000000:  # EPOLLEXCLUSIVE
+                out.update(int(f[4:], 16) for f in fields if f.startswith("ino:"))
+    return out
+
+
 def test_workers_share_one_queue_a_stopped_or_killed_worker_delays_nobody(
         pn: ProxyNet) -> None:
     """Two workers accept from the same listener. One frozen (SIGSTOP): the other serves
@@ -556,6 +585,14 @@ def test_workers_share_one_queue_a_stopped_or_killed_worker_delays_nobody(
     both = wait_until(lambda: (r := read_datapath_status(pn.root)) and len(r["workers"]) == 2
                       and r, 60)
     frozen, serving = sup["workerPids"]
+    # one wake-up per connection: each worker watches the proxy's listeners (the supervisor
+    # holds them; the backends listen in the namespace too) with EPOLLEXCLUSIVE
+    listening = {int(f.split(":", 1)[1]) for f in sh(
+        f"ip netns exec {pn.ns} ss -Hltne").stdout.split() if f.startswith("ino:")}
+    listening &= held_sockets(sup["pid"])
+    assert listening
+    for pid in sup["workerPids"]:
+        assert exclusively_watched(pid) == listening, (pid, listening)
     os.kill(frozen, signal.SIGSTOP)
     try:
         r = pn.client("who", VIP, 80, 30)

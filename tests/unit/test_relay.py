@@ -79,7 +79,7 @@ async def _dial(address: tuple[str, int]) -> socket.socket:
     sock = socket.socket()
     sock.setblocking(False)
     try:
-        await asyncio.wait_for(relay.connect(asyncio.get_running_loop(), sock, address), 10)
+        await relay.connect(asyncio.get_running_loop(), sock, address, 10)
     except OSError:
         sock.close()
         raise

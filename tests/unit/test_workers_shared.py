@@ -94,3 +94,40 @@ def test_reports_are_summed_and_backends_healthy_only_where_every_worker_says_so
     assert doc["descriptors"] == {"limit": 1024, "open": 20, "exhausted": 0, "episodes": 0,
                                   "paused": True}
     assert [w["pid"] for w in doc["workers"]] == [100, 101]
+
+
+def test_a_batch_of_admissions_takes_the_lock_once_and_stays_within_the_limit(
+        tmp_path: Path) -> None:
+    """One wake-up's accepts share one lock (Cells): while it is held another process
+    cannot take it; the total read on entry plus the batch's additions is what room()
+    holds to; the turn advanced in the batch is every worker's on exit."""
+    a, b = _views(tmp_path, 2)
+    assert b.admit(5, 3)
+    pool = Pool(HealthCheck(enabled=False))
+    pool.set_targets([("b", 80, f"192.0.2.{i}") for i in (1, 2)], 0.0)
+    probe = ("import fcntl, os, sys\n"
+             f"fd = os.open({str(tmp_path / 'shared')!r}, os.O_RDWR)\n"
+             "try:\n"
+             f"    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, {shared.STRIDE}, "
+             f"{shared.STRIDE * 5})\n"
+             "except OSError:\n    print('held')\nelse:\n    print('free')\n")
+
+    def lock_state() -> str:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+
+    with a.cells(5) as cells:
+        assert lock_state() == "held"
+        picks = []
+        while cells.room(3):
+            cells.add()
+            target = cells.pick(pool)
+            assert target is not None
+            picks.append(target.address)
+    assert lock_state() == "free"
+    assert picks == ["192.0.2.1", "192.0.2.2"]  # b's one and a's two: three in all
+    assert a.total(5) == 3 and not b.admit(5, 3)
+    with b.turn(5) as turn:  # the rotation went on where a's batch left it
+        assert pool.pick_at(turn[0])[0].address == "192.0.2.1"
+    a.release(5)  # without the lock: a is the only writer of its own count
+    assert b.total(5) == 2 and b.admit(5, 3)
