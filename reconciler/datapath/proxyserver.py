@@ -296,7 +296,8 @@ class ProxyServer:
                                              conn.up))
             up.add_done_callback(lambda t: self._on_up_done(conn, t))
             try:
-                await relay.pump(loop, conn.backend, conn.client, self.buffers, conn.down)
+                await relay.pump(loop, conn.backend, conn.client, self.buffers, conn.down,
+                                 try_first=False)
                 await up
             finally:
                 if not up.done():

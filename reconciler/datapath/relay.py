@@ -97,11 +97,17 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any,
                 remove: Any) -> None:
     fut = loop.create_future()
     fd = sock.fileno()
-    add(fd, lambda: fut.done() or fut.set_result(None))
+
+    def ready() -> None:  # unwatched at once: no second report while the task wakes
+        remove(fd)
+        if not fut.done():
+            fut.set_result(None)
+
+    add(fd, ready)
     try:
         await fut
     finally:
-        remove(fd)
+        remove(fd)  # cancelled while watched (else nothing: asyncio makes no syscall)
 
 
 async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
@@ -138,13 +144,14 @@ class Stream:
 
 
 async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket,
-               pool: BufferPool, stream: Stream) -> None:
+               pool: BufferPool, stream: Stream, try_first: bool = True) -> None:
     """Move src to dst until src's EOF, then half-close dst (its reader sees FIN; the other
-    direction keeps flowing). Errors propagate to the caller, which resets both sides."""
+    direction keeps flowing). Errors propagate to the caller, which resets both sides.
+    try_first: read before waiting (a client's first bytes often come with its connection;
+    a backend just connected has rarely sent any)."""
     buf: bytearray | None = None
     pipe: tuple[int, int] | None = None
     held = 0  # bytes in the pipe, not yet in dst
-    try_first = True  # read before waiting: bytes often come with the connection
     bulk = False  # a read filled a whole buffer: splice from now on (small ones: copied)
     try:
         while True:
@@ -173,7 +180,12 @@ async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.
             stream.last = time.monotonic()
             if pipe is None:
                 assert buf is not None
-                await loop.sock_sendall(dst, memoryview(buf)[:n])
+                try:
+                    sent = dst.send(memoryview(buf)[:n])  # all of it, as a rule
+                except BlockingIOError:
+                    sent = 0
+                if sent < n:  # dst is full: wait as it takes the rest (backpressure)
+                    await loop.sock_sendall(dst, memoryview(buf)[sent:n])
                 if n == len(buf) and pool.splice and not bulk:  # more waits: a bulk flow
                     pool.put(buf)
                     buf, bulk, try_first = None, True, True
