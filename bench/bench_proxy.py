@@ -14,6 +14,7 @@ round, the order rotating) and the figures are medians over rounds:
   conn/s     short request/response connections, --connections from --clients processes
   p50/p99    ms per request (connect, one line each way, close) at a fixed --rate
   CPU s/GB   CPU seconds the proxy's processes spent per GB relayed (the 8-stream run)
+  CPU us/conn  CPU microseconds the proxy's processes spent per connection (the conn/s run)
 
 then RSS of the proxy's processes with --idle idle connections held through each proxy.
 With --ipv6 every path has an IPv6 twin (direct6, haproxy6, bpfsync6: clients, proxies and
@@ -437,8 +438,11 @@ def main() -> int:
                 gbps, moved = b.iperf(path, 8)
                 add(path, "gbps8", gbps)
                 add(path, "cpu_per_gb", (_cpu_seconds(b.pids(path)) - cpu) / (moved / 1e9))
+                cpu = _cpu_seconds(b.pids(path))
                 rate, failed = b.conn_rate(path)
                 add(path, "cps", rate)
+                add(path, "cpu_per_conn", (_cpu_seconds(b.pids(path)) - cpu) * 1e6
+                    / (args.connections // args.clients * args.clients))
                 p50, p99, lost = b.latency(path)
                 add(path, "p50", p50)
                 add(path, "p99", p99)
@@ -460,19 +464,22 @@ def main() -> int:
               + "".join(f", {k}={v}" for k, v in settings.items() if k != "workers"))
     width = max(8, *map(len, paths))
     print(f"{'path':{width}} {'Gbit/s 1':>9} {'Gbit/s 8':>9} {'conn/s':>8} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'CPU s/GB':>9} {'failed':>7}")
+          f"{'p99 ms':>7} {'CPU s/GB':>9} {'CPU us/conn':>11} {'failed':>7}")
     for path in paths:
         m = med[path]
-        cpu = f"{m['cpu_per_gb']:9.2f}" if b.base.get(path, path) != "direct" else f"{'-':>9}"
+        proxied = b.base.get(path, path) != "direct"
+        cpu = f"{m['cpu_per_gb']:9.2f}" if proxied else f"{'-':>9}"
+        per_conn = f"{m['cpu_per_conn']:11.0f}" if proxied else f"{'-':>11}"
         print(f"{path:{width}} {m['gbps1']:9.2f} {m['gbps8']:9.2f} {m['cps']:8.0f} "
-              f"{m['p50']:7.3f} {m['p99']:7.3f} {cpu} {fails[path]:7d}")
+              f"{m['p50']:7.3f} {m['p99']:7.3f} {cpu} {per_conn} {fails[path]:7d}")
     for name in (n for n in (*b.variants, *(f"{v}6" for v in b.variants)) if n in med):
         peer = "haproxy" if name in b.variants else "haproxy6"
         s, h = med[name], med[peer]
         print(f"{name} / {peer}: single stream {s['gbps1'] / h['gbps1']:.2f}x, 8 streams "
               f"{s['gbps8'] / h['gbps8']:.2f}x, connection rate {s['cps'] / h['cps']:.2f}x, "
               f"p50 {s['p50'] / h['p50']:.2f}x, p99 {s['p99'] / h['p99']:.2f}x, CPU per GB "
-              f"{s['cpu_per_gb'] / h['cpu_per_gb']:.2f}x")
+              f"{s['cpu_per_gb'] / h['cpu_per_gb']:.2f}x, CPU per connection "
+              f"{s['cpu_per_conn'] / h['cpu_per_conn']:.2f}x")
     print(f"RSS with {args.idle} idle connections: haproxy {rss['haproxy']:.1f} MiB, "
           f"{first} {rss[first]:.1f} MiB (supervisor and workers); {first} with "
           f"{args.idle_bpfsync}: {rss_alone:.1f} MiB")
