@@ -107,7 +107,8 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any,
     try:
         await fut
     finally:
-        remove(fd)  # cancelled while watched (else nothing: asyncio makes no syscall)
+        if not fut.done() or fut.cancelled():  # still watched: ready() never ran
+            remove(fd)
 
 
 async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
