@@ -25,6 +25,7 @@ in the same interleaved rounds.
     e.g. --variant splice --variant copy:BPFSYNC_RELAY=copy --variant one:workers=1
          --variant before:tree=/tmp/before   (git worktree add /tmp/before COMMIT)
     .venv/bin/python bench/bench_proxy.py --smoke     # one short round (CI)
+    .venv/bin/python bench/bench_proxy.py --connections-only --rounds 8 ...  # no iperf3, no RSS
 
 Needs root. HAProxy and iperf3 are used from PATH, else unpacked from Debian's packages into
 .venv/bench-tools (bench/tools.py): nothing is installed on the host and no host file is
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -413,6 +415,9 @@ def main() -> int:
     p.add_argument("--ipv6", action="store_true",
                    help="measure an IPv6 twin of every path in the same rounds")
     p.add_argument("--smoke", action="store_true", help="one short round (CI)")
+    p.add_argument("--connections-only", action="store_true",
+                   help="only conn/s, p50/p99 and CPU per connection (no iperf3, no idle RSS): "
+                        "before and after runs of the connection path")
     args = p.parse_args()
     if args.smoke:
         args.seconds, args.connections, args.clients = 1, 200, 2
@@ -433,11 +438,15 @@ def main() -> int:
         for r in range(args.rounds):  # interleaved, the order rotating each round
             turn = r % len(paths)
             for path in paths[turn:] + paths[:turn]:
-                add(path, "gbps1", b.iperf(path, 1)[0])
-                cpu = _cpu_seconds(b.pids(path))
-                gbps, moved = b.iperf(path, 8)
-                add(path, "gbps8", gbps)
-                add(path, "cpu_per_gb", (_cpu_seconds(b.pids(path)) - cpu) / (moved / 1e9))
+                if args.connections_only:  # not measured: shown as nan
+                    for name in ("gbps1", "gbps8", "cpu_per_gb"):
+                        add(path, name, math.nan)
+                else:
+                    add(path, "gbps1", b.iperf(path, 1)[0])
+                    cpu = _cpu_seconds(b.pids(path))
+                    gbps, moved = b.iperf(path, 8)
+                    add(path, "gbps8", gbps)
+                    add(path, "cpu_per_gb", (_cpu_seconds(b.pids(path)) - cpu) / (moved / 1e9))
                 cpu = _cpu_seconds(b.pids(path))
                 rate, failed = b.conn_rate(path)
                 add(path, "cps", rate)
@@ -448,8 +457,9 @@ def main() -> int:
                 add(path, "p99", p99)
                 fails[path] += failed + lost
         first = next(iter(b.variants))
-        rss = {path: b.idle_rss(path, args.idle) for path in ("haproxy", first)}
-        rss_alone = b.idle_rss(first, args.idle_bpfsync)
+        rss = ({} if args.connections_only else
+               {path: b.idle_rss(path, args.idle) for path in ("haproxy", first)})
+        rss_alone = 0.0 if args.connections_only else b.idle_rss(first, args.idle_bpfsync)
         workers = {name: len((b.supervisor(name) or {}).get("workerPids", []))
                    for name in b.variants}
     finally:
@@ -480,9 +490,10 @@ def main() -> int:
               f"p50 {s['p50'] / h['p50']:.2f}x, p99 {s['p99'] / h['p99']:.2f}x, CPU per GB "
               f"{s['cpu_per_gb'] / h['cpu_per_gb']:.2f}x, CPU per connection "
               f"{s['cpu_per_conn'] / h['cpu_per_conn']:.2f}x")
-    print(f"RSS with {args.idle} idle connections: haproxy {rss['haproxy']:.1f} MiB, "
-          f"{first} {rss[first]:.1f} MiB (supervisor and workers); {first} with "
-          f"{args.idle_bpfsync}: {rss_alone:.1f} MiB")
+    if rss:
+        print(f"RSS with {args.idle} idle connections: haproxy {rss['haproxy']:.1f} MiB, "
+              f"{first} {rss[first]:.1f} MiB (supervisor and workers); {first} with "
+              f"{args.idle_bpfsync}: {rss_alone:.1f} MiB")
     for path, base in b.base.items():
         s, f = med[path], med[base]
         print(f"{path} / {base} (IPv6 / IPv4): single stream "
