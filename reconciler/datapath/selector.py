@@ -38,8 +38,12 @@ class ExclusiveEpollSelector(selectors.EpollSelector):
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = super().register(fileobj, events, data)
         if key.fd in self.exclusive and events == selectors.EVENT_READ:
-            self._selector.unregister(key.fd)  # type: ignore[attr-defined]
-            self._selector.register(key.fd, EXCLUSIVE_READ)  # type: ignore[attr-defined]
+            try:
+                self._selector.unregister(key.fd)  # type: ignore[attr-defined]
+                self._selector.register(key.fd, EXCLUSIVE_READ)  # type: ignore[attr-defined]
+            except OSError:
+                super().unregister(fileobj)  # not watched at all: say so, as asyncio's does
+                raise
             self._registered.add(key.fd)
         return key
 

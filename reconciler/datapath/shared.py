@@ -108,15 +108,10 @@ class Shared:
     def turn(self, slot: int) -> Iterator[list[int]]:
         """The round-robin turn of slot, as a one-element list the caller may advance
         while it holds it."""
-        if self._map is None:
-            box = [self._local_turn[slot]]
+        with self.cells(slot) as cells:
+            box = [cells.turn]
             yield box
-            self._local_turn[slot] = box[0]
-            return
-        with self._locked(slot) as m:
-            box = [_CELL.unpack_from(m, self._cell(slot, 0))[0]]
-            yield box
-            _CELL.pack_into(m, self._cell(slot, 0), box[0])
+            cells.turn = box[0]
 
     def _enter(self, slot: int) -> tuple[int, int]:
         """Lock slot; (every worker's connections, the turn)."""
