@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ import tools  # noqa: E402
 
 from reconciler.datapath.supervisor import run_dir  # noqa: E402
 from tests.kernel import owned  # noqa: E402
+from tests.kernel.daemonkit import cpu_seconds  # noqa: E402
 
 # per path: the backend's address, the address clients connect to (bpfsync variants get
 # 192.0.2.(10 + i) and 203.0.113.(10 + i))
@@ -374,13 +376,11 @@ def _rss_mib(pid: int) -> float:
 
 
 def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time pids have used; one gone meanwhile counts nothing."""
     total = 0.0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with suppress(OSError):
+            total += cpu_seconds(pid)
     return total
 
 

@@ -41,7 +41,7 @@ from reconciler.datapath.supervisor import read_datapath_status  # noqa: E402
 from reconciler.kernel import cgroups  # noqa: E402
 from reconciler.tproxy.cgroups import DATAPATH_PARENT, datapath_cgroup  # noqa: E402
 from tests.kernel import owned  # noqa: E402
-from tests.kernel.daemonkit import RunningDaemon, wait_for  # noqa: E402
+from tests.kernel.daemonkit import RunningDaemon, cpu_seconds, wait_for  # noqa: E402
 
 TPKIT = str(ROOT / "tests" / "kernel" / "tpkit.py")
 SERVER = "203.0.113.2"
@@ -53,17 +53,6 @@ def busy_seconds() -> float:
     the client, the server, the proxy and the kernel's work for them, wherever it ran."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def process_seconds(pids: list[int]) -> float:
-    """CPU seconds pids have used (the data path's workers: the kernel's work done in their
-    context, such as delivering what they send over loopback, included)."""
-    total = 0
-    for pid in pids:
-        with suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(stat[11]) + int(stat[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def sh(cmd: str) -> str:
@@ -136,10 +125,12 @@ def main() -> int:
         downs: dict[str, list[tuple[float, float]]] = {label: [] for label, _, _ in paths}
         for r in range(args.rounds):  # interleaved, the order rotating each round
             for label, cg, host in paths[r % len(paths):] + paths[:r % len(paths)]:
+                # the workers' CPU time includes the kernel's work in their context (the
+                # loopback delivery of what they send)
                 workers = [w["pid"] for w in read_datapath_status(pin_root)["workers"]]
-                busy, proxy = busy_seconds(), process_seconds(workers)
+                busy, proxy = busy_seconds(), sum(map(cpu_seconds, workers))
                 down = client(cg, "down", host, 80, byte_size(args.bytes))
-                busy, proxy = busy_seconds() - busy, process_seconds(workers) - proxy
+                busy, proxy = busy_seconds() - busy, sum(map(cpu_seconds, workers)) - proxy
                 assert down["bytes"] == byte_size(args.bytes), down
                 gb = down["bytes"] / 1e9
                 downs[label].append((down["bytes"] * 8 / down["seconds"] / 1e9, busy / gb,

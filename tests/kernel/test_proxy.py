@@ -543,25 +543,28 @@ def test_hostname_backends_are_resolved_again(pn: ProxyNet, tmp_path: Path) -> N
     assert "app.bpfsync.test resolves to" in (tmp_path / "datapath.log").read_text()
 
 
-def held_sockets(pid: int) -> set[int]:
-    """Inodes of the sockets pid holds."""
-    out = set()
+def fd_links(pid: int) -> dict[str, str]:
+    """pid's descriptors and what each is (its /proc link), those still open."""
+    out = {}
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         with suppress(OSError):  # closed meanwhile
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                out.add(int(link[8:-1]))
+            out[fd.name] = os.readlink(fd)
     return out
+
+
+def held_sockets(pid: int) -> set[int]:
+    """Inodes of the sockets pid holds."""
+    return {int(link[8:-1]) for link in fd_links(pid).values() if link.startswith("socket:[")}
 
 
 def exclusively_watched(pid: int) -> set[int]:
     """Inodes of what pid's epolls watch with EPOLLEXCLUSIVE, as the kernel holds them."""
     out = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
+    for fd, link in fd_links(pid).items():
+        if link != "anon_inode:[eventpoll]":
+            continue
         try:
-            if os.readlink(fd) != "anon_inode:[eventpoll]":
-                continue
-            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
         except OSError:  # closed meanwhile
             continue
         for fields in (line.split() for line in info.splitlines() if line.startswith("tfd:")):
