@@ -5,7 +5,7 @@ One bulk download per round through a scratch proxy in a scratch namespace, thre
 interleaved, medians over rounds:
 
   direct   client -> backend
-  relay    client -> proxy (reconciler.datapath.relay.pump, the worker's code: copy, then
+  relay    client -> proxy (reconciler.datapath.relay.Flow, the worker's code: copy, then
            splice(2) once a flow is bulk) -> backend
   sockmap  client -> proxy, whose two sockets sit in a SOCKHASH; the verdict program
            redirects each socket's bytes to the other's egress: no wakeup of the proxy
@@ -32,6 +32,7 @@ import struct
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ from tools import byte_size  # noqa: E402
 
 from reconciler.datapath import relay  # noqa: E402
 from reconciler.datapath.listeners import socket_cookie  # noqa: E402
+from reconciler.datapath.reactor import Reactor  # noqa: E402
 from reconciler.kernel import libbpf, netns  # noqa: E402
 
 BACKEND = ("192.0.2.1", 9000)
@@ -95,24 +97,33 @@ print(json.dumps({"bytes": got, "seconds": time.perf_counter() - t0}))
 """
 
 
+def _nothing(*_: object) -> None:
+    """A flow's end, which the scratch proxy does not act on (the client's download ends
+    the round)."""
+
+
 async def proxy(listen: tuple[str, int], kind: str, socks_map: int, peers: int,
                 ready: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     pool = relay.BufferPool()
+    reactor = Reactor(loop)
     server = socket.create_server(listen, backlog=64)
     server.setblocking(False)
     ready.set()
     held: list[socket.socket] = []
-    tasks: list[asyncio.Task[None]] = []
     while True:
         client, _ = await loop.sock_accept(server)
         client.setblocking(False)
         backend = socket.socket()
         backend.setblocking(False)
         await loop.sock_connect(backend, BACKEND)
-        if kind == "relay":
-            tasks += [loop.create_task(relay.pump(loop, a, b, pool, relay.Stream()))
-                      for a, b in ((client, backend), (backend, client))]
+        if kind == "relay":  # both directions on readiness reports, as a session does it
+            up = relay.Flow(loop, client, backend, pool, relay.Stream(), _nothing, _nothing)
+            down = relay.Flow(loop, backend, client, pool, relay.Stream(), _nothing, _nothing)
+            reactor.watch(client.fileno(), partial(relay.deliver, reading=up, writing=down))
+            reactor.watch(backend.fileno(), partial(relay.deliver, reading=down, writing=up))
+            up.start()
+            down.start()
             held += [client, backend]
             continue
         cookies = [socket_cookie(s) for s in (client, backend)]

@@ -1,16 +1,17 @@
-"""A proxied connection (its two sockets, the backend it got, each direction's progress) and
-a proxy's counters, as one worker keeps them and reports them."""
+"""A proxy's counters, and its status as one worker reports it (the connections themselves:
+session.Session)."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from reconciler.datapath import relay
-from reconciler.datapath.balancer import Pool, Target
+from reconciler.datapath.balancer import Pool
 from reconciler.steering.model import hostport
+
+if TYPE_CHECKING:
+    from reconciler.datapath.session import Session
 
 
 @dataclass
@@ -30,21 +31,7 @@ class Counters:
     bytes_out: int = 0
 
 
-@dataclass(eq=False)
-class Conn:
-    client: socket.socket
-    target: Target | None = None
-    backend: socket.socket | None = None
-    up: relay.Stream = field(default_factory=relay.Stream)
-    down: relay.Stream = field(default_factory=relay.Stream)
-    task: asyncio.Task[None] | None = None
-    closing_reason: str | None = None
-
-    def idle_for(self, now: float) -> float:
-        return now - max(self.up.last, self.down.last)
-
-
-def report(slot: int, c: Counters, conns: set[Conn], pool: Pool) -> dict[str, Any]:
+def report(slot: int, c: Counters, conns: Iterable[Session], pool: Pool) -> dict[str, Any]:
     """A proxy's status in one worker (datapath/reports.py reads every worker's as one)."""
     return {
         "slot": slot, "active": len(conns), "accepted": c.accepted,

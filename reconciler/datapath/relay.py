@@ -1,15 +1,15 @@
 """Moving bytes between two sockets on an asyncio loop, with half-close.
 
+Each direction is a Flow driven by readiness callbacks (no task, no future per connection).
 A direction's first chunks are copied (recv_into a reused buffer, then send): for a short
 request or response that costs less than a pipe. Once a read fills a whole buffer (a bulk
 flow), its bytes are spliced (splice(2) through a pipe: socket -> pipe -> socket, pages
 moved in the kernel, never copied into Python), as HAProxy's splice-auto does; the loop
 still sees every chunk, so half-close, backpressure, resets, byte counts and idle times
 work as for a copy. Where no pipe can be had (out of descriptors, BPFSYNC_RELAY=copy),
-bulk flows are copied too (which moves about twice what StreamReader and
-StreamWriter do). Pipes and buffers come from a shared pool and are held only while data
-flows, so an idle connection holds neither: 1,000 idle connections cost sockets and two
-pending futures each. Measured in bench/RESULTS.md.
+bulk flows are copied too. Pipes and buffers come from a shared pool and are held only
+while data flows, so an idle connection holds neither: an idle connection costs its
+sockets, two registered readers and a few small objects. Measured in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -21,16 +21,19 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
 from reconciler.datapath.fdgate import DescriptorGate
+from reconciler.datapath.reactor import READ, WRITE
 
 BUFFER_SIZE = 256 * 1024
 POOL_KEEP = 64  # buffers kept for reuse; more are allocated under load and then freed
 PIPE_SIZE = 256 * 1024  # bytes a pipe holds (and one splice moves) at most
 PIPES_KEEP = 16  # empty pipes kept for reuse (two descriptors each)
 F_SETPIPE_SZ = 1031
+FLOW_BATCH = 16  # chunks a flow moves per readiness, at most (a turn for other work)
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -85,10 +88,6 @@ class BufferPool:
         self.gate.pipes -= 1
 
 
-async def wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    await _wait(loop, sock, loop.add_reader, loop.remove_reader)
-
-
 async def wait_writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     await _wait(loop, sock, loop.add_writer, loop.remove_writer)
 
@@ -111,27 +110,38 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any,
             remove(fd)
 
 
-async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                  address: tuple[str, int], timeout: float) -> None:
-    """Connect the non-blocking sock to address; OSError with the connect's error,
-    TimeoutError after timeout seconds. A backend on this host is usually connected by the
-    time connect() returns (the handshake runs within it): then no turn of the loop, and no
-    timer, is spent learning it."""
-    try:
-        sock.connect(address)
-        return
-    except (BlockingIOError, InterruptedError):  # in progress (as asyncio's sock_connect)
-        pass
+def start_connect(sock: socket.socket, address: tuple[str, int]) -> bool:
+    """Begin connecting the non-blocking sock to address: True when it is connected already
+    (a backend on this host usually is: the handshake runs within connect()), False while in
+    progress (writable once done; SO_ERROR then says how); OSError when it failed at once."""
+    err = sock.connect_ex(address)
+    if err == 0:
+        return True
+    if err not in (errno.EINPROGRESS, errno.EINTR):
+        raise OSError(err, os.strerror(err))
     try:
         sock.getpeername()
-        return
+        return True
     except OSError:  # ENOTCONN: still in progress, or failed (SO_ERROR says which)
-        pass
-    async with asyncio.timeout(timeout):  # no task of its own
-        await wait_writable(loop, sock)
+        return False
+
+
+def connect_result(sock: socket.socket) -> None:
+    """After a connect in progress made sock writable: OSError with its error, if any."""
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
+
+
+async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                  address: tuple[str, int], timeout: float) -> None:
+    """Connect the non-blocking sock to address; OSError with the connect's error,
+    TimeoutError after timeout seconds (no timer when connected at once)."""
+    if start_connect(sock, address):
+        return
+    async with asyncio.timeout(timeout):  # no task of its own
+        await wait_writable(loop, sock)
+    connect_result(sock)
 
 
 class Stream:
@@ -144,64 +154,134 @@ class Stream:
         self.last = time.monotonic()
 
 
-async def pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket,
-               pool: BufferPool, stream: Stream, try_first: bool = True) -> None:
-    """Move src to dst until src's EOF, then half-close dst (its reader sees FIN; the other
-    direction keeps flowing). Errors propagate to the caller, which resets both sides.
-    try_first: read before waiting (a client's first bytes often come with its connection;
-    a backend just connected has rarely sent any)."""
-    buf: bytearray | None = None
-    pipe: tuple[int, int] | None = None
-    held = 0  # bytes in the pipe, not yet in dst
-    bulk = False  # a read filled a whole buffer: splice from now on (small ones: copied)
-    try:
-        while True:
-            if buf is None and pipe is None:
-                if not try_first:
-                    await wait_readable(loop, src)
-                try_first = False
-                pipe = pool.get_pipe() if bulk else None
-                if pipe is None:
-                    buf = pool.get()
+class Flow:
+    """One direction of a connection, src to dst, moved when its owner reports readiness
+    (edge-triggered: reactor.Reactor; no task, no future: a connection's setup and short
+    exchanges cost a few calls each), until src's EOF half-closes dst; the other direction
+    keeps flowing. While dst takes what was read, src is not read (backpressure); every
+    chunk updates stream (bytes, time of the last).
+
+    Edge-triggered means a report comes once per change, so a flow reads until EAGAIN, and
+    when it stops short of that (FLOW_BATCH chunks a turn, a full dst) it reads again by
+    itself (the next turn; once dst has taken everything). start() begins; done() is
+    called once src's EOF has been passed on, failed(exc) on an error of either socket (the
+    owner resets both). stop() returns what was lent and ignores every later report; it
+    is the owner's to call before closing the sockets."""
+
+    __slots__ = ("buf", "bulk", "dfd", "done", "dst", "end_at", "failed", "loop", "over", "pipe",
+                 "pool", "sfd", "src", "start_at", "stream", "writing")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, src: socket.socket,
+                 dst: socket.socket, pool: BufferPool, stream: Stream,
+                 done: Callable[[], None], failed: Callable[[OSError], None]) -> None:
+        self.loop, self.src, self.dst, self.pool, self.stream = loop, src, dst, pool, stream
+        self.sfd, self.dfd = src.fileno(), dst.fileno()
+        self.done, self.failed = done, failed
+        self.buf: bytearray | None = None  # lent while a chunk is copied
+        self.pipe: tuple[int, int] | None = None  # lent while a chunk is spliced
+        self.start_at = self.end_at = 0  # buf[start_at:end_at] or (pipe) end_at bytes: not sent
+        self.bulk = False  # a read filled a whole buffer: splice from now on
+        self.writing = False  # dst is full: src is not read until dst has taken the rest
+        self.over = False  # ended or stopped: reports are ignored
+
+    def start(self, try_first: bool = True) -> None:
+        """try_first: read now (whatever src holds already was reported before we started,
+        or comes with its connection); else at src's next report."""
+        if try_first:
+            self.readable()
+
+    def readable(self) -> None:
+        """src has something (or may have): move it, at most FLOW_BATCH chunks this turn."""
+        if self.over or self.writing:
+            return
+        pool, src, stream = self.pool, self.src, self.stream
+        try:
+            for _ in range(FLOW_BATCH):
+                buf, pipe = self.buf, self.pipe
+                if buf is None and pipe is None:
+                    pipe = self.pipe = pool.get_pipe() if self.bulk else None
+                    if pipe is None:
+                        buf = self.buf = pool.get()
+                try:
+                    n = (src.recv_into(buf) if pipe is None else
+                         os.splice(self.sfd, pipe[1], pool.pipe_size, flags=_SPLICE))
+                except BlockingIOError:  # nothing more for now: what was lent goes back
+                    self._give_back()
+                    return
+                if n == 0:
+                    self._end()
+                    return
+                stream.bytes += n
+                stream.last = time.monotonic()
+                self.start_at, self.end_at = 0, n
+                if not self._send():  # dst is full: its report resumes us (writable)
+                    self.writing = True
+                    return
+                if buf is not None and n == len(buf) and pool.splice and not self.bulk:
+                    self.bulk = True  # more waits: a bulk flow
+                    self._give_back()
+            self.loop.call_soon(self.readable)  # more may wait: the next turn
+        except OSError as exc:
+            self.failed(exc)
+
+    def _send(self) -> bool:
+        """Send what is held; True when all of it went."""
+        if self.pipe is None:
+            assert self.buf is not None
             try:
-                n = (src.recv_into(buf) if pipe is None else
-                     os.splice(src.fileno(), pipe[1], pool.pipe_size, flags=_SPLICE))
-            except BlockingIOError:  # nothing more for now: what was lent goes back
-                if pipe is not None:
-                    pool.put_pipe(pipe)
-                elif buf is not None:
-                    pool.put(buf)
-                buf = pipe = None
-                continue
-            if n == 0:
-                with suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
+                self.start_at += self.dst.send(
+                    memoryview(self.buf)[self.start_at:self.end_at])
+            except BlockingIOError:
+                return False
+            return self.start_at == self.end_at
+        while self.end_at:
+            try:
+                self.end_at -= os.splice(self.pipe[0], self.dfd, self.end_at, flags=_SPLICE)
+            except BlockingIOError:
+                return False
+        return True
+
+    def writable(self) -> None:
+        """dst may take more: send the rest, then read src again."""
+        if self.over or not self.writing:
+            return
+        try:
+            if not self._send():
                 return
-            stream.bytes += n
-            stream.last = time.monotonic()
-            if pipe is None:
-                assert buf is not None
-                try:
-                    sent = dst.send(memoryview(buf)[:n])  # all of it, as a rule
-                except BlockingIOError:
-                    sent = 0
-                if sent < n:  # dst is full: wait as it takes the rest (backpressure)
-                    await loop.sock_sendall(dst, memoryview(buf)[sent:n])
-                if n == len(buf) and pool.splice and not bulk:  # more waits: a bulk flow
-                    pool.put(buf)
-                    buf, bulk, try_first = None, True, True
-                continue
-            held = n
-            while held:  # into dst, as fast as it takes them (backpressure: we wait)
-                try:
-                    held -= os.splice(pipe[0], dst.fileno(), held, flags=_SPLICE)
-                except BlockingIOError:
-                    await wait_writable(loop, dst)
-    finally:
-        if buf is not None:
-            pool.put(buf)
-        if pipe is not None:
-            pool.put_pipe(pipe, empty=held == 0)
+        except OSError as exc:
+            self.failed(exc)
+            return
+        self.writing = False
+        self.readable()
+
+    def _give_back(self) -> None:
+        if self.pipe is not None:
+            self.pool.put_pipe(self.pipe, empty=self.end_at == 0)
+        elif self.buf is not None:
+            self.pool.put(self.buf)
+        self.buf = self.pipe = None
+        self.start_at = self.end_at = 0
+
+    def _end(self) -> None:
+        self.stop()
+        with suppress(OSError):
+            self.dst.shutdown(socket.SHUT_WR)
+        self.done()
+
+    def stop(self) -> None:
+        """Ignore every later report; return what was lent (a pipe that may still hold bytes
+        is closed)."""
+        self.over = True
+        self._give_back()
+
+
+def deliver(events: int, reading: Flow, writing: Flow) -> None:
+    """A socket's readiness report (reactor.Reactor) to the flow that reads it and the flow
+    that writes it."""
+    if events & READ:
+        reading.readable()
+    if events & WRITE:
+        writing.writable()
 
 
 def close(sock: socket.socket, reset: bool = False) -> None:

@@ -26,6 +26,7 @@ from reconciler.datapath import pinger, relay, supervisor
 from reconciler.datapath.fdgate import DescriptorGate
 from reconciler.datapath.listeners import IP_FREEBIND, IPV6_FREEBIND
 from reconciler.datapath.proxyserver import ProxyServer
+from reconciler.datapath.reactor import Reactor
 from reconciler.datapath.selector import ExclusiveEpollSelector
 from reconciler.datapath.shared import Shared
 from reconciler.gue import tables as gt
@@ -126,6 +127,7 @@ class Worker:
         self.listeners: dict[int, list[socket.socket]] = {}  # per slot: IPv4, then IPv6
         self.exclusive: set[int] = set()  # the listeners served: datapath/selector.py
         self.servers: dict[int, ProxyServer] = {}
+        self.reactor: Reactor | None = None  # every proxy's connections (made on the loop)
         self.configs: dict[int, bytes] = {}
         self.bad_configs: set[bytes] = set()
         self.status_path = supervisor.report_path(pin_root, index)
@@ -204,9 +206,11 @@ class Worker:
                 continue
             server = self.servers.get(slot)
             if server is None:
+                if self.reactor is None:
+                    self.reactor = Reactor(asyncio.get_running_loop())
                 server = self.servers[slot] = ProxyServer(self.listeners[slot], config,
                                                           self.buffers, self.gate, self.shared,
-                                                          self.exclusive)
+                                                          self.exclusive, self.reactor)
                 server.start()
             else:
                 server.update(config)
