@@ -96,7 +96,9 @@ class Session:
             return
         self._dial((self.target.address, self.target.port))
 
-    def _dial(self, address: tuple[str, int]) -> None:
+    def _dial(self, address: tuple[str, int], deadline: float | None = None) -> None:
+        """Connect to address. Out of descriptors, wait for a connection to end and try
+        again, until deadline (the connect timeout from the first try)."""
         proxy = self.proxy
         try:
             sock = socket.socket(family(address[0]), socket.SOCK_STREAM)
@@ -104,10 +106,11 @@ class Session:
             if exc.errno not in EXHAUSTED:
                 self._dial_failed(address, exc)
                 return
-            proxy.counters.fd_exhausted += 1  # wait for a connection to end, then again
+            proxy.counters.fd_exhausted += 1
+            if deadline is None:
+                deadline = time.monotonic() + proxy.config.connect_timeout
             self._waiting = proxy.loop.create_task(self._dial_after_pause(
-                address, time.monotonic() + proxy.config.connect_timeout,
-                exc.strerror or "EMFILE"))
+                address, deadline, exc.strerror or "EMFILE"))
             return
         self.backend = sock
         try:
@@ -137,7 +140,7 @@ class Session:
         if time.monotonic() >= deadline:
             self._dial_failed(address, TimeoutError("no file descriptor"))
         else:
-            self._dial(address)
+            self._dial(address, deadline)
 
     def _dial_reported(self, address: tuple[str, int]) -> None:
         """The backend socket's readiness changed while connecting: done, failed, or (a
