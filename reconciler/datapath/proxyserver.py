@@ -170,7 +170,7 @@ class ProxyServer:
                     await asyncio.sleep(ACCEPT_BACKOFF)
         finally:
             self._watched.pop(fd, None)
-            if listener.fileno() == fd:  # closed (close()): fd may be another's already
+            if listener.fileno() == fd:  # still ours: once closed, fd may be another's
                 with suppress(Exception):
                     loop.remove_reader(fd)
 
@@ -184,6 +184,8 @@ class ProxyServer:
         the queue empty took it for nothing). A connection accepted as another worker took
         the last place waits here, unserved and uncounted as it would in the listen queue,
         and goes first once there is room (_parked)."""
+        if self._closed:  # a turn asked for before close()
+            return
         config = self.config
         limit = config.max_connections
         batch, self._parked = self._parked, []
