@@ -66,6 +66,9 @@ class DescriptorGate:
         self._freed.clear()
         with suppress(TimeoutError):
             await asyncio.wait_for(self._freed.wait(), PAUSE_MAX_S)
+        # the connections may all have ended before the pause began (they end within a
+        # turn of the loop): then no later end or accept would say that the episode is over
+        self.resume()
 
     def resume(self) -> None:
         """An accept succeeded or a connection ended. The episode ends (logged) once the

@@ -6,6 +6,9 @@ import asyncio
 import errno
 from pathlib import Path
 
+import pytest
+
+from reconciler.datapath import fdgate
 from reconciler.datapath.fdgate import EXHAUSTED, HEADROOM, DescriptorGate
 from reconciler.load.directory import load_directory
 from reconciler.steering.checks import DESCRIPTOR_LIMIT, descriptors_needed
@@ -48,6 +51,23 @@ def test_a_pause_ends_when_a_connection_ends_and_logs_once_per_episode(caplog) -
     assert (gate.pauses, gate.episodes, gate.paused) == (2, 1, False)
     assert caplog.text.count("out of file descriptors") == 1
     assert caplog.text.count("descriptors free again") == 1
+
+
+def test_a_pause_begun_after_every_connection_ended_ends_the_episode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last connection can end before the accept loop's pause begins: nothing ends or is
+    accepted afterwards, so the pause itself must see that the episode is over."""
+    monkeypatch.setattr(fdgate, "PAUSE_MAX_S", 0.01)
+
+    async def run() -> DescriptorGate:
+        gate = DescriptorGate(limit=2 * HEADROOM, base=0)
+        gate.opened()
+        gate.released()  # the last one ended...
+        await gate.pause("web", "two per connection")  # ...before the pause
+        return gate
+
+    gate = asyncio.run(run())
+    assert (gate.episodes, gate.paused) == (1, False)
 
 
 def _proxy(pid: int, max_connections: int) -> str:
