@@ -8,8 +8,9 @@ moved in the kernel, never copied into Python), as HAProxy's splice-auto does; t
 still sees every chunk, so half-close, backpressure, resets, byte counts and idle times
 work as for a copy. Where no pipe can be had (out of descriptors, BPFSYNC_RELAY=copy),
 bulk flows are copied too. Pipes and buffers come from a shared pool and are held only
-while data flows, so an idle connection holds neither: an idle connection costs its
-sockets, two registered readers and a few small objects. Measured in bench/RESULTS.md.
+while data flows, so an idle connection holds neither: it costs its sockets, their two
+entries in the worker's epoll (reactor.Reactor) and a few small objects. Measured in
+bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -46,9 +46,11 @@ async def _upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
-async def _proxy(config: RuntimeConfig) -> tuple[ProxyServer, int]:
+async def _proxy(config: RuntimeConfig,
+                 view: shared.Shared | None = None) -> tuple[ProxyServer, int]:
+    """A proxy on a listener of its own (view: its worker's view of the shared table)."""
     listener = socket.create_server((LOOP, 0))
-    proxy = ProxyServer([listener], config, relay.BufferPool())
+    proxy = ProxyServer([listener], config, relay.BufferPool(), shared=view)
     proxy.start()
     return proxy, listener.getsockname()[1]
 
@@ -217,10 +219,7 @@ def test_accepted_beyond_the_room_another_worker_took_waits_uncounted_then_is_se
         server, port = await _backend(_upper)
         config = dataclasses.replace(_config(port), max_connections=2)
         slot = config.slot
-        listener = socket.create_server((LOOP, 0))
-        proxy = ProxyServer([listener], config, relay.BufferPool(), shared=mine)
-        proxy.start()
-        front = listener.getsockname()[1]
+        proxy, front = await _proxy(config, mine)
         assert other.admit(slot, 2)  # the other worker holds one place
         clients = [await asyncio.open_connection(LOOP, front) for _ in range(3)]
         for _, writer in clients:
