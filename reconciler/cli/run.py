@@ -30,13 +30,18 @@ def workers(text: str) -> int:
 
 def cmd_datapath(args: argparse.Namespace) -> int:
     from reconciler.daemon import logs
+    from reconciler.datapath import standby
     from reconciler.datapath import worker as datapath
 
     logs.setup(os.environ.get("BPFSYNC_LOG_FORMAT", "text"))
+    try:
+        join = standby.join_load(os.environ.get(standby.ENV))
+    except ValueError as exc:
+        raise BpfsyncError(str(exc)) from None
     if args.worker:
         return datapath.run_worker(pin_root(args), args.control_fd, args.generation,
                                    args.netns, args.worker_index, args.workers or 1,
-                                   Path(args.shared) if args.shared else None)
+                                   Path(args.shared) if args.shared else None, join)
     return datapath.run(pin_root(args), args.netns, args.workers)
 
 

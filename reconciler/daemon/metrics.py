@@ -80,6 +80,8 @@ CATALOG: tuple[MetricDoc, ...] = (
     _m("bpfsync_map_fill_ratio", "gauge", "map", "Entries / capacity per pinned map"),
     _m("bpfsync_datapath_up", "gauge", "", "1 when the data-path worker runs"),
     _m("bpfsync_datapath_restarts_total", "counter", "", "Data-path worker restarts"),
+    _m("bpfsync_datapath_workers_accepting", "gauge", "", "Data-path workers watching the "
+       "listeners now (the others stand by until those are busy)"),
     _m("bpfsync_datapath_fd_exhausted_total", "counter", "", "Accepts and dials of the data "
        "path that waited for a free file descriptor"),
     _m("bpfsync_datapath_descriptors", "gauge", "kind", "File descriptors of the data-path "
@@ -184,6 +186,8 @@ def _maps(f: _Families, r: dict[str, Any]) -> None:
 def _datapath(f: _Families, dp: dict[str, Any]) -> None:
     f.add("bpfsync_datapath_up", [], 1 if dp.get("state") == "running" else 0)
     f.add("bpfsync_datapath_restarts_total", [], dp.get("restarts", 0))
+    if isinstance(dp.get("workersAccepting"), int):
+        f.add("bpfsync_datapath_workers_accepting", [], dp["workersAccepting"])
     f.add("bpfsync_gue_pings_sent_total", [], dp.get("pingsSent", 0))
     fds = dp.get("descriptors") or {}
     f.add("bpfsync_datapath_fd_exhausted_total", [], fds.get("exhausted", 0))

@@ -132,6 +132,9 @@ def _datapath_report(d: Daemon, error: str | None,
     report = {"state": state, "netns": sup.netns, **s, "error": error}
     if worker_report:
         report["pingsSent"] = worker_report.get("pingsSent", 0)
+        # the others stand by until those are busy (datapath/standby.py)
+        report["workersAccepting"] = sum(1 for w in worker_report.get("workers", [])
+                                         if w.get("accepting", True))
         fds = worker_report.get("descriptors")
         if fds:
             proxies = d.good.of(Proxy).values() if d.good else ()

@@ -79,6 +79,8 @@ def status_text(doc: dict[str, Any]) -> str:
         total = len(dp.get("workerPids", pids))
         line += (f" (worker pid {pids[0]}" if total == 1 else
                  f" ({len(pids)} of {total} workers, pids {', '.join(map(str, pids))}")
+        if total > 1 and isinstance(dp.get("workersAccepting"), int):  # the rest stand by
+            line += f", {dp['workersAccepting']} accepting"
         line += f", netns {dp['netns']}" if dp.get("netns") else ""
         line += ")"
     if dp.get("restarts"):

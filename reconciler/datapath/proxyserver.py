@@ -64,6 +64,8 @@ class ProxyServer:
         self._watched: dict[int, tuple[socket.socket, asyncio.Future[tuple[str, str]]]] = {}
         self._ended = asyncio.Event()  # a connection of ours ended (its place is free)
         self._parked: list[socket.socket] = []  # accepted; admitted once there is room
+        self._serving = asyncio.Event()  # clear: standing by, the listeners unwatched
+        self._serving.set()
         self._closed = False
 
     # ----- life cycle
@@ -78,6 +80,19 @@ class ProxyServer:
                      "none resolved" if self.config.backends else "none (original destinations)"))
         await asyncio.gather(*map(self._accept_loop, self.listeners), self._resolve_loop(),
                              self._sweep_loop())
+
+    def stand_by(self, on: bool) -> None:
+        """on: stop watching the listeners (other workers accept; datapath/standby.py);
+        off: watch them again. Connections already accepted are served either way."""
+        if on == (not self._serving.is_set()):
+            return
+        if not on:
+            self._serving.set()
+            return
+        self._serving.clear()
+        for _, paused in self._watched.values():
+            if not paused.done():
+                paused.set_result(("standby", ""))
 
     def update(self, config: RuntimeConfig) -> None:
         """New settings for new connections; established ones keep their backend."""
@@ -152,6 +167,8 @@ class ProxyServer:
         fd = listener.fileno()
         try:
             while True:
+                if not self._parked:  # (those are served even while standing by)
+                    await self._serving.wait()
                 paused: asyncio.Future[tuple[str, str]] = loop.create_future()
                 loop.add_reader(fd, self._accept_ready, listener, paused)
                 self._watched[fd] = (listener, paused)
@@ -163,6 +180,8 @@ class ProxyServer:
                 if why == "full":  # one of ours ends, or maybe another worker's did
                     with suppress(TimeoutError):
                         await asyncio.wait_for(self._ended.wait(), ROOM_POLL)
+                elif why == "standby":
+                    continue
                 elif why == "descriptors":  # wait for a connection to end, no spinning
                     self.counters.fd_exhausted += 1
                     await self.gate.pause(self.config.name, detail)
@@ -190,6 +209,8 @@ class ProxyServer:
         limit = config.max_connections
         batch, self._parked = self._parked, []
         room = limit - self.shared.total(config.slot) - len(batch)
+        if not self._serving.is_set():  # standing by: the parked only
+            room = min(room, 0)
         for _ in range(min(ACCEPT_BATCH, room)):
             if paused.done():
                 break

@@ -66,6 +66,7 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
                                        if n in d.get("proxies", {})]) for n in names}
     out["workers"] = [{"worker": d.get("worker", 0), "pid": d.get("pid"),
                        "generation": d.get("generation"), "time": d.get("time"),
+                       "accepting": d.get("accepting", True),  # or standing by (standby.py)
                        "active": sum(p.get("active", 0) for p in d.get("proxies", {}).values()),
                        "accepted": sum(p.get("accepted", 0)
                                        for p in d.get("proxies", {}).values()),

@@ -32,7 +32,9 @@ MAX_WORKERS = 64
 SLOTS = 64  # steering's slots (1-63) and 0, unused
 _CELL = struct.Struct("=q")
 STRIDE = _CELL.size * (1 + MAX_WORKERS)  # the turn, then a count per worker
-SIZE = STRIDE * SLOTS
+LOADS = STRIDE * SLOTS  # then per worker: its load (CPU per second, in 1e-6) and when
+_LOAD = struct.Struct("=qq")
+SIZE = LOADS + _LOAD.size * MAX_WORKERS
 
 
 def create(path: Path) -> None:
@@ -133,6 +135,21 @@ class Shared:
             _CELL.pack_into(self._map, self._cell(slot, 0), turn)
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN, STRIDE, slot * STRIDE)
+
+    def report_load(self, load: float, at: float) -> None:
+        """This worker's load (CPU seconds per second) at `at` (time.monotonic(), which is
+        the host's), for the standby workers (standby.py); one writer per cell, no lock."""
+        if self._map is not None:
+            _LOAD.pack_into(self._map, LOADS + _LOAD.size * self.worker, round(load * 1e6),
+                            round(at * 1e9))
+
+    def loads(self) -> list[tuple[float, float]]:
+        """Every worker's last (load, reported at); (0, 0) for one that never reported."""
+        if self._map is None:
+            return [(0.0, 0.0)] * self.workers
+        return [(load / 1e6, at / 1e9) for load, at in
+                (_LOAD.unpack_from(self._map, LOADS + _LOAD.size * i)
+                 for i in range(self.workers))]
 
     def forget_worker(self, worker: int) -> None:
         """Zero a dead worker's counts (its connections ended with it); supervisor only."""

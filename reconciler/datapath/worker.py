@@ -29,6 +29,7 @@ from reconciler.datapath.proxyserver import ProxyServer
 from reconciler.datapath.reactor import Reactor
 from reconciler.datapath.selector import ExclusiveEpollSelector
 from reconciler.datapath.shared import Shared
+from reconciler.datapath.standby import CHECK_EVERY, Standby, host_idle
 from reconciler.gue import tables as gt
 from reconciler.kernel import fdlimit, netns
 from reconciler.kernel.maps import read_pin
@@ -112,15 +113,18 @@ class Pinger:
 
 class Worker:
     """The data-path worker: proxies on the listeners its supervisor passes (every worker
-    accepts from the same listeners), GUE pings (the first worker only)."""
+    has the same listeners; the first accepts at all times, the others while they are
+    needed: standby.py), GUE pings (the first worker only)."""
 
     def __init__(self, pin_root: Path, control: socket.socket, generation: int,
-                 index: int = 0, workers: int = 1, shared: Path | None = None) -> None:
+                 index: int = 0, workers: int = 1, shared: Path | None = None,
+                 join: float = 0.0) -> None:
         self.pin_root = pin_root
         self.control = control
         self.generation = generation
         self.index = index
         self.shared = Shared(shared, index, workers)
+        self.standby = Standby(index, join if self.shared.shared else 0.0)
         self.pinger = Pinger(pin_root)
         self.gate = DescriptorGate(fdlimit.raise_to_hard(), fdlimit.open_count())
         self.buffers = relay.BufferPool(gate=self.gate)
@@ -211,6 +215,7 @@ class Worker:
                 server = self.servers[slot] = ProxyServer(self.listeners[slot], config,
                                                           self.buffers, self.gate, self.shared,
                                                           self.exclusive, self.reactor)
+                server.stand_by(not self.standby.accepting)
                 server.start()
             else:
                 server.update(config)
@@ -246,6 +251,30 @@ class Worker:
                 self._reconcile_servers()
             await asyncio.sleep(supervisor.TICK)
 
+    async def _standby_loop(self) -> None:
+        """Report this worker's load every CHECK_EVERY; a worker after the first accepts
+        only while the workers before it need it (datapath/standby.py)."""
+        if not self.shared.shared:
+            return
+        cpu, at = time.process_time(), time.monotonic()
+        while not self.done.is_set():
+            await asyncio.sleep(CHECK_EVERY)
+            cpu0, at0, cpu, at = cpu, at, time.process_time(), time.monotonic()
+            self.shared.report_load((cpu - cpu0) / max(at - at0, 1e-3), at)
+            if self.standby.join <= 0 or self.index == 0:
+                continue
+            try:
+                idle = host_idle()
+            except (OSError, ValueError, IndexError):
+                idle = None
+            was = self.standby.accepting
+            if self.standby.check(self.shared.loads(), at, idle) != was:
+                log.info("worker %d: %s", self.index, "accepting new connections (the workers "
+                         "before it are busy or not serving)" if not was else
+                         "standing by (the workers before it have room)")
+                for server in self.servers.values():
+                    server.stand_by(was)
+
     async def _ping_loop(self) -> None:
         if self.index != 0:  # one worker pings: a peer sees each ping once
             return
@@ -254,7 +283,7 @@ class Worker:
 
     def status(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "worker": self.index, "generation": self.generation,
-                "time": time.time(),
+                "time": time.time(), "accepting": self.standby.accepting,
                 "pingsSent": self.pinger.sent, "pinging": sorted(self.pinger.current),
                 # counted, not listed: /proc/self/fd of 10^5 connections every 0.25 s is not free
                 "descriptors": {"limit": self.gate.limit, "open": self.gate.held,
@@ -280,7 +309,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.done.set)
         tasks = [loop.create_task(c) for c in (self._config_loop(), self._ping_loop(),
-                                               self._status_loop())]
+                                               self._status_loop(), self._standby_loop())]
         await self.done.wait()
         with suppress(ValueError, OSError):
             loop.remove_reader(self.control.fileno())
@@ -322,11 +351,11 @@ def event_loop_runner(exclusive: set[int]) -> Callable[[Coroutine[Any, Any, None
 
 def run_worker(pin_root: Path, control_fd: int, generation: int,
                netns_name: str | None = None, index: int = 0, workers: int = 1,
-               shared: Path | None = None) -> int:
+               shared: Path | None = None, join: float = 0.0) -> int:
     if netns_name:
         netns.enter(netns_name)  # backends and GUE peers are reached from the proxies' netns
     control = socket.socket(fileno=control_fd)
-    worker = Worker(pin_root, control, generation, index, workers, shared)
+    worker = Worker(pin_root, control, generation, index, workers, shared, join)
     event_loop_runner(worker.exclusive)(worker.main())
     log.info("worker stopped after %d pings", worker.pinger.sent)
     return 0

@@ -110,15 +110,19 @@ class ProxyNet:
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout
 
-    def start_datapath(self, nofile: int | None = None, workers: int = 2) -> None:
+    def start_datapath(self, nofile: int | None = None, workers: int = 2,
+                       join: str | None = None) -> None:
         """nofile: a descriptor limit (soft and hard) for the data path and its workers;
-        workers: how many (stated, so that the tests do not depend on the CPUs)."""
+        workers: how many (stated, so that the tests do not depend on the CPUs); join:
+        BPFSYNC_WORKER_JOIN ("0": every worker accepts, for tests of what holds across
+        workers; datapath/standby.py)."""
         log = open(self.tmp / "datapath.log", "ab")  # noqa: SIM115 - the child owns it
         limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
+        env = {**os.environ, **({"BPFSYNC_WORKER_JOIN": join} if join is not None else {})}
         self.dp = subprocess.Popen([*limit, sys.executable, "-m", "reconciler", "--pin-root",
                                     str(self.root), "datapath", "--netns", self.ns,
                                     "--workers", str(workers)],
-                                   stdout=log, stderr=log, start_new_session=True)
+                                   stdout=log, stderr=log, start_new_session=True, env=env)
         log.close()
         self.procs.append(self.dp)
         wait_until(lambda: (r := self.reports()) and all(
@@ -241,7 +245,7 @@ def test_fifty_steered_ports_reach_one_listener_and_backends(pn: ProxyNet) -> No
 def test_round_robin_is_even_and_health_checks_take_backends_out_and_back(pn: ProxyNet) -> None:
     pn.write(proxy_doc(ports="[80]"))
     pn.apply()
-    pn.start_datapath()
+    pn.start_datapath(join="0")  # both workers accept: the rotation is theirs together
     seen = pn.client("who", VIP, 80, 300)
     assert seen["errors"] == []
     assert all(99 <= n <= 101 for n in seen["names"].values()), seen
@@ -284,7 +288,7 @@ def _bytes_out_settled(pn: ProxyNet, before: int) -> int:
 def test_half_close_large_transfer_slow_reader_and_connection_limit(pn: ProxyNet) -> None:
     pn.write(proxy_doc(ports="[80]", extra="  maxConnections: 2\n  idleTimeoutSeconds: 30\n"))
     pn.apply()
-    pn.start_datapath()
+    pn.start_datapath(join="0")  # both workers accept: the limit is theirs together
     # Half-close: the client's FIN reaches the backend, which still sends everything back.
     big = pn.client("echo", VIP, 80, 64 << 20)
     assert big["match"] and big["received"] == 64 << 20
@@ -574,39 +578,46 @@ def exclusively_watched(pid: int) -> set[int]:
     return out
 
 
-def test_workers_share_one_queue_a_stopped_or_killed_worker_delays_nobody(
+def test_a_standby_worker_takes_over_from_a_stopped_one_and_killed_ones_refuse_nobody(
         pn: ProxyNet) -> None:
-    """Two workers accept from the same listener. One frozen (SIGSTOP): the other serves
-    every new connection, with the round-robin turn still exact across both. Both killed at
-    once: connections wait in the queue and the restarted workers serve them; none
-    refused."""
+    """Two workers, one listen queue. At this load the second stands by (watches no
+    listener, datapath/standby.py) and the first watches the listeners with EPOLLEXCLUSIVE.
+    The first frozen (SIGSTOP): its load report goes stale, the second joins and serves
+    every new connection, with the round-robin turn still exact. Both killed at once:
+    connections wait in the queue and the restarted workers serve them; none refused."""
     pn.write(proxy_doc(ports="[80]"))
     pn.apply()
     pn.start_datapath(workers=2)
     sup = wait_until(lambda: (s := pn.supervisor()) and all(s["workerPids"]) and s, 60)
     assert len(sup["workerPids"]) == 2 and len(set(sup["workerPids"])) == 2
-    both = wait_until(lambda: (r := read_datapath_status(pn.root)) and len(r["workers"]) == 2
-                      and r, 60)
+    # (the second accepts until the first's load reports come in, then stands by)
+    both = wait_until(lambda: (r := read_datapath_status(pn.root)) and [
+        w["accepting"] for w in r["workers"]] == [True, False] and r, 60)
     frozen, serving = sup["workerPids"]
-    # one wake-up per connection: each worker watches the proxy's listeners (the supervisor
-    # holds them; the backends listen in the namespace too) with EPOLLEXCLUSIVE
+    # the proxy's listeners, as the kernel holds them (the supervisor's; the backends listen
+    # in the namespace too): watched by the first worker, exclusively; not by the second
     listening = {int(f.split(":", 1)[1]) for f in sh(
         f"ip netns exec {pn.ns} ss -Hltne").stdout.split() if f.startswith("ino:")}
     listening &= held_sockets(sup["pid"])
     assert listening
-    for pid in sup["workerPids"]:
-        assert exclusively_watched(pid) == listening, (pid, listening)
+    assert exclusively_watched(frozen) == listening
+    assert exclusively_watched(serving) == set()
     os.kill(frozen, signal.SIGSTOP)
     try:
         r = pn.client("who", VIP, 80, 30)
         # (the frozen worker's report goes stale and is left out; the other's is fresh)
         report = wait_until(lambda: (x := read_datapath_status(pn.root)) and [
             w["pid"] for w in x["workers"]] == [serving] and x, 60)
+        assert exclusively_watched(serving) == listening
     finally:
         os.kill(frozen, signal.SIGCONT)
     assert r["errors"] == [] and r["names"] == {"b1": 10, "b2": 10, "b3": 10}, r
+    assert report["workers"][0]["accepting"], report
     was = next(w["accepted"] for w in both["workers"] if w["pid"] == serving)
     assert report["workers"][0]["accepted"] >= was + 30, (both, report)
+    # the first back and the load light: the second stands by again
+    wait_until(lambda: (x := read_datapath_status(pn.root)) and [
+        w["accepting"] for w in x["workers"]] == [True, False], 60)
 
     stop = pn.stop_file()
     stream = pn.spawn("stream", VIP, 80, 300, 0.005, stop)

@@ -32,7 +32,7 @@ REPORT: dict[str, Any] = {
     "resources": {"Service": {"Synced": 2, "OutOfSync": 0, "Error": 0}},
     "drift": {"pending": 1, "correctedByKind": {"Service": 3}},
     "maps": {"ti_verify": {"entries": 2, "capacity": 131072}},
-    "dataPath": {"state": "running", "restarts": 1, "pingsSent": 7,
+    "dataPath": {"state": "running", "restarts": 1, "pingsSent": 7, "workersAccepting": 1,
                  "descriptors": {"limit": 1024, "open": 12, "needed": 30, "exhausted": 0}},
     "tunnels": [{"name": "t2", "remote": "learn", "healthy": True,
                  "learned": {"address": "198.51.100.2", "port": 6080, "ageSeconds": 3.5}},

@@ -2,7 +2,7 @@
 loopback in one process: bytes both ways with half-close, a refused backend retried on the
 next, a backend that speaks first or ends its side first, an idle connection reset, a
 client accepted beyond the room another worker took; and afterwards nothing is left
-watched, open or counted."""
+watched, open or counted; a proxy standing by."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import select
 import socket
+import struct
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -292,3 +293,34 @@ def test_a_backend_that_answers_and_half_closes_at_once_still_hears_the_client(
     finally:
         backend.close()
         thread.join(10)
+
+
+def _queued(listener: socket.socket) -> int:
+    """Connections waiting in listener's accept queue, as the kernel counts them (TCP_INFO
+    of a listener: tcpi_unacked)."""
+    return struct.unpack_from("=I", listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO,
+                                                        104), 24)[0]
+
+
+def test_a_proxy_standing_by_leaves_its_queue_alone_then_serves_it() -> None:
+    """A standby worker's proxy (datapath/standby.py) watches no listener: connections wait
+    in the kernel's queue, for the other workers; asked to accept again, it serves them."""
+    async def main() -> tuple[list[bytes], list[bytes], ProxyServer]:
+        server, port = await _backend(_upper)
+        proxy, front = await _proxy(_config(port))
+        first = [await _exchange(front, b"one")]  # watching, as a first worker does
+        proxy.stand_by(True)
+        waiting = [asyncio.ensure_future(_exchange(front, b"two%d" % i)) for i in range(3)]
+        listener = proxy.listeners[0]
+        await _until(lambda: _queued(listener) == 3)  # handshaken, and none accepted
+        assert proxy.counters.accepted == 1
+        proxy.stand_by(False)
+        later = await asyncio.gather(*waiting)
+        await _until(lambda: _settled(proxy))
+        proxy.close()
+        server.close()
+        return first, later, proxy
+
+    first, later, proxy = _run(main())
+    assert first == [b"ONE"] and later == [b"TWO%d" % i for i in range(3)]
+    assert (proxy.counters.accepted, proxy.counters.proxied) == (4, 4)
