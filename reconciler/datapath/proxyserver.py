@@ -48,6 +48,9 @@ class ProxyServer:
         self.exclusive = exclusive if exclusive is not None else set()
         for listener in listeners:
             listener.setblocking(False)
+            # accepted sockets inherit it (Linux clones the listener's tcp_sock): no
+            # setsockopt per connection
+            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.exclusive.add(listener.fileno())
         self.config = config
         self.buffers = pool

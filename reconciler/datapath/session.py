@@ -59,8 +59,7 @@ class Session:
 
     # ----- dialing
     def start(self) -> None:
-        try:
-            self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:  # (TCP_NODELAY: from the listener, ProxyServer)
             self.proxy.reactor.watch(self.client.fileno(), self._on_client)
         except OSError:
             self._finish(reset=True, counter="reset")
@@ -101,7 +100,8 @@ class Session:
         again, until deadline (the connect timeout from the first try)."""
         proxy = self.proxy
         try:
-            sock = socket.socket(family(address[0]), socket.SOCK_STREAM)
+            # non-blocking from the start: no ioctl after socket()
+            sock = socket.socket(family(address[0]), socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             if exc.errno not in EXHAUSTED:
                 self._dial_failed(address, exc)
@@ -114,7 +114,6 @@ class Session:
             return
         self.backend = sock
         try:
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if proxy.config.mark is not None:  # never intercepted again (Intercept proxyMark)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, proxy.config.mark)

@@ -1,5 +1,5 @@
 """Standby workers: a worker after the first accepts new connections only while the
-workers before it are busy and the host has a CPU to spare for it.
+workers before it are busy and the host has a CPU to spare for it, or they are saturated.
 
 Every worker that watches the listeners is woken for new connections whenever the workers
 before it are not waiting in epoll_wait (datapath/selector.py), however briefly they are
@@ -9,8 +9,10 @@ machine, two workers accepting opened 0.75 to 0.93 times HAProxy's connections p
 one worker 1.02 to 1.22 times (bench/RESULTS.md). So a worker k > 0 stands by (watches no
 listener) until the workers 0..k-1 use, on average, at least `join` of a CPU each and the
 host had at least SPARE CPUs idle meanwhile (a CPU for k to run on: where there is none, one
-more process only adds wake-ups to full CPUs). It stands by again once the workers before
-it would carry its load below LEAVE of `join` each, for LEAVE_AFTER checks in a row.
+more process only adds wake-ups to full CPUs), or they use SATURATED of a CPU each (they
+are the bottleneck: connections wait in the queue; one more worker gets the proxy a larger
+share of busy CPUs). It stands by again once the workers before it would carry its load
+below LEAVE of `join` each, for LEAVE_AFTER checks in a row.
 
 A worker whose load report is older than STALE (stopped, killed, hung in a long turn) counts
 as fully busy: the next worker joins at its next check, so a stopped or dead worker holds
@@ -31,6 +33,7 @@ JOIN = 0.8  # default: CPU per second of each worker before, on average, to join
 LEAVE = 0.75  # leave when the workers before would carry this one below this much of join
 LEAVE_AFTER = 10  # checks in a row (one second)
 SPARE = 0.5  # CPUs idle on the host, at least, to join for load
+SATURATED = 0.95  # CPU per second of each worker before, on average: join, idle CPUs or not
 ENV = "BPFSYNC_WORKER_JOIN"
 
 
@@ -82,7 +85,8 @@ class Standby:
         stale = any(now - at > STALE for _, at in reports[:self.index])
         spare = self._spare(idle)
         if not self.accepting:
-            if stale or (sum(before) / len(before) >= self.join and spare):
+            mean = sum(before) / len(before)
+            if stale or (mean >= self.join and (spare or mean >= SATURATED)):
                 self.accepting, self._quiet = True, 0
             return self.accepting
         carried = sum(loads) / len(before)  # each worker before, with our load too

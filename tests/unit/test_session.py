@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import select
 import socket
 import struct
@@ -324,3 +325,27 @@ def test_a_proxy_standing_by_leaves_its_queue_alone_then_serves_it() -> None:
     first, later, proxy = _run(main())
     assert first == [b"ONE"] and later == [b"TWO%d" % i for i in range(3)]
     assert (proxy.counters.accepted, proxy.counters.proxied) == (4, 4)
+
+
+def test_both_sockets_of_a_connection_are_non_blocking_and_without_nagle() -> None:
+    """As the kernel holds them: the client's TCP_NODELAY inherited from the listener, the
+    backend's socket made non-blocking by socket() itself."""
+    async def main() -> list[tuple[int, int, bool, bool]]:
+        server, port = await _backend(_upper)
+        proxy, front = await _proxy(_config(port))
+        reader, writer = await asyncio.open_connection(LOOP, front)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"X"  # connected, relaying
+        (session,) = proxy.conns
+        assert session.backend is not None
+        got = [(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE),
+                os.get_blocking(s.fileno()), s.getblocking())
+               for s in (session.client, session.backend)]
+        writer.close()
+        await _until(lambda: _settled(proxy))
+        proxy.close()
+        server.close()
+        return got
+
+    assert _run(main()) == [(1, socket.SOCK_STREAM, False, False)] * 2

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from reconciler.datapath import shared
-from reconciler.datapath.standby import JOIN, LEAVE_AFTER, STALE, Standby, host_idle, join_load
+from reconciler.datapath.standby import (
+    JOIN,
+    LEAVE_AFTER,
+    SATURATED,
+    STALE,
+    Standby,
+    host_idle,
+    join_load,
+)
 
 NOW = 1000.0
 SPARE = (10.0, NOW - 0.1), (10.1, NOW)  # host idle seconds over 0.1 s: one CPU spare
@@ -39,8 +47,11 @@ def test_join_zero_means_every_worker_accepts_at_all_times() -> None:
 def test_a_worker_joins_when_those_before_are_busy_and_the_host_has_a_cpu_to_spare() -> None:
     assert _check(Standby(1), [JOIN, 0.0])
     assert _check(Standby(2), [0.9, 0.8, 0.0])
-    # without idle CPUs it would only add wake-ups to full ones
-    assert not _check(Standby(1), [1.0, 0.0], FULL)
+    # without idle CPUs it would only add wake-ups to full ones; unless those before are
+    # saturated (the bottleneck: one more gets the proxy a larger share of the CPUs)
+    assert not _check(Standby(1), [0.9, 0.0], FULL)
+    assert _check(Standby(1), [SATURATED, 0.0], FULL)
+    assert not _check(Standby(2), [1.0, 0.8, 0.0], FULL)
 
 
 def test_a_stale_report_counts_as_a_worker_not_serving_and_the_next_joins_at_once() -> None:
