@@ -3,7 +3,8 @@
 Every accepting worker (standby.py) watches the same listening sockets (one accept queue,
 shared). With plain epoll a new connection wakes every idle worker, and all but one find the
 queue empty: wake-ups, accepts that fail and a lock taken for nothing, on cores the serving
-worker, clients and backends need. EPOLLEXCLUSIVE (Linux 4.5) wakes one worker of those waiting in epoll_wait.
+worker, clients and backends need. EPOLLEXCLUSIVE (Linux 4.5) wakes one worker of those
+waiting in epoll_wait.
 A worker that is not waiting (busy, stopped by SIGSTOP, killed) does not count as woken
 (fs/eventpoll.c, ep_poll_callback: a wake-up is reported only when the epoll has a waiter),
 so the wake-up goes on to the next worker and a frozen one holds nobody back. A worker

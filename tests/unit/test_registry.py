@@ -133,7 +133,8 @@ def test_status_text_prints_every_data_paths_sections() -> None:
                    "resyncSeconds": 30, "drift": "enforce"},
         "lastReconcile": None, "lastApplied": None, "errors": [], "resources": {},
         "outOfSync": [], "drift": {"correctedOperations": 0, "recentCorrections": []},
-        "dataPath": {"state": "running"}, "warnings": [],
+        "dataPath": {"state": "running", "workerPids": [11, 12], "workersAccepting": 1},
+        "warnings": [],
         "tunnels": [{"name": "up", "remote": "learn", "learned": None, "healthy": False}],
         "proxies": [{"name": "web", "healthy": 1, "backends": [{}, {}], "active": 3}],
         "transparentProxies": {
@@ -145,6 +146,8 @@ def test_status_text_prints_every_data_paths_sections() -> None:
             "no_listener": 0}}],
     }
     text = status_text(doc)
+    # the second worker stands by (datapath/standby.py)
+    assert "data path:       running (2 of 2 workers, pids 11, 12, 1 accepting)" in text
     assert "  tunnel up: remote not learned yet (not fresh)" in text
     assert "  proxy web: 1/2 backends healthy, 3 connections" in text
     assert "  transparent proxy apps (cgroup /a -> proxy web): 4 intercepted" in text
