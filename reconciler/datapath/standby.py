@@ -74,11 +74,16 @@ class Standby:
     _idle: tuple[float, float] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.accepting = self.index == 0 or self.join <= 0
+        self.accepting = self.fixed
+
+    @property
+    def fixed(self) -> bool:
+        """Accepts at all times: the first worker, or join 0 (nothing to check)."""
+        return self.index == 0 or self.join <= 0
 
     def check(self, reports: list[tuple[float, float]], now: float,
               idle: tuple[float, float] | None) -> bool:
-        if self.index == 0 or self.join <= 0:
+        if self.fixed:
             return True
         loads = [1.0 if now - at > STALE else load for load, at in reports[:self.index + 1]]
         before = loads[:self.index]

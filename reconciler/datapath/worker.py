@@ -261,7 +261,7 @@ class Worker:
             await asyncio.sleep(CHECK_EVERY)
             cpu0, at0, cpu, at = cpu, at, time.process_time(), time.monotonic()
             self.shared.report_load((cpu - cpu0) / max(at - at0, 1e-3), at)
-            if self.standby.join <= 0 or self.index == 0:
+            if self.standby.fixed:  # (no need to read the host's idle time)
                 continue
             try:
                 idle = host_idle()
