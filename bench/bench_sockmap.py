@@ -1,7 +1,10 @@
-"""The kernel path the proxy does not take (yet): is splicing two sockets with a sockhash and
-an sk_skb stream verdict program (bpf_sk_redirect_hash) faster than the worker's relay?
+"""The kernel paths the proxy does not take (yet): is splicing two sockets with a sockhash and
+an sk_skb stream verdict program (bpf_sk_redirect_hash) faster than the worker's relay? And
+is the local leg of a connection (a client on this host, as every TransparentProxy client
+is) faster when an sk_msg program hands each send to the peer socket's receive queue
+(bpf_msg_redirect_hash with BPF_F_INGRESS), skipping TCP over loopback?
 
-One bulk download per round through a scratch proxy in a scratch namespace, three ways,
+One bulk download per round through a scratch proxy in a scratch namespace, four ways,
 interleaved, medians over rounds:
 
   direct   client -> backend
@@ -9,11 +12,19 @@ interleaved, medians over rounds:
            splice(2) once a flow is bulk) -> backend
   sockmap  client -> proxy, whose two sockets sit in a SOCKHASH; the verdict program
            redirects each socket's bytes to the other's egress: no wakeup of the proxy
+  msg      as relay, but the client's socket and the proxy's accepted one are put in a
+           SOCKHASH by a sock_ops program (a scratch cgroup holds this process and the
+           clients) and an sk_msg program passes what either sends straight to the other's
+           receive queue: the client <-> proxy leg skips TCP
 
 The sockmap proxy only measures the mechanism's ceiling: it does not propagate EOF,
 resets or backpressure, which is what keeping it out of the product is about (see
 bench/RESULTS.md). The client waits 0.3 s after connecting so that both sockets are in the
 map before the first byte (timed from the request on).
+
+Then what a receiver that stops reading lets a sender queue (the bound a hostile or stuck
+client puts on the proxy's memory): one socket pair over TCP, one over the sk_msg path;
+the sender writes until EAGAIN, at most --stall-cap bytes or 10 s.
 
     .venv/bin/python bench/bench_sockmap.py [--bytes 2G] [--rounds 3]
     .venv/bin/python bench/bench_sockmap.py --smoke
@@ -26,12 +37,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import struct
 import subprocess
 import sys
 import uuid
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 
@@ -44,10 +57,13 @@ from tools import byte_size  # noqa: E402
 from reconciler.datapath import relay  # noqa: E402
 from reconciler.datapath.listeners import socket_cookie  # noqa: E402
 from reconciler.datapath.reactor import Reactor  # noqa: E402
-from reconciler.kernel import libbpf, netns  # noqa: E402
+from reconciler.kernel import cgroups, libbpf, netns  # noqa: E402
 
 BACKEND = ("192.0.2.1", 9000)
-PROXY = {"relay": ("192.0.2.1", 9001), "sockmap": ("192.0.2.1", 9002)}
+PROXY = {"relay": ("192.0.2.1", 9001), "sockmap": ("192.0.2.1", 9002),
+         "msg": ("192.0.2.1", 9003)}
+MSG_PORT = PROXY["msg"][1]  # connections to it take the sk_msg path
+PLAIN_PORT = 9004  # the stall test's TCP pair
 
 PROGRAM = r"""
 BPF_SOCKHASH(socks, u64, 1024);          // socket cookie -> socket
@@ -60,6 +76,28 @@ int verdict(struct __sk_buff *skb) {
         return SK_PASS;
     u64 key = *other;
     return socks.sk_redirect_hash(skb, &key, 0);  /* to the peer's egress */
+}
+
+/* The local leg: both ends of a connection to MSG_PORT, keyed by (local, remote) */
+struct pair { u32 local_ip; u32 remote_ip; u32 local_port; u32 remote_port; };
+BPF_SOCKHASH(local, struct pair, 1024);
+
+int established(struct bpf_sock_ops *ops) {
+    if (ops->family != 2 /* AF_INET */ || (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+                                         ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB))
+        return 0;
+    u32 remote_port = bpf_ntohl(ops->remote_port);  /* local_port is in host order */
+    if (ops->local_port != MSG_PORT && remote_port != MSG_PORT)
+        return 0;
+    struct pair key = {ops->local_ip4, ops->remote_ip4, ops->local_port, remote_port};
+    local.sock_hash_update(ops, &key, BPF_ANY);
+    return 0;
+}
+
+int to_peer(struct sk_msg_md *msg) {  /* the peer's key is ours reversed */
+    struct pair key = {msg->remote_ip4, msg->local_ip4, bpf_ntohl(msg->remote_port),
+                       msg->local_port};
+    return local.msg_redirect_hash(msg, &key, BPF_F_INGRESS);
 }
 """
 
@@ -117,7 +155,9 @@ async def proxy(listen: tuple[str, int], kind: str, socks_map: int, peers: int,
         backend = socket.socket()
         backend.setblocking(False)
         await loop.sock_connect(backend, BACKEND)
-        if kind == "relay":  # both directions on readiness reports, as a session does it
+        if kind in ("relay", "msg"):  # on readiness reports, as a session does it (msg:
+            # the client's leg is the kernel's; its socket is never spliced from, which would
+            # miss what sk_msg queued)
             up = relay.Flow(loop, client, backend, pool, relay.Stream(), _nothing, _nothing)
             down = relay.Flow(loop, backend, client, pool, relay.Stream(), _nothing, _nothing)
             reactor.watch(client.fileno(), partial(relay.deliver, reading=up, writing=down))
@@ -134,15 +174,43 @@ async def proxy(listen: tuple[str, int], kind: str, socks_map: int, peers: int,
         held += [client, backend]  # the kernel moves the bytes; the proxy never wakes
 
 
+STALL_CLIENT = r"""
+import json, socket, sys, time
+# a receiver that never reads: the sender (the accepting side) writes until EAGAIN
+port, cap = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.create_server(("127.0.0.1", port))
+c = socket.create_connection(("127.0.0.1", port))
+a, _ = srv.accept()
+a.setblocking(False)
+time.sleep(0.1)  # both ends established (and, on MSG_PORT, in the map)
+chunk, sent, t0 = b"x" * 65536, 0, time.monotonic()
+while sent < cap and time.monotonic() - t0 < 10:
+    try:
+        sent += a.send(chunk)
+    except BlockingIOError:
+        break
+print(json.dumps({"queued": sent}))
+"""
+
+
+def stalled(port: int, cap: int) -> int:
+    """Bytes a sender queued to a receiver that does not read (run inside the namespace and
+    the scratch cgroup, as a child: its memory is freed when it exits)."""
+    r = subprocess.run([sys.executable, "-c", STALL_CLIENT, str(port), str(cap)],
+                       capture_output=True, text=True, timeout=60, check=True)
+    return int(json.loads(r.stdout)["queued"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bytes", default="2G")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stall-cap", default="1G", help="most a stalled receiver is sent")
     ap.add_argument("--smoke", action="store_true", help="64 MiB, one round (CI)")
     args = ap.parse_args()
     if args.smoke:
-        args.bytes, args.rounds = "64M", 1
-    size = byte_size(args.bytes)
+        args.bytes, args.rounds, args.stall_cap = "64M", 1, "64M"
+    size, stall_cap = byte_size(args.bytes), byte_size(args.stall_cap)
     from bcc import BPF, BPFAttachType
 
     from reconciler.kernel.bcc_env import ensure_kernel_source
@@ -150,6 +218,9 @@ def main() -> int:
     ensure_kernel_source()  # BCC's headers, as the product compiles its programs
     ns = f"bsbsm{uuid.uuid4().hex[:6]}"
     procs: list[subprocess.Popen] = []
+    home = cgroups.current()
+    scratch = cgroups.fs_path(ns)  # this process and its clients, for the sock_ops program
+    cgroup_fd: int | None = None
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
@@ -160,14 +231,21 @@ def main() -> int:
                                text=True)
         procs.append(srv)
         assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        b = BPF(text=PROGRAM)
+        b = BPF(text=PROGRAM, cflags=[f"-DMSG_PORT={MSG_PORT}"])
         fn = b.load_func("verdict", BPF.SK_SKB)
         from bcc.libbcc import lib  # this BCC's Table does not know SOCKHASH: the raw fds
 
         socks_map, peers = (lib.bpf_table_fd(b.module, name) for name in (b"socks", b"peer"))
         BPF.attach_func(fn, socks_map, BPFAttachType.SK_SKB_STREAM_VERDICT)
+        local = lib.bpf_table_fd(b.module, b"local")
+        BPF.attach_func(b.load_func("to_peer", BPF.SK_MSG), local,
+                        BPFAttachType.SK_MSG_VERDICT)
+        cgroups.move(os.getpid(), ns)  # creates it; the clients, our children, follow
+        cgroup_fd = os.open(scratch, os.O_RDONLY)
+        BPF.attach_func(b.load_func("established", BPF.SOCK_OPS), cgroup_fd,
+                        BPFAttachType.CGROUP_SOCK_OPS)
 
-        results: dict[str, list[float]] = {"direct": [], "relay": [], "sockmap": []}
+        results: dict[str, list[float]] = {kind: [] for kind in ("direct", *PROXY)}
 
         proxies: list[asyncio.Task[None]] = []
 
@@ -179,7 +257,7 @@ def main() -> int:
                 await ready.wait()
             for r in range(args.rounds):
                 order = list(results)
-                for kind in order[r % 3:] + order[:r % 3]:
+                for kind in order[r % len(order):] + order[:r % len(order)]:
                     host, port = BACKEND if kind == "direct" else PROXY[kind]
                     c = await asyncio.create_subprocess_exec(
                         sys.executable, "-c", CLIENT, host, str(port), str(size),
@@ -192,10 +270,16 @@ def main() -> int:
 
         with netns.inside(ns):
             asyncio.run(run_all())
+            queued = {"TCP": stalled(PLAIN_PORT, stall_cap), "msg": stalled(MSG_PORT, stall_cap)}
     finally:
         for p in procs:
             p.kill()
             p.wait()
+        cgroups.move(os.getpid(), home)
+        if cgroup_fd is not None:
+            os.close(cgroup_fd)  # the program's attachment goes with the cgroup
+        with suppress(OSError):
+            scratch.rmdir()
         subprocess.run(["ip", "netns", "del", ns], check=False)
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"one download of {args.bytes}, median of {args.rounds} rounds")
@@ -204,6 +288,11 @@ def main() -> int:
     print(f"sockmap / relay: {med['sockmap'] / med['relay']:.2f}x; relay / direct: "
           f"{med['relay'] / med['direct']:.2f}x; sockmap / direct: "
           f"{med['sockmap'] / med['direct']:.2f}x")
+    print(f"msg / relay: {med['msg'] / med['relay']:.2f}x; msg / direct: "
+          f"{med['msg'] / med['direct']:.2f}x")
+    for path, n in queued.items():
+        print(f"queued to a receiver that does not read, {path}: {n / 2**20:.1f} MiB"
+              f"{' (the cap: no EAGAIN)' if n >= stall_cap else ''}")
     return 0
 
 

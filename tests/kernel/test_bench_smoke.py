@@ -54,7 +54,7 @@ def test_daemon_benchmark_runs() -> None:
     ("bench_gue.py", "| IPv6 | tunnel (IPv6 underlay) / no program |"),  # run with --ipv6
     ("bench_intercept.py", "IPv6/IPv4 at 10k: last rule"),  # run with --ipv6
     ("bench_fleet.py", "(b) one changed service to applied"),
-    ("bench_sockmap.py", "sockmap / relay:"),
+    ("bench_sockmap.py", "queued to a receiver that does not read, msg:"),
     ("bench_memory.py", "| no-op diff | **peak of the process** |"),
 ])
 def test_every_benchmark_runs_in_its_smoke_mode(bench: str, expect: str) -> None:
