@@ -3,11 +3,17 @@
 asyncio's loop watches a socket level-triggered, and every change of what is watched is a
 selector call and an epoll_ctl; every report is a Handle run by the loop. For the sockets of
 proxied connections that was a third of the interpreter's time per connection (bench/
-RESULTS.md, issue 24). Here each socket is added once, for reading and writing, edge-
-triggered (EPOLLET): its owner is told when something changed and keeps its own state
-(relay.Flow reads until EAGAIN, or asks for another turn). Nothing is ever modified, and
-nothing removed: closing a socket removes it from the epoll (it is never duplicated), and
-forget() drops its handler before that, so a reused descriptor never reaches a stale one.
+RESULTS.md, issue 24). Here each socket is added once, edge-triggered (EPOLLET): its owner
+is told when something changed and keeps its own state (relay.Flow reads until EAGAIN, or
+asks for another turn). Nothing is removed: closing a socket removes it from the epoll (it
+is never duplicated), and forget() drops its handler before that, so a reused descriptor
+never reaches a stale one.
+
+Writability is watched only where it is awaited: a connect in progress, or a destination
+that was full (want_write: one EPOLL_CTL_MOD, kept from then on). A socket added for
+writing reports at once that it is writable, and each such report of a connection's two
+sockets cost a turn of the loop for nothing, after the connection's first bytes and before
+the worker slept (bench/RESULTS.md).
 
 The epoll's own descriptor is one reader of the loop: the loop sleeps in one epoll_wait for
 everything, and a turn with connection events costs one more, non-blocking, epoll_wait.
@@ -22,7 +28,8 @@ from collections.abc import Callable
 
 log = logging.getLogger("bpfsync.proxy")
 
-EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+READING = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET  # what is watched, at least
+EVENTS = READING | select.EPOLLOUT  # and for writing
 READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 WRITE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
 BATCH = 256  # events taken per turn of the loop, at most (more: the next turn)
@@ -39,22 +46,40 @@ class Reactor:
         self.loop = loop
         self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
+        self._writers: set[int] = set()  # watched (or to be) for writing too
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
-    def watch(self, fd: int, handler: Handler) -> None:
+    def watch(self, fd: int, handler: Handler, write: bool = True) -> None:
         """Report fd's readiness to handler from now on (an fd that is ready now is
-        reported at once)."""
+        reported at once). write=False: its writability only once want_write(fd) asks."""
+        if write:
+            self._writers.add(fd)
         self._handlers[fd] = handler
         try:
-            self._epoll.register(fd, EVENTS)
+            self._epoll.register(fd, EVENTS if fd in self._writers else READING)
         except BaseException:
             del self._handlers[fd]
+            self._writers.discard(fd)
             raise
+
+    def want_write(self, fd: int) -> None:
+        """Report fd's writability from now on too (at once if it is writable now: nothing
+        is missed between a send's EAGAIN and this). For an fd not watched yet: once it is."""
+        if fd in self._writers:
+            return
+        self._writers.add(fd)
+        if fd in self._handlers:
+            self._epoll.modify(fd, EVENTS)
 
     def forget(self, fd: int) -> None:
         """fd is about to be closed (which removes it from the epoll): report nothing more,
         even what this turn already took."""
         self._handlers.pop(fd, None)
+        self._writers.discard(fd)
+
+    def fileno(self) -> int:
+        """The epoll's descriptor (its registrations: /proc/self/fdinfo/FD)."""
+        return self._epoll.fileno()
 
     @property
     def watched(self) -> int:
@@ -76,3 +101,4 @@ class Reactor:
         self.loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
         self._handlers.clear()
+        self._writers.clear()

@@ -167,17 +167,20 @@ class Flow:
     itself (the next turn; once dst has taken everything). start() begins; done() is
     called once src's EOF has been passed on, failed(exc) on an error of either socket (the
     owner resets both). stop() returns what was lent and ignores every later report; it
-    is the owner's to call before closing the sockets."""
+    is the owner's to call before closing the sockets. full(dfd), if given, is called when
+    dst is full: dst's writability is wanted from then on (Reactor.want_write); without it,
+    the owner watches dst's writability all along."""
 
-    __slots__ = ("buf", "bulk", "dfd", "done", "dst", "end_at", "failed", "loop", "over", "pipe",
-                 "pool", "sfd", "src", "start_at", "stream", "writing")
+    __slots__ = ("buf", "bulk", "dfd", "done", "dst", "end_at", "failed", "full", "loop", "over",
+                 "pipe", "pool", "sfd", "src", "start_at", "stream", "writing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, src: socket.socket,
                  dst: socket.socket, pool: BufferPool, stream: Stream,
-                 done: Callable[[], None], failed: Callable[[OSError], None]) -> None:
+                 done: Callable[[], None], failed: Callable[[OSError], None],
+                 full: Callable[[int], None] | None = None) -> None:
         self.loop, self.src, self.dst, self.pool, self.stream = loop, src, dst, pool, stream
         self.sfd, self.dfd = src.fileno(), dst.fileno()
-        self.done, self.failed = done, failed
+        self.done, self.failed, self.full = done, failed, full
         self.buf: bytearray | None = None  # lent while a chunk is copied
         self.pipe: tuple[int, int] | None = None  # lent while a chunk is spliced
         self.start_at = self.end_at = 0  # buf[start_at:end_at] or (pipe) end_at bytes: not sent
@@ -185,14 +188,18 @@ class Flow:
         self.writing = False  # dst is full: src is not read until dst has taken the rest
         self.over = False  # ended or stopped: reports are ignored
 
-    def start(self, try_first: bool = True) -> None:
+    def start(self, try_first: bool = True, watched_next: bool = False) -> None:
         """try_first: read now (whatever src holds already was reported before we started,
-        or comes with its connection); else at src's next report."""
+        or comes with its connection); else at src's next report. watched_next: src is
+        added to the epoll right after this (Reactor.watch, which reports at once what src
+        holds then, its EOF too), so a short first read need not be followed by one that
+        finds nothing (EAGAIN)."""
         if try_first:
-            self.readable()
+            self.readable(watched_next)
 
-    def readable(self) -> None:
-        """src has something (or may have): move it, at most FLOW_BATCH chunks this turn."""
+    def readable(self, short_ends: bool = False) -> None:
+        """src has something (or may have): move it, at most FLOW_BATCH chunks this turn.
+        short_ends: a read that did not fill the buffer ends the turn (start())."""
         if self.over or self.writing:
             return
         pool, src, stream = self.pool, self.src, self.stream
@@ -217,6 +224,11 @@ class Flow:
                 self.start_at, self.end_at = 0, n
                 if not self._send():  # dst is full: its report resumes us (writable)
                     self.writing = True
+                    if self.full is not None:
+                        self.full(self.dfd)
+                    return
+                if buf is not None and n < len(buf) and short_ends:
+                    self._give_back()
                     return
                 if buf is not None and n == len(buf) and pool.splice and not self.bulk:
                     self.bulk = True  # more waits: a bulk flow

@@ -59,11 +59,8 @@ class Session:
 
     # ----- dialing
     def start(self) -> None:
-        try:  # (TCP_NODELAY: from the listener, ProxyServer)
-            self.proxy.reactor.watch(self.client.fileno(), self._on_client)
-        except OSError:
-            self._finish(reset=True, counter="reset")
-            return
+        """Dial; the client is watched once connected (_connected). (TCP_NODELAY: from the
+        listener, ProxyServer.)"""
         self._next()
 
     def _next(self) -> None:
@@ -119,8 +116,9 @@ class Session:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, proxy.config.mark)
             connected = relay.start_connect(sock, address)
             # watched once connect() has begun (not before: an unconnected socket reports a
-            # hang-up); what it says before we listen is reported at once
-            proxy.reactor.watch(sock.fileno(), self._on_backend)
+            # hang-up); what it says before we listen is reported at once. Its writability
+            # only while connecting, or once full (relay.Flow.full)
+            proxy.reactor.watch(sock.fileno(), self._on_backend, write=not connected)
         except OSError as exc:
             self._dial_failed(address, exc)
             return
@@ -176,7 +174,7 @@ class Session:
 
     # ----- relaying
     def _on_client(self, events: int) -> None:
-        if self._flows is not None:  # while dialing: read once connected (try_first)
+        if self._flows is not None:  # (watched once they are)
             relay.deliver(events, *self._flows)
 
     def _on_backend(self, events: int) -> None:
@@ -196,14 +194,22 @@ class Session:
         else:  # no backends: its original destination
             proxy.counters.original += 1
         proxy.counters.proxied += 1
-        loop, pool = proxy.loop, proxy.buffers
+        loop, pool, reactor = proxy.loop, proxy.buffers, proxy.reactor
         up = relay.Flow(loop, self.client, self.backend, pool, self.up, self._flow_done,
-                        self._flow_failed)
+                        self._flow_failed, reactor.want_write)
         down = relay.Flow(loop, self.backend, self.client, pool, self.down, self._flow_done,
-                          self._flow_failed)
+                          self._flow_failed, reactor.want_write)
         self._flows = (up, down)
         down.start(try_first=reported)
-        up.start(try_first=True)
+        up.start(try_first=True, watched_next=True)
+        if self._finished:
+            return
+        # Watched after its first read: what that read took is not reported again (a turn of
+        # the loop for nothing), and what came since (its EOF too) is reported at once.
+        try:
+            reactor.watch(self.client.fileno(), self._on_client, write=False)
+        except OSError:
+            self._finish(reset=True, counter="reset")
 
     def _flow_done(self) -> None:
         if self._flows is not None and all(f.over for f in self._flows):

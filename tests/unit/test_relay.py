@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 
 import pytest
@@ -26,9 +27,11 @@ def _tcp_pair() -> tuple[socket.socket, socket.socket]:
 
 
 def _flow(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket,
-          pool: relay.BufferPool, stream: relay.Stream) -> tuple[relay.Flow, asyncio.Future[str]]:
+          pool: relay.BufferPool, stream: relay.Stream,
+          on_demand: bool = False) -> tuple[relay.Flow, asyncio.Future[str]]:
     """A flow told of its sockets' readiness as a session tells it (reactor.Reactor, edge-
-    triggered), and a future that says how it ended: "done" or the error's name."""
+    triggered), and a future that says how it ended: "done" or the error's name.
+    on_demand: dst's writability is watched only once the flow finds dst full."""
     ended: asyncio.Future[str] = loop.create_future()
 
     def done() -> None:
@@ -37,10 +40,12 @@ def _flow(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socke
     def failed(exc: OSError) -> None:
         ended.set_result(type(exc).__name__)
 
-    flow = relay.Flow(loop, src, dst, pool, stream, done, failed)
     reactor = Reactor(loop)
+    flow = relay.Flow(loop, src, dst, pool, stream, done, failed,
+                      reactor.want_write if on_demand else None)
     reactor.watch(src.fileno(), lambda events: events & READ and flow.readable())
-    reactor.watch(dst.fileno(), lambda events: events & WRITE and flow.writable())
+    reactor.watch(dst.fileno(), lambda events: events & WRITE and flow.writable(),
+                  write=not on_demand)
     ended.add_done_callback(lambda _: reactor.close())
     return flow, ended
 
@@ -98,7 +103,7 @@ def test_a_pipe_that_may_hold_bytes_is_closed_not_kept() -> None:
         os.fstat(pipe[0])
 
 
-async def _stalled_reader() -> tuple[int, int, int, str]:
+async def _stalled_reader(on_demand: bool) -> tuple[int, int, int, str]:
     """A reader that stops reading: the flow stops reading its source once dst is full (what
     it holds stays bounded), and moves the rest once the reader reads again; the reader's
     reset is reported as an error."""
@@ -110,7 +115,7 @@ async def _stalled_reader() -> tuple[int, int, int, str]:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     pool = relay.BufferPool(splice=True)
     stream = relay.Stream()
-    flow, ended = _flow(loop, src, dst, pool, stream)
+    flow, ended = _flow(loop, src, dst, pool, stream, on_demand)
     flow.start(try_first=True)
     sent = 0
     chunk = b"x" * (1 << 20)
@@ -137,8 +142,12 @@ async def _stalled_reader() -> tuple[int, int, int, str]:
     return sent, moved_while_stalled, got, result
 
 
-def test_a_stalled_reader_stops_the_flow_and_every_byte_arrives_once_it_reads() -> None:
-    sent, moved, got, result = asyncio.run(_stalled_reader())
+@pytest.mark.parametrize("on_demand", [False, True])
+def test_a_stalled_reader_stops_the_flow_and_every_byte_arrives_once_it_reads(
+        on_demand: bool) -> None:
+    """on_demand: dst's writability is watched from the moment it was found full
+    (Reactor.want_write), as a session watches its sockets."""
+    sent, moved, got, result = asyncio.run(_stalled_reader(on_demand))
     assert moved < sent and got == sent and result == "done"
 
 
@@ -185,3 +194,80 @@ def test_a_dial_is_connected_or_fails_with_the_connects_error() -> None:
         closed = probe.getsockname()
         with pytest.raises(ConnectionRefusedError):
             asyncio.run(_dial(closed))
+
+
+def test_writability_is_reported_where_it_is_wanted() -> None:
+    """watch(write=False): a writable socket is not reported; want_write reports it at once
+    (nothing missed between a send's EAGAIN and the ask), and once only; watch() alone
+    reports it at once."""
+    async def main() -> list[list[int]]:
+        reactor = Reactor(asyncio.get_running_loop())
+        a, b = _tcp_pair()
+        seen: list[list[int]] = []
+        reports: list[int] = []
+        reactor.watch(a.fileno(), reports.append, write=False)
+        reactor._dispatch()
+        seen.append(reports[:])
+        reactor.want_write(a.fileno())
+        reactor.want_write(a.fileno())  # asked again: nothing changes
+        reactor._dispatch()
+        reactor._dispatch()
+        seen.append(reports[:])
+        reports.clear()
+        reactor.watch(b.fileno(), reports.append)
+        reactor._dispatch()
+        seen.append(reports[:])
+        reactor.close()
+        a.close()
+        b.close()
+        return seen
+
+    unwatched, wanted, watched = asyncio.run(main())
+    assert unwatched == []
+    assert len(wanted) == 1 and wanted[0] & WRITE
+    assert len(watched) == 1 and watched[0] & WRITE
+
+
+def test_a_short_first_read_then_the_watch_misses_nothing() -> None:
+    """start(watched_next=True): the first read stops short of EAGAIN because src is
+    watched right after, and the watch reports what came meanwhile: bytes that arrived
+    between the read and the watch, and an EOF that came with the first bytes."""
+    async def main(eof_first: bool) -> tuple[bytes, str]:
+        loop = asyncio.get_running_loop()
+        client, src = _tcp_pair()
+        dst, reader = _tcp_pair()
+        ended: asyncio.Future[str] = loop.create_future()
+        reactor = Reactor(loop)
+        flow = relay.Flow(loop, src, dst, relay.BufferPool(), relay.Stream(),
+                          lambda: ended.set_result("done"),
+                          lambda exc: ended.set_result(type(exc).__name__), reactor.want_write)
+        client.sendall(b"ping")
+        if eof_first:
+            client.shutdown(socket.SHUT_WR)
+        await _until_readable(src)
+        flow.start(try_first=True, watched_next=True)
+        if not eof_first:  # more, and the EOF, before src is watched
+            client.sendall(b"pong")
+            client.shutdown(socket.SHUT_WR)
+            await _until_readable(src)
+        reactor.watch(src.fileno(), lambda events: events & READ and flow.readable(),
+                      write=False)
+        reactor.watch(dst.fileno(), lambda events: events & WRITE and flow.writable(),
+                      write=False)
+        got = bytearray()
+        while chunk := await loop.sock_recv(reader, 1 << 16):
+            got += chunk
+        result = await asyncio.wait_for(ended, 30)
+        reactor.close()
+        for s in (client, src, dst, reader):
+            s.close()
+        return bytes(got), result
+
+    for eof_first, want in ((True, b"ping"), (False, b"pingpong")):  # bounded: a miss hangs
+        assert asyncio.run(asyncio.wait_for(main(eof_first), 60)) == (want, "done")
+
+
+async def _until_readable(sock: socket.socket) -> None:
+    """Until sock has bytes (or its EOF) to read: the peer's send has arrived."""
+    while not select.select([sock], [], [], 0)[0]:
+        await asyncio.sleep(0.01)

@@ -2,7 +2,8 @@
 loopback in one process: bytes both ways with half-close, a refused backend retried on the
 next, a backend that speaks first or ends its side first, an idle connection reset, a
 client accepted beyond the room another worker took; and afterwards nothing is left
-watched, open or counted; a proxy standing by."""
+watched, open or counted; a proxy standing by; writability watched only where it is
+awaited."""
 
 from __future__ import annotations
 
@@ -325,6 +326,57 @@ def test_a_proxy_standing_by_leaves_its_queue_alone_then_serves_it() -> None:
     first, later, proxy = _run(main())
     assert first == [b"ONE"] and later == [b"TWO%d" % i for i in range(3)]
     assert (proxy.counters.accepted, proxy.counters.proxied) == (4, 4)
+
+
+def _registered(reactor_fd: int) -> dict[int, int]:
+    """Descriptor: the events its epoll watches it for, as the kernel holds them."""
+    held = {}
+    for line in Path(f"/proc/self/fdinfo/{reactor_fd}").read_text().splitlines():
+        if line.startswith("tfd:"):  # tfd: FD events: HEX data: ...
+            fields = line.split()
+            held[int(fields[1])] = int(fields[3], 16)
+    return held
+
+
+async def _big_on_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Each line upper-cased; "big" is answered with 32 MiB."""
+    while line := await reader.readline():
+        writer.write(b"y" * (32 << 20) if line == b"big\n" else line.upper())
+        await writer.drain()
+    writer.close()
+
+
+def test_writability_is_watched_only_where_it_is_awaited() -> None:
+    """A connected connection's sockets are watched for reading alone: added for writing, a
+    writable socket is reported at once, a turn of the worker's loop for nothing per socket
+    (bench/RESULTS.md). A client that stops reading is watched for writing from then on,
+    and gets every byte once it reads."""
+    async def main() -> tuple[int, int, int, int]:
+        server, port = await _backend(_big_on_request)
+        proxy, front = await _proxy(_config(port))
+        reader, writer = await asyncio.open_connection(LOOP, front)
+        writer.write(b"x\n")
+        assert await reader.readexactly(2) == b"X\n"  # connected, relaying
+        (session,) = proxy.conns
+        assert session.backend is not None
+        client, backend = session.client.fileno(), session.backend.fileno()
+        epoll = proxy.reactor.fileno()
+        before = _registered(epoll)
+        writer.write(b"big\n")  # 32 MiB back, which this client does not read yet
+        await _until(lambda: bool(_registered(epoll)[client] & select.EPOLLOUT))
+        during = _registered(epoll)
+        got = len(await reader.readexactly(32 << 20))
+        writer.close()
+        await _until(lambda: _settled(proxy))
+        proxy.close()
+        server.close()
+        return before[client], before[backend], during[backend], got
+
+    client, backend, backend_later, got = _run(main())
+    assert not client & select.EPOLLOUT and not backend & select.EPOLLOUT
+    assert client & select.EPOLLIN and backend & select.EPOLLIN and client & select.EPOLLET
+    assert not backend_later & select.EPOLLOUT  # it never was full
+    assert got == 32 << 20
 
 
 def test_both_sockets_of_a_connection_are_non_blocking_and_without_nagle() -> None:
