@@ -22,6 +22,7 @@ import pytest
 
 from reconciler.datapath import relay, shared
 from reconciler.datapath.proxyserver import ProxyServer
+from reconciler.datapath.session import Session
 from reconciler.steering.model import HealthCheck
 from reconciler.steering.proxyconf import RuntimeConfig
 
@@ -328,6 +329,29 @@ def test_a_proxy_standing_by_leaves_its_queue_alone_then_serves_it() -> None:
     assert (proxy.counters.accepted, proxy.counters.proxied) == (4, 4)
 
 
+async def _relaying(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                     Awaitable[None]]
+                    ) -> tuple[asyncio.Server, ProxyServer, asyncio.StreamReader,
+                               asyncio.StreamWriter, Session]:
+    """A backend that runs handle, a proxy to it, and a client whose connection through it
+    is relaying (a line went both ways, answered as _upper does): its session."""
+    server, port = await _backend(handle)
+    proxy, front = await _proxy(_config(port))
+    reader, writer = await asyncio.open_connection(LOOP, front)
+    writer.write(b"x\n")
+    assert await reader.readexactly(2) == b"X\n"
+    (session,) = proxy.conns
+    return server, proxy, reader, writer, session
+
+
+async def _close(server: asyncio.Server, proxy: ProxyServer, writer: asyncio.StreamWriter) -> None:
+    """The client's end, then the proxy's (once nothing is left) and the backend's."""
+    writer.close()
+    await _until(lambda: _settled(proxy))
+    proxy.close()
+    server.close()
+
+
 def _registered(reactor_fd: int) -> dict[int, int]:
     """Descriptor: the events its epoll watches it for, as the kernel holds them."""
     held = {}
@@ -352,12 +376,7 @@ def test_writability_is_watched_only_where_it_is_awaited() -> None:
     (bench/RESULTS.md). A client that stops reading is watched for writing from then on,
     and gets every byte once it reads."""
     async def main() -> tuple[int, int, int, int]:
-        server, port = await _backend(_big_on_request)
-        proxy, front = await _proxy(_config(port))
-        reader, writer = await asyncio.open_connection(LOOP, front)
-        writer.write(b"x\n")
-        assert await reader.readexactly(2) == b"X\n"  # connected, relaying
-        (session,) = proxy.conns
+        server, proxy, reader, writer, session = await _relaying(_big_on_request)
         assert session.backend is not None
         client, backend = session.client.fileno(), session.backend.fileno()
         epoll = proxy.reactor.fileno()
@@ -366,10 +385,7 @@ def test_writability_is_watched_only_where_it_is_awaited() -> None:
         await _until(lambda: bool(_registered(epoll)[client] & select.EPOLLOUT))
         during = _registered(epoll)
         got = len(await reader.readexactly(32 << 20))
-        writer.close()
-        await _until(lambda: _settled(proxy))
-        proxy.close()
-        server.close()
+        await _close(server, proxy, writer)
         return before[client], before[backend], during[backend], got
 
     client, backend, backend_later, got = _run(main())
@@ -383,21 +399,13 @@ def test_both_sockets_of_a_connection_are_non_blocking_and_without_nagle() -> No
     """As the kernel holds them: the client's TCP_NODELAY inherited from the listener, the
     backend's socket made non-blocking by socket() itself."""
     async def main() -> list[tuple[int, int, bool, bool]]:
-        server, port = await _backend(_upper)
-        proxy, front = await _proxy(_config(port))
-        reader, writer = await asyncio.open_connection(LOOP, front)
-        writer.write(b"x")
-        assert await reader.readexactly(1) == b"X"  # connected, relaying
-        (session,) = proxy.conns
+        server, proxy, _, writer, session = await _relaying(_upper)
         assert session.backend is not None
         got = [(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
                 s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE),
                 os.get_blocking(s.fileno()), s.getblocking())
                for s in (session.client, session.backend)]
-        writer.close()
-        await _until(lambda: _settled(proxy))
-        proxy.close()
-        server.close()
+        await _close(server, proxy, writer)
         return got
 
     assert _run(main()) == [(1, socket.SOCK_STREAM, False, False)] * 2
