@@ -156,8 +156,8 @@ async def proxy(listen: tuple[str, int], kind: str, socks_map: int, peers: int,
         backend.setblocking(False)
         await loop.sock_connect(backend, BACKEND)
         if kind in ("relay", "msg"):  # on readiness reports, as a session does it (msg:
-            # the client's leg is the kernel's; its socket is never spliced from, which would
-            # miss what sk_msg queued)
+            # the client's leg is the kernel's. The client sends one byte, so its socket is
+            # never spliced from: splice(2) would miss what sk_msg queued)
             up = relay.Flow(loop, client, backend, pool, relay.Stream(), _nothing, _nothing)
             down = relay.Flow(loop, backend, client, pool, relay.Stream(), _nothing, _nothing)
             reactor.watch(client.fileno(), partial(relay.deliver, reading=up, writing=down))
