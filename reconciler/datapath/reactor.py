@@ -1,4 +1,5 @@
-"""The proxied connections' sockets on one edge-triggered epoll, nested in the worker's loop.
+"""The proxied connections' sockets on one edge-triggered epoll: the worker loop's own, or
+one nested in another loop.
 
 asyncio's loop watches a socket level-triggered, and every change of what is watched is a
 selector call and an epoll_ctl; every report is a Handle run by the loop. For the sockets of
@@ -15,8 +16,11 @@ writing reports at once that it is writable, and each such report of a connectio
 sockets cost a turn of the loop for nothing, after the connection's first bytes and before
 the worker slept (bench/RESULTS.md).
 
-The epoll's own descriptor is one reader of the loop: the loop sleeps in one epoll_wait for
-everything, and a turn with connection events costs one more, non-blocking, epoll_wait.
+On a worker's loop (selector.ExclusiveEpollSelector) the sockets are on the loop's own
+epoll, and the selector hands their reports over from its select(): one epoll_wait for
+everything. On another loop (asyncio's default, uvloop) the reactor has an epoll of its
+own, one reader of the loop: a turn with connection events costs one more, non-blocking,
+epoll_wait.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import asyncio
 import logging
 import select
 from collections.abc import Callable
+
+from reconciler.datapath.selector import ExclusiveEpollSelector
 
 log = logging.getLogger("bpfsync.proxy")
 
@@ -44,10 +50,17 @@ class Reactor:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._epoll = select.epoll()
         self._handlers: dict[int, Handler] = {}
         self._writers: set[int] = set()  # watched (or to be) for writing too
-        loop.add_reader(self._epoll.fileno(), self._dispatch)
+        host = getattr(loop, "_selector", None)  # (asyncio's selector loops keep it there)
+        self._host = host if isinstance(host, ExclusiveEpollSelector) and host.guest is None \
+            else None
+        if self._host is not None:  # its reports come from the loop's select()
+            self._epoll = self._host.epoll
+            self._host.guest = self
+        else:
+            self._epoll = select.epoll()
+            loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def watch(self, fd: int, handler: Handler, write: bool = True) -> None:
         """Report fd's readiness to handler from now on (an fd that is ready now is
@@ -87,8 +100,14 @@ class Reactor:
         return len(self._handlers)
 
     def _dispatch(self) -> None:
+        """Its own epoll is readable (not on a worker's loop): take its reports."""
+        self.deliver(self._epoll.poll(0, BATCH))
+
+    def deliver(self, reports: list[tuple[int, int]]) -> None:
+        """Each report to its descriptor's handler; one that was forgotten meanwhile is
+        dropped. (From the worker's selector, or _dispatch.)"""
         handlers = self._handlers
-        for fd, events in self._epoll.poll(0, BATCH):
+        for fd, events in reports:
             handler = handlers.get(fd)
             if handler is None:
                 continue
@@ -98,7 +117,11 @@ class Reactor:
                 log.exception("connection handler failed (descriptor %d)", fd)
 
     def close(self) -> None:
-        self.loop.remove_reader(self._epoll.fileno())
-        self._epoll.close()
+        """Stop watching; the sockets are their owners' to close."""
+        if self._host is not None:
+            self._host.guest = None
+        else:
+            self.loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
         self._handlers.clear()
         self._writers.clear()

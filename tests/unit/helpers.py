@@ -75,3 +75,14 @@ def write_tree(root: Path, files: dict[str, str | bytes]) -> Path:
         else:
             path.write_text(textwrap.dedent(content) if content.startswith("\n") else content)
     return root
+
+
+def epoll_registrations(epoll_fd: int) -> dict[int, int]:
+    """{descriptor: the events an epoll watches it for}, as the kernel holds them
+    (/proc/self/fdinfo)."""
+    held = {}
+    for line in Path(f"/proc/self/fdinfo/{epoll_fd}").read_text().splitlines():
+        if line.startswith("tfd:"):  # tfd: FD events: HEX data: ...
+            fields = line.split()
+            held[int(fields[1])] = int(fields[3], 16)
+    return held

@@ -7,19 +7,14 @@ from __future__ import annotations
 import select
 import selectors
 import socket
-from pathlib import Path
 
-from reconciler.datapath.selector import ExclusiveEpollSelector
+from reconciler.datapath.selector import GUEST_BATCH, ExclusiveEpollSelector
+from tests.unit.helpers import epoll_registrations
 
 
 def _registered(sel: selectors.EpollSelector) -> dict[int, int]:
     """{descriptor: epoll events} as the kernel holds them."""
-    out = {}
-    for line in Path(f"/proc/self/fdinfo/{sel.fileno()}").read_text().splitlines():
-        if line.startswith("tfd:"):
-            f = line.split()
-            out[int(f[1])] = int(f[3], 16)
-    return out
+    return epoll_registrations(sel.fileno())
 
 
 def test_listeners_are_exclusive_other_descriptors_are_not_and_changes_still_work() -> None:
@@ -48,3 +43,49 @@ def test_listeners_are_exclusive_other_descriptors_are_not_and_changes_still_wor
             assert listener.fileno() not in _registered(sel)
         finally:
             sel.close()
+
+
+class _Guest:
+    """What reactor.Reactor is to the selector: descriptors of its own on the epoll."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+        self.got: list[int] = []
+
+    @property
+    def watched(self) -> int:
+        return len(self.fds)
+
+    def deliver(self, reports: list[tuple[int, int]]) -> None:
+        self.got += [fd for fd, _ in reports]
+
+
+def test_a_guests_reports_are_delivered_to_it_and_the_loops_keys_still_selected() -> None:
+    """More of the guest's descriptors ready than one select() takes (GUEST_BATCH): each is
+    delivered once, across selects; the selector's own registrations are returned as
+    asyncio's own selector returns them."""
+    pairs = [socket.socketpair() for _ in range(GUEST_BATCH + 44)]
+    mine, peer = socket.socketpair()
+    sel = ExclusiveEpollSelector(set())
+    try:
+        guest = _Guest([a.fileno() for a, _ in pairs])
+        sel.guest = guest
+        for fd in guest.fds:  # edge-triggered, as the reactor watches
+            sel.epoll.register(fd, select.EPOLLIN | select.EPOLLET)
+        sel.register(mine.fileno(), selectors.EVENT_READ, "mine")
+        for _, b in pairs:
+            b.send(b"x")
+        peer.send(b"y")
+        selected = []
+        for _ in range(10):  # bounded: two selects take it all
+            selected += [key.data for key, _ in sel.select(0)]
+            if len(guest.got) == len(guest.fds):
+                break
+        assert sorted(guest.got) == sorted(guest.fds)  # each once
+        assert selected[:1] == ["mine"]
+        assert sel.select(0) == [(sel.get_key(mine.fileno()), selectors.EVENT_READ)]
+    finally:
+        sel.close()
+        for a, b in [*pairs, (mine, peer)]:
+            a.close()
+            b.close()

@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,9 +23,11 @@ import pytest
 
 from reconciler.datapath import relay, shared
 from reconciler.datapath.proxyserver import ProxyServer
+from reconciler.datapath.selector import ExclusiveEpollSelector
 from reconciler.datapath.session import Session
 from reconciler.steering.model import HealthCheck
 from reconciler.steering.proxyconf import RuntimeConfig
+from tests.unit.helpers import epoll_registrations
 
 LOOP = "127.0.0.1"
 T = TypeVar("T")
@@ -68,11 +71,22 @@ async def _exchange(port: int, data: bytes) -> bytes:
     return got
 
 
-def _run(main: Awaitable[T]) -> T:
-    """Run main, bounded: a connection that never ends fails the test, not the suite."""
+def _run(main: Awaitable[T], worker_loop: bool = False) -> T:
+    """Run main, bounded: a connection that never ends fails the test, not the suite.
+    worker_loop: on a worker's loop (its selector takes the reactor's sockets on its own
+    epoll), not asyncio's default (the reactor nests an epoll of its own)."""
     async def bounded() -> T:
         return await asyncio.wait_for(main, 60)
-    return asyncio.run(bounded())
+    if not worker_loop:
+        return asyncio.run(bounded())
+    factory = partial(asyncio.SelectorEventLoop, ExclusiveEpollSelector(set()))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(bounded())
+
+
+def _shares_the_loops_epoll(proxy: ProxyServer) -> bool:
+    host = getattr(asyncio.get_running_loop(), "_selector", None)
+    return host is not None and proxy.reactor.fileno() == host.fileno()
 
 
 async def _until(check: Callable[[], bool]) -> None:
@@ -85,10 +99,12 @@ def _settled(proxy: ProxyServer) -> bool:
     return not proxy.conns and proxy.reactor.watched == 0 and proxy.gate.conns == 0
 
 
-def test_bytes_both_ways_then_nothing_is_left() -> None:
+@pytest.mark.parametrize("worker_loop", [False, True])
+def test_bytes_both_ways_then_nothing_is_left(worker_loop: bool) -> None:
     async def main() -> tuple[list[bytes], ProxyServer]:
         server, port = await _backend(_upper)
         proxy, front = await _proxy(_config(port))
+        assert _shares_the_loops_epoll(proxy) == worker_loop
         got = await asyncio.gather(*(_exchange(front, b"abc%d" % i * 10_000)
                                      for i in range(20)))
         await _until(lambda: _settled(proxy))
@@ -96,7 +112,7 @@ def test_bytes_both_ways_then_nothing_is_left() -> None:
         server.close()
         return got, proxy
 
-    got, proxy = _run(main())
+    got, proxy = _run(main(), worker_loop)
     assert got == [b"ABC%d" % i * 10_000 for i in range(20)]
     c = proxy.counters
     assert (c.accepted, c.proxied, c.reset) == (20, 20, 0)
@@ -249,8 +265,9 @@ def test_accepted_beyond_the_room_another_worker_took_waits_uncounted_then_is_se
     assert max(totals) <= 2
 
 
+@pytest.mark.parametrize("worker_loop", [False, True])
 def test_a_backend_that_answers_and_half_closes_at_once_still_hears_the_client(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, worker_loop: bool) -> None:
     """The backend's side can end first, before the client's side has started: its answer
     and FIN came with the connect's completion (as from a backend on another host, whose
     connect completes by report). The client still gets the answer, and its bytes still
@@ -292,7 +309,7 @@ def test_a_backend_that_answers_and_half_closes_at_once_still_hears_the_client(
     thread = threading.Thread(target=answer_first, daemon=True)
     thread.start()
     try:
-        assert _run(main()) == b"220 bye\r\n" and heard == [b"QUIT\r\n"]
+        assert _run(main(), worker_loop) == b"220 bye\r\n" and heard == [b"QUIT\r\n"]
     finally:
         backend.close()
         thread.join(10)
@@ -352,16 +369,6 @@ async def _close(server: asyncio.Server, proxy: ProxyServer, writer: asyncio.Str
     server.close()
 
 
-def _registered(reactor_fd: int) -> dict[int, int]:
-    """Descriptor: the events its epoll watches it for, as the kernel holds them."""
-    held = {}
-    for line in Path(f"/proc/self/fdinfo/{reactor_fd}").read_text().splitlines():
-        if line.startswith("tfd:"):  # tfd: FD events: HEX data: ...
-            fields = line.split()
-            held[int(fields[1])] = int(fields[3], 16)
-    return held
-
-
 async def _big_on_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Each line upper-cased; "big" is answered with 32 MiB."""
     while line := await reader.readline():
@@ -370,7 +377,8 @@ async def _big_on_request(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     writer.close()
 
 
-def test_writability_is_watched_only_where_it_is_awaited() -> None:
+@pytest.mark.parametrize("worker_loop", [False, True])
+def test_writability_is_watched_only_where_it_is_awaited(worker_loop: bool) -> None:
     """A connected connection's sockets are watched for reading alone: added for writing, a
     writable socket is reported at once, a turn of the worker's loop for nothing per socket
     (bench/RESULTS.md). A client that stops reading is watched for writing from then on,
@@ -380,15 +388,15 @@ def test_writability_is_watched_only_where_it_is_awaited() -> None:
         assert session.backend is not None
         client, backend = session.client.fileno(), session.backend.fileno()
         epoll = proxy.reactor.fileno()
-        before = _registered(epoll)
+        before = epoll_registrations(epoll)
         writer.write(b"big\n")  # 32 MiB back, which this client does not read yet
-        await _until(lambda: bool(_registered(epoll)[client] & select.EPOLLOUT))
-        during = _registered(epoll)
+        await _until(lambda: bool(epoll_registrations(epoll)[client] & select.EPOLLOUT))
+        during = epoll_registrations(epoll)
         got = len(await reader.readexactly(32 << 20))
         await _close(server, proxy, writer)
         return before[client], before[backend], during[backend], got
 
-    client, backend, backend_later, got = _run(main())
+    client, backend, backend_later, got = _run(main(), worker_loop)
     assert not client & select.EPOLLOUT and not backend & select.EPOLLOUT
     assert client & select.EPOLLIN and backend & select.EPOLLIN and client & select.EPOLLET
     assert not backend_later & select.EPOLLOUT  # it never was full
