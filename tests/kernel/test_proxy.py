@@ -578,6 +578,45 @@ def exclusively_watched(pid: int) -> set[int]:
     return out
 
 
+def _accepting(pn: ProxyNet) -> list[bool]:
+    """Whether each worker accepts, from their status reports (in the workers' order)."""
+    return [w["accepting"] for w in (read_datapath_status(pn.root) or {}).get("workers", [])]
+
+
+def _two_workers_one_accepting(pn: ProxyNet) -> dict[str, Any]:
+    """The supervisor's report once both workers run and the second stands by (it accepts
+    until the first's load reports come in)."""
+    sup = wait_until(lambda: (s := pn.supervisor()) and all(s["workerPids"]) and s, 60)
+    assert len(sup["workerPids"]) == 2 and len(set(sup["workerPids"])) == 2
+    wait_until(lambda: _accepting(pn) == [True, False], 60)
+    return sup
+
+
+def test_a_standby_worker_joins_a_busy_one_and_stands_by_once_the_load_is_light(
+        pn: ProxyNet) -> None:
+    """The join by load (datapath/standby.py), with a threshold low enough (4% of a CPU)
+    for this test's own stream of connections to reach on any machine: the second worker
+    starts watching the listeners, as its epoll shows; once the stream stops, a quiet
+    second later it stands by again. Every connection is served meanwhile."""
+    pn.write(proxy_doc(ports="[80]"))
+    pn.apply()
+    pn.start_datapath(workers=2, join="0.04")
+    first, second = _two_workers_one_accepting(pn)["workerPids"]
+    listening = exclusively_watched(first)
+    assert listening and exclusively_watched(second) == set()
+    stop = pn.stop_file()
+    stream = pn.spawn("stream", VIP, 80, 120, 0.001, stop)  # ends at stop, or after 120 s
+    try:
+        wait_until(lambda: _accepting(pn) == [True, True], 60)
+        assert exclusively_watched(second) == listening
+    finally:
+        stop.touch()
+    s = json.loads(stream.communicate(timeout=60)[0])
+    assert s["errors"] == [], s
+    wait_until(lambda: _accepting(pn) == [True, False], 60)
+    assert exclusively_watched(second) == set()
+
+
 def test_a_standby_worker_takes_over_from_a_stopped_one_and_killed_ones_refuse_nobody(
         pn: ProxyNet) -> None:
     """Two workers, one listen queue. At this load the second stands by (watches no
@@ -588,11 +627,8 @@ def test_a_standby_worker_takes_over_from_a_stopped_one_and_killed_ones_refuse_n
     pn.write(proxy_doc(ports="[80]"))
     pn.apply()
     pn.start_datapath(workers=2)
-    sup = wait_until(lambda: (s := pn.supervisor()) and all(s["workerPids"]) and s, 60)
-    assert len(sup["workerPids"]) == 2 and len(set(sup["workerPids"])) == 2
-    # (the second accepts until the first's load reports come in, then stands by)
-    both = wait_until(lambda: (r := read_datapath_status(pn.root)) and [
-        w["accepting"] for w in r["workers"]] == [True, False] and r, 60)
+    sup = _two_workers_one_accepting(pn)
+    both = read_datapath_status(pn.root)
     frozen, serving = sup["workerPids"]
     # the proxy's listeners, as the kernel holds them (the supervisor's; the backends listen
     # in the namespace too): watched by the first worker, exclusively; not by the second
@@ -616,8 +652,7 @@ def test_a_standby_worker_takes_over_from_a_stopped_one_and_killed_ones_refuse_n
     was = next(w["accepted"] for w in both["workers"] if w["pid"] == serving)
     assert report["workers"][0]["accepted"] >= was + 30, (both, report)
     # the first back and the load light: the second stands by again
-    wait_until(lambda: (x := read_datapath_status(pn.root)) and [
-        w["accepting"] for w in x["workers"]] == [True, False], 60)
+    wait_until(lambda: _accepting(pn) == [True, False], 60)
 
     stop = pn.stop_file()
     stream = pn.spawn("stream", VIP, 80, 300, 0.005, stop)
