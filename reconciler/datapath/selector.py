@@ -58,7 +58,9 @@ class ExclusiveEpollSelector(selectors.EpollSelector):
         return self._selector  # type: ignore[attr-defined,no-any-return]
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        """As EpollSelector.select; the guest's reports are delivered to it first."""
+        """As EpollSelector.select; the guest's reports are delivered to it first. (A copy,
+        not a call of it: asyncio's takes no more reports per epoll_wait than it has keys
+        of its own, a handful, and the guest's would wait for turns of the loop.)"""
         guest = self.guest
         if guest is None or not guest.watched:
             return super().select(timeout)

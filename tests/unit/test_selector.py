@@ -12,11 +12,6 @@ from reconciler.datapath.selector import GUEST_BATCH, ExclusiveEpollSelector
 from tests.unit.helpers import epoll_registrations
 
 
-def _registered(sel: selectors.EpollSelector) -> dict[int, int]:
-    """{descriptor: epoll events} as the kernel holds them."""
-    return epoll_registrations(sel.fileno())
-
-
 def test_listeners_are_exclusive_other_descriptors_are_not_and_changes_still_work() -> None:
     other, peer = socket.socketpair()
     with socket.create_server(("127.0.0.1", 0)) as listener, other, peer:
@@ -24,7 +19,7 @@ def test_listeners_are_exclusive_other_descriptors_are_not_and_changes_still_wor
         try:
             sel.register(listener.fileno(), selectors.EVENT_READ, "accept")
             sel.register(other.fileno(), selectors.EVENT_READ, "read")
-            held = _registered(sel)
+            held = epoll_registrations(sel.fileno())
             assert held[listener.fileno()] & select.EPOLLEXCLUSIVE
             assert not held[other.fileno()] & select.EPOLLEXCLUSIVE
             # a connection waiting makes the listener readable, for this selector too
@@ -33,14 +28,14 @@ def test_listeners_are_exclusive_other_descriptors_are_not_and_changes_still_wor
                 assert [key.data for key, _ in ready] == ["accept"]
             # EPOLL_CTL_MOD refuses EPOLLEXCLUSIVE: a change is a removal and an add
             sel.modify(listener.fileno(), selectors.EVENT_READ | selectors.EVENT_WRITE, "x")
-            held = _registered(sel)[listener.fileno()]
+            held = epoll_registrations(sel.fileno())[listener.fileno()]
             assert held & select.EPOLLOUT and not held & select.EPOLLEXCLUSIVE
             sel.modify(listener.fileno(), selectors.EVENT_READ, "accept")
-            assert _registered(sel)[listener.fileno()] & select.EPOLLEXCLUSIVE
+            assert epoll_registrations(sel.fileno())[listener.fileno()] & select.EPOLLEXCLUSIVE
             sel.modify(listener.fileno(), selectors.EVENT_READ, "again")  # data only
             assert sel.get_key(listener.fileno()).data == "again"
             sel.unregister(listener.fileno())
-            assert listener.fileno() not in _registered(sel)
+            assert listener.fileno() not in epoll_registrations(sel.fileno())
         finally:
             sel.close()
 
