@@ -23,6 +23,7 @@ in the same interleaved rounds.
 
     .venv/bin/python bench/bench_proxy.py [--rounds 3] [--ipv6] [--variant NAME[:K=V,...]] ...
     e.g. --variant splice --variant copy:BPFSYNC_RELAY=copy --variant one:workers=1
+         --variant ahead:preconnect=4
          --variant before:tree=/tmp/before   (git worktree add /tmp/before COMMIT)
     .venv/bin/python bench/bench_proxy.py --smoke     # one short round (CI)
     .venv/bin/python bench/bench_proxy.py --connections-only --rounds 8 ...  # no iperf3, no RSS
@@ -222,6 +223,11 @@ backend be_{svc}_{p}
         root = self.roots[name]
         desired = self.tmp / f"desired-{name}"
         desired.mkdir()
+        settings = dict(self.variants[name])
+        workers = settings.pop("workers", None)
+        tree = settings.pop("tree", str(ROOT))  # another checkout's code: before and after
+        ahead = settings.pop("preconnect", None)  # the request/response Proxy's preconnect
+        extra = f"  preconnect: {ahead}\n" if ahead else ""
         docs = []
         for i, path in enumerate(p for p in (name, f"{name}6") if p in self.paths):
             front, back = FRONT[path], BACKEND[path]
@@ -237,7 +243,7 @@ spec:
   backends: ["{hostport(back, RR_PORT)}"]
   maxConnections: 20000
   healthCheck: {{enabled: false}}
----
+{extra}---
 apiVersion: bpfsync/v1
 kind: Proxy
 metadata: {{name: {path}-iperf}}
@@ -250,9 +256,6 @@ spec:
   healthCheck: {{enabled: false}}  # as HAProxy's (no check): iperf3 takes a check for a test
 """)
         (desired / "proxy.yaml").write_text("---\n".join(docs))
-        settings = dict(self.variants[name])
-        workers = settings.pop("workers", None)
-        tree = settings.pop("tree", str(ROOT))  # another checkout's code: before and after
         env = {**os.environ, "BPFSYNC_PIN_ROOT": str(root), "PYTHONPATH": tree}
         subprocess.run([sys.executable, "-m", "reconciler", "apply", "-q", str(desired)],
                        check=True, env=env, capture_output=True, cwd=tree)
@@ -385,9 +388,9 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def variant(text: str) -> tuple[str, dict[str, str]]:
-    """NAME[:K=V,...]: workers=N is the data path's option, tree=PATH the checkout whose code
-    runs it (a `git worktree` of an earlier commit: before and after in one run), the rest
-    its environment."""
+    """NAME[:K=V,...]: workers=N is the data path's option, preconnect=N the request/response
+    Proxy's, tree=PATH the checkout whose code runs it (a `git worktree` of an earlier
+    commit: before and after in one run), the rest its environment."""
     name, _, rest = text.partition(":")
     settings = dict(kv.split("=", 1) for kv in rest.split(",") if kv)
     if not name.replace("-", "").isalnum() or name in ("direct", "haproxy"):

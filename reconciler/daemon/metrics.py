@@ -103,6 +103,11 @@ CATALOG: tuple[MetricDoc, ...] = (
        "their health check"),
     _m("bpfsync_proxy_backend_healthy", "gauge", "proxy backend", "1 when a backend passes "
        "its health check"),
+    _m("bpfsync_proxy_preconnected", "gauge", "proxy", "Backend connections a Proxy's workers "
+       "keep open ahead, ready for clients (preconnect)"),
+    _m("bpfsync_proxy_preconnects_total", "counter", "proxy outcome", "Backend connections "
+       "opened ahead, by outcome: used by a client, or dropped (failed, or closed by the "
+       "backend while waiting)"),
     _m("bpfsync_transparent_proxy_connects_total", "counter", "transparent_proxy outcome",
        "Connects seen by a TransparentProxy's programs, by outcome"),
     _m("bpfsync_intercept_packets_total", "counter", "intercept outcome", "Packets and "
@@ -218,6 +223,10 @@ def _proxies(f: _Families, proxies: list[dict[str, Any]]) -> None:
         for b in backends:
             f.add("bpfsync_proxy_backend_healthy", [name, b["address"] or b["backend"]],
                   1 if b["healthy"] else 0)
+        f.add("bpfsync_proxy_preconnected", [name], p.get("preconnected", 0))
+        f.add("bpfsync_proxy_preconnects_total", [name, "used"], p.get("preconnectUsed", 0))
+        f.add("bpfsync_proxy_preconnects_total", [name, "dropped"],
+              p.get("preconnectDropped", 0))
 
 
 class DaemonCollector(Collector):

@@ -29,9 +29,12 @@ class Counters:
     reset: int = 0  # ended by an error on either side
     bytes_in: int = 0  # client -> backend
     bytes_out: int = 0
+    preconnect_used: int = 0  # connections that got a backend connection opened ahead
+    preconnect_dropped: int = 0  # ones opened ahead that failed or were closed while waiting
 
 
-def report(slot: int, c: Counters, conns: Iterable[Session], pool: Pool) -> dict[str, Any]:
+def report(slot: int, c: Counters, conns: Iterable[Session], pool: Pool,
+           preconnected: int = 0) -> dict[str, Any]:
     """A proxy's status in one worker (datapath/reports.py reads every worker's as one)."""
     return {
         "slot": slot, "active": len(conns), "accepted": c.accepted,
@@ -41,6 +44,8 @@ def report(slot: int, c: Counters, conns: Iterable[Session], pool: Pool) -> dict
         "idleClosed": c.idle_closed, "drained": c.drained, "reset": c.reset,
         "bytesIn": c.bytes_in + sum(x.up.bytes for x in conns),
         "bytesOut": c.bytes_out + sum(x.down.bytes for x in conns),
+        "preconnected": preconnected, "preconnectUsed": c.preconnect_used,
+        "preconnectDropped": c.preconnect_dropped,
         "backends": [{"backend": hostport(t.host, t.port), "address": t.address,
                       "healthy": t.healthy, "active": t.active} for t in pool.targets],
         "draining": [{"backend": hostport(t.host, t.port), "address": t.address,

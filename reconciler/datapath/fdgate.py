@@ -30,6 +30,7 @@ class DescriptorGate:
         self.base = base  # descriptors held before any connection
         self.conns = 0  # proxied connections of every proxy of the worker
         self.pipes = 0  # the relay's pipes (relay.BufferPool), lent or kept
+        self.spares = 0  # backend connections opened ahead (preconnect.py): one each
         self.pauses = 0  # accepts (or dials) that waited for descriptors
         self.episodes = 0
         self.paused = False
@@ -38,8 +39,8 @@ class DescriptorGate:
     @property
     def held(self) -> int:
         """Descriptors held as the gate counts them: the start's, two per connection and
-        two per pipe."""
-        return self.base + 2 * (self.conns + self.pipes)
+        per pipe, one per connection opened ahead."""
+        return self.base + 2 * (self.conns + self.pipes) + self.spares
 
     def room(self) -> bool:
         """Two more descriptors fit, with the housekeeping headroom left."""

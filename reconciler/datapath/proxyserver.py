@@ -22,6 +22,7 @@ from reconciler.datapath.addresses import is_address
 from reconciler.datapath.balancer import Pool, Target
 from reconciler.datapath.conn import Counters, report
 from reconciler.datapath.fdgate import EXHAUSTED, DescriptorGate
+from reconciler.datapath.preconnect import Preconnects
 from reconciler.datapath.reactor import Reactor
 from reconciler.datapath.session import Session
 from reconciler.datapath.shared import Shared
@@ -58,6 +59,7 @@ class ProxyServer:
         self.shared = shared or Shared(None)  # maxConnections and the turn, across workers
         self.pool = Pool(config.health)
         self.counters = Counters()
+        self.preconnects = Preconnects(self)  # backend connections opened ahead
         self.conns: set[Session] = set()
         self.resolved: dict[tuple[str, int], list[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,15 +86,27 @@ class ProxyServer:
         await asyncio.gather(*map(self._accept_loop, self.listeners), self._resolve_loop(),
                              self._sweep_loop())
 
+    @property
+    def serving(self) -> bool:
+        """Accepting (not standing by, not closed)."""
+        return self._serving.is_set() and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def stand_by(self, on: bool) -> None:
         """on: stop watching the listeners (other workers accept; datapath/standby.py);
-        off: watch them again. Connections already accepted are served either way."""
+        off: watch them again. Connections already accepted are served either way;
+        connections opened ahead are kept only while accepting."""
         if on == (not self._serving.is_set()):
             return
         if not on:
             self._serving.set()
+            self.preconnects.sync()
             return
         self._serving.clear()
+        self.preconnects.clear()
         for _, paused in self._watched.values():
             if not paused.done():
                 paused.set_result(("standby", ""))
@@ -118,6 +132,7 @@ class ProxyServer:
         """Stop accepting and close our copies of the listeners; established connections run
         on until they end."""
         self._closed = True
+        self.preconnects.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._checks.values():
@@ -154,6 +169,8 @@ class ProxyServer:
             for t in self.pool.targets:
                 if t.key not in self._checks:
                     self._checks[t.key] = loop.create_task(health.check_loop(self, t))
+        if not self._closed:
+            self.preconnects.sync(now)
 
     async def _resolve_loop(self) -> None:
         while True:
@@ -305,7 +322,9 @@ class ProxyServer:
                     reason = "drain"
                 if reason:
                     conn.abort(reason)
+            self.preconnects.sync(now)
 
     # ----- reporting
     def status(self) -> dict[str, Any]:
-        return report(self.config.slot, self.counters, self.conns, self.pool)
+        return report(self.config.slot, self.counters, self.conns, self.pool,
+                      self.preconnects.ready)

@@ -84,6 +84,13 @@ class Reactor:
         if fd in self._handlers:
             self._epoll.modify(fd, EVENTS)
 
+    def hand_over(self, fd: int, handler: Handler) -> None:
+        """fd's reports go to handler from now on (fd is watched already: a connection kept
+        ready by preconnect.Preconnects goes to its session). What was reported before is
+        not reported again."""
+        assert fd in self._handlers
+        self._handlers[fd] = handler
+
     def forget(self, fd: int) -> None:
         """fd is about to be closed (which removes it from the epoll): report nothing more,
         even what this turn already took."""

@@ -90,6 +90,11 @@ class Session:
         if self.target is None:
             self._finish(reset=False, counter="no_backend")
             return
+        if config.preconnect and (spare := proxy.preconnects.take(self.target)) is not None:
+            self.backend, waiting = spare  # connected already: no dial
+            proxy.reactor.hand_over(self.backend.fileno(), self._on_backend)
+            self._connected(reported=waiting)
+            return
         self._dial((self.target.address, self.target.port))
 
     def _dial(self, address: tuple[str, int], deadline: float | None = None) -> None:

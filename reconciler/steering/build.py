@@ -15,6 +15,9 @@ def build_proxy(spec: Spec) -> Proxy | None:
     ports = spec.port_ranges(spec.get("ports", []), ("ports",))
     destinations = spec.prefixes(spec.get("destinations", DEFAULT_DESTINATIONS),
                                  ("destinations",), ipv6=True)
+    if spec.get("preconnect", 0) and not spec.get("backends"):
+        spec.problem(("preconnect",), "preconnect needs backends: without them each "
+                                      "connection goes to a destination known only once it comes")
     if ports and not spec.get("backends"):
         spec.problem(("ports",), "a Proxy that steers ports needs backends: without them it would "
                             "connect to the steered destination itself and be steered back")
@@ -38,4 +41,4 @@ def build_proxy(spec: Spec) -> Proxy | None:
                  spec.get("balance", "round-robin"), health,
                  ms(spec.get("connectTimeoutSeconds", 5)), ms(spec.get("idleTimeoutSeconds", 300)),
                  None if drain is None else round(drain * 1000), spec.get("maxConnections", 10000),
-                 ms(spec.get("resolveSeconds", 30)), spec.origin)
+                 ms(spec.get("resolveSeconds", 30)), spec.origin, spec.get("preconnect", 0))

@@ -65,6 +65,8 @@ def proxies(observed: Observed, steer_stats: dict[int, dict[str, int]] | None = 
             "connectTimeoutSeconds": c["connectTimeoutMs"] / 1000,
             "idleTimeoutSeconds": c["idleTimeoutMs"] / 1000,
             "maxConnections": c["maxConnections"], "resolveSeconds": c["resolveMs"] / 1000}
+        if c.get("preconnect"):
+            spec["preconnect"] = c["preconnect"]
         if c.get("drainTimeoutMs") is not None:
             spec["drainTimeoutSeconds"] = c["drainTimeoutMs"] / 1000
         counters = steer_stats.get(slot, dict.fromkeys(st.PS_STAT_NAMES, 0))

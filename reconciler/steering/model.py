@@ -40,6 +40,7 @@ class Proxy(Named):
     max_connections: int = 10000
     resolve_ms: int = 30_000
     origin: Origin | None = None
+    preconnect: int = 0  # idle connections per worker and healthy backend, opened ahead
 
     kind = "Proxy"
 

@@ -32,6 +32,8 @@ def encode(proxy: Proxy, mark: int | None = None) -> bytes:
     }
     if mark is not None:
         doc["mark"] = mark
+    if proxy.preconnect:  # (absent when 0: an entry written before it keeps its bytes)
+        doc["preconnect"] = proxy.preconnect
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -50,6 +52,7 @@ class RuntimeConfig:
     max_connections: int
     resolve_interval: float
     mark: int | None = None  # SO_MARK of connections to backends / original destinations
+    preconnect: int = 0  # connections kept open ahead, per healthy backend (preconnect.py)
 
 
 def decode(slot: int, raw: bytes) -> RuntimeConfig:
@@ -64,4 +67,4 @@ def decode(slot: int, raw: bytes) -> RuntimeConfig:
         HealthCheck(h["enabled"], h["intervalMs"], h["timeoutMs"], h["rise"], h["fall"]),
         d["connectTimeoutMs"] / 1000, d["idleTimeoutMs"] / 1000,
         None if drain is None else drain / 1000, d["maxConnections"], d["resolveMs"] / 1000,
-        d.get("mark"))
+        d.get("mark"), d.get("preconnect", 0))

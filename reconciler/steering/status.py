@@ -18,6 +18,9 @@ def steering_status(context: StatusContext) -> dict[str, Any]:
         proxies.append({"name": name, "slot": p.get("slot"), "active": p.get("active", 0),
                         "accepted": p.get("accepted", 0), "bytesIn": p.get("bytesIn", 0),
                         "bytesOut": p.get("bytesOut", 0),
+                        "preconnected": p.get("preconnected", 0),
+                        "preconnectUsed": p.get("preconnectUsed", 0),
+                        "preconnectDropped": p.get("preconnectDropped", 0),
                         "backends": backends,
                         "originalDestinations": name in declared and not declared[
                             name].backends,
@@ -32,5 +35,7 @@ def steering_status_lines(doc: Mapping[str, Any]) -> list[str]:
     for p in doc.get("proxies") or []:
         to = ("to original destinations" if p.get("originalDestinations") else
               f"{p['healthy']}/{len(p['backends'])} backends healthy")
-        lines.append(f"  proxy {p['name']}: {to}, {p['active']} connections")
+        ahead = (f", {p['preconnected']} opened ahead" if p.get("preconnected")
+                 or p.get("preconnectUsed") else "")
+        lines.append(f"  proxy {p['name']}: {to}, {p['active']} connections{ahead}")
     return lines

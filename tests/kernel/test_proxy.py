@@ -318,6 +318,35 @@ def test_half_close_large_transfer_slow_reader_and_connection_limit(pn: ProxyNet
     assert pn.release(holds[1])["error"] is None
 
 
+def _established_to(pn: ProxyNet, backend: str) -> int:
+    """TCP connections to backend established now (ss: the kernel's view, not the proxy's)."""
+    out = sh(f"ip netns exec {pn.ns} ss -Htn state established dst {backend}:{BACKEND_PORT}")
+    return len([line for line in out.stdout.splitlines() if line.strip()])
+
+
+def test_preconnect_clients_get_backend_connections_opened_before_they_came(
+        pn: ProxyNet) -> None:
+    pn.write(proxy_doc(ports="[80]", backends=("b1",), extra="  preconnect: 2\n"))
+    pn.apply()
+    pn.start_datapath()  # two workers, one accepting: it alone keeps connections ahead
+    b1 = BACKENDS["b1"]
+    pn.wait_report(lambda r: r["preconnected"] == 2)
+    wait_until(lambda: _established_to(pn, b1) == 2, 60)  # before any client came
+    seen = pn.client("who", VIP, 80, 20)
+    assert seen == {"names": {"b1": 20}, "errors": []}
+    report = pn.wait_report(lambda r: r["proxied"] == 20 and r["preconnected"] == 2)
+    assert report["preconnectUsed"] >= 1 and report["preconnectDropped"] == 0, report
+    wait_until(lambda: _established_to(pn, b1) == 2, 60)  # replaced, the clients' closed
+    status = pn.status()
+    assert status["preconnected"] == 2 and status["preconnectUsed"] == report["preconnectUsed"]
+    # The backend goes: what was kept for it is dropped, and nothing is kept until it is back.
+    pn.stop_backend("b1")
+    pn.wait_report(lambda r: r["preconnected"] == 0 and r["backends"][0]["healthy"] is False)
+    pn.start_backend("b1")
+    pn.wait_report(lambda r: r["preconnected"] == 2)
+    wait_until(lambda: _established_to(pn, b1) == 2, 60)
+
+
 def test_backend_change_reaches_new_connections_without_breaking_established(
         pn: ProxyNet, write_counter: Any) -> None:
     pn.write(proxy_doc(ports="[80]", backends=("b1", "b2")))

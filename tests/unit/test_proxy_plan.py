@@ -60,6 +60,18 @@ def test_entries_per_port_and_prefix_with_wildcard(tmp_path: Path) -> None:
     assert (rc.connect_timeout, rc.max_connections, rc.drain_timeout) == (5.0, 10000, None)
 
 
+def test_preconnect_reaches_the_data_path_and_leaves_other_entries_as_they_were(
+        tmp_path: Path) -> None:
+    """preconnect is in a Proxy's configuration only when it is set: an entry written before
+    it existed keeps its bytes (no write after an upgrade)."""
+    without = compile_tables(load(tmp_path / "a", web=doc())).entries[st.PROXY.name]
+    assert b"preconnect" not in without[t.slot_key(1)]
+    with_it = compile_tables(load(tmp_path / "b", web=doc() + "  preconnect: 4\n"))
+    config = with_it.entries[st.PROXY.name][t.slot_key(1)]
+    assert proxyconf.decode(1, st.proxy_config(config)).preconnect == 4
+    assert proxyconf.decode(1, st.proxy_config(without[t.slot_key(1)])).preconnect == 0
+
+
 def test_backend_change_is_one_write_and_ports_change_only_their_entries(tmp_path: Path) -> None:
     before = compile_tables(load(tmp_path / "a", web=doc()))
     observed = {name: dict(entries) for name, entries in before.entries.items()}
