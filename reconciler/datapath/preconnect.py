@@ -129,10 +129,7 @@ class Preconnects:
                 proxy.counters.preconnect_dropped += 1
                 return
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if config.mark is not None:  # never intercepted again (as session.py dials)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, config.mark)
-                connected = relay.start_connect(sock, (target.address, target.port))
+                connected = relay.dial(sock, (target.address, target.port), config.mark)
                 spare = Spare(sock, connected, now)
                 reactor.watch(sock.fileno(), functools.partial(self._report, target, spare),
                               write=not connected)
@@ -164,14 +161,11 @@ class Preconnects:
         """A waiting connection's readiness changed: connected, failed or closed."""
         if not spare.ready:
             try:
-                relay.connect_result(spare.sock)
+                if not relay.connect_done(spare.sock):
+                    return
             except OSError:  # refused, unreachable
                 self._drop(target, spare)
                 return
-            try:
-                spare.sock.getpeername()
-            except OSError:  # ENOTCONN: still connecting (a report for an earlier user of
-                return  # its descriptor)
             spare.ready = True
         if events & _GONE:
             self._drop(target, spare)

@@ -127,11 +127,33 @@ def start_connect(sock: socket.socket, address: tuple[str, int]) -> bool:
         return False
 
 
+def dial(sock: socket.socket, address: tuple[str, int], mark: int | None) -> bool:
+    """start_connect for a connection to a backend (or an original destination), with what
+    every such connection gets: no Nagle, and SO_MARK mark if given (an Intercept's
+    proxyMark: never intercepted again)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if mark is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    return start_connect(sock, address)
+
+
 def connect_result(sock: socket.socket) -> None:
     """After a connect in progress made sock writable: OSError with its error, if any."""
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
+
+
+def connect_done(sock: socket.socket) -> bool:
+    """A report of sock while its connect was in progress: True when it is connected, False
+    when still in progress (a report meant for an earlier user of its descriptor); OSError
+    when it failed."""
+    connect_result(sock)
+    try:
+        sock.getpeername()
+    except OSError:  # ENOTCONN
+        return False
+    return True
 
 
 async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,

@@ -116,10 +116,7 @@ class Session:
             return
         self.backend = sock
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if proxy.config.mark is not None:  # never intercepted again (Intercept proxyMark)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, proxy.config.mark)
-            connected = relay.start_connect(sock, address)
+            connected = relay.dial(sock, address, proxy.config.mark)
             # watched once connect() has begun (not before: an unconnected socket reports a
             # hang-up); what it says before we listen is reported at once. Its writability
             # only while connecting, or once full (relay.Flow.full)
@@ -149,13 +146,10 @@ class Session:
         report meant for an earlier user of its descriptor) still in progress."""
         assert self.backend is not None
         try:
-            relay.connect_result(self.backend)
+            if not relay.connect_done(self.backend):
+                return
         except OSError as exc:
             self._dial_failed(address, exc)
-            return
-        try:
-            self.backend.getpeername()
-        except OSError:  # ENOTCONN: still in progress
             return
         self._stop_dialing()
         self._connected(reported=True)
